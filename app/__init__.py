@@ -1,0 +1,1 @@
+"""HTTP layer: routers, schemas, settings, auth, errors, lifespan, CLI."""

@@ -1,0 +1,135 @@
+"""Domain errors from models/ and index/ turned into the API's error body, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from index.errors import ConflictError, NotFoundError
+from models.errors import MediaTooLargeError, UnsupportedMediaError
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and snake_case code."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class BadRequest(ApiError):
+    """Malformed request (400)."""
+
+
+class Unauthorized(ApiError):
+    """Missing or invalid API key (401)."""
+
+    status, code = 401, "unauthorized"
+
+
+class SpaceMismatch(ApiError):
+    """A query or item from another embedding space (409)."""
+
+    status, code = 409, "embedding_space_mismatch"
+
+
+class PayloadTooLarge(ApiError):
+    """Upload over the limit (413)."""
+
+    status, code = 413, "payload_too_large"
+
+
+class UnprocessableEntity(ApiError):
+    """Validation failed (422)."""
+
+    status, code = 422, "validation_error"
+
+
+class NotReady(ApiError):
+    """The service cannot answer yet (503)."""
+
+    status, code = 503, "not_ready"
+
+
+# Errors raised below the web layer, each with its one status and code.
+DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    NotFoundError: (404, "not_found"),
+    ConflictError: (409, "conflict"),
+    UnsupportedMediaError: (415, "unsupported_media"),
+    MediaTooLargeError: (413, "media_too_large"),
+}
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media",
+    422: "validation_error",
+    429: "too_many_requests",
+    503: "not_ready",
+}
+
+
+def describe_error(exc: Exception) -> tuple[int, str, str]:
+    """(status, code, message) of an error a request may raise; 500 for the unexpected."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code, exc.message
+    for exc_type, (status, code) in DOMAIN_ERRORS.items():
+        if isinstance(exc, exc_type):
+            return status, code, str(exc)
+    return 500, "internal_error", "an internal error occurred; see the server log"
+
+
+def error_body(status: int, code: str, message: str) -> JSONResponse:
+    """The one error shape of API.md."""
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map every error a request can raise to the API error body."""
+
+    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+        return error_body(*describe_error(exc))
+
+    app.add_exception_handler(ApiError, _domain)
+
+    for exc_type in DOMAIN_ERRORS:
+        app.add_exception_handler(exc_type, _domain)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(err.get("type") == "json_invalid" for err in exc.errors()):
+            return error_body(400, "malformed_json", "the body is not valid JSON")
+        return error_body(422, "validation_error", _describe(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return error_body(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_body(500, "internal_error", "an internal error occurred; see the server log")
+
+
+def _describe(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+    return "; ".join(parts) or "invalid request"

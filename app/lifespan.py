@@ -1,0 +1,92 @@
+"""Start-up and shutdown: build the heavy objects once, snapshot indexes on the way out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from app.services.embedding import Embedder
+from app.settings import Settings
+from app.state import Services
+from index.blobs import BlobStore
+from index.db import make_engine, make_sessionmaker, migrate
+from index.manager import IndexManager
+from index.store import MetadataStore
+from index.vector_index import configure_faiss_threads
+from models.errors import ModelLoadError
+from models.registry import load_model
+from models.runtime import configure_torch_threads
+
+log = logging.getLogger("mmr")
+
+SNAPSHOT_CHECK_S = 5.0
+SNAPSHOT_MAX_AGE_S = 60.0
+
+
+def build_services(settings: Settings) -> Services:
+    """Database (migrated), blob store, model and every collection's index."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    configure_torch_threads(settings.torch_threads)
+    configure_faiss_threads(settings.faiss_threads)
+    engine = make_engine(settings.resolved_database_url)
+    migrate(engine)
+    store = MetadataStore(make_sessionmaker(engine))
+    try:
+        loaded = load_model(
+            settings.model, device=settings.device, cache_dir=settings.data_dir / "models"
+        )
+    except ModelLoadError as exc:
+        log.error("cannot start: %s", exc)
+        engine.dispose()
+        raise
+    indexes = IndexManager(store=store, root=settings.data_dir / "indexes")
+    indexes.load_all()
+    services = Services(
+        settings=settings,
+        engine=engine,
+        store=store,
+        blobs=BlobStore(settings.data_dir / "blobs"),
+        indexes=indexes,
+        embedder=Embedder(loaded),
+    )
+    if loaded.warning:
+        services.warnings.append(loaded.warning)
+    log.info("ready: model %s (dim %d)", loaded.encoder.model_id, loaded.encoder.dim)
+    return services
+
+
+def _snapshot_loop(services: Services, stop: threading.Event) -> None:
+    while not stop.wait(SNAPSHOT_CHECK_S):
+        try:
+            services.indexes.snapshot_due(
+                every=services.settings.snapshot_every, max_age_s=SNAPSHOT_MAX_AGE_S
+            )
+        except OSError:
+            # A full disk must not kill the server: SQL still has everything, replay covers it.
+            log.exception("index snapshot failed")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Build services off the event loop; on shutdown stop the snapshotter and snapshot."""
+    settings: Settings = app.state.settings
+    services = await run_in_threadpool(build_services, settings)
+    app.state.services = services
+    stop = threading.Event()
+    snapshotter = threading.Thread(
+        target=_snapshot_loop, args=(services, stop), name="mmr-snapshots", daemon=True
+    )
+    snapshotter.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        snapshotter.join()
+        app.state.services = None
+        await run_in_threadpool(services.indexes.snapshot_all)
+        services.engine.dispose()

@@ -1,0 +1,55 @@
+"""The FastAPI application: ``uvicorn app.main:app`` or ``mmr serve``."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import Depends, FastAPI
+
+from app.auth import require_api_key
+from app.errors import install_error_handlers
+from app.lifespan import lifespan
+from app.limits import BodySizeLimit
+from app.metrics import Metrics, MetricsMiddleware
+from app.routers import collections, embed, health, items, models, search
+from app.settings import Settings, get_settings
+
+DESCRIPTION = """
+Search images and text by each other in one vector space.
+
+Create a collection, add items (JSON text or multipart image files), then search it by
+text, by file, by a stored item or by a raw vector. When `MMR_API_KEYS` is set, every
+`/v1` route needs `Authorization: Bearer <key>`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for these settings (the environment's when none are given)."""
+    settings = settings or get_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    app = FastAPI(
+        title="mmr: multimodal retrieval",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.services = None
+    app.state.metrics = Metrics()
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.include_router(health.router)
+    secured = [Depends(require_api_key)]
+    for module in (models, collections, items, search, embed):
+        app.include_router(module.router, dependencies=secured)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module
+    # (tests, tools) does not read the environment or load a model.
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,107 @@
+"""Bodies that may be JSON or multipart: parse on the loop, validate into schemas."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+
+from app.errors import ApiError, BadRequest, UnprocessableEntity
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class UnsupportedBody(ApiError):
+    """Neither JSON nor multipart (415)."""
+
+    status, code = 415, "unsupported_media_type"
+
+
+def is_multipart(request: Request) -> bool:
+    """Whether the request carries multipart/form-data."""
+    return request.headers.get("content-type", "").startswith("multipart/form-data")
+
+
+def is_json(request: Request) -> bool:
+    """Whether the request carries JSON (or declares nothing)."""
+    ctype = request.headers.get("content-type", "")
+    return ctype == "" or ctype.startswith("application/json") or ctype.endswith("+json")
+
+
+async def json_payload(request: Request) -> Any:
+    """The decoded JSON body; 400 when it is not JSON."""
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+
+
+def validate(model: type[M], payload: Any) -> M:
+    """A schema instance, or 422 with what is wrong."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise UnprocessableEntity(describe_validation(exc)) from exc
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """One line per problem: where and what."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+async def form(request: Request) -> FormData:
+    """The multipart form; 400 when it cannot be parsed."""
+    try:
+        return await request.form(max_files=1000, max_fields=1000)
+    except MultiPartException as exc:
+        raise BadRequest(f"the multipart body could not be parsed: {exc.message}") from exc
+
+
+async def files(data: FormData, field: str = "file") -> list[bytes]:
+    """The bytes of every upload under a field name."""
+    out = []
+    for value in data.getlist(field):
+        if not isinstance(value, UploadFile):
+            raise UnprocessableEntity(f"{field} must be a file upload, not a text field")
+        out.append(await value.read())
+    return out
+
+
+def text_field(data: FormData, field: str) -> str | None:
+    """A plain form field, or None when absent."""
+    value = data.get(field)
+    if value is None:
+        return None
+    if isinstance(value, UploadFile):
+        raise UnprocessableEntity(f"{field} must be a text field, not a file")
+    return value
+
+
+def require_json_or_multipart(request: Request) -> None:
+    """415 for any other body type."""
+    if not (is_json(request) or is_multipart(request)):
+        raise UnsupportedBody(
+            "send application/json or multipart/form-data (field 'file' for uploads)"
+        )
+
+
+def openapi_body(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[str, Any]:
+    """Document a route that takes JSON or multipart."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": json_schema},
+                "multipart/form-data": {"schema": form_schema},
+            },
+        }
+    }

@@ -1,0 +1,36 @@
+"""Collections: /v1/collections."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from app.schemas import CollectionCreate, CollectionList, CollectionPublic
+from app.services import collections as svc
+from app.state import ServicesDep
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+
+@router.post("", status_code=201, response_model=CollectionPublic)
+def create_collection(body: CollectionCreate, services: ServicesDep) -> CollectionPublic:
+    """Create a collection in the active model's embedding space (409 if the name exists)."""
+    return svc.create_collection(services=services, body=body)
+
+
+@router.get("", response_model=CollectionList)
+def list_collections(services: ServicesDep) -> CollectionList:
+    """Every collection, oldest first."""
+    return CollectionList(collections=svc.list_collections(services=services))
+
+
+@router.get("/{name}", response_model=CollectionPublic)
+def get_collection(name: str, services: ServicesDep) -> CollectionPublic:
+    """One collection with its item count and index size."""
+    return svc.get_collection(services=services, name=name)
+
+
+@router.delete("/{name}", status_code=204, response_class=Response)
+def delete_collection(name: str, services: ServicesDep) -> Response:
+    """Delete a collection, its items and its index."""
+    svc.delete_collection(services=services, name=name)
+    return Response(status_code=204)

@@ -1,0 +1,37 @@
+"""Embeddings without storing: /v1/embed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import UnprocessableEntity
+from app.routers import body
+from app.schemas import EmbedRequest, EmbedResponse
+from app.services.embed import embed_files, embed_texts
+from app.state import ServicesDep
+
+router = APIRouter(prefix="/v1", tags=["embed"])
+
+EMBED_FORM = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+}
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    openapi_extra=body.openapi_body(EmbedRequest.model_json_schema(), EMBED_FORM),
+)
+async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
+    """Vectors in the shared space (L2-normalised) for texts or uploaded files."""
+    body.require_json_or_multipart(request)
+    if body.is_multipart(request):
+        uploads = await body.files(await body.form(request))
+        if not uploads:
+            raise UnprocessableEntity("send one or more 'file' parts")
+        return await run_in_threadpool(embed_files, services=services, uploads=uploads)
+    req = body.validate(EmbedRequest, await body.json_payload(request))
+    return await run_in_threadpool(embed_texts, services=services, texts=req.texts)

@@ -1,0 +1,201 @@
+"""Items: /v1/collections/{name}/items."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import ApiError, UnprocessableEntity
+from app.routers import body
+from app.schemas import (
+    BatchResult,
+    ItemPage,
+    ItemPatch,
+    ItemPublic,
+    TextBatch,
+    TextItemCreate,
+)
+from app.services import items as svc
+from app.state import Services, ServicesDep
+from models.errors import MediaError
+
+router = APIRouter(prefix="/v1/collections/{name}/items", tags=["items"])
+
+FILE_FORM = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "an image file"},
+        "id": {"type": "string", "description": "client id; posting it again replaces"},
+        "metadata": {"type": "string", "description": "a JSON object as a string"},
+    },
+}
+BATCH_FORM = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "id": {"type": "array", "items": {"type": "string"}, "description": "one per file"},
+        "metadata": {"type": "string", "description": "a JSON object, or a list of one per file"},
+    },
+}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ItemPublic,
+    responses={200: {"description": "an item with this client id was replaced"}},
+    openapi_extra=body.openapi_body(TextItemCreate.model_json_schema(), FILE_FORM),
+)
+async def add_item(name: str, request: Request, services: ServicesDep) -> JSONResponse:
+    """Add a text item (JSON) or an image (multipart `file`); the same client `id` replaces."""
+    body.require_json_or_multipart(request)
+    if body.is_multipart(request):
+        data = await body.form(request)
+        uploads = await body.files(data)
+        if len(uploads) != 1:
+            raise UnprocessableEntity("send exactly one 'file' part (use /items/batch for many)")
+        pending = await run_in_threadpool(
+            svc.prepare_file,
+            services=services,
+            data=uploads[0],
+            external_id=_item_id(body.text_field(data, "id")),
+            metadata=svc.parse_metadata_field(body.text_field(data, "metadata")),
+        )
+    else:
+        item = body.validate(TextItemCreate, await body.json_payload(request))
+        pending = svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
+    [(public, created)] = await run_in_threadpool(
+        svc.add_items, services=services, name=name, pending=[pending]
+    )
+    return JSONResponse(public.model_dump(mode="json"), status_code=201 if created else 200)
+
+
+@router.post(
+    "/batch",
+    response_model=BatchResult,
+    openapi_extra=body.openapi_body(TextBatch.model_json_schema(), BATCH_FORM),
+)
+async def add_batch(name: str, request: Request, services: ServicesDep) -> BatchResult:
+    """Add many items in one call; each gets its own status, in order."""
+    body.require_json_or_multipart(request)
+    if body.is_multipart(request):
+        data = await body.form(request)
+        uploads = await body.files(data)
+        entries = await run_in_threadpool(_prepare_files, services, uploads, data)
+    else:
+        entries = _prepare_texts(services, await body.json_payload(request))
+    results = await run_in_threadpool(svc.add_batch, services=services, name=name, entries=entries)
+    return BatchResult(results=results)
+
+
+def _prepare_texts(services: Services, payload: Any) -> list[svc.PendingItem | Exception]:
+    raw_items = payload if isinstance(payload, list) else body.validate(TextBatch, payload).items
+    _check_batch_size(services, len(raw_items))
+    entries: list[svc.PendingItem | Exception] = []
+    for raw in raw_items:
+        try:
+            item = body.validate(TextItemCreate, raw)
+            entries.append(
+                svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
+            )
+        except UnprocessableEntity as exc:
+            entries.append(exc)
+    return entries
+
+
+def _prepare_files(
+    services: Services, uploads: list[bytes], data: Any
+) -> list[svc.PendingItem | Exception]:
+    _check_batch_size(services, len(uploads))
+    ids = [_item_id(v) for v in data.getlist("id")]
+    if ids and len(ids) != len(uploads):
+        raise UnprocessableEntity(f"{len(ids)} 'id' fields for {len(uploads)} files")
+    metadata = _batch_metadata(body.text_field(data, "metadata"), len(uploads))
+    entries: list[svc.PendingItem | Exception] = []
+    for i, upload in enumerate(uploads):
+        try:
+            entries.append(
+                svc.prepare_file(
+                    services=services,
+                    data=upload,
+                    external_id=ids[i] if ids else None,
+                    metadata=metadata[i],
+                )
+            )
+        except (MediaError, ApiError) as exc:
+            entries.append(exc)  # each entry reports its own error, in place
+    return entries
+
+
+def _batch_metadata(raw: str | None, n: int) -> list[dict[str, Any]]:
+    if raw is None or raw == "":
+        return [{} for _ in range(n)]
+    parsed = svc.parse_json_field(raw, "metadata")
+    if isinstance(parsed, dict):
+        return [dict(parsed) for _ in range(n)]
+    if isinstance(parsed, list) and len(parsed) == n:
+        return [svc.check_metadata(m) for m in parsed]
+    raise UnprocessableEntity("metadata must be a JSON object or a list with one per file")
+
+
+def _check_batch_size(services: Services, n: int) -> None:
+    limit = services.settings.max_batch_items
+    if n == 0:
+        raise UnprocessableEntity("the batch is empty")
+    if n > limit:
+        raise UnprocessableEntity(f"the batch has {n} items; the limit is {limit}")
+
+
+def _item_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return body.validate(TextItemCreate, {"text": "x", "id": value}).id
+    except UnprocessableEntity as exc:
+        raise UnprocessableEntity(f"id {value!r} is not valid: 1-255 chars, no '/'") from exc
+
+
+@router.get("", response_model=ItemPage)
+def list_items(
+    name: str,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> ItemPage:
+    """Items oldest first; pass `next_cursor` back as `cursor` for the next page."""
+    return svc.list_items(services=services, name=name, limit=limit, cursor=cursor)
+
+
+@router.get("/{item_id}", response_model=ItemPublic)
+def get_item(name: str, item_id: str, services: ServicesDep) -> ItemPublic:
+    """One item."""
+    return svc.get_item(services=services, name=name, item_id=item_id)
+
+
+@router.patch("/{item_id}", response_model=ItemPublic)
+def patch_item(name: str, item_id: str, patch: ItemPatch, services: ServicesDep) -> ItemPublic:
+    """Replace an item's metadata; its vector is untouched."""
+    return svc.patch_item(services=services, name=name, item_id=item_id, metadata=patch.metadata)
+
+
+@router.delete("/{item_id}", status_code=204, response_class=Response)
+def delete_item(name: str, item_id: str, services: ServicesDep) -> Response:
+    """Delete an item; search never returns it again."""
+    svc.delete_item(services=services, name=name, item_id=item_id)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{item_id}/content",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}, "text/plain": {}}}},
+)
+def item_content(name: str, item_id: str, services: ServicesDep) -> Response:
+    """The original bytes, with their content type."""
+    data, content_type = svc.item_content(services=services, name=name, item_id=item_id)
+    return Response(content=data, media_type=content_type)

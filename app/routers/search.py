@@ -1,0 +1,66 @@
+"""Search: /v1/collections/{name}/search."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from app.errors import UnprocessableEntity
+from app.routers import body
+from app.schemas import MAX_K, SearchRequest, SearchResponse
+from app.services import items as item_svc
+from app.services.search import Constraints, Query, search
+from app.state import ServicesDep
+
+router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
+
+SEARCH_FORM = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "an image query"},
+        "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
+        "modalities": {"type": "string", "description": "comma separated, e.g. image,text"},
+        "filter": {"type": "string", "description": 'a JSON object, e.g. {"album": "2024"}'},
+    },
+}
+
+
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    openapi_extra=body.openapi_body(SearchRequest.model_json_schema(), SEARCH_FORM),
+)
+async def search_collection(name: str, request: Request, services: ServicesDep) -> SearchResponse:
+    """Nearest items to a text, an uploaded file, a stored item or a raw vector."""
+    body.require_json_or_multipart(request)
+    if body.is_multipart(request):
+        query, constraints = await _from_form(request)
+    else:
+        req = body.validate(SearchRequest, await body.json_payload(request))
+        query = Query(text=req.text, item_id=req.item_id, vector=req.vector)
+        constraints = Constraints(
+            k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
+        )
+    return await run_in_threadpool(
+        search, services=services, name=name, query=query, constraints=constraints
+    )
+
+
+async def _from_form(request: Request) -> tuple[Query, Constraints]:
+    data = await body.form(request)
+    uploads = await body.files(data)
+    if len(uploads) != 1:
+        raise UnprocessableEntity("send exactly one 'file' part as the query")
+    fields: dict[str, object] = {"text": "x"}
+    if (k := body.text_field(data, "k")) is not None:
+        fields["k"] = k
+    if modalities := body.text_field(data, "modalities"):
+        fields["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
+    if raw_filter := body.text_field(data, "filter"):
+        fields["filter"] = item_svc.parse_json_field(raw_filter, "filter")
+    req = body.validate(SearchRequest, fields)
+    constraints = Constraints(
+        k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
+    )
+    return Query(data=uploads[0]), constraints

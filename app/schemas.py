@@ -1,0 +1,208 @@
+"""Request and response bodies (API.md is the contract; extra fields are ours)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Modality = Literal["image", "text", "audio"]
+Scalar = str | int | float | bool | None
+CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+ItemId = Annotated[str, StringConstraints(pattern=r"^[^/\x00-\x1f]{1,255}$")]
+Metadata = dict[str, Any]
+MAX_TEXT_CHARS = 20_000
+MAX_K = 1000
+
+
+class IndexSettings(BaseModel):
+    """How a collection's vectors are indexed."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["flat"] = Field("flat", description="exact inner-product search")
+
+
+class CollectionCreate(BaseModel):
+    """POST /v1/collections."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "photos"}]})
+    name: CollectionName
+    index: IndexSettings = Field(default_factory=IndexSettings)
+
+
+class IndexInfo(BaseModel):
+    """A collection's live index."""
+
+    type: str
+    size: int
+
+
+class CollectionPublic(BaseModel):
+    """A collection and its embedding space."""
+
+    name: str
+    model: str
+    dim: int
+    aligner_version: int
+    count: int
+    index: IndexInfo
+    compatible: bool = Field(description="false when the active model is another space")
+    created_at: datetime
+
+
+class CollectionList(BaseModel):
+    """GET /v1/collections."""
+
+    collections: list[CollectionPublic]
+
+
+class TextItemCreate(BaseModel):
+    """A text item as JSON."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"text": "a dog barking in the rain", "metadata": {"source": "notes"}}]
+        },
+    )
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+    id: ItemId | None = None
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class TextBatch(BaseModel):
+    """POST .../items/batch as JSON: a list of text items."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[dict[str, Any]] = Field(min_length=1)
+
+
+class ItemPublic(BaseModel):
+    """An item as clients see it."""
+
+    id: str
+    collection: str
+    modality: str
+    metadata: Metadata
+    sha256: str
+    content_type: str
+    size_bytes: int
+    text: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ItemPage(BaseModel):
+    """One page of items, oldest first."""
+
+    items: list[ItemPublic]
+    next_cursor: str | None
+
+
+class ItemPatch(BaseModel):
+    """PATCH an item's metadata (replaces it; the vector stays)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"metadata": {}}]})
+    metadata: Metadata
+
+
+class ErrorDetail(BaseModel):
+    """The error of a failed call or batch entry."""
+
+    code: str
+    message: str
+
+
+class BatchEntry(BaseModel):
+    """One batch item's outcome, at its input position."""
+
+    status: int
+    item: ItemPublic | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResult(BaseModel):
+    """POST .../items/batch."""
+
+    results: list[BatchEntry]
+
+
+class SearchRequest(BaseModel):
+    """A search by text, by stored item, or by raw vector."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"text": "a dog in the rain", "k": 5, "modalities": ["image"]},
+                {"item_id": "photo-42", "k": 10, "filter": {"album": ["2024", "2025"]}},
+            ]
+        },
+    )
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
+    item_id: ItemId | None = None
+    vector: list[float] | None = None
+    k: int = Field(10, ge=1, le=MAX_K)
+    modalities: list[Modality] | None = None
+    filter: dict[str, Scalar | list[Scalar]] | None = None
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        given = [f for f in ("text", "item_id", "vector") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of text, item_id or vector")
+        return self
+
+
+class SearchHit(BaseModel):
+    """One result."""
+
+    item: ItemPublic
+    score: float
+
+
+class SearchResponse(BaseModel):
+    """Results best first."""
+
+    results: list[SearchHit]
+    query_modality: str
+
+
+class EmbedRequest(BaseModel):
+    """POST /v1/embed as JSON."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"texts": ["a cat", "a dog"]}]}
+    )
+    texts: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]] = Field(
+        min_length=1
+    )
+
+
+class EmbedResponse(BaseModel):
+    """Vectors in the shared space, L2-normalised."""
+
+    model: str
+    dim: int
+    embeddings: list[list[float]]
+
+
+class ModelInfo(BaseModel):
+    """The model this process serves."""
+
+    id: str
+    requested: str
+    dim: int
+    modalities: list[str]
+    fallback: bool
+    device: str
+    warning: str | None = None
+
+
+class ModelsResponse(BaseModel):
+    """GET /v1/models."""
+
+    active: ModelInfo
+    syntax: list[str]
+    architectures: list[str]

@@ -1,0 +1,1 @@
+"""Use cases composed from models/ and index/; the routers call only these."""

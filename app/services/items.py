@@ -1,0 +1,228 @@
+"""Items: prepare (validate + decode), embed in batches, write SQL + index together."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from app.errors import BadRequest, UnprocessableEntity, describe_error
+from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
+from app.services.collections import require_same_space
+from app.services.media import decode_upload
+from app.services.views import item_public
+from app.state import Services
+from index.store import ItemDraft
+from index.tables import CollectionRow, ItemRow
+
+MAX_METADATA_BYTES = 64 * 1024
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+
+@dataclass
+class PendingItem:
+    """A validated, decoded item waiting for its embedding."""
+
+    external_id: str | None
+    modality: str
+    content_type: str
+    data: bytes
+    text: str | None = None
+    image: Image.Image | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def check_metadata(metadata: Any) -> dict[str, Any]:
+    """Metadata must be a JSON object of bounded size."""
+    if not isinstance(metadata, dict):
+        raise UnprocessableEntity("metadata must be a JSON object")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise UnprocessableEntity(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB")
+    return metadata
+
+
+def parse_json_field(raw: str, field: str) -> Any:
+    """A multipart field that carries JSON as a string; 400 when it is not JSON."""
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"{field} is not valid JSON: {exc}", code="malformed_json") from exc
+
+
+def parse_metadata_field(raw: str | None) -> dict[str, Any]:
+    """The multipart `metadata` field: a JSON object as a string."""
+    if raw is None or raw == "":
+        return {}
+    return check_metadata(parse_json_field(raw, "metadata"))
+
+
+def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]) -> PendingItem:
+    """A text item ready to embed."""
+    if not text.strip():
+        raise UnprocessableEntity("text must not be blank")
+    if len(text) > MAX_TEXT_CHARS:
+        raise UnprocessableEntity(f"text is over {MAX_TEXT_CHARS} characters")
+    return PendingItem(
+        external_id=external_id,
+        modality="text",
+        content_type=TEXT_CONTENT_TYPE,
+        data=text.encode("utf-8"),
+        text=text,
+        metadata=check_metadata(metadata),
+    )
+
+
+def prepare_file(
+    *, services: Services, data: bytes, external_id: str | None, metadata: dict[str, Any]
+) -> PendingItem:
+    """A file item decoded and ready to embed (415/413 for what cannot be decoded)."""
+    media = decode_upload(data, services=services)
+    return PendingItem(
+        external_id=external_id,
+        modality=media.modality,
+        content_type=media.content_type,
+        data=data,
+        image=media.image,
+        metadata=check_metadata(metadata),
+    )
+
+
+def add_items(
+    *, services: Services, name: str, pending: list[PendingItem]
+) -> list[tuple[ItemPublic, bool]]:
+    """Embed (one forward pass per modality) and write items; (item, created) in order."""
+    row = services.store.get_collection(name)
+    require_same_space(row, services)
+    vectors = _embed(services, pending)
+    return [
+        _write(services, row, item, raw, vec)
+        for item, (raw, vec) in zip(pending, vectors, strict=True)
+    ]
+
+
+def add_batch(
+    *, services: Services, name: str, entries: list[PendingItem | Exception]
+) -> list[BatchEntry]:
+    """Write the good entries of a batch; bad ones get their own error, in place."""
+    good = [e for e in entries if isinstance(e, PendingItem)]
+    written = iter(add_items(services=services, name=name, pending=good)) if good else iter(())
+    results = []
+    for entry in entries:
+        if isinstance(entry, PendingItem):
+            item, created = next(written)
+            results.append(BatchEntry(status=201 if created else 200, item=item))
+        else:
+            status, code, message = describe_error(entry)
+            results.append(BatchEntry(status=status, error=ErrorDetail(code=code, message=message)))
+    return results
+
+
+def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[Any, Any]]:
+    out: list[tuple[Any, Any]] = [None] * len(pending)  # type: ignore[list-item]
+    texts = [(i, p.text) for i, p in enumerate(pending) if p.text is not None]
+    images = [(i, p.image) for i, p in enumerate(pending) if p.image is not None]
+    if texts:
+        emb = services.embedder.texts([t for _, t in texts if t is not None])
+        for j, (i, _) in enumerate(texts):
+            out[i] = (emb.raw[j], emb.vectors[j])
+    if images:
+        emb = services.embedder.images([im for _, im in images if im is not None])
+        for j, (i, _) in enumerate(images):
+            out[i] = (emb.raw[j], emb.vectors[j])
+    return out
+
+
+def _write(
+    services: Services, row: CollectionRow, item: PendingItem, raw: Any, vector: Any
+) -> tuple[ItemPublic, bool]:
+    # Bytes first: a committed row must never point at a file that is not on disk.
+    sha = services.blobs.put(item.data)
+    draft = ItemDraft(
+        external_id=item.external_id or uuid.uuid4().hex,
+        modality=item.modality,
+        sha256=sha,
+        content_type=item.content_type,
+        size_bytes=len(item.data),
+        feature=raw,
+        vector=vector,
+        aligner_version=row.aligner_version,
+        text=item.text,
+        metadata=item.metadata,
+    )
+    live = services.indexes.get(row)
+    with services.indexes.writing(live) as index:
+        stored, created = services.store.upsert_item(collection_id=row.id, draft=draft)
+        index.upsert(_ids(stored.pk), vector)
+    return item_public(stored, row.name), created
+
+
+def _ids(pk: int) -> Any:
+    import numpy as np
+
+    return np.array([pk], dtype=np.int64)
+
+
+def get_item(*, services: Services, name: str, item_id: str) -> ItemPublic:
+    """One item."""
+    row = services.store.get_collection(name)
+    return item_public(services.store.get_item(collection_id=row.id, external_id=item_id), name)
+
+
+def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes, str]:
+    """The original bytes of an item and their content type."""
+    row = services.store.get_collection(name)
+    item = services.store.get_item(collection_id=row.id, external_id=item_id)
+    return services.blobs.get(item.sha256), item.content_type
+
+
+def patch_item(
+    *, services: Services, name: str, item_id: str, metadata: dict[str, Any]
+) -> ItemPublic:
+    """Replace an item's metadata without re-embedding it."""
+    row = services.store.get_collection(name)
+    updated = services.store.set_metadata(
+        collection_id=row.id, external_id=item_id, metadata=check_metadata(metadata)
+    )
+    return item_public(updated, name)
+
+
+def delete_item(*, services: Services, name: str, item_id: str) -> None:
+    """Delete an item from SQL and the index, under the collection's writer lock."""
+    row = services.store.get_collection(name)
+    live = services.indexes.get(row)
+    with services.indexes.writing(live) as index:
+        deleted: ItemRow = services.store.delete_item(collection_id=row.id, external_id=item_id)
+        index.remove(_ids(deleted.pk))
+
+
+def list_items(*, services: Services, name: str, limit: int, cursor: str | None) -> ItemPage:
+    """A page of items, oldest first; the cursor is opaque to clients."""
+    row = services.store.get_collection(name)
+    after = decode_cursor(cursor) if cursor else 0
+    rows = services.store.list_items(collection_id=row.id, after_pk=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1].pk) if more and rows else None
+    return ItemPage(items=[item_public(r, name) for r in rows], next_cursor=next_cursor)
+
+
+def encode_cursor(pk: int) -> str:
+    """An opaque cursor for keyset pagination."""
+    return base64.urlsafe_b64encode(json.dumps({"after": pk}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """The inverse of encode_cursor; 400 on anything else."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        after = json.loads(base64.urlsafe_b64decode(padded))["after"]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        raise BadRequest("the cursor is not valid: pass next_cursor back unchanged") from exc
+    if not isinstance(after, int) or after < 0:
+        raise BadRequest("the cursor is not valid: pass next_cursor back unchanged")
+    return after

@@ -1,0 +1,45 @@
+"""SQL rows to public schemas."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from app.schemas import CollectionPublic, IndexInfo, ItemPublic
+from index.tables import CollectionRow, ItemRow
+
+
+def aware(ts: datetime) -> datetime:
+    """SQLite hands back naive timestamps; every stored time is UTC."""
+    return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
+
+
+def item_public(row: ItemRow, collection: str) -> ItemPublic:
+    """The public view of an item."""
+    return ItemPublic(
+        id=row.external_id,
+        collection=collection,
+        modality=row.modality,
+        metadata=row.meta,
+        sha256=row.sha256,
+        content_type=row.content_type,
+        size_bytes=row.size_bytes,
+        text=row.text,
+        created_at=aware(row.created_at),
+        updated_at=aware(row.updated_at),
+    )
+
+
+def collection_public(
+    row: CollectionRow, *, count: int, index_size: int, compatible: bool
+) -> CollectionPublic:
+    """The public view of a collection."""
+    return CollectionPublic(
+        name=row.name,
+        model=row.model,
+        dim=row.dim,
+        aligner_version=row.aligner_version,
+        count=count,
+        index=IndexInfo(type=row.index_type, size=index_size),
+        compatible=compatible,
+        created_at=aware(row.created_at),
+    )

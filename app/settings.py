@@ -1,0 +1,57 @@
+"""Configuration: environment variables with the MMR_ prefix (and a .env file), read once."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="MMR_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    model: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    api_keys: str = ""
+    max_upload_mb: float = 50.0
+    max_image_pixels: int = 64_000_000
+    max_batch_items: int = 256
+    torch_threads: int = Field(default=0, description="0 = one per CPU core")
+    faiss_threads: int = 1
+    snapshot_every: int = Field(default=1000, description="changes between index snapshots")
+    log_level: str = "info"
+
+    @field_validator("max_upload_mb")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database URL, or SQLite in the data dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mmr.sqlite3').resolve()}"
+
+    @property
+    def keys(self) -> frozenset[str]:
+        """The accepted API keys; empty means auth is off."""
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """MMR_MAX_UPLOAD_MB in bytes."""
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,40 @@
+"""The heavy objects of a running service, built once in the lifespan and shared."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+
+from app.errors import NotReady
+from app.services.embedding import Embedder
+from app.settings import Settings
+from index.blobs import BlobStore
+from index.manager import IndexManager
+from index.store import MetadataStore
+
+
+@dataclass
+class Services:
+    """Everything a request may need, typed."""
+
+    settings: Settings
+    engine: Engine
+    store: MetadataStore
+    blobs: BlobStore
+    indexes: IndexManager
+    embedder: Embedder
+    warnings: list[str] = field(default_factory=list)
+
+
+def get_services(request: Request) -> Services:
+    """The running service's objects; 503 while start-up has not finished."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise NotReady("the service is starting; try again shortly")
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

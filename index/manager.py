@@ -1,0 +1,143 @@
+"""Per-collection FAISS indexes kept in step with SQL: load, replay, rebuild, snapshot."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from index.snapshots import IndexSnapshot, read_snapshot, remove_snapshot, write_snapshot
+from index.store import MetadataStore
+from index.tables import CollectionRow
+from index.vector_index import VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveIndex:
+    """A collection's index plus the mutex its writers hold across SQL commit + index update."""
+
+    collection_id: int
+    index: VectorIndex
+    writer: threading.Lock = field(default_factory=threading.Lock)
+    dirty: int = 0
+    last_snapshot: float = field(default_factory=time.monotonic)
+
+
+class IndexManager:
+    """Owns every live index of this process; SQL stays the source of truth."""
+
+    def __init__(self, *, store: MetadataStore, root: Path) -> None:
+        self.store = store
+        self.root = root
+        self._live: dict[int, LiveIndex] = {}
+        self._guard = threading.Lock()
+
+    def snapshot_path(self, collection_id: int) -> Path:
+        """Where a collection's snapshot lives."""
+        return self.root / f"collection-{collection_id}.faiss"
+
+    # -- start-up --------------------------------------------------------------------------
+    def load_all(self) -> None:
+        """Load every collection's index: snapshot + replay, or a rebuild from SQL."""
+        for row in self.store.list_collections():
+            self.load(row)
+
+    def load(self, row: CollectionRow) -> LiveIndex:
+        """Load one collection's index (see load_all)."""
+        snap = read_snapshot(self.snapshot_path(row.id))
+        index: VectorIndex | None = None
+        if snap is not None:
+            try:
+                index = VectorIndex.from_bytes(row.dim, snap.payload)
+                self._replay(row, index, snap.seq)
+            except ValueError as exc:
+                log.warning("snapshot of %s unusable (%s): rebuilding", row.name, exc)
+                index = None
+        if index is None:
+            index = self._rebuild(row)
+        live = LiveIndex(row.id, index)
+        with self._guard:
+            self._live[row.id] = live
+        return live
+
+    def _replay(self, row: CollectionRow, index: VectorIndex, seq: int) -> None:
+        touched, newest = self.store.changed_since(collection_id=row.id, seq=seq)
+        if not touched:
+            return
+        # Idempotent: drop every touched key, then re-add those SQL still holds.
+        index.remove(np.fromiter(touched, dtype=np.int64))
+        for ids, vectors in self.store.iter_vectors(collection_id=row.id, pks=sorted(touched)):
+            index.upsert(ids, vectors)
+        log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
+
+    def _rebuild(self, row: CollectionRow) -> VectorIndex:
+        index = VectorIndex(row.dim)
+        for ids, vectors in self.store.iter_vectors(collection_id=row.id):
+            index.upsert(ids, vectors)
+        log.info("rebuilt index of %s from SQL: %d vectors", row.name, index.size)
+        return index
+
+    # -- runtime -------------------------------------------------------------------------
+    def get(self, row: CollectionRow) -> LiveIndex:
+        """The live index of a collection, loading it if another process created it."""
+        with self._guard:
+            live = self._live.get(row.id)
+        return live if live is not None else self.load(row)
+
+    def create(self, row: CollectionRow) -> LiveIndex:
+        """Start an empty index for a new collection."""
+        live = LiveIndex(row.id, VectorIndex(row.dim))
+        with self._guard:
+            self._live[row.id] = live
+        return live
+
+    def drop(self, collection_id: int) -> None:
+        """Forget a collection's index and delete its snapshot."""
+        with self._guard:
+            self._live.pop(collection_id, None)
+        remove_snapshot(self.snapshot_path(collection_id))
+
+    @contextmanager
+    def writing(self, live: LiveIndex) -> Iterator[VectorIndex]:
+        """Serialise a collection's writers across the SQL commit and the index update.
+
+        Without it, two writers of one item could commit in one order and reach FAISS
+        in the other, leaving the index unlike SQL until the next restart.
+        """
+        with live.writer:
+            yield live.index
+            live.dirty += 1
+
+    # -- snapshots -----------------------------------------------------------------------
+    def snapshot(self, live: LiveIndex) -> None:
+        """Write a snapshot that reflects exactly the change log up to its seq."""
+        with live.writer:
+            seq = self.store.last_seq(live.collection_id)
+            payload = live.index.to_bytes()
+            live.dirty = 0
+            live.last_snapshot = time.monotonic()
+        write_snapshot(
+            self.snapshot_path(live.collection_id),
+            IndexSnapshot(seq=seq, dim=live.index.dim, payload=payload),
+        )
+
+    def snapshot_due(self, *, every: int, max_age_s: float) -> None:
+        """Snapshot the collections with many changes, or old unsnapshotted ones."""
+        with self._guard:
+            lives = list(self._live.values())
+        now = time.monotonic()
+        for live in lives:
+            if live.dirty >= every or (live.dirty and now - live.last_snapshot >= max_age_s):
+                self.snapshot(live)
+
+    def snapshot_all(self) -> None:
+        """Snapshot every collection with unsnapshotted changes (clean shutdown)."""
+        self.snapshot_due(every=1, max_age_s=0.0)

@@ -1,0 +1,81 @@
+"""Index snapshots (invariant 3): temp file, fsync, rename, fsync the directory.
+
+File layout: a magic line, a JSON header line (seq, dim, count, sha256 of the payload), payload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"MMR-INDEX-SNAPSHOT 1\n"
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """A serialised index and the change-log sequence it reflects."""
+
+    seq: int
+    dim: int
+    payload: bytes
+
+
+def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
+    """Write atomically and durably: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "seq": snapshot.seq,
+        "dim": snapshot.dim,
+        "size": len(snapshot.payload),
+        "sha256": hashlib.sha256(snapshot.payload).hexdigest(),
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC)
+        f.write(json.dumps(header).encode() + b"\n")
+        f.write(snapshot.payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def read_snapshot(path: Path) -> IndexSnapshot | None:
+    """The snapshot at path, or None when it is missing, truncated or corrupt."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(MAGIC):
+        return None
+    header_end = data.find(b"\n", len(MAGIC))
+    if header_end < 0:
+        return None
+    try:
+        header = json.loads(data[len(MAGIC) : header_end])
+        seq, dim, size, digest = header["seq"], header["dim"], header["size"], header["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    payload = data[header_end + 1 :]
+    if len(payload) != size or hashlib.sha256(payload).hexdigest() != digest:
+        return None
+    return IndexSnapshot(seq=int(seq), dim=int(dim), payload=payload)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in this directory durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_snapshot(path: Path) -> None:
+    """Delete a snapshot if present."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,298 @@
+"""The SQL metadata store: every write is one transaction that also appends to the change log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from index.errors import ConflictError, NotFoundError
+from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
+
+Scalar = str | int | float | bool | None
+
+
+@dataclass
+class ItemDraft:
+    """What an ingest has computed, ready to be written."""
+
+    external_id: str
+    modality: str
+    sha256: str
+    content_type: str
+    size_bytes: int
+    feature: np.ndarray
+    vector: np.ndarray
+    aligner_version: int
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def canonical(value: Scalar) -> str:
+    """One JSON spelling per value, so that 1, 1.0 and "1" compare as JSON does."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def tag_pairs(metadata: dict[str, Any]) -> set[tuple[str, str]]:
+    """The (key, value) pairs an equality filter can match: scalars and scalar list elements."""
+    pairs: set[tuple[str, str]] = set()
+    for key, value in metadata.items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if v is None or isinstance(v, str | int | float | bool):
+                text = canonical(v)
+                if len(text) <= 1024 and len(key) <= 255:
+                    pairs.add((key, text))
+    return pairs
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    """A float32 vector as bytes for a LargeBinary column."""
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def from_blob(blob: bytes) -> np.ndarray:
+    """The inverse of to_blob."""
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+class MetadataStore:
+    """Collections, items, tags and the change log, over any SQLAlchemy engine."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    # -- collections -------------------------------------------------------------------
+    def create_collection(
+        self, *, name: str, model: str, dim: int, index_type: str, index_params: dict[str, Any]
+    ) -> CollectionRow:
+        """Insert a collection; ConflictError when the name is taken."""
+        row = CollectionRow(
+            name=name,
+            model=model,
+            dim=dim,
+            aligner_version=0,
+            index_type=index_type,
+            index_params=index_params,
+            created_at=utcnow(),
+        )
+        try:
+            with self.sessions.begin() as session:
+                session.add(row)
+        except IntegrityError as exc:
+            raise ConflictError(f"a collection named {name!r} already exists") from exc
+        return row
+
+    def get_collection(self, name: str) -> CollectionRow:
+        """The collection by name; NotFoundError when there is none."""
+        with self.sessions() as session:
+            row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
+        if row is None:
+            raise NotFoundError(f"no collection named {name!r}")
+        return row
+
+    def list_collections(self) -> list[CollectionRow]:
+        """All collections, oldest first."""
+        with self.sessions() as session:
+            return list(session.scalars(select(CollectionRow).order_by(CollectionRow.id)))
+
+    def delete_collection(self, collection_id: int) -> None:
+        """Remove a collection with its items, tags and change log."""
+        with self.sessions.begin() as session:
+            item_pks = select(ItemRow.pk).where(ItemRow.collection_id == collection_id)
+            session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk.in_(item_pks)))
+            session.execute(delete(ItemRow).where(ItemRow.collection_id == collection_id))
+            session.execute(delete(ChangeRow).where(ChangeRow.collection_id == collection_id))
+            session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
+
+    def count_items(self, collection_id: int) -> int:
+        """How many items the collection holds."""
+        with self.sessions() as session:
+            stmt = select(func.count()).where(ItemRow.collection_id == collection_id)
+            return int(session.scalar(stmt) or 0)
+
+    # -- items ---------------------------------------------------------------------------
+    def upsert_item(self, *, collection_id: int, draft: ItemDraft) -> tuple[ItemRow, bool]:
+        """Insert or replace (same client id) an item; returns the row and whether it is new."""
+        try:
+            return self._upsert(collection_id, draft)
+        except IntegrityError:
+            # Two writers raced on a new client id: the loser replaces the winner's row.
+            return self._upsert(collection_id, draft)
+
+    def _upsert(self, collection_id: int, draft: ItemDraft) -> tuple[ItemRow, bool]:
+        now = utcnow()
+        with self.sessions.begin() as session:
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id,
+                    ItemRow.external_id == draft.external_id,
+                )
+            )
+            created = row is None
+            if row is None:
+                row = ItemRow(collection_id=collection_id, external_id=draft.external_id)
+                row.created_at = now
+                session.add(row)
+            row.modality = draft.modality
+            row.sha256 = draft.sha256
+            row.content_type = draft.content_type
+            row.size_bytes = draft.size_bytes
+            row.text = draft.text
+            row.meta = draft.metadata
+            row.feature = to_blob(draft.feature)
+            row.vector = to_blob(draft.vector)
+            row.aligner_version = draft.aligner_version
+            row.updated_at = now
+            session.flush()
+            self._write_tags(session, row)
+            session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert"))
+        return row, created
+
+    def _write_tags(self, session: Session, row: ItemRow) -> None:
+        session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
+        session.add_all(
+            ItemTagRow(item_pk=row.pk, key=k, value=v, collection_id=row.collection_id)
+            for k, v in sorted(tag_pairs(row.meta))
+        )
+
+    def get_item(self, *, collection_id: int, external_id: str) -> ItemRow:
+        """The item by client id; NotFoundError when there is none."""
+        with self.sessions() as session:
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
+                )
+            )
+        if row is None:
+            raise NotFoundError(f"no item {external_id!r} in this collection")
+        return row
+
+    def set_metadata(
+        self, *, collection_id: int, external_id: str, metadata: dict[str, Any]
+    ) -> ItemRow:
+        """Replace an item's metadata (and its tags) without touching its vector."""
+        with self.sessions.begin() as session:
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
+                )
+            )
+            if row is None:
+                raise NotFoundError(f"no item {external_id!r} in this collection")
+            row.meta = metadata
+            row.updated_at = utcnow()
+            self._write_tags(session, row)
+        return row
+
+    def delete_item(self, *, collection_id: int, external_id: str) -> ItemRow:
+        """Delete an item and log it; NotFoundError when there is none."""
+        with self.sessions.begin() as session:
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
+                )
+            )
+            if row is None:
+                raise NotFoundError(f"no item {external_id!r} in this collection")
+            session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
+            session.delete(row)
+            session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="delete"))
+        return row
+
+    def list_items(self, *, collection_id: int, after_pk: int, limit: int) -> list[ItemRow]:
+        """Items after a primary key, oldest first (keyset pagination)."""
+        with self.sessions() as session:
+            stmt = (
+                select(ItemRow)
+                .where(ItemRow.collection_id == collection_id, ItemRow.pk > after_pk)
+                .order_by(ItemRow.pk)
+                .limit(limit)
+            )
+            return list(session.scalars(stmt))
+
+    def items_by_pk(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemRow]:
+        """Items by primary key (those still present)."""
+        if not pks:
+            return {}
+        with self.sessions() as session:
+            stmt = select(ItemRow).where(
+                ItemRow.collection_id == collection_id, ItemRow.pk.in_(list(pks))
+            )
+            return {row.pk: row for row in session.scalars(stmt)}
+
+    def sha_in_use(self, sha256: str) -> bool:
+        """Whether any item still points at these bytes."""
+        with self.sessions() as session:
+            return (
+                session.scalar(select(ItemRow.pk).where(ItemRow.sha256 == sha256).limit(1))
+                is not None
+            )
+
+    # -- search support ------------------------------------------------------------------
+    def matching_pks(
+        self,
+        *,
+        collection_id: int,
+        modalities: Sequence[str] | None,
+        filters: dict[str, Scalar | list[Scalar]] | None,
+    ) -> np.ndarray:
+        """Primary keys of the items that pass the modality and metadata filters."""
+        stmt = select(ItemRow.pk).where(ItemRow.collection_id == collection_id)
+        if modalities:
+            stmt = stmt.where(ItemRow.modality.in_(list(modalities)))
+        for key, wanted in (filters or {}).items():
+            values = wanted if isinstance(wanted, list) else [wanted]
+            tagged = select(ItemTagRow.item_pk).where(
+                ItemTagRow.collection_id == collection_id,
+                ItemTagRow.key == key,
+                ItemTagRow.value.in_([canonical(v) for v in values]),
+            )
+            stmt = stmt.where(ItemRow.pk.in_(tagged))
+        with self.sessions() as session:
+            return np.fromiter(session.scalars(stmt), dtype=np.int64)
+
+    # -- index support ------------------------------------------------------------------
+    def iter_vectors(
+        self, *, collection_id: int, pks: Sequence[int] | None = None, chunk: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(pks, vectors) in chunks: the whole collection, or only the given keys."""
+        last = 0
+        with self.sessions() as session:
+            while True:
+                stmt = select(ItemRow.pk, ItemRow.vector).where(
+                    ItemRow.collection_id == collection_id, ItemRow.pk > last
+                )
+                if pks is not None:
+                    stmt = stmt.where(ItemRow.pk.in_(list(pks)))
+                rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()
+                if not rows:
+                    return
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                yield ids, np.stack([from_blob(r[1]) for r in rows])
+                last = int(ids[-1])
+
+    def last_seq(self, collection_id: int) -> int:
+        """The newest change-log sequence of a collection (0 when none)."""
+        with self.sessions() as session:
+            stmt = select(func.max(ChangeRow.seq)).where(ChangeRow.collection_id == collection_id)
+            return int(session.scalar(stmt) or 0)
+
+    def changed_since(self, *, collection_id: int, seq: int) -> tuple[set[int], int]:
+        """Item keys touched after a sequence, and the newest sequence seen."""
+        with self.sessions() as session:
+            rows = session.execute(
+                select(ChangeRow.seq, ChangeRow.item_pk).where(
+                    ChangeRow.collection_id == collection_id, ChangeRow.seq > seq
+                )
+            ).all()
+        newest = max((r[0] for r in rows), default=seq)
+        return {int(r[1]) for r in rows}, int(newest)

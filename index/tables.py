@@ -1,0 +1,104 @@
+"""SQL schema (SQLAlchemy 2). The database is the source of truth; FAISS is derived from it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# int64 everywhere (FAISS ids are SQL primary keys); SQLite only autoincrements INTEGER.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the store uses."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class CollectionRow(Base):
+    """One collection = one embedding space (model id + aligner version + dim)."""
+
+    __tablename__ = "collections"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    model: Mapped[str] = mapped_column(String(512))
+    dim: Mapped[int] = mapped_column(Integer)
+    aligner_version: Mapped[int] = mapped_column(Integer, default=0)
+    index_type: Mapped[str] = mapped_column(String(32), default="flat")
+    index_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ItemRow(Base):
+    """An item: its provenance, metadata, raw encoder feature and aligned vector."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "external_id", name="uq_items_collection_external"),
+        {"sqlite_autoincrement": True},
+    )
+
+    pk: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), index=True
+    )
+    external_id: Mapped[str] = mapped_column(String(255))
+    modality: Mapped[str] = mapped_column(String(16))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_type: Mapped[str] = mapped_column(String(255))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    feature: Mapped[bytes] = mapped_column(LargeBinary)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    aligner_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ItemTagRow(Base):
+    """One scalar metadata value of an item, canonical JSON: makes equality filters SQL."""
+
+    __tablename__ = "item_tags"
+    __table_args__ = (Index("ix_item_tags_lookup", "collection_id", "key", "value"),)
+
+    item_pk: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("items.pk", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    value: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class ChangeRow(Base):
+    """The change log: every write to an index, in commit order; snapshots record a seq."""
+
+    __tablename__ = "changes"
+    __table_args__ = (
+        Index("ix_changes_collection_seq", "collection_id", "seq"),
+        {"sqlite_autoincrement": True},
+    )
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(BigInteger)
+    item_pk: Mapped[int] = mapped_column(BigInteger)
+    op: Mapped[str] = mapped_column(String(8))  # "upsert" | "delete"

@@ -1,0 +1,4 @@
+"""What is computed: encoders, aligner heads, media decoding.
+
+Imports nothing from app/ or index/.
+"""

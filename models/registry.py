@@ -1,0 +1,195 @@
+"""The model registry: one id syntax (DESIGN.md, Models) mapped to loaders.
+
+- ``open_clip:ARCH/PRETRAINED``  weights through open_clip's own loader and cache
+- ``open_clip:ARCH@/path/ckpt``  a local checkpoint (``.pt``, ``.bin`` or ``.safetensors``)
+- ``random:ARCH``                seeded random init of an open_clip architecture (plumbing only)
+- ``auto``                       the production default if it can be had, else a loud fallback
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import torch
+
+from models.encoders import Encoder, OpenClipEncoder
+from models.errors import ModelLoadError, UnknownModelError
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_DEFAULT = "open_clip:ViT-B-32/laion2b_s34b_b79k"
+# Until the project's own offline model exists, `auto` falls back to random weights.
+OFFLINE_FALLBACK = "random:ViT-B-32"
+CONFIG_DIR = Path(__file__).parent / "configs"
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model id."""
+
+    kind: str  # "open_clip" | "random" | "auto"
+    arch: str = ""
+    pretrained: str | None = None
+    checkpoint: Path | None = None
+
+
+@dataclass
+class LoadedModel:
+    """An encoder plus how it was chosen."""
+
+    encoder: Encoder
+    requested: str
+    fallback: bool
+    warning: str | None = None
+
+
+def parse_model_id(model_id: str) -> ModelSpec:
+    """Parse a model id; raise UnknownModelError on anything outside the syntax."""
+    kind, sep, rest = model_id.partition(":")
+    if model_id == "auto":
+        return ModelSpec(kind="auto")
+    if not sep or not rest:
+        raise UnknownModelError(_syntax_help(model_id))
+    if kind == "random":
+        return ModelSpec(kind="random", arch=rest)
+    if kind == "open_clip":
+        if "@" in rest:
+            arch, _, path = rest.partition("@")
+            if arch and path:
+                return ModelSpec(kind="open_clip", arch=arch, checkpoint=Path(path))
+        elif "/" in rest:
+            arch, _, tag = rest.partition("/")
+            if arch and tag:
+                return ModelSpec(kind="open_clip", arch=arch, pretrained=tag)
+    raise UnknownModelError(_syntax_help(model_id))
+
+
+def _syntax_help(model_id: str) -> str:
+    return (
+        f"unknown model id {model_id!r}: use open_clip:ARCH/PRETRAINED, "
+        "open_clip:ARCH@/path/to/checkpoint, random:ARCH or auto"
+    )
+
+
+def pick_device(device: str) -> str:
+    """Resolve ``auto`` to CUDA when present, else CPU."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("MMR_DEVICE=cuda but no CUDA device is visible; use auto or cpu")
+    return device
+
+
+def list_architectures() -> list[str]:
+    """Architectures usable in ``open_clip:`` and ``random:`` ids."""
+    import open_clip
+
+    _register_project_configs()
+    return list(open_clip.list_models())
+
+
+def load_model(
+    model_id: str, *, device: str = "auto", cache_dir: Path | None = None
+) -> LoadedModel:
+    """Load a model by id; explicit ids are strict, ``auto`` falls back loudly."""
+    spec = parse_model_id(model_id)
+    dev = pick_device(device)
+    if spec.kind != "auto":
+        return LoadedModel(_load_spec(model_id, spec, dev, cache_dir), model_id, fallback=False)
+    default = parse_model_id(PRODUCTION_DEFAULT)
+    try:
+        if not _weights_obtainable(default, cache_dir):
+            raise ModelLoadError("its weights are not cached and the hub cannot be reached")
+        enc = _load_spec(PRODUCTION_DEFAULT, default, dev, cache_dir)
+        return LoadedModel(enc, model_id, fallback=False)
+    except ModelLoadError as exc:
+        warning = (
+            f"MMR_MODEL=auto: the production default {PRODUCTION_DEFAULT} could not be loaded "
+            f"({exc}); serving the offline fallback {OFFLINE_FALLBACK}, whose embeddings carry "
+            "no meaning. Give the server network access or a cached checkpoint, or set MMR_MODEL."
+        )
+        log.warning(warning)
+        enc = _load_spec(OFFLINE_FALLBACK, parse_model_id(OFFLINE_FALLBACK), dev, cache_dir)
+        return LoadedModel(enc, model_id, fallback=True, warning=warning)
+
+
+def _weights_obtainable(spec: ModelSpec, cache_dir: Path | None) -> bool:
+    """Cheap check before a download: cached, or the hub answers within seconds.
+
+    Without it an offline machine spends ~45 s in the hub client's retries at every start.
+    """
+    import huggingface_hub
+    from open_clip.pretrained import get_pretrained_cfg
+
+    hub = get_pretrained_cfg(spec.arch, spec.pretrained or "").get("hf_hub", "")
+    if not hub:
+        return _hub_reachable()
+    # open_clip's convention: "org/repo/" means its default file names, else "org/repo/file".
+    repo_id, filename = os.path.split(hub)
+    names = (
+        [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+    )
+    for name in names:
+        found = huggingface_hub.try_to_load_from_cache(
+            repo_id, name, cache_dir=str(cache_dir) if cache_dir else None
+        )
+        if isinstance(found, str):
+            return True
+    return _hub_reachable()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlsplit(endpoint).hostname or "huggingface.co"
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_spec(model_id: str, spec: ModelSpec, device: str, cache_dir: Path | None) -> Encoder:
+    import open_clip
+
+    _register_project_configs()
+    if spec.arch not in open_clip.list_models():
+        raise ModelLoadError(
+            f"{model_id}: unknown architecture {spec.arch!r}; see GET /v1/models for the list"
+        )
+    pretrained: str | None = spec.pretrained
+    if spec.checkpoint is not None:
+        if not spec.checkpoint.is_file():
+            raise ModelLoadError(f"{model_id}: checkpoint file {spec.checkpoint} does not exist")
+        pretrained = str(spec.checkpoint)
+    if spec.kind == "random":
+        # Seeded so that a restart gives the same space: stored vectors stay comparable.
+        torch.manual_seed(RANDOM_SEED)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            spec.arch,
+            pretrained=pretrained,
+            device=device,
+            cache_dir=str(cache_dir) if cache_dir else None,
+            pretrained_text=False,
+        )
+    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{model_id}: could not load the weights: {exc}") from exc
+    tokenizer = open_clip.get_tokenizer(spec.arch)
+    return OpenClipEncoder(
+        model_id=model_id, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device
+    )
+
+
+def _register_project_configs() -> None:
+    import open_clip
+
+    if "mmr-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(CONFIG_DIR)
