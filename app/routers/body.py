@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from app.errors import ApiError, BadRequest, UnprocessableEntity
@@ -58,32 +59,44 @@ def describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-async def form(request: Request) -> FormData:
-    """The multipart form; 400 when it cannot be parsed."""
+@dataclass
+class Form:
+    """A parsed multipart body: the uploaded files' bytes and the text fields."""
+
+    files: list[bytes]
+    fields: dict[str, list[str]]
+
+    def field(self, name: str) -> str | None:
+        """The first value of a text field, or None when absent."""
+        values = self.fields.get(name)
+        return values[0] if values else None
+
+    def field_list(self, name: str) -> list[str]:
+        """Every value of a repeated text field."""
+        return self.fields.get(name, [])
+
+
+async def read_form(request: Request, file_field: str = "file") -> Form:
+    """Parse a multipart body, read its files and release the spooled temp files."""
     try:
-        return await request.form(max_files=1000, max_fields=1000)
+        data = await request.form(max_files=1000, max_fields=1000)
     except MultiPartException as exc:
         raise BadRequest(f"the multipart body could not be parsed: {exc.message}") from exc
-
-
-async def files(data: FormData, field: str = "file") -> list[bytes]:
-    """The bytes of every upload under a field name."""
-    out = []
-    for value in data.getlist(field):
-        if not isinstance(value, UploadFile):
-            raise UnprocessableEntity(f"{field} must be a file upload, not a text field")
-        out.append(await value.read())
-    return out
-
-
-def text_field(data: FormData, field: str) -> str | None:
-    """A plain form field, or None when absent."""
-    value = data.get(field)
-    if value is None:
-        return None
-    if isinstance(value, UploadFile):
-        raise UnprocessableEntity(f"{field} must be a text field, not a file")
-    return value
+    try:
+        files: list[bytes] = []
+        fields: dict[str, list[str]] = {}
+        for key, value in data.multi_items():
+            if isinstance(value, UploadFile):
+                if key != file_field:
+                    raise UnprocessableEntity(f"unexpected file field {key!r}; use {file_field!r}")
+                files.append(await value.read())
+            elif key == file_field:
+                raise UnprocessableEntity(f"{file_field} must be a file upload, not a text field")
+            else:
+                fields.setdefault(key, []).append(value)
+        return Form(files, fields)
+    finally:
+        await data.close()
 
 
 def require_json_or_multipart(request: Request) -> None:

@@ -29,7 +29,7 @@ async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
     """Vectors in the shared space (L2-normalised) for texts or uploaded files."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
-        uploads = await body.files(await body.form(request))
+        uploads = (await body.read_form(request)).files
         if not uploads:
             raise UnprocessableEntity("send one or more 'file' parts")
         return await run_in_threadpool(embed_files, services=services, uploads=uploads)

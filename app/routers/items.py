@@ -55,16 +55,15 @@ async def add_item(name: str, request: Request, services: ServicesDep) -> JSONRe
     """Add a text item (JSON) or an image (multipart `file`); the same client `id` replaces."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
-        data = await body.form(request)
-        uploads = await body.files(data)
-        if len(uploads) != 1:
+        form = await body.read_form(request)
+        if len(form.files) != 1:
             raise UnprocessableEntity("send exactly one 'file' part (use /items/batch for many)")
         pending = await run_in_threadpool(
             svc.prepare_file,
             services=services,
-            data=uploads[0],
-            external_id=_item_id(body.text_field(data, "id")),
-            metadata=svc.parse_metadata_field(body.text_field(data, "metadata")),
+            data=form.files[0],
+            external_id=_item_id(form.field("id")),
+            metadata=svc.parse_metadata_field(form.field("metadata")),
         )
     else:
         item = body.validate(TextItemCreate, await body.json_payload(request))
@@ -84,9 +83,8 @@ async def add_batch(name: str, request: Request, services: ServicesDep) -> Batch
     """Add many items in one call; each gets its own status, in order."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
-        data = await body.form(request)
-        uploads = await body.files(data)
-        entries = await run_in_threadpool(_prepare_files, services, uploads, data)
+        form = await body.read_form(request)
+        entries = await run_in_threadpool(_prepare_files, services, form)
     else:
         entries = _prepare_texts(services, await body.json_payload(request))
     results = await run_in_threadpool(svc.add_batch, services=services, name=name, entries=entries)
@@ -108,16 +106,14 @@ def _prepare_texts(services: Services, payload: Any) -> list[svc.PendingItem | E
     return entries
 
 
-def _prepare_files(
-    services: Services, uploads: list[bytes], data: Any
-) -> list[svc.PendingItem | Exception]:
-    _check_batch_size(services, len(uploads))
-    ids = [_item_id(v) for v in data.getlist("id")]
-    if ids and len(ids) != len(uploads):
-        raise UnprocessableEntity(f"{len(ids)} 'id' fields for {len(uploads)} files")
-    metadata = _batch_metadata(body.text_field(data, "metadata"), len(uploads))
+def _prepare_files(services: Services, form: body.Form) -> list[svc.PendingItem | Exception]:
+    _check_batch_size(services, len(form.files))
+    ids = [_item_id(v) for v in form.field_list("id")]
+    if ids and len(ids) != len(form.files):
+        raise UnprocessableEntity(f"{len(ids)} 'id' fields for {len(form.files)} files")
+    metadata = _batch_metadata(form.field("metadata"), len(form.files))
     entries: list[svc.PendingItem | Exception] = []
-    for i, upload in enumerate(uploads):
+    for i, upload in enumerate(form.files):
         try:
             entries.append(
                 svc.prepare_file(

@@ -48,19 +48,18 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
 
 
 async def _from_form(request: Request) -> tuple[Query, Constraints]:
-    data = await body.form(request)
-    uploads = await body.files(data)
-    if len(uploads) != 1:
+    form = await body.read_form(request)
+    if len(form.files) != 1:
         raise UnprocessableEntity("send exactly one 'file' part as the query")
     fields: dict[str, object] = {"text": "x"}
-    if (k := body.text_field(data, "k")) is not None:
+    if (k := form.field("k")) is not None:
         fields["k"] = k
-    if modalities := body.text_field(data, "modalities"):
+    if modalities := form.field("modalities"):
         fields["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
-    if raw_filter := body.text_field(data, "filter"):
+    if raw_filter := form.field("filter"):
         fields["filter"] = item_svc.parse_json_field(raw_filter, "filter")
     req = body.validate(SearchRequest, fields)
     constraints = Constraints(
         k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
     )
-    return Query(data=uploads[0]), constraints
+    return Query(data=form.files[0]), constraints

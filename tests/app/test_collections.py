@@ -1,0 +1,99 @@
+"""Collections: create, list, get, delete, names, spaces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import TEST_MODEL, error_code
+
+
+def test_create_returns_the_space(client: TestClient) -> None:
+    response = client.post("/v1/collections", json={"name": "photos"})
+    assert response.status_code == 201
+    body = response.json()
+    assert body["name"] == "photos"
+    assert body["model"] == TEST_MODEL
+    assert body["dim"] == 64
+    assert body["count"] == 0
+    assert body["index"] == {"type": "flat", "size": 0}
+    assert body["created_at"].endswith("Z")
+
+
+def test_name_taken_is_409(client: TestClient, collection: str) -> None:
+    response = client.post("/v1/collections", json={"name": collection})
+    assert response.status_code == 409
+    assert error_code(response) == "conflict"
+
+
+@pytest.mark.parametrize("name", ["", "Photos", "-x", "a" * 64, "a b", "a/b", "ü"])
+def test_bad_names_are_422_and_create_nothing(client: TestClient, name: str) -> None:
+    response = client.post("/v1/collections", json={"name": name})
+    assert response.status_code == 422
+    assert error_code(response) == "validation_error"
+    assert client.get("/v1/collections").json() == {"collections": []}
+
+
+def test_unknown_index_type_is_422(client: TestClient) -> None:
+    response = client.post("/v1/collections", json={"name": "x", "index": {"type": "magic"}})
+    assert response.status_code == 422
+
+
+def test_malformed_json_is_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/collections", content=b"{nope", headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert error_code(response) == "malformed_json"
+
+
+def test_list_get_delete(client: TestClient) -> None:
+    for name in ("b", "a"):
+        client.post("/v1/collections", json={"name": name})
+    names = [c["name"] for c in client.get("/v1/collections").json()["collections"]]
+    assert names == ["b", "a"]
+    assert client.get("/v1/collections/a").json()["name"] == "a"
+    client.post("/v1/collections/a/items", json={"text": "gone soon"})
+    assert client.delete("/v1/collections/a").status_code == 204
+    missing = client.get("/v1/collections/a")
+    assert missing.status_code == 404
+    assert error_code(missing) == "not_found"
+    assert client.delete("/v1/collections/a").status_code == 404
+    # The name can be used again, and the new collection starts empty.
+    assert client.post("/v1/collections", json={"name": "a"}).json()["count"] == 0
+    hits = client.post("/v1/collections/a/search", json={"text": "gone soon"}).json()
+    assert hits["results"] == []
+
+
+def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None:
+    assert error_code(client.get("/v1/nothing")) == "not_found"
+    response = client.put("/v1/collections")
+    assert response.status_code == 405
+    assert error_code(response) == "method_not_allowed"
+
+
+def test_another_model_cannot_mix_spaces(
+    make_settings: Callable[..., Settings], tmp_path: object
+) -> None:
+    with TestClient(create_app(make_settings())) as c:
+        c.post("/v1/collections", json={"name": "tiny"})
+        c.post("/v1/collections/tiny/items", json={"text": "kept", "id": "k"})
+    with TestClient(create_app(make_settings(model="random:RN50"))) as c:
+        info = c.get("/v1/collections/tiny").json()
+        assert info["compatible"] is False
+        assert info["model"] == TEST_MODEL
+        for response in (
+            c.post("/v1/collections/tiny/items", json={"text": "new"}),
+            c.post("/v1/collections/tiny/search", json={"text": "kept"}),
+            c.post("/v1/collections/tiny/search", json={"vector": [0.1] * 1024}),
+        ):
+            assert response.status_code == 409, response.text
+            assert error_code(response) == "embedding_space_mismatch"
+        assert c.get("/v1/collections/tiny").json()["count"] == 1
+        # Stored vectors are in the collection's own space: more-like-this still works.
+        hits = c.post("/v1/collections/tiny/search", json={"item_id": "k"}).json()["results"]
+        assert [h["item"]["id"] for h in hits] == ["k"]

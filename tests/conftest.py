@@ -1,0 +1,91 @@
+"""Shared fixtures: every API test runs against SQLite and against Postgres."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+
+from app.main import create_app
+from app.settings import Settings
+
+PG_URL = os.environ.get("MMR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TEST_MODEL = "random:mmr-tiny"  # a tiny open_clip architecture: plumbing, not meaning
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh empty database: a SQLite file, or a Postgres schema of its own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'mmr.sqlite3'}"
+        return
+    yield from postgres_schema_url()
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """A URL whose connections see only a new schema; dropped afterwards."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
+    """Settings for a test server in tmp_path; keyword arguments override."""
+
+    def build(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "database_url": database_url,
+            "model": TEST_MODEL,
+            "device": "cpu",
+            "torch_threads": 1,
+            "_env_file": None,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return build
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """Default test settings."""
+    return make_settings()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    """A client of the real app, lifespan included."""
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+@pytest.fixture
+def collection(client: TestClient) -> str:
+    """A new empty collection's name."""
+    assert client.post("/v1/collections", json={"name": "things"}).status_code == 201
+    return "things"
+
+
+def error_code(response: Any) -> str:
+    """The API error code of a non-2xx response (and checks its shape)."""
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"], body
+    code: str = body["error"]["code"]
+    return code
