@@ -38,19 +38,14 @@ RUN set -eux; \
 WORKDIR /app
 COPY . .
 
-# The venv is created with a python >= 3.11 first, because the Makefile's `python3 -m venv`
-# would pick Ubuntu 22.04's 3.10; make then finds it and only installs into it.
+# The same install as `make run`, minus the dev tools and the editable link; PYTHON picks a
+# python >= 3.11 where the base's python3 is older (Ubuntu 22.04 ships 3.10).
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
-    for py in python3.13 python3.12 python3.11 python3; do \
-        if command -v "$py" >/dev/null \
-            && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
-            "$py" -m venv /opt/venv; \
-            break; \
-        fi; \
-    done; \
-    test -x /opt/venv/bin/python; \
-    make install VENV=/opt/venv TORCH_INDEX="$TORCH_INDEX" ${TORCH_SPEC:+"TORCH_SPEC=$TORCH_SPEC"}
+    py=python3; \
+    command -v python3.11 >/dev/null && py=python3.11; \
+    make install VENV=/opt/venv PYTHON="$py" EXTRAS= EDITABLE= \
+        TORCH_INDEX="$TORCH_INDEX" ${TORCH_SPEC:+"TORCH_SPEC=$TORCH_SPEC"}
 
 # Data (SQL, blobs, index snapshots) and the model cache live in volumes under /data; the
 # directories are created here so that fresh named volumes belong to the service user.

@@ -1,5 +1,9 @@
 # One command to run, one to test. Both create the virtual environment when it is missing.
 VENV ?= .venv
+PYTHON ?= python3
+# The image installs without the dev tools and without an editable link.
+EXTRAS ?= [dev]
+EDITABLE ?= -e
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 HOST ?= 127.0.0.1
@@ -12,10 +16,10 @@ TORCH_INDEX ?=
 .PHONY: install run test lint typecheck pytest clean
 
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_SPEC)
-	$(PIP) install -e '.[dev]'
+	$(PIP) install $(EDITABLE) '.$(EXTRAS)'
 	touch $@
 
 install: $(VENV)/.installed
