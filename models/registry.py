@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
+from safetensors import SafetensorError
 
 from models.encoders import Encoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
@@ -26,6 +28,16 @@ PRODUCTION_DEFAULT = "open_clip:ViT-B-32/laion2b_s34b_b79k"
 # Until the project's own offline model exists, `auto` falls back to random weights.
 OFFLINE_FALLBACK = "random:ViT-B-32"
 CONFIG_DIR = Path(__file__).parent / "configs"
+# What open_clip, torch.load and safetensors raise for missing, corrupt or mismatched weights.
+CHECKPOINT_ERRORS = (
+    RuntimeError,
+    OSError,
+    ValueError,
+    KeyError,
+    EOFError,
+    pickle.UnpicklingError,
+    SafetensorError,
+)
 RANDOM_SEED = 0
 
 
@@ -180,7 +192,7 @@ def _load_spec(model_id: str, spec: ModelSpec, device: str, cache_dir: Path | No
             cache_dir=str(cache_dir) if cache_dir else None,
             pretrained_text=False,
         )
-    except (RuntimeError, OSError, ValueError, KeyError) as exc:
+    except CHECKPOINT_ERRORS as exc:
         raise ModelLoadError(f"{model_id}: could not load the weights: {exc}") from exc
     tokenizer = open_clip.get_tokenizer(spec.arch)
     return OpenClipEncoder(

@@ -1,0 +1,101 @@
+"""The FAISS wrapper and its snapshots."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.locks import RWLock
+from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
+from index.store import canonical, tag_pairs
+from index.vector_index import VectorIndex
+from models.aligner import l2_normalize
+
+
+def unit(rows: int, dim: int = 8, seed: int = 0) -> np.ndarray:
+    return l2_normalize(np.random.default_rng(seed).normal(size=(rows, dim)))
+
+
+def test_upsert_replaces_and_remove_forgets() -> None:
+    index = VectorIndex(8)
+    vectors = unit(3)
+    index.upsert(np.array([10, 20, 30]), vectors)
+    index.upsert(np.array([20]), vectors[0])
+    assert index.size == 3
+    hits = index.search(vectors[0], 2)
+    assert sorted(i for i, _ in hits) == [10, 20]
+    index.remove(np.array([10, 99]))
+    assert sorted(index.ids().tolist()) == [20, 30]
+
+
+def test_fewer_results_than_k_never_pads() -> None:
+    index = VectorIndex(8)
+    index.upsert(np.array([1, 2]), unit(2))
+    assert len(index.search(unit(1)[0], 10)) == 2
+    assert VectorIndex(8).search(unit(1)[0], 5) == []
+
+
+def test_allowed_ids_apply_before_the_cut() -> None:
+    index = VectorIndex(8)
+    vectors = unit(100)
+    index.upsert(np.arange(100), vectors)
+    allowed = np.array([3, 50, 97])
+    hits = index.search(vectors[0], 3, allowed)
+    assert sorted(i for i, _ in hits) == [3, 50, 97]
+    assert index.search(vectors[0], 3, np.array([], dtype=np.int64)) == []
+
+
+def test_wrong_dimension_is_refused() -> None:
+    index = VectorIndex(8)
+    with pytest.raises(ValueError, match="dimension 8"):
+        index.upsert(np.array([1]), unit(1, dim=4))
+    with pytest.raises(ValueError, match="dimension 8"):
+        index.search(unit(1, dim=4)[0], 1)
+
+
+def test_snapshot_round_trip_and_corruption(tmp_path: Path) -> None:
+    index = VectorIndex(8)
+    index.upsert(np.array([5, 6]), unit(2))
+    path = tmp_path / "idx" / "c.faiss"
+    write_snapshot(path, IndexSnapshot(seq=42, dim=8, payload=index.to_bytes()))
+    assert [p.name for p in path.parent.iterdir()] == ["c.faiss"]  # no temp file left
+    snap = read_snapshot(path)
+    assert snap is not None and snap.seq == 42
+    restored = VectorIndex.from_bytes(8, snap.payload)
+    assert sorted(restored.ids().tolist()) == [5, 6]
+    with pytest.raises(ValueError):
+        VectorIndex.from_bytes(16, snap.payload)
+    data = path.read_bytes()
+    flipped = data[:-1] + bytes([data[-1] ^ 0xFF])
+    for broken in (data[: len(data) // 2], b"", b"garbage\n" + data, flipped):
+        path.write_bytes(broken)
+        assert read_snapshot(path) is None
+    assert read_snapshot(tmp_path / "absent.faiss") is None
+
+
+def test_metadata_values_compare_as_json() -> None:
+    assert canonical(1) == canonical(1.0) != canonical("1")
+    assert canonical(True) != canonical(1)
+    pairs = tag_pairs({"a": [1, "x", {"no": 1}], "b": None, "c": {"nested": 1}})
+    assert pairs == {("a", "1"), ("a", '"x"'), ("b", "null")}
+
+
+def test_rwlock_writer_excludes_readers() -> None:
+    lock = RWLock()
+    events: list[str] = []
+
+    def reader() -> None:
+        with lock.read():
+            events.append("read")
+
+    with lock.write():
+        thread = threading.Thread(target=reader)
+        thread.start()
+        time.sleep(0.05)
+        events.append("write-done")
+    thread.join()
+    assert events == ["write-done", "read"]
