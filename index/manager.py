@@ -38,7 +38,8 @@ class IndexManager:
         self.store = store
         self.root = root
         self._live: dict[int, LiveIndex] = {}
-        self._guard = threading.Lock()
+        # Reentrant: get() holds it across load() so that one collection is loaded once.
+        self._guard = threading.RLock()
 
     def snapshot_path(self, collection_id: int) -> Path:
         """Where a collection's snapshot lives."""
@@ -90,7 +91,7 @@ class IndexManager:
         """The live index of a collection, loading it if another process created it."""
         with self._guard:
             live = self._live.get(row.id)
-        return live if live is not None else self.load(row)
+            return live if live is not None else self.load(row)
 
     def create(self, row: CollectionRow) -> LiveIndex:
         """Start an empty index for a new collection."""

@@ -34,6 +34,15 @@ class ItemDraft:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Upserted:
+    """The outcome of an upsert: the row, whether it is new, the digest it replaced."""
+
+    row: ItemRow
+    created: bool
+    replaced_sha: str | None
+
+
 def canonical(value: Scalar) -> str:
     """One JSON spelling per value, so that 1, 1.0 and "1" compare as JSON does."""
     if isinstance(value, float) and value.is_integer():
@@ -120,15 +129,26 @@ class MetadataStore:
             return int(session.scalar(stmt) or 0)
 
     # -- items ---------------------------------------------------------------------------
-    def upsert_item(self, *, collection_id: int, draft: ItemDraft) -> tuple[ItemRow, bool]:
-        """Insert or replace (same client id) an item; returns the row and whether it is new."""
+    def upsert_item(self, *, collection_id: int, draft: ItemDraft) -> Upserted:
+        """Insert or replace (same client id) an item."""
         try:
             return self._upsert(collection_id, draft)
         except IntegrityError:
-            # Two writers raced on a new client id: the loser replaces the winner's row.
+            pass
+        # Either two writers raced on a new client id (the loser replaces the winner's row)
+        # or the collection was deleted meanwhile (the foreign key refuses the row).
+        try:
             return self._upsert(collection_id, draft)
+        except IntegrityError as exc:
+            if not self._collection_exists(collection_id):
+                raise NotFoundError("the collection was deleted during the write") from exc
+            raise
 
-    def _upsert(self, collection_id: int, draft: ItemDraft) -> tuple[ItemRow, bool]:
+    def _collection_exists(self, collection_id: int) -> bool:
+        with self.sessions() as session:
+            return session.get(CollectionRow, collection_id) is not None
+
+    def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
         now = utcnow()
         with self.sessions.begin() as session:
             row = session.scalar(
@@ -138,6 +158,7 @@ class MetadataStore:
                 )
             )
             created = row is None
+            replaced_sha = None if row is None else row.sha256
             if row is None:
                 row = ItemRow(collection_id=collection_id, external_id=draft.external_id)
                 row.created_at = now
@@ -155,7 +176,7 @@ class MetadataStore:
             session.flush()
             self._write_tags(session, row)
             session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert"))
-        return row, created
+        return Upserted(row, created, replaced_sha)
 
     def _write_tags(self, session: Session, row: ItemRow) -> None:
         session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
@@ -229,13 +250,22 @@ class MetadataStore:
             )
             return {row.pk: row for row in session.scalars(stmt)}
 
-    def sha_in_use(self, sha256: str) -> bool:
-        """Whether any item still points at these bytes."""
+    def shas_in_use(self, shas: set[str]) -> set[str]:
+        """Which of these digests some item (of any collection) still points at."""
+        found: set[str] = set()
+        ordered = sorted(shas)
         with self.sessions() as session:
-            return (
-                session.scalar(select(ItemRow.pk).where(ItemRow.sha256 == sha256).limit(1))
-                is not None
-            )
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                stmt = select(ItemRow.sha256).where(ItemRow.sha256.in_(chunk)).distinct()
+                found.update(session.scalars(stmt))
+        return found
+
+    def collection_shas(self, collection_id: int) -> set[str]:
+        """The digests of a collection's items."""
+        with self.sessions() as session:
+            stmt = select(ItemRow.sha256).where(ItemRow.collection_id == collection_id)
+            return set(session.scalars(stmt.distinct()))
 
     # -- search support ------------------------------------------------------------------
     def matching_pks(

@@ -58,8 +58,10 @@ def delete_collection(*, services: Services, name: str) -> None:
     row = services.store.get_collection(name)
     live = services.indexes.get(row)
     with services.indexes.writing(live):
+        shas = services.store.collection_shas(row.id)
         services.store.delete_collection(row.id)
         services.indexes.drop(row.id)
+    services.blobs.remove_unused(shas, services.store.shas_in_use)
 
 
 def describe(services: Services, row: CollectionRow) -> CollectionPublic:

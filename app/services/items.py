@@ -140,25 +140,27 @@ def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[Any, An
 def _write(
     services: Services, row: CollectionRow, item: PendingItem, raw: Any, vector: Any
 ) -> tuple[ItemPublic, bool]:
-    # Bytes first: a committed row must never point at a file that is not on disk.
-    sha = services.blobs.put(item.data)
-    draft = ItemDraft(
-        external_id=item.external_id or uuid.uuid4().hex,
-        modality=item.modality,
-        sha256=sha,
-        content_type=item.content_type,
-        size_bytes=len(item.data),
-        feature=raw,
-        vector=vector,
-        aligner_version=row.aligner_version,
-        text=item.text,
-        metadata=item.metadata,
-    )
     live = services.indexes.get(row)
-    with services.indexes.writing(live) as index:
-        stored, created = services.store.upsert_item(collection_id=row.id, draft=draft)
-        index.upsert(_ids(stored.pk), vector)
-    return item_public(stored, row.name), created
+    # Bytes first: a committed row must never point at a file that is not on disk.
+    with services.blobs.pinned(item.data) as sha:
+        draft = ItemDraft(
+            external_id=item.external_id or uuid.uuid4().hex,
+            modality=item.modality,
+            sha256=sha,
+            content_type=item.content_type,
+            size_bytes=len(item.data),
+            feature=raw,
+            vector=vector,
+            aligner_version=row.aligner_version,
+            text=item.text,
+            metadata=item.metadata,
+        )
+        with services.indexes.writing(live) as index:
+            done = services.store.upsert_item(collection_id=row.id, draft=draft)
+            index.upsert(_ids(done.row.pk), vector)
+    if done.replaced_sha is not None and done.replaced_sha != sha:
+        services.blobs.remove_unused([done.replaced_sha], services.store.shas_in_use)
+    return item_public(done.row, row.name), done.created
 
 
 def _ids(pk: int) -> Any:
@@ -198,6 +200,7 @@ def delete_item(*, services: Services, name: str, item_id: str) -> None:
     with services.indexes.writing(live) as index:
         deleted: ItemRow = services.store.delete_item(collection_id=row.id, external_id=item_id)
         index.remove(_ids(deleted.pk))
+    services.blobs.remove_unused([deleted.sha256], services.store.shas_in_use)
 
 
 def list_items(*, services: Services, name: str, limit: int, cursor: str | None) -> ItemPage:

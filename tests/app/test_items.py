@@ -285,3 +285,26 @@ def test_delete_is_final(client: TestClient, collection: str) -> None:
     hits = client.post(f"/v1/collections/{collection}/search", json={"text": "bye", "k": 10})
     assert [h["item"]["id"] for h in hits.json()["results"]] == ["s"]
     assert sizes(client, collection) == (1, 1)
+
+
+def blob_files(client: TestClient) -> set[str]:
+    root = client.app.state.services.blobs.root  # type: ignore[attr-defined]
+    return {p.name for p in root.rglob("*") if p.is_file()}
+
+
+def test_original_bytes_go_when_no_item_needs_them(client: TestClient, collection: str) -> None:
+    client.post("/v1/collections", json={"name": "other"})
+    png = image_case("rgb_png")
+    a = client.post(items_url(collection), files={"file": ("a", png)}, data={"id": "a"}).json()
+    client.post(items_url("other"), files={"file": ("b", png)}, data={"id": "b"})
+    client.post(items_url(collection), json={"text": "first", "id": "t"})
+    first = client.get(f"{items_url(collection)}/t").json()["sha256"]
+    client.post(items_url(collection), json={"text": "second", "id": "t"})
+    assert first not in blob_files(client)  # replaced content is gone
+
+    client.delete(f"{items_url(collection)}/a")
+    assert a["sha256"] in blob_files(client)  # still used by the other collection
+    assert client.get(f"{items_url('other')}/b/content").content == png
+    client.delete("/v1/collections/other")
+    assert a["sha256"] not in blob_files(client)
+    assert client.get(f"{items_url(collection)}/t/content").content == b"second"
