@@ -47,7 +47,8 @@ def canonical(value: Scalar) -> str:
     """One JSON spelling per value, so that 1, 1.0 and "1" compare as JSON does."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+    # ASCII escapes keep control characters (NUL above all) out of the text column.
+    return json.dumps(value, sort_keys=True, ensure_ascii=True)
 
 
 def tag_pairs(metadata: dict[str, Any]) -> set[tuple[str, str]]:
@@ -58,9 +59,27 @@ def tag_pairs(metadata: dict[str, Any]) -> set[tuple[str, str]]:
         for v in values:
             if v is None or isinstance(v, str | int | float | bool):
                 text = canonical(v)
-                if len(text) <= 1024 and len(key) <= 255:
+                if len(text) <= 1024 and len(key) <= 255 and storable(key):
                     pairs.add((key, text))
     return pairs
+
+
+def storable(text: str) -> bool:
+    """Whether a string fits a text column on every backend (Postgres refuses NUL)."""
+    return "\x00" not in text
+
+
+def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
+    row = None
+    if storable(external_id):
+        row = session.scalar(
+            select(ItemRow).where(
+                ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
+            )
+        )
+    if row is None:
+        raise NotFoundError(f"no item {external_id!r} in this collection")
+    return row
 
 
 def to_blob(vector: np.ndarray) -> bytes:
@@ -102,8 +121,10 @@ class MetadataStore:
 
     def get_collection(self, name: str) -> CollectionRow:
         """The collection by name; NotFoundError when there is none."""
-        with self.sessions() as session:
-            row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
+        row = None
+        if storable(name):
+            with self.sessions() as session:
+                row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
         if row is None:
             raise NotFoundError(f"no collection named {name!r}")
         return row
@@ -188,27 +209,14 @@ class MetadataStore:
     def get_item(self, *, collection_id: int, external_id: str) -> ItemRow:
         """The item by client id; NotFoundError when there is none."""
         with self.sessions() as session:
-            row = session.scalar(
-                select(ItemRow).where(
-                    ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
-                )
-            )
-        if row is None:
-            raise NotFoundError(f"no item {external_id!r} in this collection")
-        return row
+            return _find_item(session, collection_id, external_id)
 
     def set_metadata(
         self, *, collection_id: int, external_id: str, metadata: dict[str, Any]
     ) -> ItemRow:
         """Replace an item's metadata (and its tags) without touching its vector."""
         with self.sessions.begin() as session:
-            row = session.scalar(
-                select(ItemRow).where(
-                    ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
-                )
-            )
-            if row is None:
-                raise NotFoundError(f"no item {external_id!r} in this collection")
+            row = _find_item(session, collection_id, external_id)
             row.meta = metadata
             row.updated_at = utcnow()
             self._write_tags(session, row)
@@ -217,13 +225,7 @@ class MetadataStore:
     def delete_item(self, *, collection_id: int, external_id: str) -> ItemRow:
         """Delete an item and log it; NotFoundError when there is none."""
         with self.sessions.begin() as session:
-            row = session.scalar(
-                select(ItemRow).where(
-                    ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
-                )
-            )
-            if row is None:
-                raise NotFoundError(f"no item {external_id!r} in this collection")
+            row = _find_item(session, collection_id, external_id)
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
             session.delete(row)
             session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="delete"))
@@ -280,6 +282,8 @@ class MetadataStore:
         if modalities:
             stmt = stmt.where(ItemRow.modality.in_(list(modalities)))
         for key, wanted in (filters or {}).items():
+            if not storable(key):
+                return np.zeros(0, dtype=np.int64)  # no stored key can hold it
             values = wanted if isinstance(wanted, list) else [wanted]
             tagged = select(ItemTagRow.item_pk).where(
                 ItemTagRow.collection_id == collection_id,

@@ -17,7 +17,7 @@ from app.services.collections import require_same_space
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
-from index.store import ItemDraft
+from index.store import ItemDraft, storable
 from index.tables import CollectionRow, ItemRow
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -65,6 +65,8 @@ def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]
     """A text item ready to embed."""
     if not text.strip():
         raise UnprocessableEntity("text must not be blank")
+    if not storable(text):
+        raise UnprocessableEntity("text must not contain NUL (U+0000) characters")
     if len(text) > MAX_TEXT_CHARS:
         raise UnprocessableEntity(f"text is over {MAX_TEXT_CHARS} characters")
     return PendingItem(

@@ -308,3 +308,21 @@ def test_original_bytes_go_when_no_item_needs_them(client: TestClient, collectio
     client.delete("/v1/collections/other")
     assert a["sha256"] not in blob_files(client)
     assert client.get(f"{items_url(collection)}/t/content").content == b"second"
+
+
+def test_nul_characters_are_refused_or_kept_alike_on_every_database(
+    client: TestClient, collection: str
+) -> None:
+    response = client.post(items_url(collection), json={"text": "a\x00b"})
+    assert response.status_code == 422
+    assert client.get(f"{items_url(collection)}/a%00b").status_code == 404
+    assert client.get("/v1/collections/x%00y").status_code == 404
+    metadata = {"k\x00ey": "v", "key": "va\x00lue"}
+    added = client.post(items_url(collection), json={"text": "nul", "metadata": metadata})
+    assert added.status_code == 201, added.text
+    assert added.json()["metadata"] == metadata
+    search = f"/v1/collections/{collection}/search"
+    hits = client.post(search, json={"text": "nul", "filter": {"key": "va\x00lue"}}).json()
+    assert len(hits["results"]) == 1
+    none = client.post(search, json={"text": "nul", "filter": {"k\x00ey": "v"}}).json()
+    assert none["results"] == []
