@@ -9,11 +9,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from app.errors import BadRequest, UnprocessableEntity, describe_error
 from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
 from app.services.collections import require_same_space
+from app.services.embedding import Embedded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
@@ -124,23 +126,27 @@ def add_batch(
     return results
 
 
-def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[Any, Any]]:
-    out: list[tuple[Any, Any]] = [None] * len(pending)  # type: ignore[list-item]
-    texts = [(i, p.text) for i, p in enumerate(pending) if p.text is not None]
-    images = [(i, p.image) for i, p in enumerate(pending) if p.image is not None]
+def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(raw feature, vector) per item, with one forward pass per modality."""
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    texts = {i: p.text for i, p in enumerate(pending) if p.text is not None}
+    images = {i: p.image for i, p in enumerate(pending) if p.image is not None}
     if texts:
-        emb = services.embedder.texts([t for _, t in texts if t is not None])
-        for j, (i, _) in enumerate(texts):
-            out[i] = (emb.raw[j], emb.vectors[j])
+        _scatter(out, list(texts), services.embedder.texts(list(texts.values())))
     if images:
-        emb = services.embedder.images([im for _, im in images if im is not None])
-        for j, (i, _) in enumerate(images):
-            out[i] = (emb.raw[j], emb.vectors[j])
-    return out
+        _scatter(out, list(images), services.embedder.images(list(images.values())))
+    return [out[i] for i in range(len(pending))]
+
+
+def _scatter(
+    out: dict[int, tuple[np.ndarray, np.ndarray]], positions: list[int], embedded: Embedded
+) -> None:
+    for j, i in enumerate(positions):
+        out[i] = (embedded.raw[j], embedded.vectors[j])
 
 
 def _write(
-    services: Services, row: CollectionRow, item: PendingItem, raw: Any, vector: Any
+    services: Services, row: CollectionRow, item: PendingItem, raw: np.ndarray, vector: np.ndarray
 ) -> tuple[ItemPublic, bool]:
     live = services.indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
@@ -159,16 +165,10 @@ def _write(
         )
         with services.indexes.writing(live) as index:
             done = services.store.upsert_item(collection_id=row.id, draft=draft)
-            index.upsert(_ids(done.row.pk), vector)
+            index.upsert(np.array([done.row.pk], dtype=np.int64), vector)
     if done.replaced_sha is not None and done.replaced_sha != sha:
         services.blobs.remove_unused([done.replaced_sha], services.store.shas_in_use)
     return item_public(done.row, row.name), done.created
-
-
-def _ids(pk: int) -> Any:
-    import numpy as np
-
-    return np.array([pk], dtype=np.int64)
 
 
 def get_item(*, services: Services, name: str, item_id: str) -> ItemPublic:
@@ -201,7 +201,7 @@ def delete_item(*, services: Services, name: str, item_id: str) -> None:
     live = services.indexes.get(row)
     with services.indexes.writing(live) as index:
         deleted: ItemRow = services.store.delete_item(collection_id=row.id, external_id=item_id)
-        index.remove(_ids(deleted.pk))
+        index.remove(np.array([deleted.pk], dtype=np.int64))
     services.blobs.remove_unused([deleted.sha256], services.store.shas_in_use)
 
 
