@@ -39,9 +39,7 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
     else:
         req = body.validate(SearchRequest, await body.json_payload(request))
         query = Query(text=req.text, item_id=req.item_id, vector=req.vector)
-        constraints = Constraints(
-            k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
-        )
+        constraints = _constraints(req)
     return await run_in_threadpool(
         search, services=services, name=name, query=query, constraints=constraints
     )
@@ -58,8 +56,12 @@ async def _from_form(request: Request) -> tuple[Query, Constraints]:
         fields["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
     if raw_filter := form.field("filter"):
         fields["filter"] = item_svc.parse_json_field(raw_filter, "filter")
+    # The form's fields go through the same schema as JSON; "text" stands in for the file.
     req = body.validate(SearchRequest, fields)
-    constraints = Constraints(
+    return Query(data=form.files[0]), _constraints(req)
+
+
+def _constraints(req: SearchRequest) -> Constraints:
+    return Constraints(
         k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
     )
-    return Query(data=form.files[0]), constraints

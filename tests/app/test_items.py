@@ -210,21 +210,22 @@ def test_batch_limits(client: TestClient, collection: str) -> None:
     assert sizes(client, collection) == (0, 0)
 
 
+def list_all(client: TestClient, name: str, *, limit: int) -> list[str]:
+    """Every item id, page by page."""
+    seen: list[str] = []
+    params: dict[str, str | int] = {"limit": limit}
+    while True:
+        page = client.get(items_url(name), params=params).json()
+        seen += [item["id"] for item in page["items"]]
+        if page["next_cursor"] is None:
+            return seen
+        params["cursor"] = page["next_cursor"]
+
+
 def test_list_pages_oldest_first(client: TestClient, collection: str) -> None:
     for i in range(7):
         client.post(items_url(collection), json={"text": f"t{i}", "id": f"i{i}"})
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, str | int] = {"limit": 3}
-        if cursor:
-            params["cursor"] = cursor
-        page = client.get(items_url(collection), params=params).json()
-        seen += [item["id"] for item in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert seen == [f"i{i}" for i in range(7)]
+    assert list_all(client, collection, limit=3) == [f"i{i}" for i in range(7)]
 
 
 def test_list_is_stable_under_concurrent_writes(client: TestClient, collection: str) -> None:
@@ -238,17 +239,7 @@ def test_list_is_stable_under_concurrent_writes(client: TestClient, collection: 
 
     thread = threading.Thread(target=writer)
     thread.start()
-    seen: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, str | int] = {"limit": 2}
-        if cursor:
-            params["cursor"] = cursor
-        page = client.get(items_url(collection), params=params).json()
-        seen += [item["id"] for item in page["items"] if item["id"].startswith("old")]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
+    seen = [i for i in list_all(client, collection, limit=2) if i.startswith("old")]
     thread.join()
     assert seen == [f"old{i}" for i in range(20)]
 
