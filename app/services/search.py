@@ -12,6 +12,7 @@ from app.services.collections import require_same_space
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
+from index.store import Scalar
 from index.tables import CollectionRow
 from models.aligner import l2_normalize
 
@@ -32,7 +33,7 @@ class Constraints:
 
     k: int = 10
     modalities: list[str] | None = None
-    filter: dict[str, object] | None = None
+    filter: dict[str, Scalar | list[Scalar]] | None = None
 
 
 def search(
@@ -48,7 +49,7 @@ def search(
         allowed = services.store.matching_pks(
             collection_id=row.id,
             modalities=constraints.modalities,
-            filters=constraints.filter,  # type: ignore[arg-type]
+            filters=constraints.filter,
         )
     hits = live.index.search(vector, constraints.k, allowed)
     items = services.store.items_by_pk(collection_id=row.id, pks=[pk for pk, _ in hits])
