@@ -27,6 +27,7 @@ class LiveIndex:
     collection_id: int
     index: VectorIndex
     writer: threading.Lock = field(default_factory=threading.Lock)
+    snapshotting: threading.Lock = field(default_factory=threading.Lock)
     dirty: int = 0
     last_snapshot: float = field(default_factory=time.monotonic)
 
@@ -55,6 +56,10 @@ class IndexManager:
         """Load one collection's index (see load_all)."""
         snap = read_snapshot(self.snapshot_path(row.id))
         index: VectorIndex | None = None
+        if snap is not None and snap.seq < row.changes_pruned_seq:
+            # A restored old file: the changes since it are gone from the log.
+            log.warning("snapshot of %s predates the change log: rebuilding", row.name)
+            snap = None
         if snap is not None:
             try:
                 index = VectorIndex.from_bytes(row.dim, snap.payload)
@@ -119,16 +124,19 @@ class IndexManager:
 
     # -- snapshots -----------------------------------------------------------------------
     def snapshot(self, live: LiveIndex) -> None:
-        """Write a snapshot that reflects exactly the change log up to its seq."""
-        with live.writer:
-            seq = self.store.last_seq(live.collection_id)
-            payload = live.index.to_bytes()
-            live.dirty = 0
-            live.last_snapshot = time.monotonic()
-        write_snapshot(
-            self.snapshot_path(live.collection_id),
-            IndexSnapshot(seq=seq, dim=live.index.dim, payload=payload),
-        )
+        """Write a snapshot that reflects exactly the change log up to its seq, then prune it."""
+        with live.snapshotting:
+            with live.writer:
+                seq = self.store.last_seq(live.collection_id)
+                payload = live.index.to_bytes()
+                live.dirty = 0
+                live.last_snapshot = time.monotonic()
+            write_snapshot(
+                self.snapshot_path(live.collection_id),
+                IndexSnapshot(seq=seq, dim=live.index.dim, payload=payload),
+            )
+            # Only once the snapshot is durable may the changes it covers be forgotten.
+            self.store.prune_changes(collection_id=live.collection_id, upto_seq=seq)
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""

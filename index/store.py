@@ -315,10 +315,26 @@ class MetadataStore:
                 last = int(ids[-1])
 
     def last_seq(self, collection_id: int) -> int:
-        """The newest change-log sequence of a collection (0 when none)."""
+        """The newest change-log sequence of a collection, pruned ones included (0 when none)."""
         with self.sessions() as session:
             stmt = select(func.max(ChangeRow.seq)).where(ChangeRow.collection_id == collection_id)
-            return int(session.scalar(stmt) or 0)
+            newest = int(session.scalar(stmt) or 0)
+            pruned = session.scalar(
+                select(CollectionRow.changes_pruned_seq).where(CollectionRow.id == collection_id)
+            )
+        return max(newest, int(pruned or 0))
+
+    def prune_changes(self, *, collection_id: int, upto_seq: int) -> None:
+        """Forget the change log up to a sequence a durable snapshot reflects."""
+        with self.sessions.begin() as session:
+            session.execute(
+                delete(ChangeRow).where(
+                    ChangeRow.collection_id == collection_id, ChangeRow.seq <= upto_seq
+                )
+            )
+            row = session.get(CollectionRow, collection_id)
+            if row is not None:
+                row.changes_pruned_seq = max(row.changes_pruned_seq, upto_seq)
 
     def changed_since(self, *, collection_id: int, seq: int) -> tuple[set[int], int]:
         """Item keys touched after a sequence, and the newest sequence seen."""

@@ -46,6 +46,8 @@ class CollectionRow(Base):
     index_type: Mapped[str] = mapped_column(String(32), default="flat")
     index_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Change-log rows up to this sequence are deleted: older snapshots cannot be replayed.
+    changes_pruned_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class ItemRow(Base):

@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from index.manager import IndexManager
 from index.snapshots import read_snapshot
 
 
@@ -62,7 +64,9 @@ def test_items_survive_restarts(make_settings: Callable[..., Settings]) -> None:
             assert sizes(c) == (4, 4)
 
 
-def test_changes_after_the_snapshot_are_replayed(make_settings: Callable[..., Settings]) -> None:
+def test_changes_after_the_snapshot_are_replayed(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
     settings = make_settings()
     with TestClient(create_app(settings)) as c:
         c.post("/v1/collections", json={"name": "c"})
@@ -71,12 +75,14 @@ def test_changes_after_the_snapshot_are_replayed(make_settings: Callable[..., Se
     [snap] = snapshots(settings)
     stale = snap.read_bytes()
 
-    with TestClient(create_app(settings)) as c:
-        add(c, "new")
-        c.delete("/v1/collections/c/items/old0")
-        c.post("/v1/collections/c/items", json={"text": "changed", "id": "old1"})
-    # As if the process died before its shutdown snapshot: only the old snapshot is on disk.
-    snap.write_bytes(stale)
+    # As if the process died: no shutdown snapshot, the old one stays on disk.
+    with monkeypatch.context() as m:
+        m.setattr(IndexManager, "snapshot_all", lambda self: None)
+        with TestClient(create_app(settings)) as c:
+            add(c, "new")
+            c.delete("/v1/collections/c/items/old0")
+            c.post("/v1/collections/c/items", json={"text": "changed", "id": "old1"})
+    assert snap.read_bytes() == stale
 
     with TestClient(create_app(settings)) as c:
         assert sizes(c) == (3, 3)
@@ -87,6 +93,31 @@ def test_changes_after_the_snapshot_are_replayed(make_settings: Callable[..., Se
         assert hits["results"][0]["score"] > 0.999
         all_hits = c.post("/v1/collections/c/search", json={"text": "x", "k": 100}).json()
         assert "old0" not in [h["item"]["id"] for h in all_hits["results"]]
+
+
+def test_an_old_snapshot_after_pruning_is_rebuilt(make_settings: Callable[..., Settings]) -> None:
+    """A snapshot restored from an old backup cannot be replayed: the log was pruned."""
+    settings = make_settings()
+    with TestClient(create_app(settings)) as c:
+        c.post("/v1/collections", json={"name": "c"})
+        add(c, "first")
+    [snap] = snapshots(settings)
+    old = snap.read_bytes()
+    with TestClient(create_app(settings)) as c:
+        add(c, "second")
+        c.delete("/v1/collections/c/items/first")
+    newer = read_snapshot(snap)
+    snap.write_bytes(old)
+    older = read_snapshot(snap)
+    assert newer is not None and older is not None and older.seq < newer.seq
+
+    with TestClient(create_app(settings)) as c:
+        store = c.app.state.services.store  # type: ignore[attr-defined]
+        row = store.get_collection("c")
+        # Every change is covered by a durable snapshot: the log holds nothing older.
+        assert store.changed_since(collection_id=row.id, seq=0) == (set(), 0)
+        assert sizes(c) == (1, 1)
+        assert found(c, "text of second", "second")
 
 
 def test_a_corrupt_snapshot_is_rebuilt_from_sql(make_settings: Callable[..., Settings]) -> None:

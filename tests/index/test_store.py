@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
 from index.db import make_engine, make_sessionmaker, migrate
 from index.errors import ConflictError, NotFoundError
@@ -62,3 +63,32 @@ def test_writing_into_a_deleted_collection_is_not_found(store: MetadataStore) ->
         store.upsert_item(collection_id=row.id, draft=draft("late"))
     with pytest.raises(NotFoundError):
         store.get_collection("c")
+
+
+def test_migrations_upgrade_a_populated_database(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        migrate(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO collections (name, model, dim, aligner_version, index_type,"
+                    " index_params, created_at) VALUES ('old', 'm', 4, 0, 'flat', '{}',"
+                    " CURRENT_TIMESTAMP)"
+                )
+            )
+        migrate(engine)
+        row = MetadataStore(make_sessionmaker(engine)).get_collection("old")
+        assert row.changes_pruned_seq == 0
+    finally:
+        engine.dispose()
+
+
+def test_pruning_keeps_the_newest_sequence(store: MetadataStore) -> None:
+    row = store.create_collection(name="c", model="m", dim=4, index_type="flat", index_params={})
+    store.upsert_item(collection_id=row.id, draft=draft("a"))
+    seq = store.last_seq(row.id)
+    store.prune_changes(collection_id=row.id, upto_seq=seq)
+    assert store.changed_since(collection_id=row.id, seq=0) == (set(), 0)
+    assert store.last_seq(row.id) == seq
+    assert store.get_collection("c").changes_pruned_seq == seq
