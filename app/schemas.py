@@ -128,7 +128,16 @@ class BatchResult(BaseModel):
     results: list[BatchEntry]
 
 
-class SearchRequest(BaseModel):
+class SearchOptions(BaseModel):
+    """How many and which items a search may return (JSON fields or multipart form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+    k: int = Field(10, ge=1, le=MAX_K)
+    modalities: list[Modality] | None = None
+    filter: dict[str, Scalar | list[Scalar]] | None = None
+
+
+class SearchRequest(SearchOptions):
     """A search by text, by stored item, or by raw vector."""
 
     model_config = ConfigDict(
@@ -143,9 +152,6 @@ class SearchRequest(BaseModel):
     text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)] | None = None
     item_id: ItemId | None = None
     vector: list[float] | None = None
-    k: int = Field(10, ge=1, le=MAX_K)
-    modalities: list[Modality] | None = None
-    filter: dict[str, Scalar | list[Scalar]] | None = None
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:

@@ -50,7 +50,8 @@ class OpenClipEncoder:
         self.modalities: tuple[Modality, ...] = ("image", "text")
         # One forward pass at a time: concurrent passes only fight over the same cores.
         self._lock = threading.Lock()
-        self.dim = int(self.encode_texts(["probe"]).shape[1])
+        self.dim = 0
+        self.dim = int(self.encode_texts(["probe"]).shape[1])  # the model's output width
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw image features, shape (n, dim), float32."""
@@ -62,7 +63,7 @@ class OpenClipEncoder:
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Raw text features, shape (n, dim), float32."""
         if not texts:
-            return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
         return self._run(self._model_fn("encode_text"), tokens)
 

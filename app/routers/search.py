@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import UnprocessableEntity
 from app.routers import body
-from app.schemas import MAX_K, SearchRequest, SearchResponse
+from app.schemas import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
 from app.services.search import Constraints, Query, search
 from app.state import ServicesDep
@@ -49,19 +49,18 @@ async def _from_form(request: Request) -> tuple[Query, Constraints]:
     form = await body.read_form(request)
     if len(form.files) != 1:
         raise UnprocessableEntity("send exactly one 'file' part as the query")
-    fields: dict[str, object] = {"text": "x"}
+    fields: dict[str, object] = {}
     if (k := form.field("k")) is not None:
         fields["k"] = k
     if modalities := form.field("modalities"):
         fields["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
     if raw_filter := form.field("filter"):
         fields["filter"] = item_svc.parse_json_field(raw_filter, "filter")
-    # The form's fields go through the same schema as JSON; "text" stands in for the file.
-    req = body.validate(SearchRequest, fields)
+    req = body.validate(SearchOptions, fields)
     return Query(data=form.files[0]), _constraints(req)
 
 
-def _constraints(req: SearchRequest) -> Constraints:
+def _constraints(req: SearchOptions) -> Constraints:
     return Constraints(
         k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
     )
