@@ -37,15 +37,20 @@ def snapshots(settings: Settings) -> list[Path]:
     return sorted((settings.data_dir / "indexes").glob("*.faiss"))
 
 
-def test_items_survive_restarts(make_settings: Callable[..., Settings]) -> None:
-    settings = make_settings()
+def seeded(settings: Settings, ids: list[str]) -> Path:
+    """Start, create collection c with these items, stop cleanly; the snapshot written."""
     with TestClient(create_app(settings)) as c:
         c.post("/v1/collections", json={"name": "c"})
-        for i in range(5):
-            add(c, f"a{i}")
-    # A clean stop snapshots the index.
+        for item_id in ids:
+            add(c, item_id)
     [snap] = snapshots(settings)
-    assert read_snapshot(snap) is not None
+    return snap
+
+
+def test_items_survive_restarts(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings()
+    snap = seeded(settings, [f"a{i}" for i in range(5)])
+    assert read_snapshot(snap) is not None  # a clean stop snapshots the index
 
     with TestClient(create_app(settings)) as c:
         assert all(found(c, f"text of a{i}", f"a{i}") for i in range(5))
@@ -68,11 +73,7 @@ def test_changes_after_the_snapshot_are_replayed(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = make_settings()
-    with TestClient(create_app(settings)) as c:
-        c.post("/v1/collections", json={"name": "c"})
-        for i in range(3):
-            add(c, f"old{i}")
-    [snap] = snapshots(settings)
+    snap = seeded(settings, [f"old{i}" for i in range(3)])
     stale = snap.read_bytes()
 
     # As if the process died: no shutdown snapshot, the old one stays on disk.
@@ -98,10 +99,7 @@ def test_changes_after_the_snapshot_are_replayed(
 def test_an_old_snapshot_after_pruning_is_rebuilt(make_settings: Callable[..., Settings]) -> None:
     """A snapshot restored from an old backup cannot be replayed: the log was pruned."""
     settings = make_settings()
-    with TestClient(create_app(settings)) as c:
-        c.post("/v1/collections", json={"name": "c"})
-        add(c, "first")
-    [snap] = snapshots(settings)
+    snap = seeded(settings, ["first"])
     old = snap.read_bytes()
     with TestClient(create_app(settings)) as c:
         add(c, "second")
@@ -122,11 +120,7 @@ def test_an_old_snapshot_after_pruning_is_rebuilt(make_settings: Callable[..., S
 
 def test_a_corrupt_snapshot_is_rebuilt_from_sql(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings()
-    with TestClient(create_app(settings)) as c:
-        c.post("/v1/collections", json={"name": "c"})
-        add(c, "x")
-        add(c, "y")
-    [snap] = snapshots(settings)
+    snap = seeded(settings, ["x", "y"])
     data = bytearray(snap.read_bytes())
     data[-10] ^= 0xFF
     snap.write_bytes(bytes(data))
