@@ -1,9 +1,13 @@
-"""The ``mmr`` command: ``mmr serve`` runs the API server."""
+"""The ``mmr`` command: ``serve`` runs the API; ``train-mini``, ``eval`` and ``world`` work on
+the project's own model and the synthetic world it is trained on."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -15,9 +19,30 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API (configuration: MMR_* variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    train = sub.add_parser("train-mini", help="train mmr-mini from scratch, then evaluate it")
+    train.add_argument("--out", type=Path, default=Path("data/mmr-mini"))
+    train.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-pairs", type=int, default=600)
+    ev = sub.add_parser("eval", help="recall@1/5/10 of a model on held-out generated pairs")
+    ev.add_argument("--model", default="mmr-mini", help="a model id (default mmr-mini)")
+    ev.add_argument("--pairs", type=int, default=600)
+    ev.add_argument("--seed", type=int, default=1000)
+    world = sub.add_parser("world", help="write generated images and sounds with captions")
+    world.add_argument("--out", type=Path, default=Path("data/world"))
+    world.add_argument("--images", type=int, default=40)
+    world.add_argument("--sounds", type=int, default=24)
+    world.add_argument("--seed", type=int, default=7)
+    world.add_argument("--style", choices=["train", "shifted"], default="shifted")
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args.host, args.port)
+    if args.command == "train-mini":
+        return _train_mini(args.out, args.steps, args.seed, args.eval_pairs)
+    if args.command == "eval":
+        return _eval(args.model, args.pairs, args.seed)
+    if args.command == "world":
+        return _world(args.out, args.images, args.sounds, args.seed, args.style)
     return 2
 
 
@@ -30,6 +55,52 @@ def _serve(host: str, port: int) -> int:
     server.run()
     # uvicorn returns normally when start-up fails (e.g. a strict model id that cannot load).
     return 0 if server.started else 1
+
+
+def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int:
+    from models.encoders import MiniEncoder
+    from models.mini.evaluate import as_card, evaluate, format_table
+    from models.mini.model import CARD_FILE, load_mini, read_card
+    from models.mini.train import TrainConfig, train_mini
+
+    cfg = TrainConfig(seed=seed)
+    if steps is not None:
+        cfg = dataclasses.replace(cfg, steps=steps)
+    train_mini(cfg, out, log=_say)
+    encoder = MiniEncoder(model_id=f"mmr-mini@{out}", model=load_mini(out), device="cpu")
+    results = evaluate(encoder, pairs=eval_pairs)
+    card = read_card(out)
+    card["evaluation"] = as_card(results, pairs=eval_pairs)
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    _say(format_table(results))
+    _say(f"weights in {out}; serve them with MMR_MODEL=mmr-mini@{out.resolve()}")
+    return 0
+
+
+def _eval(model_id: str, pairs: int, seed: int) -> int:
+    from models.errors import ModelLoadError
+    from models.mini.evaluate import evaluate, format_table
+    from models.registry import load_model
+
+    try:
+        encoder = load_model(model_id, device="cpu").encoder
+    except ModelLoadError as exc:
+        _say(f"mmr eval: {exc}")
+        return 1
+    _say(format_table(evaluate(encoder, pairs=pairs, seed=seed)))
+    return 0
+
+
+def _world(out: Path, images: int, sounds: int, seed: int, style: str) -> int:
+    from models.world.pairs import write_demo_set
+
+    manifest = write_demo_set(out, n_images=images, n_sounds=sounds, seed=seed, style=style)
+    _say(f"wrote {images} images and {sounds} sounds; captions in {manifest}")
+    return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

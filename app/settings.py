@@ -20,6 +20,7 @@ class Settings(BaseSettings):
     api_keys: str = ""
     max_upload_mb: float = 50.0
     max_image_pixels: int = 64_000_000
+    max_audio_seconds: float = Field(default=600.0, gt=0, description="longest audio upload")
     max_batch_items: int = 256
     torch_threads: int = Field(default=0, description="0 = one per CPU core")
     faiss_threads: int = 1

@@ -3,6 +3,8 @@
 - ``open_clip:ARCH/PRETRAINED``  weights through open_clip's own loader and cache
 - ``open_clip:ARCH@/path/ckpt``  a local checkpoint (``.pt``, ``.bin`` or ``.safetensors``)
 - ``random:ARCH``                seeded random init of an open_clip architecture (plumbing only)
+- ``mmr-mini``                   the project's own image/text/audio model, shipped in the package
+- ``mmr-mini@/path/to/dir``      mmr-mini weights from ``mmr train-mini --out DIR``
 - ``auto``                       the production default if it can be had, else a loud fallback
 """
 
@@ -19,15 +21,16 @@ from urllib.parse import urlsplit
 import torch
 from safetensors import SafetensorError
 
-from models.encoders import Encoder, OpenClipEncoder
+from models.architectures import register_project_configs
+from models.encoders import Encoder, MiniEncoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
+from models.mini.model import ARCH as MINI_ARCH
+from models.mini.model import CARD_FILE, SHIPPED_DIR, load_mini
 
 log = logging.getLogger(__name__)
 
 PRODUCTION_DEFAULT = "open_clip:ViT-B-32/laion2b_s34b_b79k"
-# Until the project's own offline model exists, `auto` falls back to random weights.
-OFFLINE_FALLBACK = "random:ViT-B-32"
-CONFIG_DIR = Path(__file__).parent / "configs"
+OFFLINE_FALLBACK = "mmr-mini"
 # What open_clip, torch.load and safetensors raise for missing, corrupt or mismatched weights.
 CHECKPOINT_ERRORS = (
     RuntimeError,
@@ -45,7 +48,7 @@ RANDOM_SEED = 0
 class ModelSpec:
     """A parsed model id."""
 
-    kind: str  # "open_clip" | "random" | "auto"
+    kind: str  # "open_clip" | "random" | "mmr-mini" | "auto"
     arch: str = ""
     pretrained: str | None = None
     checkpoint: Path | None = None
@@ -66,6 +69,11 @@ def parse_model_id(model_id: str) -> ModelSpec:
     kind, sep, rest = model_id.partition(":")
     if model_id == "auto":
         return ModelSpec(kind="auto")
+    if model_id == MINI_ARCH:
+        return ModelSpec(kind=MINI_ARCH, arch=MINI_ARCH, checkpoint=SHIPPED_DIR)
+    name, at, path = model_id.partition("@")
+    if name == MINI_ARCH and at and path:
+        return ModelSpec(kind=MINI_ARCH, arch=MINI_ARCH, checkpoint=Path(path))
     if not sep or not rest:
         raise UnknownModelError(_syntax_help(model_id))
     if kind == "random":
@@ -85,7 +93,8 @@ def parse_model_id(model_id: str) -> ModelSpec:
 def _syntax_help(model_id: str) -> str:
     return (
         f"unknown model id {model_id!r}: use open_clip:ARCH/PRETRAINED, "
-        "open_clip:ARCH@/path/to/checkpoint, random:ARCH or auto"
+        "open_clip:ARCH@/path/to/checkpoint, random:ARCH, mmr-mini, mmr-mini@/path/to/dir "
+        "or auto"
     )
 
 
@@ -102,7 +111,7 @@ def list_architectures() -> list[str]:
     """Architectures usable in ``open_clip:`` and ``random:`` ids."""
     import open_clip
 
-    _register_project_configs()
+    register_project_configs()
     return list(open_clip.list_models())
 
 
@@ -123,8 +132,9 @@ def load_model(
     except ModelLoadError as exc:
         warning = (
             f"MMR_MODEL=auto: the production default {PRODUCTION_DEFAULT} could not be loaded "
-            f"({exc}); serving the offline fallback {OFFLINE_FALLBACK}, whose embeddings carry "
-            "no meaning. Give the server network access or a cached checkpoint, or set MMR_MODEL."
+            f"({exc}); serving the offline fallback {OFFLINE_FALLBACK}, a small demonstration "
+            "model that only knows the project's synthetic shapes and sounds, not photos. "
+            "Give the server network access or a cached checkpoint, or set MMR_MODEL."
         )
         log.warning(warning)
         enc = _load_spec(OFFLINE_FALLBACK, parse_model_id(OFFLINE_FALLBACK), dev, cache_dir)
@@ -169,9 +179,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _load_spec(model_id: str, spec: ModelSpec, device: str, cache_dir: Path | None) -> Encoder:
+    if spec.kind == MINI_ARCH:
+        return _load_mini(model_id, spec, device)
     import open_clip
 
-    _register_project_configs()
+    register_project_configs()
     if spec.arch not in open_clip.list_models():
         raise ModelLoadError(
             f"{model_id}: unknown architecture {spec.arch!r}; see GET /v1/models for the list"
@@ -200,8 +212,15 @@ def _load_spec(model_id: str, spec: ModelSpec, device: str, cache_dir: Path | No
     )
 
 
-def _register_project_configs() -> None:
-    import open_clip
-
-    if "mmr-tiny" not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR)
+def _load_mini(model_id: str, spec: ModelSpec, device: str) -> Encoder:
+    weights_dir = spec.checkpoint or SHIPPED_DIR
+    if not (weights_dir / CARD_FILE).is_file():
+        raise ModelLoadError(
+            f"{model_id}: {weights_dir} holds no {CARD_FILE}; point at a directory written by "
+            "`mmr train-mini --out DIR`"
+        )
+    try:
+        model = load_mini(weights_dir, device=device)
+    except CHECKPOINT_ERRORS as exc:
+        raise ModelLoadError(f"{model_id}: could not load the weights: {exc}") from exc
+    return MiniEncoder(model_id=model_id, model=model, device=device)

@@ -8,6 +8,7 @@ import zlib
 from collections.abc import Callable
 
 import numpy as np
+import soundfile as sf
 from PIL import Image
 
 # --- images ---
@@ -263,3 +264,79 @@ def image_case_size(name: str) -> tuple[int, int]:
     """Return the (width, height) a case decodes to: EXIF rotation swaps the stored size."""
     width, height = IMAGE_SIZE
     return (height, width) if name == "exif_rotated_jpeg" else (width, height)
+
+
+# --- audio ---
+#
+# Every clip is a sine tone (the same in every channel) unless silent. Conventions:
+# - files are written with soundfile into memory, in blocks: one large Vorbis write can
+#   crash libsndfile 1.2.2 (seen at 60 s of 48 kHz in one call);
+# - libsndfile writes MP3 at 8, 11.025, 12, 16, 22.05, 24, 32, 44.1 and 48 kHz only, mono or
+#   stereo only; use WAV or FLAC for 96 kHz or more than two channels;
+# - an empty FLAC or MP3 comes out as zero bytes (libsndfile writes nothing without samples);
+#   only WAV and OGG give a valid header holding 0 frames.
+
+AUDIO_FORMATS = ("WAV", "FLAC", "OGG", "MP3")
+
+_AUDIO_SUBTYPES: dict[str, str | None] = {
+    "WAV": None,
+    "FLAC": None,
+    "OGG": "VORBIS",
+    "MP3": "MPEG_LAYER_III",
+}
+
+_WRITE_BLOCK = 16_384
+
+
+def tone(
+    seconds: float = 1.0,
+    *,
+    rate: int = 16000,
+    freq: float = 440.0,
+    channels: int = 1,
+    amplitude: float = 0.5,
+) -> np.ndarray:
+    """Return a sine tone as (frames, channels) float32, the same signal in every channel."""
+    t = np.arange(round(seconds * rate)) / rate
+    wave = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.repeat(wave[:, None], channels, axis=1)
+
+
+def audio_bytes(
+    fmt: str = "WAV",
+    *,
+    seconds: float = 1.0,
+    rate: int = 16000,
+    channels: int = 1,
+    freq: float = 440.0,
+    silent: bool = False,
+    subtype: str | None = None,
+) -> bytes:
+    """Return an encoded tone (or silence) in one of AUDIO_FORMATS, written with soundfile."""
+    samples = tone(seconds, rate=rate, freq=freq, channels=channels)
+    if silent:
+        samples[:] = 0.0
+    return samples_bytes(samples, rate, fmt, subtype=subtype)
+
+
+def samples_bytes(
+    samples: np.ndarray, rate: int, fmt: str = "WAV", *, subtype: str | None = None
+) -> bytes:
+    """Encode (frames, channels) samples with soundfile; subtype defaults per format."""
+    buffer = io.BytesIO()
+    chosen = subtype or _AUDIO_SUBTYPES[fmt]
+    with sf.SoundFile(buffer, "w", rate, samples.shape[1], format=fmt, subtype=chosen) as out:
+        for start in range(0, len(samples), _WRITE_BLOCK):
+            out.write(samples[start : start + _WRITE_BLOCK])
+    return buffer.getvalue()
+
+
+def wav_with_lying_header(claimed_seconds: float, *, rate: int = 16000) -> bytes:
+    """Return a 16-bit mono WAV whose data chunk claims claimed_seconds but holds 0.1 s."""
+    pcm = (tone(0.1, rate=rate)[:, 0] * 32767).astype("<i2").tobytes()
+    # RIFF sizes are 32-bit; 0xFFFFFFFF means "unknown" to readers, so stop just below it.
+    claimed = min(round(claimed_seconds * rate) * 2, 0xFFFFFFFE)
+    fmt_chunk = struct.pack("<4sIHHIIHH", b"fmt ", 16, 1, 1, rate, rate * 2, 2, 16)
+    data_head = struct.pack("<4sI", b"data", claimed)
+    riff_size = min(4 + len(fmt_chunk) + len(data_head) + claimed, 0xFFFFFFFE)
+    return struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE") + fmt_chunk + data_head + pcm

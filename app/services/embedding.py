@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from models.aligner import IdentityAligner
 from models.registry import LoadedModel
@@ -43,12 +43,21 @@ class Embedder:
         """What the model can encode."""
         return self.encoder.modalities
 
+    @property
+    def audio_rate(self) -> int | None:
+        """Sample rate audio is decoded to, or None when the model has no audio tower."""
+        return self.encoder.audio_rate
+
     def texts(self, texts: Sequence[str]) -> Embedded:
         """Embed texts in one forward pass."""
-        raw = self.encoder.encode_texts(texts)
-        return Embedded(raw, self.aligner.project("text", raw))
+        return self.encode("text", texts)
 
-    def images(self, images: Sequence[Image.Image]) -> Embedded:
-        """Embed decoded RGB images in one forward pass."""
-        raw = self.encoder.encode_images(images)
-        return Embedded(raw, self.aligner.project("image", raw))
+    def encode(self, modality: str, payloads: Sequence[Any]) -> Embedded:
+        """Embed decoded inputs of one modality (texts, RGB images or mono waves) together."""
+        if modality == "text":
+            raw = self.encoder.encode_texts(payloads)
+        elif modality == "image":
+            raw = self.encoder.encode_images(payloads)
+        else:
+            raw = self.encoder.encode_audio(payloads)
+        return Embedded(raw, self.aligner.project(modality, raw))

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from app.errors import BadRequest, UnprocessableEntity, describe_error
 from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
@@ -35,7 +34,7 @@ class PendingItem:
     content_type: str
     data: bytes
     text: str | None = None
-    image: Image.Image | None = None
+    payload: Any = None  # what the encoder takes: the text, an RGB image or a mono wave
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,6 +76,7 @@ def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]
         content_type=TEXT_CONTENT_TYPE,
         data=text.encode("utf-8"),
         text=text,
+        payload=text,
         metadata=check_metadata(metadata),
     )
 
@@ -91,7 +91,7 @@ def prepare_file(
         modality=media.modality,
         content_type=media.content_type,
         data=data,
-        image=media.image,
+        payload=media.payload,
         metadata=check_metadata(metadata),
     )
 
@@ -129,12 +129,10 @@ def add_batch(
 def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(raw feature, vector) per item, with one forward pass per modality."""
     out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    texts = {i: p.text for i, p in enumerate(pending) if p.text is not None}
-    images = {i: p.image for i, p in enumerate(pending) if p.image is not None}
-    if texts:
-        _scatter(out, list(texts), services.embedder.texts(list(texts.values())))
-    if images:
-        _scatter(out, list(images), services.embedder.images(list(images.values())))
+    for modality in sorted({p.modality for p in pending}):
+        where = [i for i, p in enumerate(pending) if p.modality == modality]
+        embedded = services.embedder.encode(modality, [pending[i].payload for i in where])
+        _scatter(out, where, embedded)
     return [out[i] for i in range(len(pending))]
 
 

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from app.errors import PayloadTooLarge
 from app.state import Services
 from models.errors import UnsupportedMediaError
-from models.media.audio import sniff_audio
+from models.media.audio import decode_audio, sniff_audio
 from models.media.image import decode_image, sniff_image
 
 
 @dataclass
 class DecodedMedia:
-    """A decoded upload and what it is."""
+    """A decoded upload and what it is: an RGB image or a mono wave at the model's rate."""
 
     modality: str
     content_type: str
-    image: Image.Image
+    payload: Image.Image | np.ndarray
 
 
 def decode_upload(data: bytes, *, services: Services) -> DecodedMedia:
@@ -35,13 +36,22 @@ def decode_upload(data: bytes, *, services: Services) -> DecodedMedia:
     if mime is not None:
         image = decode_image(data, max_pixels=settings.max_image_pixels)
         return DecodedMedia("image", mime, image)
-    modalities = services.embedder.modalities
     audio = sniff_audio(data)
-    if audio is not None and "audio" not in modalities:
-        raise UnsupportedMediaError(
-            f"this looks like audio ({audio}), but the active model has no audio tower "
-            f"(it encodes {', '.join(modalities)}); choose a model with audio support"
-        )
+    if audio is not None:
+        return DecodedMedia("audio", audio, _decode_audio(data, audio, services))
     raise UnsupportedMediaError(
-        "unsupported file type: send a JPEG, PNG, GIF, WebP, BMP or TIFF image"
+        "unsupported file type: send an image (JPEG, PNG, GIF, WebP, BMP, TIFF) or, with a "
+        "model that has an audio tower, audio (WAV, FLAC, Ogg Vorbis, MP3)"
     )
+
+
+def _decode_audio(data: bytes, mime: str, services: Services) -> np.ndarray:
+    embedder = services.embedder
+    rate = embedder.audio_rate
+    if rate is None:
+        raise UnsupportedMediaError(
+            f"this looks like audio ({mime}), but the active model {embedder.model_id} has no "
+            f"audio tower (it encodes {', '.join(embedder.modalities)}); run a model with "
+            "audio support, such as MMR_MODEL=mmr-mini"
+        )
+    return decode_audio(data, target_rate=rate, max_seconds=services.settings.max_audio_seconds)

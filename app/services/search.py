@@ -74,7 +74,7 @@ def _query_vector(services: Services, row: CollectionRow, query: Query) -> tuple
     if query.data is None:
         raise UnprocessableEntity("give exactly one of text, item_id, vector or file")
     media = decode_upload(query.data, services=services)
-    return services.embedder.images([media.image]).vectors[0], media.modality
+    return services.embedder.encode(media.modality, [media.payload]).vectors[0], media.modality
 
 
 def _raw_vector(row: CollectionRow, values: list[float]) -> np.ndarray:

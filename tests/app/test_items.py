@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import error_code
-from tests.factories import image_case
+from tests.factories import audio_bytes, image_case
 
 
 def items_url(name: str) -> str:
@@ -134,11 +134,12 @@ def test_bad_uploads_change_nothing(
     assert sizes(client, collection) == (0, 0)
 
 
-def test_audio_is_415_until_a_model_has_ears(client: TestClient, collection: str) -> None:
-    wav = b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(32)
+def test_audio_is_415_when_the_model_has_no_ears(client: TestClient, collection: str) -> None:
+    wav = audio_bytes("WAV")
     response = client.post(items_url(collection), files={"file": ("a.wav", wav, "audio/wav")})
     assert response.status_code == 415
-    assert "audio" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "no audio tower" in message and "mmr-mini" in message
     assert sizes(client, collection) == (0, 0)
 
 

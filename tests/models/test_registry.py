@@ -28,6 +28,11 @@ from models.registry import ModelSpec, load_model, parse_model_id, pick_device
             "open_clip:RN50@/models/rn50.pt",
             ModelSpec(kind="open_clip", arch="RN50", checkpoint=Path("/models/rn50.pt")),
         ),
+        ("mmr-mini", ModelSpec(kind="mmr-mini", arch="mmr-mini", checkpoint=registry.SHIPPED_DIR)),
+        (
+            "mmr-mini@/w/mini",
+            ModelSpec(kind="mmr-mini", arch="mmr-mini", checkpoint=Path("/w/mini")),
+        ),
     ],
 )
 def test_parse(model_id: str, spec: ModelSpec) -> None:
@@ -35,7 +40,8 @@ def test_parse(model_id: str, spec: ModelSpec) -> None:
 
 
 @pytest.mark.parametrize(
-    "model_id", ["", "ViT-B-32", "open_clip:", "open_clip:ViT-B-32", "open_clip:@x", "hf:x/y"]
+    "model_id",
+    ["", "ViT-B-32", "open_clip:", "open_clip:ViT-B-32", "open_clip:@x", "hf:x/y", "mmr-mini@"],
 )
 def test_unknown_syntax(model_id: str) -> None:
     with pytest.raises(UnknownModelError, match="open_clip:ARCH/PRETRAINED"):
@@ -105,10 +111,10 @@ def test_auto_falls_back_loudly(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(registry, "_hub_reachable", lambda timeout=3.0: False)
-    monkeypatch.setattr(registry, "OFFLINE_FALLBACK", "random:mmr-tiny")
     loaded = load_model("auto", device="cpu", cache_dir=Path("/nonexistent-cache"))
     assert loaded.fallback is True
-    assert loaded.encoder.model_id == "random:mmr-tiny"
+    assert loaded.encoder.model_id == "mmr-mini"  # the trained offline model, not random weights
+    assert loaded.encoder.modalities == ("image", "text", "audio")
     assert loaded.warning and "could not be loaded" in loaded.warning
     assert "could not be loaded" in caplog.text
 

@@ -1,0 +1,144 @@
+"""Search that means something: mmr-mini over shapes and sounds drawn by the other renderer.
+
+The collection holds every colour x shape as single-shape pictures (two renders each) and
+every sound class (three clips each), all made by the "shifted" renderer and synthesiser,
+which training never used. Queries are texts, fresh renders and fresh recordings.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from models.world.images import Scene, image_file_bytes, render_scene
+from models.world.sounds import SOUND_CLASSES, Sound, audio_file_bytes, synthesize
+from models.world.vocabulary import COLOURS, SHAPES
+
+NAME = "world"
+
+
+def scene(shape: str, colour: str, size: str = "large", position: str = "center") -> Scene:
+    return Scene(objects=({"shape": shape, "colour": colour, "size": size, "position": position},))
+
+
+def picture(thing: Scene, seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    return image_file_bytes(render_scene(thing, rng, style="shifted"), rng)[0]
+
+
+def recording(attrs: dict[str, str], seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    wave, rate = synthesize(Sound(objects=(attrs,)), rng, style="shifted")
+    return audio_file_bytes(wave, rate, rng)[0]
+
+
+def sound_label(attrs: dict[str, Any]) -> str:
+    return " ".join(attrs[k] for k in ("count", "pitch", "direction", "kind") if k in attrs)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One server for the module, its collection filled once."""
+    root: Path = tmp_path_factory.mktemp("quality")
+    settings = Settings(
+        data_dir=root / "data", model="mmr-mini", device="cpu", torch_threads=2, _env_file=None
+    )
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/v1/collections", json={"name": NAME}).status_code == 201
+        seed = itertools.count(100)
+        files, metadata = [], []
+        for shape, colour, n in itertools.product(SHAPES, COLOURS, range(2)):
+            size, position = ("large", "center") if n == 0 else ("small", "left")
+            files.append(
+                (
+                    "file",
+                    (
+                        f"{colour}-{shape}",
+                        picture(scene(shape, colour, size, position), next(seed)),
+                    ),
+                )
+            )
+            metadata.append({"label": f"{colour} {shape}"})
+        for attrs, _ in itertools.product(SOUND_CLASSES, range(3)):
+            full = dict(attrs) | ({"pitch": "high"} if attrs["kind"] == "beeps" else {})
+            files.append(("file", ("clip", recording(full, next(seed)))))
+            metadata.append({"label": sound_label(full)})
+        for start in range(0, len(files), 32):
+            part = files[start : start + 32]
+            got = c.post(f"/v1/collections/{NAME}/items/batch", files=part).json()["results"]
+            assert all(r["status"] == 201 for r in got), got
+            for r, meta in zip(got, metadata[start : start + 32], strict=True):
+                c.patch(f"/v1/collections/{NAME}/items/{r['item']['id']}", json={"metadata": meta})
+        yield c
+
+
+def labels(response: Any) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [hit["item"]["metadata"]["label"] for hit in response.json()["results"]]
+
+
+def search_text(client: TestClient, text: str, k: int, modality: str) -> list[str]:
+    body = {"text": text, "k": k, "modalities": [modality]}
+    return labels(client.post(f"/v1/collections/{NAME}/search", json=body))
+
+
+def search_file(client: TestClient, data: bytes, k: int, modality: str) -> list[str]:
+    form = {"k": str(k), "modalities": modality}
+    return labels(
+        client.post(f"/v1/collections/{NAME}/search", files={"file": ("q", data)}, data=form)
+    )
+
+
+def test_a_red_circle_finds_red_circles_first(client: TestClient) -> None:
+    assert search_text(client, "a red circle", 2, "image") == ["red circle", "red circle"]
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_colour_and_shape_is_found_by_its_name(
+    client: TestClient, colour: str, shape: str
+) -> None:
+    assert search_text(client, f"a {colour} {shape}", 1, "image") == [f"{colour} {shape}"]
+
+
+def test_a_picture_of_a_blue_square_finds_blue_squares(client: TestClient) -> None:
+    query = picture(scene("square", "blue", "large", "right"), seed=1)
+    assert search_file(client, query, 2, "image") == ["blue square", "blue square"]
+
+
+def test_three_beeps_finds_three_beep_clips_first(client: TestClient) -> None:
+    assert search_text(client, "three beeps", 3, "audio") == ["three high beeps"] * 3
+
+
+@pytest.mark.parametrize("attrs", SOUND_CLASSES, ids=sound_label)
+def test_every_sound_is_found_by_its_name(client: TestClient, attrs: dict[str, str]) -> None:
+    want = sound_label(dict(attrs) | ({"pitch": "high"} if attrs["kind"] == "beeps" else {}))
+    text = "white noise" if attrs["kind"] == "noise" else f"a {sound_label(attrs)}"
+    assert search_text(client, text, 1, "audio") == [want]
+
+
+def test_a_recorded_chirp_finds_the_other_chirps(client: TestClient) -> None:
+    query = recording({"kind": "chirp", "direction": "rising"}, seed=2)
+    found = search_file(client, query, 3, "audio")
+    assert found == ["rising chirp"] * 3
+
+
+def test_a_sound_query_finds_its_caption_across_modalities(client: TestClient) -> None:
+    client.post(
+        f"/v1/collections/{NAME}/items",
+        json={"text": "two high beeps", "id": "t1", "metadata": {"label": "two high beeps"}},
+    )
+    client.post(
+        f"/v1/collections/{NAME}/items",
+        json={"text": "a falling chirp", "id": "t2", "metadata": {"label": "falling chirp"}},
+    )
+    query = recording({"kind": "beeps", "count": "two", "pitch": "high"}, seed=3)
+    assert search_file(client, query, 1, "text") == ["two high beeps"]

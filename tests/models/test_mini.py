@@ -1,0 +1,131 @@
+"""mmr-mini: shipped weights, folded tokenizer, audio tower, loss, and a tiny training run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.encoders import MiniEncoder
+from models.errors import ModelLoadError
+from models.mini.audio import AudioConfig, AudioTower, LogMel, windows
+from models.mini.model import CARD_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_mini, sha256_file
+from models.mini.tokenizer import FoldedTokenizer
+from models.mini.train import TrainConfig, train_mini
+from models.registry import load_model
+from models.training import contrastive_loss
+from models.world.vocabulary import WORDS
+
+MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
+
+
+def test_shipped_weights_match_their_recorded_checksum() -> None:
+    card = json.loads((SHIPPED_DIR / CARD_FILE).read_text())
+    weights = SHIPPED_DIR / WEIGHTS_FILE
+    assert sha256_file(weights) == card["sha256"]
+    assert weights.stat().st_size <= MAX_WEIGHTS_BYTES
+    # The card says how the weights were made and how good they are.
+    assert card["train"]["seed"] == 0 and card["train"]["steps"] > 0
+    assert card["evaluation"]["pairs_per_set"] >= 500
+    assert set(card["evaluation"]["sets"]) == {"held-out", "shifted"}
+
+
+def test_shipped_weights_load_through_the_registry() -> None:
+    encoder = load_model("mmr-mini", device="cpu").encoder
+    assert encoder.modalities == ("image", "text", "audio")
+    assert encoder.audio_rate == 16000
+    assert encoder.encode_texts(["a red circle"]).shape == (1, encoder.dim)
+
+
+def test_a_weights_file_that_does_not_match_its_card_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(SHIPPED_DIR, tmp_path / "mini")
+    weights = tmp_path / "mini" / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError, match="sha256"):
+        load_model(f"mmr-mini@{tmp_path / 'mini'}", device="cpu")
+
+
+def test_a_directory_without_a_card_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="mmr train-mini"):
+        load_model(f"mmr-mini@{tmp_path}", device="cpu")
+
+
+def test_folded_tokens_fit_the_table_and_end_on_the_largest_id() -> None:
+    tok = FoldedTokenizer(vocab_size=8192, context_length=24)
+    ids = tok(["a small red circle on the left", "naïve 日本語 émoji 🎵 " * 5])
+    assert ids.max() < 8192 and ids.min() >= 0
+    for row in ids:
+        # open_clip pools the text at the argmax id: it must be the end-of-text token.
+        assert int(row.max()) == tok.eot
+        assert int(row[0]) == tok.sot
+
+
+def test_the_worlds_words_get_rows_of_their_own() -> None:
+    tok = FoldedTokenizer(vocab_size=8192, context_length=24)
+    owners: dict[int, str] = {}
+    for word, rows in tok.word_rows(WORDS).items():
+        for row in rows:
+            assert owners.setdefault(row, word) == word, f"{word} shares a row with {owners[row]}"
+
+
+def test_log_mel_ignores_loudness() -> None:
+    cfg = AudioConfig()
+    t = np.arange(cfg.window_samples) / cfg.sample_rate
+    wave = torch.from_numpy(np.sin(2 * np.pi * 440 * t).astype(np.float32))[None]
+    front = LogMel(cfg)
+    assert torch.allclose(front(wave), front(wave * 0.01), atol=1e-3)
+
+
+def test_audio_windows_cover_a_long_clip() -> None:
+    cfg = AudioConfig()
+    wave = np.ones(int(cfg.sample_rate * 9.5), dtype=np.float32)
+    cut = windows(wave, cfg)
+    assert cut.shape == (4, cfg.window_samples)  # 0-4, 2-6, 4-8, 6-9.5 s
+    assert windows(np.ones(10, dtype=np.float32), cfg).shape == (1, cfg.window_samples)
+
+
+def test_audio_tower_shapes() -> None:
+    cfg = AudioConfig()
+    tower = AudioTower(cfg, 128).eval()
+    with torch.inference_mode():
+        out = tower(torch.zeros(3, cfg.window_samples))
+    assert out.shape == (3, 128)
+
+
+def test_long_audio_is_encoded_window_by_window() -> None:
+    encoder = load_model("mmr-mini", device="cpu").encoder
+    assert isinstance(encoder, MiniEncoder)
+    rate = 16000
+    short = np.zeros(rate, dtype=np.float32)
+    long = np.random.default_rng(0).normal(0, 0.1, rate * 11).astype(np.float32)
+    out = encoder.encode_audio([short, long, short])
+    assert out.shape == (3, encoder.dim)
+    np.testing.assert_allclose(out[0], out[2], atol=1e-5)
+
+
+def test_contrastive_loss_lets_look_alikes_stay_together() -> None:
+    scale = torch.tensor(np.log(10.0))
+    tied = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # two captions of the same kind of thing
+    apart = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    both = torch.ones(2, 2)
+    # Plain InfoNCE rewards pushing look-alikes apart; with them marked positive the loss
+    # prefers them together, which is what a query for either should find.
+    assert contrastive_loss(apart, apart, scale) < contrastive_loss(tied, tied, scale)
+    assert contrastive_loss(tied, tied, scale, both) < contrastive_loss(apart, apart, scale, both)
+
+
+@pytest.mark.slow
+def test_a_tiny_training_run_writes_a_loadable_model(tmp_path: Path) -> None:
+    cfg = TrainConfig(image_pool=48, audio_pool=24, steps=3, image_batch=16, audio_batch=8)
+    card = train_mini(cfg, tmp_path / "mini", log=lambda line: None)
+    assert card["train"]["steps"] == 3
+    loaded = load_mini(tmp_path / "mini")
+    assert loaded.audio_cfg == AudioConfig()
+    encoder = load_model(f"mmr-mini@{tmp_path / 'mini'}", device="cpu").encoder
+    assert encoder.encode_texts(["two beeps"]).shape == (1, 128)
