@@ -50,17 +50,29 @@ def relevance(captions: Sequence[Caption], things: Sequence[Thing]) -> np.ndarra
 
 
 def _both_ways(
-    name: str, media: np.ndarray, texts: np.ndarray, rel: np.ndarray, subset: np.ndarray | None
+    encoder: Encoder,
+    name: str,
+    media: np.ndarray,
+    captions: Sequence[Caption],
+    things: Sequence[Thing],
+    subset: np.ndarray | None,
 ) -> list[Recall]:
-    """text->media and media->text, optionally also on a subset of the pairs."""
+    """text->media with every caption as a query, and media->text over the distinct captions
+    (a gallery of repeated texts would fill the top k with copies of one answer)."""
+    texts = _embed(encoder.encode_texts, [c.text for c in captions])
+    rel = relevance(captions, things)
+    distinct = list({c.text: c for c in captions}.values())
+    gallery = _embed(encoder.encode_texts, [c.text for c in distinct])
+    rel_back = relevance(distinct, things).T
     out = []
-    sims = texts @ media.T
-    for label, rows in (("all", np.ones(len(rel), dtype=bool)), ("two shapes", subset)):
+    for label, rows in (("all", np.ones(len(things), dtype=bool)), ("two shapes", subset)):
         if rows is None or not rows.any():
             continue
         n = int(rows.sum())
-        out.append(Recall(f"text->{name}", label, n, recall_at(sims[rows], rel[rows])))
-        out.append(Recall(f"{name}->text", label, n, recall_at(sims.T[rows], rel.T[rows])))
+        forward = recall_at((texts @ media.T)[rows], rel[rows])
+        back = recall_at((media @ gallery.T)[rows], rel_back[rows])
+        out.append(Recall(f"text->{name}", label, n, forward))
+        out.append(Recall(f"{name}->text", label, n, back))
     return out
 
 
@@ -81,10 +93,9 @@ def _image_recalls(encoder: Encoder, n: int, seed: int, style: str) -> list[Reca
     rng = np.random.default_rng(seed)
     images = [decode_image(image_file_bytes(p.image, rng)[0], max_pixels=MAX_PIXELS) for p in pairs]
     media = _embed(encoder.encode_images, images)
-    texts = _embed(encoder.encode_texts, [p.caption.text for p in pairs])
-    rel = relevance([p.caption for p in pairs], [p.scene for p in pairs])
     two = np.array([len(p.scene.objects) == 2 for p in pairs])
-    return _both_ways("image", media, texts, rel, two)
+    captions, scenes = [p.caption for p in pairs], [p.scene for p in pairs]
+    return _both_ways(encoder, "image", media, captions, scenes, two)
 
 
 def _audio_recalls(encoder: Encoder, n: int, seed: int, style: str) -> list[Recall]:
@@ -98,9 +109,8 @@ def _audio_recalls(encoder: Encoder, n: int, seed: int, style: str) -> list[Reca
         for p in pairs
     ]
     media = _embed(encoder.encode_audio, waves)
-    texts = _embed(encoder.encode_texts, [p.caption.text for p in pairs])
-    rel = relevance([p.caption for p in pairs], [p.sound for p in pairs])
-    return _both_ways("audio", media, texts, rel, None)
+    captions, sounds = [p.caption for p in pairs], [p.sound for p in pairs]
+    return _both_ways(encoder, "audio", media, captions, sounds, None)
 
 
 def _embed(fn: Callable[[Sequence[Any]], np.ndarray], items: Sequence[Any]) -> np.ndarray:

@@ -9,9 +9,11 @@ count as positives (``describes``), not as negatives.
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +21,28 @@ from typing import Any
 import numpy as np
 import soxr
 import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
 
 from models.mini.audio import windows
 from models.mini.model import MiniModel, save_mini
 from models.training import contrastive_loss, cosine_lr
-from models.world.pairs import audio_pairs, image_pairs
-from models.world.vocabulary import Caption, Thing, describes
+from models.world.images import Scene, render_scene, sample_scene, vary_scene
+from models.world.pairs import audio_pair, item_rngs
+from models.world.sounds import Sound
+from models.world.vocabulary import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Caption,
+    Thing,
+    describes,
+)
 
 Log = Callable[[str], None]
+_CHUNK = 500  # items per generation task
 
 
 @dataclass(frozen=True)
@@ -56,26 +72,73 @@ class Pool:
 
 
 def build_image_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
-    """Render, preprocess and stack the training images (float16 to halve the memory)."""
+    """Render, preprocess and stack the training images (float16 to halve the memory).
+
+    Items 2i and 2i+1 are a scene and its sibling (one attribute changed, ``vary_scene``).
+    """
     start = time.monotonic()
-    pairs = image_pairs(cfg.image_pool, seed=cfg.seed, two_shapes=cfg.two_shapes)
-    pixels = torch.stack([model.preprocess(p.image) for p in pairs]).half()
-    log(f"image pool: {len(pairs)} renders in {time.monotonic() - start:.0f} s")
-    return Pool(pixels, [p.scene for p in pairs], _recaption_image)
+    jobs = [
+        (cfg.seed, a, min(a + _CHUNK, cfg.image_pool // 2), cfg.two_shapes)
+        for a in range(0, cfg.image_pool // 2, _CHUNK)
+    ]
+    scenes, pixels = [], []
+    for chunk in _parallel(_render_chunk, jobs, cfg.threads):
+        for scene, image in chunk:
+            scenes.append(scene)
+            pixels.append(model.preprocess(image).half())
+    log(f"image pool: {len(scenes)} renders in {time.monotonic() - start:.0f} s")
+    return Pool(torch.stack(pixels), scenes, _recaption_image)
+
+
+def _render_chunk(job: tuple[int, int, int, float]) -> list[tuple[Scene, Image.Image]]:
+    seed, first, stop, two_shapes = job
+    out = []
+    for i in range(first, stop):
+        content, _, render_a, render_b = item_rngs(seed, 0, i)
+        scene = sample_scene(content, two_shapes=two_shapes)
+        for thing, rng in ((scene, render_a), (vary_scene(scene, content), render_b)):
+            out.append((thing, render_scene(thing, rng)))
+    return out
 
 
 def build_audio_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
     """Synthesise clips, resample them to the tower's rate and precompute log-mels."""
     start = time.monotonic()
-    pairs = audio_pairs(cfg.audio_pool, seed=cfg.seed + 1)
     rate = model.audio_cfg.sample_rate
-    waves = [windows(_resample(p.wave, p.sample_rate, rate), model.audio_cfg)[0] for p in pairs]
+    jobs = [
+        (cfg.seed + 1, a, min(a + _CHUNK, cfg.audio_pool), rate)
+        for a in range(0, cfg.audio_pool, _CHUNK)
+    ]
+    sounds, waves = [], []
+    for chunk in _parallel(_synth_chunk, jobs, cfg.threads):
+        for sound, wave in chunk:
+            sounds.append(sound)
+            waves.append(windows(wave, model.audio_cfg)[0])
     mels = []
     with torch.inference_mode():
         for i in range(0, len(waves), 256):
             mels.append(model.audio.front(torch.from_numpy(np.stack(waves[i : i + 256]))))
-    log(f"audio pool: {len(pairs)} clips in {time.monotonic() - start:.0f} s")
-    return Pool(torch.cat(mels).half(), [p.sound for p in pairs], _recaption_sound)
+    log(f"audio pool: {len(sounds)} clips in {time.monotonic() - start:.0f} s")
+    return Pool(torch.cat(mels).half(), sounds, _recaption_sound)
+
+
+def _synth_chunk(job: tuple[int, int, int, int]) -> list[tuple[Sound, np.ndarray]]:
+    seed, first, stop, rate = job
+    out = []
+    for i in range(first, stop):
+        pair = audio_pair(seed, i)
+        out.append((pair.sound, _resample(pair.wave, pair.sample_rate, rate)))
+    return out
+
+
+def _parallel(fn: Callable[[Any], list[Any]], jobs: list[Any], workers: int) -> list[list[Any]]:
+    """Generation is pure numpy/Pillow work: spread it over processes (spawned, so no
+    process inherits torch's thread pools)."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(job) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        return list(pool.map(fn, jobs))
 
 
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -113,8 +176,67 @@ def _facts(objects: Sequence[Mapping[str, str]]) -> frozenset[tuple[str, str]]:
     return frozenset(item for obj in objects for item in obj.items())
 
 
+class AttributeHeads(nn.Module):
+    """Training-only linear probes that predict the world's attributes from features.
+
+    Contrastive loss alone first settles on colour (the cheapest cue that tells most of a
+    batch apart) and stays on that plateau for hundreds of steps; asking both towers to
+    expose shape, position and size linearly gets past it. Not part of the saved model.
+    """
+
+    def __init__(self, dim: int, facts: Sequence[tuple[str, str]]) -> None:
+        super().__init__()
+        self.facts = list(facts)
+        self.index = {f: i for i, f in enumerate(self.facts)}
+        self.image = nn.Linear(dim, len(self.facts))
+        self.text = nn.Linear(dim, len(self.facts))
+
+    def targets(self, groups: Sequence[Sequence[Mapping[str, str]]]) -> torch.Tensor:
+        """Multi-hot of the facts each group (a thing's objects, a caption's mentions) has."""
+        out = torch.zeros(len(groups), len(self.facts))
+        for row, objects in enumerate(groups):
+            for fact in _facts(objects):
+                if fact in self.index:
+                    out[row, self.index[fact]] = 1.0
+        return out
+
+    def mask(self, groups: Sequence[Sequence[Mapping[str, str]]]) -> torch.Tensor:
+        """1 for the facts of the keys a caption speaks about, 0 for keys it leaves open."""
+        keys = [{k for obj in objects for k in obj} for objects in groups]
+        return torch.tensor([[float(k in said) for k, _ in self.facts] for said in keys])
+
+    def loss(
+        self, image: torch.Tensor, text: torch.Tensor, things: list[Thing], captions: list[Caption]
+    ) -> torch.Tensor:
+        mentions = [c.mentions for c in captions]
+        seen = F.binary_cross_entropy_with_logits(
+            self.image(image), self.targets([t.objects for t in things])
+        )
+        said = F.binary_cross_entropy_with_logits(
+            self.text(text), self.targets(mentions), weight=self.mask(mentions)
+        )
+        return seen + said
+
+
+IMAGE_FACTS = [
+    (key, value)
+    for key, values in (
+        ("shape", SHAPES),
+        ("colour", COLOURS),
+        ("position", POSITIONS),
+        ("size", SIZES),
+    )
+    for value in values
+]
+
+
 def _batch_loss(
-    model: MiniModel, pool: Pool, idx: list[int], rng: random.Random, audio: bool
+    model: MiniModel,
+    pool: Pool,
+    idx: list[int],
+    rng: random.Random,
+    audio: bool,
+    heads: AttributeHeads | None = None,
 ) -> torch.Tensor:
     things = [pool.things[i] for i in idx]
     captions = [pool.caption(t, rng) for t in things]
@@ -125,7 +247,10 @@ def _batch_loss(
     else:
         feats, scale = model.encode_image(inputs), model.clip.logit_scale
     text = model.encode_text(tokens)
-    return contrastive_loss(feats, text, scale, positives(captions, things))
+    loss = contrastive_loss(feats, text, scale, positives(captions, things))
+    if heads is not None:
+        loss = loss + heads.loss(feats, text, things, captions)
+    return loss
 
 
 def train_mini(cfg: TrainConfig, out_dir: Path, *, log: Log = print) -> dict[str, Any]:
@@ -148,7 +273,11 @@ def train_mini(cfg: TrainConfig, out_dir: Path, *, log: Log = print) -> dict[str
     for step in range(cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(step, total=cfg.steps, warmup=cfg.warmup, peak=cfg.lr)
-        img_idx = rng.sample(range(len(images.things)), cfg.image_batch)
+        img_idx = [
+            i
+            for s in rng.sample(range(len(images.things) // 2), cfg.image_batch // 2)
+            for i in (2 * s, 2 * s + 1)
+        ]
         aud_idx = rng.sample(range(len(sounds.things)), cfg.audio_batch)
         loss_img = _batch_loss(model, images, img_idx, rng, audio=False)
         loss_aud = _batch_loss(model, sounds, aud_idx, rng, audio=True)

@@ -59,6 +59,29 @@ def _random_shape(rng: np.random.Generator) -> dict[str, str]:
     }
 
 
+# What a sibling changes, and how often: colour is the easy cue, so it is varied least.
+_VARIED = ("shape", "position", "size", "colour")
+_VARIED_WEIGHTS = (0.35, 0.35, 0.2, 0.1)
+_VALUES = {"shape": SHAPES, "colour": COLOURS, "position": POSITIONS, "size": SIZES}
+
+
+def vary_scene(scene: Scene, rng: np.random.Generator) -> Scene:
+    """A sibling scene that differs from scene in one attribute of one object.
+
+    Training batches hold scenes with their siblings: a model can then no longer tell
+    captions apart by colour alone and has to learn shape, position and size.
+    """
+    while True:
+        which = int(rng.integers(len(scene.objects)))
+        key = _VARIED[rng.choice(len(_VARIED), p=_VARIED_WEIGHTS)]
+        choices = [v for v in _VALUES[key] if v != scene.objects[which][key]]
+        changed = dict(scene.objects[which]) | {key: choices[rng.integers(len(choices))]}
+        objects = [*scene.objects]
+        objects[which] = changed
+        if len(objects) == 1 or _compatible(objects[0], objects[1]):
+            return Scene(objects=tuple(objects))
+
+
 def _compatible(a: Attrs, b: Attrs) -> bool:
     if a["position"] == b["position"]:
         return False

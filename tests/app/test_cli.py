@@ -1,11 +1,14 @@
-"""`mmr serve`: an explicit model that cannot load stops the server with a clear message."""
+"""The mmr command: serve (strict model ids), world (demo data) and eval (a clear error)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +42,21 @@ def test_unknown_model_syntax_exits_too(tmp_path: Path) -> None:
     done = serve(tmp_path, "clip-please")
     assert done.returncode != 0
     assert "unknown model id 'clip-please'" in done.stderr
+
+
+def test_world_writes_files_and_captions(tmp_path: Path) -> None:
+    from app.cli import main
+
+    assert main(["world", "--out", str(tmp_path / "w"), "--images", "3", "--sounds", "2"]) == 0
+    lines = (tmp_path / "w" / "manifest.jsonl").read_text().splitlines()
+    assert len(lines) == 5
+    for line in lines:
+        entry = json.loads(line)
+        assert (tmp_path / "w" / entry["file"]).is_file() and entry["caption"]
+
+
+def test_eval_of_a_model_that_cannot_load_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    from app.cli import main
+
+    assert main(["eval", "--model", "mmr-mini@/nonexistent"]) == 1
+    assert "mmr train-mini" in capsys.readouterr().out
