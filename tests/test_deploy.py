@@ -260,3 +260,17 @@ def test_readme_configure_table_covers_every_setting() -> None:
 def test_ci_runs_make_test() -> None:
     lines = [line.strip() for line in read(".ci/run").splitlines()]
     assert any(re.fullmatch(r"(exec )?make test", line) for line in lines)
+
+
+def test_the_shipped_model_weights_are_package_data() -> None:
+    """A non-editable install (the image's) must carry mmr-mini, the offline fallback."""
+    from fnmatch import fnmatch
+
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["models"]
+    shipped = [p for p in (ROOT / "models" / "weights").rglob("*") if p.is_file()]
+    assert {p.name for p in shipped} >= {"model.safetensors", "model.json"}
+    for path in shipped:
+        relative = str(path.relative_to(ROOT / "models"))
+        assert any(fnmatch(relative, pattern) for pattern in patterns), relative

@@ -14,6 +14,8 @@ ID_SYNTAX = [
     "open_clip:ARCH/PRETRAINED",
     "open_clip:ARCH@/path/to/checkpoint",
     "random:ARCH",
+    "mmr-mini",
+    "mmr-mini@/path/to/dir",
     "auto",
 ]
 

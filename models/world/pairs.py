@@ -114,16 +114,24 @@ def write_demo_set(
     records = []
     for i, pair in enumerate(image_pairs(n_images, seed=seed, style=style)):
         data, mime = image_file_bytes(pair.image, item_rngs(seed, _IMAGE, i)[3])
-        name = f"image_{i:05d}{_EXTENSIONS[mime]}"
+        name = f"image_{i:05d}_{_slug(pair.scene)}{_EXTENSIONS[mime]}"
         records.append(_record(out_dir / name, data, "image", pair.caption, pair.scene))
     for i, sound_pair in enumerate(audio_pairs(n_sounds, seed=seed, style=style)):
         encoding = item_rngs(seed, _AUDIO, i)[3]
         data, mime = audio_file_bytes(sound_pair.wave, sound_pair.sample_rate, encoding)
-        name = f"audio_{i:05d}{_EXTENSIONS[mime]}"
+        name = f"audio_{i:05d}_{_slug(sound_pair.sound)}{_EXTENSIONS[mime]}"
         records.append(_record(out_dir / name, data, "audio", sound_pair.caption, sound_pair.sound))
     manifest = out_dir / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return manifest
+
+
+def _slug(thing: Scene | Sound) -> str:
+    """What a thing is, for a file name: "red-circle+blue-square", "two-high-beeps"."""
+    order = ("size", "colour", "shape", "count", "pitch", "direction", "kind")
+    return "+".join(
+        "-".join(obj[k] for k in order if k in obj and k != "size") for obj in thing.objects
+    )
 
 
 def _record(

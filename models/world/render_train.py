@@ -60,14 +60,15 @@ def _canvas_size(rng: np.random.Generator) -> tuple[int, int]:
 def _noisy_background(
     rng: np.random.Generator, width: int, height: int, base: RGB, shapes: Sequence[RGB]
 ) -> Image.Image:
-    """Gaussian, uniform or blotchy noise around base, or a gradient to a second background."""
+    """Gaussian, uniform or blotchy noise around base, a gradient or a two-tone pattern."""
     plain = Image.new("RGB", (width, height), base)
-    kind = int(rng.integers(4))
+    kind = int(rng.integers(6))
     if kind == 2:
         return _blotches(rng, width, height, base)
-    if kind == 3:
+    if kind >= 3:
         other = Image.new("RGB", (width, height), background_colour(rng, shapes))
-        return Image.composite(other, plain, _ramp(rng, width, height))
+        mask = _ramp(rng, width, height) if kind == 3 else _pattern(rng, width, height)
+        return Image.composite(other, plain, mask)
     # Crops of a fixed noise bank: drawing fresh noise per pixel costs more than the shapes.
     bank = _noise_bank(gaussian=kind == 0)
     top = int(rng.integers(bank.shape[0] - height + 1))
@@ -106,6 +107,18 @@ def _ramp(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     t -= t.min()
     t *= 255 / max(float(t.max()), 1e-6)
     return Image.fromarray(t.astype(np.uint8))
+
+
+def _pattern(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """An "L" mask of stripes at a random angle or of a checkerboard, with a random period."""
+    period = rng.uniform(4, 24)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    if rng.random() < 0.5:
+        angle = rng.uniform(0, math.pi)
+        on = ((xs * math.cos(angle) + ys * math.sin(angle)) // period) % 2
+    else:
+        on = (xs // period + ys // period) % 2
+    return Image.fromarray((on * 255).astype(np.uint8))
 
 
 def _stroke_colour(rng: np.random.Generator, fill: RGB) -> RGB:
@@ -172,5 +185,5 @@ def _degrade(image: Image.Image, rng: np.random.Generator) -> Image.Image:
         small = (max(round(image.width * scale), 8), max(round(image.height * scale), 8))
         image = image.resize(small, Image.Resampling.BILINEAR).resize(image.size)
     if rng.random() < 0.35:
-        image = jpeg_roundtrip(image, int(rng.integers(30, 96)))
+        image = jpeg_roundtrip(image, int(rng.integers(20, 96)))
     return image
