@@ -10,7 +10,13 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import error_code
-from tests.factories import AUDIO_FORMATS, audio_bytes, image_case, truncated, wav_with_lying_header
+from tests.factories import (
+    AUDIO_FORMATS,
+    audio_bytes,
+    image_bytes,
+    truncated,
+    wav_with_lying_header,
+)
 
 MIME = {"WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg", "MP3": "audio/mpeg"}
 
@@ -64,7 +70,7 @@ def test_silence_is_an_item(client: TestClient, collection: str) -> None:
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [
-        (audio_bytes("WAV", seconds=6.0, rate=8000), 413, "payload_too_large"),
+        (audio_bytes("WAV", seconds=6.0, rate=8000), 413, "media_too_large"),
         (audio_bytes("WAV", seconds=0.0), 415, "unsupported_media"),
         (truncated(audio_bytes("FLAC", seconds=2.0)), 415, "unsupported_media"),
         (truncated(audio_bytes("OGG", seconds=2.0)), 415, "unsupported_media"),
@@ -87,7 +93,7 @@ def test_bad_audio_changes_nothing(
 def test_audio_query_and_mixed_batch(client: TestClient, collection: str) -> None:
     files = [
         ("file", ("a.wav", audio_bytes("WAV", freq=300.0))),
-        ("file", ("b.png", image_case("RGB"))),
+        ("file", ("b.png", image_bytes("RGB"))),
         ("file", ("c.mp3", truncated(audio_bytes("MP3")))),
         ("file", ("d.ogg", audio_bytes("OGG", freq=2000.0))),
     ]
@@ -112,7 +118,7 @@ def test_audio_query_and_mixed_batch(client: TestClient, collection: str) -> Non
 def test_embed_takes_audio_and_images_in_order(client: TestClient) -> None:
     files = [
         ("file", ("a.wav", audio_bytes("WAV"))),
-        ("file", ("b.png", image_case("RGB"))),
+        ("file", ("b.png", image_bytes("RGB"))),
     ]
     body = client.post("/v1/embed", files=files).json()
     assert len(body["embeddings"]) == 2 and body["dim"] == 128
