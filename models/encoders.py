@@ -26,6 +26,11 @@ class Encoder(Protocol):
     modalities: tuple[Modality, ...]
     device: str
 
+    @property
+    def image_size(self) -> int:
+        """Shorter side of the image tower's input, in pixels."""
+        ...
+
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw image features, shape (n, dim), float32."""
         ...
@@ -80,6 +85,14 @@ class OpenClipEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         tokens = self.tokenizer(list(texts)).to(self.device)
         return self._run(self._model_fn("encode_text"), tokens)
+
+    @property
+    def image_size(self) -> int:
+        """Shorter side of the image tower's input, in pixels."""
+        # open_clip models have .visual; MiniModel keeps its open_clip model in .clip.
+        owner: Any = getattr(self.model, "clip", self.model)
+        size: Any = owner.visual.image_size
+        return int(min(size) if isinstance(size, tuple | list) else size)
 
     @property
     def audio_rate(self) -> int | None:

@@ -44,6 +44,11 @@ class Embedder:
         return self.encoder.modalities
 
     @property
+    def image_size(self) -> int:
+        """Shorter side of the image tower's input, in pixels."""
+        return self.encoder.image_size
+
+    @property
     def audio_rate(self) -> int | None:
         """Sample rate audio is decoded to, or None when the model has no audio tower."""
         return self.encoder.audio_rate

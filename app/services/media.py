@@ -34,7 +34,9 @@ def decode_upload(data: bytes, *, services: Services) -> DecodedMedia:
         raise UnsupportedMediaError("the file is empty")
     mime = sniff_image(data)
     if mime is not None:
-        image = decode_image(data, max_pixels=settings.max_image_pixels)
+        # Twice the encoder's input: JPEGs decode at a reduced DCT scale, the resize stays sharp.
+        min_side = 2 * services.embedder.image_size
+        image = decode_image(data, max_pixels=settings.max_image_pixels, min_side=min_side)
         return DecodedMedia("image", mime, image)
     audio = sniff_audio(data)
     if audio is not None:

@@ -303,3 +303,35 @@ def test_garbage_after_a_valid_magic_is_refused() -> None:
     assert sniff_image(data) == "image/png"
     with pytest.raises(UnsupportedMediaError):
         decode_image(data, max_pixels=LIMIT)
+
+
+def _big_jpeg(seed: int = 0) -> bytes:
+    """A 12-megapixel JPEG of a shapes scene (smooth regions and sharp edges, like a photo)."""
+    from models.world.images import render_scene, sample_scene
+
+    rng = np.random.default_rng(seed)
+    scene = render_scene(sample_scene(rng, two_shapes=1.0), rng, style="shifted", clean=True)
+    buffer = io.BytesIO()
+    scene.resize((4000, 3000), Image.Resampling.BICUBIC).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_embedding() -> None:
+    from models.registry import load_model
+
+    data = _big_jpeg()
+    full = decode_image(data, max_pixels=64_000_000)
+    reduced = decode_image(data, max_pixels=64_000_000, min_side=128)
+    assert full.size == (4000, 3000)
+    assert reduced.size == (500, 375)  # the 1/8 DCT scale: the smallest with a side >= 128
+    encoder = load_model("mmr-mini", device="cpu").encoder
+    a, b = encoder.encode_images([full, reduced])
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
+
+
+def test_reduced_decoding_keeps_at_least_the_requested_side() -> None:
+    data = _big_jpeg(1)
+    assert min(decode_image(data, max_pixels=64_000_000, min_side=448).size) >= 448
+    assert decode_image(data, max_pixels=64_000_000, min_side=5000).size == (4000, 3000)
+    png = image_bytes("RGB", fmt="PNG")  # only JPEG has DCT scales: others decode in full
+    assert decode_image(png, max_pixels=64_000_000, min_side=8).size == IMAGE_SIZE
