@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from app.errors import UnprocessableEntity
 from app.schemas import EmbedResponse
 from app.services.embedding import Embedded
@@ -28,14 +26,10 @@ def embed_files(*, services: Services, uploads: list[bytes]) -> EmbedResponse:
     """Embed uploaded images and sounds, in order (every file must decode, else the call fails)."""
     _check_count(services, len(uploads))
     media = [decode_upload(data, services=services) for data in uploads]
-    vectors = np.zeros((len(media), services.embedder.dim), dtype=np.float32)
-    for modality in {m.modality for m in media}:
-        where = [i for i, m in enumerate(media) if m.modality == modality]
-        embedded = services.embedder.encode(modality, [media[i].payload for i in where])
-        vectors[where] = embedded.vectors
-    return EmbedResponse(
-        model=services.embedder.model_id, dim=services.embedder.dim, embeddings=vectors.tolist()
+    embedded = services.embedder.encode_mixed(
+        [m.modality for m in media], [m.payload for m in media]
     )
+    return _response(services, embedded)
 
 
 def _response(services: Services, embedded: Embedded) -> EmbedResponse:

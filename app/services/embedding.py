@@ -57,6 +57,16 @@ class Embedder:
         """Embed texts in one forward pass."""
         return self.encode("text", texts)
 
+    def encode_mixed(self, modalities: Sequence[str], payloads: Sequence[Any]) -> Embedded:
+        """Embed inputs of several modalities, one forward pass per modality, rows in order."""
+        raw = np.zeros((len(payloads), self.dim), dtype=np.float32)
+        vectors = np.zeros_like(raw)
+        for modality in sorted(set(modalities)):
+            where = [i for i, m in enumerate(modalities) if m == modality]
+            done = self.encode(modality, [payloads[i] for i in where])
+            raw[where], vectors[where] = done.raw, done.vectors
+        return Embedded(raw, vectors)
+
     def encode(self, modality: str, payloads: Sequence[Any]) -> Embedded:
         """Embed decoded inputs of one modality (texts, RGB images or mono waves) together."""
         if modality == "text":

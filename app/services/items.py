@@ -14,7 +14,6 @@ import numpy as np
 from app.errors import BadRequest, UnprocessableEntity, describe_error
 from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
 from app.services.collections import require_same_space
-from app.services.embedding import Embedded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
@@ -128,19 +127,10 @@ def add_batch(
 
 def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(raw feature, vector) per item, with one forward pass per modality."""
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for modality in sorted({p.modality for p in pending}):
-        where = [i for i, p in enumerate(pending) if p.modality == modality]
-        embedded = services.embedder.encode(modality, [pending[i].payload for i in where])
-        _scatter(out, where, embedded)
-    return [out[i] for i in range(len(pending))]
-
-
-def _scatter(
-    out: dict[int, tuple[np.ndarray, np.ndarray]], positions: list[int], embedded: Embedded
-) -> None:
-    for j, i in enumerate(positions):
-        out[i] = (embedded.raw[j], embedded.vectors[j])
+    embedded = services.embedder.encode_mixed(
+        [p.modality for p in pending], [p.payload for p in pending]
+    )
+    return list(zip(embedded.raw, embedded.vectors, strict=True))
 
 
 def _write(

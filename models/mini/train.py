@@ -28,9 +28,9 @@ from torch import nn
 from models.mini.audio import windows
 from models.mini.model import MiniModel, save_mini
 from models.training import contrastive_loss, cosine_lr
-from models.world.images import Scene, render_scene, sample_scene, vary_scene
+from models.world.images import Scene, caption_scene, render_scene, sample_scene, vary_scene
 from models.world.pairs import audio_pair, item_rngs
-from models.world.sounds import Sound
+from models.world.sounds import Sound, caption_sound
 from models.world.vocabulary import (
     COLOURS,
     POSITIONS,
@@ -149,14 +149,10 @@ def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 
 def _recaption_image(thing: Thing, rng: random.Random) -> Caption:
-    from models.world.images import caption_scene
-
     return caption_scene(thing, np.random.default_rng(rng.getrandbits(32)))
 
 
 def _recaption_sound(thing: Thing, rng: random.Random) -> Caption:
-    from models.world.sounds import caption_sound
-
     return caption_sound(thing, np.random.default_rng(rng.getrandbits(32)))
 
 
