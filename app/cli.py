@@ -1,5 +1,6 @@
 """The ``mmr`` command: ``serve`` runs the API; ``train-mini``, ``eval`` and ``world`` work on
-the project's own model and the synthetic world it is trained on."""
+the project's own model and the synthetic world it is trained on; ``bootstrap-audio`` builds
+the CLAP -> CLIP audio head from captions; ``tiny-clap`` writes a tiny random CLAP."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -34,7 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     world.add_argument("--sounds", type=int, default=24)
     world.add_argument("--seed", type=int, default=7)
     world.add_argument("--style", choices=["train", "shifted"], default="shifted")
+    boot = sub.add_parser(
+        "bootstrap-audio", help="train the audio head of a CLAP -> CLIP bridge from captions"
+    )
+    boot.add_argument("--model", default=None, help="image/text model id (default: MMR_MODEL)")
+    boot.add_argument("--audio-model", default=None, help="clap:... (default: MMR_AUDIO_MODEL)")
+    boot.add_argument("--corpus", type=Path, default=None, help="captions, one per line")
+    boot.add_argument(
+        "--out", type=Path, default=None, help="artefact file (default: the server's cache)"
+    )
+    boot.add_argument("--holdout", type=float, default=0.1)
+    boot.add_argument("--seed", type=int, default=0)
+    tiny = sub.add_parser("tiny-clap", help="write a tiny random CLAP (offline plumbing, demos)")
+    tiny.add_argument("--out", type=Path, default=Path("data/tiny-clap"))
+    tiny.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "bootstrap-audio":
+        return _bootstrap_audio(args)
+    if args.command == "tiny-clap":
+        return _tiny_clap(args.out, args.seed)
     if args.command == "serve":
         return _serve(args.host, args.port)
     if args.command == "train-mini":
@@ -68,7 +88,7 @@ def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int
         cfg = dataclasses.replace(cfg, steps=steps)
     train_mini(cfg, out, log=_say)
     encoder = MiniEncoder(model_id=f"mmr-mini@{out}", model=load_mini(out), device="cpu")
-    results = evaluate(encoder, pairs=eval_pairs)
+    results = evaluate(encoder, audio=encoder.audio, pairs=eval_pairs)
     card = read_card(out)
     card["evaluation"] = as_card(results, pairs=eval_pairs)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
@@ -83,11 +103,77 @@ def _eval(model_id: str, pairs: int, seed: int) -> int:
     from models.registry import load_model
 
     try:
-        encoder = load_model(model_id, device="cpu").encoder
+        loaded = load_model(model_id, device="cpu")
     except ModelLoadError as exc:
         _say(f"mmr eval: {exc}")
         return 1
-    _say(format_table(evaluate(encoder, pairs=pairs, seed=seed)))
+    _say(format_table(evaluate(loaded.encoder, audio=loaded.audio, pairs=pairs, seed=seed)))
+    return 0
+
+
+def _bootstrap_audio(args: argparse.Namespace) -> int:
+    from app.settings import get_settings
+    from models.bootstrap import FitConfig
+    from models.bridge import bridge_file, build_bridge, needs_bridge
+    from models.corpus import SHIPPED_CAPTIONS, load_sound_captions
+    from models.errors import ModelLoadError
+    from models.registry import load_model
+
+    settings = get_settings()
+    audio_id = args.audio_model if args.audio_model is not None else settings.audio_model
+    try:
+        loaded = load_model(
+            args.model or settings.model,
+            audio_model=audio_id,
+            device=settings.device,
+            cache_dir=settings.data_dir / "models",
+        )
+    except ModelLoadError as exc:
+        _say(f"mmr bootstrap-audio: {exc}")
+        return 1
+    if loaded.audio is None or not needs_bridge(loaded.encoder, loaded.audio):
+        _say("mmr bootstrap-audio: nothing to bridge: set --audio-model clap:... (a CLAP tower)")
+        return 1
+    captions = load_sound_captions(args.corpus)
+    corpus = args.corpus.name if args.corpus else SHIPPED_CAPTIONS.name
+    cfg = FitConfig(holdout=args.holdout, seed=args.seed)
+    _say(f"embedding {len(captions)} captions with both text towers, then fitting the head")
+    aligner = build_bridge(
+        loaded.encoder, loaded.audio, captions=captions, cfg=cfg, corpus_name=corpus
+    )
+    out = args.out or bridge_file(
+        settings.data_dir / "aligners", loaded.encoder, loaded.audio, captions
+    )
+    aligner.save(out)
+    _say(_recall_table(aligner.meta["bootstrap"]))
+    _say(f"wrote {out}")
+    _say(
+        f"serve with MMR_MODEL={loaded.encoder.model_id} MMR_AUDIO_MODEL={loaded.audio.model_id} "
+        f"MMR_AUDIO_HEAD={out.resolve()}"
+    )
+    return 0
+
+
+def _recall_table(report: dict[str, Any]) -> str:
+    """Held-out recall of the head, CLAP text -> CLIP text and back, at each stage."""
+    ks = (1, 5, 10)
+    head = "| stage | " + " | ".join(f"{d} R@{k}" for d in ("CLAP->CLIP", "CLIP->CLAP") for k in ks)
+    lines = [head + " |", "|---" * (1 + 2 * len(ks)) + "|"]
+    for stage, label in (("before", "chance"), ("init", "ridge"), ("after", "contrastive")):
+        cells = [
+            f"{report[stage][f'{d}@{k}']:.3f}"
+            for d in ("source_to_target", "target_to_source")
+            for k in ks
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _tiny_clap(out: Path, seed: int) -> int:
+    from models.clap import build_tiny_clap
+
+    build_tiny_clap(out, seed=seed)
+    _say(f"wrote a tiny random CLAP to {out}; try MMR_AUDIO_MODEL=clap:{out.resolve()}")
     return 0
 
 

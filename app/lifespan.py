@@ -18,6 +18,7 @@ from index.db import make_engine, make_sessionmaker, migrate
 from index.manager import IndexManager
 from index.store import MetadataStore
 from index.vector_index import configure_faiss_threads
+from models.bridge import default_aligner
 from models.errors import ModelLoadError
 from models.registry import load_model
 from models.runtime import configure_torch_threads
@@ -38,7 +39,16 @@ def build_services(settings: Settings) -> Services:
     store = MetadataStore(make_sessionmaker(engine))
     try:
         loaded = load_model(
-            settings.model, device=settings.device, cache_dir=settings.data_dir / "models"
+            settings.model,
+            audio_model=settings.audio_model,
+            device=settings.device,
+            cache_dir=settings.data_dir / "models",
+        )
+        aligner = default_aligner(
+            loaded.encoder,
+            loaded.audio,
+            head_file=settings.audio_head,
+            cache_dir=settings.data_dir / "aligners",
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)
@@ -52,11 +62,16 @@ def build_services(settings: Settings) -> Services:
         store=store,
         blobs=BlobStore(settings.data_dir / "blobs"),
         indexes=indexes,
-        embedder=Embedder(loaded),
+        embedder=Embedder(loaded, aligner),
     )
     if loaded.warning:
         services.warnings.append(loaded.warning)
-    log.info("ready: model %s (dim %d)", loaded.encoder.model_id, loaded.encoder.dim)
+    log.info(
+        "ready: model %s (dim %d), audio %s",
+        loaded.encoder.model_id,
+        loaded.encoder.dim,
+        loaded.audio.model_id if loaded.audio else "none",
+    )
     return services
 
 

@@ -44,7 +44,8 @@ class CollectionPublic(BaseModel):
     name: str
     model: str
     dim: int
-    aligner_version: int
+    aligner_version: int = Field(description="the active aligner version (heads per modality)")
+    audio_model: str | None = Field(None, description="the audio tower behind the audio head")
     count: int
     index: IndexInfo
     compatible: bool = Field(description="false when the active model is another space")
@@ -89,6 +90,8 @@ class ItemPublic(BaseModel):
     content_type: str
     size_bytes: int
     text: str | None = None
+    duration: float | None = Field(None, description="audio: seconds")
+    segments: int | None = Field(None, description="audio: how many indexed segments")
     created_at: datetime
     updated_at: datetime
 
@@ -166,6 +169,8 @@ class SearchHit(BaseModel):
 
     item: ItemPublic
     score: float
+    start: float | None = Field(None, description="audio: start of the best segment, seconds")
+    end: float | None = Field(None, description="audio: end of the best segment, seconds")
 
 
 class SearchResponse(BaseModel):
@@ -175,7 +180,16 @@ class SearchResponse(BaseModel):
     query_modality: str
 
 
-class EmbedRequest(BaseModel):
+class EmbedOptions(BaseModel):
+    """What /v1/embed takes besides the inputs (multipart: form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+    collection: CollectionName | None = Field(
+        None, description="embed with this collection's active aligner heads"
+    )
+
+
+class EmbedRequest(EmbedOptions):
     """POST /v1/embed as JSON."""
 
     model_config = ConfigDict(
@@ -191,7 +205,41 @@ class EmbedResponse(BaseModel):
 
     model: str
     dim: int
+    aligner_version: int | None = Field(
+        None, description="the collection's aligner version used; null: a new collection's heads"
+    )
     embeddings: list[list[float]]
+
+
+class AlignerPublic(BaseModel):
+    """One version of a collection's aligner heads."""
+
+    version: int
+    active: bool
+    sha256: str
+    heads: dict[str, dict[str, str | int]] = Field(
+        description="per modality: kind, in_dim, out_dim and the encoder it takes"
+    )
+    meta: dict[str, Any] = Field(description="how the version was made (and its metrics)")
+    created_at: datetime
+
+
+class AlignerList(BaseModel):
+    """A collection's aligner versions, oldest first."""
+
+    active: int
+    aligners: list[AlignerPublic]
+
+
+class AudioModelInfo(BaseModel):
+    """The audio tower and the head that bridges it into the space."""
+
+    id: str
+    raw_dim: int = Field(description="width of the tower's own feature, before its head")
+    sample_rate: int
+    window_s: float = Field(description="seconds per segment; longer files are cut")
+    hop_s: float = Field(description="seconds between segment starts")
+    head: dict[str, Any] = Field(description="the audio head new collections start from")
 
 
 class ModelInfo(BaseModel):
@@ -204,6 +252,7 @@ class ModelInfo(BaseModel):
     fallback: bool
     device: str
     warning: str | None = None
+    audio: AudioModelInfo | None = None
 
 
 class ModelsResponse(BaseModel):
@@ -211,4 +260,5 @@ class ModelsResponse(BaseModel):
 
     active: ModelInfo
     syntax: list[str]
+    audio_syntax: list[str]
     architectures: list[str]

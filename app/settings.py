@@ -16,6 +16,12 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     database_url: str = ""
     model: str = "auto"
+    audio_model: str = Field(
+        default="", description="empty: the model's own audio tower; none; clap:REPO or clap:/dir"
+    )
+    audio_head: Path | None = Field(
+        default=None, description="aligner artefact new collections start from (bootstrap-audio)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     api_keys: str = ""
     max_upload_mb: float = 50.0

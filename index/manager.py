@@ -16,15 +16,22 @@ from index.snapshots import IndexSnapshot, read_snapshot, remove_snapshot, write
 from index.store import MetadataStore
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
+from models.aligner import Aligner
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class LiveIndex:
-    """A collection's index plus the mutex its writers hold across SQL commit + index update."""
+    """A collection's active aligner and index, and the mutex its writers hold across the
+    SQL commit and the index update.
+
+    The aligner and the index travel together: vectors in the index were made by exactly
+    these heads, so queries projected by them are comparable (invariant 4).
+    """
 
     collection_id: int
+    aligner: Aligner
     index: VectorIndex
     writer: threading.Lock = field(default_factory=threading.Lock)
     snapshotting: threading.Lock = field(default_factory=threading.Lock)
@@ -69,7 +76,7 @@ class IndexManager:
                 index = None
         if index is None:
             index = self._rebuild(row)
-        live = LiveIndex(row.id, index)
+        live = LiveIndex(row.id, self.active_aligner(row), index)
         with self._guard:
             self._live[row.id] = live
         return live
@@ -80,16 +87,30 @@ class IndexManager:
             return
         # Idempotent: drop every touched key, then re-add those SQL still holds.
         index.remove(np.fromiter(touched, dtype=np.int64))
-        for ids, vectors in self.store.iter_vectors(collection_id=row.id, pks=sorted(touched)):
-            index.upsert(ids, vectors)
+        chunks = self.store.iter_vectors(collection_id=row.id, dim=row.dim, pks=sorted(touched))
+        for ids, counts, vectors in chunks:
+            index.upsert(ids, vectors, counts)
         log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
 
     def _rebuild(self, row: CollectionRow) -> VectorIndex:
         index = VectorIndex(row.dim)
-        for ids, vectors in self.store.iter_vectors(collection_id=row.id):
-            index.upsert(ids, vectors)
+        for ids, counts, vectors in self.store.iter_vectors(collection_id=row.id, dim=row.dim):
+            index.upsert(ids, vectors, counts)
         log.info("rebuilt index of %s from SQL: %d vectors", row.name, index.size)
         return index
+
+    def active_aligner(self, row: CollectionRow) -> Aligner:
+        """The collection's active aligner version, read from SQL."""
+        if row.aligner_version == 0:
+            # Collections made before aligners were recorded: identity heads, implicitly.
+            encoders = {"image": row.model, "text": row.model}
+            if row.audio_model:
+                encoders["audio"] = row.audio_model
+            return Aligner.identity(row.dim, encoders, legacy=True)
+        found = self.store.get_aligner(collection_id=row.id, version=row.aligner_version)
+        if found is None:
+            raise LookupError(f"collection {row.name!r} has no aligner v{row.aligner_version}")
+        return Aligner.from_bytes(found.artefact).numbered(found.version)
 
     # -- runtime -------------------------------------------------------------------------
     def get(self, row: CollectionRow) -> LiveIndex:
@@ -98,9 +119,9 @@ class IndexManager:
             live = self._live.get(row.id)
             return live if live is not None else self.load(row)
 
-    def create(self, row: CollectionRow) -> LiveIndex:
-        """Start an empty index for a new collection."""
-        live = LiveIndex(row.id, VectorIndex(row.dim))
+    def create(self, row: CollectionRow, aligner: Aligner) -> LiveIndex:
+        """Start an empty index for a new collection with its first aligner."""
+        live = LiveIndex(row.id, aligner, VectorIndex(row.dim))
         with self._guard:
             self._live[row.id] = live
         return live

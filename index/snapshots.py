@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-MAGIC = b"MMR-INDEX-SNAPSHOT 1\n"
+# Version 2: ids pack (item, segment); a version-1 file is ignored and the index rebuilt.
+MAGIC = b"MMR-INDEX-SNAPSHOT 2\n"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from index.errors import ConflictError, NotFoundError
-from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
+from index.tables import AlignerRow, ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
 
 Scalar = str | int | float | bool | None
 
@@ -32,6 +33,7 @@ class ItemDraft:
     aligner_version: int
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    spans: list[list[float]] | None = None  # per-segment [start, end] seconds of a recording
 
 
 @dataclass
@@ -82,14 +84,28 @@ def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRo
     return row
 
 
-def to_blob(vector: np.ndarray) -> bytes:
-    """A float32 vector as bytes for a LargeBinary column."""
-    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+def to_blob(vectors: np.ndarray) -> bytes:
+    """A float32 vector, or rows of them, as bytes for a LargeBinary column."""
+    return np.ascontiguousarray(vectors, dtype=np.float32).tobytes()
 
 
-def from_blob(blob: bytes) -> np.ndarray:
-    """The inverse of to_blob."""
-    return np.frombuffer(blob, dtype=np.float32)
+def from_blob(blob: bytes, width: int | None = None) -> np.ndarray:
+    """The inverse of to_blob: flat, or rows of ``width`` when given."""
+    flat = np.frombuffer(blob, dtype=np.float32)
+    return flat if width is None else flat.reshape(-1, width)
+
+
+def _aligner_row(
+    collection_id: int, version: int, artefact: bytes, meta: dict[str, Any]
+) -> AlignerRow:
+    return AlignerRow(
+        collection_id=collection_id,
+        version=version,
+        sha256=hashlib.sha256(artefact).hexdigest(),
+        artefact=artefact,
+        meta=meta,
+        created_at=utcnow(),
+    )
 
 
 class MetadataStore:
@@ -100,14 +116,25 @@ class MetadataStore:
 
     # -- collections -------------------------------------------------------------------
     def create_collection(
-        self, *, name: str, model: str, dim: int, index_type: str, index_params: dict[str, Any]
+        self,
+        *,
+        name: str,
+        model: str,
+        audio_model: str | None,
+        dim: int,
+        index_type: str,
+        index_params: dict[str, Any],
+        aligner: bytes,
+        aligner_meta: dict[str, Any],
     ) -> CollectionRow:
-        """Insert a collection; ConflictError when the name is taken."""
+        """Insert a collection with its first aligner (version 1, active) in one transaction;
+        ConflictError when the name is taken."""
         row = CollectionRow(
             name=name,
             model=model,
+            audio_model=audio_model,
             dim=dim,
-            aligner_version=0,
+            aligner_version=1,
             index_type=index_type,
             index_params=index_params,
             created_at=utcnow(),
@@ -115,9 +142,50 @@ class MetadataStore:
         try:
             with self.sessions.begin() as session:
                 session.add(row)
+                session.flush()
+                session.add(_aligner_row(row.id, 1, aligner, aligner_meta))
         except IntegrityError as exc:
             raise ConflictError(f"a collection named {name!r} already exists") from exc
         return row
+
+    # -- aligners ------------------------------------------------------------------------
+    def add_aligner(
+        self, *, collection_id: int, artefact: bytes, meta: dict[str, Any], activate: bool
+    ) -> AlignerRow:
+        """Record a new version (the next number) of a collection's aligner."""
+        with self.sessions.begin() as session:
+            newest = session.scalar(
+                select(func.max(AlignerRow.version)).where(
+                    AlignerRow.collection_id == collection_id
+                )
+            )
+            row = _aligner_row(collection_id, int(newest or 0) + 1, artefact, meta)
+            session.add(row)
+            if activate:
+                collection = session.get(CollectionRow, collection_id)
+                if collection is None:
+                    raise NotFoundError("the collection was deleted")
+                collection.aligner_version = row.version
+        return row
+
+    def get_aligner(self, *, collection_id: int, version: int) -> AlignerRow | None:
+        """One recorded version, or None (version 0 is never recorded: the identity)."""
+        with self.sessions() as session:
+            return session.scalar(
+                select(AlignerRow).where(
+                    AlignerRow.collection_id == collection_id, AlignerRow.version == version
+                )
+            )
+
+    def list_aligners(self, collection_id: int) -> list[AlignerRow]:
+        """Every recorded version of a collection, oldest first."""
+        with self.sessions() as session:
+            stmt = (
+                select(AlignerRow)
+                .where(AlignerRow.collection_id == collection_id)
+                .order_by(AlignerRow.version)
+            )
+            return list(session.scalars(stmt))
 
     def get_collection(self, name: str) -> CollectionRow:
         """The collection by name; NotFoundError when there is none."""
@@ -141,6 +209,7 @@ class MetadataStore:
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk.in_(item_pks)))
             session.execute(delete(ItemRow).where(ItemRow.collection_id == collection_id))
             session.execute(delete(ChangeRow).where(ChangeRow.collection_id == collection_id))
+            session.execute(delete(AlignerRow).where(AlignerRow.collection_id == collection_id))
             session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
 
     def count_items(self, collection_id: int) -> int:
@@ -192,6 +261,7 @@ class MetadataStore:
             row.meta = draft.metadata
             row.feature = to_blob(draft.feature)
             row.vector = to_blob(draft.vector)
+            row.spans = draft.spans
             row.aligner_version = draft.aligner_version
             row.updated_at = now
             session.flush()
@@ -296,9 +366,9 @@ class MetadataStore:
 
     # -- index support ------------------------------------------------------------------
     def iter_vectors(
-        self, *, collection_id: int, pks: Sequence[int] | None = None, chunk: int = 4096
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(pks, vectors) in chunks: the whole collection, or only the given keys."""
+        self, *, collection_id: int, dim: int, pks: Sequence[int] | None = None, chunk: int = 4096
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(pks, rows per item, vectors) in chunks: the whole collection, or the given keys."""
         last = 0
         with self.sessions() as session:
             while True:
@@ -311,7 +381,9 @@ class MetadataStore:
                 if not rows:
                     return
                 ids = np.array([r[0] for r in rows], dtype=np.int64)
-                yield ids, np.stack([from_blob(r[1]) for r in rows])
+                matrices = [from_blob(r[1], dim) for r in rows]
+                counts = np.array([len(m) for m in matrices], dtype=np.int64)
+                yield ids, counts, np.concatenate(matrices)
                 last = int(ids[-1])
 
     def last_seq(self, collection_id: int) -> int:

@@ -42,7 +42,10 @@ class CollectionRow(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     model: Mapped[str] = mapped_column(String(512))
     dim: Mapped[int] = mapped_column(Integer)
+    # The active row of ``aligners`` (0: the implicit identity of pre-0003 collections).
     aligner_version: Mapped[int] = mapped_column(Integer, default=0)
+    # The audio encoder whose raw features the audio head takes; None: no audio.
+    audio_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
     index_type: Mapped[str] = mapped_column(String(32), default="flat")
     index_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -51,7 +54,11 @@ class CollectionRow(Base):
 
 
 class ItemRow(Base):
-    """An item: its provenance, metadata, raw encoder feature and aligned vector."""
+    """An item: provenance, metadata, raw encoder features and aligned vectors.
+
+    ``feature`` and ``vector`` hold one float32 row per segment (one for images and texts);
+    ``spans`` gives each segment's ``[start, end]`` in seconds for recordings.
+    """
 
     __tablename__ = "items"
     __table_args__ = (
@@ -72,9 +79,30 @@ class ItemRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     feature: Mapped[bytes] = mapped_column(LargeBinary)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+    spans: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
     aligner_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AlignerRow(Base):
+    """One version of a collection's aligner heads: the artefact and how it was made."""
+
+    __tablename__ = "aligners"
+    __table_args__ = (
+        UniqueConstraint("collection_id", "version", name="uq_aligners_collection_version"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE")
+    )
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    artefact: Mapped[bytes] = mapped_column(LargeBinary)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ItemTagRow(Base):

@@ -1,4 +1,9 @@
-"""Encoders: turn decoded media into raw feature vectors (before the aligner head)."""
+"""Encoders: turn decoded media into raw feature vectors (before the aligner head).
+
+An :class:`Encoder` is the image/text dual encoder; audio towers are
+:class:`models.audio.AudioEncoder` s, either a model's own (mmr-mini) or a CLAP bridged
+into the space by an aligner head.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.errors import UnsupportedMediaError
-from models.mini.audio import windows
+from models.audio import AudioSegments, cut_segments
+from models.mini.audio import pad_window
 from models.mini.model import MiniModel
 
 Modality = str  # "image" | "text" | "audio"
@@ -37,15 +42,6 @@ class Encoder(Protocol):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Raw text features, shape (n, dim), float32."""
-        ...
-
-    @property
-    def audio_rate(self) -> int | None:
-        """Sample rate audio must be decoded to, or None without an audio tower."""
-        ...
-
-    def encode_audio(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Raw audio features of mono waves at ``audio_rate``, shape (n, dim), float32."""
         ...
 
 
@@ -94,15 +90,6 @@ class OpenClipEncoder:
         size: Any = owner.visual.image_size
         return int(min(size) if isinstance(size, tuple | list) else size)
 
-    @property
-    def audio_rate(self) -> int | None:
-        """CLIP has no ears: no audio tower."""
-        return None
-
-    def encode_audio(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Refused: this model has no audio tower."""
-        raise UnsupportedMediaError(f"{self.model_id} has no audio tower")
-
     def _model_fn(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, name)
         return fn
@@ -114,7 +101,7 @@ class OpenClipEncoder:
 
 
 class MiniEncoder(OpenClipEncoder):
-    """mmr-mini: the open_clip towers plus an audio tower in the same space."""
+    """mmr-mini's image and text towers; its own audio tower is ``.audio``."""
 
     def __init__(self, *, model_id: str, model: MiniModel, device: str) -> None:
         self.mini = model
@@ -125,21 +112,41 @@ class MiniEncoder(OpenClipEncoder):
             tokenizer=model.tokenizer,
             device=device,
         )
-        self.modalities = ("image", "text", "audio")
+        self.audio = MiniAudioEncoder(self)
 
-    @property
-    def audio_rate(self) -> int | None:
-        """The audio tower's sample rate."""
-        return self.mini.audio_cfg.sample_rate
 
-    def encode_audio(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Each wave is cut into windows; a clip's feature is the mean of its windows'."""
+class MiniAudioEncoder:
+    """mmr-mini's audio tower: 4 s windows every 2 s, features already in the shared space."""
+
+    def __init__(self, owner: MiniEncoder) -> None:
+        self._owner = owner
+        cfg = owner.mini.audio_cfg
+        self.model_id = owner.model_id  # the model's own tower: one id for all modalities
+        self.dim = owner.dim
+        self.sample_rate = cfg.sample_rate
+        self.window_s = cfg.window_seconds
+        self.hop_s = cfg.window_seconds / 2
+
+    def encode_audio(self, waves: Sequence[np.ndarray]) -> list[AudioSegments]:
+        """Each wave's segments (zero-padded to a window when shorter) and their spans."""
         if not waves:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        cuts = [windows(np.asarray(w, dtype=np.float32), self.mini.audio_cfg) for w in waves]
-        batch = torch.from_numpy(np.concatenate(cuts)).to(self.device)
-        per_window = self._run(self._model_fn("encode_audio"), batch)
-        bounds = np.cumsum([0] + [len(c) for c in cuts])
-        return np.stack(
-            [per_window[a:b].mean(axis=0) for a, b in itertools.pairwise(bounds)]
-        ).astype(np.float32)
+            return []
+        cfg = self._owner.mini.audio_cfg
+        cuts = [
+            cut_segments(
+                np.asarray(w, np.float32),
+                rate=cfg.sample_rate,
+                window_s=self.window_s,
+                hop_s=self.hop_s,
+            )
+            for w in waves
+        ]
+        pieces = np.stack([pad_window(p, cfg) for pieces, _ in cuts for p in pieces])
+        batch = torch.from_numpy(pieces).to(self._owner.device)
+        owner = self._owner
+        features = owner._run(owner._model_fn("encode_audio"), batch)
+        bounds = np.cumsum([0] + [len(spans) for _, spans in cuts])
+        return [
+            AudioSegments(features[a:b], spans)
+            for (a, b), (_, spans) in zip(itertools.pairwise(bounds), cuts, strict=True)
+        ]

@@ -6,6 +6,14 @@
 - ``mmr-mini``                   the project's own image/text/audio model, shipped in the package
 - ``mmr-mini@/path/to/dir``      mmr-mini weights from ``mmr train-mini --out DIR``
 - ``auto``                       the production default if it can be had, else a loud fallback
+
+Audio models (``MMR_AUDIO_MODEL``) take their own ids:
+
+- empty (default)                the model's own audio tower when it has one (mmr-mini), else none
+- ``none``                       no audio, even for a model that has an audio tower
+- ``clap:ORG/REPO``              a CLAP audio tower through transformers' loader and cache
+                                 (``clap:laion/clap-htsat-unfused``), bridged by an aligner head
+- ``clap:/path/to/dir``          a CLAP saved with ``save_pretrained`` (model and processor)
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import torch
 from safetensors import SafetensorError
 
 from models.architectures import register_project_configs
+from models.audio import AudioEncoder
 from models.encoders import Encoder, MiniEncoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
 from models.mini.model import ARCH as MINI_ARCH
@@ -62,6 +71,7 @@ class LoadedModel:
     requested: str
     fallback: bool
     warning: str | None = None
+    audio: AudioEncoder | None = None
 
 
 def parse_model_id(model_id: str) -> ModelSpec:
@@ -98,6 +108,41 @@ def _syntax_help(model_id: str) -> str:
     )
 
 
+AUDIO_SYNTAX = ("", "none", "clap:ORG/REPO", "clap:/path/to/dir")
+NO_AUDIO = "none"
+
+
+def parse_audio_id(audio_id: str) -> tuple[str, str]:
+    """``(kind, source)`` of an audio model id: builtin, none or clap."""
+    if audio_id == "":
+        return "builtin", ""
+    if audio_id == NO_AUDIO:
+        return NO_AUDIO, ""
+    kind, sep, source = audio_id.partition(":")
+    if kind == "clap" and sep and source:
+        return "clap", source
+    raise UnknownModelError(
+        f"unknown audio model id {audio_id!r}: leave MMR_AUDIO_MODEL empty for the model's own "
+        "audio tower, or use none, clap:ORG/REPO (e.g. clap:laion/clap-htsat-unfused) or "
+        "clap:/path/to/a/save_pretrained/dir"
+    )
+
+
+def load_audio_model(
+    audio_id: str, *, encoder: Encoder, device: str = "cpu", cache_dir: Path | None = None
+) -> AudioEncoder | None:
+    """The audio tower an id names (strict like model ids); None means no audio."""
+    kind, source = parse_audio_id(audio_id)
+    if kind == NO_AUDIO:
+        return None
+    if kind == "builtin":
+        builtin: AudioEncoder | None = getattr(encoder, "audio", None)
+        return builtin
+    from models.clap import load_clap
+
+    return load_clap(audio_id, source, device=pick_device(device), cache_dir=cache_dir)
+
+
 def pick_device(device: str) -> str:
     """Resolve ``auto`` to CUDA when present, else CPU."""
     if device == "auto":
@@ -116,9 +161,23 @@ def list_architectures() -> list[str]:
 
 
 def load_model(
-    model_id: str, *, device: str = "auto", cache_dir: Path | None = None
+    model_id: str,
+    *,
+    audio_model: str = "",
+    device: str = "auto",
+    cache_dir: Path | None = None,
 ) -> LoadedModel:
-    """Load a model by id; explicit ids are strict, ``auto`` falls back loudly."""
+    """Load a model (and its audio tower) by id; explicit ids are strict, ``auto`` falls
+    back loudly."""
+    parse_audio_id(audio_model)  # a typo fails before minutes of weight loading
+    loaded = _load_main(model_id, device=device, cache_dir=cache_dir)
+    loaded.audio = load_audio_model(
+        audio_model, encoder=loaded.encoder, device=device, cache_dir=cache_dir
+    )
+    return loaded
+
+
+def _load_main(model_id: str, *, device: str, cache_dir: Path | None) -> LoadedModel:
     spec = parse_model_id(model_id)
     dev = pick_device(device)
     if spec.kind != "auto":

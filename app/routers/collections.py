@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.schemas import CollectionCreate, CollectionList, CollectionPublic
+from app.schemas import AlignerList, CollectionCreate, CollectionList, CollectionPublic
 from app.services import collections as svc
 from app.state import ServicesDep
 
@@ -34,3 +34,10 @@ def delete_collection(name: str, services: ServicesDep) -> Response:
     """Delete a collection, its items and its index."""
     svc.delete_collection(services=services, name=name)
     return Response(status_code=204)
+
+
+@router.get("/{name}/aligners", response_model=AlignerList)
+def list_aligners(name: str, services: ServicesDep) -> AlignerList:
+    """The collection's aligner versions (heads per modality, how each was made), oldest
+    first, and which one is active."""
+    return svc.list_aligners(services=services, name=name)

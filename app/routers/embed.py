@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import UnprocessableEntity
 from app.routers import body
-from app.schemas import EmbedRequest, EmbedResponse
+from app.schemas import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import embed_files, embed_texts
 from app.state import ServicesDep
 
@@ -16,7 +16,10 @@ router = APIRouter(prefix="/v1", tags=["embed"])
 EMBED_FORM = {
     "type": "object",
     "required": ["file"],
-    "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    "properties": {
+        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "collection": {"type": "string", "description": "use this collection's aligner heads"},
+    },
 }
 
 
@@ -29,9 +32,15 @@ async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
     """Vectors in the shared space (L2-normalised) for texts or uploaded files."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
-        uploads = (await body.read_form(request)).files
-        if not uploads:
+        form = await body.read_form(request)
+        if not form.files:
             raise UnprocessableEntity("send one or more 'file' parts")
-        return await run_in_threadpool(embed_files, services=services, uploads=uploads)
+        given = {k: form.field(k) for k in form.fields}
+        opts = body.validate(EmbedOptions, given)
+        return await run_in_threadpool(
+            embed_files, services=services, uploads=form.files, collection=opts.collection
+        )
     req = body.validate(EmbedRequest, await body.json_payload(request))
-    return await run_in_threadpool(embed_texts, services=services, texts=req.texts)
+    return await run_in_threadpool(
+        embed_texts, services=services, texts=req.texts, collection=req.collection
+    )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.schemas import ModelInfo, ModelsResponse
+from app.schemas import AudioModelInfo, ModelInfo, ModelsResponse
 from app.state import Services, ServicesDep
-from models.registry import list_architectures
+from models.registry import AUDIO_SYNTAX, list_architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -31,6 +31,26 @@ def model_info(services: Services) -> ModelInfo:
         fallback=emb.loaded.fallback,
         device=emb.encoder.device,
         warning=emb.loaded.warning,
+        audio=_audio_info(services),
+    )
+
+
+def _audio_info(services: Services) -> AudioModelInfo | None:
+    emb = services.embedder
+    if emb.audio is None:
+        return None
+    aligner = emb.default_aligner
+    head = aligner.heads["audio"]
+    made = {f"made_by_{k}": v for k, v in aligner.meta.items() if k in ("kind", "corpus")}
+    if "bootstrap" in aligner.meta:
+        made["heldout_recall"] = aligner.meta["bootstrap"].get("after")
+    return AudioModelInfo(
+        id=emb.audio.model_id,
+        raw_dim=emb.audio.dim,
+        sample_rate=emb.audio.sample_rate,
+        window_s=emb.audio.window_s,
+        hop_s=emb.audio.hop_s,
+        head={"kind": head.kind, "in_dim": head.in_dim, "out_dim": head.out_dim, **made},
     )
 
 
@@ -38,5 +58,8 @@ def model_info(services: Services) -> ModelInfo:
 def get_models(services: ServicesDep) -> ModelsResponse:
     """The active model (id, dim, modalities, fallback) and the id syntax."""
     return ModelsResponse(
-        active=model_info(services), syntax=ID_SYNTAX, architectures=list_architectures()
+        active=model_info(services),
+        syntax=ID_SYNTAX,
+        audio_syntax=[s or "(empty: the model's own)" for s in AUDIO_SYNTAX],
+        architectures=list_architectures(),
     )

@@ -3,43 +3,62 @@
 from __future__ import annotations
 
 from app.errors import SpaceMismatch
-from app.schemas import CollectionCreate, CollectionPublic
-from app.services.views import collection_public
+from app.schemas import AlignerList, AlignerPublic, CollectionCreate, CollectionPublic
+from app.services.views import aware, collection_public
 from app.state import Services
 from index.tables import CollectionRow
+from models.aligner import Aligner
 
 
-def same_space(row: CollectionRow, services: Services) -> bool:
-    """Whether the active model writes and queries this collection's space."""
+def space_problem(
+    row: CollectionRow, aligner: Aligner, services: Services, modality: str
+) -> str | None:
+    """Why this process cannot put ``modality`` into the collection's space, or None."""
     emb = services.embedder
-    return (
-        row.model == emb.model_id
-        and row.dim == emb.dim
-        and row.aligner_version == emb.aligner.version
-    )
-
-
-def require_same_space(row: CollectionRow, services: Services) -> None:
-    """Refuse (409) to mix spaces: invariant 4."""
-    if not same_space(row, services):
-        emb = services.embedder
-        raise SpaceMismatch(
-            f"collection {row.name!r} lives in the space of {row.model} (dim {row.dim}, "
-            f"aligner v{row.aligner_version}) but this server runs {emb.model_id} (dim "
-            f"{emb.dim}); start the server with MMR_MODEL={row.model} or use another collection"
+    if aligner.dim != emb.dim or row.model != emb.model_id:
+        return (
+            f"collection {row.name!r} lives in the space of {row.model} (dim {row.dim}) but "
+            f"this server runs {emb.model_id} (dim {emb.dim}); start the server with "
+            f"MMR_MODEL={row.model} or use another collection"
         )
+    wanted = aligner.encoders.get(modality)
+    running = emb.encoder_ids.get(modality)
+    if wanted is None:
+        return (
+            f"collection {row.name!r} was created without an {modality} model, so its aligner "
+            f"v{aligner.version} has no {modality} head; create a new collection for {modality}"
+        )
+    if wanted != running:
+        setting = "MMR_AUDIO_MODEL" if modality == "audio" else "MMR_MODEL"
+        return (
+            f"collection {row.name!r} takes {modality} from {wanted} but this server runs "
+            f"{running or 'none'}; start the server with {setting}={wanted}"
+        )
+    return None
+
+
+def require_space(row: CollectionRow, aligner: Aligner, services: Services, modality: str) -> None:
+    """Refuse (409) to mix spaces: invariant 4."""
+    problem = space_problem(row, aligner, services, modality)
+    if problem is not None:
+        raise SpaceMismatch(problem)
 
 
 def create_collection(*, services: Services, body: CollectionCreate) -> CollectionPublic:
     """Create an empty collection in the active model's space."""
+    emb = services.embedder
+    aligner = emb.default_aligner
     row = services.store.create_collection(
         name=body.name,
-        model=services.embedder.model_id,
-        dim=services.embedder.dim,
+        model=emb.model_id,
+        audio_model=emb.audio_model_id,
+        dim=emb.dim,
         index_type=body.index.type,
         index_params=body.index.model_dump(exclude={"type"}),
+        aligner=aligner.to_bytes(),
+        aligner_meta=aligner.meta,
     )
-    services.indexes.create(row)
+    services.indexes.create(row, aligner.numbered(row.aligner_version))
     return collection_public(row, count=0, index_size=0, compatible=True)
 
 
@@ -66,9 +85,39 @@ def delete_collection(*, services: Services, name: str) -> None:
 
 def describe(services: Services, row: CollectionRow) -> CollectionPublic:
     """A collection row with its live numbers."""
+    live = services.indexes.get(row)
     return collection_public(
         row,
         count=services.store.count_items(row.id),
-        index_size=services.indexes.get(row).index.size,
-        compatible=same_space(row, services),
+        index_size=live.index.size,
+        compatible=space_problem(row, live.aligner, services, "text") is None,
     )
+
+
+def list_aligners(*, services: Services, name: str) -> AlignerList:
+    """Every recorded aligner version of a collection, with how it was made."""
+    row = services.store.get_collection(name)
+    versions = [
+        AlignerPublic(
+            version=a.version,
+            active=a.version == row.aligner_version,
+            sha256=a.sha256,
+            heads=_heads(Aligner.from_bytes(a.artefact)),
+            meta=a.meta,
+            created_at=aware(a.created_at),
+        )
+        for a in services.store.list_aligners(row.id)
+    ]
+    return AlignerList(active=row.aligner_version, aligners=versions)
+
+
+def _heads(aligner: Aligner) -> dict[str, dict[str, str | int]]:
+    return {
+        m: {
+            "kind": h.kind,
+            "in_dim": h.in_dim,
+            "out_dim": h.out_dim,
+            "encoder": aligner.encoders[m],
+        }
+        for m, h in aligner.heads.items()
+    }

@@ -1,4 +1,9 @@
-"""Encoder + aligner head: media in, (raw feature, shared-space vector) out."""
+"""Encoders of this process: media in, raw features out; a collection's heads place them.
+
+Encoding (seconds of CPU) happens before any lock; projecting raw features through an
+aligner's head (a matrix product) happens where the aligner is known to be the collection's
+active one, so that items and queries of a collection always meet the same head version.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +13,58 @@ from typing import Any
 
 import numpy as np
 
-from models.aligner import IdentityAligner
+from models.aligner import Aligner, l2_normalize
+from models.audio import AudioEncoder, pooled
+from models.bridge import encoder_ids, identity_aligner
 from models.registry import LoadedModel
 
 
-@dataclass
-class Embedded:
-    """Raw encoder features (kept for re-projection) and their aligned vectors."""
+@dataclass(frozen=True)
+class Encoded:
+    """One input's raw features: one row, or one per segment of a long recording."""
 
-    raw: np.ndarray
-    vectors: np.ndarray
+    modality: str
+    raw: np.ndarray  # (n, raw_dim)
+    spans: np.ndarray | None = None  # (n, 2) seconds, recordings only
+
+    def vectors(self, aligner: Aligner) -> np.ndarray:
+        """Every row placed in the aligner's space, (n, dim)."""
+        return aligner.project(self.modality, self.raw)
+
+    def query(self, aligner: Aligner) -> np.ndarray:
+        """One unit vector for the whole input: the mean of its rows' vectors."""
+        return l2_normalize(pooled(self.vectors(aligner)).reshape(1, -1))[0]
+
+    def span_list(self) -> list[list[float]] | None:
+        """Spans as JSON-able lists (seconds, rounded to milliseconds)."""
+        if self.spans is None:
+            return None
+        return [[round(float(a), 3), round(float(b), 3)] for a, b in self.spans]
 
 
 class Embedder:
-    """The active model of this process and its aligner heads."""
+    """The encoders of this process and the aligner new collections start from."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(self, loaded: LoadedModel, default_aligner: Aligner | None = None) -> None:
         self.loaded = loaded
         self.encoder = loaded.encoder
-        self.aligner = IdentityAligner()
+        self.audio: AudioEncoder | None = loaded.audio
+        self.default_aligner = default_aligner or identity_aligner(self.encoder, self.audio)
 
     @property
     def model_id(self) -> str:
-        """The id every collection built by this process records."""
+        """The image/text model every collection built by this process records."""
         return self.encoder.model_id
+
+    @property
+    def audio_model_id(self) -> str | None:
+        """The audio tower's id, or None without audio."""
+        return None if self.audio is None else self.audio.model_id
+
+    @property
+    def encoder_ids(self) -> dict[str, str]:
+        """Per modality, the encoder this process runs for it."""
+        return encoder_ids(self.encoder, self.audio)
 
     @property
     def dim(self) -> int:
@@ -40,8 +73,8 @@ class Embedder:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """What the model can encode."""
-        return self.encoder.modalities
+        """What this process can encode."""
+        return ("image", "text", "audio") if self.audio is not None else ("image", "text")
 
     @property
     def image_size(self) -> int:
@@ -50,29 +83,35 @@ class Embedder:
 
     @property
     def audio_rate(self) -> int | None:
-        """Sample rate audio is decoded to, or None when the model has no audio tower."""
-        return self.encoder.audio_rate
+        """Sample rate audio is decoded to, or None without an audio tower."""
+        return None if self.audio is None else self.audio.sample_rate
 
-    def texts(self, texts: Sequence[str]) -> Embedded:
-        """Embed texts in one forward pass."""
+    def texts(self, texts: Sequence[str]) -> list[Encoded]:
+        """Encode texts in one forward pass."""
         return self.encode("text", texts)
 
-    def encode_mixed(self, modalities: Sequence[str], payloads: Sequence[Any]) -> Embedded:
-        """Embed inputs of several modalities, one forward pass per modality, rows in order."""
-        raw = np.zeros((len(payloads), self.dim), dtype=np.float32)
-        vectors = np.zeros_like(raw)
+    def encode_mixed(self, modalities: Sequence[str], payloads: Sequence[Any]) -> list[Encoded]:
+        """Encode inputs of several modalities, one forward pass per modality, in order."""
+        out: list[Encoded | None] = [None] * len(payloads)
         for modality in sorted(set(modalities)):
             where = [i for i, m in enumerate(modalities) if m == modality]
-            done = self.encode(modality, [payloads[i] for i in where])
-            raw[where], vectors[where] = done.raw, done.vectors
-        return Embedded(raw, vectors)
+            for i, done in zip(
+                where, self.encode(modality, [payloads[i] for i in where]), strict=True
+            ):
+                out[i] = done
+        return [e for e in out if e is not None]
 
-    def encode(self, modality: str, payloads: Sequence[Any]) -> Embedded:
-        """Embed decoded inputs of one modality (texts, RGB images or mono waves) together."""
+    def encode(self, modality: str, payloads: Sequence[Any]) -> list[Encoded]:
+        """Encode decoded inputs of one modality (texts, RGB images or mono waves) together."""
+        if modality == "audio":
+            if self.audio is None:
+                raise ValueError("no audio tower: decode_upload refuses audio before this")
+            return [
+                Encoded("audio", seg.features, seg.spans)
+                for seg in self.audio.encode_audio(payloads)
+            ]
         if modality == "text":
             raw = self.encoder.encode_texts(payloads)
-        elif modality == "image":
-            raw = self.encoder.encode_images(payloads)
         else:
-            raw = self.encoder.encode_audio(payloads)
-        return Embedded(raw, self.aligner.project(modality, raw))
+            raw = self.encoder.encode_images(payloads)
+        return [Encoded(modality, row.reshape(1, -1)) for row in raw]

@@ -13,7 +13,8 @@ import numpy as np
 
 from app.errors import BadRequest, UnprocessableEntity, describe_error
 from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
-from app.services.collections import require_same_space
+from app.services.collections import require_space
+from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
@@ -98,14 +99,15 @@ def prepare_file(
 def add_items(
     *, services: Services, name: str, pending: list[PendingItem]
 ) -> list[tuple[ItemPublic, bool]]:
-    """Embed (one forward pass per modality) and write items; (item, created) in order."""
+    """Encode (one forward pass per modality) and write items; (item, created) in order."""
     row = services.store.get_collection(name)
-    require_same_space(row, services)
-    vectors = _embed(services, pending)
-    return [
-        _write(services, row, item, raw, vec)
-        for item, (raw, vec) in zip(pending, vectors, strict=True)
-    ]
+    live = services.indexes.get(row)
+    for modality in sorted({p.modality for p in pending}):
+        require_space(row, live.aligner, services, modality)
+    encoded = services.embedder.encode_mixed(
+        [p.modality for p in pending], [p.payload for p in pending]
+    )
+    return [_write(services, row, item, enc) for item, enc in zip(pending, encoded, strict=True)]
 
 
 def add_batch(
@@ -125,35 +127,31 @@ def add_batch(
     return results
 
 
-def _embed(services: Services, pending: list[PendingItem]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(raw feature, vector) per item, with one forward pass per modality."""
-    embedded = services.embedder.encode_mixed(
-        [p.modality for p in pending], [p.payload for p in pending]
-    )
-    return list(zip(embedded.raw, embedded.vectors, strict=True))
-
-
 def _write(
-    services: Services, row: CollectionRow, item: PendingItem, raw: np.ndarray, vector: np.ndarray
+    services: Services, row: CollectionRow, item: PendingItem, encoded: Encoded
 ) -> tuple[ItemPublic, bool]:
     live = services.indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    with services.blobs.pinned(item.data) as sha:
+    with services.blobs.pinned(item.data) as sha, services.indexes.writing(live) as index:
+        # Projected under the writer lock: the aligner cannot change between the vectors
+        # and the version number written beside them.
+        aligner = live.aligner
+        vectors = encoded.vectors(aligner)
         draft = ItemDraft(
             external_id=item.external_id or uuid.uuid4().hex,
             modality=item.modality,
             sha256=sha,
             content_type=item.content_type,
             size_bytes=len(item.data),
-            feature=raw,
-            vector=vector,
-            aligner_version=row.aligner_version,
+            feature=encoded.raw,
+            vector=vectors,
+            aligner_version=aligner.version,
             text=item.text,
             metadata=item.metadata,
+            spans=encoded.span_list(),
         )
-        with services.indexes.writing(live) as index:
-            done = services.store.upsert_item(collection_id=row.id, draft=draft)
-            index.upsert(np.array([done.row.pk], dtype=np.int64), vector)
+        done = services.store.upsert_item(collection_id=row.id, draft=draft)
+        index.upsert(np.array([done.row.pk], dtype=np.int64), vectors, np.array([len(vectors)]))
     if done.replaced_sha is not None and done.replaced_sha != sha:
         services.blobs.remove_unused([done.replaced_sha], services.store.shas_in_use)
     return item_public(done.row, row.name), done.created

@@ -52,8 +52,9 @@ def _decode_audio(data: bytes, mime: str, services: Services) -> np.ndarray:
     rate = embedder.audio_rate
     if rate is None:
         raise UnsupportedMediaError(
-            f"this looks like audio ({mime}), but the active model {embedder.model_id} has no "
-            f"audio tower (it encodes {', '.join(embedder.modalities)}); run a model with "
-            "audio support, such as MMR_MODEL=mmr-mini"
+            f"this looks like audio ({mime}), but this server has no audio model (it encodes "
+            f"{', '.join(embedder.modalities)} with {embedder.model_id}); enable audio with "
+            "MMR_AUDIO_MODEL=clap:laion/clap-htsat-unfused (a CLAP bridged into this space, "
+            "see the README's Audio section) or run MMR_MODEL=mmr-mini, which has its own"
         )
     return decode_audio(data, target_rate=rate, max_seconds=services.settings.max_audio_seconds)

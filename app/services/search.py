@@ -8,13 +8,15 @@ import numpy as np
 
 from app.errors import SpaceMismatch, UnprocessableEntity
 from app.schemas import SearchHit, SearchResponse
-from app.services.collections import require_same_space
+from app.services.collections import require_space
+from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
-from index.store import Scalar
-from index.tables import CollectionRow
-from models.aligner import l2_normalize
+from index.store import Scalar, from_blob
+from index.tables import CollectionRow, ItemRow
+from models.aligner import Aligner, l2_normalize
+from models.audio import pooled
 
 
 @dataclass
@@ -41,8 +43,10 @@ def search(
 ) -> SearchResponse:
     """Top-k items of a collection for a query, best first."""
     row = services.store.get_collection(name)
-    vector, modality = _query_vector(services, row, query)
     live = services.indexes.get(row)
+    # One read of the pair: the query is projected by the heads that made the index.
+    aligner, index = live.aligner, live.index
+    vector, modality = _query_vector(services, row, aligner, query)
     allowed = None
     if constraints.modalities or constraints.filter:
         # Filters narrow the candidates before the cut, so k results come when k items match.
@@ -51,30 +55,52 @@ def search(
             modalities=constraints.modalities,
             filters=constraints.filter,
         )
-    hits = live.index.search(vector, constraints.k, allowed)
-    items = services.store.items_by_pk(collection_id=row.id, pks=[pk for pk, _ in hits])
+    hits = index.search(vector, constraints.k, allowed)
+    items = services.store.items_by_pk(collection_id=row.id, pks=[h.pk for h in hits])
     results = [
-        SearchHit(item=item_public(items[pk], row.name), score=score)
-        for pk, score in hits
-        if pk in items  # deleted between search and hydration
+        _hit(items[h.pk], row.name, h.score, h.segment)
+        for h in hits
+        if h.pk in items  # deleted between search and hydration
     ]
     return SearchResponse(results=results, query_modality=modality)
 
 
-def _query_vector(services: Services, row: CollectionRow, query: Query) -> tuple[np.ndarray, str]:
+def _hit(item: ItemRow, collection: str, score: float, segment: int) -> SearchHit:
+    """A result; a recording's carries the span of the segment that matched best."""
+    span = item.spans[segment] if item.spans and segment < len(item.spans) else None
+    return SearchHit(
+        item=item_public(item, collection),
+        score=score,
+        start=span[0] if span else None,
+        end=span[1] if span else None,
+    )
+
+
+def _query_vector(
+    services: Services, row: CollectionRow, aligner: Aligner, query: Query
+) -> tuple[np.ndarray, str]:
     if query.item_id is not None:
-        # A stored item is already in the collection's space, whatever model runs now.
+        # A stored item is already in the collection's space, whatever model runs now;
+        # a recording stands for itself as the mean of its segments.
         item = services.store.get_item(collection_id=row.id, external_id=query.item_id)
-        return np.frombuffer(item.vector, dtype=np.float32), item.modality
+        vectors = from_blob(item.vector, row.dim)
+        return l2_normalize(pooled(vectors).reshape(1, -1))[0], item.modality
     if query.vector is not None:
         return _raw_vector(row, query.vector), "vector"
-    require_same_space(row, services)
+    modality, payload = _decode_query(services, query)
+    # Checked before the forward pass: a refused query costs no inference.
+    require_space(row, aligner, services, modality)
+    encoded: Encoded = services.embedder.encode(modality, [payload])[0]
+    return encoded.query(aligner), modality
+
+
+def _decode_query(services: Services, query: Query) -> tuple[str, object]:
     if query.text is not None:
-        return services.embedder.texts([query.text]).vectors[0], "text"
+        return "text", query.text
     if query.data is None:
         raise UnprocessableEntity("give exactly one of text, item_id, vector or file")
     media = decode_upload(query.data, services=services)
-    return services.embedder.encode(media.modality, [media.payload]).vectors[0], media.modality
+    return media.modality, media.payload
 
 
 def _raw_vector(row: CollectionRow, values: list[float]) -> np.ndarray:

@@ -24,6 +24,8 @@ def item_public(row: ItemRow, collection: str) -> ItemPublic:
         content_type=row.content_type,
         size_bytes=row.size_bytes,
         text=row.text,
+        duration=row.spans[-1][1] if row.spans else None,
+        segments=len(row.spans) if row.spans else None,
         created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),
     )
@@ -38,6 +40,7 @@ def collection_public(
         model=row.model,
         dim=row.dim,
         aligner_version=row.aligner_version,
+        audio_model=row.audio_model,
         count=count,
         index=IndexInfo(type=row.index_type, size=index_size),
         compatible=compatible,

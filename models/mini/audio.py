@@ -6,7 +6,6 @@ has no learned parameters, so training can precompute it once per clip.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -129,13 +128,9 @@ class AudioTower(nn.Module):
         return out
 
 
-def windows(wave: np.ndarray, cfg: AudioConfig) -> np.ndarray:
-    """Cut a mono wave into encoder windows (half-overlapping), the last one zero-padded."""
-    size = cfg.window_samples
-    hop = size // 2
-    count = 1 if len(wave) <= size else 1 + math.ceil((len(wave) - size) / hop)
-    out = np.zeros((count, size), dtype=np.float32)
-    for i in range(count):
-        piece = wave[i * hop : i * hop + size]
-        out[i, : len(piece)] = piece
+def pad_window(piece: np.ndarray, cfg: AudioConfig) -> np.ndarray:
+    """One encoder window: the piece's first ``window_samples``, zero-padded when shorter."""
+    out = np.zeros(cfg.window_samples, dtype=np.float32)
+    head = np.asarray(piece, dtype=np.float32)[: cfg.window_samples]
+    out[: len(head)] = head
     return out

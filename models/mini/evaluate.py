@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.aligner import l2_normalize
+from models.audio import AudioEncoder, AudioSegments, pooled
 from models.encoders import Encoder
 from models.media.audio import decode_audio
 from models.media.image import decode_image
@@ -76,15 +77,17 @@ def _both_ways(
     return out
 
 
-def evaluate(encoder: Encoder, *, pairs: int = 600, seed: int = 1000) -> dict[str, list[Recall]]:
+def evaluate(
+    encoder: Encoder, *, audio: AudioEncoder | None = None, pairs: int = 600, seed: int = 1000
+) -> dict[str, list[Recall]]:
     """Recall tables per evaluation set ("held-out": training renderer, new seed;
     "shifted": the other renderer and synthesiser)."""
     results: dict[str, list[Recall]] = {}
     for offset, (set_name, style) in enumerate(SETS.items()):
         base = seed + 100 * offset
         results[set_name] = _image_recalls(encoder, pairs, base, style)
-        if "audio" in encoder.modalities:
-            results[set_name] += _audio_recalls(encoder, pairs, base + 1, style)
+        if audio is not None:
+            results[set_name] += _audio_recalls(encoder, audio, pairs, base + 1, style)
     return results
 
 
@@ -98,19 +101,26 @@ def _image_recalls(encoder: Encoder, n: int, seed: int, style: str) -> list[Reca
     return _both_ways(encoder, "image", media, captions, scenes, two)
 
 
-def _audio_recalls(encoder: Encoder, n: int, seed: int, style: str) -> list[Recall]:
+def _audio_recalls(
+    encoder: Encoder, audio: AudioEncoder, n: int, seed: int, style: str
+) -> list[Recall]:
+    """Audio against captions; a clip is the mean of its segments, as a search query is."""
     pairs = audio_pairs(n, seed=seed, style=style)
     rng = np.random.default_rng(seed)
-    rate = encoder.audio_rate or 16000
+    rate = audio.sample_rate
     waves = [
         decode_audio(
             audio_file_bytes(p.wave, p.sample_rate, rng)[0], target_rate=rate, max_seconds=600
         )
         for p in pairs
     ]
-    media = _embed(encoder.encode_audio, waves)
+    media = _embed(lambda batch: _clips(audio.encode_audio(batch)), waves)
     captions, sounds = [p.caption for p in pairs], [p.sound for p in pairs]
     return _both_ways(encoder, "audio", media, captions, sounds, None)
+
+
+def _clips(recordings: Sequence[AudioSegments]) -> np.ndarray:
+    return np.stack([pooled(l2_normalize(r.features)) for r in recordings])
 
 
 def _embed(fn: Callable[[Sequence[Any]], np.ndarray], items: Sequence[Any]) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from models.mini.audio import windows
+from models.mini.audio import pad_window
 from models.mini.model import MiniModel, save_mini
 from models.training import contrastive_loss, cosine_lr
 from models.world.images import Scene, caption_scene, render_scene, sample_scene, vary_scene
@@ -114,7 +114,7 @@ def build_audio_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
     for chunk in _parallel(_synth_chunk, jobs, cfg.threads):
         for sound, wave in chunk:
             sounds.append(sound)
-            waves.append(windows(wave, model.audio_cfg)[0])
+            waves.append(pad_window(wave, model.audio_cfg))
     mels = []
     with torch.inference_mode():
         for i in range(0, len(waves), 256):

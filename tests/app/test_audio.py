@@ -132,4 +132,5 @@ def test_a_model_without_ears_says_why(make_settings: Callable[..., Settings]) -
         client.post("/v1/collections", json={"name": "deaf"})
         response = client.post(url("deaf"), files={"file": ("a.mp3", audio_bytes("MP3"))})
         assert response.status_code == 415
-        assert "no audio tower" in response.json()["error"]["message"]
+        message = response.json()["error"]["message"]
+        assert "no audio model" in message and "MMR_AUDIO_MODEL=clap:" in message

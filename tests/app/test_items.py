@@ -139,7 +139,7 @@ def test_audio_is_415_when_the_model_has_no_ears(client: TestClient, collection:
     response = client.post(items_url(collection), files={"file": ("a.wav", wav, "audio/wav")})
     assert response.status_code == 415
     message = response.json()["error"]["message"]
-    assert "no audio tower" in message and "mmr-mini" in message
+    assert "no audio model" in message and "MMR_AUDIO_MODEL" in message and "mmr-mini" in message
     assert sizes(client, collection) == (0, 0)
 
 

@@ -8,6 +8,7 @@ which training never used. Queries are texts, fresh renders and fresh recordings
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from app.settings import Settings
 from models.world.images import Scene, image_file_bytes, render_scene
 from models.world.sounds import SOUND_CLASSES, Sound, audio_file_bytes, synthesize
 from models.world.vocabulary import COLOURS, SHAPES
+from tests.factories import samples_bytes
 
 NAME = "world"
 
@@ -151,3 +153,55 @@ def test_a_sound_query_finds_its_caption_across_modalities(client: TestClient) -
         assert client.post(f"/v1/collections/{NAME}/items", json=body).status_code == 201
     query = recording({"kind": "chord"}, seed=3)
     assert search_file(client, query, 1, "text") == ["a chord"]
+
+
+def chirp_at(at: float, total: float = 60.0, seed: int = 7) -> bytes:
+    """``total`` seconds of quiet noise with one rising chirp starting ``at`` seconds in."""
+    rng = np.random.default_rng(seed)
+    chirp = Sound(objects=({"kind": "chirp", "direction": "rising"},))
+    burst, rate = synthesize(chirp, rng, style="shifted")
+    wave = rng.normal(0, 0.02, round(total * rate)).astype(np.float32)
+    start = round(at * rate)
+    wave[start : start + len(burst)] += burst
+    return samples_bytes(wave[:, None], rate, "FLAC")
+
+
+@pytest.fixture(scope="module")
+def long_name(client: TestClient) -> str:
+    """A collection of three minute-long noise recordings with a chirp at 37, 12 and 50 s."""
+    name = "long"
+    assert client.post("/v1/collections", json={"name": name}).status_code == 201
+    for at in (37.0, 12.0, 50.0):
+        item = {"id": f"at-{at:g}", "metadata": json.dumps({"at": at})}
+        got = client.post(
+            f"/v1/collections/{name}/items", files={"file": ("rec", chirp_at(at))}, data=item
+        )
+        assert got.status_code == 201, got.text
+        assert got.json()["segments"] == 29  # 4 s windows every 2 s over 60 s
+    return name
+
+
+@pytest.mark.parametrize("at", [37.0, 12.0, 50.0])
+def test_a_long_recording_answers_with_the_moment_of_the_sound(
+    client: TestClient, long_name: str, at: float
+) -> None:
+    """The issue's check: a chirp at 37 s in a 60 s noise file; the best segment covers it."""
+    body = {"text": "a rising chirp", "k": 1, "filter": {"at": at}}
+    (hit,) = client.post(f"/v1/collections/{long_name}/search", json=body).json()["results"]
+    assert hit["item"]["id"] == f"at-{at:g}"
+    assert hit["start"] <= at < hit["end"], hit
+    assert hit["end"] - hit["start"] == 4.0
+    # A recorded chirp as the query finds the same moment.
+    query = recording({"kind": "chirp", "direction": "rising"}, seed=5)
+    form = {"k": "1", "filter": json.dumps({"at": at})}
+    response = client.post(
+        f"/v1/collections/{long_name}/search", files={"file": ("q", query)}, data=form
+    )
+    (hit,) = response.json()["results"]
+    assert hit["start"] <= at < hit["end"], hit
+
+
+def test_each_long_recording_comes_back_once(client: TestClient, long_name: str) -> None:
+    body = {"text": "a rising chirp", "k": 10}
+    found = client.post(f"/v1/collections/{long_name}/search", json=body).json()["results"]
+    assert sorted(h["item"]["id"] for h in found) == ["at-12", "at-37", "at-50"]

@@ -10,7 +10,24 @@ from sqlalchemy import text
 
 from index.db import make_engine, make_sessionmaker, migrate
 from index.errors import ConflictError, NotFoundError
-from index.store import ItemDraft, MetadataStore
+from index.store import ItemDraft, MetadataStore, from_blob
+from index.tables import CollectionRow
+from models.aligner import Aligner, AlignerHead
+
+
+def new_collection(store: MetadataStore, name: str = "c") -> CollectionRow:
+    """A 4-dimensional collection whose first aligner is the identity."""
+    aligner = Aligner.identity(4, {"image": "m", "text": "m"})
+    return store.create_collection(
+        name=name,
+        model="m",
+        audio_model=None,
+        dim=4,
+        index_type="flat",
+        index_params={},
+        aligner=aligner.to_bytes(),
+        aligner_meta=aligner.meta,
+    )
 
 
 @pytest.fixture
@@ -39,9 +56,9 @@ def draft(external_id: str, metadata: dict | None = None) -> ItemDraft:  # type:
 
 
 def test_every_write_is_logged(store: MetadataStore) -> None:
-    row = store.create_collection(name="c", model="m", dim=4, index_type="flat", index_params={})
+    row = new_collection(store)
     with pytest.raises(ConflictError):
-        store.create_collection(name="c", model="m", dim=4, index_type="flat", index_params={})
+        new_collection(store)
     first = store.upsert_item(collection_id=row.id, draft=draft("a", {"k": [1, "x"]}))
     assert first.created and first.replaced_sha is None
     again = store.upsert_item(collection_id=row.id, draft=draft("a"))
@@ -57,7 +74,7 @@ def test_every_write_is_logged(store: MetadataStore) -> None:
 
 
 def test_writing_into_a_deleted_collection_is_not_found(store: MetadataStore) -> None:
-    row = store.create_collection(name="c", model="m", dim=4, index_type="flat", index_params={})
+    row = new_collection(store)
     store.delete_collection(row.id)
     with pytest.raises(NotFoundError):
         store.upsert_item(collection_id=row.id, draft=draft("late"))
@@ -85,10 +102,58 @@ def test_migrations_upgrade_a_populated_database(database_url: str) -> None:
 
 
 def test_pruning_keeps_the_newest_sequence(store: MetadataStore) -> None:
-    row = store.create_collection(name="c", model="m", dim=4, index_type="flat", index_params={})
+    row = new_collection(store)
     store.upsert_item(collection_id=row.id, draft=draft("a"))
     seq = store.last_seq(row.id)
     store.prune_changes(collection_id=row.id, upto_seq=seq)
     assert store.changed_since(collection_id=row.id, seq=0) == (set(), 0)
     assert store.last_seq(row.id) == seq
     assert store.get_collection("c").changes_pruned_seq == seq
+
+
+def test_aligner_versions_are_numbered_per_collection(store: MetadataStore) -> None:
+    row = new_collection(store)
+    other = new_collection(store, "d")
+    assert row.aligner_version == 1
+    first = store.get_aligner(collection_id=row.id, version=1)
+    assert first is not None and Aligner.from_bytes(first.artefact).encoders["text"] == "m"
+    head = AlignerHead.linear(np.eye(4, dtype=np.float32) * 2)
+    bigger = Aligner(4, {"text": head}, {"text": "m"}, {"kind": "test"})
+    added = store.add_aligner(
+        collection_id=row.id, artefact=bigger.to_bytes(), meta=bigger.meta, activate=False
+    )
+    assert added.version == 2 and added.sha256 == bigger.sha256
+    assert store.get_collection("c").aligner_version == 1  # recorded, not active
+    store.add_aligner(collection_id=row.id, artefact=bigger.to_bytes(), meta={}, activate=True)
+    assert store.get_collection("c").aligner_version == 3
+    assert [a.version for a in store.list_aligners(row.id)] == [1, 2, 3]
+    assert [a.version for a in store.list_aligners(other.id)] == [1]
+    assert store.get_aligner(collection_id=row.id, version=0) is None
+    store.delete_collection(row.id)
+    assert store.list_aligners(row.id) == []
+
+
+def test_a_recording_keeps_one_vector_per_segment(store: MetadataStore) -> None:
+    row = new_collection(store)
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    spans = [[0.0, 10.0], [5.0, 15.0], [10.0, 20.0]]
+    long = ItemDraft(
+        external_id="long",
+        modality="audio",
+        sha256="1" * 64,
+        content_type="audio/wav",
+        size_bytes=1,
+        feature=np.zeros((3, 6), np.float32),  # the raw width is the encoder's, not the space's
+        vector=vectors,
+        aligner_version=1,
+        spans=spans,
+    )
+    done = store.upsert_item(collection_id=row.id, draft=long)
+    store.upsert_item(collection_id=row.id, draft=draft("short"))
+    assert done.row.spans == spans
+    assert from_blob(done.row.feature, 6).shape == (3, 6)
+    chunks = list(store.iter_vectors(collection_id=row.id, dim=4))
+    pks, counts, rows = chunks[0]
+    assert pks.tolist() == [done.row.pk, done.row.pk + 1]
+    assert counts.tolist() == [3, 1] and rows.shape == (4, 4)
+    np.testing.assert_array_equal(rows[:3], vectors)

@@ -27,7 +27,7 @@ def test_upsert_replaces_and_remove_forgets() -> None:
     index.upsert(np.array([20]), vectors[0])
     assert index.size == 3
     hits = index.search(vectors[0], 2)
-    assert sorted(i for i, _ in hits) == [10, 20]
+    assert sorted(h.pk for h in hits) == [10, 20]
     index.remove(np.array([10, 99]))
     assert sorted(index.ids().tolist()) == [20, 30]
 
@@ -45,8 +45,41 @@ def test_allowed_ids_apply_before_the_cut() -> None:
     index.upsert(np.arange(100), vectors)
     allowed = np.array([3, 50, 97])
     hits = index.search(vectors[0], 3, allowed)
-    assert sorted(i for i, _ in hits) == [3, 50, 97]
+    assert sorted(h.pk for h in hits) == [3, 50, 97]
     assert index.search(vectors[0], 3, np.array([], dtype=np.int64)) == []
+
+
+def test_segments_of_an_item_come_back_once_with_the_best_one() -> None:
+    index = VectorIndex(8)
+    vectors = unit(40)
+    # Item 7 has 30 segments, all near the query; items 1..10 one vector each.
+    near = l2_normalize(vectors[0] + 0.05 * unit(30, seed=1))
+    index.upsert(np.array([7]), near, np.array([30]))
+    index.upsert(np.arange(1, 7), vectors[1:7])
+    assert index.size == 7 and index.vectors == 36
+    hits = index.search(vectors[0], 3)
+    assert hits[0].pk == 7 and len({h.pk for h in hits}) == 3
+    best = int(np.argmax(near @ vectors[0]))
+    assert hits[0].segment == best
+    assert hits[0].score == pytest.approx(float(near[best] @ vectors[0]), abs=1e-5)
+    # More segments than k never crowd other items out.
+    assert len(index.search(vectors[0], 7)) == 7
+    # Filters name items; every segment of an allowed item stays searchable.
+    only = index.search(vectors[0], 5, np.array([7, 3]))
+    assert [h.pk for h in only] == [7, 3] and only[0].segment == best
+    # Re-upserting with fewer segments leaves none of the old ones behind.
+    index.upsert(np.array([7]), near[:2], np.array([2]))
+    assert index.vectors == 8
+    index.remove(np.array([7, 1]))
+    assert index.ids().tolist() == [2, 3, 4, 5, 6] and index.vectors == 5
+
+
+def test_segment_counts_must_fit_the_id_layout() -> None:
+    index = VectorIndex(8)
+    with pytest.raises(ValueError, match="segments"):
+        index.upsert(np.array([1]), unit(1), np.array([0]))
+    with pytest.raises(ValueError, match="vector ids"):
+        index.upsert(np.array([1, 2]), unit(3), np.array([1, 1]))
 
 
 def test_wrong_dimension_is_refused() -> None:

@@ -12,7 +12,7 @@ import torch
 
 from models.encoders import MiniEncoder
 from models.errors import ModelLoadError
-from models.mini.audio import AudioConfig, AudioTower, LogMel, windows
+from models.mini.audio import AudioConfig, AudioTower, LogMel, pad_window
 from models.mini.model import CARD_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_mini, sha256_file
 from models.mini.tokenizer import FoldedTokenizer
 from models.mini.train import TrainConfig, train_mini
@@ -35,10 +35,13 @@ def test_shipped_weights_match_their_recorded_checksum() -> None:
 
 
 def test_shipped_weights_load_through_the_registry() -> None:
-    encoder = load_model("mmr-mini", device="cpu").encoder
-    assert encoder.modalities == ("image", "text", "audio")
-    assert encoder.audio_rate == 16000
+    loaded = load_model("mmr-mini", device="cpu")
+    encoder = loaded.encoder
+    assert encoder.modalities == ("image", "text")
+    assert loaded.audio is not None and loaded.audio.sample_rate == 16000
+    assert loaded.audio.model_id == "mmr-mini" and loaded.audio.dim == encoder.dim
     assert encoder.encode_texts(["a red circle"]).shape == (1, encoder.dim)
+    assert load_model("mmr-mini", audio_model="none", device="cpu").audio is None
 
 
 def test_a_weights_file_that_does_not_match_its_card_is_refused(tmp_path: Path) -> None:
@@ -82,12 +85,11 @@ def test_log_mel_ignores_loudness() -> None:
     assert torch.allclose(front(wave), front(wave * 0.01), atol=1e-3)
 
 
-def test_audio_windows_cover_a_long_clip() -> None:
+def test_short_audio_is_zero_padded_to_one_window() -> None:
     cfg = AudioConfig()
-    wave = np.ones(int(cfg.sample_rate * 9.5), dtype=np.float32)
-    cut = windows(wave, cfg)
-    assert cut.shape == (4, cfg.window_samples)  # 0-4, 2-6, 4-8, 6-9.5 s
-    assert windows(np.ones(10, dtype=np.float32), cfg).shape == (1, cfg.window_samples)
+    window = pad_window(np.ones(10, dtype=np.float32), cfg)
+    assert window.shape == (cfg.window_samples,) and window[:10].all() and not window[10:].any()
+    assert pad_window(np.ones(cfg.window_samples * 2, np.float32), cfg).shape == window.shape
 
 
 def test_audio_tower_shapes() -> None:
@@ -98,15 +100,20 @@ def test_audio_tower_shapes() -> None:
     assert out.shape == (3, 128)
 
 
-def test_long_audio_is_encoded_window_by_window() -> None:
+def test_long_audio_is_encoded_segment_by_segment() -> None:
     encoder = load_model("mmr-mini", device="cpu").encoder
     assert isinstance(encoder, MiniEncoder)
     rate = 16000
     short = np.zeros(rate, dtype=np.float32)
     long = np.random.default_rng(0).normal(0, 0.1, rate * 11).astype(np.float32)
-    out = encoder.encode_audio([short, long, short])
-    assert out.shape == (3, encoder.dim)
-    np.testing.assert_allclose(out[0], out[2], atol=1e-5)
+    out = encoder.audio.encode_audio([short, long, short])
+    assert [len(o.features) for o in out] == [1, 5, 1]  # 0-4, 2-6, 4-8, 6-10, 7-11 s
+    assert out[1].spans.tolist()[-1] == [7.0, 11.0]
+    assert out[0].features.shape == (1, encoder.dim)
+    np.testing.assert_allclose(out[0].features, out[2].features, atol=1e-5)
+    # A segment is encoded exactly as the same samples would be alone.
+    alone = encoder.audio.encode_audio([long[2 * rate : 6 * rate]])[0].features[0]
+    np.testing.assert_allclose(out[1].features[1], alone, atol=1e-4)
 
 
 def test_contrastive_loss_lets_look_alikes_stay_together() -> None:

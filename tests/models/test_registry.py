@@ -114,7 +114,7 @@ def test_auto_falls_back_loudly(
     loaded = load_model("auto", device="cpu", cache_dir=Path("/nonexistent-cache"))
     assert loaded.fallback is True
     assert loaded.encoder.model_id == "mmr-mini"  # the trained offline model, not random weights
-    assert loaded.encoder.modalities == ("image", "text", "audio")
+    assert loaded.audio is not None and loaded.audio.model_id == "mmr-mini"
     assert loaded.warning and "could not be loaded" in loaded.warning
     assert "could not be loaded" in caplog.text
 
@@ -135,3 +135,15 @@ def test_device_auto_picks_cuda_when_present(monkeypatch: pytest.MonkeyPatch) ->
     assert pick_device("auto") == "cpu"
     with pytest.raises(ModelLoadError, match="no CUDA device"):
         pick_device("cuda")
+
+
+@pytest.mark.parametrize("audio_id", ["clap", "clap:", "whisper:x", "mmr-mini", "NONE"])
+def test_audio_ids_outside_the_syntax_are_refused_before_loading(audio_id: str) -> None:
+    with pytest.raises(UnknownModelError, match="unknown audio model id"):
+        load_model("random:mmr-tiny", audio_model=audio_id, device="cpu")
+
+
+def test_a_model_without_ears_has_no_audio_unless_one_is_named() -> None:
+    assert load_model("random:mmr-tiny", device="cpu").audio is None
+    with pytest.raises(ModelLoadError, match="does-not-exist"):
+        load_model("random:mmr-tiny", audio_model="clap:/does-not-exist", device="cpu")
