@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from app.main import create_app
 from app.settings import Settings
+from index.db import downgrade, make_engine
 from tests.conftest import error_code
 from tests.factories import (
     AUDIO_FORMATS,
@@ -134,3 +136,34 @@ def test_a_model_without_ears_says_why(make_settings: Callable[..., Settings]) -
         assert response.status_code == 415
         message = response.json()["error"]["message"]
         assert "no audio model" in message and "MMR_AUDIO_MODEL=clap:" in message
+
+
+def test_a_collection_from_before_aligner_versions_keeps_working(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Data left by the previous release: schema 0002, no aligners table, aligner version 0,
+    a snapshot whose FAISS ids are bare item keys. The upgrade keeps every item searchable."""
+    settings = make_settings(model="mmr-mini")
+    clip = audio_bytes("WAV", seconds=1.0, freq=880.0)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/collections", json={"name": "old"})
+        assert client.post(url("old"), files={"file": ("a", clip)}, data={"id": "a"}).is_success
+        assert client.post(url("old"), json={"text": "a high tone", "id": "t"}).is_success
+    engine = make_engine(settings.resolved_database_url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE collections SET aligner_version = 0"))
+        conn.execute(text("UPDATE items SET aligner_version = 0"))
+    downgrade(engine, "0002")
+    engine.dispose()
+    snapshot = next((settings.data_dir / "indexes").glob("*.faiss"))
+    old = snapshot.read_bytes().replace(b"MMR-INDEX-SNAPSHOT 2\n", b"MMR-INDEX-SNAPSHOT 1\n", 1)
+    snapshot.write_bytes(old)
+    with TestClient(create_app(settings)) as client:
+        old_row = client.get("/v1/collections/old").json()
+        assert (old_row["aligner_version"], old_row["audio_model"]) == (0, "mmr-mini")
+        hits = client.post(
+            url("old", "search"), files={"file": ("q", clip)}, data={"modalities": "audio"}
+        ).json()["results"]
+        assert hits[0]["item"]["id"] == "a" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+        assert client.post(url("old"), files={"file": ("b", clip)}, data={"id": "b"}).is_success
+        assert client.get("/v1/collections/old/aligners").json() == {"active": 0, "aligners": []}

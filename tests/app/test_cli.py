@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from app.cli import main
+from app.settings import get_settings
+from models.aligner import Aligner
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,7 +49,6 @@ def test_unknown_model_syntax_exits_too(tmp_path: Path) -> None:
 
 
 def test_world_writes_files_and_captions(tmp_path: Path) -> None:
-    from app.cli import main
 
     assert main(["world", "--out", str(tmp_path / "w"), "--images", "3", "--sounds", "2"]) == 0
     lines = (tmp_path / "w" / "manifest.jsonl").read_text().splitlines()
@@ -56,7 +59,34 @@ def test_world_writes_files_and_captions(tmp_path: Path) -> None:
 
 
 def test_eval_of_a_model_that_cannot_load_says_why(capsys: pytest.CaptureFixture[str]) -> None:
-    from app.cli import main
 
     assert main(["eval", "--model", "mmr-mini@/nonexistent"]) == 1
     assert "mmr train-mini" in capsys.readouterr().out
+
+
+def test_tiny_clap_then_bootstrap_audio_writes_a_head_the_server_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MMR_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    try:
+        assert main(["tiny-clap", "--out", str(tmp_path / "clap")]) == 0
+        corpus = tmp_path / "captions.txt"
+        corpus.write_text("\n".join(f"sound number {i} in room {i % 7}" for i in range(200)))
+        argv = ["bootstrap-audio", "--model", "random:mmr-tiny", "--corpus", str(corpus)]
+        assert main([*argv, "--audio-model", f"clap:{tmp_path / 'clap'}"]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert "| contrastive |" in out and "MMR_AUDIO_HEAD=" in out
+    (written,) = (tmp_path / "data" / "aligners").glob("*.safetensors")
+    aligner = Aligner.load(written)
+    assert aligner.meta["corpus"] == "captions.txt" and aligner.heads["audio"].kind == "linear"
+    assert aligner.meta["bootstrap"]["pairs"] == 200
+
+
+def test_bootstrap_audio_needs_a_clap(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bootstrap-audio", "--model", "random:mmr-tiny", "--audio-model", "none"]) == 1
+    assert "nothing to bridge" in capsys.readouterr().out
+    assert main(["bootstrap-audio", "--model", "mmr-mini", "--audio-model", "clap:"]) == 1
+    assert "unknown audio model id" in capsys.readouterr().out
