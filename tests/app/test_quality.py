@@ -153,6 +153,8 @@ def test_a_sound_query_finds_its_caption_across_modalities(client: TestClient) -
         assert client.post(f"/v1/collections/{NAME}/items", json=body).status_code == 201
     query = recording({"kind": "chord"}, seed=3)
     assert search_file(client, query, 1, "text") == ["a chord"]
+    # Sound -> picture answers too (the world has no picture of a chord: any picture will do).
+    assert len(search_file(client, query, 3, "image")) == 3
 
 
 def chirp_at(at: float, total: float = 60.0, seed: int = 7) -> bytes:
