@@ -172,6 +172,18 @@ class Aligner:
             raise UnsupportedMediaError(f"this collection's aligner has no {modality} head")
         return head.project(raw)
 
+    def describe(self) -> dict[str, dict[str, str | int]]:
+        """Per modality: the head's kind and widths and the encoder it takes."""
+        return {
+            m: {
+                "kind": h.kind,
+                "in_dim": h.in_dim,
+                "out_dim": h.out_dim,
+                "encoder": self.encoders[m],
+            }
+            for m, h in self.heads.items()
+        }
+
     def with_head(self, modality: str, head: AlignerHead, encoder: str, **meta: Any) -> Aligner:
         """A copy with one head added or replaced (version reset: it is a new artefact)."""
         heads = {**self.heads, modality: head}
@@ -191,19 +203,10 @@ class Aligner:
             for m in sorted(self.heads)
             for name in sorted(self.heads[m].tensors)
         }
-        heads = {
-            m: {
-                "kind": h.kind,
-                "in_dim": h.in_dim,
-                "out_dim": h.out_dim,
-                "encoder": self.encoders[m],
-            }
-            for m, h in self.heads.items()
-        }
         header = {
             "format": FORMAT,
             "dim": str(self.dim),
-            "heads": json.dumps(heads, sort_keys=True),
+            "heads": json.dumps(self.describe(), sort_keys=True),
             "meta": json.dumps(self.meta, sort_keys=True),
         }
         # safetensors refuses an empty file; identity-only aligners carry a marker tensor.

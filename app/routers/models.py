@@ -40,7 +40,6 @@ def _audio_info(services: Services) -> AudioModelInfo | None:
     if emb.audio is None:
         return None
     aligner = emb.default_aligner
-    head = aligner.heads["audio"]
     made = {f"made_by_{k}": v for k, v in aligner.meta.items() if k in ("kind", "corpus")}
     if "bootstrap" in aligner.meta:
         made["heldout_recall"] = aligner.meta["bootstrap"].get("after")
@@ -50,7 +49,7 @@ def _audio_info(services: Services) -> AudioModelInfo | None:
         sample_rate=emb.audio.sample_rate,
         window_s=emb.audio.window_s,
         hop_s=emb.audio.hop_s,
-        head={"kind": head.kind, "in_dim": head.in_dim, "out_dim": head.out_dim, **made},
+        head=aligner.describe()["audio"] | made,
     )
 
 

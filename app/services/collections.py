@@ -102,22 +102,10 @@ def list_aligners(*, services: Services, name: str) -> AlignerList:
             version=a.version,
             active=a.version == row.aligner_version,
             sha256=a.sha256,
-            heads=_heads(Aligner.from_bytes(a.artefact)),
+            heads=Aligner.from_bytes(a.artefact).describe(),
             meta=a.meta,
             created_at=aware(a.created_at),
         )
         for a in services.store.list_aligners(row.id)
     ]
     return AlignerList(active=row.aligner_version, aligners=versions)
-
-
-def _heads(aligner: Aligner) -> dict[str, dict[str, str | int]]:
-    return {
-        m: {
-            "kind": h.kind,
-            "in_dim": h.in_dim,
-            "out_dim": h.out_dim,
-            "encoder": aligner.encoders[m],
-        }
-        for m, h in aligner.heads.items()
-    }
