@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API (configuration: MMR_* variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    sub.add_parser("worker", help="run background jobs (fine-tune, reindex) in this process")
     train = sub.add_parser("train-mini", help="train mmr-mini from scratch, then evaluate it")
     train.add_argument("--out", type=Path, default=Path("data/mmr-mini"))
     train.add_argument("--steps", type=int, default=None, help="override the recipe's steps")
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny.add_argument("--out", type=Path, default=Path("data/tiny-clap"))
     tiny.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "worker":
+        return _worker()
     if args.command == "bootstrap-audio":
         return _bootstrap_audio(args)
     if args.command == "tiny-clap":
@@ -108,6 +111,34 @@ def _eval(model_id: str, pairs: int, seed: int) -> int:
         _say(f"mmr eval: {exc}")
         return 1
     _say(format_table(evaluate(loaded.encoder, audio=loaded.audio, pairs=pairs, seed=seed)))
+    return 0
+
+
+def _worker() -> int:
+    import logging
+    import signal
+
+    from app.lifespan import build_services
+    from app.settings import get_settings
+    from app.worker import Worker
+    from models.errors import ModelLoadError
+
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level.upper())
+    try:
+        services = build_services(settings, holds_indexes=False)
+    except ModelLoadError as exc:
+        _say(f"mmr worker: {exc}")
+        return 1
+    worker = Worker(services)
+    # SIGTERM (docker stop) ends the loop; a running job goes back to the queue.
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    try:
+        worker.run_forever()
+    except KeyboardInterrupt:
+        worker.stop()
+    finally:
+        services.engine.dispose()
     return 0
 
 

@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from app.services.embedding import Embedder
 from app.settings import Settings
 from app.state import Services
+from app.worker import start_in_process
 from index.blobs import BlobStore
 from index.db import make_engine, make_sessionmaker, migrate
+from index.jobs import JobStore
 from index.manager import IndexManager
 from index.store import MetadataStore
 from index.vector_index import configure_faiss_threads
@@ -29,14 +31,19 @@ SNAPSHOT_CHECK_S = 5.0
 SNAPSHOT_MAX_AGE_S = 60.0
 
 
-def build_services(settings: Settings) -> Services:
-    """Database (migrated), blob store, model and every collection's index."""
+def build_services(settings: Settings, *, holds_indexes: bool = True) -> Services:
+    """Database (migrated), blob store, model and every collection's index.
+
+    A worker process (``holds_indexes=False``) loads no index: it changes SQL (new aligner
+    versions, activations, reindex epochs) and the API process swaps its indexes to match.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_torch_threads(settings.torch_threads)
     configure_faiss_threads(settings.faiss_threads)
     engine = make_engine(settings.resolved_database_url)
     migrate(engine)
-    store = MetadataStore(make_sessionmaker(engine))
+    sessions = make_sessionmaker(engine)
+    store = MetadataStore(sessions)
     try:
         loaded = load_model(
             settings.model,
@@ -54,8 +61,9 @@ def build_services(settings: Settings) -> Services:
         log.error("cannot start: %s", exc)
         engine.dispose()
         raise
-    indexes = IndexManager(store=store, root=settings.data_dir / "indexes")
-    indexes.load_all()
+    indexes = IndexManager(store=store, root=settings.data_dir / "indexes", follow=holds_indexes)
+    if holds_indexes:
+        indexes.load_all()
     services = Services(
         settings=settings,
         engine=engine,
@@ -63,6 +71,7 @@ def build_services(settings: Settings) -> Services:
         blobs=BlobStore(settings.data_dir / "blobs"),
         indexes=indexes,
         embedder=Embedder(loaded, aligner),
+        jobs=JobStore(sessions),
     )
     if loaded.warning:
         services.warnings.append(loaded.warning)
@@ -97,11 +106,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=_snapshot_loop, args=(services, stop), name="mmr-snapshots", daemon=True
     )
     snapshotter.start()
+    worker = None
+    if settings.worker == "on":
+        worker, worker_thread = start_in_process(services)
     try:
         yield
     finally:
         stop.set()
         snapshotter.join()
+        if worker is not None:
+            worker.stop()
+            worker_thread.join()
         app.state.services = None
         await run_in_threadpool(services.indexes.snapshot_all)
         services.engine.dispose()

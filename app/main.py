@@ -11,7 +11,7 @@ from app.errors import install_error_handlers
 from app.lifespan import lifespan
 from app.limits import BodySizeLimit
 from app.metrics import Metrics, MetricsMiddleware
-from app.routers import collections, embed, health, items, models, search
+from app.routers import collections, embed, health, items, jobs, models, search
 from app.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for module in (models, collections, items, search, embed):
+    for module in (models, collections, items, search, embed, jobs):
         app.include_router(module.router, dependencies=secured)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -178,6 +178,9 @@ class SearchResponse(BaseModel):
 
     results: list[SearchHit]
     query_modality: str
+    aligner_version: int = Field(
+        0, description="the collection's aligner version that scored every result"
+    )
 
 
 class EmbedOptions(BaseModel):
@@ -262,3 +265,90 @@ class ModelsResponse(BaseModel):
     syntax: list[str]
     audio_syntax: list[str]
     architectures: list[str]
+
+
+class FinetuneJobCreate(BaseModel):
+    """A fine-tune of a collection's aligner heads on pairs of its items."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "finetune", "collection": "photos", "pair_key": "group"},
+                {
+                    "type": "finetune",
+                    "collection": "photos",
+                    "pairs": [["cat-1.jpg", "cat-1-caption"], ["dog-7.jpg", "dog-7-caption"]],
+                    "activate": "always",
+                },
+            ]
+        },
+    )
+    type: Literal["finetune"]
+    collection: CollectionName
+    pair_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="items sharing a value under this metadata key are pairs",
+    )
+    pairs: list[tuple[ItemId, ItemId]] | None = Field(
+        None, min_length=1, max_length=100_000, description="explicit item-id pairs"
+    )
+    activate: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="swap the new version in when its held-out recall is better"
+    )
+    holdout: float = Field(0.2, gt=0.0, lt=0.9, description="share of pairs held out")
+    max_pairs: int = Field(50_000, ge=10, le=100_000)
+    max_epochs: int = Field(200, ge=1, le=10_000)
+    max_seconds: float = Field(900.0, gt=0, le=86_400)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FinetuneJobCreate:
+        if (self.pair_key is None) == (self.pairs is None):
+            raise ValueError("give exactly one of pair_key or pairs")
+        return self
+
+
+class ReindexJobCreate(BaseModel):
+    """A rebuild of a collection's index from SQL, swapped in like an activation."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"type": "reindex", "collection": "photos"}]},
+    )
+    type: Literal["reindex"]
+    collection: CollectionName
+
+
+JobCreate = Annotated[FinetuneJobCreate | ReindexJobCreate, Field(discriminator="type")]
+
+
+class JobPublic(BaseModel):
+    """A background job and where it stands."""
+
+    id: str
+    type: str
+    collection: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: dict[str, Any] = Field(
+        description="fraction (0-1), epoch, max_epochs, loss and eta_s while it runs"
+    )
+    params: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        description="finetune: recall@1/5/10 before and after on held-out pairs, the new "
+        "aligner version and whether it was activated"
+    )
+    error: str | None
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    """Jobs, newest first."""
+
+    jobs: list[JobPublic]

@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=0, description="0 = one per CPU core")
     faiss_threads: int = 1
     snapshot_every: int = Field(default=1000, description="changes between index snapshots")
+    worker: Literal["on", "off"] = Field(
+        default="on", description="run a job worker inside `mmr serve`"
+    )
+    job_lease_s: float = Field(default=30.0, gt=0, description="a job's lease per heartbeat")
+    job_poll_s: float = Field(default=2.0, gt=0, description="idle worker's polling interval")
+    job_max_attempts: int = Field(default=3, ge=1, description="runs before a job is failed")
     log_level: str = "info"
 
     @field_validator("max_upload_mb")

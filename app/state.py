@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -12,6 +13,7 @@ from app.errors import NotReady
 from app.services.embedding import Embedder
 from app.settings import Settings
 from index.blobs import BlobStore
+from index.jobs import JobStore
 from index.manager import IndexManager
 from index.store import MetadataStore
 
@@ -26,7 +28,10 @@ class Services:
     blobs: BlobStore
     indexes: IndexManager
     embedder: Embedder
+    jobs: JobStore
     warnings: list[str] = field(default_factory=list)
+    # Set when a job is queued: an in-process worker starts on it without waiting a poll.
+    worker_wakeup: threading.Event = field(default_factory=threading.Event)
 
 
 def get_services(request: Request) -> Services:

@@ -1,4 +1,11 @@
-"""Per-collection FAISS indexes kept in step with SQL: load, replay, rebuild, snapshot."""
+"""Per-collection FAISS indexes kept in step with SQL: load, replay, rebuild, swap, snapshot.
+
+A live index is a :class:`Space`: an aligner version and the index its heads built, replaced
+as one object. When SQL names another aligner version or index epoch (a fine-tune or a
+reindex, in this process or another), a new index is built beside the live one from the
+stored raw features and swapped in under the writer lock; searches meanwhile keep
+answering from the old pair, never from a mix.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from index.snapshots import IndexSnapshot, read_snapshot, remove_snapshot, write_snapshot
-from index.store import MetadataStore
+from index.store import MetadataStore, StoredVectors, from_blob
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
 from models.aligner import Aligner
@@ -21,30 +28,66 @@ from models.aligner import Aligner
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Space:
+    """An aligner version, the index its heads built, and the index epoch it reflects."""
+
+    aligner: Aligner
+    index: VectorIndex
+    epoch: int = 0
+
+    def matches(self, row: CollectionRow) -> bool:
+        """Whether SQL still names this aligner version and epoch."""
+        return self.aligner.version == row.aligner_version and self.epoch == row.index_epoch
+
+
 @dataclass
 class LiveIndex:
-    """A collection's active aligner and index, and the mutex its writers hold across the
-    SQL commit and the index update.
+    """A collection's live :class:`Space` and the mutex its writers hold across the SQL
+    commit and the index update (swaps hold it too).
 
     The aligner and the index travel together: vectors in the index were made by exactly
-    these heads, so queries projected by them are comparable (invariant 4).
+    these heads, so queries projected by them are comparable (invariant 4). Read
+    ``space`` once per request; ``aligner`` and ``index`` are for holders of the writer lock.
     """
 
     collection_id: int
-    aligner: Aligner
-    index: VectorIndex
+    space: Space
     writer: threading.Lock = field(default_factory=threading.Lock)
     snapshotting: threading.Lock = field(default_factory=threading.Lock)
+    rebuilding: threading.Lock = field(default_factory=threading.Lock)
     dirty: int = 0
     last_snapshot: float = field(default_factory=time.monotonic)
+
+    @property
+    def aligner(self) -> Aligner:
+        """The active aligner (stable while the writer lock is held)."""
+        return self.space.aligner
+
+    @property
+    def index(self) -> VectorIndex:
+        """The live index (stable while the writer lock is held)."""
+        return self.space.index
+
+
+def current_vectors(stored: StoredVectors, aligner: Aligner, dim: int) -> np.ndarray:
+    """An item's vectors in the aligner's space: stored ones when that version made them,
+    else its stored raw features projected now (a new version needs no re-encoding)."""
+    vectors = from_blob(stored.vector, dim)
+    if stored.aligner_version == aligner.version:
+        return vectors
+    raw = from_blob(stored.feature).reshape(len(vectors), -1)
+    return aligner.project(stored.modality, raw)
 
 
 class IndexManager:
     """Owns every live index of this process; SQL stays the source of truth."""
 
-    def __init__(self, *, store: MetadataStore, root: Path) -> None:
+    def __init__(self, *, store: MetadataStore, root: Path, follow: bool = True) -> None:
         self.store = store
         self.root = root
+        # False in a worker process: it changes SQL and leaves swapping to the API process.
+        self.follow = follow
         self._live: dict[int, LiveIndex] = {}
         # Reentrant: get() holds it across load() so that one collection is loaded once.
         self._guard = threading.RLock()
@@ -61,43 +104,56 @@ class IndexManager:
 
     def load(self, row: CollectionRow) -> LiveIndex:
         """Load one collection's index (see load_all)."""
+        aligner = self.active_aligner(row)
         snap = read_snapshot(self.snapshot_path(row.id))
         index: VectorIndex | None = None
         if snap is not None and snap.seq < row.changes_pruned_seq:
             # A restored old file: the changes since it are gone from the log.
             log.warning("snapshot of %s predates the change log: rebuilding", row.name)
             snap = None
+        if snap is not None and (snap.aligner_version, snap.epoch) != (
+            row.aligner_version,
+            row.index_epoch,
+        ):
+            log.info("snapshot of %s is of another aligner version or epoch: rebuilding", row.name)
+            snap = None
         if snap is not None:
             try:
                 index = VectorIndex.from_bytes(row.dim, snap.payload)
-                self._replay(row, index, snap.seq)
+                self._replay(row, index, snap.seq, aligner)
             except ValueError as exc:
                 log.warning("snapshot of %s unusable (%s): rebuilding", row.name, exc)
                 index = None
         if index is None:
-            index = self._rebuild(row)
-        live = LiveIndex(row.id, self.active_aligner(row), index)
+            index = self._build(row, aligner)
+        live = LiveIndex(row.id, Space(aligner, index, row.index_epoch))
         with self._guard:
             self._live[row.id] = live
         return live
 
-    def _replay(self, row: CollectionRow, index: VectorIndex, seq: int) -> None:
+    def _replay(self, row: CollectionRow, index: VectorIndex, seq: int, aligner: Aligner) -> None:
         touched, newest = self.store.changed_since(collection_id=row.id, seq=seq)
         if not touched:
             return
         # Idempotent: drop every touched key, then re-add those SQL still holds.
         index.remove(np.fromiter(touched, dtype=np.int64))
-        chunks = self.store.iter_vectors(collection_id=row.id, dim=row.dim, pks=sorted(touched))
-        for ids, counts, vectors in chunks:
-            index.upsert(ids, vectors, counts)
+        self._add(row, index, aligner, sorted(touched))
         log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
 
-    def _rebuild(self, row: CollectionRow) -> VectorIndex:
+    def _build(self, row: CollectionRow, aligner: Aligner) -> VectorIndex:
         index = VectorIndex(row.dim)
-        for ids, counts, vectors in self.store.iter_vectors(collection_id=row.id, dim=row.dim):
-            index.upsert(ids, vectors, counts)
-        log.info("rebuilt index of %s from SQL: %d vectors", row.name, index.size)
+        self._add(row, index, aligner, None)
+        log.info("built index of %s from SQL: %d vectors", row.name, index.vectors)
         return index
+
+    def _add(
+        self, row: CollectionRow, index: VectorIndex, aligner: Aligner, pks: list[int] | None
+    ) -> None:
+        for chunk in self.store.iter_stored(collection_id=row.id, pks=pks):
+            matrices = [current_vectors(s, aligner, row.dim) for s in chunk]
+            counts = np.array([len(m) for m in matrices], dtype=np.int64)
+            ids = np.array([s.pk for s in chunk], dtype=np.int64)
+            index.upsert(ids, np.concatenate(matrices), counts)
 
     def active_aligner(self, row: CollectionRow) -> Aligner:
         """The collection's active aligner version, read from SQL."""
@@ -113,15 +169,48 @@ class IndexManager:
         return Aligner.from_bytes(found.artefact).numbered(found.version)
 
     # -- runtime -------------------------------------------------------------------------
-    def get(self, row: CollectionRow) -> LiveIndex:
-        """The live index of a collection, loading it if another process created it."""
+    def get(self, row: CollectionRow, *, wait: bool = False) -> LiveIndex:
+        """The live index of a collection (loaded if another process created it), brought
+        to the aligner version and epoch ``row`` names.
+
+        Bringing it there builds a new index beside the live one and swaps. The request
+        that notices does the work; others arriving meanwhile keep the old pair, unless
+        ``wait`` (an activation that must serve the new version when it returns).
+        """
         with self._guard:
             live = self._live.get(row.id)
-            return live if live is not None else self.load(row)
+            if live is None:
+                return self.load(row)
+        if live.space.matches(row) or not self.follow:
+            return live
+        if not live.rebuilding.acquire(blocking=wait):
+            return live
+        try:
+            if not live.space.matches(row):
+                self._swap(live, row)
+        finally:
+            live.rebuilding.release()
+        return live
+
+    def _swap(self, live: LiveIndex, row: CollectionRow) -> None:
+        aligner = self.active_aligner(row)
+        seq = self.store.last_seq(row.id)
+        index = self._build(row, aligner)  # beside the live one: searches go on meanwhile
+        with live.writer:
+            # Writes that landed during the build were projected by the old heads.
+            self._replay(row, index, seq, aligner)
+            live.space = Space(aligner, index, row.index_epoch)
+            live.dirty += 1
+        log.info(
+            "collection %s now serves aligner v%d, index epoch %d",
+            row.name,
+            aligner.version,
+            row.index_epoch,
+        )
 
     def create(self, row: CollectionRow, aligner: Aligner) -> LiveIndex:
         """Start an empty index for a new collection with its first aligner."""
-        live = LiveIndex(row.id, aligner, VectorIndex(row.dim))
+        live = LiveIndex(row.id, Space(aligner, VectorIndex(row.dim), row.index_epoch))
         with self._guard:
             self._live[row.id] = live
         return live
@@ -149,12 +238,19 @@ class IndexManager:
         with live.snapshotting:
             with live.writer:
                 seq = self.store.last_seq(live.collection_id)
-                payload = live.index.to_bytes()
+                space = live.space
+                payload = space.index.to_bytes()
                 live.dirty = 0
                 live.last_snapshot = time.monotonic()
             write_snapshot(
                 self.snapshot_path(live.collection_id),
-                IndexSnapshot(seq=seq, dim=live.index.dim, payload=payload),
+                IndexSnapshot(
+                    seq=seq,
+                    dim=space.index.dim,
+                    payload=payload,
+                    aligner_version=space.aligner.version,
+                    epoch=space.epoch,
+                ),
             )
             # Only once the snapshot is durable may the changes it covers be forgotten.
             self.store.prune_changes(collection_id=live.collection_id, upto_seq=seq)

@@ -23,6 +23,8 @@ class IndexSnapshot:
     seq: int
     dim: int
     payload: bytes
+    aligner_version: int = 0  # the heads that made the vectors
+    epoch: int = 0  # the collection's index epoch it was built for
 
 
 def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
@@ -31,6 +33,8 @@ def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
     header = {
         "seq": snapshot.seq,
         "dim": snapshot.dim,
+        "aligner_version": snapshot.aligner_version,
+        "epoch": snapshot.epoch,
         "size": len(snapshot.payload),
         "sha256": hashlib.sha256(snapshot.payload).hexdigest(),
     }
@@ -64,7 +68,13 @@ def read_snapshot(path: Path) -> IndexSnapshot | None:
     payload = data[header_end + 1 :]
     if len(payload) != size or hashlib.sha256(payload).hexdigest() != digest:
         return None
-    return IndexSnapshot(seq=int(seq), dim=int(dim), payload=payload)
+    return IndexSnapshot(
+        seq=int(seq),
+        dim=int(dim),
+        payload=payload,
+        aligner_version=int(header.get("aligner_version", 0)),
+        epoch=int(header.get("epoch", 0)),
+    )
 
 
 def fsync_dir(directory: Path) -> None:

@@ -36,6 +36,22 @@ class ItemDraft:
     spans: list[list[float]] | None = None  # per-segment [start, end] seconds of a recording
 
 
+@dataclass(frozen=True)
+class StoredVectors:
+    """What rebuilding an index needs of an item: its raw features and stored vectors."""
+
+    pk: int
+    modality: str
+    aligner_version: int
+    feature: bytes
+    vector: bytes
+
+
+def stored_of(item: ItemRow) -> StoredVectors:
+    """The stored features and vectors of an item row."""
+    return StoredVectors(item.pk, item.modality, item.aligner_version, item.feature, item.vector)
+
+
 @dataclass
 class Upserted:
     """The outcome of an upsert: the row, whether it is new, the digest it replaced."""
@@ -202,6 +218,28 @@ class MetadataStore:
         with self.sessions() as session:
             return list(session.scalars(select(CollectionRow).order_by(CollectionRow.id)))
 
+    def get_collection_by_id(self, collection_id: int) -> CollectionRow:
+        """The collection by key; NotFoundError when it is gone."""
+        with self.sessions() as session:
+            row = session.get(CollectionRow, collection_id)
+        if row is None:
+            raise NotFoundError("the collection was deleted")
+        return row
+
+    def set_space(
+        self, *, collection_id: int, aligner_version: int | None = None, bump_epoch: bool = False
+    ) -> CollectionRow:
+        """Name another active aligner version and/or a new index epoch (a swap follows)."""
+        with self.sessions.begin() as session:
+            row = session.get(CollectionRow, collection_id)
+            if row is None:
+                raise NotFoundError("the collection was deleted")
+            if aligner_version is not None:
+                row.aligner_version = aligner_version
+            if bump_epoch:
+                row.index_epoch += 1
+        return row
+
     def delete_collection(self, collection_id: int) -> None:
         """Remove a collection with its items, tags and change log."""
         with self.sessions.begin() as session:
@@ -364,27 +402,53 @@ class MetadataStore:
         with self.sessions() as session:
             return np.fromiter(session.scalars(stmt), dtype=np.int64)
 
+    def tagged(self, *, collection_id: int, key: str) -> list[tuple[int, str]]:
+        """(item key, canonical JSON value) of every item with a scalar under ``key``."""
+        if not storable(key):
+            return []
+        stmt = (
+            select(ItemTagRow.item_pk, ItemTagRow.value)
+            .where(ItemTagRow.collection_id == collection_id, ItemTagRow.key == key)
+            .order_by(ItemTagRow.item_pk)
+        )
+        with self.sessions() as session:
+            return [(int(pk), str(v)) for pk, v in session.execute(stmt)]
+
+    def pks_of(self, *, collection_id: int, external_ids: Sequence[str]) -> dict[str, int]:
+        """Item keys of client ids (those present)."""
+        wanted = sorted({e for e in external_ids if storable(e)})
+        found: dict[str, int] = {}
+        with self.sessions() as session:
+            for start in range(0, len(wanted), 500):
+                stmt = select(ItemRow.external_id, ItemRow.pk).where(
+                    ItemRow.collection_id == collection_id,
+                    ItemRow.external_id.in_(wanted[start : start + 500]),
+                )
+                found.update({e: int(pk) for e, pk in session.execute(stmt)})
+        return found
+
     # -- index support ------------------------------------------------------------------
-    def iter_vectors(
-        self, *, collection_id: int, dim: int, pks: Sequence[int] | None = None, chunk: int = 4096
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(pks, rows per item, vectors) in chunks: the whole collection, or the given keys."""
+    def iter_stored(
+        self, *, collection_id: int, pks: Sequence[int] | None = None, chunk: int = 4096
+    ) -> Iterator[list[StoredVectors]]:
+        """Items' stored features and vectors in chunks: the whole collection, or some keys."""
         last = 0
         with self.sessions() as session:
             while True:
-                stmt = select(ItemRow.pk, ItemRow.vector).where(
-                    ItemRow.collection_id == collection_id, ItemRow.pk > last
-                )
+                stmt = select(
+                    ItemRow.pk,
+                    ItemRow.modality,
+                    ItemRow.aligner_version,
+                    ItemRow.feature,
+                    ItemRow.vector,
+                ).where(ItemRow.collection_id == collection_id, ItemRow.pk > last)
                 if pks is not None:
                     stmt = stmt.where(ItemRow.pk.in_(list(pks)))
                 rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()
                 if not rows:
                     return
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                matrices = [from_blob(r[1], dim) for r in rows]
-                counts = np.array([len(m) for m in matrices], dtype=np.int64)
-                yield ids, counts, np.concatenate(matrices)
-                last = int(ids[-1])
+                yield [StoredVectors(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in rows]
+                last = int(rows[-1][0])
 
     def last_seq(self, collection_id: int) -> int:
         """The newest change-log sequence of a collection, pruned ones included (0 when none)."""

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -49,6 +50,8 @@ class CollectionRow(Base):
     index_type: Mapped[str] = mapped_column(String(32), default="flat")
     index_params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Bumped by a reindex: a live index built for another epoch is rebuilt and swapped.
+    index_epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Change-log rows up to this sequence are deleted: older snapshots cannot be replayed.
     changes_pruned_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
@@ -132,3 +135,36 @@ class ChangeRow(Base):
     collection_id: Mapped[int] = mapped_column(BigInteger)
     item_pk: Mapped[int] = mapped_column(BigInteger)
     op: Mapped[str] = mapped_column(String(8))  # "upsert" | "delete"
+
+
+class JobRow(Base):
+    """A background job (fine-tune, reindex): queued, claimed with a lease, finished."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index(
+            "uq_jobs_one_running_per_collection",
+            "collection_id",
+            unique=True,
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    type: Mapped[str] = mapped_column(String(32))
+    collection_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    collection: Mapped[str] = mapped_column(String(63))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -190,6 +190,10 @@ class Aligner:
         encoders = {**self.encoders, modality: encoder}
         return Aligner(self.dim, heads, encoders, {**self.meta, **meta})
 
+    def with_meta(self, **meta: Any) -> Aligner:
+        """A copy with more metadata (how it was made)."""
+        return replace(self, meta={**self.meta, **meta})
+
     def numbered(self, version: int) -> Aligner:
         """The same heads as recorded under a collection's version number."""
         return replace(self, version=version)

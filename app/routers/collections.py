@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.schemas import AlignerList, CollectionCreate, CollectionList, CollectionPublic
+from app.services import aligners as aligner_svc
 from app.services import collections as svc
 from app.state import ServicesDep
 
@@ -40,4 +41,12 @@ def delete_collection(name: str, services: ServicesDep) -> Response:
 def list_aligners(name: str, services: ServicesDep) -> AlignerList:
     """The collection's aligner versions (heads per modality, how each was made), oldest
     first, and which one is active."""
-    return svc.list_aligners(services=services, name=name)
+    return aligner_svc.list_aligners(services=services, name=name)
+
+
+@router.post("/{name}/aligners/{version}/activate", response_model=AlignerList)
+def activate_aligner(name: str, version: int, services: ServicesDep) -> AlignerList:
+    """Make a recorded aligner version the active one (roll forward or back): stored raw
+    features are re-projected into a new index built beside the live one, then aligner and
+    index are swapped together; searches meanwhile answer from the old pair."""
+    return aligner_svc.activate(services=services, name=name, version=version)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.errors import SpaceMismatch
-from app.schemas import AlignerList, AlignerPublic, CollectionCreate, CollectionPublic
-from app.services.views import aware, collection_public
+from app.schemas import CollectionCreate, CollectionPublic
+from app.services.views import collection_public
 from app.state import Services
 from index.tables import CollectionRow
 from models.aligner import Aligner
@@ -92,20 +92,3 @@ def describe(services: Services, row: CollectionRow) -> CollectionPublic:
         index_size=live.index.size,
         compatible=space_problem(row, live.aligner, services, "text") is None,
     )
-
-
-def list_aligners(*, services: Services, name: str) -> AlignerList:
-    """Every recorded aligner version of a collection, with how it was made."""
-    row = services.store.get_collection(name)
-    versions = [
-        AlignerPublic(
-            version=a.version,
-            active=a.version == row.aligner_version,
-            sha256=a.sha256,
-            heads=Aligner.from_bytes(a.artefact).describe(),
-            meta=a.meta,
-            created_at=aware(a.created_at),
-        )
-        for a in services.store.list_aligners(row.id)
-    ]
-    return AlignerList(active=row.aligner_version, aligners=versions)

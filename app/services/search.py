@@ -13,7 +13,8 @@ from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
-from index.store import Scalar, from_blob
+from index.manager import current_vectors
+from index.store import Scalar, stored_of
 from index.tables import CollectionRow, ItemRow
 from models.aligner import Aligner, l2_normalize
 from models.audio import pooled
@@ -44,8 +45,10 @@ def search(
     """Top-k items of a collection for a query, best first."""
     row = services.store.get_collection(name)
     live = services.indexes.get(row)
-    # One read of the pair: the query is projected by the heads that made the index.
-    aligner, index = live.aligner, live.index
+    # One read of the pair: the query is projected by the heads that made the index,
+    # even if a swap lands while this search runs.
+    space = live.space
+    aligner, index = space.aligner, space.index
     vector, modality = _query_vector(services, row, aligner, query)
     allowed = None
     if constraints.modalities or constraints.filter:
@@ -62,7 +65,7 @@ def search(
         for h in hits
         if h.pk in items  # deleted between search and hydration
     ]
-    return SearchResponse(results=results, query_modality=modality)
+    return SearchResponse(results=results, query_modality=modality, aligner_version=aligner.version)
 
 
 def _hit(item: ItemRow, collection: str, score: float, segment: int) -> SearchHit:
@@ -83,7 +86,7 @@ def _query_vector(
         # A stored item is already in the collection's space, whatever model runs now;
         # a recording stands for itself as the mean of its segments.
         item = services.store.get_item(collection_id=row.id, external_id=query.item_id)
-        vectors = from_blob(item.vector, row.dim)
+        vectors = current_vectors(stored_of(item), aligner, row.dim)
         return l2_normalize(pooled(vectors).reshape(1, -1))[0], item.modality
     if query.vector is not None:
         return _raw_vector(row, query.vector), "vector"

@@ -17,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.services.aligners import record
 from app.settings import Settings
 from app.state import Services
 from index.store import from_blob
@@ -206,18 +207,42 @@ def test_items_and_queries_meet_the_same_head_version(client: TestClient) -> Non
     np.testing.assert_allclose(
         vectors, live.aligner.project("audio", from_blob(stored.feature, 32)), atol=1e-6
     )
-    # What activating another version does to the live pair (issue 5 rebuilds the index too):
-    # new items are written, and queries are projected, by the new heads, never the old ones.
+    # Activating another version (a new audio head): stored items are re-projected from their
+    # raw features, and items and queries from then on go through the new heads.
     rng = np.random.default_rng(5)
     head = AlignerHead.linear(rng.normal(size=(row.dim, 32)))
-    swapped: Aligner = live.aligner.with_head("audio", head, live.aligner.encoders["audio"])
-    live.aligner = swapped.numbered(7)
-    clip = wav(noise(2.5, seed=42, amplitude=0.2))
-    post_file(client, clip, "after")
+    tuned = live.aligner.with_head("audio", head, live.aligner.encoders["audio"])
+    assert record(services=services, row=row, aligner=tuned) == 2
+    swapped = client.post(f"/v1/collections/{NAME}/aligners/2/activate")
+    assert swapped.status_code == 200, swapped.text
+    assert swapped.json()["active"] == 2
+    clip_wave = noise(2.5, seed=42, amplitude=0.2)
+    post_file(client, wav(clip_wave), "after")
     after = services.store.get_item(collection_id=row.id, external_id="after")
-    assert after.aligner_version == 7
-    hits = search(client, data=clip, k=1, modalities="audio")
+    assert after.aligner_version == 2
+    response = client.post(
+        f"/v1/collections/{NAME}/search",
+        files={"file": ("q", wav(noise(3.0, seed=11, amplitude=0.3)))},
+        data={"k": "1", "modalities": "audio"},
+    ).json()
+    assert response["aligner_version"] == 2
+    assert response["results"][0]["item"]["id"] == "clip1"  # written under v1, re-projected
+    assert response["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert services.embedder.audio is not None
+    (seg,) = services.embedder.audio.encode_audio([clip_wave])
+    embedded = client.post(
+        "/v1/embed", files={"file": ("a", wav(clip_wave))}, data={"collection": NAME}
+    ).json()
+    assert embedded["aligner_version"] == 2
+    np.testing.assert_allclose(
+        embedded["embeddings"][0], tuned.project("audio", seg.features)[0], atol=1e-5
+    )
+    # Roll back: version 1 serves again, the item written under v2 included.
+    assert client.post(f"/v1/collections/{NAME}/aligners/1/activate").status_code == 200
+    hits = search(client, data=wav(clip_wave), k=1, modalities="audio")
     assert hits[0]["item"]["id"] == "after" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    missing = client.post(f"/v1/collections/{NAME}/aligners/9/activate")
+    assert missing.status_code == 404
 
 
 def test_without_an_audio_model_audio_is_refused_with_the_way_to_enable_it(

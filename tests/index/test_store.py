@@ -152,8 +152,8 @@ def test_a_recording_keeps_one_vector_per_segment(store: MetadataStore) -> None:
     store.upsert_item(collection_id=row.id, draft=draft("short"))
     assert done.row.spans == spans
     assert from_blob(done.row.feature, 6).shape == (3, 6)
-    chunks = list(store.iter_vectors(collection_id=row.id, dim=4))
-    pks, counts, rows = chunks[0]
-    assert pks.tolist() == [done.row.pk, done.row.pk + 1]
-    assert counts.tolist() == [3, 1] and rows.shape == (4, 4)
-    np.testing.assert_array_equal(rows[:3], vectors)
+    (chunk,) = list(store.iter_stored(collection_id=row.id))
+    assert [s.pk for s in chunk] == [done.row.pk, done.row.pk + 1]
+    assert [len(from_blob(s.vector, 4)) for s in chunk] == [3, 1]
+    np.testing.assert_array_equal(from_blob(chunk[0].vector, 4), vectors)
+    assert chunk[0].modality == "audio" and chunk[0].aligner_version == 1

@@ -1,0 +1,52 @@
+"""Background jobs: /v1/jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from app.schemas import JobCreate, JobList, JobPublic
+from app.services import jobs as svc
+from app.state import ServicesDep
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+async def create_job(
+    body: Annotated[JobCreate, Field(discriminator="type")], services: ServicesDep
+) -> JobPublic:
+    """Queue a job: `finetune` (train the collection's aligner heads on pairs of its items,
+    then activate the new version by `activate`) or `reindex` (rebuild the index from SQL).
+    A worker runs it; poll `GET /v1/jobs/{id}` for progress and metrics."""
+    return await run_in_threadpool(svc.create_job, services=services, body=body)
+
+
+@router.get("", response_model=JobList)
+async def list_jobs(
+    services: ServicesDep,
+    collection: str | None = None,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JobList:
+    """Jobs, newest first; optionally of one collection or in one status."""
+    return await run_in_threadpool(
+        svc.list_jobs, services=services, collection=collection, status=status, limit=limit
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
+    """One job: status, progress (fraction, epoch, loss, ETA), metrics, error."""
+    return await run_in_threadpool(svc.get_job, services=services, job_id=job_id)
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
+    """Cancel a queued or running job (409 when it has already ended)."""
+    return await run_in_threadpool(svc.cancel_job, services=services, job_id=job_id)

@@ -1,0 +1,64 @@
+"""A collection's aligner versions: list them, activate one (roll forward or back)."""
+
+from __future__ import annotations
+
+from app.errors import SpaceMismatch
+from app.schemas import AlignerList, AlignerPublic
+from app.services.views import aware
+from app.state import Services
+from index.errors import NotFoundError
+from index.tables import CollectionRow
+from models.aligner import Aligner
+
+
+def list_aligners(*, services: Services, name: str) -> AlignerList:
+    """Every recorded aligner version of a collection, with how it was made."""
+    row = services.store.get_collection(name)
+    versions = [
+        AlignerPublic(
+            version=a.version,
+            active=a.version == row.aligner_version,
+            sha256=a.sha256,
+            heads=Aligner.from_bytes(a.artefact).describe(),
+            meta=a.meta,
+            created_at=aware(a.created_at),
+        )
+        for a in services.store.list_aligners(row.id)
+    ]
+    return AlignerList(active=row.aligner_version, aligners=versions)
+
+
+def record(*, services: Services, row: CollectionRow, aligner: Aligner) -> int:
+    """Record a new (inactive) version of a collection's aligner; its number."""
+    added = services.store.add_aligner(
+        collection_id=row.id, artefact=aligner.to_bytes(), meta=aligner.meta, activate=False
+    )
+    return added.version
+
+
+def activate(*, services: Services, name: str, version: int) -> AlignerList:
+    """Make a recorded version the active one: SQL names it, then (in the process that
+    holds the index) a new index is built beside the live one and swapped in."""
+    row = services.store.get_collection(name)
+    found = services.store.get_aligner(collection_id=row.id, version=version)
+    if found is None:
+        raise NotFoundError(f"collection {name!r} has no aligner version {version}")
+    aligner = Aligner.from_bytes(found.artefact)
+    running = services.embedder.encoder_ids
+    foreign = {m: e for m, e in aligner.encoders.items() if running.get(m) != e}
+    if foreign or aligner.dim != row.dim:
+        raise SpaceMismatch(
+            f"aligner v{version} takes features of {foreign or aligner.encoders} but this "
+            f"server runs {running}; start it with the model the version was made for"
+        )
+    fresh = services.store.set_space(collection_id=row.id, aligner_version=version)
+    services.indexes.get(fresh, wait=True)
+    return list_aligners(services=services, name=name)
+
+
+def rebuild(*, services: Services, name: str) -> CollectionRow:
+    """Rebuild the index from SQL (a new epoch), swapped in like an activation."""
+    row = services.store.get_collection(name)
+    fresh = services.store.set_space(collection_id=row.id, bump_epoch=True)
+    services.indexes.get(fresh, wait=True)
+    return fresh

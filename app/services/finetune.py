@@ -1,0 +1,132 @@
+"""Job handlers: fine-tune a collection's aligner heads on pairs of its items; reindex.
+
+Fine-tuning works on the raw encoder features stored with every item: nothing is
+re-encoded, and the encoders need not even be the fast ones. The new heads are recorded as
+a new aligner version whatever happens; activating them is a swap (app/services/aligners).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from app.services import aligners
+from app.state import Services
+from index.store import StoredVectors, from_blob
+from index.tables import CollectionRow
+from models.finetune import FinetuneConfig, Pairs, Progress, finetune
+
+if TYPE_CHECKING:
+    from app.worker import JobContext
+
+PER_GROUP = 64  # pairs one metadata value may contribute: one huge group must not dominate
+
+
+def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
+    """Train new heads on the job's pairs, record them, activate them by the job's policy."""
+    params = ctx.job.params
+    row = services.store.get_collection_by_id(ctx.job.collection_id)
+    base = services.indexes.active_aligner(row)
+    pairs, found = collect_pairs(services, row, params)
+    cfg = FinetuneConfig(
+        holdout=params["holdout"],
+        seed=params["seed"],
+        max_pairs=params["max_pairs"],
+        max_epochs=params["max_epochs"],
+        max_seconds=params["max_seconds"],
+    )
+
+    def progress(p: Progress) -> None:
+        ctx.report(
+            fraction=round(p.fraction, 4),
+            epoch=p.epoch,
+            max_epochs=p.max_epochs,
+            loss=round(p.loss, 5),
+            eta_s=None if p.eta_s is None else round(p.eta_s, 1),
+        )
+
+    tuned, report = finetune(base, pairs, cfg, progress=progress, should_stop=ctx.should_stop)
+    tuned = tuned.with_meta(job=ctx.job.id, base_version=base.version, pairs=found)
+    version = aligners.record(services=services, row=row, aligner=tuned)
+    policy = params["activate"]
+    activate = policy == "always" or (policy == "if_better" and report.improved)
+    if activate:
+        aligners.activate(services=services, name=row.name, version=version)
+    return {
+        "aligner_version": version,
+        "base_version": base.version,
+        "activated": activate,
+        "modalities": [pairs.modality_a, pairs.modality_b],
+        **found,
+        **report.as_meta(),
+    }
+
+
+def run_reindex(services: Services, ctx: JobContext) -> dict[str, Any]:
+    """Rebuild the collection's index from SQL (compacting it) and swap it in."""
+    row = services.store.get_collection_by_id(ctx.job.collection_id)
+    fresh = aligners.rebuild(services=services, name=row.name)
+    return {"index_epoch": fresh.index_epoch, "items": services.store.count_items(row.id)}
+
+
+def collect_pairs(
+    services: Services, row: CollectionRow, params: dict[str, Any]
+) -> tuple[Pairs, dict[str, Any]]:
+    """The job's item pairs as raw features, oriented to the most common modality pair."""
+    store = services.store
+    if params.get("pair_key") is not None:
+        candidates = _pairs_by_key(store.tagged(collection_id=row.id, key=params["pair_key"]))
+        missing = 0
+    else:
+        wanted = [tuple(p) for p in params["pairs"]]
+        ids = store.pks_of(collection_id=row.id, external_ids=[i for p in wanted for i in p])
+        candidates = [(ids[a], ids[b]) for a, b in wanted if a in ids and b in ids and a != b]
+        missing = len(wanted) - len(candidates)
+    stored = _stored(services, row, {pk for pair in candidates for pk in pair})
+    kinds = Counter(tuple(sorted((stored[a].modality, stored[b].modality))) for a, b in candidates)
+    if not kinds:
+        raise ValueError(
+            "no pairs: give items that share a value under pair_key, or existing item ids"
+        )
+    (ma, mb), _ = kinds.most_common(1)[0]
+    oriented = [
+        (a, b) if stored[a].modality == ma else (b, a)
+        for a, b in candidates
+        if {stored[a].modality, stored[b].modality} == {ma, mb}
+    ]
+    found = {
+        "pairs_found": len(candidates),
+        "pairs_used": len(oriented),
+        "pairs_of_other_modalities": len(candidates) - len(oriented),
+        "pairs_missing_items": missing,
+    }
+    raw_a = np.stack([_raw(stored[a], row.dim) for a, _ in oriented])
+    raw_b = np.stack([_raw(stored[b], row.dim) for _, b in oriented])
+    return Pairs(ma, mb, raw_a, raw_b), found
+
+
+def _pairs_by_key(tagged: Iterable[tuple[int, str]]) -> list[tuple[int, int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for pk, value in tagged:
+        groups[value].append(pk)
+    pairs: list[tuple[int, int]] = []
+    for members in groups.values():
+        pairs.extend(itertools.islice(itertools.combinations(sorted(members), 2), PER_GROUP))
+    return pairs
+
+
+def _stored(services: Services, row: CollectionRow, pks: set[int]) -> dict[int, StoredVectors]:
+    found: dict[int, StoredVectors] = {}
+    for chunk in services.store.iter_stored(collection_id=row.id, pks=sorted(pks)):
+        found.update({s.pk: s for s in chunk})
+    return found
+
+
+def _raw(stored: StoredVectors, dim: int) -> np.ndarray:
+    """One raw feature per item: a recording's segments are averaged."""
+    rows = len(from_blob(stored.vector, dim))
+    return from_blob(stored.feature).reshape(rows, -1).mean(axis=0)

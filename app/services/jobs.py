@@ -1,0 +1,56 @@
+"""Jobs: queue, read, list and cancel; the worker (app/worker.py) runs them."""
+
+from __future__ import annotations
+
+from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
+from app.services.views import aware
+from app.state import Services
+from index.tables import JobRow
+
+
+def job_public(row: JobRow) -> JobPublic:
+    """The public view of a job."""
+    return JobPublic(
+        id=row.id,
+        type=row.type,
+        collection=row.collection,
+        status=row.status,
+        progress=row.progress,
+        params=row.params,
+        metrics=row.metrics,
+        error=row.error,
+        attempts=row.attempts,
+        worker=row.worker,
+        created_at=aware(row.created_at),
+        started_at=aware(row.started_at) if row.started_at else None,
+        finished_at=aware(row.finished_at) if row.finished_at else None,
+    )
+
+
+def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate) -> JobPublic:
+    """Queue a job for an existing collection (404 when there is none)."""
+    row = services.store.get_collection(body.collection)
+    params = body.model_dump(exclude={"type", "collection"}, mode="json")
+    job = services.jobs.create(
+        type=body.type, collection_id=row.id, collection=row.name, params=params
+    )
+    services.worker_wakeup.set()
+    return job_public(job)
+
+
+def get_job(*, services: Services, job_id: str) -> JobPublic:
+    """One job."""
+    return job_public(services.jobs.get(job_id))
+
+
+def list_jobs(
+    *, services: Services, collection: str | None, status: str | None, limit: int
+) -> JobList:
+    """Jobs, newest first."""
+    rows = services.jobs.list(collection=collection, status=status, limit=limit)
+    return JobList(jobs=[job_public(r) for r in rows])
+
+
+def cancel_job(*, services: Services, job_id: str) -> JobPublic:
+    """Cancel a queued or running job (409 when it has ended)."""
+    return job_public(services.jobs.cancel(job_id))

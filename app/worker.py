@@ -1,0 +1,157 @@
+"""The job runner: claims jobs with a lease, heartbeats while it works, records the outcome.
+
+``mmr worker`` runs one in its own process; ``mmr serve`` runs one in a thread of the API
+process unless ``MMR_WORKER=off``. Any number may run against one database: SQL decides who
+runs what (index/jobs.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import ApiError
+from app.services.finetune import run_finetune, run_reindex
+from app.state import Services
+from index.errors import ConflictError, NotFoundError
+from index.jobs import CANCELLED, FAILED, SUCCEEDED
+from index.tables import JobRow
+from models.errors import MediaError, ModelLoadError
+from models.finetune import Cancelled
+
+log = logging.getLogger("mmr.worker")
+
+# What a job can fail with that is about the job (its pairs, its collection), not a bug.
+JOB_ERRORS = (
+    ValueError,
+    LookupError,
+    NotFoundError,
+    ConflictError,
+    ApiError,
+    MediaError,
+    ModelLoadError,
+)
+
+
+@dataclass
+class JobContext:
+    """What a running job sees: its row, a place for progress, and whether to stop."""
+
+    job: JobRow
+    progress: dict[str, Any] = field(default_factory=lambda: {"fraction": 0.0})
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, **progress: Any) -> None:
+        """Record progress; the next heartbeat writes it to SQL."""
+        self.progress = {**self.progress, **progress}
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled, taken back, or the worker is shutting down."""
+        return self.stop.is_set()
+
+
+Handler = Callable[[Services, JobContext], dict[str, Any]]
+HANDLERS: dict[str, Handler] = {"finetune": run_finetune, "reindex": run_reindex}
+
+
+class Worker:
+    """Claims and runs jobs until told to stop."""
+
+    def __init__(self, services: Services, *, name: str | None = None) -> None:
+        self.services = services
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.settings = services.settings
+        self.stopping = threading.Event()
+
+    def run_forever(self) -> None:
+        """Poll for jobs until ``stop()``; a wake-up event cuts the wait short."""
+        log.info("worker %s polling for jobs", self.name)
+        while not self.stopping.is_set():
+            if not self.run_once():
+                self.services.worker_wakeup.wait(self.settings.job_poll_s)
+                self.services.worker_wakeup.clear()
+
+    def stop(self) -> None:
+        """Ask the loop (and a running job) to stop."""
+        self.stopping.set()
+        self.services.worker_wakeup.set()
+
+    def run_once(self) -> bool:
+        """Take back jobs of dead workers, then claim and run one job; False when none."""
+        jobs = self.services.jobs
+        jobs.reap(max_attempts=self.settings.job_max_attempts)
+        job = jobs.claim(worker=self.name, lease_s=self.settings.job_lease_s, types=list(HANDLERS))
+        if job is None:
+            return False
+        log.info("job %s (%s of %s) started", job.id, job.type, job.collection)
+        ctx = JobContext(job)
+        beat = threading.Thread(target=self._heartbeat, args=(ctx,), daemon=True)
+        beat.start()
+        try:
+            status, metrics, error = self._run(ctx)
+        finally:
+            ctx.stop.set()
+            beat.join()
+        if status == CANCELLED and self.stopping.is_set():
+            # Shutting down is not the client's cancel: the job goes back to the queue.
+            jobs.release(job.id, worker=self.name)
+            log.info("job %s put back in the queue: the worker is stopping", job.id)
+            return True
+        done = jobs.finish(
+            job.id,
+            worker=self.name,
+            status=status,
+            metrics=metrics,
+            error=error,
+            progress=ctx.progress,
+        )
+        log.info(
+            "job %s %s%s",
+            job.id,
+            status if done else "ended elsewhere",
+            f": {error}" if error else "",
+        )
+        return True
+
+    def _run(self, ctx: JobContext) -> tuple[str, dict[str, Any], str | None]:
+        try:
+            metrics = HANDLERS[ctx.job.type](self.services, ctx)
+        except Cancelled:
+            return CANCELLED, {}, "cancelled"
+        except JOB_ERRORS as exc:
+            return FAILED, {}, str(exc)
+        except Exception as exc:  # a bad job must not take the worker down with it
+            log.exception("job %s crashed", ctx.job.id)
+            return FAILED, {}, f"internal error ({type(exc).__name__}): {exc}"
+        ctx.report(fraction=1.0, eta_s=0.0)
+        return SUCCEEDED, metrics, None
+
+    def _heartbeat(self, ctx: JobContext) -> None:
+        # Often enough for progress to look live, and well inside the lease.
+        every = min(2.0, self.settings.job_lease_s / 3)
+        while not ctx.stop.wait(every):
+            if self.stopping.is_set():
+                ctx.stop.set()
+                return
+            mine = self.services.jobs.heartbeat(
+                ctx.job.id,
+                worker=self.name,
+                lease_s=self.settings.job_lease_s,
+                progress=ctx.progress,
+            )
+            if not mine:
+                ctx.stop.set()  # cancelled by a client, or taken back after a stall
+
+
+def start_in_process(services: Services) -> tuple[Worker, threading.Thread]:
+    """A worker on a daemon thread of this process (``mmr serve`` without MMR_WORKER=off)."""
+    worker = Worker(services)
+    thread = threading.Thread(target=worker.run_forever, name="mmr-worker", daemon=True)
+    thread.start()
+    return worker, thread

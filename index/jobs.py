@@ -1,0 +1,212 @@
+"""Durable jobs in SQL: queued -> running (claimed with a lease) -> succeeded | failed | cancelled.
+
+A worker claims the oldest queued job whose collection runs nothing else (Postgres: ``FOR
+UPDATE SKIP LOCKED``, so workers never queue behind each other's locks; a partial unique
+index keeps one running job per collection on both backends), extends its lease with every
+heartbeat and finishes it only while it still holds it. A job whose lease ran out (its
+worker died) is queued again, or failed with the reason once it has had ``max_attempts``.
+A cancel is immediate in SQL; the worker learns of it at its next heartbeat.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from index.errors import ConflictError, NotFoundError
+from index.tables import JobRow, utcnow
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+ENDED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+class JobStore:
+    """Jobs over any SQLAlchemy engine."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def create(
+        self, *, type: str, collection_id: int, collection: str, params: dict[str, Any]
+    ) -> JobRow:
+        """Queue a job."""
+        row = JobRow(
+            id=uuid.uuid4().hex,
+            type=type,
+            collection_id=collection_id,
+            collection=collection,
+            status=QUEUED,
+            params=params,
+            progress={"fraction": 0.0},
+            metrics={},
+            attempts=0,
+            created_at=utcnow(),
+        )
+        with self.sessions.begin() as session:
+            session.add(row)
+        return row
+
+    def get(self, job_id: str) -> JobRow:
+        """One job; NotFoundError when there is none."""
+        with self.sessions() as session:
+            row = session.get(JobRow, job_id) if len(job_id) <= 32 else None
+        if row is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        return row
+
+    def list(
+        self, *, collection: str | None = None, status: str | None = None, limit: int = 100
+    ) -> list[JobRow]:
+        """Jobs, newest first, optionally of one collection or status."""
+        stmt = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id).limit(limit)
+        if collection is not None:
+            stmt = stmt.where(JobRow.collection == collection)
+        if status is not None:
+            stmt = stmt.where(JobRow.status == status)
+        with self.sessions() as session:
+            return list(session.scalars(stmt))
+
+    def cancel(self, job_id: str) -> JobRow:
+        """Cancel a queued or running job now; ConflictError when it has already ended."""
+        with self.sessions.begin() as session:
+            done = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status.in_([QUEUED, RUNNING]))
+                .values(
+                    status=CANCELLED,
+                    error="cancelled by a client",
+                    finished_at=utcnow(),
+                    lease_expires_at=None,
+                )
+            )
+        row = self.get(job_id)
+        if done.rowcount == 0:  # type: ignore[attr-defined]
+            raise ConflictError(f"job {job_id} has already ended ({row.status})")
+        return row
+
+    # -- workers ------------------------------------------------------------------------
+    def claim(
+        self, *, worker: str, lease_s: float, types: Sequence[str] | None = None
+    ) -> JobRow | None:
+        """The oldest runnable queued job, now running under this worker; None when none is."""
+        busy = select(JobRow.collection_id).where(JobRow.status == RUNNING)
+        stmt = (
+            select(JobRow.id)
+            .where(JobRow.status == QUEUED, JobRow.collection_id.not_in(busy))
+            .order_by(JobRow.created_at, JobRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        if types is not None:
+            stmt = stmt.where(JobRow.type.in_(list(types)))
+        now = utcnow()
+        try:
+            with self.sessions.begin() as session:
+                job_id = session.scalar(stmt)
+                if job_id is None:
+                    return None
+                session.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.status == QUEUED)
+                    .values(
+                        status=RUNNING,
+                        worker=worker,
+                        attempts=JobRow.attempts + 1,
+                        lease_expires_at=now + timedelta(seconds=lease_s),
+                        started_at=now,
+                    )
+                )
+        except (IntegrityError, OperationalError):
+            # Another worker started a job of that collection, or (SQLite) wrote first:
+            # nothing is claimed, the next poll tries again.
+            return None
+        row = self.get(job_id)
+        return row if row.status == RUNNING and row.worker == worker else None
+
+    def heartbeat(
+        self, job_id: str, *, worker: str, lease_s: float, progress: dict[str, Any] | None = None
+    ) -> bool:
+        """Extend the lease (and record progress); False when the job is no longer this
+        worker's to run (cancelled, or taken back after the lease ran out)."""
+        values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
+        if progress is not None:
+            values["progress"] = progress
+        with self.sessions.begin() as session:
+            done = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
+                .values(**values)
+            )
+        return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def finish(
+        self,
+        job_id: str,
+        *,
+        worker: str,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        error: str | None = None,
+        progress: dict[str, Any] | None = None,
+    ) -> bool:
+        """End a job this worker still runs; False when it is not (cancelled or lost)."""
+        values: dict[str, Any] = {
+            "status": status,
+            "error": error,
+            "finished_at": utcnow(),
+            "lease_expires_at": None,
+        }
+        if metrics is not None:
+            values["metrics"] = metrics
+        if progress is not None:
+            values["progress"] = progress
+        with self.sessions.begin() as session:
+            done = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
+                .values(**values)
+            )
+        return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def release(self, job_id: str, *, worker: str) -> bool:
+        """Put a job this worker runs back in the queue (the worker is shutting down)."""
+        with self.sessions.begin() as session:
+            done = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
+                .values(status=QUEUED, worker=None, lease_expires_at=None)
+            )
+        return bool(done.rowcount)  # type: ignore[attr-defined]
+
+    def reap(self, *, max_attempts: int) -> int:
+        """Jobs whose worker stopped heartbeating: queued again, or failed after
+        ``max_attempts``; how many were touched."""
+        now = utcnow()
+        expired = (JobRow.status == RUNNING, JobRow.lease_expires_at < now)
+        with self.sessions.begin() as session:
+            failed = session.execute(
+                update(JobRow)
+                .where(*expired, JobRow.attempts >= max_attempts)
+                .values(
+                    status=FAILED,
+                    finished_at=now,
+                    lease_expires_at=None,
+                    error=(
+                        f"the worker running it stopped (no heartbeat before its lease ran "
+                        f"out) on each of {max_attempts} attempts"
+                    ),
+                )
+            )
+            requeued = session.execute(
+                update(JobRow)
+                .where(*expired, JobRow.attempts < max_attempts)
+                .values(status=QUEUED, worker=None, lease_expires_at=None)
+            )
+        return int(failed.rowcount + requeued.rowcount)  # type: ignore[attr-defined]

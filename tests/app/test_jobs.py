@@ -1,0 +1,212 @@
+"""Jobs through the API: fine-tune, activation and rollback, reindex, cancel, validation.
+
+The in-process worker of the test server runs the jobs (random:mmr-tiny: plumbing, not
+meaning; tests/app/test_finetune_quality.py shows a fine-tune that teaches mmr-mini words).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+from app.state import Services
+from index.store import from_blob
+from models.aligner import Aligner, l2_normalize
+from tests.conftest import error_code
+from tests.factories import image_bytes
+
+NAME = "pairs"
+
+
+@pytest.fixture
+def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(job_poll_s=0.1))) as c:
+        yield c
+
+
+def fill(client: TestClient, groups: int = 40) -> None:
+    """A picture and a caption per group, paired by metadata."""
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    for g in range(groups):
+        caption = {"text": f"caption of picture {g}", "id": f"t{g}", "metadata": {"group": g}}
+        assert client.post(f"/v1/collections/{NAME}/items", json=caption).status_code == 201
+        picture = image_bytes("RGB", fmt="PNG", seed=g)
+        files = {"file": ("p", picture)}
+        form = {"id": f"p{g}", "metadata": f'{{"group": {g}}}'}
+        assert client.post(f"/v1/collections/{NAME}/items", files=files, data=form).is_success
+
+
+def wait(client: TestClient, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def start(client: TestClient, **body: Any) -> dict[str, Any]:
+    response = client.post("/v1/jobs", json={"collection": NAME, **body})
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def test_a_finetune_records_a_version_activates_it_and_rolls_back(client: TestClient) -> None:
+    fill(client)
+    job = start(client, type="finetune", pair_key="group", activate="always", max_epochs=30)
+    assert job["status"] == "queued" and job["params"]["pair_key"] == "group"
+    done = wait(client, job["id"])
+    assert done["status"] == "succeeded", done
+    metrics = done["metrics"]
+    assert metrics["aligner_version"] == 2 and metrics["activated"] is True
+    assert sorted(metrics["modalities"]) == ["image", "text"] and metrics["pairs_used"] == 40
+    for stage in ("before", "after"):
+        assert {"a_to_b@1", "a_to_b@5", "a_to_b@10", "b_to_a@5"} <= set(metrics[stage])
+    assert done["progress"]["fraction"] == 1.0 and done["attempts"] == 1
+    aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
+    assert aligners["active"] == 2
+    v2 = aligners["aligners"][1]
+    assert v2["meta"]["kind"] == "finetune" and v2["meta"]["job"] == job["id"]
+    hits = client.post(f"/v1/collections/{NAME}/search", json={"text": "caption of picture 3"})
+    assert hits.json()["aligner_version"] == 2
+    # Stored items now carry v2 vectors in the index: more-like-this of an item finds itself.
+    like = client.post(f"/v1/collections/{NAME}/search", json={"item_id": "p3", "k": 1}).json()
+    assert like["results"][0]["item"]["id"] == "p3"
+    assert like["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    rolled = client.post(f"/v1/collections/{NAME}/aligners/1/activate").json()
+    assert rolled["active"] == 1
+    assert client.get(f"/v1/collections/{NAME}").json()["aligner_version"] == 1
+
+
+def test_never_records_without_activating(client: TestClient) -> None:
+    fill(client, groups=20)
+    done = wait(client, start(client, type="finetune", pair_key="group", activate="never")["id"])
+    assert done["status"] == "succeeded" and done["metrics"]["activated"] is False
+    assert client.get(f"/v1/collections/{NAME}/aligners").json()["active"] == 1
+    pairs = [[f"t{g}", f"p{g}"] for g in range(12)] + [["t0", "missing"]]
+    done = wait(client, start(client, type="finetune", pairs=pairs, activate="never")["id"])
+    assert done["metrics"]["pairs_used"] == 12 and done["metrics"]["pairs_missing_items"] == 1
+    assert done["metrics"]["aligner_version"] == 3
+
+
+def test_a_job_without_pairs_fails_with_the_reason(client: TestClient) -> None:
+    fill(client, groups=3)
+    done = wait(client, start(client, type="finetune", pair_key="no-such-key")["id"])
+    assert done["status"] == "failed" and "no pairs" in done["error"]
+    few = wait(client, start(client, type="finetune", pair_key="group")["id"])
+    assert few["status"] == "failed" and "pairs" in few["error"]
+    assert client.get(f"/v1/collections/{NAME}/aligners").json()["active"] == 1
+
+
+def test_reindex_rebuilds_from_sql_and_swaps(client: TestClient) -> None:
+    fill(client, groups=10)
+    for g in range(5):
+        assert client.delete(f"/v1/collections/{NAME}/items/t{g}").status_code == 204
+    done = wait(client, start(client, type="reindex")["id"])
+    assert done["status"] == "succeeded" and done["metrics"] == {"index_epoch": 1, "items": 15}
+    body = client.get(f"/v1/collections/{NAME}").json()
+    assert body["count"] == body["index"]["size"] == 15
+    found = client.post(f"/v1/collections/{NAME}/search", json={"text": "x", "k": 50}).json()
+    assert len(found["results"]) == 15
+
+
+def test_jobs_are_listed_read_and_cancelled(client: TestClient) -> None:
+    fill(client, groups=2)
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    row = services.store.get_collection(NAME)
+    # Queued straight into SQL while the worker is busy elsewhere: cancel before it runs.
+    queued = services.jobs.create(type="reindex", collection_id=row.id, collection=NAME, params={})
+    cancelled = client.post(f"/v1/jobs/{queued.id}/cancel")
+    if cancelled.status_code == 200:
+        assert cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/v1/jobs/{queued.id}/cancel")
+    assert again.status_code == 409 and error_code(again) == "conflict"
+    listed = client.get("/v1/jobs", params={"collection": NAME}).json()["jobs"]
+    assert [j["id"] for j in listed][:1] == [queued.id]
+    assert client.get("/v1/jobs/unknown").status_code == 404
+    assert client.post("/v1/jobs/unknown/cancel").status_code == 404
+    assert client.get("/v1/jobs", params={"status": "bogus"}).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"type": "explode", "collection": NAME}, 422),
+        ({"type": "finetune", "collection": NAME}, 422),
+        ({"type": "finetune", "collection": NAME, "pair_key": "g", "pairs": [["a", "b"]]}, 422),
+        ({"type": "finetune", "collection": NAME, "pair_key": "g", "activate": "maybe"}, 422),
+        ({"type": "finetune", "collection": NAME, "pair_key": "g", "max_pairs": 5}, 422),
+        ({"type": "finetune", "collection": "absent", "pair_key": "g"}, 404),
+        ({"type": "reindex", "collection": NAME, "extra": 1}, 422),
+    ],
+)
+def test_bad_jobs_are_refused_and_nothing_is_queued(
+    client: TestClient, body: dict[str, Any], status: int
+) -> None:
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == status, response.text
+    assert client.get("/v1/jobs").json()["jobs"] == []
+
+
+def test_searches_during_activations_never_mix_versions(client: TestClient) -> None:
+    """Flip between two aligner versions while searching: every answer is scored entirely
+    by the version it names (query and items through the same heads)."""
+    fill(client, groups=30)
+    done = wait(client, start(client, type="finetune", pair_key="group", activate="never")["id"])
+    assert done["metrics"]["aligner_version"] == 2
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    row = services.store.get_collection(NAME)
+    versions = {
+        a.version: Aligner.from_bytes(a.artefact) for a in services.store.list_aligners(row.id)
+    }
+    query = "caption of picture 7"
+    raw_query = services.embedder.encoder.encode_texts([query])
+    items = {
+        r.external_id: (r.modality, from_blob(r.feature).reshape(1, -1))
+        for r in services.store.list_items(collection_id=row.id, after_pk=0, limit=1000)
+    }
+    problems: list[str] = []
+    seen: set[int] = set()
+    stop = threading.Event()
+
+    def search() -> None:
+        while not stop.is_set():
+            response = client.post(f"/v1/collections/{NAME}/search", json={"text": query, "k": 5})
+            if response.status_code != 200:
+                problems.append(response.text)
+                continue
+            body = response.json()
+            aligner = versions[body["aligner_version"]]
+            seen.add(body["aligner_version"])
+            q = aligner.project("text", raw_query)[0]
+            for hit in body["results"]:
+                modality, raw = items[hit["item"]["id"]]
+                expected = float(l2_normalize(aligner.project(modality, raw))[0] @ q)
+                if abs(expected - hit["score"]) > 1e-4:
+                    problems.append(f"v{body['aligner_version']}: {hit['score']} != {expected}")
+
+    threads = [threading.Thread(target=search) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for flip in range(6):
+        version = 2 if flip % 2 == 0 else 1
+        swapped = client.post(f"/v1/collections/{NAME}/aligners/{version}/activate")
+        assert swapped.status_code == 200, swapped.text
+        time.sleep(0.2)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert problems == []
+    assert seen == {1, 2}
+    np.testing.assert_equal(client.get(f"/v1/collections/{NAME}").json()["aligner_version"], 1)
