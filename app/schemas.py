@@ -302,6 +302,9 @@ class FinetuneJobCreate(BaseModel):
     max_pairs: int = Field(50_000, ge=10, le=100_000)
     max_epochs: int = Field(200, ge=1, le=10_000)
     max_seconds: float = Field(900.0, gt=0, le=86_400)
+    patience: int = Field(
+        15, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
+    )
     seed: int = 0
 
     @model_validator(mode="after")

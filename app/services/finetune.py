@@ -38,6 +38,7 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
         max_pairs=params["max_pairs"],
         max_epochs=params["max_epochs"],
         max_seconds=params["max_seconds"],
+        patience=params["patience"],
     )
 
     def progress(p: Progress) -> None:
