@@ -147,6 +147,24 @@ def test_compose_api_environment() -> None:
     assert env["MMR_MODEL"] == "${MMR_MODEL:-auto}"
 
 
+def test_compose_worker_runs_mmr_worker_from_the_api_image() -> None:
+    services = compose()["services"]
+    worker, api = services["worker"], services["api"]
+    assert worker["image"] == api["image"] and worker["command"] == ["mmr", "worker"]
+    assert worker["depends_on"]["api"]["condition"] == "service_healthy"
+    assert api["environment"]["MMR_WORKER"] == "off"
+    shared = ("MMR_DATABASE_URL", "MMR_MODEL", "MMR_AUDIO_MODEL", "MMR_DEVICE")
+    assert {k: worker["environment"][k] for k in shared} == {
+        k: api["environment"][k] for k in shared
+    }
+    assert sorted(map(str, worker["volumes"])) == sorted(map(str, api["volumes"]))
+
+
+def test_cli_worker_subcommand_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_worker", lambda: 0)
+    assert cli.main(compose()["services"]["worker"]["command"][1:]) == 0
+
+
 def test_compose_api_waits_for_readyz_on_the_served_port() -> None:
     check = compose()["services"]["api"]["healthcheck"]["test"]
     assert healthcheck_url(command_words(check)) == "http://127.0.0.1:8000/readyz"
