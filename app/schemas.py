@@ -303,7 +303,7 @@ class FinetuneJobCreate(BaseModel):
     max_epochs: int = Field(200, ge=1, le=10_000)
     max_seconds: float = Field(900.0, gt=0, le=86_400)
     patience: int = Field(
-        15, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
+        30, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
     )
     seed: int = 0
 

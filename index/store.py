@@ -429,7 +429,12 @@ class MetadataStore:
 
     # -- index support ------------------------------------------------------------------
     def iter_stored(
-        self, *, collection_id: int, pks: Sequence[int] | None = None, chunk: int = 4096
+        self,
+        *,
+        collection_id: int,
+        pks: Sequence[int] | None = None,
+        modality: str | None = None,
+        chunk: int = 4096,
     ) -> Iterator[list[StoredVectors]]:
         """Items' stored features and vectors in chunks: the whole collection, or some keys."""
         last = 0
@@ -444,6 +449,8 @@ class MetadataStore:
                 ).where(ItemRow.collection_id == collection_id, ItemRow.pk > last)
                 if pks is not None:
                     stmt = stmt.where(ItemRow.pk.in_(list(pks)))
+                if modality is not None:
+                    stmt = stmt.where(ItemRow.modality == modality)
                 rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()
                 if not rows:
                     return

@@ -39,8 +39,9 @@ class FinetuneConfig:
     max_seconds: float = 900.0
     batch: int = 256
     lr: float = 3e-3
-    patience: int = 15
+    patience: int = 30
     stay: float = 0.1  # strength of the pull toward the current heads (keeps what it knew)
+    keep: float = 10.0  # strength of keeping the anchors' vectors where they were
     # Which heads learn: "a", "b", "both", or "auto": the text head when exactly one side is
     # text (new words live in the text tower's features), else both.
     train: str = "auto"
@@ -54,6 +55,9 @@ class Pairs:
     modality_b: str
     raw_a: np.ndarray  # (n, da), one row per item (a recording's rows already averaged)
     raw_b: np.ndarray  # (n, db)
+    # Per modality, raw features of stored items outside the pairs: a learning head must
+    # keep placing them where the current head does (what the collection already knew).
+    anchors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,7 +129,7 @@ def finetune(
     train, held = split_pairs(len(xa), cfg.holdout, cfg.seed)
     learn = _learners(cfg.train, pairs.modality_a, pairs.modality_b)
     heads = {m: aligner.heads[m] for m in (pairs.modality_a, pairs.modality_b)}
-    trainer = _Trainer(heads, learn, (xa, xb), (train, held), cfg)
+    trainer = _Trainer(heads, learn, (xa, xb), (train, held), cfg, _anchors(aligner, pairs))
     before = _recall(heads, pairs, xa[held], xb[held])
     best, epochs, stopped = trainer.run(began, progress, should_stop)
     # A head whose best state is its start never changed: it keeps its kind and bytes.
@@ -147,6 +151,18 @@ def finetune(
     )
     meta = {**aligner.meta, "kind": "finetune", "finetune": report.as_meta()}
     return Aligner(aligner.dim, result.heads, result.encoders, meta), report
+
+
+def _anchors(aligner: Aligner, pairs: Pairs) -> dict[str, np.ndarray]:
+    """Finite anchor rows of the right width, per modality with a head."""
+    found = {}
+    for modality, raw in pairs.anchors.items():
+        rows = np.asarray(raw, dtype=np.float32)
+        head = aligner.heads.get(modality)
+        if head is None or rows.ndim != 2 or rows.shape[1] != head.in_dim:
+            raise ValueError(f"{modality} anchors must be rows of the head's width")
+        found[modality] = rows[np.all(np.isfinite(rows), axis=1)]
+    return found
 
 
 def _check_config(cfg: FinetuneConfig) -> None:
@@ -251,6 +267,7 @@ class _Trainer:
         xs: tuple[np.ndarray, np.ndarray],
         split: tuple[np.ndarray, np.ndarray],
         cfg: FinetuneConfig,
+        anchors: dict[str, np.ndarray],
     ) -> None:
         self.heads, self.cfg = heads, cfg
         self.names = list(heads)
@@ -268,6 +285,22 @@ class _Trainer:
             else:
                 self.fixed[name] = torch.from_numpy(head.project(x.numpy()))
         self.scale = torch.nn.Parameter(torch.tensor(INIT_SCALE))
+        # Anchors: (raw rows, where the starting head puts them) per learning head.
+        self.anchors = {
+            name: (torch.from_numpy(l2_normalize(raw)), torch.from_numpy(heads[name].project(raw)))
+            for name, raw in anchors.items()
+            if name in self.params and len(raw)
+        }
+
+    def kept(self, gen: torch.Generator) -> torch.Tensor:
+        """How far a batch of anchors moved from where the starting heads placed them."""
+        total = torch.zeros(())
+        for name, (raw, target) in self.anchors.items():
+            rows = torch.randint(len(raw), (self.cfg.batch,), generator=gen)
+            w, b = self.params[name]
+            moved = F.normalize(raw[rows] @ w.T + b, dim=-1) - target[rows]
+            total = total + moved.square().sum(dim=1).mean()
+        return total
 
     def side(self, i: int, rows: torch.Tensor) -> torch.Tensor:
         """Side i's (unnormalised) vectors for the given rows."""
@@ -281,6 +314,8 @@ class _Trainer:
         """Squared distance of the learning heads from where they started."""
         total = torch.zeros(())
         for name, (w, b) in self.params.items():
+            if name in self.anchors:
+                continue  # anchors say precisely what to keep; a blanket pull only slows it
             w0, b0 = self.start[name]
             total = total + (w - w0).square().sum() + (b - b0).square().sum()
         return total
@@ -335,7 +370,7 @@ class _Trainer:
                     group["lr"] = lr
                 rows = self.train[chunk]
                 fit = contrastive_loss(self.side(0, rows), self.side(1, rows), self.scale)
-                loss = fit + cfg.stay * self.pull()
+                loss = fit + cfg.stay * self.pull() + cfg.keep * self.kept(gen)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

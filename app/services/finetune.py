@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from app.worker import JobContext
 
 PER_GROUP = 64  # pairs one metadata value may contribute: one huge group must not dominate
+ANCHORS = 4096  # stored items per modality the fine-tune keeps in place
 
 
 def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def collect_pairs(
         for a, b in candidates
         if {stored[a].modality, stored[b].modality} == {ma, mb}
     ]
-    found = {
+    found: dict[str, Any] = {
         "pairs_found": len(candidates),
         "pairs_used": len(oriented),
         "pairs_of_other_modalities": len(candidates) - len(oriented),
@@ -107,7 +108,22 @@ def collect_pairs(
     }
     raw_a = np.stack([_raw(stored[a], row.dim) for a, _ in oriented])
     raw_b = np.stack([_raw(stored[b], row.dim) for _, b in oriented])
-    return Pairs(ma, mb, raw_a, raw_b), found
+    paired = {pk for pair in oriented for pk in pair}
+    anchors = {m: _anchors(services, row, m, paired) for m in {ma, mb}}
+    found["anchors"] = {m: len(a) for m, a in anchors.items()}
+    return Pairs(ma, mb, raw_a, raw_b, anchors), found
+
+
+def _anchors(services: Services, row: CollectionRow, modality: str, paired: set[int]) -> np.ndarray:
+    """Raw features of up to ANCHORS stored items of a modality outside the pairs: the
+    fine-tune keeps them where they are, so what the collection holds stays findable."""
+    rows: list[np.ndarray] = []
+    for chunk in services.store.iter_stored(collection_id=row.id, modality=modality):
+        rows.extend(_raw(s, row.dim) for s in chunk if s.pk not in paired)
+        if len(rows) >= ANCHORS:
+            break
+    width = services.indexes.active_aligner(row).heads[modality].in_dim
+    return np.stack(rows[:ANCHORS]) if rows else np.zeros((0, width), np.float32)
 
 
 def _pairs_by_key(tagged: Iterable[tuple[int, str]]) -> list[tuple[int, int]]:
