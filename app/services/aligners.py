@@ -52,7 +52,7 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
             f"server runs {running}; start it with the model the version was made for"
         )
     fresh = services.store.set_space(collection_id=row.id, aligner_version=version)
-    services.indexes.get(fresh, wait=True)
+    _swap_here(services, fresh)
     return list_aligners(services=services, name=name)
 
 
@@ -60,5 +60,13 @@ def rebuild(*, services: Services, name: str) -> CollectionRow:
     """Rebuild the index from SQL (a new epoch), swapped in like an activation."""
     row = services.store.get_collection(name)
     fresh = services.store.set_space(collection_id=row.id, bump_epoch=True)
-    services.indexes.get(fresh, wait=True)
+    _swap_here(services, fresh)
     return fresh
+
+
+def _swap_here(services: Services, row: CollectionRow) -> None:
+    """In the process that holds the indexes, swap before returning: the new version
+    serves the next search. A worker process holds none; the API process swaps when it
+    next touches the collection."""
+    if services.indexes.follow:
+        services.indexes.get(row, wait=True)
