@@ -138,13 +138,7 @@ class JobStore:
         values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
         if progress is not None:
             values["progress"] = progress
-        with self.sessions.begin() as session:
-            done = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
-                .values(**values)
-            )
-        return bool(done.rowcount)  # type: ignore[attr-defined]
+        return self._while_mine(job_id, worker, values)
 
     def finish(
         self,
@@ -167,21 +161,21 @@ class JobStore:
             values["metrics"] = metrics
         if progress is not None:
             values["progress"] = progress
+        return self._while_mine(job_id, worker, values)
+
+    def release(self, job_id: str, *, worker: str) -> bool:
+        """Put a job this worker runs back in the queue (the worker is shutting down)."""
+        return self._while_mine(
+            job_id, worker, {"status": QUEUED, "worker": None, "lease_expires_at": None}
+        )
+
+    def _while_mine(self, job_id: str, worker: str, values: dict[str, Any]) -> bool:
+        """Update a job only while this worker runs it; whether it did."""
         with self.sessions.begin() as session:
             done = session.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
                 .values(**values)
-            )
-        return bool(done.rowcount)  # type: ignore[attr-defined]
-
-    def release(self, job_id: str, *, worker: str) -> bool:
-        """Put a job this worker runs back in the queue (the worker is shutting down)."""
-        with self.sessions.begin() as session:
-            done = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
-                .values(status=QUEUED, worker=None, lease_expires_at=None)
             )
         return bool(done.rowcount)  # type: ignore[attr-defined]
 

@@ -3,28 +3,8 @@
 from __future__ import annotations
 
 from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
-from app.services.views import aware
+from app.services.views import job_public
 from app.state import Services
-from index.tables import JobRow
-
-
-def job_public(row: JobRow) -> JobPublic:
-    """The public view of a job."""
-    return JobPublic(
-        id=row.id,
-        type=row.type,
-        collection=row.collection,
-        status=row.status,
-        progress=row.progress,
-        params=row.params,
-        metrics=row.metrics,
-        error=row.error,
-        attempts=row.attempts,
-        worker=row.worker,
-        created_at=aware(row.created_at),
-        started_at=aware(row.started_at) if row.started_at else None,
-        finished_at=aware(row.finished_at) if row.finished_at else None,
-    )
 
 
 def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate) -> JobPublic:

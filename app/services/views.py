@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from app.schemas import CollectionPublic, IndexInfo, ItemPublic
-from index.tables import CollectionRow, ItemRow
+from app.schemas import CollectionPublic, IndexInfo, ItemPublic, JobPublic
+from index.tables import CollectionRow, ItemRow, JobRow
 
 
 def aware(ts: datetime) -> datetime:
@@ -45,4 +45,23 @@ def collection_public(
         index=IndexInfo(type=row.index_type, size=index_size),
         compatible=compatible,
         created_at=aware(row.created_at),
+    )
+
+
+def job_public(row: JobRow) -> JobPublic:
+    """The public view of a job."""
+    return JobPublic(
+        id=row.id,
+        type=row.type,
+        collection=row.collection,
+        status=row.status,
+        progress=row.progress,
+        params=row.params,
+        metrics=row.metrics,
+        error=row.error,
+        attempts=row.attempts,
+        worker=row.worker,
+        created_at=aware(row.created_at),
+        started_at=aware(row.started_at) if row.started_at else None,
+        finished_at=aware(row.finished_at) if row.finished_at else None,
     )

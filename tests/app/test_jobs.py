@@ -210,3 +210,20 @@ def test_searches_during_activations_never_mix_versions(client: TestClient) -> N
     assert problems == []
     assert seen == {1, 2}
     np.testing.assert_equal(client.get(f"/v1/collections/{NAME}").json()["aligner_version"], 1)
+
+
+def test_cancelling_a_running_finetune_stops_it_and_records_nothing(client: TestClient) -> None:
+    fill(client, groups=40)
+    body = {"patience": 10_000, "max_epochs": 10_000, "max_seconds": 60}
+    job = start(client, type="finetune", pair_key="group", **body)
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/jobs/{job['id']}").json()["progress"].get("epoch", 0) < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    # The worker stops within a batch and takes the next job; no version was recorded.
+    after = wait(client, start(client, type="reindex")["id"], timeout=30)
+    assert after["status"] == "succeeded"
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
+    assert len(client.get(f"/v1/collections/{NAME}/aligners").json()["aligners"]) == 1
