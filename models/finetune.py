@@ -40,7 +40,9 @@ class FinetuneConfig:
     batch: int = 256
     lr: float = 3e-3
     patience: int = 30
-    stay: float = 0.1  # strength of the pull toward the current heads (keeps what it knew)
+    # Pull toward the current heads of a head without anchors. 0.1 let a French fine-tune of
+    # mmr-mini drop English R@5 from 0.99 to 0.62; 0.3 keeps it (and teaches less).
+    stay: float = 0.3
     keep: float = 10.0  # strength of keeping the anchors' vectors where they were
     # Which heads learn: "a", "b", "both", or "auto": the text head when exactly one side is
     # text (new words live in the text tower's features), else both.
