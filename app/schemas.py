@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from index.spec import TYPE_FIELDS
+
 Modality = Literal["image", "text", "audio"]
 Scalar = str | int | float | bool | None
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
@@ -17,16 +19,70 @@ MAX_K = 1000
 
 
 class IndexSettings(BaseModel):
-    """How a collection's vectors are indexed."""
+    """How a collection's vectors are indexed: exactly (`flat`) or approximately.
 
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["flat"] = Field("flat", description="exact inner-product search")
+    `hnsw` is a graph (fast at any size, more memory, deletions masked until a reindex);
+    `ivf` clusters vectors into lists trained on the collection's own vectors (searched
+    exactly until it holds enough to train), optionally storing 8-bit (`sq8`) or product
+    quantised (`pq`) codes. Omitted fields take the defaults shown.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "flat"},
+                {"type": "hnsw", "m": 32, "ef_construction": 80, "ef_search": 64},
+                {"type": "ivf", "nprobe": 16, "quantizer": "sq8"},
+            ]
+        },
+    )
+    type: Literal["flat", "hnsw", "ivf"] = Field("flat", description="flat = exact search")
+    m: int | None = Field(None, ge=4, le=128, description="hnsw: links per node (32)")
+    ef_construction: int | None = Field(
+        None, ge=8, le=2048, description="hnsw: candidates while inserting (80)"
+    )
+    ef_search: int | None = Field(
+        None, ge=1, le=4096, description="hnsw: candidates while searching (64; at least k)"
+    )
+    nlist: int | None = Field(
+        None, ge=1, le=65536, description="ivf: lists (default: about 4*sqrt(n) at training)"
+    )
+    nprobe: int | None = Field(None, ge=1, le=65536, description="ivf: lists scanned (16)")
+    quantizer: Literal["flat", "sq8", "pq"] | None = Field(
+        None, description="ivf: full vectors (flat), 1 byte per dimension (sq8), or pq codes"
+    )
+    pq_m: int | None = Field(
+        None, ge=1, le=1024, description="ivf + pq: bytes per vector, divides the dim (64)"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> IndexSettings:
+        for name in {"m", "ef_construction", "ef_search", "nlist", "nprobe", "quantizer", "pq_m"}:
+            if getattr(self, name) is not None and name not in TYPE_FIELDS[self.type]:
+                owner = next(t for t, names in TYPE_FIELDS.items() if name in names)
+                raise ValueError(f"{name} applies to {owner} indexes, not {self.type}")
+        if self.pq_m is not None and self.quantizer != "pq":
+            raise ValueError('pq_m applies with "quantizer": "pq"')
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The fields given (the rest take the type's defaults)."""
+        return self.model_dump(exclude={"type"}, exclude_none=True)
 
 
 class CollectionCreate(BaseModel):
     """POST /v1/collections."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"name": "photos"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "photos"},
+                {"name": "archive", "index": {"type": "ivf", "quantizer": "sq8"}},
+            ]
+        },
+    )
     name: CollectionName
     index: IndexSettings = Field(default_factory=IndexSettings)
 
@@ -35,7 +91,14 @@ class IndexInfo(BaseModel):
     """A collection's live index."""
 
     type: str
-    size: int
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the type's settings (ivf: nlist once trained)"
+    )
+    size: int = Field(description="items in the index")
+    vectors: int = Field(0, description="vectors (recordings have one per segment)")
+    deleted: int = Field(0, description="deleted vectors still held (masked); a reindex drops them")
+    trained: bool = Field(True, description="false while an ivf index still searches exactly")
+    bytes: int = Field(0, description="estimated memory of the index")
 
 
 class CollectionPublic(BaseModel):
@@ -319,10 +382,18 @@ class ReindexJobCreate(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"type": "reindex", "collection": "photos"}]},
+        json_schema_extra={
+            "examples": [
+                {"type": "reindex", "collection": "photos"},
+                {"type": "reindex", "collection": "photos", "index": {"type": "hnsw"}},
+            ]
+        },
     )
     type: Literal["reindex"]
     collection: CollectionName
+    index: IndexSettings | None = Field(
+        None, description="new index settings (type and parameters); omitted: keep them"
+    )
 
 
 JobCreate = Annotated[FinetuneJobCreate | ReindexJobCreate, Field(discriminator="type")]

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from index.snapshots import IndexSnapshot, read_snapshot, remove_snapshot, write_snapshot
+from index.spec import IndexSpec
 from index.store import MetadataStore, StoredVectors, from_blob
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
@@ -68,6 +69,11 @@ class LiveIndex:
     def index(self) -> VectorIndex:
         """The live index (stable while the writer lock is held)."""
         return self.space.index
+
+
+def spec_of(row: CollectionRow) -> IndexSpec:
+    """The index type and settings SQL records for a collection."""
+    return IndexSpec.of(row.index_type, row.index_params)
 
 
 def current_vectors(stored: StoredVectors, aligner: Aligner, dim: int) -> np.ndarray:
@@ -119,7 +125,7 @@ class IndexManager:
             snap = None
         if snap is not None:
             try:
-                index = VectorIndex.from_bytes(row.dim, snap.payload)
+                index = VectorIndex.from_bytes(row.dim, snap.payload, spec_of(row))
                 self._replay(row, index, snap.seq, aligner)
             except ValueError as exc:
                 log.warning("snapshot of %s unusable (%s): rebuilding", row.name, exc)
@@ -141,9 +147,17 @@ class IndexManager:
         log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
 
     def _build(self, row: CollectionRow, aligner: Aligner) -> VectorIndex:
-        index = VectorIndex(row.dim)
+        started = time.monotonic()
+        index = VectorIndex(row.dim, spec_of(row), deferred=True)
         self._add(row, index, aligner, None)
-        log.info("built index of %s from SQL: %d vectors", row.name, index.vectors)
+        index.finish()  # an IVF trains here, on everything the collection holds
+        log.info(
+            "built %s index of %s from SQL: %d vectors in %.1f s",
+            row.index_type,
+            row.name,
+            index.vectors,
+            time.monotonic() - started,
+        )
         return index
 
     def _add(
@@ -210,7 +224,8 @@ class IndexManager:
 
     def create(self, row: CollectionRow, aligner: Aligner) -> LiveIndex:
         """Start an empty index for a new collection with its first aligner."""
-        live = LiveIndex(row.id, Space(aligner, VectorIndex(row.dim), row.index_epoch))
+        index = VectorIndex(row.dim, spec_of(row))
+        live = LiveIndex(row.id, Space(aligner, index, row.index_epoch))
         with self._guard:
             self._live[row.id] = live
         return live

@@ -227,16 +227,24 @@ class MetadataStore:
         return row
 
     def set_space(
-        self, *, collection_id: int, aligner_version: int | None = None, bump_epoch: bool = False
+        self,
+        *,
+        collection_id: int,
+        aligner_version: int | None = None,
+        bump_epoch: bool = False,
+        index: tuple[str, dict[str, Any]] | None = None,
     ) -> CollectionRow:
-        """Name another active aligner version and/or a new index epoch (a swap follows)."""
+        """Name another active aligner version and/or a new index epoch, with new index
+        settings (type, params) if given (a swap follows)."""
         with self.sessions.begin() as session:
             row = session.get(CollectionRow, collection_id)
             if row is None:
                 raise NotFoundError("the collection was deleted")
             if aligner_version is not None:
                 row.aligner_version = aligner_version
-            if bump_epoch:
+            if index is not None:
+                row.index_type, row.index_params = index
+            if bump_epoch or index is not None:
                 row.index_epoch += 1
         return row
 

@@ -1,21 +1,68 @@
 """A FAISS index of one collection: inner product over L2-normalised vectors.
 
-An item has one vector, or one per segment for a long recording. FAISS ids pack both SQL
-keys into one int64: ``item_pk << SEGMENT_BITS | segment``. Every item has a segment 0, so
-"which items" and "is this item present" stay questions about the ids alone.
+An item has one vector, or one per segment for a long recording. Vector ids pack both SQL
+keys into one int64: ``item_pk << SEGMENT_BITS | segment``; every item has a segment 0.
+
+FAISS itself holds vectors under *labels* (their insertion position); ``_labels`` maps a
+label to its vector id, or to ``DEAD`` once deleted. Deleting masks labels, which works on
+every index type (HNSW graphs cannot remove nodes); flat and IVF indexes are compacted once
+a quarter of them is dead, HNSW by a reindex. An IVF index searches exactly until it holds
+enough vectors to train its lists on the collection's own data.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import json
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
 
 from index.locks import RWLock
+from index.spec import IndexSpec
 
 SEGMENT_BITS = 16
 MAX_SEGMENTS = 1 << SEGMENT_BITS
+SEGMENT_MASK = MAX_SEGMENTS - 1
+DEAD = -1  # deleted, still in the FAISS index (masked at search)
+GONE = -2  # deleted and removed from an IVF's lists
+COMPACT_SHARE = 0.25
+COMPACT_MIN = 1024
+# Filters keeping at most this many vectors (or this share) are searched exhaustively:
+# graph walks and probed lists miss too much when most of the collection is excluded.
+SELECTIVE_MAX = 4096
+SELECTIVE_SHARE = 0.02
+TRAIN_POINTS_PER_LIST = 64
+TRAIN_ITERATIONS = 10
+PARALLEL_ADD = 1024  # adds at least this large use the build threads
+FORMAT = b"MMR-VECTOR-INDEX 1\n"
+
+_threads = {"search": 1, "build": 0}
+
+
+def configure_faiss_threads(search: int, build: int = 0) -> None:
+    """OpenMP threads of FAISS: one per single query (memory-bound: more threads only
+    contend), ``build`` (0 = one per core) for training and bulk adds.
+
+    OpenMP's thread count is per calling thread, so searches and builds set it themselves.
+    """
+    _threads["search"] = max(1, search)
+    _threads["build"] = max(0, build)
+
+
+@contextmanager
+def omp_threads(count: int) -> Iterator[None]:
+    """Run FAISS calls of this thread on ``count`` OpenMP threads (0 = one per core)."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(count or os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def as_matrix(vectors: np.ndarray, dim: int) -> np.ndarray:
@@ -37,7 +84,7 @@ class IndexHit(NamedTuple):
 
 
 def vector_ids(pks: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
-    """FAISS ids of items with ``counts`` segments each (one each by default), in row order."""
+    """Vector ids of items with ``counts`` segments each (one each by default), in row order."""
     keys = np.ascontiguousarray(pks, dtype=np.int64)
     if counts is None:
         return keys << SEGMENT_BITS
@@ -50,29 +97,87 @@ def vector_ids(pks: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
 
 
 def item_of(ids: np.ndarray) -> np.ndarray:
-    """The item keys of FAISS ids."""
+    """The item keys of vector ids (negative for dead labels)."""
     return np.asarray(ids, dtype=np.int64) >> SEGMENT_BITS
 
 
 class VectorIndex:
-    """Exact (flat) inner-product search keyed by items; safe to share between threads."""
+    """Inner-product search keyed by items, of any :class:`IndexSpec` type; thread-safe.
 
-    def __init__(self, dim: int, index: faiss.Index | None = None) -> None:
+    ``deferred``: a bulk build; an IVF trains once, in :meth:`finish`, on everything added.
+    """
+
+    def __init__(self, dim: int, spec: IndexSpec | None = None, *, deferred: bool = False) -> None:
         self.dim = dim
-        self._index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.spec = spec or IndexSpec()
+        self.spec.check(dim)
         self._lock = RWLock()
+        self._deferred = deferred
+        self._reset()
+        self._lists = 0  # inverted lists of a trained IVF
+        self._writes = 0  # bumps invalidate the cached live bitmap
+        self._live_bits: tuple[int, np.ndarray] | None = None
+        self._index = self._empty()
 
+    def _reset(self) -> None:
+        """Forget every label (the FAISS index is replaced alongside)."""
+        self._labels = np.empty(0, dtype=np.int64)  # capacity grows by doubling
+        self._n = 0  # labels used
+        self._live = 0  # live vectors
+        self._items = 0  # live items (live segment-0 vectors)
+        self._dead = 0  # DEAD labels still inside the FAISS index
+
+    def _empty(self) -> faiss.Index:
+        if self.spec.type == "hnsw":
+            graph = faiss.IndexHNSWFlat(self.dim, self.spec.m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = self.spec.ef_construction
+            return graph
+        return faiss.IndexFlatIP(self.dim)  # flat, and an IVF until it is trained
+
+    # -- counts ----------------------------------------------------------------------------
     @property
     def size(self) -> int:
-        """How many items the index holds (each has a segment 0)."""
-        return int(np.count_nonzero((self._all_ids() & (MAX_SEGMENTS - 1)) == 0))
+        """How many items the index holds."""
+        return self._items
 
     @property
     def vectors(self) -> int:
-        """How many vectors the index holds (segments included)."""
-        with self._lock.read():
-            return int(self._index.ntotal)
+        """How many live vectors the index holds (segments included)."""
+        return self._live
 
+    @property
+    def deleted(self) -> int:
+        """Deleted vectors still taking room (masked); a reindex or compaction drops them."""
+        return self._dead
+
+    @property
+    def trained(self) -> bool:
+        """False for an IVF still searching exactly (too few vectors to train on so far)."""
+        return self.spec.type != "ivf" or self._lists > 0
+
+    def describe(self) -> dict[str, Any]:
+        """Type, settings (with the list count an IVF chose), counts and estimated memory."""
+        params = self.spec.params()
+        if self.spec.type == "ivf":
+            params["nlist"] = self._lists or None
+        return {
+            "type": self.spec.type,
+            "params": params,
+            "size": self._items,
+            "vectors": self._live,
+            "deleted": self._dead,
+            "trained": self.trained,
+            "bytes": self._memory(),
+        }
+
+    def _memory(self) -> int:
+        stored = self._live + self._dead
+        if self.spec.type == "ivf" and not self._lists:
+            return stored * (4 * self.dim + 8)
+        centroids = self._lists * self.dim * 4
+        return stored * self.spec.bytes_per_vector(self.dim) + centroids
+
+    # -- writes ----------------------------------------------------------------------------
     def upsert(
         self, pks: np.ndarray, vectors: np.ndarray, counts: np.ndarray | None = None
     ) -> None:
@@ -84,92 +189,252 @@ class VectorIndex:
             raise ValueError(f"{len(ids)} vector ids for {len(matrix)} vectors")
         with self._lock.write():
             self._remove_items(keys)
-            self._index.add_with_ids(matrix, ids)
+            self._append(ids, matrix)
+            self._maintain()
 
     def remove(self, pks: np.ndarray) -> None:
         """Remove items with all their segments (absent ones are ignored)."""
         with self._lock.write():
             self._remove_items(np.ascontiguousarray(pks, dtype=np.int64))
+            self._maintain()
+
+    def finish(self) -> None:
+        """End a deferred bulk build: train an IVF on everything added, compact."""
+        with self._lock.write():
+            self._deferred = False
+            self._maintain()
 
     def _remove_items(self, keys: np.ndarray) -> None:
-        if len(keys) == 1:
-            pk = int(keys[0])
-            sel = faiss.IDSelectorRange(pk << SEGMENT_BITS, (pk + 1) << SEGMENT_BITS)
-            self._index.remove_ids(sel)
+        if not len(keys) or not self._n:
             return
-        ids = self._ids_unlocked()
-        doomed = ids[np.isin(item_of(ids), keys)]
-        if len(doomed):
-            self._index.remove_ids(faiss.IDSelectorBatch(doomed))
+        labels = self._labels[: self._n]
+        owners = labels >> SEGMENT_BITS
+        hit = owners == keys[0] if len(keys) == 1 else np.isin(owners, keys)
+        doomed = np.flatnonzero(hit)
+        if not len(doomed):
+            return
+        self._items -= int(np.count_nonzero((labels[doomed] & SEGMENT_MASK) == 0))
+        labels[doomed] = DEAD
+        self._dead += len(doomed)
+        self._live -= len(doomed)
+        self._writes += 1
 
+    def _append(self, ids: np.ndarray, matrix: np.ndarray) -> None:
+        start, count = self._n, len(ids)
+        if start + count > len(self._labels):
+            grown = np.empty(max(start + count, 2 * len(self._labels), 1024), dtype=np.int64)
+            grown[:start] = self._labels[:start]
+            self._labels = grown
+        threads = _threads["build"] if count >= PARALLEL_ADD else _threads["search"]
+        with omp_threads(threads):
+            if self._lists:
+                self._index.add_with_ids(matrix, np.arange(start, start + count, dtype=np.int64))
+            else:
+                self._index.add(matrix)  # flat and HNSW number vectors in insertion order
+        self._labels[start : start + count] = ids
+        self._n += count
+        self._live += count
+        self._items += int(np.count_nonzero((ids & SEGMENT_MASK) == 0))
+        self._writes += 1
+
+    def _maintain(self) -> None:
+        if self._deferred:
+            return
+        if self.spec.type == "ivf" and not self._lists and self._live >= self.spec.train_at():
+            self._train()
+        elif self.spec.type != "hnsw" and self._dead >= max(COMPACT_MIN, COMPACT_SHARE * self._n):
+            self._compact()
+
+    def _live_rows(self) -> tuple[np.ndarray, np.ndarray]:
+        """Live labels' vector ids and vectors, from a flat index (lossless)."""
+        keep = np.flatnonzero(self._labels[: self._n] >= 0)
+        vectors = self._index.reconstruct_n(0, self._n)[keep]
+        return self._labels[keep].copy(), vectors
+
+    def _compact(self) -> None:
+        if self._lists:  # IVF: drop dead codes from their lists; labels stay put
+            dead = np.flatnonzero(self._labels[: self._n] == DEAD).astype(np.int64)
+            self._index.remove_ids(faiss.IDSelectorBatch(dead))
+            self._labels[dead] = GONE
+        else:  # flat: rebuild from the live rows, labels renumbered
+            ids, vectors = self._live_rows()
+            self._index = self._empty()
+            self._reset()
+            self._append(ids, vectors)
+        self._dead = 0
+        self._writes += 1
+
+    def _train(self) -> None:
+        """Turn the exact buffer into an IVF trained on the collection's own vectors."""
+        ids, vectors = self._live_rows()
+        lists = self.spec.lists_for(len(vectors))
+        ivf = faiss.index_factory(self.dim, self.spec.factory(lists), faiss.METRIC_INNER_PRODUCT)
+        faiss.extract_index_ivf(ivf).cp.niter = TRAIN_ITERATIONS
+        take = min(len(vectors), TRAIN_POINTS_PER_LIST * lists)
+        sample = np.sort(np.random.default_rng(0).choice(len(vectors), take, replace=False))
+        with omp_threads(_threads["build"]):
+            ivf.train(vectors[sample])
+        self._index, self._lists = ivf, lists
+        self._reset()
+        self._append(ids, vectors)
+
+    # -- reads -----------------------------------------------------------------------------
     def ids(self) -> np.ndarray:
         """Every item key the index holds, ascending."""
-        return np.unique(item_of(self._all_ids()))
-
-    def _all_ids(self) -> np.ndarray:
         with self._lock.read():
-            return self._ids_unlocked()
-
-    def _ids_unlocked(self) -> np.ndarray:
-        id_map = faiss.downcast_index(self._index).id_map  # type: ignore[attr-defined]
-        return faiss.vector_to_array(id_map).astype(np.int64)
+            labels = self._labels[: self._n]
+            return np.unique(item_of(labels[labels >= 0]))
 
     def search(
         self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> list[IndexHit]:
         """Top-k items, best first, each once with its best segment; ``allowed`` restricts
-        item keys before the cut."""
+        item keys before the cut (every type returns min(k, allowed items) of them)."""
         q = as_matrix(query, self.dim)
+        faiss.omp_set_num_threads(_threads["search"])
         with self._lock.read():
-            total = int(self._index.ntotal)
-            params = None
-            if allowed is not None:
-                ids = self._ids_unlocked()
-                permitted = ids[np.isin(item_of(ids), np.asarray(allowed, dtype=np.int64))]
-                total = len(permitted)
-                params = faiss.SearchParameters()
-                params.sel = faiss.IDSelectorBatch(permitted)
-            fetch = min(k, total)
-            while fetch > 0:
-                scores, found = self._index.search(q, fetch, params=params)
-                hits = _best_per_item(found[0], scores[0])
-                # Segments of one item can crowd the top: widen until k items or all vectors.
-                if len(hits) >= k or fetch >= total:
-                    return hits[:k]
-                fetch = min(total, fetch * 4)
-        return []
+            mask = self._mask(allowed)
+            if mask is None:
+                total, items, bits = self._live, self._items, None
+            else:
+                total, items, bits = mask
+            want = min(k, items)
+            if want <= 0:
+                return []
+            selective = allowed is not None and total <= max(
+                SELECTIVE_MAX, SELECTIVE_SHARE * self._live
+            )
+            return self._search(q, k, want, total, bits, exhaustive=selective)
 
+    def _search(
+        self,
+        q: np.ndarray,
+        k: int,
+        want: int,
+        total: int,
+        bits: np.ndarray | None,
+        *,
+        exhaustive: bool,
+    ) -> list[IndexHit]:
+        selector = None if bits is None else faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits))
+        fetch = min(k, total)
+        while True:
+            scores, labels = self._run(q, fetch, selector, exhaustive=exhaustive)
+            found = labels[0] >= 0
+            hits = self._hits(labels[0][found], scores[0][found])
+            if len(hits) >= want:
+                return hits[:k]
+            if int(found.sum()) < fetch and not exhaustive and self._approximate():
+                exhaustive = True  # the graph or the probed lists ran dry: scan them all
+                continue
+            if fetch >= total:
+                return hits
+            fetch = min(total, fetch * 4)  # segments of one item crowd the top: widen
+
+    def _approximate(self) -> bool:
+        return self.spec.type == "hnsw" or self._lists > 0
+
+    def _run(
+        self, q: np.ndarray, fetch: int, selector: Any, *, exhaustive: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        index: Any = self._index
+        params: Any
+        if self._lists:
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self._lists if exhaustive else min(self.spec.nprobe, self._lists)
+        elif self.spec.type == "hnsw" and exhaustive:
+            index = faiss.downcast_index(index.storage)  # the graph's vectors, scanned
+            params = faiss.SearchParameters()
+        elif self.spec.type == "hnsw":
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            params.efSearch = max(self.spec.ef_search, fetch)
+        else:
+            params = faiss.SearchParameters()
+        if selector is not None:
+            params.sel = selector
+        scores, labels = index.search(q, fetch, params=params)
+        return scores, labels
+
+    def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[IndexHit]:
+        vids = self._labels[labels]
+        live = vids >= 0
+        return _best_per_item(vids[live], scores[live])
+
+    def _mask(self, allowed: np.ndarray | None) -> tuple[int, int, np.ndarray] | None:
+        """(vectors, items, bitmap over labels) a search may return; None: every label."""
+        labels = self._labels[: self._n]
+        if allowed is None:
+            if not self._dead:
+                return None
+            cached = self._live_bits
+            if cached is None or cached[0] != self._writes:
+                cached = (self._writes, np.packbits(labels >= 0, bitorder="little"))
+                self._live_bits = cached  # readers may race to fill it: same value
+            return self._live, self._items, cached[1]
+        keys = np.asarray(allowed, dtype=np.int64)
+        mask = np.isin(labels >> SEGMENT_BITS, keys)  # dead labels' owners are negative
+        items = int(np.count_nonzero(mask & ((labels & SEGMENT_MASK) == 0)))
+        return int(mask.sum()), items, np.packbits(mask, bitorder="little")
+
+    # -- snapshots -------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
-        """The index serialised (FAISS' own format)."""
+        """The index serialised: a header, FAISS' own format, the label map."""
         with self._lock.read():
-            return faiss.serialize_index(self._index).tobytes()
+            header = {
+                "dim": self.dim,
+                "spec": {"type": self.spec.type, **self.spec.params()},
+                "n": self._n,
+                "live": self._live,
+                "items": self._items,
+                "dead": self._dead,
+                "lists": self._lists,
+            }
+            index = faiss.serialize_index(self._index)
+            labels = self._labels[: self._n]
+            head = json.dumps(header).encode() + b"\n"
+            return b"".join(
+                [FORMAT, head, struct.pack("<Q", len(index)), index.data, labels.tobytes()]
+            )
 
     @classmethod
-    def from_bytes(cls, dim: int, data: bytes) -> VectorIndex:
-        """The inverse of to_bytes; ValueError when the bytes are not an index of this dim."""
+    def from_bytes(cls, dim: int, data: bytes, spec: IndexSpec | None = None) -> VectorIndex:
+        """The inverse of to_bytes; ValueError when the bytes are not an index of this dim
+        (and of ``spec``, when given)."""
+        view = memoryview(data)
+        if not data.startswith(FORMAT):
+            raise ValueError("not a vector index snapshot")
+        end = data.find(b"\n", len(FORMAT))
         try:
-            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        except RuntimeError as exc:
-            raise ValueError(f"not a FAISS index: {exc}") from exc
-        if index.d != dim:
+            header = json.loads(bytes(view[len(FORMAT) : end]))
+            at = end + 1 + 8
+            (length,) = struct.unpack("<Q", view[at - 8 : at])
+            index = faiss.deserialize_index(np.frombuffer(view[at : at + length], np.uint8))
+            labels = np.frombuffer(view[at + length :], dtype=np.int64).copy()
+            params = dict(header["spec"])
+            saved = IndexSpec.of(params.pop("type"), params)
+        except (ValueError, KeyError, TypeError, RuntimeError, struct.error) as exc:
+            raise ValueError(f"unreadable vector index snapshot: {exc}") from exc
+        if header["dim"] != dim or index.d != dim:
             raise ValueError(f"snapshot has dimension {index.d}, expected {dim}")
-        return cls(dim, index)
+        if spec is not None and saved != spec:
+            raise ValueError(f"snapshot is a {saved} index, the collection wants {spec}")
+        if len(labels) != header["n"]:
+            raise ValueError("snapshot's label map is truncated")
+        out = cls(dim, saved)
+        out._index = index
+        out._labels, out._n = labels, len(labels)
+        out._live, out._items = int(header["live"]), int(header["items"])
+        out._dead, out._lists = int(header["dead"]), int(header["lists"])
+        return out
 
 
 def _best_per_item(ids: np.ndarray, scores: np.ndarray) -> list[IndexHit]:
-    """Hits in rank order, each item once (its best segment); FAISS' -1 padding dropped."""
+    """Hits in rank order, each item once (its best segment)."""
     seen: set[int] = set()
     hits = []
     for vid, score in zip(ids.tolist(), scores.tolist(), strict=True):
-        if vid == -1:
-            continue
-        pk, segment = vid >> SEGMENT_BITS, vid & (MAX_SEGMENTS - 1)
+        pk, segment = vid >> SEGMENT_BITS, vid & SEGMENT_MASK
         if pk not in seen:
             seen.add(pk)
             hits.append(IndexHit(pk, float(score), segment))
     return hits
-
-
-def configure_faiss_threads(threads: int) -> None:
-    """Bound FAISS' OpenMP pool: single queries are memory-bound, more threads only contend."""
-    faiss.omp_set_num_threads(max(1, threads))

@@ -7,6 +7,7 @@ from app.schemas import AlignerList, AlignerPublic
 from app.services.views import aware
 from app.state import Services
 from index.errors import NotFoundError
+from index.spec import IndexSpec
 from index.tables import CollectionRow
 from models.aligner import Aligner
 
@@ -56,10 +57,12 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
     return list_aligners(services=services, name=name)
 
 
-def rebuild(*, services: Services, name: str) -> CollectionRow:
-    """Rebuild the index from SQL (a new epoch), swapped in like an activation."""
+def rebuild(*, services: Services, name: str, spec: IndexSpec | None = None) -> CollectionRow:
+    """Rebuild the index from SQL (a new epoch, of another type when ``spec`` says so),
+    swapped in like an activation."""
     row = services.store.get_collection(name)
-    fresh = services.store.set_space(collection_id=row.id, bump_epoch=True)
+    index = None if spec is None else (spec.type, spec.params())
+    fresh = services.store.set_space(collection_id=row.id, bump_epoch=True, index=index)
     _swap_here(services, fresh)
     return fresh
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from app.errors import SpaceMismatch
-from app.schemas import CollectionCreate, CollectionPublic
+from app.errors import SpaceMismatch, UnprocessableEntity
+from app.schemas import CollectionCreate, CollectionPublic, IndexSettings
 from app.services.views import collection_public
 from app.state import Services
+from index.spec import IndexSpec
 from index.tables import CollectionRow
 from models.aligner import Aligner
 
@@ -48,18 +49,30 @@ def create_collection(*, services: Services, body: CollectionCreate) -> Collecti
     """Create an empty collection in the active model's space."""
     emb = services.embedder
     aligner = emb.default_aligner
+    spec = index_spec(body.index, dim=emb.dim)
     row = services.store.create_collection(
         name=body.name,
         model=emb.model_id,
         audio_model=emb.audio_model_id,
         dim=emb.dim,
-        index_type=body.index.type,
-        index_params=body.index.model_dump(exclude={"type"}),
+        index_type=spec.type,
+        index_params=spec.params(),
         aligner=aligner.to_bytes(),
         aligner_meta=aligner.meta,
     )
-    services.indexes.create(row, aligner.numbered(row.aligner_version))
-    return collection_public(row, count=0, index_size=0, compatible=True)
+    live = services.indexes.create(row, aligner.numbered(row.aligner_version))
+    return collection_public(row, count=0, index=live.index.describe(), compatible=True)
+
+
+def index_spec(settings: IndexSettings, *, dim: int) -> IndexSpec:
+    """The index a request asks for, with every parameter (422 when it cannot index ``dim``
+    dimensions); the defaults are stored so that later releases do not change it."""
+    spec = IndexSpec.of(settings.type, settings.params())
+    try:
+        spec.check(dim)
+    except ValueError as exc:
+        raise UnprocessableEntity(str(exc)) from exc
+    return spec
 
 
 def get_collection(*, services: Services, name: str) -> CollectionPublic:
@@ -89,6 +102,6 @@ def describe(services: Services, row: CollectionRow) -> CollectionPublic:
     return collection_public(
         row,
         count=services.store.count_items(row.id),
-        index_size=live.index.size,
+        index=live.space.index.describe(),
         compatible=space_problem(row, live.aligner, services, "text") is None,
     )

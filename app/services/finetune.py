@@ -8,13 +8,16 @@ a new aligner version whatever happens; activating them is a swap (app/services/
 from __future__ import annotations
 
 import itertools
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.schemas import IndexSettings
 from app.services import aligners
+from app.services.collections import index_spec
 from app.state import Services
 from index.store import StoredVectors, from_blob
 from index.tables import CollectionRow
@@ -69,10 +72,19 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
 
 
 def run_reindex(services: Services, ctx: JobContext) -> dict[str, Any]:
-    """Rebuild the collection's index from SQL (compacting it) and swap it in."""
+    """Rebuild the collection's index from SQL (compacting it, retraining an IVF), with new
+    index settings when the job gives them, and swap it in."""
     row = services.store.get_collection_by_id(ctx.job.collection_id)
-    fresh = aligners.rebuild(services=services, name=row.name)
-    return {"index_epoch": fresh.index_epoch, "items": services.store.count_items(row.id)}
+    wanted = ctx.job.params.get("index")
+    spec = None if wanted is None else index_spec(IndexSettings(**wanted), dim=row.dim)
+    started = time.monotonic()
+    fresh = aligners.rebuild(services=services, name=row.name, spec=spec)
+    return {
+        "index_epoch": fresh.index_epoch,
+        "items": services.store.count_items(row.id),
+        "index": {"type": fresh.index_type, **fresh.index_params},
+        "seconds": round(time.monotonic() - started, 3),
+    }
 
 
 def collect_pairs(

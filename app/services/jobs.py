@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
+from app.services.collections import index_spec
 from app.services.views import job_public
 from app.state import Services
 
@@ -10,6 +11,8 @@ from app.state import Services
 def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate) -> JobPublic:
     """Queue a job for an existing collection (404 when there is none)."""
     row = services.store.get_collection(body.collection)
+    if isinstance(body, ReindexJobCreate) and body.index is not None:
+        index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
     job = services.jobs.create(
         type=body.type, collection_id=row.id, collection=row.name, params=params

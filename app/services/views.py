@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from app.schemas import CollectionPublic, IndexInfo, ItemPublic, JobPublic
 from index.tables import CollectionRow, ItemRow, JobRow
@@ -32,7 +33,7 @@ def item_public(row: ItemRow, collection: str) -> ItemPublic:
 
 
 def collection_public(
-    row: CollectionRow, *, count: int, index_size: int, compatible: bool
+    row: CollectionRow, *, count: int, index: dict[str, Any], compatible: bool
 ) -> CollectionPublic:
     """The public view of a collection."""
     return CollectionPublic(
@@ -42,7 +43,7 @@ def collection_public(
         aligner_version=row.aligner_version,
         audio_model=row.audio_model,
         count=count,
-        index=IndexInfo(type=row.index_type, size=index_size),
+        index=IndexInfo(**index),
         compatible=compatible,
         created_at=aware(row.created_at),
     )

@@ -20,7 +20,8 @@ def test_create_returns_the_space(client: TestClient) -> None:
     assert body["model"] == TEST_MODEL
     assert body["dim"] == 64
     assert body["count"] == 0
-    assert body["index"] == {"type": "flat", "size": 0}
+    assert body["index"]["type"] == "flat" and body["index"]["size"] == 0
+    assert body["index"]["params"] == {} and body["index"]["trained"]
     assert body["created_at"].endswith("Z")
 
 
