@@ -138,6 +138,7 @@ def _worker() -> int:
     except KeyboardInterrupt:
         worker.stop()
     finally:
+        services.embedder.close()
         services.engine.dispose()
     return 0
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index.errors import ConflictError, NotFoundError
-from models.errors import MediaTooLargeError, UnsupportedMediaError
+from models.errors import MediaTooLargeError, Overloaded, UnsupportedMediaError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     ConflictError: (409, "conflict"),
     UnsupportedMediaError: (415, "unsupported_media"),
     MediaTooLargeError: (413, "media_too_large"),
+    Overloaded: (429, "overloaded"),
 }
+# Headers that go with a status: a 429 says when to come back.
+STATUS_HEADERS: dict[int, dict[str, str]] = {429: {"Retry-After": "1"}}
 
 HTTP_CODES = {
     400: "bad_request",
@@ -96,7 +99,11 @@ def describe_error(exc: Exception) -> tuple[int, str, str]:
 
 def error_body(status: int, code: str, message: str) -> JSONResponse:
     """The one error shape of API.md."""
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"code": code, "message": message}},
+        headers=STATUS_HEADERS.get(status),
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -20,6 +20,7 @@ from index.jobs import JobStore
 from index.manager import IndexManager
 from index.store import MetadataStore
 from index.vector_index import configure_faiss_threads
+from models.batcher import BatchConfig
 from models.bridge import default_aligner
 from models.errors import ModelLoadError
 from models.registry import load_model
@@ -50,6 +51,12 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
             audio_model=settings.audio_model,
             device=settings.device,
             cache_dir=settings.data_dir / "models",
+            precision=settings.precision,
+            batching=BatchConfig(
+                max_batch=settings.batch_size,
+                max_wait_ms=settings.batch_wait_ms,
+                max_queue=settings.batch_queue,
+            ),
         )
         aligner = default_aligner(
             loaded.encoder,
@@ -76,9 +83,10 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     if loaded.warning:
         services.warnings.append(loaded.warning)
     log.info(
-        "ready: model %s (dim %d), audio %s",
+        "ready: model %s (dim %d, %s), audio %s",
         loaded.encoder.model_id,
         loaded.encoder.dim,
+        loaded.precision.name,
         loaded.audio.model_id if loaded.audio else "none",
     )
     return services
@@ -118,5 +126,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             worker.stop()
             worker_thread.join()
         app.state.services = None
+        await run_in_threadpool(services.embedder.close)
         await run_in_threadpool(services.indexes.snapshot_all)
         services.engine.dispose()

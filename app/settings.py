@@ -23,6 +23,18 @@ class Settings(BaseSettings):
         default=None, description="aligner artefact new collections start from (bootstrap-audio)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="auto",
+        description="auto: fp16 on CUDA, bf16 on a CPU with native bf16 if a probe agrees, "
+        "else fp32",
+    )
+    batch_size: int = Field(default=32, ge=1, description="most inputs in one encoder forward")
+    batch_wait_ms: float = Field(
+        default=5.0, ge=0, description="how long a forward waits for more requests to join it"
+    )
+    batch_queue: int = Field(
+        default=512, ge=1, description="inputs waiting per encoder before requests get 429"
+    )
     api_keys: str = ""
     max_upload_mb: float = 50.0
     max_image_pixels: int = 64_000_000

@@ -40,6 +40,10 @@ class AudioEncoder(Protocol):
         """Each mono wave at ``sample_rate`` -> its segments' raw features and spans."""
         ...
 
+    def close(self) -> None:
+        """Stop the tower's batcher thread, if it has one (at shutdown)."""
+        ...
+
 
 def segment_starts(n_samples: int, window: int, hop: int) -> np.ndarray:
     """Start samples of the windows that cover a clip: every ``hop``, the last one end-aligned."""

@@ -7,16 +7,18 @@ into the space by an aligner head.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import numpy as np
 import torch
 from PIL import Image
 
 from models.audio import AudioSegments, cut_segments
+from models.batcher import BatchConfig, MicroBatcher
 from models.mini.audio import pad_window
 from models.mini.model import MiniModel
 
@@ -44,9 +46,21 @@ class Encoder(Protocol):
         """Raw text features, shape (n, dim), float32."""
         ...
 
+    def close(self) -> None:
+        """Stop the encoder's batcher threads (at shutdown)."""
+        ...
+
 
 class OpenClipEncoder:
-    """An open_clip model with its own eval preprocessing and tokenizer."""
+    """An open_clip model with its own eval preprocessing and tokenizer.
+
+    Encoding is split in three (as Infinity does): ``prepare_*`` (preprocess, tokenize) runs in
+    the caller's thread, ``forward`` runs the model, and ``encode_*`` joins them through one
+    :class:`MicroBatcher` per tower, so that concurrent requests share forward passes.
+    """
+
+    # Tower name -> the model's method; MiniEncoder adds its audio tower.
+    TOWERS: ClassVar[dict[Modality, str]] = {"image": "encode_image", "text": "encode_text"}
 
     def __init__(
         self,
@@ -56,6 +70,7 @@ class OpenClipEncoder:
         preprocess: Callable[[Image.Image], torch.Tensor],
         tokenizer: Callable[[list[str]], torch.Tensor],
         device: str,
+        batching: BatchConfig | None = None,
     ) -> None:
         self.model_id = model_id
         self.model = model.eval()
@@ -63,24 +78,19 @@ class OpenClipEncoder:
         self.tokenizer = tokenizer
         self.device = device
         self.modalities: tuple[Modality, ...] = ("image", "text")
-        # One forward pass at a time: concurrent passes only fight over the same cores.
+        # One forward at a time across this model's towers: each forward already uses every
+        # core torch was given (MMR_TORCH_THREADS), two at once only fight over them.
         self._lock = threading.Lock()
-        self.dim = 0
-        self.dim = int(self.encode_texts(["probe"]).shape[1])  # the model's output width
+        self._batchers_lock = threading.Lock()  # not the forward lock: queueing never waits
+        self._batching = batching or BatchConfig()
+        self._batchers: dict[Modality, MicroBatcher] = {}
+        self._closed = False
+        self.dim = int(self.forward("text", self.prepare_texts(["probe"])).shape[1])
 
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Raw image features, shape (n, dim), float32."""
-        if not images:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        return self._run(self._model_fn("encode_image"), batch)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Raw text features, shape (n, dim), float32."""
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        tokens = self.tokenizer(list(texts)).to(self.device)
-        return self._run(self._model_fn("encode_text"), tokens)
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype: float32, or bfloat16 / float16 after a precision choice."""
+        return next(self.model.parameters()).dtype
 
     @property
     def image_size(self) -> int:
@@ -90,29 +100,98 @@ class OpenClipEncoder:
         size: Any = owner.visual.image_size
         return int(min(size) if isinstance(size, tuple | list) else size)
 
-    def _model_fn(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, name)
-        return fn
+    def prepare_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB images -> the image tower's input (n, 3, H, W), on the CPU."""
+        return torch.stack([self.preprocess(im) for im in images])
 
-    def _run(self, fn: Callable[[torch.Tensor], Any], batch: torch.Tensor) -> np.ndarray:
+    def prepare_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> token ids (n, context), on the CPU."""
+        return self.tokenizer(list(texts))
+
+    def forward(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
+        """One forward of a tower on prepared inputs, no batcher: (n, dim) float32."""
+        fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, self.TOWERS[kind])
+        batch = batch.to(self.device)
+        # Pixels follow the weights' dtype; audio waves stay float32 for the FFT front end.
+        if kind != "audio" and batch.is_floating_point():
+            batch = batch.to(self.dtype)
         with self._lock, torch.inference_mode():
             out = fn(batch)
         return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Raw image features, shape (n, dim), float32."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.submit("image", self.prepare_images(images))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Raw text features, shape (n, dim), float32."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.submit("text", self.prepare_texts(texts))
+
+    def submit(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
+        """Prepared inputs through the tower's batcher (started on first use)."""
+        return self._batcher(kind).submit(batch)
+
+    def replace_model(self, model: torch.nn.Module) -> None:
+        """Swap the weights (a precision choice), between forwards."""
+        with self._lock:
+            self.model = model.eval()
+
+    def close(self) -> None:
+        """Stop the batchers' threads; later encodes raise RuntimeError."""
+        with self._batchers_lock:
+            self._closed = True
+            batchers = list(self._batchers.values())
+        for batcher in batchers:
+            batcher.close()
+
+    def _batcher(self, kind: Modality) -> MicroBatcher:
+        with self._batchers_lock:
+            if self._closed:
+                raise RuntimeError(f"{self.model_id} is closed (the server shuts down)")
+            if kind not in self._batchers:
+                self._batchers[kind] = MicroBatcher(
+                    functools.partial(self._forward_of, kind),
+                    name=kind,
+                    config=self._batching,
+                )
+            return self._batchers[kind]
+
+    def _forward_of(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
+        # Looked up per call, so that a wrapped ``forward`` (tests, metrics) is the one run.
+        return self.forward(kind, batch)
 
 
 class MiniEncoder(OpenClipEncoder):
     """mmr-mini's image and text towers; its own audio tower is ``.audio``."""
 
-    def __init__(self, *, model_id: str, model: MiniModel, device: str) -> None:
-        self.mini = model
+    TOWERS: ClassVar[dict[Modality, str]] = {**OpenClipEncoder.TOWERS, "audio": "encode_audio"}
+
+    def __init__(
+        self,
+        *,
+        model_id: str,
+        model: MiniModel,
+        device: str,
+        batching: BatchConfig | None = None,
+    ) -> None:
         super().__init__(
             model_id=model_id,
             model=model,
             preprocess=model.preprocess,
             tokenizer=model.tokenizer,
             device=device,
+            batching=batching,
         )
         self.audio = MiniAudioEncoder(self)
+
+    @property
+    def mini(self) -> MiniModel:
+        """The model, typed (its dtype may change with a precision choice)."""
+        return cast(MiniModel, self.model)
 
 
 class MiniAudioEncoder:
@@ -126,6 +205,16 @@ class MiniAudioEncoder:
         self.sample_rate = cfg.sample_rate
         self.window_s = cfg.window_seconds
         self.hop_s = cfg.window_seconds / 2
+
+    def close(self) -> None:
+        """Nothing of its own: the owner's batchers serve this tower too."""
+
+    def prepare_windows(self, cuts: Sequence[tuple[list[np.ndarray], np.ndarray]]) -> torch.Tensor:
+        """Every cut piece zero-padded to one window: (n_windows, window_samples) float32."""
+        cfg = self._owner.mini.audio_cfg
+        return torch.from_numpy(
+            np.stack([pad_window(p, cfg) for pieces, _ in cuts for p in pieces])
+        )
 
     def encode_audio(self, waves: Sequence[np.ndarray]) -> list[AudioSegments]:
         """Each wave's segments (zero-padded to a window when shorter) and their spans."""
@@ -141,10 +230,7 @@ class MiniAudioEncoder:
             )
             for w in waves
         ]
-        pieces = np.stack([pad_window(p, cfg) for pieces, _ in cuts for p in pieces])
-        batch = torch.from_numpy(pieces).to(self._owner.device)
-        owner = self._owner
-        features = owner._run(owner._model_fn("encode_audio"), batch)
+        features = self._owner.submit("audio", self.prepare_windows(cuts))
         bounds = np.cumsum([0] + [len(spans) for _, spans in cuts])
         return [
             AudioSegments(features[a:b], spans)

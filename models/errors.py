@@ -19,3 +19,7 @@ class ModelLoadError(Exception):
 
 class UnknownModelError(ModelLoadError):
     """The model id is not in the registry's syntax."""
+
+
+class Overloaded(Exception):
+    """An encoder's queue is full; the client should retry shortly (HTTP 429)."""

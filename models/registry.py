@@ -31,10 +31,12 @@ from safetensors import SafetensorError
 
 from models.architectures import register_project_configs
 from models.audio import AudioEncoder
+from models.batcher import BatchConfig
 from models.encoders import Encoder, MiniEncoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
 from models.mini.model import ARCH as MINI_ARCH
 from models.mini.model import CARD_FILE, SHIPPED_DIR, load_mini
+from models.precision import FP32, PrecisionChoice, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class LoadedModel:
     fallback: bool
     warning: str | None = None
     audio: AudioEncoder | None = None
+    precision: PrecisionChoice = FP32
 
 
 def parse_model_id(model_id: str) -> ModelSpec:
@@ -129,7 +132,12 @@ def parse_audio_id(audio_id: str) -> tuple[str, str]:
 
 
 def load_audio_model(
-    audio_id: str, *, encoder: Encoder, device: str = "cpu", cache_dir: Path | None = None
+    audio_id: str,
+    *,
+    encoder: Encoder,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    batching: BatchConfig | None = None,
 ) -> AudioEncoder | None:
     """The audio tower an id names (strict like model ids); None means no audio."""
     kind, source = parse_audio_id(audio_id)
@@ -140,7 +148,9 @@ def load_audio_model(
         return builtin
     from models.clap import load_clap
 
-    return load_clap(audio_id, source, device=pick_device(device), cache_dir=cache_dir)
+    return load_clap(
+        audio_id, source, device=pick_device(device), cache_dir=cache_dir, batching=batching
+    )
 
 
 def pick_device(device: str) -> str:
@@ -166,27 +176,38 @@ def load_model(
     audio_model: str = "",
     device: str = "auto",
     cache_dir: Path | None = None,
+    precision: str = "fp32",
+    batching: BatchConfig | None = None,
 ) -> LoadedModel:
     """Load a model (and its audio tower) by id; explicit ids are strict, ``auto`` falls
-    back loudly."""
+    back loudly.
+
+    ``precision`` applies to the image/text model (and mmr-mini's own audio tower); a CLAP
+    tower stays fp32. Its default here is fp32, so that evaluations and training scripts give
+    the same numbers everywhere; the server passes MMR_PRECISION (default auto).
+    """
     parse_audio_id(audio_model)  # a typo fails before minutes of weight loading
-    loaded = _load_main(model_id, device=device, cache_dir=cache_dir)
+    loaded = _load_main(model_id, device=device, cache_dir=cache_dir, batching=batching)
+    loaded.precision = choose_precision(loaded.encoder, precision)
     loaded.audio = load_audio_model(
-        audio_model, encoder=loaded.encoder, device=device, cache_dir=cache_dir
+        audio_model, encoder=loaded.encoder, device=device, cache_dir=cache_dir, batching=batching
     )
     return loaded
 
 
-def _load_main(model_id: str, *, device: str, cache_dir: Path | None) -> LoadedModel:
+def _load_main(
+    model_id: str, *, device: str, cache_dir: Path | None, batching: BatchConfig | None
+) -> LoadedModel:
     spec = parse_model_id(model_id)
     dev = pick_device(device)
     if spec.kind != "auto":
-        return LoadedModel(_load_spec(model_id, spec, dev, cache_dir), model_id, fallback=False)
+        encoder = _load_spec(model_id, spec, dev, cache_dir, batching)
+        return LoadedModel(encoder, model_id, fallback=False)
     default = parse_model_id(PRODUCTION_DEFAULT)
     try:
         if not _weights_obtainable(default, cache_dir):
             raise ModelLoadError("its weights are not cached and the hub cannot be reached")
-        enc = _load_spec(PRODUCTION_DEFAULT, default, dev, cache_dir)
+        enc = _load_spec(PRODUCTION_DEFAULT, default, dev, cache_dir, batching)
         return LoadedModel(enc, model_id, fallback=False)
     except ModelLoadError as exc:
         warning = (
@@ -196,7 +217,8 @@ def _load_main(model_id: str, *, device: str, cache_dir: Path | None) -> LoadedM
             "Give the server network access or a cached checkpoint, or set MMR_MODEL."
         )
         log.warning(warning)
-        enc = _load_spec(OFFLINE_FALLBACK, parse_model_id(OFFLINE_FALLBACK), dev, cache_dir)
+        fallback = parse_model_id(OFFLINE_FALLBACK)
+        enc = _load_spec(OFFLINE_FALLBACK, fallback, dev, cache_dir, batching)
         return LoadedModel(enc, model_id, fallback=True, warning=warning)
 
 
@@ -237,9 +259,15 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_spec(model_id: str, spec: ModelSpec, device: str, cache_dir: Path | None) -> Encoder:
+def _load_spec(
+    model_id: str,
+    spec: ModelSpec,
+    device: str,
+    cache_dir: Path | None,
+    batching: BatchConfig | None = None,
+) -> Encoder:
     if spec.kind == MINI_ARCH:
-        return _load_mini(model_id, spec, device)
+        return _load_mini(model_id, spec, device, batching)
     import open_clip
 
     register_project_configs()
@@ -267,11 +295,18 @@ def _load_spec(model_id: str, spec: ModelSpec, device: str, cache_dir: Path | No
         raise ModelLoadError(f"{model_id}: could not load the weights: {exc}") from exc
     tokenizer = open_clip.get_tokenizer(spec.arch)
     return OpenClipEncoder(
-        model_id=model_id, model=model, preprocess=preprocess, tokenizer=tokenizer, device=device
+        model_id=model_id,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        device=device,
+        batching=batching,
     )
 
 
-def _load_mini(model_id: str, spec: ModelSpec, device: str) -> Encoder:
+def _load_mini(
+    model_id: str, spec: ModelSpec, device: str, batching: BatchConfig | None
+) -> Encoder:
     weights_dir = spec.checkpoint or SHIPPED_DIR
     if not (weights_dir / CARD_FILE).is_file():
         raise ModelLoadError(
@@ -282,4 +317,4 @@ def _load_mini(model_id: str, spec: ModelSpec, device: str) -> Encoder:
         model = load_mini(weights_dir, device=device)
     except CHECKPOINT_ERRORS as exc:
         raise ModelLoadError(f"{model_id}: could not load the weights: {exc}") from exc
-    return MiniEncoder(model_id=model_id, model=model, device=device)
+    return MiniEncoder(model_id=model_id, model=model, device=device, batching=batching)

@@ -23,6 +23,7 @@ ID_SYNTAX = [
 def model_info(services: Services) -> ModelInfo:
     """What this process serves, and whether it is the offline fallback."""
     emb = services.embedder
+    probe = emb.loaded.precision.probe_min_cosine
     return ModelInfo(
         id=emb.model_id,
         requested=emb.loaded.requested,
@@ -32,6 +33,8 @@ def model_info(services: Services) -> ModelInfo:
         device=emb.encoder.device,
         warning=emb.loaded.warning,
         audio=_audio_info(services),
+        precision=emb.loaded.precision.name,
+        precision_probe_min_cosine=None if probe is None else round(probe, 5),
     )
 
 
@@ -55,7 +58,7 @@ def _audio_info(services: Services) -> AudioModelInfo | None:
 
 @router.get("/models", response_model=ModelsResponse)
 def get_models(services: ServicesDep) -> ModelsResponse:
-    """The active model (id, dim, modalities, fallback) and the id syntax."""
+    """The active model (id, dim, modalities, fallback, precision) and the id syntax."""
     return ModelsResponse(
         active=model_info(services),
         syntax=ID_SYNTAX,

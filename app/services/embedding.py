@@ -51,6 +51,12 @@ class Embedder:
         self.audio: AudioEncoder | None = loaded.audio
         self.default_aligner = default_aligner or identity_aligner(self.encoder, self.audio)
 
+    def close(self) -> None:
+        """Stop the encoders' batcher threads (at shutdown)."""
+        self.encoder.close()
+        if self.audio is not None:
+            self.audio.close()
+
     @property
     def model_id(self) -> str:
         """The image/text model every collection built by this process records."""

@@ -18,9 +18,10 @@ import torch
 from safetensors import SafetensorError
 
 from models.audio import AudioSegments, cut_segments
+from models.batcher import BatchConfig, MicroBatcher
 from models.errors import ModelLoadError, UnsupportedMediaError
 
-BATCH = 32  # windows per forward: bounds memory on a long file (11 windows a minute)
+BATCH = 32  # captions per text forward (audio windows go through the batcher's max_batch)
 # What from_pretrained raises for missing, partial or corrupt files and failed downloads;
 # huggingface_hub's errors subclass OSError or ValueError, safetensors raises its own.
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, KeyError, SafetensorError)
@@ -35,7 +36,14 @@ SAVE_HINT = (
 class ClapAudioEncoder:
     """A transformers ``ClapModel`` + ``ClapProcessor`` behind the ``AudioEncoder`` protocol."""
 
-    def __init__(self, model_id: str, model: Any, processor: Any, device: str) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        model: Any,
+        processor: Any,
+        device: str,
+        batching: BatchConfig | None = None,
+    ) -> None:
         self.model_id = model_id
         self.device = device
         self._model = model
@@ -54,6 +62,43 @@ class ClapAudioEncoder:
         # One forward at a time; the fast tokenizer also raises "Already borrowed" when two
         # threads set its padding and truncation at once.
         self._lock = threading.Lock()
+        # Audio windows of concurrent requests share forwards; the text tower (bootstrap only)
+        # pads to its longest caption, so it runs directly.
+        self._batching = batching or BatchConfig()
+        self._batcher: MicroBatcher | None = None
+        self._batcher_lock = threading.Lock()
+        self._closed = False
+
+    def prepare_windows(self, pieces: list[np.ndarray]) -> torch.Tensor:
+        """Windows -> the audio tower's input features, in the caller's thread."""
+        inputs = self._processor.feature_extractor(
+            pieces,
+            sampling_rate=self.sample_rate,
+            max_length=self._window,  # an int: max_length_s * rate is a float for 10.0 s
+            truncation=self._truncation,
+            padding="repeatpad",
+            return_tensors="np",
+        )
+        return torch.from_numpy(np.asarray(inputs["input_features"], dtype=np.float32))
+
+    def forward(self, features: torch.Tensor) -> np.ndarray:
+        """One audio forward on prepared features, no batcher: (n, dim) float32."""
+        # Under "fusion" the extractor marks one random clip as longer when none is; no window
+        # is longer, and a "longer" clip takes the fusion branch and gets another embedding.
+        is_longer = torch.zeros((len(features), 1), dtype=torch.bool)
+        with self._lock, torch.inference_mode():
+            out = self._model.get_audio_features(
+                input_features=features.to(self.device), is_longer=is_longer.to(self.device)
+            )
+        return _embeddings(out)
+
+    def close(self) -> None:
+        """Stop the batcher's thread; later encodes raise RuntimeError."""
+        with self._batcher_lock:
+            self._closed = True
+            batcher = self._batcher
+        if batcher is not None:
+            batcher.close()
 
     def encode_audio(self, waves: Sequence[np.ndarray]) -> list[AudioSegments]:
         """Each mono wave at ``sample_rate`` -> its windows' CLAP embeddings and spans."""
@@ -74,27 +119,20 @@ class ClapAudioEncoder:
         return np.concatenate(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
 
     def _embed_pieces(self, pieces: list[np.ndarray]) -> np.ndarray:
-        rows = [self._forward_audio(pieces[i : i + BATCH]) for i in range(0, len(pieces), BATCH)]
-        return np.concatenate(rows) if rows else np.zeros((0, self.dim), dtype=np.float32)
+        if not pieces:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._audio_batcher().submit(self.prepare_windows(pieces))
 
-    def _forward_audio(self, pieces: list[np.ndarray]) -> np.ndarray:
-        inputs = self._processor.feature_extractor(
-            pieces,
-            sampling_rate=self.sample_rate,
-            max_length=self._window,  # an int: max_length_s * rate is a float for 10.0 s
-            truncation=self._truncation,
-            padding="repeatpad",
-            return_tensors="np",
-        )
-        features = torch.from_numpy(np.asarray(inputs["input_features"], dtype=np.float32))
-        # Under "fusion" the extractor marks one random clip as longer when none is; no window
-        # is longer, and a "longer" clip takes the fusion branch and gets another embedding.
-        is_longer = torch.zeros((len(pieces), 1), dtype=torch.bool)
-        with self._lock, torch.inference_mode():
-            out = self._model.get_audio_features(
-                input_features=features.to(self.device), is_longer=is_longer.to(self.device)
-            )
-        return _embeddings(out)
+    def _audio_batcher(self) -> MicroBatcher:
+        with self._batcher_lock:
+            if self._closed:
+                raise RuntimeError(f"{self.model_id} is closed (the server shuts down)")
+            if self._batcher is None:
+                self._batcher = MicroBatcher(self._forward_of, name="audio", config=self._batching)
+            return self._batcher
+
+    def _forward_of(self, features: torch.Tensor) -> np.ndarray:
+        return self.forward(features)  # looked up per call: a wrapped forward is the one run
 
     def _forward_text(self, texts: list[str]) -> np.ndarray:
         with self._lock, torch.inference_mode():
@@ -133,7 +171,12 @@ def _text_length(text_config: Any, tokenizer: Any) -> int:
 
 
 def load_clap(
-    model_id: str, source: str, *, device: str = "cpu", cache_dir: Path | None = None
+    model_id: str,
+    source: str,
+    *,
+    device: str = "cpu",
+    cache_dir: Path | None = None,
+    batching: BatchConfig | None = None,
 ) -> ClapAudioEncoder:
     """A CLAP encoder from a local ``save_pretrained`` directory or a Hugging Face repo id.
 
@@ -151,7 +194,7 @@ def load_clap(
     else:
         model, processor = _load_hub(model_id, source, cache_dir)
     model = model.to(device=device, dtype=torch.float32).eval()
-    return ClapAudioEncoder(model_id, model, processor, device)
+    return ClapAudioEncoder(model_id, model, processor, device, batching)
 
 
 def _check_dir(model_id: str, path: Path) -> None:

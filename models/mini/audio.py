@@ -61,6 +61,10 @@ class LogMel(nn.Module):
     Levels are relative to each clip's loudest bin, so loudness does not change the input.
     """
 
+    # Stays float32 when the model goes to bf16/fp16 (models.precision): CPUs have no bf16 FFT,
+    # and the dB scale needs float32's range.
+    keeps_float32 = True
+
     def __init__(self, cfg: AudioConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -71,7 +75,7 @@ class LogMel(nn.Module):
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         spec = torch.stft(
-            waves,
+            waves.float(),
             n_fft=self.cfg.n_fft,
             hop_length=self.cfg.hop,
             window=self.window,
@@ -117,7 +121,7 @@ class AudioTower(nn.Module):
 
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         """Waves (batch, window_samples) -> features (batch, embed_dim)."""
-        return self.encode_mels(self.front(waves))
+        return self.encode_mels(self.front(waves).to(self.proj.weight.dtype))
 
     def encode_mels(self, mels: torch.Tensor) -> torch.Tensor:
         """Precomputed front-end output (batch, n_mels, frames) -> features."""

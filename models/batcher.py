@@ -1,0 +1,157 @@
+"""Micro-batching: concurrent requests to one encoder tower share forward passes.
+
+Callers (the web server's threadpool threads) prepare their inputs (decode, preprocess,
+tokenize) in their own thread, :meth:`MicroBatcher.submit` the tensor and block on a future.
+One worker thread per tower takes the oldest waiting request, gathers more until
+``max_batch`` rows or ``max_wait_ms`` after that request arrived, runs one forward on the
+concatenation and hands each caller its rows. Under load the requests that queued during
+the previous forward are taken at once, so the wait only costs a lone request.
+
+The queue is bounded in rows: a request that would push it past ``max_queue`` is refused with
+:class:`Overloaded` (HTTP 429) at once, instead of waiting for a timeout. A request larger
+than ``max_batch`` is run alone, in chunks of ``max_batch``, and is never refused for its size
+when the queue is empty.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from models.errors import Overloaded
+
+Forward = Callable[[torch.Tensor], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How a tower's requests are gathered (MMR_BATCH_SIZE, _WAIT_MS, _QUEUE)."""
+
+    max_batch: int = 32
+    max_wait_ms: float = 5.0
+    max_queue: int = 512
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1 or self.max_queue < 1 or self.max_wait_ms < 0:
+            raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms >= 0")
+
+
+@dataclass
+class _Request:
+    batch: torch.Tensor
+    arrived: float
+    future: Future[np.ndarray] = field(default_factory=Future)
+
+    @property
+    def rows(self) -> int:
+        return len(self.batch)
+
+
+class MicroBatcher:
+    """One tower's request queue and the daemon thread that runs its forwards."""
+
+    def __init__(self, forward: Forward, *, name: str, config: BatchConfig | None = None) -> None:
+        self.name = name
+        self.config = config or BatchConfig()
+        self._forward = forward
+        self._queue: deque[_Request] = deque()
+        self._waiting = 0  # rows queued, not yet taken by the worker
+        self._busy = False
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name=f"mmr-batch-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting_rows(self) -> int:
+        """Rows queued and not yet in a forward."""
+        return self._waiting
+
+    @property
+    def busy(self) -> bool:
+        """Whether a forward is running now."""
+        return self._busy
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs."""
+        return self._thread.is_alive()
+
+    def submit(self, batch: torch.Tensor) -> np.ndarray:
+        """The forward's (n, dim) float32 rows for these n input rows; blocks until done."""
+        if len(batch) == 0:
+            raise ValueError("an empty batch has no rows to encode")
+        request = _Request(batch, time.monotonic())
+        with self._cond:
+            if self._closed:
+                raise RuntimeError(f"the {self.name} encoder is closed (the server shuts down)")
+            # An empty queue takes any request: a big one is chunked, never refused for size.
+            if self._waiting and self._waiting + request.rows > self.config.max_queue:
+                raise Overloaded(
+                    f"the {self.name} encoder has {self._waiting} inputs waiting, the limit is "
+                    f"{self.config.max_queue}; retry in a second, or raise MMR_BATCH_QUEUE"
+                )
+            self._queue.append(request)
+            self._waiting += request.rows
+            self._cond.notify()
+        return request.future.result()
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Run what is queued, then stop the worker thread and join it (idempotent)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while (taken := self._take()) is not None:
+            self._run(taken)
+
+    def _take(self) -> list[_Request] | None:
+        """The next batch of whole requests (None once closed and drained)."""
+        limit = self.config.max_batch
+        with self._cond:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            deadline = self._queue[0].arrived + self.config.max_wait_ms / 1000
+            while self._waiting < limit and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            taken = [self._queue.popleft()]
+            rows = taken[0].rows
+            while self._queue and rows + self._queue[0].rows <= limit:
+                rows += self._queue[0].rows
+                taken.append(self._queue.popleft())
+            self._waiting -= rows
+            self._busy = True
+        return taken
+
+    def _run(self, taken: list[_Request]) -> None:
+        try:
+            out = self._forward_chunked(torch.cat([r.batch for r in taken]))
+        except Exception as exc:  # a forward's error belongs to its callers, not the worker
+            for request in taken:
+                request.future.set_exception(exc)
+        else:
+            start = 0
+            for request in taken:
+                request.future.set_result(out[start : start + request.rows])
+                start += request.rows
+        finally:
+            self._busy = False
+
+    def _forward_chunked(self, batch: torch.Tensor) -> np.ndarray:
+        step = self.config.max_batch
+        parts = [self._forward(batch[i : i + step]) for i in range(0, len(batch), step)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)

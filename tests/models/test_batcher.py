@@ -1,0 +1,169 @@
+"""The micro-batcher: concurrent requests share forwards, bounded, and errors reach callers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+from models.batcher import BatchConfig, MicroBatcher
+from models.errors import Overloaded
+from models.registry import load_model
+
+DIM = 4
+
+
+class FakeTower:
+    """A deterministic 'model': each row's features depend on that row only; records batches."""
+
+    def __init__(self, delay_s: float = 0.02) -> None:
+        self.delay_s = delay_s
+        self.sizes: list[int] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on: float | None = None
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        self.gate.wait(10)
+        self.sizes.append(len(batch))
+        time.sleep(self.delay_s)
+        if self.fail_on is not None and bool((batch == self.fail_on).any()):
+            raise ValueError("bad row")
+        return raw(batch)
+
+
+def raw(batch: torch.Tensor) -> np.ndarray:
+    """The unbatched answer: row i -> [x, 2x, x^2, 1] of its first value."""
+    x = batch[:, 0].double()
+    return torch.stack([x, 2 * x, x * x, torch.ones_like(x)], dim=1).float().numpy()
+
+
+def rows(start: int, n: int) -> torch.Tensor:
+    """n input rows with distinct values."""
+    return torch.arange(start, start + n, dtype=torch.float32).reshape(n, 1).repeat(1, 3)
+
+
+@pytest.fixture
+def make_batcher() -> Iterator[Callable[..., tuple[MicroBatcher, FakeTower]]]:
+    made: list[MicroBatcher] = []
+
+    def build(**config: float) -> tuple[MicroBatcher, FakeTower]:
+        tower = FakeTower()
+        batcher = MicroBatcher(tower, name="fake", config=BatchConfig(**config))  # type: ignore[arg-type]
+        made.append(batcher)
+        return batcher, tower
+
+    yield build
+    for batcher in made:
+        batcher.close()
+
+
+def submit_together(batcher: MicroBatcher, inputs: list[torch.Tensor]) -> list[np.ndarray]:
+    start = threading.Barrier(len(inputs))
+
+    def one(batch: torch.Tensor) -> np.ndarray:
+        start.wait()
+        return batcher.submit(batch)
+
+    with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
+        return list(pool.map(one, inputs))
+
+
+def test_concurrent_requests_share_forwards_and_get_their_own_rows(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=20.0, max_queue=512)
+    inputs = [rows(10 * i, 1 + i % 3) for i in range(16)]
+    results = submit_together(batcher, inputs)
+    assert len(tower.sizes) < 16
+    assert sum(tower.sizes) == sum(len(b) for b in inputs)
+    for batch, got in zip(inputs, results, strict=True):
+        assert got.dtype == np.float32 and got.shape == (len(batch), DIM)
+        np.testing.assert_allclose(got, raw(batch))
+
+
+def test_no_forward_is_larger_than_max_batch(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=8, max_wait_ms=20.0, max_queue=512)
+    inputs = [rows(10 * i, 3) for i in range(16)]
+    results = submit_together(batcher, inputs)
+    assert max(tower.sizes) <= 8
+    for batch, got in zip(inputs, results, strict=True):
+        np.testing.assert_allclose(got, raw(batch))
+
+
+def test_a_request_larger_than_max_batch_runs_in_chunks(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=8, max_wait_ms=1.0, max_queue=512)
+    batch = rows(0, 20)
+    np.testing.assert_allclose(batcher.submit(batch), raw(batch))
+    assert tower.sizes == [8, 8, 4]
+
+
+def test_a_full_queue_refuses_at_once_and_keeps_what_it_accepted(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=4, max_wait_ms=1.0, max_queue=6)
+    tower.gate.clear()  # the worker is stuck in its first forward
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        busy = pool.submit(batcher.submit, rows(100, 1))
+        while not batcher.busy:
+            time.sleep(0.001)
+        accepted = [pool.submit(batcher.submit, rows(10 * i, 2)) for i in range(3)]
+        while batcher.waiting_rows < 6:
+            time.sleep(0.001)
+        began = time.perf_counter()
+        with pytest.raises(Overloaded, match="MMR_BATCH_QUEUE"):
+            batcher.submit(rows(500, 1))
+        assert time.perf_counter() - began < 0.1
+        tower.gate.set()
+        np.testing.assert_allclose(busy.result(5), raw(rows(100, 1)))
+        for i, future in enumerate(accepted):
+            np.testing.assert_allclose(future.result(5), raw(rows(10 * i, 2)))
+
+
+def test_a_forward_error_reaches_every_caller_of_its_batch_and_the_worker_goes_on(
+    make_batcher,
+) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=50.0, max_queue=512)
+    tower.fail_on = 30.0
+    inputs = [rows(10 * i, 2) for i in range(6)]  # the request holding 30 poisons its batch
+    start = threading.Barrier(len(inputs))
+
+    def one(batch: torch.Tensor) -> BaseException | np.ndarray:
+        start.wait()
+        try:
+            return batcher.submit(batch)
+        except ValueError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
+        outcomes = list(pool.map(one, inputs))
+    assert isinstance(outcomes[3], ValueError)
+    assert len(tower.sizes) < len(inputs)  # some shared the failing forward ...
+    assert sum(isinstance(o, ValueError) for o in outcomes) > 1  # ... and heard of it
+    tower.fail_on = None
+    np.testing.assert_allclose(batcher.submit(rows(0, 2)), raw(rows(0, 2)))
+
+
+def test_close_joins_the_worker_and_later_submits_are_refused(make_batcher) -> None:
+    batcher, _ = make_batcher()
+    np.testing.assert_allclose(batcher.submit(rows(0, 1)), raw(rows(0, 1)))
+    batcher.close()
+    assert not batcher.alive
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(rows(0, 1))
+    batcher.close()  # twice is harmless
+
+
+def test_encoders_through_the_batcher_match_the_direct_forward() -> None:
+    encoder = load_model("random:mmr-tiny", device="cpu").encoder
+    texts = [f"caption number {i}" for i in range(12)]
+    direct = encoder.forward("text", encoder.prepare_texts(texts))
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            got = list(pool.map(lambda t: encoder.encode_texts([t]), texts))
+        np.testing.assert_allclose(np.concatenate(got), direct, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(encoder.encode_texts(texts), direct, rtol=1e-4, atol=1e-5)
+        assert encoder.encode_texts([]).shape == (0, encoder.dim)
+    finally:
+        encoder.close()
