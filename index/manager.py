@@ -130,9 +130,12 @@ class IndexManager:
             except ValueError as exc:
                 log.warning("snapshot of %s unusable (%s): rebuilding", row.name, exc)
                 index = None
+        built = index is None
         if index is None:
             index = self._build(row, aligner)
         live = LiveIndex(row.id, Space(aligner, index, row.index_epoch))
+        # A rebuilt index is snapshotted soon (snapshot_due), so the next start loads it.
+        live.dirty = int(built)
         with self._guard:
             self._live[row.id] = live
         return live
@@ -215,6 +218,9 @@ class IndexManager:
             self._replay(row, index, seq, aligner)
             live.space = Space(aligner, index, row.index_epoch)
             live.dirty += 1
+        # Rebuilds are the expensive path: make this one durable now, not at some later
+        # tick (a big snapshot then would stall the searches running at that moment).
+        self.snapshot(live)
         log.info(
             "collection %s now serves aligner v%d, index epoch %d",
             row.name,

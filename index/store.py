@@ -444,7 +444,20 @@ class MetadataStore:
         modality: str | None = None,
         chunk: int = 4096,
     ) -> Iterator[list[StoredVectors]]:
-        """Items' stored features and vectors in chunks: the whole collection, or some keys."""
+        """Items' stored features and vectors in chunks: the whole collection, or some keys
+        (sent ``chunk`` at a time: a statement binds at most 32,766 values on SQLite)."""
+        if pks is None:
+            yield from self._iter_stored(collection_id, None, modality, chunk)
+            return
+        keys = sorted(set(pks))
+        for start in range(0, len(keys), chunk):
+            yield from self._iter_stored(
+                collection_id, keys[start : start + chunk], modality, chunk
+            )
+
+    def _iter_stored(
+        self, collection_id: int, pks: list[int] | None, modality: str | None, chunk: int
+    ) -> Iterator[list[StoredVectors]]:
         last = 0
         with self.sessions() as session:
             while True:
@@ -456,7 +469,7 @@ class MetadataStore:
                     ItemRow.vector,
                 ).where(ItemRow.collection_id == collection_id, ItemRow.pk > last)
                 if pks is not None:
-                    stmt = stmt.where(ItemRow.pk.in_(list(pks)))
+                    stmt = stmt.where(ItemRow.pk.in_(pks))
                 if modality is not None:
                     stmt = stmt.where(ItemRow.modality == modality)
                 rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()

@@ -157,3 +157,14 @@ def test_a_recording_keeps_one_vector_per_segment(store: MetadataStore) -> None:
     assert [len(from_blob(s.vector, 4)) for s in chunk] == [3, 1]
     np.testing.assert_array_equal(from_blob(chunk[0].vector, 4), vectors)
     assert chunk[0].modality == "audio" and chunk[0].aligner_version == 1
+
+
+def test_stored_vectors_of_more_keys_than_a_statement_may_bind(store: MetadataStore) -> None:
+    # A replay after a long outage touches many keys: SQLite binds at most 32,766 values,
+    # Postgres 65,535, so the keys go in chunks.
+    row = new_collection(store)
+    store.upsert_item(collection_id=row.id, draft=draft("a"))
+    store.upsert_item(collection_id=row.id, draft=draft("b"))
+    keys = list(range(1, 70_001))
+    found = [s.pk for chunk in store.iter_stored(collection_id=row.id, pks=keys) for s in chunk]
+    assert len(found) == 2

@@ -1,0 +1,126 @@
+"""``python -m bench``: the service against baselines measured in the same run.
+
+Writes results.md, results.json and PNG plots to ``--out`` (default bench/results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.config import INDEX_TYPES, PHASES, BenchConfig, quick_config
+from bench.machine import describe_machine
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+
+def _words(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool]:
+    """Options -> (config, output folder, keep temporary data)."""
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
+    p.add_argument("--only", type=_words, help=f"phases, comma separated: {','.join(PHASES)}")
+    p.add_argument("--sizes", type=_ints, help="collection sizes, e.g. 10000,100000,1000000")
+    p.add_argument("--types", type=_words, help=f"index types: {','.join(INDEX_TYPES)}")
+    p.add_argument("--models", type=_words, help="embedding models, e.g. random:ViT-B-32,mmr-mini")
+    p.add_argument("--precisions", type=_words, help="MMR_PRECISION values, e.g. fp32,auto")
+    p.add_argument("--clients", type=_ints, help="concurrent embedding clients, e.g. 1,4,16")
+    p.add_argument("--duration", type=float, help="seconds measured per client count")
+    p.add_argument("--queries", type=int, help="search queries per setting")
+    p.add_argument("--max-build-min", type=float, help="skip index builds estimated longer")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--keep", action="store_true", help="keep the temporary data dirs")
+    args = p.parse_args(argv)
+    cfg = quick_config() if args.quick else BenchConfig()
+    for opt, attr in [
+        ("only", "phases"),
+        ("sizes", "sizes"),
+        ("types", "types"),
+        ("models", "models"),
+        ("precisions", "precisions"),
+        ("clients", "clients"),
+        ("duration", "duration_s"),
+        ("queries", "queries"),
+        ("max_build_min", "max_build_min"),
+    ]:
+        value = getattr(args, opt)
+        if value is not None:
+            setattr(cfg, attr, tuple(value) if attr == "phases" else value)
+    unknown = set(cfg.phases) - set(PHASES)
+    if unknown:
+        p.error(f"unknown phases {sorted(unknown)}: use {','.join(PHASES)}")
+    return cfg, args.out, args.keep
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the phases, then write the report (also after a phase failed)."""
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, out, keep = parse_args(argv)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="mmr-bench-"))
+    t0 = time.perf_counter()
+
+    def log(line: str) -> None:
+        print(f"[{time.perf_counter() - t0:7.1f} s] {line}", flush=True)
+
+    results: dict[str, Any] = {
+        "argv": " ".join(argv),
+        "config": cfg.as_dict(),
+        "machine": describe_machine(),
+        "errors": [],
+    }
+    log(f"bench: phases {','.join(cfg.phases)}, work dir {work}")
+    try:
+        for phase in cfg.phases:
+            _run_phase(phase, cfg, work, log, results)
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    results["seconds"] = time.perf_counter() - t0
+    _write(results, out, log)
+    return 1 if results["errors"] else 0
+
+
+def _run_phase(
+    phase: str, cfg: BenchConfig, work: Path, log: Callable[[str], None], results: dict[str, Any]
+) -> None:
+    from bench.embed import run_embed
+    from bench.ingest import run_ingest
+    from bench.search import run_search
+
+    runners = {"embed": run_embed, "search": run_search, "ingest": run_ingest}
+    try:
+        results[phase] = runners[phase](cfg, work, log)
+    except Exception as exc:  # a failed phase is reported; the others still run
+        log(f"{phase} failed: {exc}")
+        results["errors"].append(f"{phase}: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+
+
+def _write(results: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
+    from bench.plots import write_plots
+    from bench.report import targets, write_json, write_markdown
+
+    results["targets"] = targets(results)
+    plots = write_plots(results, out)
+    write_json(results, out)
+    md = write_markdown(results, out, plots)
+    log(f"wrote {md}, results.json and {len(plots)} plots in {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

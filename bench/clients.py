@@ -1,0 +1,116 @@
+"""Load generators: closed-loop client threads (one keep-alive httpx.Client each) and a
+sequential timer. Numbers only; nothing here asserts on time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+# One request: (client, request number of this thread) -> True when it succeeded.
+Request = Callable[[httpx.Client, int], bool]
+
+
+@dataclass
+class LoadResult:
+    """Requests completed inside the measured window, and their latencies."""
+
+    clients: int
+    duration_s: float
+    ok: int = 0
+    errors: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def per_s(self) -> float:
+        """Successful requests per second."""
+        return self.ok / self.duration_s if self.duration_s > 0 else 0.0
+
+    def summary(self, items_per_request: int = 1) -> dict[str, Any]:
+        """JSON-able numbers."""
+        return {
+            "clients": self.clients,
+            "duration_s": round(self.duration_s, 3),
+            "requests": self.ok,
+            "errors": self.errors,
+            "per_s": self.per_s * items_per_request,
+            **latency_summary(self.latencies_s),
+        }
+
+
+def latency_summary(latencies_s: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99 and mean in milliseconds (None without samples)."""
+    if not latencies_s:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "mean_ms": None}
+    ms = np.asarray(latencies_s) * 1000.0
+    p50, p95, p99 = np.percentile(ms, [50, 95, 99])
+    return {
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "mean_ms": float(ms.mean()),
+    }
+
+
+def closed_loop(
+    base_url: str, request: Request, *, clients: int, warmup_s: float, duration_s: float
+) -> LoadResult:
+    """``clients`` threads send back to back; completions after warm-up, within the
+    window, are counted (a request straddling the window's start is not)."""
+    result = LoadResult(clients=clients, duration_s=duration_s)
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2  # every thread has its client before the clock runs
+    window = (start + warmup_s, start + warmup_s + duration_s)
+
+    def run() -> None:
+        with httpx.Client(base_url=base_url, timeout=600.0) as client:
+            n = 0
+            while time.perf_counter() < start:
+                time.sleep(0.005)
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= window[1]:
+                    return
+                try:
+                    ok = request(client, n)
+                except httpx.HTTPError:
+                    ok = False
+                t1 = time.perf_counter()
+                n += 1
+                if t0 >= window[0] and t1 <= window[1]:
+                    with lock:
+                        result.ok += ok
+                        result.errors += not ok
+                        if ok:
+                            result.latencies_s.append(t1 - t0)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return result
+
+
+def sequential(
+    client: httpx.Client, request: Request, *, count: int, budget_s: float, minimum: int = 5
+) -> LoadResult:
+    """One request at a time: ``count`` of them, or fewer when the budget runs out."""
+    result = LoadResult(clients=1, duration_s=0.0)
+    t_start = time.perf_counter()
+    for n in range(count):
+        t0 = time.perf_counter()
+        ok = request(client, n)
+        if ok:
+            result.latencies_s.append(time.perf_counter() - t0)
+        result.ok += ok
+        result.errors += not ok
+        if n + 1 >= minimum and time.perf_counter() - t_start > budget_s:
+            break
+    result.duration_s = time.perf_counter() - t_start
+    return result

@@ -1,0 +1,91 @@
+"""What a benchmark run measures: full sizes (``make bench``) or tiny ones (``--quick``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+PHASES = ("embed", "search", "ingest")
+
+# Index settings per benchmark type name (the collection's ``index`` body).
+INDEX_TYPES: dict[str, dict[str, Any]] = {
+    "flat": {"type": "flat"},
+    "hnsw": {"type": "hnsw", "m": 32, "ef_construction": 80, "ef_search": 64},
+    "ivf": {"type": "ivf", "nlist": None, "nprobe": 16, "quantizer": "flat"},
+    "ivf-sq8": {"type": "ivf", "nlist": None, "nprobe": 16, "quantizer": "sq8"},
+    "ivf-pq": {"type": "ivf", "nlist": None, "nprobe": 16, "quantizer": "pq", "pq_m": 64},
+}
+
+
+@dataclass
+class BenchConfig:
+    """Every knob of a run; recorded in results.json."""
+
+    quick: bool = False
+    phases: tuple[str, ...] = PHASES
+    # -- embedding throughput
+    models: list[str] = field(default_factory=lambda: ["random:ViT-B-32", "mmr-mini"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "auto"])
+    clients: list[int] = field(default_factory=lambda: [1, 4, 16])
+    warmup_s: float = 5.0
+    duration_s: float = 20.0
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
+    raw_duration_s: float = 4.0
+    embed_images: int = 8  # distinct small JPEGs the clients cycle through
+    # -- search
+    search_model: str = "random:ViT-B-32"
+    sizes: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])
+    types: list[str] = field(default_factory=lambda: list(INDEX_TYPES))
+    centres: int = 2000
+    queries: int = 500
+    search_budget_s: float = 60.0  # per (size, type) and for the numpy baseline
+    search_clients: list[int] = field(default_factory=lambda: [1, 4])
+    max_build_min: float = 30.0
+    seed: int = 0
+    # -- ingest
+    ingest_model: str = "random:ViT-B-32"
+    texts: int = 2048
+    text_batch: int = 64
+    jpeg_size: tuple[int, int] = (4000, 3000)
+    jpeg_distinct: int = 6
+    jpegs: int = 48
+    jpeg_batch: int = 4
+    decode_budget_s: float = 20.0
+    # -- plumbing
+    ready_timeout_s: float = 1800.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able copy."""
+        return dataclasses.asdict(self)
+
+
+def quick_config() -> BenchConfig:
+    """Tiny sizes: the whole run takes seconds (CI smoke test)."""
+    return BenchConfig(
+        quick=True,
+        models=["random:mmr-tiny"],
+        precisions=["fp32", "auto"],
+        clients=[1, 2],
+        warmup_s=0.3,
+        duration_s=1.0,
+        batch_sizes=[1, 4],
+        raw_duration_s=0.3,
+        embed_images=4,
+        search_model="random:mmr-tiny",
+        sizes=[2000],
+        centres=20,
+        queries=40,
+        search_budget_s=5.0,
+        search_clients=[1, 2],
+        max_build_min=5.0,
+        ingest_model="random:mmr-tiny",
+        texts=64,
+        text_batch=32,
+        jpeg_size=(1600, 1200),
+        jpeg_distinct=2,
+        jpegs=4,
+        jpeg_batch=2,
+        decode_budget_s=1.0,
+        ready_timeout_s=300.0,
+    )

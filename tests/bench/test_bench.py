@@ -1,0 +1,87 @@
+"""`python -m bench --quick`: every phase runs end to end and writes its report.
+
+Numbers are not asserted (the machine is shared and tiny sizes say nothing); shapes are:
+the files, the keys, counts above zero, exact search finding the exact answer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return out, json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_run_writes_report_json_and_plots(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    out, results = quick_run
+    md = (out / "results.md").read_text()
+    for heading in ("## Targets", "## Embedding throughput", "## Search", "## Ingest"):
+        assert heading in md
+    for png in ("embed_throughput.png", "search_latency.png", "search_recall.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert results["errors"] == []
+    assert {"machine", "config", "embed", "search", "ingest", "targets"} <= set(results)
+    assert results["machine"]["cores"] >= 1 and results["machine"]["torch"]
+
+
+@pytest.mark.slow
+def test_quick_embed_has_service_and_baselines(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    embed = quick_run[1]["embed"]
+    assert {(r["precision"], r["clients"]) for r in embed["http"]} == {
+        (p, c) for p in ("fp32", "auto") for c in (1, 2)
+    }
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in embed["http"])
+    assert all(r["images_per_s"] > 0 for r in embed["raw"])
+    assert {r["batch"] for r in embed["raw"]} == {1, 4}
+    for s in embed["summary"]:
+        assert s["vs_raw_best"] > 0 and s["vs_naive_fp32"] > 0
+
+
+@pytest.mark.slow
+def test_quick_search_exact_is_exact(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    (size,) = quick_run[1]["search"]["sizes"]
+    assert size["n"] == 2000 and size["numpy"]["recall_at_10"] == 1.0
+    rows = {r["type"]: r for r in size["types"]}
+    assert set(rows) == {"flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq"}
+    flat = rows["flat"]
+    assert flat["status"] == "ok", flat["reason"]
+    assert flat["recall_at_10"] == 1.0
+    assert flat["queries"] > 0 and flat["errors"] == 0 and flat["info"]["count"] == 2000
+    for row in rows.values():  # every type is measured or says why not
+        assert row["status"] == "ok" or row["reason"]
+        if row["status"] == "ok":
+            assert 0.0 <= row["recall_at_10"] <= 1.0 and row["p50_ms"] > 0
+
+
+@pytest.mark.slow
+def test_quick_ingest_counts_and_decode_agreement(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    ingest = quick_run[1]["ingest"]
+    assert ingest["texts"]["items"] == ingest["texts"]["sent"] == 64
+    assert ingest["images"]["items"] == ingest["images"]["sent"] == 4
+    decode = ingest["decode"]
+    assert decode["plain_per_s"] > 0 and decode["service_per_s"] > 0
+    # The draft decode is smaller than the file and still at least twice the encoder input.
+    assert min(decode["service_decoded_size"]) < min(decode["full_size"])
+    assert min(decode["service_decoded_size"]) >= 2 * decode["encoder_input"]
+    assert decode["cosine_min"] > 0.9
