@@ -5,18 +5,19 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Header, Request
 
 from app.errors import Unauthorized
-from app.settings import Settings, get_settings
+from app.settings import Settings
 
 
-def require_api_key(
-    settings: Annotated[Settings, Depends(get_settings)],
+async def require_api_key(
+    request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
 ) -> None:
-    """Pass when auth is off or a configured key is presented."""
+    """Pass when auth is off or a configured key is presented (async: no thread hop)."""
+    settings: Settings = request.app.state.settings
     keys = settings.keys
     if not keys:
         return

@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.services = None
     app.state.metrics = Metrics()
-    app.dependency_overrides[get_settings] = lambda: settings
+    # The app's settings live in app.state, not in a dependency override: FastAPI analyses
+    # an override's signature again on every request (a third of a search's time).
     install_error_handlers(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]

@@ -34,8 +34,12 @@ class Services:
     worker_wakeup: threading.Event = field(default_factory=threading.Event)
 
 
-def get_services(request: Request) -> Services:
-    """The running service's objects; 503 while start-up has not finished."""
+async def get_services(request: Request) -> Services:
+    """The running service's objects; 503 while start-up has not finished.
+
+    Async (it never blocks): FastAPI runs a sync dependency in the thread pool, a thread
+    hop per request that a search of a million vectors would spend more time on than FAISS.
+    """
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         raise NotReady("the service is starting; try again shortly")

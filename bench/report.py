@@ -10,8 +10,11 @@ NA = "-"  # a cell with no number
 NOTES = (
     "The server is a real `mmr serve` subprocess (own data dir, SQLite, in-process worker); "
     "every baseline runs in the bench process while no server runs.",
-    "Clients are threads of the bench process with one keep-alive httpx client each: on a "
-    "small machine they take CPU from the server, as real clients on the same host would.",
+    "Clients are threads of the bench process with one keep-alive connection each (httpx "
+    "for embedding and ingest, the standard library's http.client for search): on a small "
+    "machine they take CPU from the server, as real clients on the same host would.",
+    "x numpy = the service's best QPS (one client, or several concurrent ones) over numpy "
+    "brute force answering one query at a time.",
     "numpy brute force is the better of OpenBLAS' default thread count and one thread.",
     "Index build = the reindex job's duration (the job builds beside the live index and "
     "swaps); the first search after it is timed apart.",
@@ -43,9 +46,10 @@ def search_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     for size in results.get("search", {}).get("sizes", []):
         for row in size["types"]:
             ratio = None
-            if row.get("qps") and size["numpy"].get("qps"):
-                ratio = row["qps"] / size["numpy"]["qps"]
-            out.append({**row, "n": size["n"], "x_numpy": ratio})
+            best = max([row.get("qps") or 0.0, *(row.get("qps_clients") or {}).values()])
+            if best and size["numpy"].get("qps"):
+                ratio = best / size["numpy"]["qps"]
+            out.append({**row, "n": size["n"], "best_qps": best, "x_numpy": ratio})
     return out
 
 
@@ -55,7 +59,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     for s in results.get("embed", {}).get("summary", []):
         who = f"{s['model']} {s['precision']}: service@{s['service_clients']}"
         out.append(_target(f"{who} / raw best batch", ">= 0.85", s["vs_raw_best"], 0.85))
-        out.append(_target(f"{who} / naive fp32", ">= 2x", s["vs_naive_fp32"], 2.0))
+        if s["precision"] != "fp32":  # the faster path is how the 2x is to be reached
+            out.append(_target(f"{who} / naive fp32", ">= 2x", s["vs_naive_fp32"], 2.0))
     rows = [r for r in search_rows(results) if r.get("status") == "ok"]
     if rows:
         n = max(r["n"] for r in rows)

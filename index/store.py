@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import Row, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -124,11 +125,41 @@ def _aligner_row(
     )
 
 
-class MetadataStore:
-    """Collections, items, tags and the change log, over any SQLAlchemy engine."""
+# An item without its feature and vector blobs (a Row with ItemRow's attribute names).
+ItemSummary = Row[Any]
+_SUMMARIES = select(
+    ItemRow.pk,
+    ItemRow.external_id,
+    ItemRow.modality,
+    ItemRow.meta.label("meta"),
+    ItemRow.sha256,
+    ItemRow.content_type,
+    ItemRow.size_bytes,
+    ItemRow.text,
+    ItemRow.spans,
+    ItemRow.created_at,
+    ItemRow.updated_at,
+).where(
+    ItemRow.collection_id == bindparam("collection_id"),
+    ItemRow.pk.in_(bindparam("pks", expanding=True)),
+)
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+
+class MetadataStore:
+    """Collections, items, tags and the change log, over any SQLAlchemy engine.
+
+    Collection rows are read on every request and change rarely, so lookups by name are
+    kept for ``collection_ttl_s``: this store's own changes drop them at once; another
+    process's (a worker activating a new aligner version) show within the TTL.
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], *, collection_ttl_s: float = 0.5) -> None:
         self.sessions = sessions
+        self.collection_ttl_s = collection_ttl_s
+        self._by_name: dict[str, tuple[float, CollectionRow]] = {}
+
+    def _forget_collections(self) -> None:
+        self._by_name = {}
 
     # -- collections -------------------------------------------------------------------
     def create_collection(
@@ -155,6 +186,7 @@ class MetadataStore:
             index_params=index_params,
             created_at=utcnow(),
         )
+        self._forget_collections()
         try:
             with self.sessions.begin() as session:
                 session.add(row)
@@ -182,6 +214,7 @@ class MetadataStore:
                 if collection is None:
                     raise NotFoundError("the collection was deleted")
                 collection.aligner_version = row.version
+        self._forget_collections()
         return row
 
     def get_aligner(self, *, collection_id: int, version: int) -> AlignerRow | None:
@@ -205,12 +238,17 @@ class MetadataStore:
 
     def get_collection(self, name: str) -> CollectionRow:
         """The collection by name; NotFoundError when there is none."""
+        now = time.monotonic()
+        kept = self._by_name.get(name)
+        if kept is not None and now - kept[0] < self.collection_ttl_s:
+            return kept[1]
         row = None
         if storable(name):
             with self.sessions() as session:
                 row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
         if row is None:
             raise NotFoundError(f"no collection named {name!r}")
+        self._by_name[name] = (now, row)
         return row
 
     def list_collections(self) -> list[CollectionRow]:
@@ -246,6 +284,7 @@ class MetadataStore:
                 row.index_type, row.index_params = index
             if bump_epoch or index is not None:
                 row.index_epoch += 1
+        self._forget_collections()
         return row
 
     def delete_collection(self, collection_id: int) -> None:
@@ -257,6 +296,7 @@ class MetadataStore:
             session.execute(delete(ChangeRow).where(ChangeRow.collection_id == collection_id))
             session.execute(delete(AlignerRow).where(AlignerRow.collection_id == collection_id))
             session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
+        self._forget_collections()
 
     def count_items(self, collection_id: int) -> int:
         """How many items the collection holds."""
@@ -358,15 +398,16 @@ class MetadataStore:
             )
             return list(session.scalars(stmt))
 
-    def items_by_pk(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemRow]:
-        """Items by primary key (those still present)."""
+    def items_by_pk(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemSummary]:
+        """Items by primary key (those still present): every column but the feature and
+        vector blobs. A prebuilt Core statement: search hydrates with it on every query,
+        where the ORM's per-row bookkeeping cost three times the query itself."""
         if not pks:
             return {}
-        with self.sessions() as session:
-            stmt = select(ItemRow).where(
-                ItemRow.collection_id == collection_id, ItemRow.pk.in_(list(pks))
-            )
-            return {row.pk: row for row in session.scalars(stmt)}
+        engine = self.sessions.kw["bind"]
+        with engine.connect() as conn:
+            rows = conn.execute(_SUMMARIES, {"collection_id": collection_id, "pks": list(pks)})
+            return {row.pk: row for row in rows}
 
     def shas_in_use(self, shas: set[str]) -> set[str]:
         """Which of these digests some item (of any collection) still points at."""
@@ -499,6 +540,7 @@ class MetadataStore:
             row = session.get(CollectionRow, collection_id)
             if row is not None:
                 row.changes_pruned_seq = max(row.changes_pruned_seq, upto_seq)
+        self._forget_collections()
 
     def changed_since(self, *, collection_id: int, seq: int) -> tuple[set[int], int]:
         """Item keys touched after a sequence, and the newest sequence seen."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import UnprocessableEntity
@@ -31,7 +31,7 @@ SEARCH_FORM = {
     response_model=SearchResponse,
     openapi_extra=body.openapi_body(SearchRequest.model_json_schema(), SEARCH_FORM),
 )
-async def search_collection(name: str, request: Request, services: ServicesDep) -> SearchResponse:
+async def search_collection(name: str, request: Request, services: ServicesDep) -> Response:
     """Nearest items to a text, an uploaded file, a stored item or a raw vector."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
@@ -40,9 +40,11 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
         req = body.validate(SearchRequest, await body.json_payload(request))
         query = Query(text=req.text, item_id=req.item_id, vector=req.vector)
         constraints = _constraints(req)
-    return await run_in_threadpool(
+    found = await run_in_threadpool(
         search, services=services, name=name, query=query, constraints=constraints
     )
+    # Serialised here, once: FastAPI would validate the finished model again first.
+    return Response(found.model_dump_json(), media_type="application/json")
 
 
 async def _from_form(request: Request) -> tuple[Query, Constraints]:

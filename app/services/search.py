@@ -14,8 +14,8 @@ from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
 from index.manager import current_vectors
-from index.store import Scalar, stored_of
-from index.tables import CollectionRow, ItemRow
+from index.store import ItemSummary, Scalar, stored_of
+from index.tables import CollectionRow
 from models.aligner import Aligner, l2_normalize
 from models.audio import pooled
 
@@ -68,7 +68,7 @@ def search(
     return SearchResponse(results=results, query_modality=modality, aligner_version=aligner.version)
 
 
-def _hit(item: ItemRow, collection: str, score: float, segment: int) -> SearchHit:
+def _hit(item: ItemSummary, collection: str, score: float, segment: int) -> SearchHit:
     """A result; a recording's carries the span of the segment that matched best."""
     span = item.spans[segment] if item.spans and segment < len(item.spans) else None
     return SearchHit(

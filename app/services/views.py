@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.schemas import CollectionPublic, IndexInfo, ItemPublic, JobPublic
+from index.store import ItemSummary
 from index.tables import CollectionRow, ItemRow, JobRow
 
 
@@ -14,7 +15,7 @@ def aware(ts: datetime) -> datetime:
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
 
 
-def item_public(row: ItemRow, collection: str) -> ItemPublic:
+def item_public(row: ItemRow | ItemSummary, collection: str) -> ItemPublic:
     """The public view of an item."""
     return ItemPublic(
         id=row.external_id,

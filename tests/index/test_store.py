@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -168,3 +169,20 @@ def test_stored_vectors_of_more_keys_than_a_statement_may_bind(store: MetadataSt
     keys = list(range(1, 70_001))
     found = [s.pk for chunk in store.iter_stored(collection_id=row.id, pks=keys) for s in chunk]
     assert len(found) == 2
+
+
+def test_collection_lookups_follow_own_changes_at_once_and_others_within_the_ttl(
+    store: MetadataStore,
+) -> None:
+    row = new_collection(store)
+    assert store.get_collection("c").index_epoch == 0
+    store.set_space(collection_id=row.id, bump_epoch=True)
+    assert store.get_collection("c").index_epoch == 1  # this store's own change: at once
+    other = MetadataStore(store.sessions)  # another process (a worker) on the same database
+    other.set_space(collection_id=row.id, bump_epoch=True)
+    assert store.get_collection("c").index_epoch == 1  # within the TTL: the kept row
+    time.sleep(store.collection_ttl_s + 0.05)
+    assert store.get_collection("c").index_epoch == 2
+    store.delete_collection(row.id)
+    with pytest.raises(NotFoundError):
+        store.get_collection("c")
