@@ -30,7 +30,9 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(default=32, ge=1, description="most inputs in one encoder forward")
     batch_wait_ms: float = Field(
-        default=5.0, ge=0, description="how long a forward waits for more requests to join it"
+        default=20.0,
+        ge=0,
+        description="longest a forward waits for requests still preparing their inputs",
     )
     batch_queue: int = Field(
         default=512, ge=1, description="inputs waiting per encoder before requests get 429"

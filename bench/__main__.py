@@ -6,6 +6,7 @@ Writes results.md, results.json and PNG plots to ``--out`` (default bench/result
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -29,8 +30,8 @@ def _words(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool]:
-    """Options -> (config, output folder, keep temporary data)."""
+def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool, bool]:
+    """Options -> (config, output folder, keep temporary data, merge with earlier results)."""
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny sizes, seconds (smoke test)")
     p.add_argument("--only", type=_words, help=f"phases, comma separated: {','.join(PHASES)}")
@@ -44,6 +45,11 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool]:
     p.add_argument("--max-build-min", type=float, help="skip index builds estimated longer")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--keep", action="store_true", help="keep the temporary data dirs")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the phases this run skips from the results.json already in --out",
+    )
     args = p.parse_args(argv)
     cfg = quick_config() if args.quick else BenchConfig()
     for opt, attr in [
@@ -63,13 +69,13 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool]:
     unknown = set(cfg.phases) - set(PHASES)
     if unknown:
         p.error(f"unknown phases {sorted(unknown)}: use {','.join(PHASES)}")
-    return cfg, args.out, args.keep
+    return cfg, args.out, args.keep, args.merge
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the phases, then write the report (also after a phase failed)."""
     argv = sys.argv[1:] if argv is None else argv
-    cfg, out, keep = parse_args(argv)
+    cfg, out, keep, merge = parse_args(argv)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="mmr-bench-"))
     t0 = time.perf_counter()
@@ -91,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     results["seconds"] = time.perf_counter() - t0
+    if merge:
+        _merge_earlier(results, out / "results.json", cfg.phases, log)
     _write(results, out, log)
     return 1 if results["errors"] else 0
 
@@ -109,6 +117,20 @@ def _run_phase(
         log(f"{phase} failed: {exc}")
         results["errors"].append(f"{phase}: {type(exc).__name__}: {exc}")
         traceback.print_exc()
+
+
+def _merge_earlier(
+    results: dict[str, Any], path: Path, ran: tuple[str, ...], log: Callable[[str], None]
+) -> None:
+    """Take the phases this run skipped from an earlier results.json (their own dates)."""
+    if not path.exists():
+        return
+    earlier = json.loads(path.read_text())
+    kept = [p for p in PHASES if p not in ran and p in earlier]
+    for phase in kept:
+        results[phase] = earlier[phase]
+    results["merged"] = {p: earlier.get("machine", {}).get("date") for p in kept}
+    log(f"kept {', '.join(kept) or 'no phase'} from {path}")
 
 
 def _write(results: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:

@@ -30,10 +30,18 @@ class RawHttp:
         return self.post(path, body, "application/json")
 
     def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
-        """POST a ready body; the status and the response body."""
-        self._conn.request("POST", path, body, {"Content-Type": content_type})
-        response = self._conn.getresponse()
-        return response.status, response.read()
+        """POST a ready body; the status and the response body. A connection the server
+        closed while idle (uvicorn's keep-alive is 5 s) is opened again, once."""
+        for attempt in (1, 2):
+            try:
+                self._conn.request("POST", path, body, {"Content-Type": content_type})
+                response = self._conn.getresponse()
+                return response.status, response.read()
+            except (ConnectionError, http.client.HTTPException):
+                self._conn.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close the connection."""

@@ -127,6 +127,10 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         f"faiss {m['faiss']}, numpy {m['numpy']} · `python -m bench {results['argv']}`",
         "",
+        *[
+            f"The {phase} phase comes from an earlier run ({date}, kept by `--merge`).\n"
+            for phase, date in (results.get("merged") or {}).items()
+        ],
         "## Targets",
         "",
     ]

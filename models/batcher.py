@@ -2,10 +2,14 @@
 
 Callers (the web server's threadpool threads) prepare their inputs (decode, preprocess,
 tokenize) in their own thread, :meth:`MicroBatcher.submit` the tensor and block on a future.
-One worker thread per tower takes the oldest waiting request, gathers more until
-``max_batch`` rows or ``max_wait_ms`` after that request arrived, runs one forward on the
-concatenation and hands each caller its rows. Under load the requests that queued during
-the previous forward are taken at once, so the wait only costs a lone request.
+One worker thread per tower takes the oldest waiting request and runs one forward on it
+together with every request queued behind it (up to ``max_batch`` rows), then hands each
+caller its rows. Callers that go through :meth:`MicroBatcher.run` announce themselves while
+they prepare their inputs; the worker waits for announced callers (at most ``max_wait_ms``
+after the oldest request arrived) rather than starting a forward without them. A lone
+request therefore never waits, and under load a forward takes everyone whose inputs were
+being prepared, instead of a small batch racing the preparation of the next one for the
+same cores.
 
 The queue is bounded in rows: a request that would push it past ``max_queue`` is refused with
 :class:`Overloaded` (HTTP 429) at once, instead of waiting for a timeout. A request larger
@@ -35,7 +39,7 @@ class BatchConfig:
     """How a tower's requests are gathered (MMR_BATCH_SIZE, _WAIT_MS, _QUEUE)."""
 
     max_batch: int = 32
-    max_wait_ms: float = 5.0
+    max_wait_ms: float = 20.0
     max_queue: int = 512
 
     def __post_init__(self) -> None:
@@ -63,6 +67,7 @@ class MicroBatcher:
         self._forward = forward
         self._queue: deque[_Request] = deque()
         self._waiting = 0  # rows queued, not yet taken by the worker
+        self._incoming = 0  # callers of run() still preparing their inputs
         self._busy = False
         self._closed = False
         self._cond = threading.Condition()
@@ -84,12 +89,29 @@ class MicroBatcher:
         """Whether the worker thread runs."""
         return self._thread.is_alive()
 
-    def submit(self, batch: torch.Tensor) -> np.ndarray:
+    def run(self, prepare: Callable[[], torch.Tensor]) -> np.ndarray:
+        """Prepare inputs in this thread (the worker knows they are on the way), then submit
+        them: the forward's rows for them."""
+        with self._cond:
+            self._incoming += 1
+        try:
+            batch = prepare()
+        except BaseException:
+            with self._cond:
+                self._incoming -= 1
+                self._cond.notify()
+            raise
+        return self.submit(batch, announced=True)
+
+    def submit(self, batch: torch.Tensor, *, announced: bool = False) -> np.ndarray:
         """The forward's (n, dim) float32 rows for these n input rows; blocks until done."""
-        if len(batch) == 0:
-            raise ValueError("an empty batch has no rows to encode")
         request = _Request(batch, time.monotonic())
         with self._cond:
+            if announced:
+                self._incoming -= 1
+                self._cond.notify()
+            if len(batch) == 0:
+                raise ValueError("an empty batch has no rows to encode")
             if self._closed:
                 raise RuntimeError(f"the {self.name} encoder is closed (the server shuts down)")
             # An empty queue takes any request: a big one is chunked, never refused for size.
@@ -123,7 +145,7 @@ class MicroBatcher:
                     return None
                 self._cond.wait()
             deadline = self._queue[0].arrived + self.config.max_wait_ms / 1000
-            while self._waiting < limit and not self._closed:
+            while self._waiting < limit and self._incoming and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break

@@ -123,17 +123,18 @@ class OpenClipEncoder:
         """Raw image features, shape (n, dim), float32."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.submit("image", self.prepare_images(images))
+        return self.submit("image", lambda: self.prepare_images(images))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Raw text features, shape (n, dim), float32."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.submit("text", self.prepare_texts(texts))
+        return self.submit("text", lambda: self.prepare_texts(texts))
 
-    def submit(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
-        """Prepared inputs through the tower's batcher (started on first use)."""
-        return self._batcher(kind).submit(batch)
+    def submit(self, kind: Modality, prepare: Callable[[], torch.Tensor]) -> np.ndarray:
+        """Inputs prepared in this thread, then through the tower's batcher (started on
+        first use), which waits for callers still preparing theirs."""
+        return self._batcher(kind).run(prepare)
 
     def replace_model(self, model: torch.nn.Module) -> None:
         """Swap the weights (a precision choice), between forwards."""
@@ -230,7 +231,7 @@ class MiniAudioEncoder:
             )
             for w in waves
         ]
-        features = self._owner.submit("audio", self.prepare_windows(cuts))
+        features = self._owner.submit("audio", lambda: self.prepare_windows(cuts))
         bounds = np.cumsum([0] + [len(spans) for _, spans in cuts])
         return [
             AudioSegments(features[a:b], spans)

@@ -121,7 +121,7 @@ class ClapAudioEncoder:
     def _embed_pieces(self, pieces: list[np.ndarray]) -> np.ndarray:
         if not pieces:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._audio_batcher().submit(self.prepare_windows(pieces))
+        return self._audio_batcher().run(lambda: self.prepare_windows(pieces))
 
     def _audio_batcher(self) -> MicroBatcher:
         with self._batcher_lock:

@@ -167,3 +167,43 @@ def test_encoders_through_the_batcher_match_the_direct_forward() -> None:
         assert encoder.encode_texts([]).shape == (0, encoder.dim)
     finally:
         encoder.close()
+
+
+def test_a_lone_request_never_waits_for_company(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=2000.0, max_queue=512)
+    tower.delay_s = 0.0
+    started = time.monotonic()
+    np.testing.assert_allclose(batcher.run(lambda: rows(0, 2)), raw(rows(0, 2)))
+    assert time.monotonic() - started < 1.0  # nobody was preparing: no 2-second wait
+
+
+def test_callers_still_preparing_join_the_same_forward(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=5000.0, max_queue=512)
+    start = threading.Barrier(6)
+
+    def one(i: int) -> np.ndarray:
+        def prepare() -> torch.Tensor:
+            start.wait()  # all six announce themselves, then prepare at their own pace
+            time.sleep(0.05 * i)
+            return rows(10 * i, 1)
+
+        return batcher.run(prepare)
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(one, range(6)))
+    assert tower.sizes == [6]  # the first one waited for the five still preparing
+    for i, got in enumerate(results):
+        np.testing.assert_allclose(got, raw(rows(10 * i, 1)))
+
+
+def test_a_failed_preparation_is_not_waited_for(make_batcher) -> None:
+    batcher, _ = make_batcher(max_batch=64, max_wait_ms=5000.0, max_queue=512)
+
+    def broken() -> torch.Tensor:
+        raise ValueError("cannot decode")
+
+    with pytest.raises(ValueError, match="decode"):
+        batcher.run(broken)
+    started = time.monotonic()
+    batcher.run(lambda: rows(0, 1))
+    assert time.monotonic() - started < 1.0
