@@ -142,6 +142,10 @@ def _write(results: dict[str, Any], out: Path, log: Callable[[str], None]) -> No
     write_json(results, out)
     md = write_markdown(results, out, plots)
     log(f"wrote {md}, results.json and {len(plots)} plots in {out}")
+    text = md.read_text()
+    start = text.find("## Targets")
+    end = text.find("\n## ", start + 1)
+    print(text[start:end].strip() if start >= 0 else text, flush=True)  # the table, printed
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ NA = "-"  # a cell with no number
 NOTES = (
     "The server is a real `mmr serve` subprocess (own data dir, SQLite, in-process worker); "
     "every baseline runs in the bench process while no server runs.",
-    "Clients are threads of the bench process with one keep-alive connection each (httpx "
-    "for embedding and ingest, the standard library's http.client for search): on a small "
-    "machine they take CPU from the server, as real clients on the same host would.",
+    "Clients are threads of the bench process with one keep-alive connection each (the "
+    "standard library's http.client with bodies encoded once for embedding and search, "
+    "httpx for ingest): on a small machine they take CPU from the server, as real clients "
+    "on the same host would.",
     "x numpy = the service's best QPS (one client, or several concurrent ones) over numpy "
     "brute force answering one query at a time.",
     "numpy brute force is the better of OpenBLAS' default thread count and one thread.",
