@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from index.snapshots import read_snapshot
+from index.vector_index import VectorIndex
 from tests.app.test_jobs import wait
 from tests.conftest import error_code
 
@@ -142,3 +144,20 @@ def test_the_type_survives_restarts(make_settings: Callable[..., Settings]) -> N
             index = info(client, "c")
             assert (index["type"], index["size"], index["deleted"]) == ("hnsw", ITEMS - 1, 1)
             assert top(client, "c", "note number 4 about 4 things", k=5) == expected
+
+
+def test_a_reindexed_index_is_snapshotted_when_it_is_swapped_in(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(job_poll_s=0.1, snapshot_every=1_000_000)
+    with TestClient(create_app(settings)) as client:
+        fill(client, "c", {"type": "flat"}, count=20)
+        spec = {"type": "hnsw", "m": 8}
+        job = client.post("/v1/jobs", json={"type": "reindex", "collection": "c", "index": spec})
+        assert wait(client, job.json()["id"])["status"] == "succeeded"
+        # No shutdown and no snapshot tick yet: the swap itself made the new index durable.
+        [path] = (settings.data_dir / "indexes").glob("*.faiss")
+        snap = read_snapshot(path)
+        assert snap is not None and snap.epoch == 1
+        restored = VectorIndex.from_bytes(snap.dim, snap.payload)
+        assert restored.spec.type == "hnsw" and restored.size == 20
