@@ -58,10 +58,10 @@ class IndexSettings(BaseModel):
 
     @model_validator(mode="after")
     def _fields_of_the_type(self) -> IndexSettings:
-        for name in {"m", "ef_construction", "ef_search", "nlist", "nprobe", "quantizer", "pq_m"}:
-            if getattr(self, name) is not None and name not in TYPE_FIELDS[self.type]:
-                owner = next(t for t, names in TYPE_FIELDS.items() if name in names)
-                raise ValueError(f"{name} applies to {owner} indexes, not {self.type}")
+        for owner, names in TYPE_FIELDS.items():
+            given = [n for n in names if getattr(self, n) is not None]
+            if given and owner != self.type:
+                raise ValueError(f"{given[0]} applies to {owner} indexes, not {self.type}")
         if self.pq_m is not None and self.quantizer != "pq":
             raise ValueError('pq_m applies with "quantizer": "pq"')
         return self

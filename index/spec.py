@@ -7,7 +7,7 @@ stored as ``collections.index_type`` + ``collections.index_params`` (the fields 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 IndexType = Literal["flat", "hnsw", "ivf"]
@@ -54,8 +54,7 @@ class IndexSpec:
         unknown = set(given) - set(TYPE_FIELDS[index_type])
         if unknown:
             raise ValueError(f"{index_type} index takes no {', '.join(sorted(unknown))}")
-        known = {f.name for f in fields(cls)}
-        return cls(type=index_type, **{k: v for k, v in given.items() if k in known})  # type: ignore[arg-type]
+        return cls(type=index_type, **given)  # type: ignore[arg-type]
 
     def check(self, dim: int) -> None:
         """ValueError when the spec cannot index vectors of this dimension."""
