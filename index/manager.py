@@ -210,6 +210,11 @@ class IndexManager:
         return live
 
     def _swap(self, live: LiveIndex, row: CollectionRow) -> None:
+        # SQL as it is now, not the row the caller read earlier (or a kept one): a request
+        # that read it before another one swapped must not swap the index back.
+        row = self.store.get_collection_by_id(row.id)
+        if live.space.matches(row):
+            return
         aligner = self.active_aligner(row)
         seq = self.store.last_seq(row.id)
         index = self._build(row, aligner)  # beside the live one: searches go on meanwhile
