@@ -319,7 +319,9 @@ class ModelInfo(BaseModel):
     device: str
     warning: str | None = None
     audio: AudioModelInfo | None = None
-    precision: str = Field("fp32", description="fp32, bf16 or fp16 (MMR_PRECISION)")
+    precision: str = Field(
+        "fp32", description="fp32, bf16, fp16 or int8 (MMR_PRECISION; int8: ONNX Runtime)"
+    )
     precision_probe_min_cosine: float | None = Field(
         None, description="auto only: the probe's lowest cosine to fp32 on its fixed inputs"
     )

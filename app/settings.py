@@ -23,10 +23,10 @@ class Settings(BaseSettings):
         default=None, description="aligner artefact new collections start from (bootstrap-audio)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         default="auto",
-        description="auto: fp16 on CUDA, bf16 on a CPU with native bf16 if a probe agrees, "
-        "else fp32",
+        description="auto: fp16 on CUDA; on a CPU bf16 where it is native, else int8 image and "
+        "text towers through ONNX Runtime; each only if a probe agrees, else fp32",
     )
     batch_size: int = Field(default=32, ge=1, description="most inputs in one encoder forward")
     batch_wait_ms: float = Field(

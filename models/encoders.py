@@ -85,6 +85,8 @@ class OpenClipEncoder:
         self._batching = batching or BatchConfig()
         self._batchers: dict[Modality, MicroBatcher] = {}
         self._closed = False
+        # Towers that run outside torch (int8 through ONNX Runtime), by modality.
+        self.runtimes: dict[Modality, Callable[[torch.Tensor], np.ndarray]] = {}
         self.dim = int(self.forward("text", self.prepare_texts(["probe"])).shape[1])
 
     @property
@@ -110,6 +112,10 @@ class OpenClipEncoder:
 
     def forward(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
         """One forward of a tower on prepared inputs, no batcher: (n, dim) float32."""
+        runtime = self.runtimes.get(kind)
+        if runtime is not None:
+            with self._lock:
+                return runtime(batch)
         fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, self.TOWERS[kind])
         batch = batch.to(self.device)
         # Pixels follow the weights' dtype; audio waves stay float32 for the FFT front end.
@@ -140,6 +146,12 @@ class OpenClipEncoder:
         """Swap the weights (a precision choice), between forwards."""
         with self._lock:
             self.model = model.eval()
+
+    def use_runtimes(self, runtimes: dict[Modality, Callable[[torch.Tensor], np.ndarray]]) -> None:
+        """Run these towers outside torch (a precision choice), between forwards; the torch
+        model keeps the others (and answers ``image_size``)."""
+        with self._lock:
+            self.runtimes = dict(runtimes)
 
     def close(self) -> None:
         """Stop the batchers' threads; later encodes raise RuntimeError."""

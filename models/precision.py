@@ -1,32 +1,42 @@
-"""Which number format the encoders run in: fp32, bf16 or fp16 (MMR_PRECISION).
+"""Which number format the encoders run in: fp32, bf16, fp16 or int8 (MMR_PRECISION).
 
-``auto`` takes fp16 on CUDA, and bf16 on a CPU with native bf16 (AVX512-BF16 / AMX, as oneDNN
-reports it); either only when a probe agrees: on a fixed set of inputs (8 seeded synthetic
-images, 8 captions, audio windows for a model with an audio tower) every row of every tower
-keeps a cosine of at least ``PROBE_MIN_COSINE`` to its fp32 embedding. Otherwise fp32, logged.
-The fp32 weights are kept only while the probe runs (bf16 back to fp32 is lossy).
+``auto`` takes fp16 on CUDA; on a CPU, bf16 where the CPU has native bf16 (AVX512-BF16 / AMX,
+as oneDNN reports it), else int8 image and text towers run by ONNX Runtime
+(:mod:`models.int8`). Each only when a probe agrees: on a fixed set of inputs (8 seeded
+synthetic images, 8 captions, audio windows for a model with an audio tower) every row of
+every tower keeps a cosine of at least ``PROBE_MIN_COSINE`` to its fp32 embedding; int8 must
+also beat fp32's time on those inputs (for a tiny model ONNX Runtime's gain can be nothing).
+Otherwise fp32, logged. The fp32 weights are kept only while the probe runs (bf16 back to fp32
+is lossy); int8 keeps them, for the audio tower and the image size.
 
 Measured on the development machine (random:ViT-B-32 image tower, batch 16, torch 2.14 on 2
 threads, oneDNN reports native bf16): fp32 15.6 images/s, bf16 77.3 images/s (x5), min cosine
 0.99995 to fp32; with the 2 cores shared (load ~4) fp32 3.8-6.0, bf16 10.8-12.4 (x2-3).
-
-ONNX / other runtimes are out of scope: this is torch's own dtype switch.
+int8 on a 2-core AMD EPYC without AVX-512 (same model and batch, ONNX Runtime 1.32): fp32
+9.2 images/s, int8 ~20 (x2.2), probe min cosine 0.998.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+from models import int8
+from models.errors import ModelLoadError
+
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -50,7 +60,7 @@ PROBE_TEXTS = (
 class PrecisionChoice:
     """What the encoders run in, what was asked, and the probe's verdict when one ran."""
 
-    name: str  # fp32 | bf16 | fp16
+    name: str  # fp32 | bf16 | fp16 | int8
     requested: str
     probe_min_cosine: float | None = None
     reason: str = ""
@@ -119,21 +129,105 @@ def to_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return model
 
 
-def choose_precision(encoder: Any, requested: str) -> PrecisionChoice:
-    """Put the encoder's model in the requested precision (``auto``: probe first)."""
-    if requested not in ("auto", *DTYPES):
-        raise ValueError(f"unknown precision {requested!r}: use auto, fp32, bf16 or fp16")
+def choose_precision(
+    encoder: Any, requested: str, *, cache_dir: Path | None = None
+) -> PrecisionChoice:
+    """Put the encoder in the requested precision (``auto``: probe first). int8 exports are
+    kept under ``cache_dir``."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}: use {', '.join(PRECISIONS)}")
+    if requested == "int8":
+        _require_int8(encoder)
+        encoder.use_runtimes(_int8_towers(encoder, cache_dir))
+        return _chosen(encoder, PrecisionChoice("int8", "int8", reason="as configured"))
     if requested != "auto":
         if requested != "fp32":
             encoder.replace_model(to_dtype(encoder.model, DTYPES[requested]))
         return _chosen(encoder, PrecisionChoice(requested, requested, reason="as configured"))
     if str(encoder.device).startswith("cuda"):
-        candidate = "fp16"
-    elif cpu_has_native_bf16():
-        candidate = "bf16"
-    else:
-        return _chosen(encoder, PrecisionChoice("fp32", "auto", reason="no native bf16 on the CPU"))
-    return _chosen(encoder, _probe(encoder, candidate))
+        return _chosen(encoder, _probe(encoder, "fp16"))
+    if cpu_has_native_bf16():
+        return _chosen(encoder, _probe(encoder, "bf16"))
+    if not int8.available():
+        reason = "no native bf16 on the CPU, and ONNX Runtime is not installed for int8"
+        return _chosen(encoder, PrecisionChoice("fp32", "auto", reason=reason))
+    return _chosen(encoder, _probe_int8(encoder, cache_dir))
+
+
+def _require_int8(encoder: Any) -> None:
+    if str(encoder.device).startswith("cuda"):
+        raise ModelLoadError(
+            "MMR_PRECISION=int8 runs on the CPU (ONNX Runtime); on CUDA use fp16 or auto"
+        )
+    if not int8.available():
+        raise ModelLoadError(
+            "MMR_PRECISION=int8 needs onnxruntime and onnx (pip install onnxruntime onnx)"
+        )
+
+
+def _int8_towers(encoder: Any, cache_dir: Path | None) -> dict[str, Any]:
+    inputs = probe_inputs(encoder)
+    return int8.int8_towers(
+        encoder.model,
+        model_id=encoder.model_id,
+        examples={kind: (encoder.TOWERS[kind], inputs[kind][:2]) for kind in ("image", "text")},
+        cache_dir=cache_dir,
+        threads=torch.get_num_threads(),
+    )
+
+
+def timed(run: Callable[[], object], repeats: int = 2) -> float:
+    """Best wall time of ``repeats`` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# The int8 probe's refusals, by (weights digest, threads): a process that loads the same
+# weights again (tests, evaluation scripts) does not export them again to learn the same.
+_INT8_REFUSED: dict[tuple[str, int], PrecisionChoice] = {}
+
+
+def _probe_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
+    key = (int8.weights_digest(encoder.model), torch.get_num_threads())
+    if key in _INT8_REFUSED:
+        return _INT8_REFUSED[key]
+    choice = _measure_int8(encoder, cache_dir)
+    if choice.name == "fp32":
+        _INT8_REFUSED[key] = choice
+    return choice
+
+
+def _measure_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
+    inputs = probe_inputs(encoder)
+    reference = {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
+    fp32_s = timed(lambda: [encoder.forward(k, b) for k, b in inputs.items()])
+    try:
+        towers = _int8_towers(encoder, cache_dir)
+    except Exception as exc:  # an op the exporter or the quantiser cannot take
+        log.warning("int8 export of %s failed: %s", encoder.model_id, exc)
+        return PrecisionChoice("fp32", "auto", reason=f"int8 export failed: {exc}")
+    encoder.use_runtimes(towers)
+    cosine = min(
+        _min_cosine(encoder.forward(kind, batch), reference[kind]) for kind, batch in inputs.items()
+    )
+    int8_s = timed(lambda: [encoder.forward(k, b) for k, b in inputs.items()])
+    threshold = PROBE_MIN_COSINE
+    if cosine < threshold:
+        encoder.use_runtimes({})
+        return PrecisionChoice("fp32", "auto", cosine, f"int8 probe cosine < {threshold}")
+    if int8_s >= fp32_s:
+        encoder.use_runtimes({})
+        reason = f"int8 is not faster here ({int8_s * 1000:.1f} ms vs fp32 {fp32_s * 1000:.1f} ms)"
+        return PrecisionChoice("fp32", "auto", cosine, reason)
+    reason = (
+        f"no native bf16; int8 probe cosine >= {threshold}, "
+        f"{fp32_s / int8_s:.1f}x fp32's speed on the probe"
+    )
+    return PrecisionChoice("int8", "auto", cosine, reason)
 
 
 def _probe(encoder: Any, candidate: str) -> PrecisionChoice:

@@ -188,7 +188,7 @@ def load_model(
     """
     parse_audio_id(audio_model)  # a typo fails before minutes of weight loading
     loaded = _load_main(model_id, device=device, cache_dir=cache_dir, batching=batching)
-    loaded.precision = choose_precision(loaded.encoder, precision)
+    loaded.precision = choose_precision(loaded.encoder, precision, cache_dir=cache_dir)
     loaded.audio = load_audio_model(
         audio_model, encoder=loaded.encoder, device=device, cache_dir=cache_dir, batching=batching
     )

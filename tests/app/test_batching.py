@@ -59,3 +59,16 @@ def test_models_reports_the_precision(make_settings: Callable[..., Settings]) ->
         active = client.get("/v1/models").json()["active"]
     assert active["precision"] == "bf16"
     assert active["precision_probe_min_cosine"] is None
+
+
+def test_int8_serves_through_onnx_runtime(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(precision="int8")
+    with TestClient(create_app(settings)) as client:
+        active = client.get("/v1/models").json()["active"]
+        embedded = client.post("/v1/embed", json={"texts": ["a red square", "a blue circle"]})
+    assert active["precision"] == "int8"
+    assert embedded.status_code == 200
+    vectors = np.asarray(embedded.json()["embeddings"])
+    assert vectors.shape[0] == 2 and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-4)
+    # The export is kept under the data dir's model cache for the next start.
+    assert list((settings.data_dir / "models" / "onnx").glob("*-text-*.onnx"))

@@ -1,7 +1,9 @@
-"""Precision: ``auto`` takes bf16 on a CPU with native bf16 when a fixed-input probe agrees."""
+"""Precision: ``auto`` takes bf16 on a CPU with native bf16, else int8 towers in ONNX Runtime,
+when a fixed-input probe agrees (and, for int8, finds it faster)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -9,6 +11,8 @@ import pytest
 import torch
 
 import models.precision as precision
+from models import int8
+from models.errors import ModelLoadError
 from models.registry import load_model
 
 needs_bf16 = pytest.mark.skipif(
@@ -87,8 +91,142 @@ def test_explicit_precisions_are_honoured() -> None:
     bf16.encoder.close()
 
 
-def test_auto_without_native_bf16_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_without_native_bf16_or_onnxruntime_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(int8, "available", lambda: False)
     loaded = load_model("random:mmr-tiny", device="cpu", precision="auto")
     assert loaded.precision.name == "fp32" and loaded.precision.probe_min_cosine is None
     assert loaded.encoder.dtype == torch.float32
+
+
+# -- int8 (ONNX Runtime) ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_int8_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget earlier int8 refusals of this process (they are kept per weights)."""
+    monkeypatch.setattr(precision, "_INT8_REFUSED", {})
+
+
+def check_int8_close(model_id: str, cache: Any) -> Any:
+    reference = probe_embeddings(load_model(model_id, device="cpu").encoder)
+    loaded = load_model(model_id, device="cpu", precision="int8", cache_dir=cache)
+    assert loaded.precision.name == "int8"
+    assert set(loaded.encoder.runtimes) == {"image", "text"}
+    got = probe_embeddings(loaded.encoder)
+    for kind, rows in got.items():
+        assert rows.dtype == np.float32
+        assert min_cosine(rows, reference[kind]) >= precision.PROBE_MIN_COSINE, kind
+    if "audio" in got:  # the audio tower stays in torch, unchanged
+        np.testing.assert_allclose(got["audio"], reference["audio"], rtol=1e-5, atol=1e-6)
+    # The serving path (batcher, PIL images in) runs the int8 tower too.
+    images = precision.probe_images(loaded.encoder.image_size)
+    served = loaded.encoder.encode_images(images)
+    np.testing.assert_allclose(served, got["image"], rtol=1e-4, atol=1e-5)
+    return loaded
+
+
+def test_int8_runs_image_and_text_in_onnx_runtime_and_keeps_the_export(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = check_int8_close("mmr-mini", tmp_path)
+    files = int8.cached_files(tmp_path)
+    assert len(files) == 2 and all("mmr-mini" in f.name for f in files)
+    loaded.encoder.close()
+
+    def no_export(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(int8, "export_int8", no_export)
+    again = load_model("mmr-mini", device="cpu", precision="int8", cache_dir=tmp_path)
+    assert again.precision.name == "int8"
+    again.encoder.close()
+
+
+@pytest.mark.slow
+def test_vit_b_32_int8_keeps_its_embeddings(tmp_path: Any) -> None:
+    check_int8_close("random:ViT-B-32", tmp_path).encoder.close()
+
+
+def test_other_weights_never_load_a_cached_export(tmp_path: Any) -> None:
+    one = load_model("random:mmr-tiny", device="cpu", precision="int8", cache_dir=tmp_path)
+    before = set(int8.cached_files(tmp_path))
+    model = one.encoder.model
+    with torch.no_grad():
+        next(model.parameters()).add_(0.5)  # other weights, same architecture and id
+    two = precision.choose_precision(one.encoder, "int8", cache_dir=tmp_path)
+    assert two.name == "int8"
+    assert len(set(int8.cached_files(tmp_path)) - before) == 2
+    one.encoder.close()
+
+
+def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> Any:
+    """load mmr-mini with auto on a CPU without bf16, where the probe's timings are these."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    times = iter(seconds)
+    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
+    return load_model("mmr-mini", device="cpu", precision="auto")
+
+
+def test_auto_without_native_bf16_takes_int8_when_the_probe_agrees(
+    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
+) -> None:
+    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4])  # fp32 1 s, int8 0.4 s
+    assert loaded.precision.name == "int8"
+    assert loaded.precision.probe_min_cosine is not None
+    assert loaded.precision.probe_min_cosine >= precision.PROBE_MIN_COSINE
+    assert set(loaded.encoder.runtimes) == {"image", "text"}
+    loaded.encoder.close()
+
+
+def test_auto_keeps_fp32_when_int8_is_not_faster(
+    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
+) -> None:
+    reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
+    loaded = auto_without_bf16(monkeypatch, [0.4, 1.0])
+    assert loaded.precision.name == "fp32"
+    assert "not faster" in loaded.precision.reason
+    assert loaded.encoder.runtimes == {}
+    for kind, rows in probe_embeddings(loaded.encoder).items():
+        np.testing.assert_array_equal(rows, reference[kind])
+    loaded.encoder.close()
+    # The verdict is kept for these weights: loading them again exports nothing.
+    monkeypatch.setattr(int8, "int8_towers", lambda *a, **k: pytest.fail("probed again"))
+    assert auto_without_bf16(monkeypatch, []).precision.name == "fp32"
+
+
+def test_auto_keeps_fp32_when_the_int8_probe_disagrees(
+    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
+) -> None:
+    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
+    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4])
+    assert loaded.precision.name == "fp32"
+    assert loaded.precision.probe_min_cosine is not None
+    assert loaded.precision.probe_min_cosine < 1.0
+    assert loaded.encoder.runtimes == {}
+    loaded.encoder.close()
+
+
+def test_auto_keeps_fp32_when_the_export_fails(
+    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("Exporting the operator 'aten::frobnicate' is not supported")
+
+    monkeypatch.setattr(int8, "export_int8", broken)
+    loaded = auto_without_bf16(monkeypatch, [1.0])
+    assert loaded.precision.name == "fp32"
+    assert "frobnicate" in loaded.precision.reason
+    assert loaded.encoder.runtimes == {}
+    loaded.encoder.close()
+
+
+def test_int8_is_refused_on_cuda_and_without_onnxruntime(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on_cuda = SimpleNamespace(device="cuda", model_id="m")
+    with pytest.raises(ModelLoadError, match="CPU"):
+        precision.choose_precision(on_cuda, "int8")
+    monkeypatch.setattr(int8, "available", lambda: False)
+    with pytest.raises(ModelLoadError, match="onnxruntime"):
+        precision.choose_precision(SimpleNamespace(device="cpu", model_id="m"), "int8")

@@ -1,0 +1,157 @@
+"""int8 towers through ONNX Runtime: the fast CPU path where the CPU has no native bf16.
+
+A tower (``encode_image`` or ``encode_text`` of the model) is exported to ONNX with torch's
+exporter, its weights quantised to int8 by ONNX Runtime's dynamic quantiser (per output
+channel, 7 bits; activations are quantised per batch at run time), and run by an ONNX Runtime
+session on torch's thread count.
+Audio towers stay in torch: their FFT front end is not worth the export.
+
+Exporting ViT-B-32's image tower takes ~15 s, so the quantised file is kept under the model
+cache (``<data dir>/models/onnx``), named by a digest of the model's weights: a restart loads
+it in a second, and other weights (another checkpoint, a fine-tuned CLIP) never meet a stale
+file.
+
+Measured on a 2-core AMD EPYC without AVX-512 (random:ViT-B-32 image tower, ONNX Runtime
+1.32, 2 threads): torch fp32 9.2 images/s at batch 16 and 5.1 at batch 1; int8 ~20 at both;
+the probe's min cosine to fp32 0.998.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "int8-v1"  # part of every cached file's name: a new export recipe never loads an old one
+OPSET = 17
+
+
+def available() -> bool:
+    """Whether ONNX Runtime and its quantiser can be imported."""
+    try:
+        import onnxruntime  # noqa: F401
+        from onnxruntime.quantization import quantize_dynamic  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _Tower(torch.nn.Module):
+    """One method of a model as a module's forward (what the exporter traces)."""
+
+    def __init__(self, model: torch.nn.Module, method: str) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = getattr(self.model, self.method)(batch)
+        return out
+
+
+class OnnxTower:
+    """An int8 tower in an ONNX Runtime session: prepared inputs -> (n, dim) float32."""
+
+    def __init__(self, path: Path, *, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads stay on (ONNX Runtime's default): turning it off cost 30%
+        # of the throughput at batch 16 on 2 cores.
+        self.path = path
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        out = self.session.run(None, {self.input: batch.detach().cpu().numpy()})[0]
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256(FORMAT.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_int8(model: torch.nn.Module, method: str, example: torch.Tensor, out: Path) -> None:
+    """Export ``model.<method>`` to ONNX (batch dimension dynamic), quantise its weights to
+    int8, and write the result to ``out`` atomically."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        # Grad on: under no_grad nn.MultiheadAttention takes a fused fast path with no ONNX op.
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
+            warnings.simplefilter("ignore")  # the exporter's tracer and deprecation notices
+            torch.onnx.export(
+                _Tower(model, method).eval(),
+                (example,),
+                str(fp32),
+                input_names=["input"],
+                output_names=["features"],
+                dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        # Per-channel 7-bit weights: without VNNI the u8 x s8 products saturate their int16
+        # sums at 8 bits; ViT-B-32's image tower then fell to a cosine of 0.98 (0.9996 now).
+        quantize_dynamic(
+            str(fp32),
+            str(int8),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            reduce_range=True,
+        )
+        with open(int8, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(int8, out)
+
+
+def int8_towers(
+    model: torch.nn.Module,
+    *,
+    model_id: str,
+    examples: dict[str, tuple[str, torch.Tensor]],
+    cache_dir: Path | None,
+    threads: int,
+) -> dict[str, OnnxTower]:
+    """int8 sessions for the towers in ``examples`` (kind -> (method, a prepared batch)),
+    exported on first use and kept under ``cache_dir/onnx`` (a temporary folder when None)."""
+    digest = weights_digest(model)[:20]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", model_id).strip("-")[:60]
+    with tempfile.TemporaryDirectory(prefix="mmr-onnx-") as scratch:
+        root = (cache_dir / "onnx") if cache_dir is not None else Path(scratch)
+        towers = {}
+        for kind, (method, example) in examples.items():
+            path = root / f"{slug}-{kind}-{digest}-{FORMAT}.onnx"
+            if not path.exists():
+                log.info("exporting %s's %s tower to int8 ONNX (once per weights)", model_id, kind)
+                export_int8(model, method, example, path)
+            # The session reads the whole file now: a temporary folder may go afterwards.
+            towers[kind] = OnnxTower(path, threads=threads)
+    return towers
+
+
+def cached_files(cache_dir: Path) -> Sequence[Path]:
+    """The int8 exports kept under a model cache."""
+    root = cache_dir / "onnx"
+    return sorted(root.glob(f"*-{FORMAT}.onnx")) if root.is_dir() else []
