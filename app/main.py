@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from app.auth import require_api_key
+from app.auth import document_security, require_api_key
 from app.errors import install_error_handlers
+from app.fastpath import SearchFastPath
 from app.lifespan import lifespan
 from app.limits import BodySizeLimit
 from app.metrics import Metrics, MetricsMiddleware
@@ -43,9 +45,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secured = [Depends(require_api_key)]
     for module in (models, collections, items, search, embed, jobs):
         app.include_router(module.router, dependencies=secured)
+    _document_security(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(SearchFastPath, state=app.state)  # outermost of ours: see app.fastpath
     return app
+
+
+def _document_security(app: FastAPI) -> None:
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_security(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -7,10 +7,11 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Row, bindparam, delete, func, select
+from sqlalchemy import Dialect, Engine, bindparam, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -125,21 +126,58 @@ def _aligner_row(
     )
 
 
-# An item without its feature and vector blobs (a Row with ItemRow's attribute names).
-ItemSummary = Row[Any]
-_SUMMARIES = select(
-    ItemRow.pk,
-    ItemRow.external_id,
-    ItemRow.modality,
-    ItemRow.meta.label("meta"),
-    ItemRow.sha256,
-    ItemRow.content_type,
-    ItemRow.size_bytes,
-    ItemRow.text,
-    ItemRow.spans,
-    ItemRow.created_at,
-    ItemRow.updated_at,
-).where(
+class ItemSummary(NamedTuple):
+    """An item without its feature and vector blobs: what a search hit shows."""
+
+    pk: int
+    external_id: str
+    modality: str
+    meta: dict[str, Any]
+    sha256: str
+    content_type: str
+    size_bytes: int
+    text: str | None
+    spans: list[list[float]] | None
+    created_at: datetime
+    updated_at: datetime
+
+
+# The columns of ItemSummary, in its order ("metadata" is the column behind ``meta``).
+_SUMMARY_COLUMNS = ["metadata" if name == "meta" else name for name in ItemSummary._fields]
+
+
+def _summary_sql(dialect: Dialect, count: int) -> str | None:
+    """SELECT of ``count`` items' summaries for the driver itself (None: a paramstyle this
+    does not write; the caller then goes through SQLAlchemy)."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+    if mark is None:
+        return None
+    columns = ", ".join(_SUMMARY_COLUMNS)
+    marks = ", ".join([mark] * count)
+    table = ItemRow.__tablename__
+    return f"SELECT {columns} FROM {table} WHERE collection_id = {mark} AND pk IN ({marks})"
+
+
+def _summary(values: Sequence[Any]) -> ItemSummary:
+    """A driver's row -> ItemSummary: JSON and timestamps come back as text from SQLite,
+    parsed from psycopg (SQLAlchemy's type processing is what this path skips)."""
+    pk, ext, modality, meta, sha, ctype, size, text, spans, created, updated = values
+    return ItemSummary(
+        pk,
+        ext,
+        modality,
+        json.loads(meta) if isinstance(meta, str | bytes) else meta,
+        sha,
+        ctype,
+        size,
+        text,
+        json.loads(spans) if isinstance(spans, str | bytes) else spans,
+        created if isinstance(created, datetime) else datetime.fromisoformat(created),
+        updated if isinstance(updated, datetime) else datetime.fromisoformat(updated),
+    )
+
+
+_SUMMARIES = select(*(ItemRow.__table__.c[name] for name in _SUMMARY_COLUMNS)).where(
     ItemRow.collection_id == bindparam("collection_id"),
     ItemRow.pk.in_(bindparam("pks", expanding=True)),
 )
@@ -155,6 +193,9 @@ class MetadataStore:
 
     def __init__(self, sessions: sessionmaker[Session], *, collection_ttl_s: float = 0.5) -> None:
         self.sessions = sessions
+        bind = sessions.kw["bind"]
+        assert isinstance(bind, Engine), "the store's sessions are bound to one engine"
+        self.engine: Engine = bind
         self.collection_ttl_s = collection_ttl_s
         self._by_name: dict[str, tuple[float, CollectionRow]] = {}
 
@@ -400,14 +441,29 @@ class MetadataStore:
 
     def items_by_pk(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemSummary]:
         """Items by primary key (those still present): every column but the feature and
-        vector blobs. A prebuilt Core statement: search hydrates with it on every query,
-        where the ORM's per-row bookkeeping cost three times the query itself."""
+        vector blobs. Search hydrates its hits with this on every query, so it goes to the
+        driver with a plain SELECT: SQLAlchemy's execution and type processing cost a
+        search several times what the database did (0.8 of 0.9 ms for 10 hits)."""
         if not pks:
             return {}
-        engine = self.sessions.kw["bind"]
-        with engine.connect() as conn:
-            rows = conn.execute(_SUMMARIES, {"collection_id": collection_id, "pks": list(pks)})
-            return {row.pk: row for row in rows}
+        engine = self.engine
+        sql = _summary_sql(engine.dialect, len(pks))
+        if sql is None:
+            with engine.connect() as conn:
+                found = conn.execute(_SUMMARIES, {"collection_id": collection_id, "pks": list(pks)})
+                return {row[0]: _summary(row) for row in found}
+        driver = engine.raw_connection()
+        try:
+            cursor = driver.cursor()
+            try:
+                cursor.execute(sql, (collection_id, *(int(pk) for pk in pks)))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
+            driver.commit()  # ends the read transaction (psycopg opens one)
+        finally:
+            driver.close()  # back to the pool
+        return {row[0]: _summary(row) for row in rows}
 
     def shas_in_use(self, shas: set[str]) -> set[str]:
         """Which of these digests some item (of any collection) still points at."""

@@ -29,7 +29,11 @@ def is_multipart(request: Request) -> bool:
 
 def is_json(request: Request) -> bool:
     """Whether the request carries JSON (or declares nothing)."""
-    ctype = request.headers.get("content-type", "")
+    return is_json_type(request.headers.get("content-type", ""))
+
+
+def is_json_type(ctype: str) -> bool:
+    """Whether a Content-Type value is JSON (or empty: nothing declared)."""
     return ctype == "" or ctype.startswith("application/json") or ctype.endswith("+json")
 
 
@@ -40,6 +44,21 @@ async def json_payload(request: Request) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+
+
+async def json_model(request: Request, model: type[M]) -> M:
+    """The JSON body parsed and validated in one pass by pydantic's own parser (a search's
+    512 floats cost a sixth of ``json.loads`` plus validation); 400 when it is not JSON,
+    422 with what is wrong otherwise."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        broken = next((e for e in exc.errors() if e["type"] == "json_invalid"), None)
+        if broken is not None:
+            message = f"the body is not valid JSON: {broken['msg'].removeprefix('Invalid JSON: ')}"
+            raise BadRequest(message, code="malformed_json") from exc
+        raise UnprocessableEntity(describe_validation(exc)) from exc
 
 
 def validate(model: type[M], payload: Any) -> M:

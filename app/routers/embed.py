@@ -40,7 +40,7 @@ async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
         return await run_in_threadpool(
             embed_files, services=services, uploads=form.files, collection=opts.collection
         )
-    req = body.validate(EmbedRequest, await body.json_payload(request))
+    req = await body.json_model(request, EmbedRequest)
     return await run_in_threadpool(
         embed_texts, services=services, texts=req.texts, collection=req.collection
     )

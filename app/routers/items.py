@@ -69,7 +69,7 @@ async def add_item(name: str, request: Request, services: ServicesDep) -> JSONRe
             metadata=svc.parse_metadata_field(form.field("metadata")),
         )
     else:
-        item = body.validate(TextItemCreate, await body.json_payload(request))
+        item = await body.json_model(request, TextItemCreate)
         pending = svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
     [(public, created)] = await run_in_threadpool(
         svc.add_items, services=services, name=name, pending=[pending]

@@ -37,7 +37,7 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
     if body.is_multipart(request):
         query, constraints = await _from_form(request)
     else:
-        req = body.validate(SearchRequest, await body.json_payload(request))
+        req = await body.json_model(request, SearchRequest)
         query = Query(text=req.text, item_id=req.item_id, vector=req.vector)
         constraints = _constraints(req)
     found = await run_in_threadpool(

@@ -1,0 +1,133 @@
+"""JSON searches answered below FastAPI's routing give the route's answers; everything
+else (errors included) is answered by the route itself, with the body replayed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+import app.fastpath as fastpath
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import error_code
+
+PATH = "/v1/collections/{}/search"
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the searches the fast path ran (successful or not)."""
+    seen: list[str] = []
+    search = fastpath.search
+
+    def spy(**kwargs: Any) -> Any:
+        seen.append(kwargs["name"])
+        return search(**kwargs)
+
+    monkeypatch.setattr(fastpath, "search", spy)
+    return seen
+
+
+def add_texts(client: TestClient, name: str, count: int) -> None:
+    batch = [{"id": f"t{i}", "text": f"note {i}", "metadata": {"n": i}} for i in range(count)]
+    assert client.post(f"/v1/collections/{name}/items/batch", json=batch).status_code == 200
+
+
+def chunked(body: bytes) -> Iterator[bytes]:
+    """A body without Content-Length: the fast path leaves it to the route."""
+    yield body
+
+
+def test_the_fast_path_answers_like_the_route(
+    client: TestClient, collection: str, served: list[str]
+) -> None:
+    add_texts(client, collection, 12)
+    vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    for body in (
+        {"text": "note 3", "k": 5},
+        {"vector": vector, "k": 4, "filter": {"n": [1, 3, 5]}},
+        {"item_id": "t7", "k": 3, "modalities": ["text"]},
+    ):
+        raw = json.dumps(body).encode()
+        fast = client.post(PATH.format(collection), content=raw)
+        served_before = len(served)
+        routed = client.post(
+            PATH.format(collection),
+            content=chunked(raw),
+            headers={"content-type": "application/json"},
+        )
+        assert len(served) == served_before, "the chunked request went to the route"
+        assert fast.status_code == routed.status_code == 200
+        assert fast.headers["content-type"] == routed.headers["content-type"]
+        assert fast.json() == routed.json()
+    assert served == [collection] * 3
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b'{"text": "note", "k": 5', 400, "malformed_json"),
+        (b'{"text": "note", "k": 0}', 422, "validation_error"),
+        (b'{"vector": [1.0, 2.0]}', 409, "embedding_space_mismatch"),
+        (b'{"item_id": "nope"}', 404, "not_found"),
+    ],
+)
+def test_errors_come_from_the_route(
+    client: TestClient, collection: str, body: bytes, status: int, code: str
+) -> None:
+    add_texts(client, collection, 2)
+    response = client.post(PATH.format(collection), content=body)
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+
+
+def test_an_unknown_collection_is_tried_then_answered_by_the_route(
+    client: TestClient, served: list[str]
+) -> None:
+    response = client.post(PATH.format("missing"), json={"text": "x"})
+    assert response.status_code == 404 and error_code(response) == "not_found"
+    assert served == ["missing"]  # the fast path ran it, failed, and handed the body on
+
+
+def test_auth_is_checked_before_the_fast_path_searches(
+    make_settings: Callable[..., Settings], served: list[str]
+) -> None:
+    with TestClient(create_app(make_settings(api_keys="k1"))) as client:
+        key = {"Authorization": "Bearer k1"}
+        assert client.post("/v1/collections", json={"name": "c"}, headers=key).status_code == 201
+        refused = client.post(PATH.format("c"), json={"text": "x"})
+        wrong = client.post(PATH.format("c"), json={"text": "x"}, headers={"X-API-Key": "k2"})
+        allowed = client.post(PATH.format("c"), json={"text": "x"}, headers=key)
+    assert refused.status_code == wrong.status_code == 401
+    assert allowed.status_code == 200
+    assert served == ["c"]
+
+
+def test_fast_answers_are_counted_in_the_metrics(client: TestClient, collection: str) -> None:
+    add_texts(client, collection, 2)
+    for _ in range(3):
+        assert client.post(PATH.format(collection), json={"text": "note"}).status_code == 200
+    metrics = client.get("/metrics").text
+    line = next(
+        row
+        for row in metrics.splitlines()
+        if row.startswith("mmr_http_requests_total")
+        and 'route="/v1/collections/{name}/search"' in row
+        and 'status="200"' in row
+    )
+    assert float(line.rsplit(" ", 1)[1]) == 3.0
+
+
+def test_an_oversized_body_is_refused_without_searching(
+    make_settings: Callable[..., Settings], served: list[str]
+) -> None:
+    with TestClient(create_app(make_settings(max_upload_mb=1))) as client:
+        client.post("/v1/collections", json={"name": "c"})
+        body = json.dumps({"text": "x" * (3 * 1024 * 1024)}).encode()
+        response = client.post(PATH.format("c"), content=body)
+    assert response.status_code == 413
+    assert served == []
