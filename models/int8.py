@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.runtime import without_notice
+
 log = logging.getLogger(__name__)
 
 FORMAT = "int8-v1"  # part of every cached file's name: a new export recipe never loads an old one
@@ -44,15 +46,6 @@ def available() -> bool:
     except ImportError:
         return False
     return True
-
-
-class _DropNotice(logging.Filter):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
 
 
 class _Tower(torch.nn.Module):
@@ -120,12 +113,8 @@ def export_int8(model: torch.nn.Module, method: str, example: torch.Tensor, out:
                 dynamo=False,
             )
         # Its advice to pre-process the graph first is for static (calibrated) quantisation.
-        quiet = _DropNotice("pre-processing before quantization")
-        logging.getLogger().addFilter(quiet)
-        try:
+        with without_notice("pre-processing before quantization"):
             _quantize(fp32, int8)
-        finally:
-            logging.getLogger().removeFilter(quiet)
         with open(int8, "rb") as f:
             os.fsync(f.fileno())
         os.replace(int8, out)
@@ -152,12 +141,11 @@ def int8_towers(
     """int8 sessions for the towers in ``examples`` (kind -> (method, a prepared batch)),
     exported on first use and kept under ``cache_dir/onnx`` (a temporary folder when None)."""
     digest = weights_digest(model)[:20]
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", model_id).strip("-")[:60]
     with tempfile.TemporaryDirectory(prefix="mmr-onnx-") as scratch:
-        root = (cache_dir / "onnx") if cache_dir is not None else Path(scratch)
+        root = cache_root(cache_dir) if cache_dir is not None else Path(scratch)
         towers = {}
         for kind, (method, example) in examples.items():
-            path = root / f"{slug}-{kind}-{digest}-{FORMAT}.onnx"
+            path = root / f"{slug(model_id)}-{kind}-{digest}-{FORMAT}.onnx"
             if not path.exists():
                 log.info("exporting %s's %s tower to int8 ONNX (once per weights)", model_id, kind)
                 export_int8(model, method, example, path)
@@ -166,7 +154,24 @@ def int8_towers(
     return towers
 
 
+def slug(model_id: str) -> str:
+    """A model id as a file name part."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", model_id).strip("-")[:60]
+
+
+def cache_root(cache_dir: Path) -> Path:
+    """Where a model cache keeps int8 exports (and the probe's verdicts)."""
+    return cache_dir / "onnx"
+
+
+def versions() -> str:
+    """torch and ONNX Runtime versions: a verdict measured with others is measured again."""
+    import onnxruntime
+
+    return f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+
+
 def cached_files(cache_dir: Path) -> Sequence[Path]:
     """The int8 exports kept under a model cache."""
-    root = cache_dir / "onnx"
+    root = cache_root(cache_dir)
     return sorted(root.glob(f"*-{FORMAT}.onnx")) if root.is_dir() else []

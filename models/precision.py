@@ -19,7 +19,9 @@ int8 on a 2-core AMD EPYC without AVX-512 (same model and batch, ONNX Runtime 1.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,13 +194,57 @@ _INT8_REFUSED: dict[tuple[str, int], PrecisionChoice] = {}
 
 
 def _probe_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
-    key = (int8.weights_digest(encoder.model), torch.get_num_threads())
-    if key in _INT8_REFUSED:
-        return _INT8_REFUSED[key]
-    choice = _measure_int8(encoder, cache_dir)
+    """int8 or fp32 for these weights; the verdict of the first start is kept beside the
+    exports and taken at later starts: the probe's speed check is a measurement, and a
+    restart must not flip a collection's embeddings between int8 and fp32."""
+    digest, threads = int8.weights_digest(encoder.model), torch.get_num_threads()
+    if (digest, threads) in _INT8_REFUSED:
+        return _INT8_REFUSED[(digest, threads)]
+    kept = None if cache_dir is None else _verdict_file(cache_dir, encoder, digest, threads)
+    choice = _read_verdict(kept) if kept is not None else None
+    if choice is not None and choice.name == "int8":
+        try:
+            encoder.use_runtimes(_int8_towers(encoder, cache_dir))
+        except Exception as exc:  # the exports went missing and cannot be made again
+            log.warning("int8 towers of %s could not be loaded: %s", encoder.model_id, exc)
+            choice = None
+    if choice is None:
+        choice = _measure_int8(encoder, cache_dir)
+        if kept is not None:
+            _write_verdict(kept, choice)
     if choice.name == "fp32":
-        _INT8_REFUSED[key] = choice
+        _INT8_REFUSED[(digest, threads)] = choice
     return choice
+
+
+def _verdict_file(cache_dir: Path, encoder: Any, digest: str, threads: int) -> Path:
+    name = f"{int8.slug(encoder.model_id)}-{digest[:20]}-{threads}threads-{int8.FORMAT}.json"
+    return int8.cache_root(cache_dir) / name
+
+
+def _read_verdict(path: Path) -> PrecisionChoice | None:
+    try:
+        saved = json.loads(path.read_text())
+        if saved["versions"] != int8.versions() or saved["name"] not in ("int8", "fp32"):
+            return None
+        cosine = saved["probe_min_cosine"]
+        reason = f"{saved['reason']}; measured at an earlier start ({path.name})"
+        return PrecisionChoice(saved["name"], "auto", cosine, reason)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_verdict(path: Path, choice: PrecisionChoice) -> None:
+    verdict = {
+        "name": choice.name,
+        "probe_min_cosine": choice.probe_min_cosine,
+        "reason": choice.reason,
+        "versions": int8.versions(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(verdict))
+    os.replace(partial, path)
 
 
 def _measure_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:

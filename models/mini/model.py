@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,20 +22,12 @@ from torch import nn
 from models.architectures import register_project_configs
 from models.mini.audio import AudioConfig, AudioTower
 from models.mini.tokenizer import FoldedTokenizer
+from models.runtime import without_notice
 
 ARCH = "mmr-mini"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / ARCH
-
-
-class _DropNotice(logging.Filter):
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
 
 
 class MiniModel(nn.Module):
@@ -48,14 +39,10 @@ class MiniModel(nn.Module):
 
         register_project_configs()
         # open_clip warns that the model is randomly initialised; our weights come next.
-        quiet = _DropNotice("initialized randomly")
-        logging.getLogger().addFilter(quiet)
-        try:
+        with without_notice("initialized randomly"):
             clip, _, preprocess = open_clip.create_model_and_transforms(
                 ARCH, pretrained=None, image_resize_mode="squash"
             )
-        finally:
-            logging.getLogger().removeFilter(quiet)
         self.clip = clip
         self.preprocess: Callable[[Image.Image], torch.Tensor] = preprocess
         text_cfg = open_clip.get_model_config(ARCH)["text_cfg"]

@@ -230,3 +230,35 @@ def test_int8_is_refused_on_cuda_and_without_onnxruntime(
     monkeypatch.setattr(int8, "available", lambda: False)
     with pytest.raises(ModelLoadError, match="onnxruntime"):
         precision.choose_precision(SimpleNamespace(device="cpu", model_id="m"), "int8")
+
+
+def test_auto_keeps_the_first_starts_verdict_for_these_weights(
+    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None, tmp_path: Any
+) -> None:
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+
+    def load(seconds: list[float]) -> Any:
+        times = iter(seconds)  # an empty list: any timing fails the test
+        monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
+        return load_model("mmr-mini", device="cpu", precision="auto", cache_dir=tmp_path)
+
+    first = load([1.0, 0.4])
+    assert first.precision.name == "int8"
+    first.encoder.close()
+    # A restart measures nothing: the first verdict holds, the exports load.
+    again = load([])
+    assert again.precision.name == "int8"
+    assert again.precision.probe_min_cosine == first.precision.probe_min_cosine
+    assert "earlier start" in again.precision.reason
+    assert set(again.encoder.runtimes) == {"image", "text"}
+    again.encoder.close()
+    # A refusal is kept too (another data dir, so a first start of its own).
+    monkeypatch.setattr(precision, "_INT8_REFUSED", {})
+    other = tmp_path / "other"
+    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: 0.0)  # int8 never faster
+    refused = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
+    assert refused.precision.name == "fp32"
+    monkeypatch.setattr(precision, "_INT8_REFUSED", {})
+    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: pytest.fail("measured"))
+    kept = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
+    assert kept.precision.name == "fp32" and kept.encoder.runtimes == {}
