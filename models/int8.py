@@ -137,10 +137,11 @@ def int8_towers(
     examples: dict[str, tuple[str, torch.Tensor]],
     cache_dir: Path | None,
     threads: int,
+    digest: str | None = None,
 ) -> dict[str, OnnxTower]:
     """int8 sessions for the towers in ``examples`` (kind -> (method, a prepared batch)),
     exported on first use and kept under ``cache_dir/onnx`` (a temporary folder when None)."""
-    digest = weights_digest(model)[:20]
+    digest = (digest or weights_digest(model))[:20]
     with tempfile.TemporaryDirectory(prefix="mmr-onnx-") as scratch:
         root = cache_root(cache_dir) if cache_dir is not None else Path(scratch)
         towers = {}

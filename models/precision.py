@@ -167,7 +167,7 @@ def _require_int8(encoder: Any) -> None:
         )
 
 
-def _int8_towers(encoder: Any, cache_dir: Path | None) -> dict[str, Any]:
+def _int8_towers(encoder: Any, cache_dir: Path | None, digest: str | None = None) -> dict[str, Any]:
     inputs = probe_inputs(encoder)
     return int8.int8_towers(
         encoder.model,
@@ -175,6 +175,7 @@ def _int8_towers(encoder: Any, cache_dir: Path | None) -> dict[str, Any]:
         examples={kind: (encoder.TOWERS[kind], inputs[kind][:2]) for kind in ("image", "text")},
         cache_dir=cache_dir,
         threads=torch.get_num_threads(),
+        digest=digest,
     )
 
 
@@ -204,12 +205,12 @@ def _probe_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
     choice = _read_verdict(kept) if kept is not None else None
     if choice is not None and choice.name == "int8":
         try:
-            encoder.use_runtimes(_int8_towers(encoder, cache_dir))
+            encoder.use_runtimes(_int8_towers(encoder, cache_dir, digest))
         except Exception as exc:  # the exports went missing and cannot be made again
             log.warning("int8 towers of %s could not be loaded: %s", encoder.model_id, exc)
             choice = None
     if choice is None:
-        choice = _measure_int8(encoder, cache_dir)
+        choice = _measure_int8(encoder, cache_dir, digest)
         if kept is not None:
             _write_verdict(kept, choice)
     if choice.name == "fp32":
@@ -247,12 +248,12 @@ def _write_verdict(path: Path, choice: PrecisionChoice) -> None:
     os.replace(partial, path)
 
 
-def _measure_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
+def _measure_int8(encoder: Any, cache_dir: Path | None, digest: str) -> PrecisionChoice:
     inputs = probe_inputs(encoder)
     reference = {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
     fp32_s = timed(lambda: [encoder.forward(k, b) for k, b in inputs.items()])
     try:
-        towers = _int8_towers(encoder, cache_dir)
+        towers = _int8_towers(encoder, cache_dir, digest)
     except Exception as exc:  # an op the exporter or the quantiser cannot take
         log.warning("int8 export of %s failed: %s", encoder.model_id, exc)
         return PrecisionChoice("fp32", "auto", reason=f"int8 export failed: {exc}")
