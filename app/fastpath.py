@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.auth import key_problem
 from app.routers.body import is_json_type
 from app.schemas import SearchRequest
-from app.services.search import Constraints, Query, search
+from app.services.search import request_constraints, request_query, search
 from app.state import Services
 
 SEARCH_PATH = re.compile(r"^/v1/collections/([^/]+)/search$")
@@ -93,12 +93,12 @@ class SearchFastPath:
             req = SearchRequest.model_validate_json(raw)
         except ValidationError:
             return None
-        query = Query(text=req.text, item_id=req.item_id, vector=req.vector)
-        constraints = Constraints(
-            k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
-        )
         run = functools.partial(
-            search, services=services, name=name, query=query, constraints=constraints
+            search,
+            services=services,
+            name=name,
+            query=request_query(req),
+            constraints=request_constraints(req),
         )
         try:
             found = await asyncio.get_running_loop().run_in_executor(_pool(), run)

@@ -33,9 +33,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=30000")
-    # Reads through a memory map instead of a read() per page (SQLite caps it at 2 GiB): a
-    # search's 10 hits touch ~50 pages, each a system call without it, the largest cost
-    # of a search on a VM where system calls are slow. Writes still go through the WAL.
+    # Reads through a memory map instead of a read() per page (SQLite caps it at 2 GiB):
+    # a search's 10 hits walk ~30 pages, blobs' overflow pages included; the plain query
+    # took 0.10-0.12 ms instead of 0.14-0.17 on a 2-core VM. Writes still go through the WAL.
     cursor.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
     cursor.close()
 

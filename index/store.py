@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -11,7 +12,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import Dialect, Engine, bindparam, delete, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -146,12 +147,13 @@ class ItemSummary(NamedTuple):
 _SUMMARY_COLUMNS = ["metadata" if name == "meta" else name for name in ItemSummary._fields]
 
 
-def _summary_sql(dialect: Dialect, count: int) -> str | None:
-    """SELECT of ``count`` items' summaries for the driver itself (None: a paramstyle this
-    does not write; the caller then goes through SQLAlchemy)."""
-    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+@functools.lru_cache(maxsize=256)
+def _summary_sql(paramstyle: str, count: int) -> str:
+    """SELECT of ``count`` items' summaries, in the driver's own parameter style (the two
+    drivers the project runs on: sqlite3's ``?``, psycopg's ``%s``)."""
+    mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(paramstyle)
     if mark is None:
-        return None
+        raise ValueError(f"no item hydration for the parameter style {paramstyle!r}")
     columns = ", ".join(_SUMMARY_COLUMNS)
     marks = ", ".join([mark] * count)
     table = ItemRow.__tablename__
@@ -175,12 +177,6 @@ def _summary(values: Sequence[Any]) -> ItemSummary:
         created if isinstance(created, datetime) else datetime.fromisoformat(created),
         updated if isinstance(updated, datetime) else datetime.fromisoformat(updated),
     )
-
-
-_SUMMARIES = select(*(ItemRow.__table__.c[name] for name in _SUMMARY_COLUMNS)).where(
-    ItemRow.collection_id == bindparam("collection_id"),
-    ItemRow.pk.in_(bindparam("pks", expanding=True)),
-)
 
 
 class MetadataStore:
@@ -446,13 +442,8 @@ class MetadataStore:
         search several times what the database did (0.8 of 0.9 ms for 10 hits)."""
         if not pks:
             return {}
-        engine = self.engine
-        sql = _summary_sql(engine.dialect, len(pks))
-        if sql is None:
-            with engine.connect() as conn:
-                found = conn.execute(_SUMMARIES, {"collection_id": collection_id, "pks": list(pks)})
-                return {row[0]: _summary(row) for row in found}
-        driver = engine.raw_connection()
+        sql = _summary_sql(self.engine.dialect.paramstyle, len(pks))
+        driver = self.engine.raw_connection()
         try:
             cursor = driver.cursor()
             try:

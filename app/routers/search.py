@@ -9,7 +9,13 @@ from app.errors import UnprocessableEntity
 from app.routers import body
 from app.schemas import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
-from app.services.search import Constraints, Query, search
+from app.services.search import (
+    Constraints,
+    Query,
+    request_constraints,
+    request_query,
+    search,
+)
 from app.state import ServicesDep
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
@@ -38,8 +44,7 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
         query, constraints = await _from_form(request)
     else:
         req = await body.json_model(request, SearchRequest)
-        query = Query(text=req.text, item_id=req.item_id, vector=req.vector)
-        constraints = _constraints(req)
+        query, constraints = request_query(req), request_constraints(req)
     found = await run_in_threadpool(
         search, services=services, name=name, query=query, constraints=constraints
     )
@@ -59,10 +64,4 @@ async def _from_form(request: Request) -> tuple[Query, Constraints]:
     if raw_filter := form.field("filter"):
         fields["filter"] = item_svc.parse_json_field(raw_filter, "filter")
     req = body.validate(SearchOptions, fields)
-    return Query(data=form.files[0]), _constraints(req)
-
-
-def _constraints(req: SearchOptions) -> Constraints:
-    return Constraints(
-        k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
-    )
+    return Query(data=form.files[0]), request_constraints(req)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import SpaceMismatch, UnprocessableEntity
-from app.schemas import SearchHit, SearchResponse
+from app.schemas import SearchHit, SearchOptions, SearchRequest, SearchResponse
 from app.services.collections import require_space
 from app.services.embedding import Encoded
 from app.services.media import decode_upload
@@ -37,6 +37,18 @@ class Constraints:
     k: int = 10
     modalities: list[str] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = None
+
+
+def request_query(req: SearchRequest) -> Query:
+    """The query of a JSON search body."""
+    return Query(text=req.text, item_id=req.item_id, vector=req.vector)
+
+
+def request_constraints(req: SearchOptions) -> Constraints:
+    """The constraints of a search body (JSON, or a form's fields)."""
+    return Constraints(
+        k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
+    )
 
 
 def search(
