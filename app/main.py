@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp
 
 from app.auth import document_security, require_api_key
 from app.errors import install_error_handlers
@@ -48,8 +49,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _document_security(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(SearchFastPath, state=app.state)  # outermost of ours: see app.fastpath
+    _serve_searches_first(app)
     return app
+
+
+def _serve_searches_first(app: FastAPI) -> None:
+    """Put the search fast path outside FastAPI's own stack: its error, telemetry and
+    body-limit layers (and ours) are skipped for the searches it answers; whatever it
+    hands on goes through all of them."""
+    build = app.build_middleware_stack
+
+    def build_stack() -> ASGIApp:
+        return SearchFastPath(build(), state=app.state)
+
+    app.build_middleware_stack = build_stack  # type: ignore[method-assign]
 
 
 def _document_security(app: FastAPI) -> None:

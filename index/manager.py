@@ -186,6 +186,12 @@ class IndexManager:
         return Aligner.from_bytes(found.artefact).numbered(found.version)
 
     # -- runtime -------------------------------------------------------------------------
+    def ready(self, row: CollectionRow) -> LiveIndex | None:
+        """The live index when it serves ``row`` as it is (nothing to load or swap first),
+        else None; never waits."""
+        live = self._live.get(row.id)
+        return live if live is not None and live.space.matches(row) else None
+
     def get(self, row: CollectionRow, *, wait: bool = False) -> LiveIndex:
         """The live index of a collection (loaded if another process created it), brought
         to the aligner version and epoch ``row`` names.

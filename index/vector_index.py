@@ -170,6 +170,16 @@ class VectorIndex:
             "bytes": self._memory(),
         }
 
+    def scan_size(self) -> int:
+        """About how many stored vectors one unfiltered query is compared with: what a
+        search costs, for a caller choosing where to run it."""
+        if self.spec.type == "hnsw":  # candidates x neighbours per node on the base layer
+            return min(self._live, 2 * self.spec.m * self.spec.ef_search)
+        if self._lists:  # the centroids, then the probed lists' share of the vectors
+            probed = min(self.spec.nprobe, self._lists)
+            return self._lists + -(-self._live * probed // self._lists)
+        return self._live
+
     def _memory(self) -> int:
         stored = self._live + self._dead
         if self.spec.type == "ivf" and not self._lists:

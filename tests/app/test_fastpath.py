@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 import app.fastpath as fastpath
 from app.main import create_app
 from app.settings import Settings
+from index.tables import CollectionRow
 from tests.conftest import error_code
 
 PATH = "/v1/collections/{}/search"
@@ -131,3 +132,68 @@ def test_an_oversized_body_is_refused_without_searching(
         response = client.post(PATH.format("c"), content=body)
     assert response.status_code == 413
     assert served == []
+
+
+@pytest.fixture
+def handed_off(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per search the fast path handed to its thread pool."""
+    handed: list[int] = []
+    pool = fastpath._pool()
+
+    class Counting:
+        def submit(self, fn: Any, *args: Any) -> Any:
+            handed.append(1)
+            return pool.submit(fn, *args)
+
+    monkeypatch.setattr(fastpath, "_pool", lambda: Counting())
+    return handed
+
+
+def test_cheap_vector_searches_run_in_place_on_sqlite_only(
+    client: TestClient, collection: str, handed_off: list[int], served: list[str]
+) -> None:
+    add_texts(client, collection, 5)
+    vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    found = client.post(PATH.format(collection), json={"vector": vector, "k": 2})
+    assert found.status_code == 200 and found.json()["results"][0]["item"]["id"] == "t3"
+    sqlite = client.app.state.settings.resolved_database_url.startswith("sqlite")  # type: ignore[attr-defined]
+    # A network database's round trips stay off the event loop.
+    assert len(handed_off) == (0 if sqlite else 1)
+    for body in (
+        {"vector": vector, "filter": {"n": 3}},  # SQL picks the candidates
+        {"vector": vector, "modalities": ["text"]},
+        {"text": "note 3"},  # the encoder's batcher waits for company
+        {"item_id": "t3"},
+    ):
+        before = len(handed_off)
+        assert client.post(PATH.format(collection), json=body).status_code == 200
+        assert len(handed_off) == before + 1, body
+    assert len(served) == 5
+
+
+def test_a_big_scan_goes_to_the_pool(
+    client: TestClient, collection: str, handed_off: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_texts(client, collection, 5)
+    vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    monkeypatch.setattr(fastpath, "IN_PLACE_WORK", 4 * len(vector))  # fewer than 5 vectors
+    assert client.post(PATH.format(collection), json={"vector": vector}).status_code == 200
+    assert len(handed_off) == 1
+
+
+def test_the_fast_path_sits_outside_fastapis_own_layers(client: TestClient) -> None:
+    assert isinstance(client.app.middleware_stack, fastpath.SearchFastPath)  # type: ignore[attr-defined]
+
+
+def test_ready_names_only_an_index_that_needs_no_work(client: TestClient, collection: str) -> None:
+    services = client.app.state.services  # type: ignore[attr-defined]
+    row = services.store.get_collection(collection)
+    assert services.indexes.ready(row) is services.indexes.get(row)
+
+    def like(**changes: int) -> CollectionRow:
+        fields = {"id": row.id, "aligner_version": row.aligner_version}
+        return CollectionRow(**{**fields, "index_epoch": row.index_epoch, **changes})
+
+    assert services.indexes.ready(like(index_epoch=row.index_epoch + 1)) is None  # a reindex
+    assert services.indexes.ready(like(aligner_version=row.aligner_version + 1)) is None
+    assert services.indexes.ready(like(id=row.id + 1000)) is None  # not loaded here

@@ -182,3 +182,15 @@ def test_searches_run_on_the_configured_openmp_threads(data: np.ndarray) -> None
     thread.start()
     thread.join()
     assert seen == [1]
+
+
+def test_scan_size_follows_what_a_search_compares(data: np.ndarray) -> None:
+    assert built("flat", data[:3000]).scan_size() == 3000
+    ivf = built("ivf", data[:3000])  # 32 lists, 8 probed: the centroids and a quarter
+    assert ivf.trained and ivf.scan_size() == 32 + 750
+    untrained = VectorIndex(DIM, IndexSpec(type="ivf", nlist=16))
+    untrained.upsert(np.arange(1, 101), data[:100])
+    assert untrained.scan_size() == 100  # exact until trained
+    hnsw = built("hnsw", data[:3000])  # 2 x 16 neighbours x 32 candidates
+    assert hnsw.scan_size() == 1024
+    assert built("hnsw", data[:500]).scan_size() == 500
