@@ -30,11 +30,21 @@ class RawHttp:
         return self.post(path, body, "application/json")
 
     def post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes]:
-        """POST a ready body; the status and the response body. A connection the server
-        closed while idle (uvicorn's keep-alive is 5 s) is opened again, once."""
+        """POST a ready body; the status and the response body."""
+        return self._send("POST", path, body, {"Content-Type": content_type})
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET; the status and the response body."""
+        return self._send("GET", path, None, {})
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+    ) -> tuple[int, bytes]:
+        """One request. A connection the server closed while idle (uvicorn's keep-alive
+        is 5 s) is opened again, once."""
         for attempt in (1, 2):
             try:
-                self._conn.request("POST", path, body, {"Content-Type": content_type})
+                self._conn.request(method, path, body, headers)
                 response = self._conn.getresponse()
                 return response.status, response.read()
             except (ConnectionError, http.client.HTTPException):
