@@ -20,6 +20,7 @@ own error, telemetry and body-limit layers too; cheap ones run in place (IN_PLAC
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import re
 import time
@@ -35,6 +36,7 @@ from app.routers.body import is_json_type
 from app.schemas import SearchRequest
 from app.services.search import request_constraints, request_query, search
 from app.state import Services
+from index.locks import LockBusy
 
 SEARCH_PATH = re.compile(r"^/v1/collections/([^/]+)/search$")
 ROUTE = "/v1/collections/{name}/search"  # the route's template: the metrics' label
@@ -46,7 +48,8 @@ THREADS = 40
 # event loop. It takes about a millisecond, less than handing it to a thread and back
 # costs on a busy small machine (0.35 ms measured on 2 cores), and it holds the loop no
 # longer than a request's own Python does. Bigger scans, text queries (the encoder's
-# batcher waits), filters (SQL) and a network database's round trips go to the pool.
+# batcher waits), filters (SQL) and a network database's round trips go to the pool, and
+# so does a search that finds a write holding the index: the loop never waits for one.
 IN_PLACE_WORK = 1 << 23
 
 
@@ -111,9 +114,11 @@ class SearchFastPath:
             constraints=request_constraints(req),
         )
         try:
+            found = None
             if _in_place(services, name, req):
-                found = run()
-            else:
+                with contextlib.suppress(LockBusy):  # a write holds the index: to the pool
+                    found = run(wait=False)
+            if found is None:
                 found = await asyncio.get_running_loop().run_in_executor(_pool(), run)
         except Exception:  # the route runs it again and answers with its error handlers
             return None

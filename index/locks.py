@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+class LockBusy(Exception):
+    """A reader that would not wait found a writer holding or waiting for the lock."""
+
+
 class RWLock:
     """Many readers or one writer; a waiting writer blocks new readers (no writer starvation)."""
 
@@ -17,10 +21,13 @@ class RWLock:
         self._writers_waiting = 0
 
     @contextmanager
-    def read(self) -> Iterator[None]:
-        """Hold the lock shared."""
+    def read(self, *, wait: bool = True) -> Iterator[None]:
+        """Hold the lock shared; without ``wait``, raise LockBusy rather than wait for a
+        writer (a caller that must not block, like a search on the event loop)."""
         with self._cond:
             while self._writer or self._writers_waiting:
+                if not wait:
+                    raise LockBusy
                 self._cond.wait()
             self._readers += 1
         try:

@@ -300,13 +300,14 @@ class VectorIndex:
             return np.unique(item_of(labels[labels >= 0]))
 
     def search(
-        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, query: np.ndarray, k: int, allowed: np.ndarray | None = None, *, wait: bool = True
     ) -> list[IndexHit]:
         """Top-k items, best first, each once with its best segment; ``allowed`` restricts
-        item keys before the cut (every type returns min(k, allowed items) of them)."""
+        item keys before the cut (every type returns min(k, allowed items) of them).
+        Without ``wait``, LockBusy instead of waiting for a write to finish."""
         q = as_matrix(query, self.dim)
         faiss.omp_set_num_threads(_threads["search"])
-        with self._lock.read():
+        with self._lock.read(wait=wait):
             mask = self._mask(allowed)
             if mask is None:
                 total, items, bits = self._live, self._items, None

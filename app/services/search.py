@@ -52,9 +52,10 @@ def request_constraints(req: SearchOptions) -> Constraints:
 
 
 def search(
-    *, services: Services, name: str, query: Query, constraints: Constraints
+    *, services: Services, name: str, query: Query, constraints: Constraints, wait: bool = True
 ) -> SearchResponse:
-    """Top-k items of a collection for a query, best first."""
+    """Top-k items of a collection for a query, best first. Without ``wait``, LockBusy
+    instead of waiting for a write to the index to finish."""
     row = services.store.get_collection(name)
     live = services.indexes.get(row)
     # One read of the pair: the query is projected by the heads that made the index,
@@ -70,7 +71,7 @@ def search(
             modalities=constraints.modalities,
             filters=constraints.filter,
         )
-    hits = index.search(vector, constraints.k, allowed)
+    hits = index.search(vector, constraints.k, allowed, wait=wait)
     items = services.store.items_by_pk(collection_id=row.id, pks=[h.pk for h in hits])
     results = [
         _hit(items[h.pk], row.name, h.score, h.segment)

@@ -4,6 +4,8 @@ else (errors included) is answered by the route itself, with the body replayed."
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -197,3 +199,26 @@ def test_ready_names_only_an_index_that_needs_no_work(client: TestClient, collec
     assert services.indexes.ready(like(index_epoch=row.index_epoch + 1)) is None  # a reindex
     assert services.indexes.ready(like(aligner_version=row.aligner_version + 1)) is None
     assert services.indexes.ready(like(id=row.id + 1000)) is None  # not loaded here
+
+
+def test_a_search_that_finds_a_write_in_progress_waits_in_a_thread(
+    client: TestClient, collection: str, handed_off: list[int]
+) -> None:
+    add_texts(client, collection, 5)
+    vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    services = client.app.state.services  # type: ignore[attr-defined]
+    index = services.indexes.get(services.store.get_collection(collection)).space.index
+    held = threading.Event()
+
+    def write_for_a_while() -> None:
+        with index._lock.write():
+            held.set()
+            time.sleep(0.3)
+
+    writer = threading.Thread(target=write_for_a_while)
+    writer.start()
+    assert held.wait(5)
+    found = client.post(PATH.format(collection), json={"vector": vector, "k": 1})
+    writer.join()
+    assert found.status_code == 200 and found.json()["results"][0]["item"]["id"] == "t3"
+    assert len(handed_off) == 1  # on SQLite too: the event loop never waited for the writer

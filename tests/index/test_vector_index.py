@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.locks import RWLock
+from index.locks import LockBusy, RWLock
 from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
 from index.store import canonical, tag_pairs
 from index.vector_index import VectorIndex
@@ -132,3 +132,24 @@ def test_rwlock_writer_excludes_readers() -> None:
         events.append("write-done")
     thread.join()
     assert events == ["write-done", "read"]
+
+
+def test_a_reader_that_will_not_wait_hears_the_lock_is_busy() -> None:
+    lock = RWLock()
+    with lock.read(wait=False), lock.read(wait=False):  # readers share
+        pass
+    with lock.write(), pytest.raises(LockBusy), lock.read(wait=False):
+        pass
+    # A waiting writer turns new readers away too (it would starve otherwise).
+    reading = lock.read()
+    reading.__enter__()
+    writer = threading.Thread(target=lambda: lock.write().__enter__())
+    writer.start()
+    deadline = time.monotonic() + 5
+    while not lock._writers_waiting and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(LockBusy), lock.read(wait=False):
+        pass
+    reading.__exit__(None, None, None)
+    writer.join(5)
+    assert not writer.is_alive()
