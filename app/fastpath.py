@@ -127,10 +127,11 @@ class SearchFastPath:
 
 def _in_place(services: Services, name: str, req: SearchRequest) -> bool:
     """Whether this search is cheap enough to run on the event loop (see IN_PLACE_WORK):
-    a raw vector, no filter, the embedded database, a loaded index that scans little."""
+    a raw vector, no filter, the embedded database with a free connection, a loaded
+    index that scans little."""
     if req.vector is None or req.filter or req.modalities:
         return False
-    if services.store.engine.dialect.name != "sqlite":
+    if not services.store.reads_without_waiting():
         return False
     live = services.indexes.ready(services.store.get_collection(name))
     if live is None:

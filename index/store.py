@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from index.errors import ConflictError, NotFoundError
 from index.tables import AlignerRow, ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
@@ -434,6 +435,15 @@ class MetadataStore:
                 .limit(limit)
             )
             return list(session.scalars(stmt))
+
+    def reads_without_waiting(self) -> bool:
+        """Whether a read here now finds a connection without waiting for one: the
+        embedded SQLite database (no round trip; WAL readers never wait for writers) with
+        fewer connections in use than the pool keeps."""
+        if self.engine.dialect.name != "sqlite":
+            return False
+        pool = self.engine.pool
+        return isinstance(pool, QueuePool) and pool.checkedout() < pool.size()
 
     def items_by_pk(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemSummary]:
         """Items by primary key (those still present): every column but the feature and

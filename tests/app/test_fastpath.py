@@ -222,3 +222,19 @@ def test_a_search_that_finds_a_write_in_progress_waits_in_a_thread(
     writer.join()
     assert found.status_code == 200 and found.json()["results"][0]["item"]["id"] == "t3"
     assert len(handed_off) == 1  # on SQLite too: the event loop never waited for the writer
+
+
+def test_a_search_that_would_wait_for_a_connection_goes_to_the_pool(
+    client: TestClient, collection: str, handed_off: list[int]
+) -> None:
+    add_texts(client, collection, 5)
+    vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    engine = client.app.state.services.store.engine  # type: ignore[attr-defined]
+    taken = [engine.raw_connection() for _ in range(engine.pool.size())]
+    try:
+        found = client.post(PATH.format(collection), json={"vector": vector, "k": 1})
+    finally:
+        for connection in taken:
+            connection.close()
+    assert found.status_code == 200 and found.json()["results"][0]["item"]["id"] == "t3"
+    assert len(handed_off) == 1
