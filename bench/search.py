@@ -73,6 +73,7 @@ def _one_size(
 ) -> dict[str, Any]:
     vectors = mixture.sample(n, seed=cfg.seed + 1)
     queries = mixture.sample(cfg.queries, seed=cfg.seed + 2)
+    warmups = mixture.sample(cfg.search_warmup, seed=cfg.seed + 3)
     truth = exact_top_k(vectors, queries)
     numpy = numpy_baseline(vectors, queries, truth, cfg.search_budget_s)
     log(
@@ -95,7 +96,7 @@ def _one_size(
         size["rss_loaded_kb"] = srv.rss_kb()
         with srv.client() as client:
             size["healthz_p50_ms"] = _http_floor(client, srv.url)
-            probe = Probe(srv, client, queries, truth, vectors, cfg)
+            probe = Probe(srv, client, queries, truth, vectors, cfg, warmups)
             for name in cfg.types:
                 row = _one_type(probe, name, n, builds, cfg, log)
                 row["bytes_per_vector"] = _per_vector(row.get("rss_kb"), empty["rss_empty_kb"], n)
@@ -164,11 +165,14 @@ class Probe:
         truth: np.ndarray,
         vectors: np.ndarray,
         cfg: BenchConfig,
+        warmups: np.ndarray,
     ) -> None:
         self.srv, self.client, self.cfg = srv, client, cfg
         self.queries, self.truth, self.vectors = queries, truth, vectors
         # Bodies encoded once: the client's JSON work stays out of the latency.
-        self.bodies = [json.dumps({"vector": q.tolist(), "k": TOP_K}).encode() for q in queries]
+        self.bodies = [_body(q) for q in queries]
+        # Other queries warm the server up, so the measured ones find no row read before.
+        self.warmups = [_body(q) for q in warmups]
         self.found: dict[int, list[int]] = {}
         self._local = threading.local()
 
@@ -185,10 +189,23 @@ class Probe:
         self.found[i] = [int(hit["item"]["id"]) for hit in json.loads(data)["results"]]
         return True
 
+    def warm_up(self) -> None:
+        """Send the warm-up queries (answers unchecked, nothing timed)."""
+        raw = RawHttp(self.srv.url)
+        try:
+            for body in self.warmups:
+                raw.post_json(f"/v1/collections/{NAME}/search", body)
+        finally:
+            raw.close()
+
     def snapshot_mtime(self) -> float:
         """Newest index snapshot write in the data dir (0 when none)."""
         files = list((self.srv.data_dir / "indexes").glob("*.faiss"))
         return max((f.stat().st_mtime for f in files), default=0.0)
+
+
+def _body(query: np.ndarray) -> bytes:
+    return json.dumps({"vector": query.tolist(), "k": TOP_K}).encode()
 
 
 def _one_type(
@@ -234,9 +251,8 @@ def _skip(
 
 
 def _measure(probe: Probe, row: dict[str, Any], cfg: BenchConfig) -> None:
-    for i in range(min(10, len(probe.bodies))):  # warm-up
-        probe.search(probe.client, i)
-    probe.found.clear()
+    probe.warm_up()
+    probe.found.clear()  # the first search after the build, or the previous type's
     snap_before = probe.snapshot_mtime()
     seq = sequential(
         probe.client, probe.search, count=len(probe.bodies), budget_s=cfg.search_budget_s

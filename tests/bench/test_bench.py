@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from bench.config import INDEX_TYPES
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,7 +65,7 @@ def test_quick_search_exact_is_exact(quick_run: tuple[Path, dict[str, Any]]) -> 
     (size,) = quick_run[1]["search"]["sizes"]
     assert size["n"] == 2000 and size["numpy"]["recall_at_10"] == 1.0
     rows = {r["type"]: r for r in size["types"]}
-    assert set(rows) == {"flat", "hnsw", "ivf", "ivf-sq8", "ivf-pq"}
+    assert set(rows) == set(INDEX_TYPES) and "ivf-sq8-np8" in rows
     flat = rows["flat"]
     assert flat["status"] == "ok", flat["reason"]
     assert flat["recall_at_10"] == 1.0
