@@ -36,7 +36,7 @@ from app.routers.body import is_json_type
 from app.schemas import SearchRequest
 from app.services.search import request_constraints, request_query, search
 from app.state import Services
-from index.locks import LockBusy
+from index.locks import WouldBlock
 
 SEARCH_PATH = re.compile(r"^/v1/collections/([^/]+)/search$")
 ROUTE = "/v1/collections/{name}/search"  # the route's template: the metrics' label
@@ -48,9 +48,11 @@ THREADS = 40
 # event loop. It takes about a millisecond, less than handing it to a thread and back
 # costs on a busy small machine (0.35 ms measured on 2 cores), and it holds the loop no
 # longer than a request's own Python does. Bigger scans, text queries (the encoder's
-# batcher waits), filters (SQL) and a network database's round trips go to the pool, and
-# so does a search that finds a write holding the index: the loop never waits for one.
+# batcher waits), filters (SQL), long lists and a network database's round trips go to
+# the pool, and so does a search that finds a write holding the index or that must widen
+# past its first pass (deleted or crowded segments): the loop never waits for those.
 IN_PLACE_WORK = 1 << 23
+IN_PLACE_K = 100  # reading and answering the hits grows with k: a long list goes to the pool
 
 
 class SearchFastPath:
@@ -116,7 +118,8 @@ class SearchFastPath:
         try:
             found = None
             if _in_place(services, name, req):
-                with contextlib.suppress(LockBusy):  # a write holds the index: to the pool
+                # A write holds the index, or the search must widen: the pool does it all.
+                with contextlib.suppress(WouldBlock):
                     found = run(wait=False)
             if found is None:
                 found = await asyncio.get_running_loop().run_in_executor(_pool(), run)
@@ -127,9 +130,9 @@ class SearchFastPath:
 
 def _in_place(services: Services, name: str, req: SearchRequest) -> bool:
     """Whether this search is cheap enough to run on the event loop (see IN_PLACE_WORK):
-    a raw vector, no filter, the embedded database with a free connection, a loaded
-    index that scans little."""
-    if req.vector is None or req.filter or req.modalities:
+    a raw vector, no filter, a short list, the embedded database with a free connection,
+    a loaded index whose first pass scans little."""
+    if req.vector is None or req.filter or req.modalities or req.k > IN_PLACE_K:
         return False
     if not services.store.reads_without_waiting():
         return False
@@ -137,7 +140,7 @@ def _in_place(services: Services, name: str, req: SearchRequest) -> bool:
     if live is None:
         return False
     index = live.space.index
-    return index.scan_size() * index.dim <= IN_PLACE_WORK
+    return index.scan_size(req.k) * index.dim <= IN_PLACE_WORK
 
 
 @functools.cache

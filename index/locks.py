@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-class LockBusy(Exception):
-    """A reader that would not wait found a writer holding or waiting for the lock."""
+class WouldBlock(Exception):
+    """A caller that asked not to wait would have: a writer holds or awaits the lock, or
+    (a search) the work needs more than the first pass it was sized for."""
 
 
 class RWLock:
@@ -22,12 +23,12 @@ class RWLock:
 
     @contextmanager
     def read(self, *, wait: bool = True) -> Iterator[None]:
-        """Hold the lock shared; without ``wait``, raise LockBusy rather than wait for a
+        """Hold the lock shared; without ``wait``, raise WouldBlock rather than wait for a
         writer (a caller that must not block, like a search on the event loop)."""
         with self._cond:
             while self._writer or self._writers_waiting:
                 if not wait:
-                    raise LockBusy
+                    raise WouldBlock
                 self._cond.wait()
             self._readers += 1
         try:

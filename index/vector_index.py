@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 
-from index.locks import RWLock
+from index.locks import RWLock, WouldBlock
 from index.spec import IndexSpec
 
 SEGMENT_BITS = 16
@@ -170,11 +170,11 @@ class VectorIndex:
             "bytes": self._memory(),
         }
 
-    def scan_size(self) -> int:
-        """About how many stored vectors one unfiltered query is compared with: what a
-        search costs, for a caller choosing where to run it."""
+    def scan_size(self, k: int = 10) -> int:
+        """About how many stored vectors the first pass of an unfiltered top-``k`` query
+        is compared with: what a search costs, for a caller choosing where to run it."""
         if self.spec.type == "hnsw":  # candidates x neighbours per node on the base layer
-            return min(self._live, 2 * self.spec.m * self.spec.ef_search)
+            return min(self._live, 2 * self.spec.m * max(self.spec.ef_search, k))
         if self._lists:  # the centroids, then the probed lists' share of the vectors
             probed = min(self.spec.nprobe, self._lists)
             return self._lists + -(-self._live * probed // self._lists)
@@ -304,7 +304,8 @@ class VectorIndex:
     ) -> list[IndexHit]:
         """Top-k items, best first, each once with its best segment; ``allowed`` restricts
         item keys before the cut (every type returns min(k, allowed items) of them).
-        Without ``wait``, LockBusy instead of waiting for a write to finish."""
+        Without ``wait``, WouldBlock instead of waiting for a write to finish or widening
+        the search past its first pass (see :meth:`scan_size`)."""
         q = as_matrix(query, self.dim)
         faiss.omp_set_num_threads(_threads["search"])
         with self._lock.read(wait=wait):
@@ -319,7 +320,7 @@ class VectorIndex:
             selective = allowed is not None and total <= max(
                 SELECTIVE_MAX, SELECTIVE_SHARE * self._live
             )
-            return self._search(q, k, want, total, bits, exhaustive=selective)
+            return self._search(q, k, want, total, bits, exhaustive=selective, wait=wait)
 
     def _search(
         self,
@@ -330,6 +331,7 @@ class VectorIndex:
         bits: np.ndarray | None,
         *,
         exhaustive: bool,
+        wait: bool,
     ) -> list[IndexHit]:
         selector = None if bits is None else faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits))
         fetch = min(k, total)
@@ -339,6 +341,8 @@ class VectorIndex:
             hits = self._hits(labels[0][found], scores[0][found])
             if len(hits) >= want:
                 return hits[:k]
+            if not wait and fetch < total:  # a wider pass than the caller sized for
+                raise WouldBlock
             if int(found.sum()) < fetch and not exhaustive and self._approximate():
                 exhaustive = True  # the graph or the probed lists ran dry: scan them all
                 continue

@@ -13,7 +13,7 @@ from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
-from index.locks import LockBusy
+from index.locks import WouldBlock
 from index.manager import current_vectors
 from index.store import ItemSummary, Scalar, stored_of
 from index.tables import CollectionRow
@@ -55,12 +55,12 @@ def request_constraints(req: SearchOptions) -> Constraints:
 def search(
     *, services: Services, name: str, query: Query, constraints: Constraints, wait: bool = True
 ) -> SearchResponse:
-    """Top-k items of a collection for a query, best first. Without ``wait``, LockBusy
+    """Top-k items of a collection for a query, best first. Without ``wait``, WouldBlock
     instead of waiting for the index (a write to it, its loading or its swap)."""
     row = services.store.get_collection(name)
     live = services.indexes.get(row) if wait else services.indexes.ready(row)
     if live is None:  # to be loaded or brought to a new version first: no waiting here
-        raise LockBusy
+        raise WouldBlock
     # One read of the pair: the query is projected by the heads that made the index,
     # even if a swap lands while this search runs.
     space = live.space

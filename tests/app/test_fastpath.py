@@ -164,13 +164,14 @@ def test_cheap_vector_searches_run_in_place_on_sqlite_only(
     for body in (
         {"vector": vector, "filter": {"n": 3}},  # SQL picks the candidates
         {"vector": vector, "modalities": ["text"]},
+        {"vector": vector, "k": fastpath.IN_PLACE_K + 1},  # a long list to read and answer
         {"text": "note 3"},  # the encoder's batcher waits for company
         {"item_id": "t3"},
     ):
         before = len(handed_off)
         assert client.post(PATH.format(collection), json=body).status_code == 200
         assert len(handed_off) == before + 1, body
-    assert len(served) == 5
+    assert len(served) == 6
 
 
 def test_a_big_scan_goes_to_the_pool(

@@ -8,6 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
+from index.locks import WouldBlock
 from index.spec import IndexSpec
 from index.vector_index import VectorIndex, configure_faiss_threads
 from models.aligner import l2_normalize
@@ -193,4 +194,14 @@ def test_scan_size_follows_what_a_search_compares(data: np.ndarray) -> None:
     assert untrained.scan_size() == 100  # exact until trained
     hnsw = built("hnsw", data[:3000])  # 2 x 16 neighbours x 32 candidates
     assert hnsw.scan_size() == 1024
+    assert hnsw.scan_size(k=50) == 1600  # the candidate list grows to k
     assert built("hnsw", data[:500]).scan_size() == 500
+
+
+def test_a_search_that_may_not_wait_stops_before_widening(data: np.ndarray) -> None:
+    index = built("ivf", data[:3000])  # 8 of 32 lists: ~750 vectors in the first pass
+    q = data[3001]
+    assert index.search(q, 10, wait=False) == index.search(q, 10)
+    with pytest.raises(WouldBlock):
+        index.search(q, 900, wait=False)
+    assert len(index.search(q, 900)) == 900  # the waiting search widens to all lists

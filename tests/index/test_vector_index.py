@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index.locks import LockBusy, RWLock
+from index.locks import RWLock, WouldBlock
 from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
 from index.store import canonical, tag_pairs
 from index.vector_index import VectorIndex
@@ -138,7 +138,7 @@ def test_a_reader_that_will_not_wait_hears_the_lock_is_busy() -> None:
     lock = RWLock()
     with lock.read(wait=False), lock.read(wait=False):  # readers share
         pass
-    with lock.write(), pytest.raises(LockBusy), lock.read(wait=False):
+    with lock.write(), pytest.raises(WouldBlock), lock.read(wait=False):
         pass
     # A waiting writer turns new readers away too (it would starve otherwise).
     reading = lock.read()
@@ -148,7 +148,7 @@ def test_a_reader_that_will_not_wait_hears_the_lock_is_busy() -> None:
     deadline = time.monotonic() + 5
     while not lock._writers_waiting and time.monotonic() < deadline:
         time.sleep(0.001)
-    with pytest.raises(LockBusy), lock.read(wait=False):
+    with pytest.raises(WouldBlock), lock.read(wait=False):
         pass
     reading.__exit__(None, None, None)
     writer.join(5)
