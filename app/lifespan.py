@@ -56,6 +56,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
                 max_batch=settings.batch_size,
                 max_wait_ms=settings.batch_wait_ms,
                 max_queue=settings.batch_queue,
+                streams=settings.batch_streams,
             ),
         )
         aligner = default_aligner(

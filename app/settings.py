@@ -37,6 +37,12 @@ class Settings(BaseSettings):
     batch_queue: int = Field(
         default=512, ge=1, description="inputs waiting per encoder before requests get 429"
     )
+    batch_streams: int = Field(
+        default=0,
+        ge=0,
+        description="forwards of one model at once, each on a share of the torch threads (a "
+        "lone request still gets them all); 0 = auto: 2 on a CPU with 2+ threads, 1 on CUDA",
+    )
     api_keys: str = ""
     max_upload_mb: float = 50.0
     max_image_pixels: int = 64_000_000

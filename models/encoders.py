@@ -7,6 +7,7 @@ into the space by an aligner head.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import threading
@@ -21,6 +22,7 @@ from models.audio import AudioSegments, cut_segments
 from models.batcher import BatchConfig, MicroBatcher
 from models.mini.audio import pad_window
 from models.mini.model import MiniModel
+from models.streams import Streams, default_count
 
 Modality = str  # "image" | "text" | "audio"
 
@@ -78,11 +80,16 @@ class OpenClipEncoder:
         self.tokenizer = tokenizer
         self.device = device
         self.modalities: tuple[Modality, ...] = ("image", "text")
-        # One forward at a time across this model's towers: each forward already uses every
-        # core torch was given (MMR_TORCH_THREADS), two at once only fight over them.
-        self._lock = threading.Lock()
-        self._batchers_lock = threading.Lock()  # not the forward lock: queueing never waits
-        self._batching = batching or BatchConfig()
+        # Forwards across this model's towers share the cores torch was given
+        # (MMR_TORCH_THREADS): a lone one takes them all, under load MMR_BATCH_STREAMS run at
+        # once on a share each (models.streams).
+        batching = batching or BatchConfig()
+        threads = torch.get_num_threads()
+        self.streams = Streams(
+            threads=threads, count=batching.streams or default_count(device, threads)
+        )
+        self._batchers_lock = threading.Lock()  # not the forward slots: queueing never waits
+        self._batching = dataclasses.replace(batching, streams=self.streams.count)
         self._batchers: dict[Modality, MicroBatcher] = {}
         self._closed = False
         # Towers that run outside torch (int8 through ONNX Runtime), by modality.
@@ -110,18 +117,19 @@ class OpenClipEncoder:
         """Texts -> token ids (n, context), on the CPU."""
         return self.tokenizer(list(texts))
 
-    def forward(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
-        """One forward of a tower on prepared inputs, no batcher: (n, dim) float32."""
+    def forward(self, kind: Modality, batch: torch.Tensor, *, alone: bool = True) -> np.ndarray:
+        """One forward of a tower on prepared inputs, no batcher: (n, dim) float32.
+        ``alone``: no other batch waits for this model (it may take every core)."""
         runtime = self.runtimes.get(kind)
         if runtime is not None:
-            with self._lock:
+            with self.streams.exclusive():  # its own thread pool, sized for every core
                 return runtime(batch)
         fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, self.TOWERS[kind])
         batch = batch.to(self.device)
         # Pixels follow the weights' dtype; audio waves stay float32 for the FFT front end.
         if kind != "audio" and batch.is_floating_point():
             batch = batch.to(self.dtype)
-        with self._lock, torch.inference_mode():
+        with self.streams.forward(alone=alone), torch.inference_mode():
             out = fn(batch)
         return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
 
@@ -144,13 +152,14 @@ class OpenClipEncoder:
 
     def replace_model(self, model: torch.nn.Module) -> None:
         """Swap the weights (a precision choice), between forwards."""
-        with self._lock:
+        with self.streams.exclusive():
             self.model = model.eval()
 
     def use_runtimes(self, runtimes: dict[Modality, Callable[[torch.Tensor], np.ndarray]]) -> None:
         """Run these towers outside torch (a precision choice), between forwards; the torch
-        model keeps the others (and answers ``image_size``)."""
-        with self._lock:
+        model keeps the others (and answers ``image_size``). Called before serving: a tower's
+        batcher, started on first use, runs one stream for a runtime tower."""
+        with self.streams.exclusive():
             self.runtimes = dict(runtimes)
 
     def close(self) -> None:
@@ -166,16 +175,18 @@ class OpenClipEncoder:
             if self._closed:
                 raise RuntimeError(f"{self.model_id} is closed (the server shuts down)")
             if kind not in self._batchers:
+                # A runtime tower runs on every slot: one forward at a time.
+                single = dataclasses.replace(self._batching, streams=1)
                 self._batchers[kind] = MicroBatcher(
                     functools.partial(self._forward_of, kind),
                     name=kind,
-                    config=self._batching,
+                    config=single if kind in self.runtimes else self._batching,
                 )
             return self._batchers[kind]
 
-    def _forward_of(self, kind: Modality, batch: torch.Tensor) -> np.ndarray:
+    def _forward_of(self, kind: Modality, batch: torch.Tensor, *, alone: bool) -> np.ndarray:
         # Looked up per call, so that a wrapped ``forward`` (tests, metrics) is the one run.
-        return self.forward(kind, batch)
+        return self.forward(kind, batch, alone=alone)
 
 
 class MiniEncoder(OpenClipEncoder):

@@ -7,6 +7,7 @@ crops, random "fusion" chunks) never runs and the features are deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 from collections.abc import Sequence
@@ -128,10 +129,12 @@ class ClapAudioEncoder:
             if self._closed:
                 raise RuntimeError(f"{self.model_id} is closed (the server shuts down)")
             if self._batcher is None:
-                self._batcher = MicroBatcher(self._forward_of, name="audio", config=self._batching)
+                # One stream: the forward holds the tower's lock (see __init__).
+                single = dataclasses.replace(self._batching, streams=1)
+                self._batcher = MicroBatcher(self._forward_of, name="audio", config=single)
             return self._batcher
 
-    def _forward_of(self, features: torch.Tensor) -> np.ndarray:
+    def _forward_of(self, features: torch.Tensor, *, alone: bool) -> np.ndarray:
         return self.forward(features)  # looked up per call: a wrapped forward is the one run
 
     def _forward_text(self, texts: list[str]) -> np.ndarray:

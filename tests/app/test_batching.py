@@ -26,9 +26,9 @@ def test_a_full_encoder_queue_answers_429_and_accepted_calls_get_their_vectors(
         encoder = client.app.state.services.embedder.encoder  # type: ignore[attr-defined]
         forward = encoder.forward
 
-        def slow_forward(kind: str, batch: torch.Tensor) -> np.ndarray:
+        def slow_forward(kind: str, batch: torch.Tensor, *, alone: bool = True) -> np.ndarray:
             time.sleep(0.2)  # a busy model: requests pile up behind it
-            return forward(kind, batch)
+            return forward(kind, batch, alone=alone)
 
         encoder.forward = slow_forward
         start = threading.Barrier(len(texts))

@@ -24,13 +24,15 @@ class FakeTower:
     def __init__(self, delay_s: float = 0.02) -> None:
         self.delay_s = delay_s
         self.sizes: list[int] = []
+        self.alone: list[bool] = []
         self.gate = threading.Event()
         self.gate.set()
         self.fail_on: float | None = None
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+    def __call__(self, batch: torch.Tensor, *, alone: bool = True) -> np.ndarray:
         self.gate.wait(10)
         self.sizes.append(len(batch))
+        self.alone.append(alone)
         time.sleep(self.delay_s)
         if self.fail_on is not None and bool((batch == self.fail_on).any()):
             raise ValueError("bad row")
@@ -207,3 +209,133 @@ def test_a_failed_preparation_is_not_waited_for(make_batcher) -> None:
     started = time.monotonic()
     batcher.run(lambda: rows(0, 1))
     assert time.monotonic() - started < 1.0
+
+
+def test_streams_run_forwards_at_once(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=1.0, max_queue=512, streams=2)
+    both = threading.Barrier(2, timeout=5)
+    inner = FakeTower.__call__
+
+    def meet(self: FakeTower, batch: torch.Tensor, *, alone: bool = True) -> np.ndarray:
+        both.wait()  # one stream would never get here twice at once: BrokenBarrierError
+        return inner(self, batch, alone=alone)
+
+    tower.__class__ = type("MeetingTower", (FakeTower,), {"__call__": meet})
+    results = submit_together(batcher, [rows(0, 1), rows(10, 1)])
+    assert sorted(tower.sizes) == [1, 1]
+    np.testing.assert_allclose(results[0], raw(rows(0, 1)))
+    np.testing.assert_allclose(results[1], raw(rows(10, 1)))
+
+
+def test_idle_streams_split_what_waits_and_know_they_are_not_alone(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=5000.0, max_queue=512, streams=2)
+    start = threading.Barrier(16)
+
+    def one(i: int) -> np.ndarray:
+        def prepare() -> torch.Tensor:
+            start.wait()  # all sixteen announce themselves before any submits
+            return rows(10 * i, 1)
+
+        return batcher.run(prepare)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(one, range(16)))
+    assert sorted(tower.sizes) == [8, 8]  # two forwards of eight, not one of sixteen
+    assert tower.alone == [False, False]
+    for i, got in enumerate(results):
+        np.testing.assert_allclose(got, raw(rows(10 * i, 1)))
+
+
+def test_a_lone_request_runs_alone(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=1.0, max_queue=512, streams=2)
+    batcher.run(lambda: rows(0, 3))
+    assert tower.alone == [True]
+
+
+def test_one_stream_never_runs_two_forwards_at_once(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=1, max_wait_ms=1.0, max_queue=512)
+    running, most = [0], [0]
+    lock = threading.Lock()
+    inner = FakeTower.__call__
+
+    def count(self: FakeTower, batch: torch.Tensor, *, alone: bool = True) -> np.ndarray:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            return inner(self, batch, alone=alone)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    tower.__class__ = type("CountingTower", (FakeTower,), {"__call__": count})
+    submit_together(batcher, [rows(10 * i, 1) for i in range(6)])
+    assert len(tower.sizes) == 6 and most[0] == 1
+
+
+def _eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
+def test_a_free_stream_waits_for_as_many_rows_as_the_running_forward(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=3000.0, max_queue=512, streams=2)
+    tower.gate.clear()  # forwards block until the gate opens
+    with ThreadPoolExecutor(16) as pool:
+        running = pool.submit(batcher.submit, rows(0, 8))
+        assert _eventually(lambda: batcher.busy and batcher.waiting_rows == 0)
+        later = [pool.submit(batcher.submit, rows(100, 1))]
+        time.sleep(0.3)
+        assert batcher.waiting_rows == 1  # one row does not start a forward beside eight
+        later += [pool.submit(batcher.submit, rows(101 + i, 1)) for i in range(7)]
+        assert _eventually(lambda: batcher.waiting_rows == 0)  # eight do
+        tower.gate.set()
+        np.testing.assert_allclose(running.result(5), raw(rows(0, 8)))
+        for i, done in enumerate(later):
+            np.testing.assert_allclose(done.result(5), raw(rows(100 + i, 1)))
+    assert sorted(tower.sizes) == [8, 8]
+
+
+def test_the_wait_for_company_is_bounded(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=50.0, max_queue=512, streams=2)
+    tower.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(batcher.submit, rows(0, 8))
+        assert _eventually(lambda: batcher.busy and batcher.waiting_rows == 0)
+        lone = pool.submit(batcher.submit, rows(100, 1))
+        assert _eventually(lambda: batcher.waiting_rows == 0, timeout_s=1.0)
+        tower.gate.set()
+        running.result(5)
+        lone.result(5)
+    assert sorted(tower.sizes) == [1, 8]
+
+
+def test_no_forward_takes_more_than_an_even_part_of_the_load(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=3000.0, max_queue=512, streams=2)
+    tower.gate.clear()
+    start = threading.Barrier(15)
+
+    def one(i: int) -> np.ndarray:
+        def prepare() -> torch.Tensor:
+            start.wait()  # fifteen announce themselves while one row runs
+            return rows(100 + i, 1)
+
+        return batcher.run(prepare)
+
+    with ThreadPoolExecutor(16) as pool:
+        running = pool.submit(batcher.submit, rows(0, 1))
+        assert _eventually(lambda: batcher.busy and batcher.waiting_rows == 0)
+        later = [pool.submit(one, i) for i in range(15)]
+        # Eight of the fifteen beside the running one; seven wait for the next free stream.
+        assert _eventually(lambda: batcher.waiting_rows == 7)
+        time.sleep(0.1)
+        assert batcher.waiting_rows == 7
+        tower.gate.set()
+        running.result(5)
+        for i, done in enumerate(later):
+            np.testing.assert_allclose(done.result(5), raw(rows(100 + i, 1)))
+    assert sorted(tower.sizes[:2]) == [1, 8] and sum(tower.sizes) == 16
