@@ -24,7 +24,7 @@ from models.batcher import BatchConfig
 from models.bridge import default_aligner
 from models.errors import ModelLoadError
 from models.registry import load_model
-from models.runtime import configure_torch_threads
+from models.runtime import configure_torch_threads, in_thread_with_threads
 
 log = logging.getLogger("mmr")
 
@@ -46,24 +46,30 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     sessions = make_sessionmaker(engine)
     store = MetadataStore(sessions)
     try:
-        loaded = load_model(
-            settings.model,
-            audio_model=settings.audio_model,
-            device=settings.device,
-            cache_dir=settings.data_dir / "models",
-            precision=settings.precision,
-            batching=BatchConfig(
-                max_batch=settings.batch_size,
-                max_wait_ms=settings.batch_wait_ms,
-                max_queue=settings.batch_queue,
-                streams=settings.batch_streams,
-            ),
+        # Loading, the precision probe and a first start's audio bootstrap run torch on every
+        # thread in a thread that ends with them (models.runtime.configure_torch_threads).
+        loaded = in_thread_with_threads(
+            lambda: load_model(
+                settings.model,
+                audio_model=settings.audio_model,
+                device=settings.device,
+                cache_dir=settings.data_dir / "models",
+                precision=settings.precision,
+                batching=BatchConfig(
+                    max_batch=settings.batch_size,
+                    max_wait_ms=settings.batch_wait_ms,
+                    max_queue=settings.batch_queue,
+                    streams=settings.batch_streams,
+                ),
+            )
         )
-        aligner = default_aligner(
-            loaded.encoder,
-            loaded.audio,
-            head_file=settings.audio_head,
-            cache_dir=settings.data_dir / "aligners",
+        aligner = in_thread_with_threads(
+            lambda: default_aligner(
+                loaded.encoder,
+                loaded.audio,
+                head_file=settings.audio_head,
+                cache_dir=settings.data_dir / "aligners",
+            )
         )
     except ModelLoadError as exc:
         log.error("cannot start: %s", exc)

@@ -48,7 +48,11 @@ class Settings(BaseSettings):
     max_image_pixels: int = 64_000_000
     max_audio_seconds: float = Field(default=600.0, gt=0, description="longest audio upload")
     max_batch_items: int = 256
-    torch_threads: int = Field(default=0, description="0 = one per CPU core")
+    torch_threads: int = Field(
+        default=0,
+        description="threads of a lone forward and of a training run (streams share them); "
+        "0 = one per CPU core",
+    )
     faiss_threads: int = 1
     snapshot_every: int = Field(default=1000, description="changes between index snapshots")
     worker: Literal["on", "off"] = Field(

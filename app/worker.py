@@ -24,6 +24,7 @@ from index.jobs import CANCELLED, FAILED, SUCCEEDED
 from index.tables import JobRow
 from models.errors import MediaError, ModelLoadError
 from models.finetune import Cancelled
+from models.runtime import in_thread_with_threads
 
 log = logging.getLogger("mmr.worker")
 
@@ -121,7 +122,10 @@ class Worker:
 
     def _run(self, ctx: JobContext) -> tuple[str, dict[str, Any], str | None]:
         try:
-            metrics = HANDLERS[ctx.job.type](self.services, ctx)
+            # A thread of its own with every torch thread: its OpenMP team ends with the job
+            # (a lasting one would slow every forward, see models.runtime).
+            handler = HANDLERS[ctx.job.type]
+            metrics = in_thread_with_threads(lambda: handler(self.services, ctx))
         except Cancelled:
             return CANCELLED, {}, "cancelled"
         except JOB_ERRORS as exc:

@@ -22,6 +22,7 @@ from models.audio import AudioSegments, cut_segments
 from models.batcher import BatchConfig, MicroBatcher
 from models.mini.audio import pad_window
 from models.mini.model import MiniModel
+from models.runtime import torch_threads
 from models.streams import Streams, default_count
 
 Modality = str  # "image" | "text" | "audio"
@@ -84,7 +85,7 @@ class OpenClipEncoder:
         # (MMR_TORCH_THREADS): a lone one takes them all, under load MMR_BATCH_STREAMS run at
         # once on a share each (models.streams).
         batching = batching or BatchConfig()
-        threads = torch.get_num_threads()
+        threads = torch_threads()
         self.streams = Streams(
             threads=threads, count=batching.streams or default_count(device, threads)
         )
@@ -129,9 +130,13 @@ class OpenClipEncoder:
         # Pixels follow the weights' dtype; audio waves stay float32 for the FFT front end.
         if kind != "audio" and batch.is_floating_point():
             batch = batch.to(self.dtype)
-        with self.streams.forward(alone=alone), torch.inference_mode():
-            out = fn(batch)
-        return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+
+        def run() -> np.ndarray:
+            with torch.inference_mode():  # per thread: entered where the forward runs
+                out = fn(batch)
+            return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
+
+        return self.streams.run(run, alone=alone)
 
     def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw image features, shape (n, dim), float32."""
@@ -148,7 +153,7 @@ class OpenClipEncoder:
     def submit(self, kind: Modality, prepare: Callable[[], torch.Tensor]) -> np.ndarray:
         """Inputs prepared in this thread, then through the tower's batcher (started on
         first use), which waits for callers still preparing theirs."""
-        return self._batcher(kind).run(prepare)
+        return self._batcher(kind).run(lambda: _on_one_thread(prepare))
 
     def replace_model(self, model: torch.nn.Module) -> None:
         """Swap the weights (a precision choice), between forwards."""
@@ -169,6 +174,7 @@ class OpenClipEncoder:
             batchers = list(self._batchers.values())
         for batcher in batchers:
             batcher.close()
+        self.streams.close()
 
     def _batcher(self, kind: Modality) -> MicroBatcher:
         with self._batchers_lock:
@@ -187,6 +193,14 @@ class OpenClipEncoder:
     def _forward_of(self, kind: Modality, batch: torch.Tensor, *, alone: bool) -> np.ndarray:
         # Looked up per call, so that a wrapped ``forward`` (tests, metrics) is the one run.
         return self.forward(kind, batch, alone=alone)
+
+
+def _on_one_thread(prepare: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Decoding and preprocessing use one torch thread: the cores belong to the forwards, and
+    an OpenMP team per request thread would slow every forward (``models.runtime``)."""
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+    return prepare()
 
 
 class MiniEncoder(OpenClipEncoder):

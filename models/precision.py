@@ -34,6 +34,7 @@ from PIL import Image
 
 from models import int8
 from models.errors import ModelLoadError
+from models.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def _int8_towers(encoder: Any, cache_dir: Path | None, digest: str | None = None
         model_id=encoder.model_id,
         examples={kind: (encoder.TOWERS[kind], inputs[kind][:2]) for kind in ("image", "text")},
         cache_dir=cache_dir,
-        threads=torch.get_num_threads(),
+        threads=torch_threads(),
         digest=digest,
     )
 
@@ -198,7 +199,7 @@ def _probe_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
     """int8 or fp32 for these weights; the verdict of the first start is kept beside the
     exports and taken at later starts: the probe's speed check is a measurement, and a
     restart must not flip a collection's embeddings between int8 and fp32."""
-    digest, threads = int8.weights_digest(encoder.model), torch.get_num_threads()
+    digest, threads = int8.weights_digest(encoder.model), torch_threads()
     if (digest, threads) in _INT8_REFUSED:
         return _INT8_REFUSED[(digest, threads)]
     kept = None if cache_dir is None else _verdict_file(cache_dir, encoder, digest, threads)

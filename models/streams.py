@@ -7,18 +7,25 @@ thread's barriers. Measured on 2 cores (ViT-B-32, images/s, forward only): bf16 
 16 at once 128. fp32: 27.5 at its best batch on 2 threads, 32 as two 1-thread forwards.
 
 A lone request still gets every core: a forward that starts while no other runs and nothing
-else waits for the model takes all the slots and all the threads (its latency: 35 ms instead
-of 50 ms at batch 1, bf16). Under load each forward takes one slot and ``threads // count``
-threads. Towers that run outside torch on a fixed thread pool (ONNX Runtime) take every slot.
+else waits for the model takes all the slots and runs on the model's wide thread with all the
+threads (its latency: 37 ms instead of 50 ms at batch 1, bf16). One thread does every wide
+forward because GNU OpenMP throttles its spinning once more than one thread keeps a team of
+workers (``models.runtime.configure_torch_threads``). Under load each forward takes one slot
+and ``threads // count`` threads in its batcher worker. Towers that run outside torch on a
+fixed thread pool (ONNX Runtime) take every slot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 class Streams:
@@ -29,28 +36,29 @@ class Streams:
         self.count = max(1, min(count, self.threads))
         self._free = self.count
         self._cond = threading.Condition()
+        self._wide: ThreadPoolExecutor | None = None
 
     @property
     def running(self) -> int:
         """Slots held now."""
         return self.count - self._free
 
-    @contextlib.contextmanager
-    def forward(self, *, alone: bool = True) -> Iterator[int]:
-        """Hold slots for one forward; yields the torch threads it may use (already set for
-        the calling thread). ``alone``: nothing else waits for this model, so the forward
-        may take every slot when all are free."""
+    def run(self, forward: Callable[[], T], *, alone: bool = True) -> T:
+        """``forward()`` in a slot. ``alone``: nothing else waits for this model, so it may
+        take every slot when all are free; it then runs on the model's wide thread with every
+        torch thread (the one thread here that keeps an OpenMP team, see
+        ``models.runtime.configure_torch_threads``). Otherwise it runs in the calling thread
+        on ``threads // count`` threads."""
         with self._cond:
             while not self._free:
                 self._cond.wait()
             take = self.count if alone and self._free == self.count else 1
             self._free -= take
-        threads = self.threads if take == self.count else self.threads // self.count
         try:
-            # Per thread under OpenMP: this worker's forwards, not the other stream's.
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            yield threads
+            if take == self.count and self.threads > 1:
+                return self._wide_thread().submit(forward).result()
+            _use_threads(self.threads // self.count if take < self.count else 1)
+            return forward()
         finally:
             self._release(take)
 
@@ -67,10 +75,35 @@ class Streams:
         finally:
             self._release(self.count)
 
+    def close(self) -> None:
+        """Stop the wide thread (its OpenMP team ends with it); later wide forwards start
+        another."""
+        with self._cond:
+            wide, self._wide = self._wide, None
+        if wide is not None:
+            wide.shutdown(wait=True)
+
+    def _wide_thread(self) -> ThreadPoolExecutor:
+        with self._cond:
+            if self._wide is None:
+                self._wide = ThreadPoolExecutor(
+                    1,
+                    thread_name_prefix="mmr-wide",
+                    initializer=_use_threads,
+                    initargs=(self.threads,),
+                )
+            return self._wide
+
     def _release(self, slots: int) -> None:
         with self._cond:
             self._free += slots
             self._cond.notify_all()
+
+
+def _use_threads(count: int) -> None:
+    """Torch threads for the calling thread (per thread under OpenMP)."""
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
 
 
 def default_count(device: str, threads: int) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from models import runtime
 from models.batcher import BatchConfig
 from models.registry import load_model
 from models.streams import Streams, default_count
@@ -23,70 +24,103 @@ def keep_torch_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def test_a_lone_forward_gets_every_thread() -> None:
+def _seen() -> tuple[str, int]:
+    return threading.current_thread().name, torch.get_num_threads()
+
+
+def test_a_lone_forward_gets_every_thread_on_the_wide_thread() -> None:
     streams = Streams(threads=2, count=2)
-    with streams.forward(alone=True) as threads:
-        assert threads == 2 and torch.get_num_threads() == 2
-        assert streams.running == 2  # it holds every slot
+    try:
+        name, threads = streams.run(_seen, alone=True)
+        assert name.startswith("mmr-wide") and threads == 2
+        assert streams.run(_seen, alone=True)[0] == name  # always the same thread
+        assert streams.running == 0
+    finally:
+        streams.close()
 
 
-def test_forwards_under_load_get_a_share_each() -> None:
+def test_forwards_under_load_get_a_share_each_in_their_own_thread() -> None:
     streams = Streams(threads=4, count=2)
     inside = threading.Barrier(2, timeout=5)
-    seen: list[tuple[int, int]] = []
 
-    def one() -> None:
-        with streams.forward(alone=False) as threads:
-            seen.append((threads, torch.get_num_threads()))
+    def one() -> tuple[str, int]:
+        def forward() -> tuple[str, int]:
             inside.wait()  # both at once
+            return _seen()
 
-    with ThreadPoolExecutor(2) as pool:
-        for done in [pool.submit(one), pool.submit(one)]:
-            done.result(5)
-    assert seen == [(2, 2), (2, 2)]
+        return streams.run(forward, alone=False)
+
+    with ThreadPoolExecutor(2, thread_name_prefix="caller") as pool:
+        got = [done.result(5) for done in [pool.submit(one), pool.submit(one)]]
+    assert all(name.startswith("caller") and threads == 2 for name, threads in got)
 
 
 def test_a_forward_beside_another_gets_a_share_though_it_thinks_it_is_alone() -> None:
     streams = Streams(threads=4, count=2)
-    with streams.forward(alone=False), ThreadPoolExecutor(1) as pool:
-        assert pool.submit(_threads_of, streams).result(5) == 2
+    started, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        release.wait(5)
+
+    with ThreadPoolExecutor(2) as pool:
+        held = pool.submit(streams.run, hold, alone=False)
+        assert started.wait(5)
+        assert pool.submit(streams.run, _seen, alone=True).result(5)[1] == 2
+        release.set()
+        held.result(5)
 
 
-def _threads_of(streams: Streams) -> int:
-    with streams.forward(alone=True) as threads:
-        return threads
+def test_one_stream_runs_every_forward_on_the_wide_thread() -> None:
+    streams = Streams(threads=2, count=1)
+    try:
+        assert streams.run(_seen, alone=False)[0].startswith("mmr-wide")
+    finally:
+        streams.close()
 
 
 def test_a_wide_forward_holds_every_slot_until_it_ends() -> None:
     streams = Streams(threads=2, count=2)
     order: list[str] = []
 
-    def narrow() -> None:
-        with streams.forward(alone=False):
-            order.append("narrow ran")
+    def wide() -> None:
+        time.sleep(0.2)
+        order.append("wide done")
 
-    with ThreadPoolExecutor(1) as pool:
-        with streams.forward(alone=True):
-            later = pool.submit(narrow)
-            time.sleep(0.2)
-            order.append("wide done")
-        later.result(5)
-    assert order == ["wide done", "narrow ran"]
+    def narrow() -> None:
+        order.append("narrow ran")
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first = pool.submit(streams.run, wide, alone=True)
+            time.sleep(0.05)
+            later = pool.submit(streams.run, narrow, alone=False)
+            first.result(5)
+            later.result(5)
+        assert order == ["wide done", "narrow ran"]
+    finally:
+        streams.close()
 
 
 def test_exclusive_waits_for_running_forwards() -> None:
     streams = Streams(threads=2, count=2)
     order: list[str] = []
+    started = threading.Event()
+
+    def forward() -> None:
+        started.set()
+        time.sleep(0.2)
+        order.append("forward done")
 
     def swap() -> None:
         with streams.exclusive():
             order.append("swap")
 
-    with ThreadPoolExecutor(1) as pool:
-        with streams.forward(alone=False):
-            done = pool.submit(swap)
-            time.sleep(0.2)
-            order.append("forward done")
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(streams.run, forward, alone=False)
+        assert started.wait(5)
+        done = pool.submit(swap)
+        running.result(5)
         done.result(5)
     assert order == ["forward done", "swap"]
     assert streams.running == 0
@@ -99,8 +133,10 @@ def test_no_more_streams_than_threads_and_auto_by_device() -> None:
     assert default_count("cuda", 16) == 1
 
 
-def test_an_encoder_gives_a_lone_forward_every_thread_and_concurrent_ones_a_share() -> None:
-    torch.set_num_threads(2)
+def test_an_encoder_gives_a_lone_forward_every_thread_and_concurrent_ones_a_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "_threads", 2)
     encoder = load_model("random:mmr-tiny", device="cpu", batching=BatchConfig(streams=2)).encoder
     assert encoder.streams.count == 2
     model = encoder.model
@@ -110,6 +146,7 @@ def test_an_encoder_gives_a_lone_forward_every_thread_and_concurrent_ones_a_shar
 
     def recording(tokens: torch.Tensor) -> torch.Tensor:
         seen.append(torch.get_num_threads())
+        assert torch.is_inference_mode_enabled()  # entered in the thread that runs it
         if len(tokens) == 1:
             pairs.wait()  # the single-text forwards below run two at once
         return inner(tokens)
@@ -158,3 +195,40 @@ def test_a_runtime_tower_runs_one_forward_at_a_time() -> None:
         np.testing.assert_allclose(np.concatenate(got), np.repeat(reference, 16, axis=0))
     finally:
         encoder.close()
+
+
+def test_inputs_are_prepared_on_one_torch_thread() -> None:
+    encoder = load_model("random:mmr-tiny", device="cpu").encoder
+    seen: list[int] = []
+
+    def prepare() -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return encoder.prepare_texts(["a"])
+
+    try:
+        with ThreadPoolExecutor(1, initializer=torch.set_num_threads, initargs=(2,)) as pool:
+            pool.submit(encoder.submit, "text", prepare).result(30)
+        assert seen == [1]
+    finally:
+        encoder.close()
+
+
+def test_configure_runs_torch_on_one_thread_outside_forwards(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runtime, "_threads", 0)
+    assert runtime.configure_torch_threads(3) == 3
+    assert runtime.torch_threads() == 3
+    assert torch.get_num_threads() == 1
+
+
+def test_a_run_in_its_own_thread_has_the_threads_and_hands_back_errors() -> None:
+    here = threading.current_thread().name
+    name, threads = runtime.in_thread_with_threads(_seen, threads=2)
+    assert name != here and threads == 2
+
+    def broken() -> None:
+        raise ValueError("bad job")
+
+    with pytest.raises(ValueError, match="bad job"):
+        runtime.in_thread_with_threads(broken)
