@@ -22,6 +22,11 @@ from PIL import Image
 from models.media.image import decode_image
 from models.registry import load_model
 
+try:  # older commits (bench run against them) have no thread rules
+    from models.runtime import configure_torch_threads
+except ImportError:  # pragma: no cover
+    configure_torch_threads = None  # type: ignore[assignment]
+
 MAX_PIXELS = 64_000_000  # the server's default MMR_MAX_IMAGE_PIXELS
 
 
@@ -49,6 +54,11 @@ class RawModel:
     def __init__(self, model_id: str, precision: str, cache_dir: Path | None) -> None:
         kwargs: dict[str, Any] = {"device": "cpu", "cache_dir": cache_dir}
         native = "precision" in inspect.signature(load_model).parameters
+        if configure_torch_threads is not None:
+            # The server's thread rules in this process too: torch on one thread here, the
+            # model's forwards on its wide thread, so that the only OpenMP team spins (a
+            # second team would throttle both, and the ceiling would be measured low).
+            configure_torch_threads(0)
         if native:
             kwargs["precision"] = precision
         loaded = load_model(model_id, **kwargs)
