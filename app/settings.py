@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(
         default=20.0,
         ge=0,
-        description="longest a forward waits for requests still preparing their inputs",
+        description="longest a forward waits for company: requests still preparing their "
+        "inputs, or as many rows as the forward running beside it",
     )
     batch_queue: int = Field(
         default=512, ge=1, description="inputs waiting per encoder before requests get 429"
