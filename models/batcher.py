@@ -2,15 +2,14 @@
 
 Callers (the web server's threadpool threads) prepare their inputs (decode, preprocess,
 tokenize) in their own thread, :meth:`MicroBatcher.submit` the tensor and block on a future.
-One worker thread per tower takes the oldest waiting request and runs one forward on it
-together with every request queued behind it (up to ``max_batch`` rows), then hands each
-caller its rows. Callers that go through :meth:`MicroBatcher.run` announce themselves while
-they prepare their inputs; the worker waits for announced callers (at most ``max_wait_ms``
-after the oldest request arrived or the worker was free, whichever is later) rather than
-starting a forward without them. A lone
-request therefore never waits, and under load a forward takes everyone whose inputs were
-being prepared, instead of a small batch racing the preparation of the next one for the
-same cores.
+A worker thread of the tower (one per stream, below) takes the oldest waiting request and
+runs one forward on it together with every request queued behind it (up to ``max_batch``
+rows), then hands each caller its rows. Callers that go through :meth:`MicroBatcher.run`
+announce themselves while they prepare their inputs; the worker waits for announced callers
+(at most ``max_wait_ms`` after the oldest request arrived or the worker was free, whichever
+is later) rather than starting a forward without them. A lone request therefore never waits,
+and under load a forward takes everyone whose inputs were being prepared, instead of a small
+batch racing the preparation of the next one for the same cores.
 
 The queue is bounded in rows: a request that would push it past ``max_queue`` is refused with
 :class:`Overloaded` (HTTP 429) at once, instead of waiting for a timeout. A request larger
