@@ -22,7 +22,7 @@ from models.audio import AudioSegments, cut_segments
 from models.batcher import BatchConfig, MicroBatcher
 from models.mini.audio import pad_window
 from models.mini.model import MiniModel
-from models.runtime import torch_threads
+from models.runtime import torch_threads, use_torch_threads
 from models.streams import Streams, default_count
 
 Modality = str  # "image" | "text" | "audio"
@@ -198,8 +198,7 @@ class OpenClipEncoder:
 def _on_one_thread(prepare: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Decoding and preprocessing use one torch thread: the cores belong to the forwards, and
     an OpenMP team per request thread would slow every forward (``models.runtime``)."""
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
+    use_torch_threads(1)
     return prepare()
 
 

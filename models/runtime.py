@@ -41,6 +41,13 @@ def torch_threads() -> int:
     return _threads or os.cpu_count() or 1
 
 
+def use_torch_threads(count: int) -> None:
+    """Torch threads for the calling thread (per thread under OpenMP); nothing when already
+    so (setting them also drops oneDNN's cached kernels)."""
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+
+
 def in_thread_with_threads(run: Callable[[], T], threads: int | None = None) -> T:
     """``run()`` in a new thread that uses ``threads`` torch threads (default
     :func:`torch_threads`); its OpenMP team ends with it. Returns or raises what ``run`` did."""
@@ -48,7 +55,7 @@ def in_thread_with_threads(run: Callable[[], T], threads: int | None = None) -> 
     error: list[BaseException] = []
 
     def body() -> None:
-        torch.set_num_threads(threads or torch_threads())
+        use_torch_threads(threads or torch_threads())
         try:
             result.append(run())
         except BaseException as exc:  # handed to the caller

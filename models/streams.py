@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-import torch
+from models.runtime import use_torch_threads
 
 T = TypeVar("T")
 
@@ -57,7 +57,7 @@ class Streams:
         try:
             if take == self.count and self.threads > 1:
                 return self._wide_thread().submit(forward).result()
-            _use_threads(self.threads // self.count if take < self.count else 1)
+            use_torch_threads(self.threads // self.count if take < self.count else 1)
             return forward()
         finally:
             self._release(take)
@@ -89,7 +89,7 @@ class Streams:
                 self._wide = ThreadPoolExecutor(
                     1,
                     thread_name_prefix="mmr-wide",
-                    initializer=_use_threads,
+                    initializer=use_torch_threads,
                     initargs=(self.threads,),
                 )
             return self._wide
@@ -98,12 +98,6 @@ class Streams:
         with self._cond:
             self._free += slots
             self._cond.notify_all()
-
-
-def _use_threads(count: int) -> None:
-    """Torch threads for the calling thread (per thread under OpenMP)."""
-    if torch.get_num_threads() != count:
-        torch.set_num_threads(count)
 
 
 def default_count(device: str, threads: int) -> int:
