@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -51,22 +51,11 @@ def use_torch_threads(count: int) -> None:
 def in_thread_with_threads(run: Callable[[], T], threads: int | None = None) -> T:
     """``run()`` in a new thread that uses ``threads`` torch threads (default
     :func:`torch_threads`); its OpenMP team ends with it. Returns or raises what ``run`` did."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def body() -> None:
-        use_torch_threads(threads or torch_threads())
-        try:
-            result.append(run())
-        except BaseException as exc:  # handed to the caller
-            error.append(exc)
-
-    thread = threading.Thread(target=body, name="mmr-torch-run", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    count = threads or torch_threads()
+    with ThreadPoolExecutor(
+        1, thread_name_prefix="mmr-torch-run", initializer=use_torch_threads, initargs=(count,)
+    ) as own:
+        return own.submit(run).result()
 
 
 class DropNotice(logging.Filter):
