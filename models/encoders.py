@@ -54,6 +54,13 @@ class Encoder(Protocol):
         ...
 
 
+class RuntimeTower(Protocol):
+    """A tower run outside torch (``models.int8.OnnxTower``): prepared inputs and the threads
+    its forward may use -> (n, dim) float32."""
+
+    def __call__(self, batch: torch.Tensor, threads: int | None = None) -> np.ndarray: ...
+
+
 class OpenClipEncoder:
     """An open_clip model with its own eval preprocessing and tokenizer.
 
@@ -94,7 +101,7 @@ class OpenClipEncoder:
         self._batchers: dict[Modality, MicroBatcher] = {}
         self._closed = False
         # Towers that run outside torch (int8 through ONNX Runtime), by modality.
-        self.runtimes: dict[Modality, Callable[[torch.Tensor], np.ndarray]] = {}
+        self.runtimes: dict[Modality, RuntimeTower] = {}
         self.dim = int(self.forward("text", self.prepare_texts(["probe"])).shape[1])
 
     @property
@@ -122,16 +129,15 @@ class OpenClipEncoder:
         """One forward of a tower on prepared inputs, no batcher: (n, dim) float32.
         ``alone``: no other batch waits for this model (it may take every core)."""
         runtime = self.runtimes.get(kind)
-        if runtime is not None:
-            with self.streams.exclusive():  # its own thread pool, sized for every core
-                return runtime(batch)
+        if runtime is not None:  # picks its session by the threads its slot has
+            return self.streams.run(lambda threads: runtime(batch, threads), alone=alone)
         fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, self.TOWERS[kind])
         batch = batch.to(self.device)
         # Pixels follow the weights' dtype; audio waves stay float32 for the FFT front end.
         if kind != "audio" and batch.is_floating_point():
             batch = batch.to(self.dtype)
 
-        def run() -> np.ndarray:
+        def run(threads: int) -> np.ndarray:  # torch's threads are set for this thread
             with torch.inference_mode():  # per thread: entered where the forward runs
                 out = fn(batch)
             return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
@@ -160,10 +166,9 @@ class OpenClipEncoder:
         with self.streams.exclusive():
             self.model = model.eval()
 
-    def use_runtimes(self, runtimes: dict[Modality, Callable[[torch.Tensor], np.ndarray]]) -> None:
+    def use_runtimes(self, runtimes: dict[Modality, RuntimeTower]) -> None:
         """Run these towers outside torch (a precision choice), between forwards; the torch
-        model keeps the others (and answers ``image_size``). Called before serving: a tower's
-        batcher, started on first use, runs one stream for a runtime tower."""
+        model keeps the others (and answers ``image_size``)."""
         with self.streams.exclusive():
             self.runtimes = dict(runtimes)
 
@@ -181,12 +186,8 @@ class OpenClipEncoder:
             if self._closed:
                 raise RuntimeError(f"{self.model_id} is closed (the server shuts down)")
             if kind not in self._batchers:
-                # A runtime tower runs on every slot: one forward at a time.
-                single = dataclasses.replace(self._batching, streams=1)
                 self._batchers[kind] = MicroBatcher(
-                    functools.partial(self._forward_of, kind),
-                    name=kind,
-                    config=single if kind in self.runtimes else self._batching,
+                    functools.partial(self._forward_of, kind), name=kind, config=self._batching
                 )
             return self._batchers[kind]
 

@@ -1,4 +1,4 @@
-"""int8 towers through ONNX Runtime: the fast CPU path where the CPU has no native bf16.
+"""int8 towers through ONNX Runtime: a CPU fast path (``models.precision`` weighs it against bf16).
 
 A tower (``encode_image`` or ``encode_text`` of the model) is exported to ONNX with torch's
 exporter, its weights quantised to int8 by ONNX Runtime's dynamic quantiser (per output
@@ -26,6 +26,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,25 +63,49 @@ class _Tower(torch.nn.Module):
 
 
 class OnnxTower:
-    """An int8 tower in an ONNX Runtime session: prepared inputs -> (n, dim) float32."""
+    """An int8 tower in ONNX Runtime sessions: prepared inputs -> (n, dim) float32.
 
-    def __init__(self, path: Path, *, threads: int) -> None:
-        import onnxruntime as ort
+    A lone forward runs in a session on every thread; forwards under load
+    (``models.streams``) run at once in a second session on their share of the threads,
+    called from each forward's own thread. Measured on 2 cores (ViT-B-32's image tower,
+    forward only, images/s): one 2-thread session 55-56 at batch 8-16, two 1-thread runs
+    of 8 at once 59; and with a Python thread busy half the time beside it (a server
+    decoding the next request), 25 for the spinning 2-thread session against 29 for a
+    1-thread run. The second session costs its weights again (ViT-B-32's image tower:
+    ~90 MB)."""
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning worker threads stay on (ONNX Runtime's default): turning it off cost 30%
-        # of the throughput at batch 16 on 2 cores.
+    def __init__(self, path: Path, *, threads: int, narrow_threads: int | None = None) -> None:
         self.path = path
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
+        self.threads = max(1, threads)
+        # Spinning worker threads stay on in the wide session (ONNX Runtime's default):
+        # turning it off cost 30% of the throughput at batch 16 on 2 cores, 12% at batch 1.
+        self.wide = _session(path, self.threads)
+        self.narrow_threads = min(max(1, narrow_threads or self.threads), self.threads)
+        self.narrow = (
+            self.wide
+            if self.narrow_threads == self.threads
+            else _session(path, self.narrow_threads)
+        )
+        self.input = self.wide.get_inputs()[0].name
 
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        out = self.session.run(None, {self.input: batch.detach().cpu().numpy()})[0]
+    def __call__(self, batch: torch.Tensor, threads: int | None = None) -> np.ndarray:
+        """Features of a prepared batch, in the session for ``threads`` (default: every
+        thread)."""
+        narrow = threads is not None and threads <= self.narrow_threads
+        session = self.narrow if narrow else self.wide
+        out = session.run(None, {self.input: batch.detach().cpu().numpy()})[0]
         return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _session(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 1: runs in the calling thread, no pool
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -137,10 +162,12 @@ def int8_towers(
     examples: dict[str, tuple[str, torch.Tensor]],
     cache_dir: Path | None,
     threads: int,
+    narrow_threads: int | None = None,
     digest: str | None = None,
 ) -> dict[str, OnnxTower]:
     """int8 sessions for the towers in ``examples`` (kind -> (method, a prepared batch)),
-    exported on first use and kept under ``cache_dir/onnx`` (a temporary folder when None)."""
+    exported on first use and kept under ``cache_dir/onnx`` (a temporary folder when None);
+    ``narrow_threads``: the threads of a forward under load (:class:`OnnxTower`)."""
     digest = (digest or weights_digest(model))[:20]
     with tempfile.TemporaryDirectory(prefix="mmr-onnx-") as scratch:
         root = cache_root(cache_dir) if cache_dir is not None else Path(scratch)
@@ -151,7 +178,7 @@ def int8_towers(
                 log.info("exporting %s's %s tower to int8 ONNX (once per weights)", model_id, kind)
                 export_int8(model, method, example, path)
             # The session reads the whole file now: a temporary folder may go afterwards.
-            towers[kind] = OnnxTower(path, threads=threads)
+            towers[kind] = OnnxTower(path, threads=threads, narrow_threads=narrow_threads)
     return towers
 
 

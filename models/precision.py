@@ -1,19 +1,24 @@
 """Which number format the encoders run in: fp32, bf16, fp16 or int8 (MMR_PRECISION).
 
-``auto`` takes fp16 on CUDA; on a CPU, bf16 where the CPU has native bf16 (AVX512-BF16 / AMX,
-as oneDNN reports it), else int8 image and text towers run by ONNX Runtime
-(:mod:`models.int8`). Each only when a probe agrees: on a fixed set of inputs (8 seeded
-synthetic images, 8 captions, audio windows for a model with an audio tower) every row of
-every tower keeps a cosine of at least ``PROBE_MIN_COSINE`` to its fp32 embedding; int8 must
-also beat fp32's time on those inputs (for a tiny model ONNX Runtime's gain can be nothing).
-Otherwise fp32, logged. The fp32 weights are kept only while the probe runs (bf16 back to fp32
-is lossy); int8 keeps them, for the audio tower and the image size.
+``auto`` takes fp16 on CUDA. On a CPU it measures what the CPU can run: bf16 where the CPU has
+native bf16 (AVX512-BF16 / AMX, as oneDNN reports it), int8 image and text towers run by ONNX
+Runtime (:mod:`models.int8`) where that is installed. A candidate counts only when a probe
+agrees: on a fixed set of inputs (8 seeded synthetic images, 8 captions, audio windows for a
+model with an audio tower) every row of every tower keeps a cosine of at least
+``PROBE_MIN_COSINE`` to its fp32 embedding; of those, the fastest on the same inputs wins if it
+beats fp32 (for a tiny model ONNX Runtime's gain can be nothing), else fp32, logged. Which one
+wins depends on the CPU: on AVX-512 with VNNI and BF16 but no AMX, int8 ran the probe 1.6x
+faster than bf16 (ViT-B-32); with AMX, bf16's matrix units win. The first start's verdict is
+kept beside the model cache. The fp32 weights are kept only while the probe runs (bf16 back to
+fp32 is lossy); int8 keeps them, for the audio tower and the image size.
 
 Measured on the development machine (random:ViT-B-32 image tower, batch 16, torch 2.14 on 2
 threads, oneDNN reports native bf16): fp32 15.6 images/s, bf16 77.3 images/s (x5), min cosine
 0.99995 to fp32; with the 2 cores shared (load ~4) fp32 3.8-6.0, bf16 10.8-12.4 (x2-3).
 int8 on a 2-core AMD EPYC without AVX-512 (same model and batch, ONNX Runtime 1.32): fp32
-9.2 images/s, int8 ~20 (x2.2), probe min cosine 0.998.
+9.2 images/s, int8 ~20 (x2.2), probe min cosine 0.998. On a 2-core AMD EPYC with AVX512-BF16
+and VNNI, no AMX (the probe: 8 images and 8 captions, 2 threads): fp32 0.91 s, bf16 0.46 s,
+int8 0.29 s.
 """
 
 from __future__ import annotations
@@ -135,8 +140,8 @@ def to_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 def choose_precision(
     encoder: Any, requested: str, *, cache_dir: Path | None = None
 ) -> PrecisionChoice:
-    """Put the encoder in the requested precision (``auto``: probe first). int8 exports are
-    kept under ``cache_dir``."""
+    """Put the encoder in the requested precision (``auto``: probe first). int8 exports and
+    ``auto``'s verdicts are kept under ``cache_dir``."""
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}: use {', '.join(PRECISIONS)}")
     if requested == "int8":
@@ -149,12 +154,17 @@ def choose_precision(
         return _chosen(encoder, PrecisionChoice(requested, requested, reason="as configured"))
     if str(encoder.device).startswith("cuda"):
         return _chosen(encoder, _probe(encoder, "fp16"))
-    if cpu_has_native_bf16():
-        return _chosen(encoder, _probe(encoder, "bf16"))
-    if not int8.available():
-        reason = "no native bf16 on the CPU, and ONNX Runtime is not installed for int8"
-        return _chosen(encoder, PrecisionChoice("fp32", "auto", reason=reason))
-    return _chosen(encoder, _probe_int8(encoder, cache_dir))
+    return _chosen(encoder, _fastest_on_cpu(encoder, cache_dir))
+
+
+def cpu_candidates() -> tuple[str, ...]:
+    """The faster formats this CPU can run: bf16 where it is native, int8 where ONNX Runtime
+    is installed."""
+    return tuple(
+        name
+        for name, usable in (("bf16", cpu_has_native_bf16()), ("int8", int8.available()))
+        if usable
+    )
 
 
 def _require_int8(encoder: Any) -> None:
@@ -176,6 +186,7 @@ def _int8_towers(encoder: Any, cache_dir: Path | None, digest: str | None = None
         examples={kind: (encoder.TOWERS[kind], inputs[kind][:2]) for kind in ("image", "text")},
         cache_dir=cache_dir,
         threads=torch_threads(),
+        narrow_threads=encoder.streams.narrow_threads,
         digest=digest,
     )
 
@@ -190,44 +201,64 @@ def timed(run: Callable[[], object], repeats: int = 2) -> float:
     return best
 
 
-# The int8 probe's refusals, by (weights digest, threads): a process that loads the same
-# weights again (tests, evaluation scripts) does not export them again to learn the same.
-_INT8_REFUSED: dict[tuple[str, int], PrecisionChoice] = {}
+# ``auto``'s verdicts in this process, by (weights digest, threads, candidates): a process
+# that loads the same weights again (tests, evaluation scripts) does not measure them again.
+_VERDICTS: dict[tuple[str, int, tuple[str, ...]], PrecisionChoice] = {}
 
 
-def _probe_int8(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
-    """int8 or fp32 for these weights; the verdict of the first start is kept beside the
-    exports and taken at later starts: the probe's speed check is a measurement, and a
-    restart must not flip a collection's embeddings between int8 and fp32."""
+def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
+    """The fastest of this CPU's candidates (:func:`cpu_candidates`) that keeps the probe's
+    cosine and beats fp32 on the probe, else fp32; applied to the encoder.
+
+    The verdict of the first start is kept in the model cache and taken at later starts: the
+    speed check is a measurement, and a restart must not flip a collection's embeddings
+    between formats."""
+    candidates = cpu_candidates()
+    if not candidates:
+        reason = "no native bf16 on the CPU, and ONNX Runtime is not installed for int8"
+        return PrecisionChoice("fp32", "auto", reason=reason)
     digest, threads = int8.weights_digest(encoder.model), torch_threads()
-    if (digest, threads) in _INT8_REFUSED:
-        return _INT8_REFUSED[(digest, threads)]
+    key = (digest, threads, candidates)
     kept = None if cache_dir is None else _verdict_file(cache_dir, encoder, digest, threads)
-    choice = _read_verdict(kept) if kept is not None else None
-    if choice is not None and choice.name == "int8":
+    choice = _VERDICTS.get(key) or (_read_verdict(kept, candidates) if kept else None)
+    if choice is not None:
         try:
-            encoder.use_runtimes(_int8_towers(encoder, cache_dir, digest))
-        except Exception as exc:  # the exports went missing and cannot be made again
-            log.warning("int8 towers of %s could not be loaded: %s", encoder.model_id, exc)
+            _apply(encoder, choice.name, cache_dir, digest)
+        except Exception as exc:  # the int8 exports went missing and cannot be made again
+            log.warning("%s in %s could not be set up: %s", encoder.model_id, choice.name, exc)
             choice = None
     if choice is None:
-        choice = _measure_int8(encoder, cache_dir, digest)
+        choice = _measure(encoder, candidates, cache_dir, digest)
         if kept is not None:
-            _write_verdict(kept, choice)
-    if choice.name == "fp32":
-        _INT8_REFUSED[(digest, threads)] = choice
+            _write_verdict(kept, choice, candidates)
+    _VERDICTS[key] = choice
     return choice
 
 
+def _apply(encoder: Any, name: str, cache_dir: Path | None, digest: str) -> None:
+    """Run the encoder in ``name`` (from fp32)."""
+    if name == "int8":
+        encoder.use_runtimes(_int8_towers(encoder, cache_dir, digest))
+    elif name != "fp32":
+        encoder.replace_model(to_dtype(encoder.model, DTYPES[name]))
+
+
 def _verdict_file(cache_dir: Path, encoder: Any, digest: str, threads: int) -> Path:
-    name = f"{int8.slug(encoder.model_id)}-{digest[:20]}-{threads}threads-{int8.FORMAT}.json"
-    return int8.cache_root(cache_dir) / name
+    name = f"{int8.slug(encoder.model_id)}-{digest[:20]}-{threads}threads.json"
+    return cache_dir / "precision" / name
 
 
-def _read_verdict(path: Path) -> PrecisionChoice | None:
+def _versions(candidates: tuple[str, ...]) -> str:
+    """What the measurement ran on: a verdict measured with other versions is made again."""
+    return int8.versions() if "int8" in candidates else f"torch {torch.__version__}"
+
+
+def _read_verdict(path: Path, candidates: tuple[str, ...]) -> PrecisionChoice | None:
     try:
         saved = json.loads(path.read_text())
-        if saved["versions"] != int8.versions() or saved["name"] not in ("int8", "fp32"):
+        if saved["versions"] != _versions(candidates) or saved["candidates"] != list(candidates):
+            return None  # measured with other libraries, or among other formats
+        if saved["name"] not in ("fp32", *candidates):
             return None
         cosine = saved["probe_min_cosine"]
         reason = f"{saved['reason']}; measured at an earlier start ({path.name})"
@@ -236,12 +267,13 @@ def _read_verdict(path: Path) -> PrecisionChoice | None:
         return None
 
 
-def _write_verdict(path: Path, choice: PrecisionChoice) -> None:
+def _write_verdict(path: Path, choice: PrecisionChoice, candidates: tuple[str, ...]) -> None:
     verdict = {
         "name": choice.name,
         "probe_min_cosine": choice.probe_min_cosine,
         "reason": choice.reason,
-        "versions": int8.versions(),
+        "candidates": list(candidates),
+        "versions": _versions(candidates),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")
@@ -249,33 +281,82 @@ def _write_verdict(path: Path, choice: PrecisionChoice) -> None:
     os.replace(partial, path)
 
 
-def _measure_int8(encoder: Any, cache_dir: Path | None, digest: str) -> PrecisionChoice:
+@dataclass(frozen=True)
+class _Trial:
+    """One candidate on the probe: its lowest cosine to fp32 and its time, or why it failed."""
+
+    name: str
+    cosine: float | None = None
+    seconds: float | None = None
+    failure: str = ""
+    towers: dict[str, Any] | None = None  # int8's sessions, kept for the winner
+
+
+def _measure(
+    encoder: Any, candidates: tuple[str, ...], cache_dir: Path | None, digest: str
+) -> PrecisionChoice:
+    """Every candidate on the probe's inputs against fp32; the winner is left applied."""
     inputs = probe_inputs(encoder)
-    reference = {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
-    fp32_s = timed(lambda: [encoder.forward(k, b) for k, b in inputs.items()])
-    try:
-        towers = _int8_towers(encoder, cache_dir, digest)
-    except Exception as exc:  # an op the exporter or the quantiser cannot take
-        log.warning("int8 export of %s failed: %s", encoder.model_id, exc)
-        return PrecisionChoice("fp32", "auto", reason=f"int8 export failed: {exc}")
-    encoder.use_runtimes(towers)
-    cosine = min(
-        _min_cosine(encoder.forward(kind, batch), reference[kind]) for kind, batch in inputs.items()
-    )
-    int8_s = timed(lambda: [encoder.forward(k, b) for k, b in inputs.items()])
+
+    def run_all() -> dict[str, np.ndarray]:
+        return {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
+
+    reference = run_all()
+    fp32_s = timed(run_all)
+    trials = [_trial(encoder, name, run_all, reference, cache_dir, digest) for name in candidates]
     threshold = PROBE_MIN_COSINE
-    if cosine < threshold:
+    passed = [
+        t
+        for t in trials
+        if t.cosine is not None and t.cosine >= threshold and t.seconds is not None
+    ]
+    best = min(passed, key=lambda t: t.seconds or 0.0, default=None)
+    summary = "; ".join(_described(t, fp32_s) for t in trials)
+    if best is None or best.seconds is None or best.seconds >= fp32_s:
+        cosines = [t.cosine for t in trials if t.cosine is not None]
+        reason = f"no candidate keeps cosine >= {threshold} and beats fp32 ({summary})"
+        return PrecisionChoice("fp32", "auto", max(cosines, default=None), reason)
+    if best.towers is not None:
+        encoder.use_runtimes(best.towers)
+    else:
+        _apply(encoder, best.name, cache_dir, digest)
+    return PrecisionChoice(best.name, "auto", best.cosine, f"the fastest on the probe ({summary})")
+
+
+def _trial(
+    encoder: Any,
+    name: str,
+    run_all: Callable[[], dict[str, np.ndarray]],
+    reference: dict[str, np.ndarray],
+    cache_dir: Path | None,
+    digest: str,
+) -> _Trial:
+    """Measure one candidate, then put the encoder back in fp32."""
+    fp32_model = encoder.model
+    towers = None
+    try:
+        if name == "int8":
+            towers = _int8_towers(encoder, cache_dir, digest)
+            encoder.use_runtimes(towers)
+        else:  # on a copy: bf16 back to fp32 is lossy
+            encoder.replace_model(to_dtype(copy.deepcopy(fp32_model), DTYPES[name]))
+        got = run_all()
+        cosine = min(_min_cosine(got[kind], reference[kind]) for kind in reference)
+        return _Trial(name, cosine, timed(run_all), towers=towers)
+    except Exception as exc:  # an op the exporter, quantiser or a dtype kernel cannot take
+        log.warning("%s in %s failed on the probe: %s", encoder.model_id, name, exc)
+        return _Trial(name, failure=f"{name} failed: {exc}")
+    finally:
         encoder.use_runtimes({})
-        return PrecisionChoice("fp32", "auto", cosine, f"int8 probe cosine < {threshold}")
-    if int8_s >= fp32_s:
-        encoder.use_runtimes({})
-        reason = f"int8 is not faster here ({int8_s * 1000:.1f} ms vs fp32 {fp32_s * 1000:.1f} ms)"
-        return PrecisionChoice("fp32", "auto", cosine, reason)
-    reason = (
-        f"no native bf16; int8 probe cosine >= {threshold}, "
-        f"{fp32_s / int8_s:.1f}x fp32's speed on the probe"
-    )
-    return PrecisionChoice("int8", "auto", cosine, reason)
+        encoder.replace_model(fp32_model)
+
+
+def _described(trial: _Trial, fp32_s: float) -> str:
+    if trial.failure:
+        return trial.failure
+    assert trial.cosine is not None and trial.seconds is not None
+    speed = fp32_s / trial.seconds if trial.seconds > 0 else float("inf")
+    return f"{trial.name}: cosine {trial.cosine:.5f}, {speed:.2f}x fp32"
 
 
 def _probe(encoder: Any, candidate: str) -> PrecisionChoice:

@@ -11,8 +11,8 @@ else waits for the model takes all the slots and runs on the model's wide thread
 threads (its latency: 37 ms instead of 50 ms at batch 1, bf16). One thread does every wide
 forward because GNU OpenMP throttles its spinning once more than one thread keeps a team of
 workers (``models.runtime.configure_torch_threads``). Under load each forward takes one slot
-and ``threads // count`` threads in its batcher worker. Towers that run outside torch on a
-fixed thread pool (ONNX Runtime) take every slot.
+and ``threads // count`` threads in its batcher worker. Towers that run outside torch (int8 in
+ONNX Runtime) follow the same slots with a session per thread count (``models.int8``).
 """
 
 from __future__ import annotations
@@ -43,12 +43,18 @@ class Streams:
         """Slots held now."""
         return self.count - self._free
 
-    def run(self, forward: Callable[[], T], *, alone: bool = True) -> T:
-        """``forward()`` in a slot. ``alone``: nothing else waits for this model, so it may
-        take every slot when all are free; it then runs on the model's wide thread with every
-        torch thread (the one thread here that keeps an OpenMP team, see
-        ``models.runtime.configure_torch_threads``). Otherwise it runs in the calling thread
-        on ``threads // count`` threads."""
+    @property
+    def narrow_threads(self) -> int:
+        """Threads of a forward under load (one slot)."""
+        return self.threads // self.count
+
+    def run(self, forward: Callable[[int], T], *, alone: bool = True) -> T:
+        """``forward(threads)`` in a slot, told how many threads it runs on (torch's are set
+        already; a runtime with its own pools picks its session by it). ``alone``: nothing
+        else waits for this model, so it may take every slot when all are free; it then
+        runs on the model's wide thread with every torch thread (the one thread here that
+        keeps an OpenMP team, see ``models.runtime.configure_torch_threads``). Otherwise it
+        runs in the calling thread on ``threads // count`` threads."""
         with self._cond:
             while not self._free:
                 self._cond.wait()
@@ -56,16 +62,16 @@ class Streams:
             self._free -= take
         try:
             if take == self.count and self.threads > 1:
-                return self._wide_thread().submit(forward).result()
-            use_torch_threads(self.threads // self.count if take < self.count else 1)
-            return forward()
+                return self._wide_thread().submit(forward, self.threads).result()
+            threads = self.narrow_threads if take < self.count else 1
+            use_torch_threads(threads)
+            return forward(threads)
         finally:
             self._release(take)
 
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
-        """Every slot: no forward runs meanwhile (a weight swap, a runtime with its own
-        thread pool)."""
+        """Every slot: no forward runs meanwhile (a weight or runtime swap)."""
         with self._cond:
             while self._free < self.count:
                 self._cond.wait()

@@ -1,5 +1,6 @@
-"""Precision: ``auto`` takes bf16 on a CPU with native bf16, else int8 towers in ONNX Runtime,
-when a fixed-input probe agrees (and, for int8, finds it faster)."""
+"""Precision: ``auto`` measures what the CPU can run (bf16 where native, int8 towers in ONNX
+Runtime) on a fixed-input probe and takes the fastest that keeps the probe's cosine and beats
+fp32."""
 
 from __future__ import annotations
 
@@ -12,12 +13,9 @@ import torch
 
 import models.precision as precision
 from models import int8
+from models.batcher import BatchConfig
 from models.errors import ModelLoadError
 from models.registry import load_model
-
-needs_bf16 = pytest.mark.skipif(
-    not precision.cpu_has_native_bf16(), reason="this CPU has no native bf16"
-)
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,13 +31,23 @@ def probe_embeddings(encoder: Any) -> dict[str, np.ndarray]:
     }
 
 
-def check_auto_is_bf16_and_close(model_id: str) -> None:
+@pytest.fixture(autouse=True)
+def fresh_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget this process's earlier verdicts (they are kept per weights): each test starts
+    as a new process would."""
+    monkeypatch.setattr(precision, "_VERDICTS", {})
+
+
+def check_auto_keeps_its_embeddings(model_id: str) -> None:
     reference = probe_embeddings(load_model(model_id, device="cpu").encoder)
     loaded = load_model(model_id, device="cpu", precision="auto")
-    assert loaded.precision.name == "bf16"
-    assert loaded.precision.probe_min_cosine is not None
-    assert loaded.precision.probe_min_cosine >= precision.PROBE_MIN_COSINE
-    assert loaded.encoder.dtype == torch.bfloat16
+    choice = loaded.precision
+    assert choice.name in ("fp32", *precision.cpu_candidates()), choice
+    assert choice.probe_min_cosine is not None, "auto measured its candidates"
+    if choice.name != "fp32":
+        assert choice.probe_min_cosine >= precision.PROBE_MIN_COSINE
+    assert (loaded.encoder.dtype == torch.bfloat16) == (choice.name == "bf16")
+    assert bool(loaded.encoder.runtimes) == (choice.name == "int8")
     got = probe_embeddings(loaded.encoder)
     assert set(got) == set(reference)
     for kind, rows in got.items():
@@ -52,28 +60,79 @@ def check_auto_is_bf16_and_close(model_id: str) -> None:
     loaded.encoder.close()
 
 
-@needs_bf16
-def test_mini_auto_is_bf16_and_keeps_its_embeddings() -> None:
-    check_auto_is_bf16_and_close("mmr-mini")
+needs_a_candidate = pytest.mark.skipif(
+    not precision.cpu_candidates(), reason="no native bf16 and no ONNX Runtime here"
+)
 
 
-@needs_bf16
+@needs_a_candidate
+def test_mini_auto_keeps_its_embeddings() -> None:
+    check_auto_keeps_its_embeddings("mmr-mini")
+
+
+@needs_a_candidate
 @pytest.mark.slow
-def test_vit_b_32_auto_is_bf16_and_keeps_its_embeddings() -> None:
-    check_auto_is_bf16_and_close("random:ViT-B-32")
+def test_vit_b_32_auto_keeps_its_embeddings() -> None:
+    check_auto_keeps_its_embeddings("random:ViT-B-32")
 
 
-@needs_bf16
+def with_candidates(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> None:
+    """A CPU that can run bf16 and int8, where the probe's timings are ``seconds`` (fp32,
+    bf16, int8: the order they are measured in)."""
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(int8, "available", lambda: True)
+    times = iter(seconds)
+    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
+
+
+def test_auto_takes_the_fastest_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
+    with_candidates(monkeypatch, [1.0, 0.5, 0.3])
+    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    assert loaded.precision.name == "int8"
+    assert set(loaded.encoder.runtimes) == {"image", "text"}
+    assert loaded.encoder.dtype == torch.float32  # bf16 was tried on a copy
+    assert "bf16: cosine" in loaded.precision.reason and "int8: cosine" in loaded.precision.reason
+    loaded.encoder.close()
+    monkeypatch.setattr(precision, "_VERDICTS", {})
+    with_candidates(monkeypatch, [1.0, 0.3, 0.5])
+    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    assert loaded.precision.name == "bf16"
+    assert loaded.encoder.dtype == torch.bfloat16 and loaded.encoder.runtimes == {}
+    loaded.encoder.close()
+
+
+def test_auto_passes_over_a_faster_candidate_that_changes_the_embeddings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = precision.to_dtype
+
+    def scrambled(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+        model = real(model, dtype)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(torch.randn_like(param))
+        return model
+
+    monkeypatch.setattr(precision, "to_dtype", scrambled)
+    with_candidates(monkeypatch, [1.0, 0.1, 0.5])  # bf16 fastest, but far off
+    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    assert loaded.precision.name == "int8"
+    assert loaded.precision.probe_min_cosine is not None
+    assert loaded.precision.probe_min_cosine >= precision.PROBE_MIN_COSINE
+    loaded.encoder.close()
+
+
 def test_auto_falls_back_to_fp32_when_the_probe_disagrees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
     reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
+    with_candidates(monkeypatch, [1.0, 0.5, 0.3])
     loaded = load_model("mmr-mini", device="cpu", precision="auto")
     assert loaded.precision.name == "fp32"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine < 1.0
-    assert loaded.encoder.dtype == torch.float32
+    assert loaded.encoder.dtype == torch.float32 and loaded.encoder.runtimes == {}
     # The fp32 weights are the originals, not a round trip through bf16.
     for kind, rows in probe_embeddings(loaded.encoder).items():
         np.testing.assert_array_equal(rows, reference[kind])
@@ -100,12 +159,6 @@ def test_auto_without_native_bf16_or_onnxruntime_is_fp32(monkeypatch: pytest.Mon
 
 
 # -- int8 (ONNX Runtime) ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_int8_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forget earlier int8 refusals of this process (they are kept per weights)."""
-    monkeypatch.setattr(precision, "_INT8_REFUSED", {})
 
 
 def check_int8_close(model_id: str, cache: Any) -> Any:
@@ -143,6 +196,38 @@ def test_int8_runs_image_and_text_in_onnx_runtime_and_keeps_the_export(
     again.encoder.close()
 
 
+def test_an_int8_tower_runs_lone_forwards_wide_and_forwards_under_load_narrow(
+    tmp_path: Any,
+) -> None:
+    loaded = load_model(
+        "random:mmr-tiny",
+        device="cpu",
+        precision="int8",
+        cache_dir=tmp_path,
+        batching=BatchConfig(streams=2),
+    )
+    streams, tower = loaded.encoder.streams, loaded.encoder.runtimes["text"]
+    assert tower.wide.get_session_options().intra_op_num_threads == streams.threads
+    assert tower.narrow.get_session_options().intra_op_num_threads == streams.narrow_threads
+    assert (tower.narrow is tower.wide) == (streams.narrow_threads == streams.threads)
+    used: list[str] = []
+
+    class Recording:
+        def __init__(self, name: str, session: Any) -> None:
+            self.name, self.session = name, session
+
+        def run(self, *args: Any) -> Any:
+            used.append(self.name)
+            return self.session.run(*args)
+
+    tower.wide, tower.narrow = Recording("wide", tower.wide), Recording("narrow", tower.narrow)
+    batch = loaded.encoder.prepare_texts(["a red square", "a blue circle"])
+    lone, under_load = tower(batch), tower(batch, streams.narrow_threads)
+    assert used == ["wide", "narrow"]
+    np.testing.assert_allclose(under_load, lone, rtol=1e-5, atol=1e-6)
+    loaded.encoder.close()
+
+
 @pytest.mark.slow
 def test_vit_b_32_int8_keeps_its_embeddings(tmp_path: Any) -> None:
     check_int8_close("random:ViT-B-32", tmp_path).encoder.close()
@@ -169,7 +254,7 @@ def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> 
 
 
 def test_auto_without_native_bf16_takes_int8_when_the_probe_agrees(
-    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     loaded = auto_without_bf16(monkeypatch, [1.0, 0.4])  # fp32 1 s, int8 0.4 s
     assert loaded.precision.name == "int8"
@@ -179,13 +264,11 @@ def test_auto_without_native_bf16_takes_int8_when_the_probe_agrees(
     loaded.encoder.close()
 
 
-def test_auto_keeps_fp32_when_int8_is_not_faster(
-    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
-) -> None:
+def test_auto_keeps_fp32_when_int8_is_not_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
     loaded = auto_without_bf16(monkeypatch, [0.4, 1.0])
     assert loaded.precision.name == "fp32"
-    assert "not faster" in loaded.precision.reason
+    assert "beats fp32" in loaded.precision.reason
     assert loaded.encoder.runtimes == {}
     for kind, rows in probe_embeddings(loaded.encoder).items():
         np.testing.assert_array_equal(rows, reference[kind])
@@ -195,9 +278,7 @@ def test_auto_keeps_fp32_when_int8_is_not_faster(
     assert auto_without_bf16(monkeypatch, []).precision.name == "fp32"
 
 
-def test_auto_keeps_fp32_when_the_int8_probe_disagrees(
-    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
-) -> None:
+def test_auto_keeps_fp32_when_the_int8_probe_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
     loaded = auto_without_bf16(monkeypatch, [1.0, 0.4])
     assert loaded.precision.name == "fp32"
@@ -207,9 +288,7 @@ def test_auto_keeps_fp32_when_the_int8_probe_disagrees(
     loaded.encoder.close()
 
 
-def test_auto_keeps_fp32_when_the_export_fails(
-    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None
-) -> None:
+def test_auto_keeps_fp32_when_the_export_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("Exporting the operator 'aten::frobnicate' is not supported")
 
@@ -233,7 +312,7 @@ def test_int8_is_refused_on_cuda_and_without_onnxruntime(
 
 
 def test_auto_keeps_the_first_starts_verdict_for_these_weights(
-    monkeypatch: pytest.MonkeyPatch, fresh_int8_verdicts: None, tmp_path: Any
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> None:
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
 
@@ -246,6 +325,7 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
     assert first.precision.name == "int8"
     first.encoder.close()
     # A restart measures nothing: the first verdict holds, the exports load.
+    monkeypatch.setattr(precision, "_VERDICTS", {})
     again = load([])
     assert again.precision.name == "int8"
     assert again.precision.probe_min_cosine == first.precision.probe_min_cosine
@@ -253,12 +333,12 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
     assert set(again.encoder.runtimes) == {"image", "text"}
     again.encoder.close()
     # A refusal is kept too (another data dir, so a first start of its own).
-    monkeypatch.setattr(precision, "_INT8_REFUSED", {})
+    monkeypatch.setattr(precision, "_VERDICTS", {})
     other = tmp_path / "other"
     monkeypatch.setattr(precision, "timed", lambda run, repeats=2: 0.0)  # int8 never faster
     refused = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
     assert refused.precision.name == "fp32"
-    monkeypatch.setattr(precision, "_INT8_REFUSED", {})
+    monkeypatch.setattr(precision, "_VERDICTS", {})
     monkeypatch.setattr(precision, "timed", lambda run, repeats=2: pytest.fail("measured"))
     kept = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
     assert kept.precision.name == "fp32" and kept.encoder.runtimes == {}

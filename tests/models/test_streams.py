@@ -24,8 +24,9 @@ def keep_torch_threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _seen() -> tuple[str, int]:
-    return threading.current_thread().name, torch.get_num_threads()
+def _seen(threads: int) -> tuple[str, int]:
+    assert threads == torch.get_num_threads()  # told what torch was given
+    return threading.current_thread().name, threads
 
 
 def test_a_lone_forward_gets_every_thread_on_the_wide_thread() -> None:
@@ -44,9 +45,9 @@ def test_forwards_under_load_get_a_share_each_in_their_own_thread() -> None:
     inside = threading.Barrier(2, timeout=5)
 
     def one() -> tuple[str, int]:
-        def forward() -> tuple[str, int]:
+        def forward(threads: int) -> tuple[str, int]:
             inside.wait()  # both at once
-            return _seen()
+            return _seen(threads)
 
         return streams.run(forward, alone=False)
 
@@ -59,7 +60,7 @@ def test_a_forward_beside_another_gets_a_share_though_it_thinks_it_is_alone() ->
     streams = Streams(threads=4, count=2)
     started, release = threading.Event(), threading.Event()
 
-    def hold() -> None:
+    def hold(threads: int) -> None:
         started.set()
         release.wait(5)
 
@@ -83,11 +84,11 @@ def test_a_wide_forward_holds_every_slot_until_it_ends() -> None:
     streams = Streams(threads=2, count=2)
     order: list[str] = []
 
-    def wide() -> None:
+    def wide(threads: int) -> None:
         time.sleep(0.2)
         order.append("wide done")
 
-    def narrow() -> None:
+    def narrow(threads: int) -> None:
         order.append("narrow ran")
 
     try:
@@ -107,7 +108,7 @@ def test_exclusive_waits_for_running_forwards() -> None:
     order: list[str] = []
     started = threading.Event()
 
-    def forward() -> None:
+    def forward(threads: int) -> None:
         started.set()
         time.sleep(0.2)
         order.append("forward done")
@@ -172,27 +173,41 @@ def test_an_encoder_gives_a_lone_forward_every_thread_and_concurrent_ones_a_shar
         encoder.close()
 
 
-def test_a_runtime_tower_runs_one_forward_at_a_time() -> None:
+def test_a_runtime_tower_runs_as_streams_told_its_threads() -> None:
     encoder = load_model("random:mmr-tiny", device="cpu", batching=BatchConfig(streams=2)).encoder
+    assert encoder.streams.threads == 2, "the test machine's torch threads"
     reference = encoder.forward("text", encoder.prepare_texts(["a"]))
     running, most = [0], [0]
+    told: list[int | None] = []
     lock = threading.Lock()
+    pairs = threading.Barrier(2, timeout=5)
 
-    def runtime(tokens: torch.Tensor) -> np.ndarray:
+    def runtime(tokens: torch.Tensor, threads: int | None = None) -> np.ndarray:
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
-        time.sleep(0.02)
+            told.append(threads)
+        if threads == 1:
+            pairs.wait()  # narrow forwards run two at once
         with lock:
             running[0] -= 1
         return np.repeat(reference, len(tokens), axis=0)
 
     encoder.use_runtimes({"text": runtime})
     try:
-        with ThreadPoolExecutor(8) as pool:
-            got = list(pool.map(lambda _: encoder.encode_texts(["a"]), range(16)))
-        assert most[0] == 1
-        np.testing.assert_allclose(np.concatenate(got), np.repeat(reference, 16, axis=0))
+        lone = encoder.forward("text", encoder.prepare_texts(["a"]))
+        assert told == [2]  # alone: the session on every thread
+        told.clear()
+        start = threading.Barrier(2)
+
+        def one(_: int) -> np.ndarray:
+            start.wait()
+            return encoder.forward("text", encoder.prepare_texts(["a"]), alone=False)
+
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(one, range(2)))
+        assert told == [1, 1] and most[0] == 2
+        np.testing.assert_array_equal(np.concatenate([lone, *got]), np.repeat(reference, 3, 0))
     finally:
         encoder.close()
 
@@ -224,7 +239,9 @@ def test_configure_runs_torch_on_one_thread_outside_forwards(
 
 def test_a_run_in_its_own_thread_has_the_threads_and_hands_back_errors() -> None:
     here = threading.current_thread().name
-    name, threads = runtime.in_thread_with_threads(_seen, threads=2)
+    name, threads = runtime.in_thread_with_threads(
+        lambda: (threading.current_thread().name, torch.get_num_threads()), threads=2
+    )
     assert name != here and threads == 2
 
     def broken() -> None:
