@@ -29,9 +29,12 @@ def run_embed(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     raw: list[dict[str, Any]] = []
     for model in cfg.models:
         for precision in cfg.precisions:
-            http.extend(_service(cfg, model, precision, jpegs, work, log))
-            # Server stopped: the baseline has the cores to itself.
-            raw.extend(_baselines(cfg, model, precision, jpegs, work, log))
+            served = _service(cfg, model, precision, jpegs, work, log)
+            http.extend(served)
+            # Server stopped: the baseline has the cores to itself, and runs in the
+            # precision the server resolved ("auto" measures; two processes can disagree).
+            resolved = str(served[0]["server_model"].get("precision") or precision)
+            raw.extend(_baselines(cfg, model, precision, resolved, jpegs, work, log))
     return {"http": http, "raw": raw, "summary": summarise(http, raw)}
 
 
@@ -79,9 +82,15 @@ def _service(
 
 
 def _baselines(
-    cfg: BenchConfig, model: str, precision: str, jpegs: list[bytes], work: Path, log: Log
+    cfg: BenchConfig,
+    model: str,
+    precision: str,
+    resolved: str,
+    jpegs: list[bytes],
+    work: Path,
+    log: Log,
 ) -> list[dict[str, Any]]:
-    raw = RawModel(model, precision, cache_dir=work / "models")
+    raw = RawModel(model, resolved, cache_dir=work / "models")
     rows = batched_rates(raw, jpegs, cfg.batch_sizes, cfg.raw_duration_s)
     for row in rows:
         row.update(

@@ -58,6 +58,10 @@ def test_quick_embed_has_service_and_baselines(quick_run: tuple[Path, dict[str, 
     assert {r["batch"] for r in embed["raw"]} == {1, 4}
     for s in embed["summary"]:
         assert s["vs_raw_best"] > 0 and s["vs_naive_fp32"] > 0
+    # The ceiling runs at the precision the server resolved (auto measures, and two
+    # processes' measurements of a tiny model can disagree).
+    served = {r["precision"]: r["server_model"]["precision"] for r in embed["http"]}
+    assert all(r["resolved_precision"] == served[r["precision"]] for r in embed["raw"])
 
 
 @pytest.mark.slow
