@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: fp16 on CUDA; on a CPU the fastest on a probe of bf16 (where it is "
         "native) and int8 image and text towers through ONNX Runtime, among those that keep "
-        "its cosine >= 0.99 to fp32 and beat fp32; else fp32",
+        "its cosine >= 0.99 to fp32 and beat fp32 by more than 1.2x; else fp32",
     )
     batch_size: int = Field(default=32, ge=1, description="most inputs in one encoder forward")
     batch_wait_ms: float = Field(

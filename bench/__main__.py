@@ -122,15 +122,37 @@ def _run_phase(
 def _merge_earlier(
     results: dict[str, Any], path: Path, ran: tuple[str, ...], log: Callable[[str], None]
 ) -> None:
-    """Take the phases this run skipped from an earlier results.json (their own dates)."""
+    """Take the phases this run skipped from an earlier results.json (their own dates), and
+    the embedding rows of the (model, precision) pairs it did not measure."""
     if not path.exists():
         return
     earlier = json.loads(path.read_text())
     kept = [p for p in PHASES if p not in ran and p in earlier]
     for phase in kept:
         results[phase] = earlier[phase]
+    if "embed" in ran and results.get("embed") and earlier.get("embed"):
+        pairs = merge_embed(results["embed"], earlier["embed"])
+        if pairs:
+            kept.append(f"embed rows of {', '.join(pairs)}")
     results["merged"] = {p: earlier.get("machine", {}).get("date") for p in kept}
     log(f"kept {', '.join(kept) or 'no phase'} from {path}")
+
+
+def merge_embed(now: dict[str, Any], earlier: dict[str, Any]) -> list[str]:
+    """Put the earlier rows of (model, precision) pairs this run did not measure before this
+    run's, and summarise again; returns those pairs as "model precision"."""
+    from bench.embed import summarise
+
+    measured = {(r["model"], r["precision"]) for r in now["http"] + now["raw"]}
+    older = {
+        key: [r for r in earlier.get(key, []) if (r["model"], r["precision"]) not in measured]
+        for key in ("http", "raw")
+    }
+    for key, rows in older.items():
+        now[key] = rows + now[key]
+    now["summary"] = summarise(now["http"], now["raw"])
+    pairs = {(r["model"], r["precision"]) for rows in older.values() for r in rows}
+    return [f"{model} {precision}" for model, precision in sorted(pairs)]
 
 
 def _write(results: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:

@@ -128,10 +128,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         f"faiss {m['faiss']}, numpy {m['numpy']} · `python -m bench {results['argv']}`",
         "",
-        *[
-            f"The {phase} phase comes from an earlier run ({date}, kept by `--merge`).\n"
-            for phase, date in (results.get("merged") or {}).items()
-        ],
+        *[_merged(what, date) for what, date in (results.get("merged") or {}).items()],
         "## Targets",
         "",
     ]
@@ -156,6 +153,13 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
     path = out / "results.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _merged(what: str, date: str | None) -> str:
+    """A phase, or some embedding rows, taken from an earlier run by ``--merge``."""
+    rows = what.startswith("embed rows")
+    subject, verb = (what, "come") if rows else (f"{what} phase", "comes")
+    return f"The {subject} {verb} from an earlier run ({date}, kept by `--merge`).\n"
 
 
 def _embed_md(embed: dict[str, Any]) -> list[str]:

@@ -101,6 +101,17 @@ def test_auto_takes_the_fastest_candidate(monkeypatch: pytest.MonkeyPatch) -> No
     loaded.encoder.close()
 
 
+def test_auto_keeps_fp32_unless_a_candidate_is_clearly_faster(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with_candidates(monkeypatch, [1.0, 0.9, 0.85])  # within the timing noise of a tiny model
+    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    assert loaded.precision.name == "fp32"
+    assert loaded.encoder.dtype == torch.float32 and loaded.encoder.runtimes == {}
+    assert f"{precision.PROBE_MIN_SPEEDUP}x" in loaded.precision.reason
+    loaded.encoder.close()
+
+
 def test_auto_passes_over_a_faster_candidate_that_changes_the_embeddings(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
