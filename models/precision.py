@@ -301,11 +301,7 @@ def _measure(
     encoder: Any, candidates: tuple[str, ...], cache_dir: Path | None, digest: str
 ) -> PrecisionChoice:
     """Every candidate on the probe's inputs against fp32; the winner is left applied."""
-    inputs = probe_inputs(encoder)
-
-    def run_all() -> dict[str, np.ndarray]:
-        return {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
-
+    run_all = _probe_runner(encoder)
     reference = run_all()
     fp32_s = timed(run_all)
     trials = [_trial(encoder, name, run_all, reference, cache_dir, digest) for name in candidates]
@@ -368,23 +364,27 @@ def _described(trial: _Trial, fp32_s: float) -> str:
 
 
 def _probe(encoder: Any, candidate: str) -> PrecisionChoice:
-    inputs = probe_inputs(encoder)
-    reference = {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
-    fp32_model = encoder.model
-    encoder.replace_model(to_dtype(copy.deepcopy(fp32_model), DTYPES[candidate]))
-    try:
-        cosine = min(
-            _min_cosine(encoder.forward(kind, batch), reference[kind])
-            for kind, batch in inputs.items()
-        )
-    except RuntimeError as exc:  # an op without a kernel for that dtype on this device
-        encoder.replace_model(fp32_model)
-        return PrecisionChoice("fp32", "auto", reason=f"{candidate} failed: {exc}")
+    """``candidate`` when it keeps the probe's cosine, whatever its speed (fp16 on CUDA)."""
+    run_all = _probe_runner(encoder)
+    trial = _trial(encoder, candidate, run_all, run_all(), None, "")
     threshold = PROBE_MIN_COSINE
-    if cosine >= threshold:
-        return PrecisionChoice(candidate, "auto", cosine, f"probe cosine >= {threshold}")
-    encoder.replace_model(fp32_model)
-    return PrecisionChoice("fp32", "auto", cosine, f"{candidate} probe cosine < {threshold}")
+    if trial.cosine is None:
+        return PrecisionChoice("fp32", "auto", reason=trial.failure)
+    if trial.cosine < threshold:
+        reason = f"{candidate} probe cosine < {threshold}"
+        return PrecisionChoice("fp32", "auto", trial.cosine, reason)
+    _apply(encoder, candidate, None, "")
+    return PrecisionChoice(candidate, "auto", trial.cosine, f"probe cosine >= {threshold}")
+
+
+def _probe_runner(encoder: Any) -> Callable[[], dict[str, np.ndarray]]:
+    """Every tower of the encoder on the probe's inputs, as it runs now."""
+    inputs = probe_inputs(encoder)
+
+    def run_all() -> dict[str, np.ndarray]:
+        return {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
+
+    return run_all
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -149,6 +149,24 @@ def test_auto_falls_back_to_fp32_when_the_probe_disagrees(
         np.testing.assert_array_equal(rows, reference[kind])
 
 
+def test_a_cosine_only_probe_keeps_the_candidate_or_the_original_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What auto does on CUDA with fp16, shown on the CPU with bf16."""
+    loaded = load_model("random:mmr-tiny", device="cpu")
+    reference = probe_embeddings(loaded.encoder)
+    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
+    refused = precision._probe(loaded.encoder, "bf16")
+    assert refused.name == "fp32" and refused.probe_min_cosine is not None
+    assert loaded.encoder.dtype == torch.float32
+    for kind, rows in probe_embeddings(loaded.encoder).items():
+        np.testing.assert_array_equal(rows, reference[kind])
+    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 0.9)
+    kept = precision._probe(loaded.encoder, "bf16")
+    assert kept.name == "bf16" and loaded.encoder.dtype == torch.bfloat16
+    loaded.encoder.close()
+
+
 def test_explicit_precisions_are_honoured() -> None:
     fp32 = load_model("random:mmr-tiny", device="cpu")
     assert fp32.precision.name == "fp32" and fp32.precision.probe_min_cosine is None
