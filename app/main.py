@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 
 from app.auth import document_security, require_api_key
 from app.errors import install_error_handlers
-from app.fastpath import SearchFastPath
+from app.fastpath import FastPath
 from app.lifespan import lifespan
 from app.limits import BodySizeLimit
 from app.metrics import Metrics, MetricsMiddleware
@@ -49,18 +49,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _document_security(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    _serve_searches_first(app)
+    _serve_hot_routes_first(app)
     return app
 
 
-def _serve_searches_first(app: FastAPI) -> None:
-    """Put the search fast path outside FastAPI's own stack: its error, telemetry and
-    body-limit layers (and ours) are skipped for the searches it answers; whatever it
+def _serve_hot_routes_first(app: FastAPI) -> None:
+    """Put the fast path (search, embed) outside FastAPI's own stack: its error, telemetry
+    and body-limit layers (and ours) are skipped for the requests it answers; whatever it
     hands on goes through all of them."""
     build = app.build_middleware_stack
 
     def build_stack() -> ASGIApp:
-        return SearchFastPath(build(), state=app.state)
+        return FastPath(build(), state=app.state)
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
 

@@ -97,7 +97,7 @@ def _baselines(
             model=model,
             precision=precision,
             resolved_precision=raw.precision,
-            path="prepare_images/forward" if raw.native else "open_clip preprocess/encode_image",
+            path="pack_images/forward" if raw.native else "open_clip preprocess/encode_image",
         )
         log(
             f"raw {model} {precision} ({raw.precision}) batch {row['batch']}: "

@@ -1,9 +1,9 @@
 """The model without the service: JPEG bytes -> decode -> preprocess -> one forward pass.
 
 Baselines of the embedding benchmark run through here, in the benchmark's own process while
-no server runs. The encoder is used through ``prepare_images`` / ``forward`` when it has them
-(the batcher-free path) and otherwise through open_clip's ``preprocess`` and
-``model.encode_image``, cast by hand for bf16.
+no server runs. The encoder is used through ``pack_images`` (or ``prepare_images``) and
+``forward`` when it has them (the service's path without its batcher) and otherwise through
+open_clip's ``preprocess`` and ``model.encode_image``, cast by hand for bf16.
 """
 
 from __future__ import annotations
@@ -72,7 +72,9 @@ class RawModel:
         if self.native:
             choice = getattr(loaded, "precision", None)
             self.precision = str(getattr(choice, "name", precision))
-            self._prepare: Callable[[list[Image.Image]], torch.Tensor] = self.encoder.prepare_images
+            self._prepare: Callable[[list[Image.Image]], torch.Tensor] = getattr(
+                self.encoder, "pack_images", self.encoder.prepare_images
+            )
             self._forward: Callable[[torch.Tensor], Any] = self._native_forward
         else:
             self.precision = fallback_precision(precision)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from models.audio import AudioSegments, cut_segments
 from models.batcher import BatchConfig, MicroBatcher
+from models.media.pixels import Pixels
 from models.mini.audio import pad_window
 from models.mini.model import MiniModel
 from models.runtime import torch_threads, use_torch_threads
@@ -85,6 +86,7 @@ class OpenClipEncoder:
         self.model_id = model_id
         self.model = model.eval()
         self.preprocess = preprocess
+        self.pixels = Pixels.of(preprocess)  # None: run the transform whole, per image
         self.tokenizer = tokenizer
         self.device = device
         self.modalities: tuple[Modality, ...] = ("image", "text")
@@ -118,8 +120,17 @@ class OpenClipEncoder:
         return int(min(size) if isinstance(size, tuple | list) else size)
 
     def prepare_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """RGB images -> the image tower's input (n, 3, H, W), on the CPU."""
-        return torch.stack([self.preprocess(im) for im in images])
+        """RGB images -> the image tower's input (n, 3, H, W) float32, on the CPU."""
+        if self.pixels is None:
+            return torch.stack([self.preprocess(im) for im in images])
+        return self.pixels.normalize(self.pixels.pack(images))
+
+    def pack_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """RGB images -> what ``forward`` takes for them, at the least cost per image: uint8
+        pixels that it normalises per batch (``models.media.pixels``), or the tower's input."""
+        if self.pixels is None:
+            return self.prepare_images(images)
+        return self.pixels.pack(images)
 
     def prepare_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """Texts -> token ids (n, context), on the CPU."""
@@ -127,19 +138,23 @@ class OpenClipEncoder:
 
     def forward(self, kind: Modality, batch: torch.Tensor, *, alone: bool = True) -> np.ndarray:
         """One forward of a tower on prepared inputs, no batcher: (n, dim) float32.
-        ``alone``: no other batch waits for this model (it may take every core)."""
+        ``alone``: no other batch waits for this model (it may take every core). Images may
+        come packed (``pack_images``): they are normalised here, once for the batch."""
         runtime = self.runtimes.get(kind)
         if runtime is not None:  # picks its session by the threads its slot has
-            return self.streams.run(lambda threads: runtime(batch, threads), alone=alone)
+            return self.streams.run(
+                lambda threads: runtime(self._unpacked(kind, batch), threads), alone=alone
+            )
         fn: Callable[[torch.Tensor], torch.Tensor] = getattr(self.model, self.TOWERS[kind])
         batch = batch.to(self.device)
-        # Pixels follow the weights' dtype; audio waves stay float32 for the FFT front end.
-        if kind != "audio" and batch.is_floating_point():
-            batch = batch.to(self.dtype)
 
         def run(threads: int) -> np.ndarray:  # torch's threads are set for this thread
             with torch.inference_mode():  # per thread: entered where the forward runs
-                out = fn(batch)
+                inputs = self._unpacked(kind, batch)
+                # Pixels follow the weights' dtype; audio waves stay float32 for the FFT.
+                if kind != "audio" and inputs.is_floating_point():
+                    inputs = inputs.to(self.dtype)
+                out = fn(inputs)
             return np.ascontiguousarray(out.float().cpu().numpy(), dtype=np.float32)
 
         return self.streams.run(run, alone=alone)
@@ -148,7 +163,7 @@ class OpenClipEncoder:
         """Raw image features, shape (n, dim), float32."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self.submit("image", lambda: self.prepare_images(images))
+        return self.submit("image", lambda: self.pack_images(images))
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Raw text features, shape (n, dim), float32."""
@@ -190,6 +205,11 @@ class OpenClipEncoder:
                     functools.partial(self._forward_of, kind), name=kind, config=self._batching
                 )
             return self._batchers[kind]
+
+    def _unpacked(self, kind: Modality, batch: torch.Tensor) -> torch.Tensor:
+        if kind == "image" and self.pixels is not None and batch.dtype == torch.uint8:
+            return self.pixels.normalize(batch)
+        return batch
 
     def _forward_of(self, kind: Modality, batch: torch.Tensor, *, alone: bool) -> np.ndarray:
         # Looked up per call, so that a wrapped ``forward`` (tests, metrics) is the one run.

@@ -110,7 +110,10 @@ def _decode(data: bytes, max_pixels: int, min_side: int | None) -> Image.Image:
             img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
         # Image.open leaves animated files (GIF/WEBP/APNG) on frame 0, so load() reads only it.
         img.load()
-        return _to_rgb(ImageOps.exif_transpose(img))
+        # In place: the image is ours, and without an orientation tag a copy is all a
+        # returned one would add.
+        ImageOps.exif_transpose(img, in_place=True)
+        return _to_rgb(img)
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:

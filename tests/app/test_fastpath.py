@@ -1,5 +1,6 @@
-"""JSON searches answered below FastAPI's routing give the route's answers; everything
-else (errors included) is answered by the route itself, with the body replayed."""
+"""JSON searches answered below FastAPI's routing give the route's answers; errors the search
+raises get the route's error bodies; everything else is answered by the route itself, with
+the body replayed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.fastpath as fastpath
+import app.fastpath.pool as fastpool
+import app.fastpath.search as fastsearch
 from app.main import create_app
 from app.settings import Settings
 from index.tables import CollectionRow
@@ -25,13 +28,13 @@ PATH = "/v1/collections/{}/search"
 def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the searches the fast path ran (successful or not)."""
     seen: list[str] = []
-    search = fastpath.search
+    search = fastsearch.search
 
     def spy(**kwargs: Any) -> Any:
         seen.append(kwargs["name"])
         return search(**kwargs)
 
-    monkeypatch.setattr(fastpath, "search", spy)
+    monkeypatch.setattr(fastsearch, "search", spy)
     return seen
 
 
@@ -79,7 +82,7 @@ def test_the_fast_path_answers_like_the_route(
         (b'{"item_id": "nope"}', 404, "not_found"),
     ],
 )
-def test_errors_come_from_the_route(
+def test_errors_are_answered_as_the_route_answers_them(
     client: TestClient, collection: str, body: bytes, status: int, code: str
 ) -> None:
     add_texts(client, collection, 2)
@@ -88,12 +91,31 @@ def test_errors_come_from_the_route(
     assert error_code(response) == code
 
 
-def test_an_unknown_collection_is_tried_then_answered_by_the_route(
+def test_a_search_error_is_answered_in_place_with_the_routes_body(
     client: TestClient, served: list[str]
 ) -> None:
-    response = client.post(PATH.format("missing"), json={"text": "x"})
-    assert response.status_code == 404 and error_code(response) == "not_found"
-    assert served == ["missing"]  # the fast path ran it, failed, and handed the body on
+    fast = client.post(PATH.format("missing"), json={"text": "x"})
+    routed = client.post(
+        PATH.format("missing"),
+        content=chunked(b'{"text": "x"}'),
+        headers={"content-type": "application/json"},
+    )
+    assert fast.status_code == routed.status_code == 404
+    assert fast.json() == routed.json() and error_code(fast) == "not_found"
+    assert served == ["missing"]  # the fast path ran it once and answered its error
+
+
+def test_an_unexpected_error_goes_to_the_route(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_texts(client, collection, 3)
+
+    def broken(**_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(fastsearch, "search", broken)  # the route keeps the real one
+    response = client.post(PATH.format(collection), json={"text": "note 1", "k": 1})
+    assert response.status_code == 200 and response.json()["results"][0]["item"]["id"] == "t1"
 
 
 def test_auth_is_checked_before_the_fast_path_searches(
@@ -140,14 +162,14 @@ def test_an_oversized_body_is_refused_without_searching(
 def handed_off(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """One entry per search the fast path handed to its thread pool."""
     handed: list[int] = []
-    pool = fastpath._pool()
+    pool = fastpool.pool()
 
     class Counting:
         def submit(self, fn: Any, *args: Any) -> Any:
             handed.append(1)
             return pool.submit(fn, *args)
 
-    monkeypatch.setattr(fastpath, "_pool", lambda: Counting())
+    monkeypatch.setattr(fastpool, "pool", lambda: Counting())
     return handed
 
 
@@ -156,6 +178,7 @@ def test_cheap_vector_searches_run_in_place_on_sqlite_only(
 ) -> None:
     add_texts(client, collection, 5)
     vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    handed_off.clear()  # the embedding went through the pool too
     found = client.post(PATH.format(collection), json={"vector": vector, "k": 2})
     assert found.status_code == 200 and found.json()["results"][0]["item"]["id"] == "t3"
     sqlite = client.app.state.settings.resolved_database_url.startswith("sqlite")  # type: ignore[attr-defined]
@@ -164,7 +187,7 @@ def test_cheap_vector_searches_run_in_place_on_sqlite_only(
     for body in (
         {"vector": vector, "filter": {"n": 3}},  # SQL picks the candidates
         {"vector": vector, "modalities": ["text"]},
-        {"vector": vector, "k": fastpath.IN_PLACE_K + 1},  # a long list to read and answer
+        {"vector": vector, "k": fastsearch.IN_PLACE_K + 1},  # a long list to read and answer
         {"text": "note 3"},  # the encoder's batcher waits for company
         {"item_id": "t3"},
     ):
@@ -179,13 +202,14 @@ def test_a_big_scan_goes_to_the_pool(
 ) -> None:
     add_texts(client, collection, 5)
     vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
-    monkeypatch.setattr(fastpath, "IN_PLACE_WORK", 4 * len(vector))  # fewer than 5 vectors
+    handed_off.clear()  # the embedding went through the pool too
+    monkeypatch.setattr(fastsearch, "IN_PLACE_WORK", 4 * len(vector))  # fewer than 5 vectors
     assert client.post(PATH.format(collection), json={"vector": vector}).status_code == 200
     assert len(handed_off) == 1
 
 
 def test_the_fast_path_sits_outside_fastapis_own_layers(client: TestClient) -> None:
-    assert isinstance(client.app.middleware_stack, fastpath.SearchFastPath)  # type: ignore[attr-defined]
+    assert isinstance(client.app.middleware_stack, fastpath.FastPath)  # type: ignore[attr-defined]
 
 
 def test_ready_names_only_an_index_that_needs_no_work(client: TestClient, collection: str) -> None:
@@ -207,6 +231,7 @@ def test_a_search_that_finds_a_write_in_progress_waits_in_a_thread(
 ) -> None:
     add_texts(client, collection, 5)
     vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    handed_off.clear()  # the embedding went through the pool too
     services = client.app.state.services  # type: ignore[attr-defined]
     index = services.indexes.get(services.store.get_collection(collection)).space.index
     held = threading.Event()
@@ -230,6 +255,7 @@ def test_a_search_that_would_wait_for_a_connection_goes_to_the_pool(
 ) -> None:
     add_texts(client, collection, 5)
     vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
+    handed_off.clear()  # the embedding went through the pool too
     engine = client.app.state.services.store.engine  # type: ignore[attr-defined]
     taken = [engine.raw_connection() for _ in range(engine.pool.size())]
     try:
