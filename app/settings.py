@@ -23,11 +23,12 @@ class Settings(BaseSettings):
         default=None, description="aligner artefact new collections start from (bootstrap-audio)"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "fp32-onnx"] = Field(
         default="auto",
         description="auto: fp16 on CUDA; on a CPU the fastest on a probe of bf16 (where it is "
-        "native) and int8 image and text towers through ONNX Runtime, among those that keep "
-        "its cosine >= 0.99 to fp32 and beat fp32 by more than 1.2x; else fp32",
+        "native) and image and text towers in ONNX Runtime (int8, and fp32-onnx: fp32 without "
+        "torch), among those that keep its cosine >= 0.99 to fp32 and beat fp32 by more than "
+        "1.2x; else fp32",
     )
     batch_size: int = Field(default=32, ge=1, description="most inputs in one encoder forward")
     batch_wait_ms: float = Field(

@@ -1,15 +1,20 @@
-"""int8 towers through ONNX Runtime: a CPU fast path (``models.precision`` weighs it against bf16).
+"""Towers run by ONNX Runtime, in int8 or in fp32: CPU fast paths (``models.precision``
+weighs them against torch's fp32 and bf16).
 
 A tower (``encode_image`` or ``encode_text`` of the model) is exported to ONNX with torch's
-exporter, its weights quantised to int8 by ONNX Runtime's dynamic quantiser (per output
-channel, 7 bits; activations are quantised per batch at run time), and run by an ONNX Runtime
-session on torch's thread count.
+exporter and run by ONNX Runtime sessions on torch's thread count. ``int8``: its weights
+quantised by ONNX Runtime's dynamic quantiser (per output channel, 7 bits; activations are
+quantised per batch at run time). ``fp32-onnx``: the exported graph as it is, the same
+numbers as torch's (max difference ~5e-6 for mmr-mini), with ONNX Runtime's graph fusions
+(convolution and batch norm in one) and the whole forward in C++: torch runs a model op by
+op from Python and takes the GIL back after each, which a busy server's other threads hold
+(mmr-mini's image tower at batch 8 on one thread: torch 7.7 ms, ONNX Runtime 2.7 ms).
 Audio towers stay in torch: their FFT front end is not worth the export.
 
-Exporting ViT-B-32's image tower takes ~15 s, so the quantised file is kept under the model
-cache (``<data dir>/models/onnx``), named by a digest of the model's weights: a restart loads
-it in a second, and other weights (another checkpoint, a fine-tuned CLIP) never meet a stale
-file.
+Exporting ViT-B-32's image tower takes ~15 s, so both files (the export and its quantised
+copy) are kept under the model cache (``<data dir>/models/onnx``), named by a digest of the
+model's weights: a restart loads them in a second, and other weights (another checkpoint, a
+fine-tuned CLIP) never meet a stale file.
 
 Measured on a 2-core AMD EPYC without AVX-512 (random:ViT-B-32 image tower, ONNX Runtime
 1.32, 2 threads): torch fp32 9.2 images/s at batch 16 and 5.1 at batch 1; int8 ~20 at both;
@@ -35,7 +40,8 @@ from models.runtime import without_notice
 
 log = logging.getLogger(__name__)
 
-FORMAT = "int8-v1"  # part of every cached file's name: a new export recipe never loads an old one
+# Part of every cached file's name, by precision: a new export recipe never loads an old file.
+FORMATS = {"int8": "int8-v1", "fp32-onnx": "fp32-v1"}
 OPSET = 17
 
 
@@ -63,7 +69,7 @@ class _Tower(torch.nn.Module):
 
 
 class OnnxTower:
-    """An int8 tower in ONNX Runtime sessions: prepared inputs -> (n, dim) float32.
+    """A tower in ONNX Runtime sessions: prepared inputs -> (n, dim) float32.
 
     A lone forward runs in a session on every thread; forwards under load
     (``models.streams``) run at once in a second session on their share of the threads,
@@ -110,7 +116,7 @@ def _session(path: Path, threads: int) -> Any:
 
 def weights_digest(model: torch.nn.Module) -> str:
     """sha256 over every parameter and buffer (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256(FORMAT.encode())
+    h = hashlib.sha256(FORMATS["int8"].encode())  # the digest's recipe, kept as it was
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
@@ -118,11 +124,15 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def export_int8(model: torch.nn.Module, method: str, example: torch.Tensor, out: Path) -> None:
-    """Export ``model.<method>`` to ONNX (batch dimension dynamic), quantise its weights to
-    int8, and write the result to ``out`` atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as tmp:
+def export_tower(
+    model: torch.nn.Module, method: str, example: torch.Tensor, outs: dict[str, Path]
+) -> None:
+    """Export ``model.<method>`` to ONNX (batch dimension dynamic) and write it, atomically,
+    to ``outs["fp32-onnx"]`` and quantised to int8 to ``outs["int8"]`` (either may be
+    absent)."""
+    parent = next(iter(outs.values())).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".export-") as tmp:
         fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         # Grad on: under no_grad nn.MultiheadAttention takes a fused fast path with no ONNX op.
         with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
@@ -137,12 +147,15 @@ def export_int8(model: torch.nn.Module, method: str, example: torch.Tensor, out:
                 opset_version=OPSET,
                 dynamo=False,
             )
-        # Its advice to pre-process the graph first is for static (calibrated) quantisation.
-        with without_notice("pre-processing before quantization"):
-            _quantize(fp32, int8)
-        with open(int8, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(int8, out)
+        if "int8" in outs:
+            # Its advice to pre-process the graph first is for static (calibrated) quantisation.
+            with without_notice("pre-processing before quantization"):
+                _quantize(fp32, int8)
+        for name, made in (("fp32-onnx", fp32), ("int8", int8)):
+            if name in outs:
+                with open(made, "rb") as f:
+                    os.fsync(f.fileno())
+                os.replace(made, outs[name])
 
 
 def _quantize(fp32: Path, int8: Path) -> None:
@@ -155,9 +168,10 @@ def _quantize(fp32: Path, int8: Path) -> None:
     )
 
 
-def int8_towers(
+def onnx_towers(
     model: torch.nn.Module,
     *,
+    precision: str,
     model_id: str,
     examples: dict[str, tuple[str, torch.Tensor]],
     cache_dir: Path | None,
@@ -165,20 +179,26 @@ def int8_towers(
     narrow_threads: int | None = None,
     digest: str | None = None,
 ) -> dict[str, OnnxTower]:
-    """int8 sessions for the towers in ``examples`` (kind -> (method, a prepared batch)),
-    exported on first use and kept under ``cache_dir/onnx`` (a temporary folder when None);
-    ``narrow_threads``: the threads of a forward under load (:class:`OnnxTower`)."""
+    """Sessions in ``precision`` (int8 or fp32-onnx) for the towers in ``examples`` (kind ->
+    (method, a prepared batch)), exported on first use and kept under ``cache_dir/onnx`` (a
+    temporary folder when None); ``narrow_threads``: the threads of a forward under load
+    (:class:`OnnxTower`). One export makes the files of both precisions."""
     digest = (digest or weights_digest(model))[:20]
     with tempfile.TemporaryDirectory(prefix="mmr-onnx-") as scratch:
         root = cache_root(cache_dir) if cache_dir is not None else Path(scratch)
         towers = {}
         for kind, (method, example) in examples.items():
-            path = root / f"{slug(model_id)}-{kind}-{digest}-{FORMAT}.onnx"
-            if not path.exists():
-                log.info("exporting %s's %s tower to int8 ONNX (once per weights)", model_id, kind)
-                export_int8(model, method, example, path)
+            paths = {
+                name: root / f"{slug(model_id)}-{kind}-{digest}-{fmt}.onnx"
+                for name, fmt in FORMATS.items()
+            }
+            if not paths[precision].exists():
+                log.info("exporting %s's %s tower to ONNX (once per weights)", model_id, kind)
+                export_tower(model, method, example, paths)
             # The session reads the whole file now: a temporary folder may go afterwards.
-            towers[kind] = OnnxTower(path, threads=threads, narrow_threads=narrow_threads)
+            towers[kind] = OnnxTower(
+                paths[precision], threads=threads, narrow_threads=narrow_threads
+            )
     return towers
 
 
@@ -188,7 +208,7 @@ def slug(model_id: str) -> str:
 
 
 def cache_root(cache_dir: Path) -> Path:
-    """Where a model cache keeps int8 exports (and the probe's verdicts)."""
+    """Where a model cache keeps ONNX exports."""
     return cache_dir / "onnx"
 
 
@@ -199,7 +219,7 @@ def versions() -> str:
     return f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
 
 
-def cached_files(cache_dir: Path) -> Sequence[Path]:
-    """The int8 exports kept under a model cache."""
+def cached_files(cache_dir: Path, precision: str = "int8") -> Sequence[Path]:
+    """The exports in ``precision`` kept under a model cache."""
     root = cache_root(cache_dir)
-    return sorted(root.glob(f"*-{FORMAT}.onnx")) if root.is_dir() else []
+    return sorted(root.glob(f"*-{FORMATS[precision]}.onnx")) if root.is_dir() else []

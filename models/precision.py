@@ -1,17 +1,19 @@
-"""Which number format the encoders run in: fp32, bf16, fp16 or int8 (MMR_PRECISION).
+"""Which number format the encoders run in: fp32, bf16, fp16, int8 or fp32-onnx (MMR_PRECISION).
 
 ``auto`` takes fp16 on CUDA. On a CPU it measures what the CPU can run: bf16 where the CPU has
-native bf16 (AVX512-BF16 / AMX, as oneDNN reports it), int8 image and text towers run by ONNX
-Runtime (:mod:`models.int8`) where that is installed. A candidate counts only when a probe
+native bf16 (AVX512-BF16 / AMX, as oneDNN reports it), and image and text towers run by ONNX
+Runtime (:mod:`models.int8`) where that is installed, in int8 and in fp32 (``fp32-onnx``: the
+same numbers as torch's, without torch's Python between ops). A candidate counts only when a probe
 agrees: on a fixed set of inputs (8 seeded synthetic images, 8 captions, audio windows for a
 model with an audio tower) every row of every tower keeps a cosine of at least
 ``PROBE_MIN_COSINE`` to its fp32 embedding; of those, the fastest on the same inputs wins if
 it beats fp32 by more than ``PROBE_MIN_SPEEDUP`` (for a tiny model the formats are within
 noise of each other), else fp32, logged. Which one wins depends on the CPU: on AVX-512 with
 VNNI and BF16 but no AMX, int8 ran the probe 1.6x faster than bf16 (ViT-B-32); with AMX,
-bf16's matrix units win. The first start's verdict is kept beside the model cache. The fp32
-weights are kept only while the probe runs (bf16 back to fp32 is lossy); int8 keeps them, for
-the audio tower and the image size.
+bf16's matrix units win; for a model as small as mmr-mini, fp32 in ONNX Runtime. The first
+start's verdict is kept beside the model cache. The fp32 weights are kept only while the
+probe runs (bf16 back to fp32 is lossy); the ONNX Runtime formats keep them, for the audio
+tower and the image size.
 
 Measured on the development machine (random:ViT-B-32 image tower, batch 16, torch 2.14 on 2
 threads, oneDNN reports native bf16): fp32 15.6 images/s, bf16 77.3 images/s (x5), min cosine
@@ -44,8 +46,10 @@ from models.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
-PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8", "fp32-onnx"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "fp32-onnx")
+# Formats whose image and text towers run in ONNX Runtime sessions (models.int8).
+RUNTIME_PRECISIONS = ("int8", "fp32-onnx")
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
     "bf16": torch.bfloat16,
@@ -73,7 +77,7 @@ PROBE_TEXTS = (
 class PrecisionChoice:
     """What the encoders run in, what was asked, and the probe's verdict when one ran."""
 
-    name: str  # fp32 | bf16 | fp16 | int8
+    name: str  # fp32 | bf16 | fp16 | int8 | fp32-onnx
     requested: str
     probe_min_cosine: float | None = None
     reason: str = ""
@@ -149,10 +153,10 @@ def choose_precision(
     ``auto``'s verdicts are kept under ``cache_dir``."""
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}: use {', '.join(PRECISIONS)}")
-    if requested == "int8":
-        _require_int8(encoder)
-        encoder.use_runtimes(_int8_towers(encoder, cache_dir))
-        return _chosen(encoder, PrecisionChoice("int8", "int8", reason="as configured"))
+    if requested in RUNTIME_PRECISIONS:
+        _require_runtime(encoder, requested)
+        encoder.use_runtimes(_runtime_towers(encoder, requested, cache_dir))
+        return _chosen(encoder, PrecisionChoice(requested, requested, reason="as configured"))
     if requested != "auto":
         if requested != "fp32":
             encoder.replace_model(to_dtype(encoder.model, DTYPES[requested]))
@@ -163,30 +167,34 @@ def choose_precision(
 
 
 def cpu_candidates() -> tuple[str, ...]:
-    """The faster formats this CPU can run: bf16 where it is native, int8 where ONNX Runtime
-    is installed."""
+    """The faster formats this CPU can run: bf16 where it is native, int8 and fp32 in ONNX
+    Runtime where that is installed."""
+    onnx = int8.available()
     return tuple(
         name
-        for name, usable in (("bf16", cpu_has_native_bf16()), ("int8", int8.available()))
+        for name, usable in (("bf16", cpu_has_native_bf16()), ("int8", onnx), ("fp32-onnx", onnx))
         if usable
     )
 
 
-def _require_int8(encoder: Any) -> None:
+def _require_runtime(encoder: Any, name: str) -> None:
     if str(encoder.device).startswith("cuda"):
         raise ModelLoadError(
-            "MMR_PRECISION=int8 runs on the CPU (ONNX Runtime); on CUDA use fp16 or auto"
+            f"MMR_PRECISION={name} runs on the CPU (ONNX Runtime); on CUDA use fp16 or auto"
         )
     if not int8.available():
         raise ModelLoadError(
-            "MMR_PRECISION=int8 needs onnxruntime and onnx (pip install onnxruntime onnx)"
+            f"MMR_PRECISION={name} needs onnxruntime and onnx (pip install onnxruntime onnx)"
         )
 
 
-def _int8_towers(encoder: Any, cache_dir: Path | None, digest: str | None = None) -> dict[str, Any]:
+def _runtime_towers(
+    encoder: Any, name: str, cache_dir: Path | None, digest: str | None = None
+) -> dict[str, Any]:
     inputs = probe_inputs(encoder)
-    return int8.int8_towers(
+    return int8.onnx_towers(
         encoder.model,
+        precision=name,
         model_id=encoder.model_id,
         examples={kind: (encoder.TOWERS[kind], inputs[kind][:2]) for kind in ("image", "text")},
         cache_dir=cache_dir,
@@ -229,7 +237,7 @@ def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
     if choice is not None:
         try:
             _apply(encoder, choice.name, cache_dir, digest)
-        except Exception as exc:  # the int8 exports went missing and cannot be made again
+        except Exception as exc:  # the ONNX exports went missing and cannot be made again
             log.warning("%s in %s could not be set up: %s", encoder.model_id, choice.name, exc)
             choice = None
     if choice is None:
@@ -242,8 +250,8 @@ def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
 
 def _apply(encoder: Any, name: str, cache_dir: Path | None, digest: str) -> None:
     """Run the encoder in ``name`` (from fp32)."""
-    if name == "int8":
-        encoder.use_runtimes(_int8_towers(encoder, cache_dir, digest))
+    if name in RUNTIME_PRECISIONS:
+        encoder.use_runtimes(_runtime_towers(encoder, name, cache_dir, digest))
     elif name != "fp32":
         encoder.replace_model(to_dtype(encoder.model, DTYPES[name]))
 
@@ -255,7 +263,8 @@ def _verdict_file(cache_dir: Path, encoder: Any, digest: str, threads: int) -> P
 
 def _versions(candidates: tuple[str, ...]) -> str:
     """What the measurement ran on: a verdict measured with other versions is made again."""
-    return int8.versions() if "int8" in candidates else f"torch {torch.__version__}"
+    runtime = any(name in RUNTIME_PRECISIONS for name in candidates)
+    return int8.versions() if runtime else f"torch {torch.__version__}"
 
 
 def _read_verdict(path: Path, candidates: tuple[str, ...]) -> PrecisionChoice | None:
@@ -294,7 +303,7 @@ class _Trial:
     cosine: float | None = None
     seconds: float | None = None
     failure: str = ""
-    towers: dict[str, Any] | None = None  # int8's sessions, kept for the winner
+    towers: dict[str, Any] | None = None  # ONNX Runtime sessions, kept for the winner
 
 
 def _measure(
@@ -339,8 +348,8 @@ def _trial(
     fp32_model = encoder.model
     towers = None
     try:
-        if name == "int8":
-            towers = _int8_towers(encoder, cache_dir, digest)
+        if name in RUNTIME_PRECISIONS:
+            towers = _runtime_towers(encoder, name, cache_dir, digest)
             encoder.use_runtimes(towers)
         else:  # on a copy: bf16 back to fp32 is lossy
             encoder.replace_model(to_dtype(copy.deepcopy(fp32_model), DTYPES[name]))

@@ -47,7 +47,7 @@ def check_auto_keeps_its_embeddings(model_id: str) -> None:
     if choice.name != "fp32":
         assert choice.probe_min_cosine >= precision.PROBE_MIN_COSINE
     assert (loaded.encoder.dtype == torch.bfloat16) == (choice.name == "bf16")
-    assert bool(loaded.encoder.runtimes) == (choice.name == "int8")
+    assert bool(loaded.encoder.runtimes) == (choice.name in precision.RUNTIME_PRECISIONS)
     got = probe_embeddings(loaded.encoder)
     assert set(got) == set(reference)
     for kind, rows in got.items():
@@ -214,15 +214,19 @@ def test_int8_runs_image_and_text_in_onnx_runtime_and_keeps_the_export(
     loaded = check_int8_close("mmr-mini", tmp_path)
     files = int8.cached_files(tmp_path)
     assert len(files) == 2 and all("mmr-mini" in f.name for f in files)
+    assert len(int8.cached_files(tmp_path, "fp32-onnx")) == 2  # one export made both
     loaded.encoder.close()
 
     def no_export(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(int8, "export_int8", no_export)
+    monkeypatch.setattr(int8, "export_tower", no_export)
     again = load_model("mmr-mini", device="cpu", precision="int8", cache_dir=tmp_path)
     assert again.precision.name == "int8"
     again.encoder.close()
+    plain = load_model("mmr-mini", device="cpu", precision="fp32-onnx", cache_dir=tmp_path)
+    assert plain.precision.name == "fp32-onnx" and set(plain.encoder.runtimes) == {"image", "text"}
+    plain.encoder.close()
 
 
 def test_an_int8_tower_runs_lone_forwards_wide_and_forwards_under_load_narrow(
@@ -276,7 +280,8 @@ def test_other_weights_never_load_a_cached_export(tmp_path: Any) -> None:
 
 
 def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> Any:
-    """load mmr-mini with auto on a CPU without bf16, where the probe's timings are these."""
+    """load mmr-mini with auto on a CPU without bf16, where the probe's timings are these
+    (fp32, int8, fp32-onnx)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     times = iter(seconds)
     monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
@@ -286,7 +291,7 @@ def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> 
 def test_auto_without_native_bf16_takes_int8_when_the_probe_agrees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4])  # fp32 1 s, int8 0.4 s
+    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4, 0.6])  # fp32 1 s, int8 0.4 s
     assert loaded.precision.name == "int8"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine >= precision.PROBE_MIN_COSINE
@@ -294,9 +299,22 @@ def test_auto_without_native_bf16_takes_int8_when_the_probe_agrees(
     loaded.encoder.close()
 
 
+def test_auto_takes_fp32_in_onnx_runtime_when_it_is_the_fastest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
+    loaded = auto_without_bf16(monkeypatch, [1.0, 0.6, 0.4])
+    assert loaded.precision.name == "fp32-onnx"
+    assert set(loaded.encoder.runtimes) == {"image", "text"}
+    # The same numbers as torch's fp32, give or take the order of additions.
+    for kind, rows in probe_embeddings(loaded.encoder).items():
+        np.testing.assert_allclose(rows, reference[kind], rtol=1e-4, atol=1e-5)
+    loaded.encoder.close()
+
+
 def test_auto_keeps_fp32_when_int8_is_not_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
-    loaded = auto_without_bf16(monkeypatch, [0.4, 1.0])
+    loaded = auto_without_bf16(monkeypatch, [0.4, 1.0, 1.0])
     assert loaded.precision.name == "fp32"
     assert "beats fp32" in loaded.precision.reason
     assert loaded.encoder.runtimes == {}
@@ -304,13 +322,13 @@ def test_auto_keeps_fp32_when_int8_is_not_faster(monkeypatch: pytest.MonkeyPatch
         np.testing.assert_array_equal(rows, reference[kind])
     loaded.encoder.close()
     # The verdict is kept for these weights: loading them again exports nothing.
-    monkeypatch.setattr(int8, "int8_towers", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr(int8, "onnx_towers", lambda *a, **k: pytest.fail("probed again"))
     assert auto_without_bf16(monkeypatch, []).precision.name == "fp32"
 
 
 def test_auto_keeps_fp32_when_the_int8_probe_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
-    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4])
+    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4, 0.4])
     assert loaded.precision.name == "fp32"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine < 1.0
@@ -322,7 +340,7 @@ def test_auto_keeps_fp32_when_the_export_fails(monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("Exporting the operator 'aten::frobnicate' is not supported")
 
-    monkeypatch.setattr(int8, "export_int8", broken)
+    monkeypatch.setattr(int8, "export_tower", broken)
     loaded = auto_without_bf16(monkeypatch, [1.0])
     assert loaded.precision.name == "fp32"
     assert "frobnicate" in loaded.precision.reason
