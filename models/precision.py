@@ -204,13 +204,22 @@ def _runtime_towers(
     )
 
 
+# A candidate's time is the best of calls repeated for at least this long (and at least twice):
+# ViT-B-32's probe takes ~1 s a call, mmr-mini's ~15 ms, where two calls were too few (two
+# starts of the same weights on the same machine took int8 and fp32-onnx).
+PROBE_MIN_TIME_S = 0.5
+
+
 def timed(run: Callable[[], object], repeats: int = 2) -> float:
-    """Best wall time of ``repeats`` calls, in seconds."""
+    """Best wall time of at least ``repeats`` calls, repeated for ``PROBE_MIN_TIME_S``."""
     best = float("inf")
-    for _ in range(repeats):
+    began = time.perf_counter()
+    done = 0
+    while done < repeats or time.perf_counter() - began < PROBE_MIN_TIME_S:
         start = time.perf_counter()
         run()
         best = min(best, time.perf_counter() - start)
+        done += 1
     return best
 
 
