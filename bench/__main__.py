@@ -39,8 +39,13 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool, bool]:
     p.add_argument("--types", type=_words, help=f"index types: {','.join(INDEX_TYPES)}")
     p.add_argument("--models", type=_words, help="embedding models, e.g. random:ViT-B-32,mmr-mini")
     p.add_argument("--precisions", type=_words, help="MMR_PRECISION values, e.g. fp32,auto")
+    p.add_argument(
+        "--device", choices=["cpu", "cuda"], help="the embedding phase's MMR_DEVICE (cpu)"
+    )
     p.add_argument("--clients", type=_ints, help="concurrent embedding clients, e.g. 1,4,16")
     p.add_argument("--duration", type=float, help="seconds measured per client count")
+    p.add_argument("--warmup", type=float, help="seconds of load before each measurement")
+    p.add_argument("--raw-duration", type=float, help="seconds per baseline batch size")
     p.add_argument("--queries", type=int, help="search queries per setting")
     p.add_argument("--max-build-min", type=float, help="skip index builds estimated longer")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -59,7 +64,10 @@ def parse_args(argv: list[str]) -> tuple[BenchConfig, Path, bool, bool]:
         ("models", "models"),
         ("precisions", "precisions"),
         ("clients", "clients"),
+        ("device", "device"),
         ("duration", "duration_s"),
+        ("warmup", "warmup_s"),
+        ("raw_duration", "raw_duration_s"),
         ("queries", "queries"),
         ("max_build_min", "max_build_min"),
     ]:

@@ -35,6 +35,9 @@ class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 4, 8, 16, 32, 64])
     raw_duration_s: float = 4.0
     embed_images: int = 8  # distinct small JPEGs the clients cycle through
+    # MMR_DEVICE of the embedding phase's server and its baselines: "cpu", or "cuda" on a GPU
+    # machine (search and ingest run on the CPU: FAISS here is faiss-cpu).
+    device: str = "cpu"
     # -- search
     search_model: str = "random:ViT-B-32"
     sizes: list[int] = field(default_factory=lambda: [10_000, 100_000, 1_000_000])

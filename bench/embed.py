@@ -44,7 +44,11 @@ def _service(
     rows = []
     data_dir = Path(tempfile.mkdtemp(prefix="embed-", dir=work)) / "data"
     with Server(
-        data_dir, model=model, precision=precision, ready_timeout_s=cfg.ready_timeout_s
+        data_dir,
+        model=model,
+        precision=precision,
+        ready_timeout_s=cfg.ready_timeout_s,
+        env={"MMR_DEVICE": cfg.device},
     ) as srv:
         with srv.client() as c:
             models = c.get("/v1/models").json()
@@ -90,7 +94,7 @@ def _baselines(
     work: Path,
     log: Log,
 ) -> list[dict[str, Any]]:
-    raw = RawModel(model, resolved, cache_dir=work / "models")
+    raw = RawModel(model, resolved, cache_dir=work / "models", device=cfg.device)
     rows = batched_rates(raw, jpegs, cfg.batch_sizes, cfg.raw_duration_s)
     for row in rows:
         row.update(

@@ -57,6 +57,7 @@ def describe_machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "faiss": faiss.__version__,
         "numpy": numpy.__version__,
         "commit": _git("rev-parse", "--short", "HEAD"),

@@ -51,8 +51,10 @@ def fallback_precision(precision: str) -> str:
 class RawModel:
     """An encoder's image path with no batcher, no HTTP, no locks of the service."""
 
-    def __init__(self, model_id: str, precision: str, cache_dir: Path | None) -> None:
-        kwargs: dict[str, Any] = {"device": "cpu", "cache_dir": cache_dir}
+    def __init__(
+        self, model_id: str, precision: str, cache_dir: Path | None, device: str = "cpu"
+    ) -> None:
+        kwargs: dict[str, Any] = {"device": device, "cache_dir": cache_dir}
         native = "precision" in inspect.signature(load_model).parameters
         if configure_torch_threads is not None:
             # The server's thread rules in this process too: torch on one thread here, the
@@ -78,7 +80,9 @@ class RawModel:
             self._forward: Callable[[torch.Tensor], Any] = self._native_forward
         else:
             self.precision = fallback_precision(precision)
-            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+                self.precision, torch.float32
+            )
             model = self.encoder.model
             self._model = copy.deepcopy(model).to(dtype) if dtype != torch.float32 else model
             self._dtype = dtype
@@ -93,7 +97,7 @@ class RawModel:
 
     def _open_clip_forward(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            out: torch.Tensor = self._model.encode_image(batch.to(self._dtype))
+            out: torch.Tensor = self._model.encode_image(batch.to(self.encoder.device, self._dtype))
         return out
 
     def close(self) -> None:
@@ -114,7 +118,7 @@ class RawModel:
         """Raw features of decoded images, float32 (n, dim)."""
         out = self._forward(self._prepare(list(images)))
         if isinstance(out, torch.Tensor):
-            out = out.float().numpy()
+            out = out.float().cpu().numpy()
         return np.ascontiguousarray(out, dtype=np.float32)
 
     def embed_jpegs(self, jpegs: Sequence[bytes]) -> np.ndarray:

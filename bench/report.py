@@ -116,6 +116,14 @@ def write_json(results: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def _device(results: dict[str, Any]) -> str:
+    """The embedding phase's device, when it was not the CPU (older results have no key)."""
+    device = results["config"].get("device", "cpu")
+    if device == "cpu":
+        return ""
+    return f"embedding on {device} ({results['machine'].get('gpu') or 'no GPU seen'}) · "
+
+
 def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path:
     """results.md: the machine, the targets, one table per benchmark."""
     m = results["machine"]
@@ -125,6 +133,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
     lines += [
         f"{m['date']} · commit {m['commit']}{' (dirty)' if m['dirty'] else ''} · "
         f"{m['cpu']}, {m['cores']} cores ({m['usable_cores']} usable), {m['memory_gib']} GiB · "
+        f"{_device(results)}"
         f"Python {m['python']}, torch {m['torch']} ({m['torch_threads']} threads), "
         f"faiss {m['faiss']}, numpy {m['numpy']} · `python -m bench {results['argv']}`",
         "",

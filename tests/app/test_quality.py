@@ -3,6 +3,9 @@
 The collection holds every colour x shape as single-shape pictures (two renders each) and
 every sound class (three clips each), all made by the "shifted" renderer and synthesiser,
 which training never used. Queries are texts, fresh renders and fresh recordings.
+
+Where torch sees a GPU the module runs a second time on CUDA with ``auto`` precision (fp16):
+the same answers from the GPU path.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -46,14 +50,29 @@ def sound_label(attrs: dict[str, Any]) -> str:
     return " ".join(attrs[k] for k in ("count", "pitch", "direction", "kind") if k in attrs)
 
 
-@pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One server for the module, its collection filled once."""
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=NO_CUDA)]
+
+
+@pytest.fixture(scope="module", params=DEVICES)
+def client(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[TestClient]:
+    """One server per device for the module, its collection filled once."""
+    device = request.param
     root: Path = tmp_path_factory.mktemp("quality")
     settings = Settings(
-        data_dir=root / "data", model="mmr-mini", device="cpu", torch_threads=2, _env_file=None
+        data_dir=root / "data",
+        model="mmr-mini",
+        device=device,
+        torch_threads=2,
+        _env_file=None,
     )
     with TestClient(create_app(settings)) as c:
+        active = c.get("/v1/models").json()["active"]
+        assert active["device"] == device, active
+        if device == "cuda":  # auto (the default) takes fp16 there
+            assert active["precision"] == "fp16", active
         assert c.post("/v1/collections", json={"name": NAME}).status_code == 201
         seed = itertools.count(100)
         files, metadata = [], []

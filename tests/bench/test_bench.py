@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from bench.__main__ import parse_args
 from bench.config import INDEX_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,6 +64,47 @@ def test_quick_embed_has_service_and_baselines(quick_run: tuple[Path, dict[str, 
     # processes' measurements of a tiny model can disagree).
     served = {r["precision"]: r["server_model"]["precision"] for r in embed["http"]}
     assert all(r["resolved_precision"] == served[r["precision"]] for r in embed["raw"])
+    assert all(r["server_model"]["device"] == "cpu" for r in embed["http"])
+
+
+def test_options_for_a_short_run_on_a_gpu() -> None:
+    assert parse_args([])[0].device == "cpu"
+    cfg = parse_args(["--device", "cuda", "--warmup", "2", "--raw-duration", "1.5"])[0]
+    assert (cfg.device, cfg.warmup_s, cfg.raw_duration_s) == ("cuda", 2.0, 1.5)
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "tpu"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_quick_embed_on_cuda(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "embed",
+            "--device",
+            "cuda",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    http = results["embed"]["http"]
+    assert http and all(r["server_model"]["device"] == "cuda" for r in http)
+    assert {r["server_model"]["precision"] for r in http} == {"fp32", "fp16"}
+    assert {r["resolved_precision"] for r in results["embed"]["raw"]} == {"fp32", "fp16"}
+    assert results["machine"]["gpu"]
+    assert "embedding on cuda" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.slow
