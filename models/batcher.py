@@ -5,7 +5,9 @@ tokenize) in their own thread, :meth:`MicroBatcher.submit` the tensor and block 
 A worker thread of the tower (one per stream, below) takes the oldest waiting request and
 runs one forward on it together with every request queued behind it (up to ``max_batch``
 rows), then hands each caller its rows. Callers that go through :meth:`MicroBatcher.run`
-announce themselves while they prepare their inputs; the worker waits for announced callers
+(or :meth:`MicroBatcher.announce` first, to prepare elsewhere and await the future: the web
+server's embed fast path, whose batches are then not bounded by its threads) announce
+themselves while they prepare their inputs; the worker waits for announced callers
 (at most ``max_wait_ms`` after the oldest request arrived or the worker was free, whichever
 is later) rather than starting a forward without them. A lone request therefore never waits,
 and under load a forward takes everyone whose inputs were being prepared, instead of a small
@@ -63,6 +65,31 @@ class BatchConfig:
             raise ValueError("max_batch and max_queue must be >= 1, max_wait_ms and streams >= 0")
 
 
+class Pending:
+    """An announced caller of a :class:`MicroBatcher` (``announce``): it enqueues its
+    prepared inputs once, or withdraws (its preparation failed)."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self._open = True
+
+    def enqueue(self, batch: torch.Tensor) -> Future[np.ndarray]:
+        """Queue the prepared rows (see :meth:`MicroBatcher.enqueue`); ends the announcement,
+        also when it raises."""
+        with self._batcher._cond:  # reentrant: enqueue takes it again
+            if not self._open:
+                raise RuntimeError("this announcement was already enqueued or withdrawn")
+            self._open = False
+            return self._batcher.enqueue(batch, announced=True)
+
+    def withdraw(self) -> None:
+        """No inputs will come (idempotent, and nothing once enqueued): from any thread."""
+        with self._batcher._cond:
+            if self._open:
+                self._open = False
+                self._batcher._withdraw()
+
+
 @dataclass
 class _Request:
     batch: torch.Tensor
@@ -83,7 +110,7 @@ class MicroBatcher:
         self._forward = forward
         self._queue: deque[_Request] = deque()
         self._waiting = 0  # rows queued, not yet taken by the worker
-        self._incoming = 0  # callers of run() still preparing their inputs
+        self._incoming = 0  # announced callers (run(), announce()) still preparing inputs
         self._running: list[int] = []  # rows of each forward running now
         self._closed = False
         self._cond = threading.Condition()
@@ -112,24 +139,33 @@ class MicroBatcher:
     def run(self, prepare: Callable[[], torch.Tensor]) -> np.ndarray:
         """Prepare inputs in this thread (the worker knows they are on the way), then submit
         them: the forward's rows for them."""
-        with self._cond:
-            self._incoming += 1
+        pending = self.announce()
         try:
             batch = prepare()
         except BaseException:
-            with self._cond:
-                self._incoming -= 1
-                self._cond.notify()
+            pending.withdraw()
             raise
-        return self.submit(batch, announced=True)
+        return pending.enqueue(batch).result()
 
-    def submit(self, batch: torch.Tensor, *, announced: bool = False) -> np.ndarray:
+    def announce(self) -> Pending:
+        """Tell the worker that a caller is preparing inputs: it waits for them (within
+        ``max_wait_ms``) until the returned handle enqueues them or withdraws."""
+        with self._cond:
+            self._incoming += 1
+        return Pending(self)
+
+    def submit(self, batch: torch.Tensor) -> np.ndarray:
         """The forward's (n, dim) float32 rows for these n input rows; blocks until done."""
+        return self.enqueue(batch).result()
+
+    def enqueue(self, batch: torch.Tensor, *, announced: bool = False) -> Future[np.ndarray]:
+        """Queue these n input rows: the future of the forward's (n, dim) float32 rows.
+        Raises :class:`Overloaded` when the queue is full. A future cancelled before its
+        forward starts is dropped from the batch."""
         request = _Request(batch, time.monotonic())
         with self._cond:
             if announced:
-                self._incoming -= 1
-                self._cond.notify()
+                self._withdraw()
             if len(batch) == 0:
                 raise ValueError("an empty batch has no rows to encode")
             if self._closed:
@@ -143,7 +179,12 @@ class MicroBatcher:
             self._queue.append(request)
             self._waiting += request.rows
             self._cond.notify()
-        return request.future.result()
+        return request.future
+
+    def _withdraw(self) -> None:
+        """One announced caller is no longer on the way (holding the condition)."""
+        self._incoming -= 1
+        self._cond.notify()
 
     def close(self, timeout: float | None = 30.0) -> None:
         """Run what is queued, then stop the worker threads and join them (idempotent)."""
@@ -177,15 +218,21 @@ class MicroBatcher:
                     if left <= 0 or self._closed:
                         break
                     self._cond.wait(left)
-                if self._queue:  # else another worker took it meanwhile
+                if not self._queue:  # another worker took it meanwhile
+                    continue
+                taken = [self._queue.popleft()]
+                rows = taken[0].rows
+                share = self._share()
+                while self._queue and rows + self._queue[0].rows <= share:
+                    rows += self._queue[0].rows
+                    taken.append(self._queue.popleft())
+                self._waiting -= rows
+                # From here on a future cannot be cancelled; those cancelled already (a
+                # caller that stopped waiting) get no forward.
+                taken = [r for r in taken if r.future.set_running_or_notify_cancel()]
+                if taken:
                     break
-            taken = [self._queue.popleft()]
-            rows = taken[0].rows
-            share = self._share()
-            while self._queue and rows + self._queue[0].rows <= share:
-                rows += self._queue[0].rows
-                taken.append(self._queue.popleft())
-            self._waiting -= rows
+            rows = sum(r.rows for r in taken)
             alone = not self._queue and not self._incoming and not self._running
             self._running.append(rows)
             if self._queue:

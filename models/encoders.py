@@ -12,6 +12,7 @@ import functools
 import itertools
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any, ClassVar, Protocol, cast
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from PIL import Image
 
 from models.audio import AudioSegments, cut_segments
-from models.batcher import BatchConfig, MicroBatcher
+from models.batcher import BatchConfig, MicroBatcher, Pending
 from models.media.pixels import Pixels
 from models.mini.audio import pad_window
 from models.mini.model import MiniModel
@@ -48,6 +49,14 @@ class Encoder(Protocol):
 
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Raw text features, shape (n, dim), float32."""
+        ...
+
+    def expect(self, kind: Modality) -> Pending:
+        """Announce inputs on the way to a tower's batcher (see ``enqueue_images``)."""
+        ...
+
+    def enqueue_images(self, images: Sequence[Image.Image], pending: Pending) -> Future[np.ndarray]:
+        """``encode_images`` without waiting: the future of its rows."""
         ...
 
     def close(self) -> None:
@@ -170,6 +179,26 @@ class OpenClipEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return self.submit("text", lambda: self.prepare_texts(texts))
+
+    def expect(self, kind: Modality) -> Pending:
+        """Announce inputs on their way to the tower's batcher, which waits for them as for a
+        caller still preparing (``MicroBatcher.announce``): taken before handing the request
+        to the thread that prepares it, so that the batch it joins is not bounded by how many
+        threads prepare."""
+        return self._batcher(kind).announce()
+
+    def enqueue_images(self, images: Sequence[Image.Image], pending: Pending) -> Future[np.ndarray]:
+        """``encode_images`` without a thread waiting for the forward: the images packed here
+        (on one torch thread) and queued under ``pending`` (from ``expect("image")``); the
+        future of their (n, dim) rows. Raises ``Overloaded`` when the queue is full."""
+        if not images:
+            raise ValueError("no images to encode")
+        try:
+            batch = _on_one_thread(lambda: self.pack_images(images))
+        except BaseException:
+            pending.withdraw()
+            raise
+        return pending.enqueue(batch)
 
     def submit(self, kind: Modality, prepare: Callable[[], torch.Tensor]) -> np.ndarray:
         """Inputs prepared in this thread, then through the tower's batcher (started on

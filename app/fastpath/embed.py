@@ -2,7 +2,10 @@
 
 The route's own steps (``app.routers.embed``) without FastAPI around them: the body read by
 pydantic's JSON parser or the strict multipart reader, the same service functions in a
-thread, the answer serialised by pydantic.
+thread, the answer serialised by pydantic. Images are announced to the image tower's batcher
+on arrival, decoded and packed by one of a few decoding threads, and their forward awaited
+here: no thread waits for it, so a batch is as large as the requests in flight, not as the
+threads (sounds and texts go through the service functions whole, in the blocking pool).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from pydantic import ValidationError
 from app.fastpath import multipart, pool
 from app.routers.body import is_json_type
 from app.schemas import EmbedOptions, EmbedRequest, EmbedResponse
-from app.services.embed import embed_files, embed_texts
+from app.services.embed import StagedImages, embed_decoded, embed_texts, finish, stage_files
 from app.state import Services
 
 FILE_FIELD = "file"
@@ -47,11 +50,32 @@ async def answer(services: Services, _: re.Match[str], ctype: str, raw: bytes) -
             opts = EmbedOptions.model_validate({k: v[0] for k, v in parts.fields.items()})
         except ValidationError:
             return None
-        run = functools.partial(
-            embed_files,
-            services=services,
-            uploads=parts.files[FILE_FIELD],
-            collection=opts.collection,
-        )
+        return (await _files(services, parts.files[FILE_FIELD], opts.collection)).encode()
     found: EmbedResponse = await asyncio.get_running_loop().run_in_executor(pool.pool(), run)
     return found.model_dump_json().encode()
+
+
+async def _files(services: Services, uploads: list[bytes], collection: str | None) -> str:
+    loop = asyncio.get_running_loop()
+    pending = services.embedder.encoder.expect("image")
+    try:
+        staged = await loop.run_in_executor(
+            pool.decoders(),
+            functools.partial(
+                stage_files,
+                services=services,
+                uploads=uploads,
+                collection=collection,
+                pending=pending,
+            ),
+        )
+    finally:
+        pending.withdraw()  # nothing once queued; here when the request ended before
+    if isinstance(staged, StagedImages):
+        found = finish(services, staged, await asyncio.wrap_future(staged.rows))
+    else:  # a sound among them: the whole call in the blocking pool
+        run = functools.partial(
+            embed_decoded, services=services, media=staged, collection=collection
+        )
+        found = await loop.run_in_executor(pool.pool(), run)
+    return found.model_dump_json()

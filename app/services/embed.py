@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import cast
+
 import numpy as np
+from PIL import Image
 
 from app.errors import UnprocessableEntity
 from app.schemas import EmbedResponse
 from app.services.collections import require_space
 from app.services.embedding import Encoded
-from app.services.media import decode_upload
+from app.services.media import DecodedMedia, decode_upload
 from app.state import Services
 from models.aligner import Aligner
+from models.batcher import Pending
 
 
 def _check_count(services: Services, n: int) -> None:
@@ -36,11 +42,55 @@ def embed_files(
     """
     _check_count(services, len(uploads))
     media = [decode_upload(data, services=services) for data in uploads]
+    return embed_decoded(services=services, media=media, collection=collection)
+
+
+def embed_decoded(
+    *, services: Services, media: list[DecodedMedia], collection: str | None
+) -> EmbedResponse:
+    """``embed_files`` after the decoding."""
     aligner = _aligner(services, collection, [m.modality for m in media])
     encoded = services.embedder.encode_mixed(
         [m.modality for m in media], [m.payload for m in media]
     )
     return _response(services, aligner, encoded)
+
+
+@dataclass(frozen=True)
+class StagedImages:
+    """Images queued on the image tower's batcher: ``finish`` answers from the rows."""
+
+    rows: Future[np.ndarray]
+    aligner: Aligner
+
+
+def stage_files(
+    *, services: Services, uploads: list[bytes], collection: str | None, pending: Pending
+) -> StagedImages | list[DecodedMedia]:
+    """``embed_files`` in steps, for a caller that awaits the forward instead of holding a
+    thread for it (the embed fast path): the files decoded here; when they are all images,
+    packed and queued under ``pending`` (the image tower's ``expect``, taken before this ran),
+    else ``pending`` withdrawn and the decoded media returned for ``embed_decoded``. Raises
+    what ``embed_files`` raises, with ``pending`` withdrawn."""
+    try:
+        _check_count(services, len(uploads))
+        media = [decode_upload(data, services=services) for data in uploads]
+        if any(m.modality != "image" for m in media):
+            pending.withdraw()
+            return media
+        aligner = _aligner(services, collection, ["image"])
+    except BaseException:
+        pending.withdraw()
+        raise
+    images = [cast(Image.Image, m.payload) for m in media]
+    rows = services.embedder.encoder.enqueue_images(images, pending)
+    return StagedImages(rows, aligner)
+
+
+def finish(services: Services, staged: StagedImages, rows: np.ndarray) -> EmbedResponse:
+    """The answer for staged images, from their rows."""
+    encoded = [Encoded("image", row.reshape(1, -1)) for row in rows]
+    return _response(services, staged.aligner, encoded)
 
 
 def _aligner(services: Services, collection: str | None, modalities: list[str]) -> Aligner:

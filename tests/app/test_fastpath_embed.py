@@ -1,10 +1,14 @@
 """POST /v1/embed answered below FastAPI's routing: the route's answers; an error the service
 raises gets the route's error body without running twice; a body the fast path does not
-vouch for, and an unexpected error, go to the route."""
+vouch for, and an unexpected error, go to the route. Images wait for their forward in no
+thread."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -12,13 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 import app.fastpath.embed as fastembed
+import app.fastpath.pool as fastpool
 import app.services.embed as embed_service
 from app.main import create_app
 from app.settings import Settings
 from models.errors import Overloaded
 from tests.app.test_multipart import body_of
 from tests.conftest import error_code
-from tests.factories import image_case
+from tests.factories import audio_bytes, image_case
 
 BOUNDARY = b"fast-embed-7c2"
 MULTIPART = "multipart/form-data; boundary=" + BOUNDARY.decode()
@@ -28,7 +33,7 @@ MULTIPART = "multipart/form-data; boundary=" + BOUNDARY.decode()
 def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the fast path embedded ("texts" or "files"), one entry per call."""
     seen: list[str] = []
-    texts, files = fastembed.embed_texts, fastembed.embed_files
+    texts, files = fastembed.embed_texts, fastembed.stage_files
 
     def spy_texts(**kwargs: Any) -> Any:
         seen.append("texts")
@@ -39,7 +44,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return files(**kwargs)
 
     monkeypatch.setattr(fastembed, "embed_texts", spy_texts)
-    monkeypatch.setattr(fastembed, "embed_files", spy_files)
+    monkeypatch.setattr(fastembed, "stage_files", spy_files)
     return seen
 
 
@@ -121,7 +126,7 @@ def test_overload_is_answered_in_place_with_retry_after(
     def refused(**_: Any) -> Any:
         raise Overloaded("the image encoder has 512 inputs waiting")
 
-    monkeypatch.setattr(fastembed, "embed_files", refused)  # the route keeps the real one
+    monkeypatch.setattr(fastembed, "stage_files", refused)  # the route keeps the real one
     response = client.post(
         "/v1/embed", content=files_body(image_case("rgb_png")), headers={"content-type": MULTIPART}
     )
@@ -198,3 +203,71 @@ def test_fast_answers_and_errors_are_counted(client: TestClient) -> None:
     ]
     counts = {row.split('status="')[1].split('"')[0]: float(row.rsplit(" ", 1)[1]) for row in rows}
     assert counts == {"200": 1.0, "415": 1.0}
+
+
+def test_images_wait_for_their_forward_in_no_thread(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One thread for the fast path, six requests: while the first forward runs, the other
+    five are decoded and queued (a thread blocked on the first forward would hold them back),
+    and the next forward takes them together."""
+    decoder = ThreadPoolExecutor(1)
+    monkeypatch.setattr(fastpool, "decoders", lambda: decoder)
+    monkeypatch.setattr(fastpool, "pool", lambda: decoder)
+    settings = make_settings(batch_streams=1, batch_wait_ms=0)
+    with TestClient(create_app(settings)) as client:
+        encoder = client.app.state.services.embedder.encoder  # type: ignore[attr-defined]
+        forward, sizes, gate = encoder.forward, [], threading.Event()
+
+        def gated(kind: str, batch: Any, *, alone: bool = True) -> Any:
+            if kind == "image":
+                sizes.append(len(batch))
+                if len(sizes) == 1:
+                    gate.wait(30)
+            return forward(kind, batch, alone=alone)
+
+        encoder.forward = gated
+        batcher = encoder._batcher("image")
+        body = files_body(image_case("rgb_png"))
+
+        def post(_: int) -> Any:
+            return client.post("/v1/embed", content=body, headers={"content-type": MULTIPART})
+
+        with ThreadPoolExecutor(6) as callers:
+            answers = callers.map(post, range(6))
+            deadline = time.monotonic() + 30
+            while not (sizes and batcher.waiting_rows == 6 - sizes[0]):
+                assert time.monotonic() < deadline, (sizes, batcher.waiting_rows)
+                time.sleep(0.01)
+            gate.set()
+            assert [a.status_code for a in answers] == [200] * 6
+    decoder.shutdown()
+    assert sizes == [sizes[0], 6 - sizes[0]]
+
+
+def test_a_failed_decode_withdraws_its_announcement(client: TestClient) -> None:
+    batcher = client.app.state.services.embedder.encoder._batcher("image")  # type: ignore[attr-defined]
+    for body in (files_body(b"garbage"), files_body(image_case("rgb_png"), b"garbage")):
+        response = client.post("/v1/embed", content=body, headers={"content-type": MULTIPART})
+        assert response.status_code == 415
+    assert batcher._incoming == 0 and batcher.waiting_rows == 0
+    ok = client.post(
+        "/v1/embed", content=files_body(image_case("rgb_png")), headers={"content-type": MULTIPART}
+    )
+    assert ok.status_code == 200
+
+
+def test_sounds_among_the_files_take_the_whole_call(
+    make_settings: Callable[..., Settings], served: list[str]
+) -> None:
+    """A sound among images: every file embedded by the blocking service call, in order."""
+    image = image_case("rgb_png")
+    mixed = files_body(image, audio_bytes("WAV"), image)
+    with TestClient(create_app(make_settings(model="mmr-mini"))) as client:
+        fast, routed = both(client, mixed, MULTIPART)
+        batcher = client.app.state.services.embedder.encoder._batcher("image")  # type: ignore[attr-defined]
+        assert batcher._incoming == 0
+    assert_alike(fast, routed)
+    rows = np.asarray(fast.json()["embeddings"])
+    assert rows.shape == (3, 128) and np.allclose(rows[0], rows[2], atol=1e-6)
+    assert served == ["files"]

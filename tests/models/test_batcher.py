@@ -211,6 +211,54 @@ def test_a_failed_preparation_is_not_waited_for(make_batcher) -> None:
     assert time.monotonic() - started < 1.0
 
 
+def test_announced_inputs_prepared_in_one_thread_share_a_forward(make_batcher) -> None:
+    """announce() then enqueue(): the callers' futures, no thread waiting on any of them; one
+    thread prepares every input in turn and the forward takes them together."""
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=5000.0, max_queue=512)
+    pending = [batcher.announce() for _ in range(5)]
+    futures = []
+    for i, handle in enumerate(pending):
+        time.sleep(0.02)
+        futures.append(handle.enqueue(rows(10 * i, 1 + i % 2)))
+    for i, future in enumerate(futures):
+        np.testing.assert_allclose(future.result(5), raw(rows(10 * i, 1 + i % 2)))
+    assert tower.sizes == [7]
+
+
+def test_a_withdrawn_announcement_is_not_waited_for_and_ends_once(make_batcher) -> None:
+    batcher, _ = make_batcher(max_batch=64, max_wait_ms=5000.0, max_queue=512)
+    handle = batcher.announce()
+    handle.withdraw()
+    handle.withdraw()  # idempotent: the count goes down once
+    started = time.monotonic()
+    batcher.submit(rows(0, 1))
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(RuntimeError, match="already"):
+        handle.enqueue(rows(0, 1))
+    queued = batcher.announce()
+    queued.enqueue(rows(0, 1)).result(5)
+    queued.withdraw()  # after enqueue: nothing
+    started = time.monotonic()
+    batcher.submit(rows(0, 1))
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_cancelled_future_gets_no_forward_and_the_worker_goes_on(make_batcher) -> None:
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=1.0, max_queue=512)
+    tower.gate.clear()  # the first forward waits: the next two queue behind it
+    first = batcher.enqueue(rows(0, 1))
+    while not batcher.busy:
+        time.sleep(0.005)
+    dropped = batcher.enqueue(rows(10, 2))
+    kept = batcher.enqueue(rows(20, 3))
+    assert dropped.cancel()
+    tower.gate.set()
+    np.testing.assert_allclose(first.result(5), raw(rows(0, 1)))
+    np.testing.assert_allclose(kept.result(5), raw(rows(20, 3)))
+    assert tower.sizes == [1, 3] and batcher.waiting_rows == 0
+    np.testing.assert_allclose(batcher.submit(rows(30, 1)), raw(rows(30, 1)))
+
+
 def test_streams_run_forwards_at_once(make_batcher) -> None:
     batcher, tower = make_batcher(max_batch=64, max_wait_ms=1.0, max_queue=512, streams=2)
     both = threading.Barrier(2, timeout=5)
