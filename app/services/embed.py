@@ -12,7 +12,7 @@ from PIL import Image
 from app.errors import UnprocessableEntity
 from app.schemas import EmbedResponse
 from app.services.collections import require_space
-from app.services.embedding import Encoded
+from app.services.embedding import Encoded, queries
 from app.services.media import DecodedMedia, decode_upload
 from app.state import Services
 from models.aligner import Aligner
@@ -105,7 +105,7 @@ def _aligner(services: Services, collection: str | None, modalities: list[str]) 
 
 
 def _response(services: Services, aligner: Aligner, encoded: list[Encoded]) -> EmbedResponse:
-    vectors = np.stack([e.query(aligner) for e in encoded])
+    vectors = queries(aligner, encoded)
     return EmbedResponse(
         model=services.embedder.model_id,
         dim=services.embedder.dim,
