@@ -82,7 +82,7 @@ def with_candidates(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> No
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(int8, "available", lambda: True)
     times = iter(seconds)
-    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder: next(times))
 
 
 def test_auto_takes_the_fastest_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,7 +284,7 @@ def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> 
     (fp32, int8, fp32-onnx)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     times = iter(seconds)
-    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder: next(times))
     return load_model("mmr-mini", device="cpu", precision="auto")
 
 
@@ -366,7 +366,7 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
 
     def load(seconds: list[float]) -> Any:
         times = iter(seconds)  # an empty list: any timing fails the test
-        monkeypatch.setattr(precision, "timed", lambda run, repeats=2: (run(), next(times))[1])
+        monkeypatch.setattr(precision, "timed_towers", lambda encoder: next(times))
         return load_model("mmr-mini", device="cpu", precision="auto", cache_dir=tmp_path)
 
     first = load([1.0, 0.4])
@@ -383,10 +383,35 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
     # A refusal is kept too (another data dir, so a first start of its own).
     monkeypatch.setattr(precision, "_VERDICTS", {})
     other = tmp_path / "other"
-    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: 0.0)  # int8 never faster
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder: 0.0)  # never faster
     refused = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
     assert refused.precision.name == "fp32"
     monkeypatch.setattr(precision, "_VERDICTS", {})
-    monkeypatch.setattr(precision, "timed", lambda run, repeats=2: pytest.fail("measured"))
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder: pytest.fail("measured"))
     kept = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
     assert kept.precision.name == "fp32" and kept.encoder.runtimes == {}
+
+
+def test_the_probe_times_each_tower_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One tower per timed run, the towers' best times summed: run back to back, a tower's
+    ONNX Runtime pool spins on beside the next tower's forward and the probe misjudges."""
+    encoder = load_model("mmr-mini", device="cpu").encoder
+    forward, ran, timed_towers = encoder.forward, [], []
+
+    def spy(kind: str, batch: torch.Tensor, **kwargs: Any) -> np.ndarray:
+        ran.append(kind)
+        return forward(kind, batch, **kwargs)
+
+    def fake_timed(run: Any, repeats: int = 2) -> float:
+        ran.clear()
+        run()
+        run()
+        assert len(ran) == 2 and ran[0] == ran[1], ran
+        timed_towers.append(ran[0])
+        return {"image": 0.25, "text": 0.5, "audio": 1.0}[ran[0]]
+
+    encoder.forward = spy
+    monkeypatch.setattr(precision, "timed", fake_timed)
+    assert precision.timed_towers(encoder) == 1.75
+    assert timed_towers == ["image", "text", "audio"]
+    encoder.close()
