@@ -21,11 +21,10 @@ from bench.config import INDEX_TYPES
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("bench")
+def run_bench(out: Path, *args: str) -> dict[str, Any]:
+    """``python -m bench --quick ARGS --out OUT``, which must succeed; its results.json."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "bench", "--quick", *args, "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -33,7 +32,14 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return out, json.loads((out / "results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    return out, run_bench(out)
 
 
 @pytest.mark.slow
@@ -78,27 +84,7 @@ def test_options_for_a_short_run_on_a_gpu() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_quick_embed_on_cuda(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--only",
-            "embed",
-            "--device",
-            "cuda",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = run_bench(tmp_path, "--only", "embed", "--device", "cuda")
     http = results["embed"]["http"]
     assert http and all(r["server_model"]["device"] == "cuda" for r in http)
     assert {r["server_model"]["precision"] for r in http} == {"fp32", "fp16"}

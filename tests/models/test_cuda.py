@@ -4,29 +4,15 @@ run are recorded in bench/results/ with the hardware named."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
 
 import models.precision as precision
 from models.registry import load_model
+from tests.models.test_precision import min_cosine, probe_embeddings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return float((a * b).sum(axis=1).min())
-
-
-def probe_embeddings(encoder: Any) -> dict[str, np.ndarray]:
-    return {
-        kind: encoder.forward(kind, batch)
-        for kind, batch in precision.probe_inputs(encoder).items()
-    }
 
 
 @pytest.mark.parametrize("model_id", ["mmr-mini", "random:ViT-B-32"])
