@@ -44,8 +44,8 @@ class Encoded:
 
 def queries(aligner: Aligner, encoded: Sequence[Encoded]) -> np.ndarray:
     """Every input's ``query(aligner)``, (n, dim): the one-row inputs of a modality projected
-    and normalised together (the same operations; a few numpy calls for the lot instead of a
-    few per input, which for a small image cost as much as its share of the forward)."""
+    and normalised together (the same operations; for a request of many texts or images, a
+    few numpy calls for the lot instead of a few per input, all holding the GIL)."""
     out = np.empty((len(encoded), aligner.dim), dtype=np.float32)
     single: dict[str, list[int]] = {}
     for i, e in enumerate(encoded):
