@@ -225,15 +225,15 @@ def timed(run: Callable[[], object], repeats: int = 2) -> float:
     return best
 
 
-def timed_towers(encoder: Any) -> float:
-    """The probe's time: every tower's best ``timed`` forward on its probe inputs, summed.
+def timed_towers(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
+    """The probe's time: every tower's best ``timed`` forward on its probe inputs
+    (:func:`probe_inputs`), summed.
     Each tower is timed on its own, as a server runs it (batches of one tower back to back):
     run one after another, ONNX Runtime's pools of the tower just run spin on beside the
     next tower's forward (mmr-mini's fp32-onnx timed 0.4-0.9x fp32 that way on a 2-core
     Xeon, and 1.7x tower by tower, where it serves images 1.2-1.9x faster)."""
     return sum(
-        timed(functools.partial(encoder.forward, kind, batch))
-        for kind, batch in probe_inputs(encoder).items()
+        timed(functools.partial(encoder.forward, kind, batch)) for kind, batch in inputs.items()
     )
 
 
@@ -333,10 +333,10 @@ def _measure(
     encoder: Any, candidates: tuple[str, ...], cache_dir: Path | None, digest: str
 ) -> PrecisionChoice:
     """Every candidate on the probe's inputs against fp32; the winner is left applied."""
-    run_all = _probe_runner(encoder)
-    reference = run_all()
-    fp32_s = timed_towers(encoder)
-    trials = [_trial(encoder, name, run_all, reference, cache_dir, digest) for name in candidates]
+    inputs = probe_inputs(encoder)
+    reference = _run_all(encoder, inputs)
+    fp32_s = timed_towers(encoder, inputs)
+    trials = [_trial(encoder, name, inputs, reference, cache_dir, digest) for name in candidates]
     threshold = PROBE_MIN_COSINE
     passed = [
         t
@@ -362,7 +362,7 @@ def _measure(
 def _trial(
     encoder: Any,
     name: str,
-    run_all: Callable[[], dict[str, np.ndarray]],
+    inputs: dict[str, torch.Tensor],
     reference: dict[str, np.ndarray],
     cache_dir: Path | None,
     digest: str,
@@ -376,9 +376,9 @@ def _trial(
             encoder.use_runtimes(towers)
         else:  # on a copy: bf16 back to fp32 is lossy
             encoder.replace_model(to_dtype(copy.deepcopy(fp32_model), DTYPES[name]))
-        got = run_all()
+        got = _run_all(encoder, inputs)
         cosine = min(_min_cosine(got[kind], reference[kind]) for kind in reference)
-        return _Trial(name, cosine, timed_towers(encoder), towers=towers)
+        return _Trial(name, cosine, timed_towers(encoder, inputs), towers=towers)
     except Exception as exc:  # an op the exporter, quantiser or a dtype kernel cannot take
         log.warning("%s in %s failed on the probe: %s", encoder.model_id, name, exc)
         return _Trial(name, failure=f"{name} failed: {exc}")
@@ -397,8 +397,8 @@ def _described(trial: _Trial, fp32_s: float) -> str:
 
 def _probe(encoder: Any, candidate: str) -> PrecisionChoice:
     """``candidate`` when it keeps the probe's cosine, whatever its speed (fp16 on CUDA)."""
-    run_all = _probe_runner(encoder)
-    trial = _trial(encoder, candidate, run_all, run_all(), None, "")
+    inputs = probe_inputs(encoder)
+    trial = _trial(encoder, candidate, inputs, _run_all(encoder, inputs), None, "")
     threshold = PROBE_MIN_COSINE
     if trial.cosine is None:
         return PrecisionChoice("fp32", "auto", reason=trial.failure)
@@ -409,14 +409,9 @@ def _probe(encoder: Any, candidate: str) -> PrecisionChoice:
     return PrecisionChoice(candidate, "auto", trial.cosine, f"probe cosine >= {threshold}")
 
 
-def _probe_runner(encoder: Any) -> Callable[[], dict[str, np.ndarray]]:
+def _run_all(encoder: Any, inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Every tower of the encoder on the probe's inputs, as it runs now."""
-    inputs = probe_inputs(encoder)
-
-    def run_all() -> dict[str, np.ndarray]:
-        return {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
-
-    return run_all
+    return {kind: encoder.forward(kind, batch) for kind, batch in inputs.items()}
 
 
 def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:

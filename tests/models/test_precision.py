@@ -82,7 +82,7 @@ def with_candidates(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> No
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(int8, "available", lambda: True)
     times = iter(seconds)
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder: next(times))
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
 
 
 def test_auto_takes_the_fastest_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,7 +284,7 @@ def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> 
     (fp32, int8, fp32-onnx)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     times = iter(seconds)
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder: next(times))
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
     return load_model("mmr-mini", device="cpu", precision="auto")
 
 
@@ -366,7 +366,7 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
 
     def load(seconds: list[float]) -> Any:
         times = iter(seconds)  # an empty list: any timing fails the test
-        monkeypatch.setattr(precision, "timed_towers", lambda encoder: next(times))
+        monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
         return load_model("mmr-mini", device="cpu", precision="auto", cache_dir=tmp_path)
 
     first = load([1.0, 0.4])
@@ -383,11 +383,11 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
     # A refusal is kept too (another data dir, so a first start of its own).
     monkeypatch.setattr(precision, "_VERDICTS", {})
     other = tmp_path / "other"
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder: 0.0)  # never faster
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: 0.0)  # never faster
     refused = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
     assert refused.precision.name == "fp32"
     monkeypatch.setattr(precision, "_VERDICTS", {})
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder: pytest.fail("measured"))
+    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: pytest.fail("measured"))
     kept = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
     assert kept.precision.name == "fp32" and kept.encoder.runtimes == {}
 
@@ -412,6 +412,6 @@ def test_the_probe_times_each_tower_on_its_own(monkeypatch: pytest.MonkeyPatch) 
 
     encoder.forward = spy
     monkeypatch.setattr(precision, "timed", fake_timed)
-    assert precision.timed_towers(encoder) == 1.75
+    assert precision.timed_towers(encoder, precision.probe_inputs(encoder)) == 1.75
     assert timed_towers == ["image", "text", "audio"]
     encoder.close()
