@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from index.errors import ConflictError, NotFoundError
+from index.faults import DRIVER_ERRORS, database_unavailable, storage_full
 from models.errors import MediaTooLargeError, Overloaded, UnsupportedMediaError
 
 log = logging.getLogger(__name__)
@@ -70,8 +73,28 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     MediaTooLargeError: (413, "media_too_large"),
     Overloaded: (429, "overloaded"),
 }
-# Headers that go with a status: a 429 says when to come back.
-STATUS_HEADERS: dict[int, dict[str, str]] = {429: {"Retry-After": "1"}}
+# Faults of the machine, not the request (index/faults.py): an OperationalError may be an
+# outage or a statement timeout, an OSError a full disk or a missing file, so a predicate
+# tells them apart where a type cannot.
+FAULTS: tuple[tuple[Callable[[BaseException], bool], int, str, str], ...] = (
+    (
+        database_unavailable,
+        503,
+        "database_unavailable",
+        "the database cannot be reached; nothing was changed by this request, retry later",
+    ),
+    (
+        storage_full,
+        507,
+        "insufficient_storage",
+        "the server's disk is full; nothing was stored, retry once an operator frees space",
+    ),
+)
+# Headers that go with a status: a 429 or a 503 says when to come back.
+STATUS_HEADERS: dict[int, dict[str, str]] = {
+    429: {"Retry-After": "1"},
+    503: {"Retry-After": "2"},
+}
 
 HTTP_CODES = {
     400: "bad_request",
@@ -84,6 +107,7 @@ HTTP_CODES = {
     422: "validation_error",
     429: "too_many_requests",
     503: "not_ready",
+    507: "insufficient_storage",
 }
 
 
@@ -94,6 +118,9 @@ def describe_error(exc: Exception) -> tuple[int, str, str]:
     for exc_type, (status, code) in DOMAIN_ERRORS.items():
         if isinstance(exc, exc_type):
             return status, code, str(exc)
+    for is_fault, status, code, message in FAULTS:
+        if is_fault(exc):
+            return status, code, message
     return 500, "internal_error", "an internal error occurred; see the server log"
 
 
@@ -116,6 +143,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for exc_type in DOMAIN_ERRORS:
         app.add_exception_handler(exc_type, _domain)
+
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        status, code, message = describe_error(exc)
+        if status == 500:
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_body(status, code, message)
+
+    faults: tuple[type[Exception], ...] = (DBAPIError, *DRIVER_ERRORS, OSError)
+    for fault in faults:
+        app.add_exception_handler(fault, _fault)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

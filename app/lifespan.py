@@ -16,6 +16,7 @@ from app.state import Services
 from app.worker import start_in_process
 from index.blobs import BlobStore
 from index.db import make_engine, make_sessionmaker, migrate
+from index.faults import run_resilient
 from index.jobs import JobStore
 from index.manager import IndexManager
 from index.store import MetadataStore
@@ -100,14 +101,16 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
 
 
 def _snapshot_loop(services: Services, stop: threading.Event) -> None:
-    while not stop.wait(SNAPSHOT_CHECK_S):
-        try:
-            services.indexes.snapshot_due(
-                every=services.settings.snapshot_every, max_age_s=SNAPSHOT_MAX_AGE_S
-            )
-        except OSError:
-            # A full disk must not kill the server: SQL still has everything, replay covers it.
-            log.exception("index snapshot failed")
+    # A full disk or a database outage must not kill the thread: SQL keeps every change
+    # until a snapshot is durable, and the loop retries with backoff until it is.
+    run_resilient(
+        "index snapshot",
+        lambda: services.indexes.snapshot_due(
+            every=services.settings.snapshot_every, max_age_s=SNAPSHOT_MAX_AGE_S
+        ),
+        stop,
+        every=lambda: SNAPSHOT_CHECK_S,
+    )
 
 
 @asynccontextmanager
@@ -134,5 +137,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             worker_thread.join()
         app.state.services = None
         await run_in_threadpool(services.embedder.close)
-        await run_in_threadpool(services.indexes.snapshot_all)
+        try:
+            await run_in_threadpool(services.indexes.snapshot_all)
+        except Exception:  # the database or the disk is gone: the change log still covers it
+            log.exception("final index snapshot failed; the next start replays the change log")
         services.engine.dispose()

@@ -20,6 +20,7 @@ from app.errors import ApiError
 from app.services.finetune import run_finetune, run_reindex
 from app.state import Services
 from index.errors import ConflictError, NotFoundError
+from index.faults import Retrier
 from index.jobs import CANCELLED, FAILED, SUCCEEDED
 from index.tables import JobRow
 from models.errors import MediaError, ModelLoadError
@@ -71,10 +72,21 @@ class Worker:
         self.stopping = threading.Event()
 
     def run_forever(self) -> None:
-        """Poll for jobs until ``stop()``; a wake-up event cuts the wait short."""
+        """Poll for jobs until ``stop()``; a wake-up event cuts the wait short.
+
+        An error (the database gone, most likely) never ends the loop: it retries with
+        backoff, so jobs queued during an outage run once the database is back.
+        """
         log.info("worker %s polling for jobs", self.name)
+        retrier = Retrier(f"worker {self.name}", cap=max(self.settings.job_poll_s, 5.0))
         while not self.stopping.is_set():
-            if not self.run_once():
+            try:
+                busy = self.run_once()
+            except Exception as exc:  # Retrier logs it, once per outage
+                self.stopping.wait(retrier.failed(exc))
+                continue
+            retrier.succeeded()
+            if not busy:
                 self.services.worker_wakeup.wait(self.settings.job_poll_s)
                 self.services.worker_wakeup.clear()
 
@@ -101,16 +113,18 @@ class Worker:
             beat.join()
         if status == CANCELLED and self.stopping.is_set():
             # Shutting down is not the client's cancel: the job goes back to the queue.
-            jobs.release(job.id, worker=self.name)
+            self._record(lambda: jobs.release(job.id, worker=self.name))
             log.info("job %s put back in the queue: the worker is stopping", job.id)
             return True
-        done = jobs.finish(
-            job.id,
-            worker=self.name,
-            status=status,
-            metrics=metrics,
-            error=error,
-            progress=ctx.progress,
+        done = self._record(
+            lambda: jobs.finish(
+                job.id,
+                worker=self.name,
+                status=status,
+                metrics=metrics,
+                error=error,
+                progress=ctx.progress,
+            )
         )
         log.info(
             "job %s %s%s",
@@ -136,19 +150,40 @@ class Worker:
         ctx.report(fraction=1.0, eta_s=0.0)
         return SUCCEEDED, metrics, None
 
+    def _record(self, write: Callable[[], bool]) -> bool:
+        """A job's outcome written to SQL, retried through an outage (a job that ran for an
+        hour is not run again for a blip); False when the worker stops first (the lease
+        then runs out and the job is queued again)."""
+        retrier = Retrier(f"worker {self.name}: recording a job's outcome")
+        while True:
+            try:
+                done = write()
+            except Exception as exc:  # Retrier logs it, once per outage
+                if self.stopping.wait(retrier.failed(exc)):
+                    return False
+                continue
+            retrier.succeeded()
+            return done
+
     def _heartbeat(self, ctx: JobContext) -> None:
         # Often enough for progress to look live, and well inside the lease.
         every = min(2.0, self.settings.job_lease_s / 3)
+        retrier = Retrier(f"heartbeat of job {ctx.job.id}")
         while not ctx.stop.wait(every):
             if self.stopping.is_set():
                 ctx.stop.set()
                 return
-            mine = self.services.jobs.heartbeat(
-                ctx.job.id,
-                worker=self.name,
-                lease_s=self.settings.job_lease_s,
-                progress=ctx.progress,
-            )
+            try:
+                mine = self.services.jobs.heartbeat(
+                    ctx.job.id,
+                    worker=self.name,
+                    lease_s=self.settings.job_lease_s,
+                    progress=ctx.progress,
+                )
+            except Exception as exc:  # a missed beat is retried at the next; never fatal
+                retrier.failed(exc)
+                continue
+            retrier.succeeded()
             if not mine:
                 ctx.stop.set()  # cancelled by a client, or taken back after a stall
 

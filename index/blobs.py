@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from index.snapshots import fsync_dir
+from index.snapshots import write_atomically
 
 
 class BlobStore:
@@ -66,12 +66,7 @@ class BlobStore:
             return digest
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
+        write_atomically(target, tmp, (data,))
         return digest
 
     def get(self, sha256: str) -> bytes:

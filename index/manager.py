@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from index.errors import ConflictError, NotFoundError
 from index.snapshots import IndexSnapshot, read_snapshot, remove_snapshot, write_snapshot
 from index.spec import IndexSpec
 from index.store import MetadataStore, StoredVectors, from_blob
@@ -59,6 +60,9 @@ class LiveIndex:
     rebuilding: threading.Lock = field(default_factory=threading.Lock)
     dirty: int = 0
     last_snapshot: float = field(default_factory=time.monotonic)
+    # A write failed between its SQL commit and its index update: the index may lack a
+    # committed change until a replay of the change log repairs it (no snapshot before).
+    stale: bool = False
 
     @property
     def aligner(self) -> Aligner:
@@ -190,7 +194,8 @@ class IndexManager:
         """The live index when it serves ``row`` as it is (nothing to load or swap first),
         else None; never waits."""
         live = self._live.get(row.id)
-        return live if live is not None and live.space.matches(row) else None
+        ready = live is not None and not live.stale and live.space.matches(row)
+        return live if ready else None
 
     def get(self, row: CollectionRow, *, wait: bool = False) -> LiveIndex:
         """The live index of a collection (loaded if another process created it), brought
@@ -204,6 +209,9 @@ class IndexManager:
             live = self._live.get(row.id)
             if live is None:
                 return self.load(row)
+        if live.stale:
+            with live.writer:
+                self._repair(live)
         if live.space.matches(row) or not self.follow:
             return live
         if not live.rebuilding.acquire(blocking=wait):
@@ -261,14 +269,40 @@ class IndexManager:
         in the other, leaving the index unlike SQL until the next restart.
         """
         with live.writer:
-            yield live.index
+            try:
+                yield live.index
+            except (NotFoundError, ConflictError):
+                raise  # refused before any commit
+            except BaseException:
+                # The SQL commit may have landed before the index update failed: a later
+                # snapshot must not prune that change from the log before a replay.
+                live.stale = True
+                log.error(
+                    "a write to collection %d failed: the index will be repaired from "
+                    "the change log",
+                    live.collection_id,
+                )
+                raise
             live.dirty += 1
+
+    def _repair(self, live: LiveIndex) -> None:
+        """Replay every change the log still holds into a stale index (the writer lock
+        held). The log is pruned only up to a snapshot, and no snapshot is written while
+        the index is stale, so the failed write's change is there; replay is idempotent."""
+        if not live.stale:
+            return
+        row = self.store.get_collection_by_id(live.collection_id)
+        self._replay(row, live.index, row.changes_pruned_seq, live.aligner)
+        live.stale = False
+        live.dirty += 1
+        log.warning("collection %s: index repaired from the change log", row.name)
 
     # -- snapshots -----------------------------------------------------------------------
     def snapshot(self, live: LiveIndex) -> None:
         """Write a snapshot that reflects exactly the change log up to its seq, then prune it."""
         with live.snapshotting:
             with live.writer:
+                self._repair(live)  # raises while it cannot: then nothing is pruned
                 seq = self.store.last_seq(live.collection_id)
                 space = live.space
                 payload = space.index.to_bytes()
@@ -293,7 +327,8 @@ class IndexManager:
             lives = list(self._live.values())
         now = time.monotonic()
         for live in lives:
-            if live.dirty >= every or (live.dirty and now - live.last_snapshot >= max_age_s):
+            old = live.dirty and now - live.last_snapshot >= max_age_s
+            if live.stale or live.dirty >= every or old:
                 self.snapshot(live)
 
     def snapshot_all(self) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,13 +40,27 @@ def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
         "sha256": hashlib.sha256(snapshot.payload).hexdigest(),
     }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC)
-        f.write(json.dumps(header).encode() + b"\n")
-        f.write(snapshot.payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, tmp, (MAGIC, json.dumps(header).encode() + b"\n", snapshot.payload))
+
+
+def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes]) -> None:
+    """Write chunks to ``tmp``, fsync, rename it over ``path``, fsync the directory.
+
+    On any failure (a full disk, most often: ENOSPC may surface at the write or only at
+    the fsync) the temp file is removed before the error goes on, so that a disk that
+    filled up is not kept full by the remains of the writes it refused.
+    """
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     fsync_dir(path.parent)
 
 

@@ -1,0 +1,171 @@
+"""Faults after a commit and a full disk (issue 19, items 7 and 8).
+
+- A write whose index update fails after its SQL commit is never lost: no snapshot prunes
+  its change from the log before a replay has put it in the index.
+- A full disk answers 507 ``insufficient_storage``, leaves no temp file, keeps reads
+  working, and the service writes again once space returns.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event
+
+from app.main import create_app
+from app.settings import Settings
+from app.state import Services
+from index.vector_index import VectorIndex
+from tests.conftest import error_code
+from tests.factories import image_bytes
+
+NAME = "c"
+ITEMS = f"/v1/collections/{NAME}/items"
+
+
+def services_of(client: TestClient) -> Services:
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    return services
+
+
+def add(client: TestClient, item_id: str) -> Any:
+    body = {"id": item_id, "text": f"text of {item_id}", "metadata": {"key": item_id}}
+    return client.post(ITEMS, json=body)
+
+
+def found(client: TestClient, item_id: str) -> bool:
+    body = {"text": f"text of {item_id}", "k": 1, "filter": {"key": item_id}}
+    r = client.post(f"/v1/collections/{NAME}/search", json=body)
+    assert r.status_code == 200, r.text
+    return [h["item"]["id"] for h in r.json()["results"]] == [item_id]
+
+
+def sizes(client: TestClient) -> tuple[int, int]:
+    body = client.get(f"/v1/collections/{NAME}").json()
+    return body["count"], body["index"]["size"]
+
+
+@pytest.fixture
+def index_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Set to [1]: the next VectorIndex.upsert raises (after the SQL commit before it)."""
+    failures = [0]
+    upsert = VectorIndex.upsert
+
+    def flaky(self: VectorIndex, *args: Any, **kwargs: Any) -> Any:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("injected: the index update failed")
+        return upsert(self, *args, **kwargs)
+
+    monkeypatch.setattr(VectorIndex, "upsert", flaky)
+    return failures
+
+
+def test_a_failed_index_update_survives_a_snapshot_and_a_restart(
+    make_settings: Callable[..., Settings], index_fails_once: list[int]
+) -> None:
+    settings = make_settings()
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+        assert add(client, "a").status_code == 201
+        index_fails_once[0] = 1
+        assert add(client, "lost").status_code == 500  # committed in SQL, not in the index
+        assert not index_fails_once[0]
+        services = services_of(client)
+        # The snapshot that would prune the change log (before the fix) runs first.
+        services.indexes.snapshot_all()
+        assert found(client, "lost")
+        assert sizes(client) == (2, 2)
+    with TestClient(create_app(settings)) as client:  # the clean stop snapshotted again
+        assert found(client, "lost") and found(client, "a")
+        assert sizes(client) == (2, 2)
+
+
+def test_a_failed_index_update_is_repaired_before_the_next_search(
+    make_settings: Callable[..., Settings], index_fails_once: list[int]
+) -> None:
+    with TestClient(create_app(make_settings()), raise_server_exceptions=False) as client:
+        assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+        index_fails_once[0] = 1
+        assert add(client, "lost").status_code == 500
+        assert found(client, "lost")
+        assert sizes(client) == (1, 1)
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*.tmp")]
+
+
+@pytest.fixture
+def disk() -> Iterator[dict[str, bool]]:
+    """os.fsync answers ENOSPC while disk["full"] (where a full disk shows, at the latest)."""
+    state = {"full": False}
+    fsync = os.fsync
+
+    def fake(fd: int) -> None:
+        if state["full"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        fsync(fd)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(os, "fsync", fake)
+    yield state
+    mp.undo()
+
+
+def test_a_full_disk_answers_507_and_recovers(client: TestClient, disk: dict[str, bool]) -> None:
+    data_dir = services_of(client).settings.data_dir
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    assert add(client, "a").status_code == 201
+    disk["full"] = True
+    r = add(client, "b")
+    assert r.status_code == 507, r.text
+    assert error_code(r) == "insufficient_storage"
+    files = {"file": ("b.png", image_bytes("RGB", fmt="PNG"), "image/png")}
+    assert client.post(ITEMS, files=files, data={"id": "f"}).status_code == 507
+    assert temp_files(data_dir) == []
+    # Reads go on.
+    assert client.get(f"{ITEMS}/a").status_code == 200
+    assert client.get(f"{ITEMS}/b").status_code == 404
+    assert found(client, "a")
+    # A snapshot that cannot be written leaves the old one (or none) and no temp file.
+    live = services_of(client).indexes.get(services_of(client).store.get_collection(NAME))
+    with pytest.raises(OSError):
+        services_of(client).indexes.snapshot(live)
+    assert temp_files(data_dir) == []
+    disk["full"] = False
+    assert add(client, "b").status_code == 201
+    assert found(client, "b")
+    services_of(client).indexes.snapshot(live)
+    assert temp_files(data_dir) == []
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_full_sqlite_database_answers_507(client: TestClient) -> None:
+    """SQLite's own "database or disk is full", made real by capping the file's pages."""
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    assert add(client, "a").status_code == 201
+    engine = services_of(client).engine
+
+    def cap(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.execute("PRAGMA max_page_count=1")  # below its size: no page may be added
+
+    event.listen(engine, "connect", cap)
+    engine.dispose()
+    try:
+        big = {"id": "big", "text": "x " * 9000, "metadata": {"pad": "y" * 30000}}
+        r = client.post(ITEMS, json=big)
+        assert r.status_code == 507, r.text
+        assert error_code(r) == "insufficient_storage"
+        assert client.get(f"{ITEMS}/a").status_code == 200
+        assert found(client, "a")
+    finally:
+        event.remove(engine, "connect", cap)
+        engine.dispose()
+    assert client.post(ITEMS, json=big).status_code == 201
