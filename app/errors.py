@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from index.errors import ConflictError, NotFoundError
+from index.errors import ConflictError, NotFoundError, OutOfScopeError
 from index.faults import DRIVER_ERRORS, database_unavailable, storage_full
 from models.errors import MediaTooLargeError, Overloaded, UnsupportedMediaError
 
@@ -41,6 +41,12 @@ class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(ApiError):
+    """A valid key whose scope does not cover the request (403)."""
+
+    status, code = 403, "forbidden"
+
+
 class SpaceMismatch(ApiError):
     """A query or item from another embedding space (409)."""
 
@@ -68,6 +74,7 @@ class NotReady(ApiError):
 # Errors raised below the web layer, each with its one status and code.
 DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),
+    OutOfScopeError: (403, "forbidden"),
     ConflictError: (409, "conflict"),
     UnsupportedMediaError: (415, "unsupported_media"),
     MediaTooLargeError: (413, "media_too_large"),
@@ -99,6 +106,7 @@ STATUS_HEADERS: dict[int, dict[str, str]] = {
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",

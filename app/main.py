@@ -8,13 +8,13 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp
 
-from app.auth import document_security, require_api_key
+from app.auth import Authenticate, document_security, require_api_key
 from app.errors import install_error_handlers
 from app.fastpath import FastPath
 from app.lifespan import lifespan
 from app.limits import BodySizeLimit
 from app.metrics import Metrics, MetricsMiddleware
-from app.routers import collections, embed, health, items, jobs, models, search
+from app.routers import collections, embed, health, items, jobs, keys, models, search
 from app.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for module in (models, collections, items, search, embed, jobs):
+    for module in (models, collections, items, search, embed, jobs, keys):
         app.include_router(module.router, dependencies=secured)
     _document_security(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
@@ -60,7 +60,8 @@ def _serve_hot_routes_first(app: FastAPI) -> None:
     build = app.build_middleware_stack
 
     def build_stack() -> ASGIApp:
-        return FastPath(build(), state=app.state)
+        # Keys first, in front of everything: no layer reads a body for a caller without one.
+        return Authenticate(FastPath(build(), state=app.state), fastapi=app)
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 
+from app.auth import Principal, principal_of
 from app.errors import NotReady
 from app.services.embedding import Embedder
 from app.settings import Settings
 from index.blobs import BlobStore
 from index.jobs import JobStore
+from index.keys import KeyStore, ScopedJobs, ScopedStore
 from index.manager import IndexManager
 from index.store import MetadataStore
 
@@ -32,6 +35,23 @@ class Services:
     warnings: list[str] = field(default_factory=list)
     # Set when a job is queued: an in-process worker starts on it without waiting a poll.
     worker_wakeup: threading.Event = field(default_factory=threading.Event)
+    # API keys made through /v1/keys, in the store's database.
+    keys: KeyStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.keys = KeyStore(self.store.sessions)
+
+    def seen_by(self, principal: Principal | None) -> Services:
+        """These services as a key sees them: a key limited to collections gets stores
+        in which every other collection (and its items, aligners and jobs) is missing."""
+        if principal is None or principal.collections is None:
+            return self
+        allowed = principal.collections
+        return dataclasses.replace(
+            self,
+            store=cast(MetadataStore, ScopedStore(self.store, allowed)),
+            jobs=cast(JobStore, ScopedJobs(self.jobs, allowed)),
+        )
 
 
 async def get_services(request: Request) -> Services:
@@ -43,7 +63,7 @@ async def get_services(request: Request) -> Services:
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         raise NotReady("the service is starting; try again shortly")
-    return services
+    return services.seen_by(principal_of(request))
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -7,3 +7,7 @@ class NotFoundError(Exception):
 
 class ConflictError(Exception):
     """A name already taken or a write that clashes with stored state (HTTP 409)."""
+
+
+class OutOfScopeError(Exception):
+    """A request outside what its API key may do (HTTP 403)."""

@@ -5,17 +5,18 @@ embedding a small image with a small model about as much. Going through FastAPI 
 there (a dozen middleware and router layers, dependency solving, the form parser's spooled
 files, the response model's validation and ``json.dumps``) cost several times that, all of
 it holding the GIL that the other clients' requests wait for. This ASGI layer answers the
-routes in ``ROUTES`` itself when everything about a request is in order: auth passes, the
-service is ready, the body is within its declared length and in a shape the route's
-handler (``search.answer``, ``embed.answer``) reads exactly as the route would. It calls
-the same service function with the same schema as the route.
+routes in ``ROUTES`` itself when everything about a request is in order: the key passed
+(``app.auth.Authenticate`` in front of it left its principal in the scope), the service is
+ready, the body is within its declared length and in a shape the route's handler
+(``search.answer``, ``embed.answer``) reads exactly as the route would. It calls the same
+service function with the same schema as the route, with the stores as the key sees them.
 
 An error the service function raises is answered here with the body the route's error
 handlers give it (``app.errors.describe_error``): running an image decode or a refused
 (429) forward a second time would only cost more. Anything else goes on to the FastAPI
 route with the body replayed: a request the handler does not vouch for (a chunked body,
-bad JSON, an unusual multipart layout, a missing key), and an unexpected error (a 500,
-logged there). Neither search nor embed changes anything, so running one again is harmless.
+bad JSON, an unusual multipart layout), and an unexpected error (a 500, logged
+there). Neither search nor embed changes anything, so running one again is harmless.
 
 It wraps the whole FastAPI stack (``app.main``), so the requests it answers skip FastAPI's
 own error, telemetry and body-limit layers too.
@@ -32,7 +33,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.auth import key_problem
+from app.auth import principal_of_scope
 from app.errors import describe_error, error_body
 from app.fastpath import embed, search
 from app.state import Services
@@ -77,9 +78,12 @@ class FastPath:
             return
         services: Services | None = self.state.services
         route, matched = _route(scope["path"])
-        if route is None or matched is None or services is None:
+        principal = principal_of_scope(scope)
+        if route is None or matched is None or services is None or principal is None:
             await self.app(scope, receive, send)
             return
+        # The stores as the key sees them: embed's `collection` is in the body.
+        services = services.seen_by(principal)
         headers = Headers(scope=scope)
         declared = headers.get("content-length", "")
         ctype = headers.get("content-type", "")
@@ -87,7 +91,6 @@ class FastPath:
             not route.reads(ctype)
             or not declared.isdigit()
             or int(declared) > services.settings.max_upload_bytes
-            or key_problem(services.settings.keys, headers) is not None
         ):
             await self.app(scope, receive, send)
             return

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.types import Message
 
 from app.main import create_app
 from app.settings import Settings
@@ -47,3 +49,89 @@ def test_open_routes(secured: TestClient, path: str) -> None:
 
 def test_no_keys_means_no_auth(client: TestClient) -> None:
     assert client.get("/v1/collections").status_code == 200
+
+
+def body_operations(app: Any) -> list[tuple[str, str]]:
+    """Every /v1 operation of the OpenAPI document that takes a body (method, path)."""
+    found = [
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if path.startswith("/v1/") and method in ("post", "put", "patch")
+    ]
+    assert ("POST", "/v1/collections/{name}/search") in found
+    return found
+
+
+def concrete(path: str) -> str:
+    return path.format(name="things", item_id="x", version=1, job_id="j", key_id="k")
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"X-API-Key": ""}])
+def test_no_valid_key_and_malformed_json_is_401_on_every_route(
+    secured: TestClient, headers: dict[str, str]
+) -> None:
+    """Auth comes before the body: a caller without a key never learns how bodies parse."""
+    for method, path in body_operations(secured.app):
+        response = secured.request(
+            method,
+            concrete(path),
+            content=b'{"not json',
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 401, (method, path, response.text)
+        assert error_code(response) == "unauthorized"
+
+
+class CountingBody:
+    """An ASGI receive that would hand over a huge body, counting what is taken."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.taken = 0
+
+    async def __call__(self) -> Message:
+        chunk = b"x" * min(1 << 20, self.size - self.taken)
+        self.taken += len(chunk)
+        return {"type": "http.request", "body": chunk, "more_body": self.taken < self.size}
+
+
+async def call(
+    app: Any, method: str, path: str, headers: dict[str, str], body: CountingBody
+) -> int:
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("test", 1),
+        "server": ("test", 80),
+        "state": {},
+    }
+    await app(scope, body, send)
+    return int(sent[0]["status"])
+
+
+@pytest.mark.parametrize("key", [None, "nope"])
+def test_a_large_body_without_a_valid_key_is_not_read(secured: TestClient, key: str | None) -> None:
+    """50 MB sent without a key (or with a wrong one): 401, and not one byte of it taken."""
+    size = 50 * 1024 * 1024
+    headers = {"Content-Type": "application/json", "Content-Length": str(size)}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    for method, path in body_operations(secured.app):
+        body = CountingBody(size)
+        status = secured.portal.call(call, secured.app, method, concrete(path), headers, body)
+        assert status == 401, (method, path)
+        assert body.taken == 0, (method, path, body.taken)

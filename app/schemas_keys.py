@@ -1,0 +1,86 @@
+"""Schemas of /v1/keys (apart from app.schemas, which holds the collections' own)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.schemas import CollectionName
+
+Scope = Literal["read", "write", "admin"]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+
+
+class KeyCreate(BaseModel):
+    """POST /v1/keys."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "photo app", "scope": "write", "collections": ["photos"]},
+                {"name": "dashboards", "scope": "read", "collections": None},
+            ]
+        },
+    )
+    name: KeyName = Field(description="who or what uses the key (for people; not unique)")
+    scope: Scope = Field(
+        description="read: GET routes, search, embed; write: also items, jobs and aligner "
+        "activation; admin: everything, collections and keys included"
+    )
+    collections: list[CollectionName] | None = Field(
+        default=None,
+        max_length=1000,
+        description="the only collections the key may see (others answer 404); null: all",
+    )
+
+
+class KeyPublic(BaseModel):
+    """A key without its secret."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c",
+                    "name": "photo app",
+                    "scope": "write",
+                    "collections": ["photos"],
+                    "created_at": "2026-12-05T07:00:00Z",
+                }
+            ]
+        }
+    )
+    id: str
+    name: str
+    scope: Scope
+    collections: list[str] | None
+    created_at: datetime
+
+
+class KeyCreated(KeyPublic):
+    """A new key: ``key`` is shown in this answer only (the server keeps its hash)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f2b8c1e9a7d4e6f8b0c2d4e6f8a0b1c",
+                    "name": "photo app",
+                    "scope": "write",
+                    "collections": ["photos"],
+                    "key": "mmr_Vq3b0xQ2m9Zr7d6cYw1JkP4sT8uHn5aLfE0gRiOtC2M",
+                    "created_at": "2026-12-05T07:00:00Z",
+                }
+            ]
+        }
+    )
+    key: str = Field(description="send as 'Authorization: Bearer <key>'; not shown again")
+
+
+class KeyList(BaseModel):
+    """GET /v1/keys."""
+
+    keys: list[KeyPublic]
