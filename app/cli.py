@@ -1,6 +1,7 @@
 """The ``mmr`` command: ``serve`` runs the API; ``train-mini``, ``eval`` and ``world`` work on
 the project's own model and the synthetic world it is trained on; ``bootstrap-audio`` builds
-the CLAP -> CLIP audio head from captions; ``tiny-clap`` writes a tiny random CLAP."""
+the CLAP -> CLIP audio head from captions; ``tiny-clap`` writes a tiny random CLAP;
+``backup`` and ``restore`` copy a deployment (docs/backup.md)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-clap", help="write a tiny random CLAP (offline plumbing, demos)")
     tiny.add_argument("--out", type=Path, default=Path("data/tiny-clap"))
     tiny.add_argument("--seed", type=int, default=0)
+    back = sub.add_parser("backup", help="copy rows, originals and aligner artefacts (online)")
+    back.add_argument("--out", type=Path, required=True, help="a new or empty folder")
+    rest = sub.add_parser("restore", help="fill an empty database and data dir from a backup")
+    rest.add_argument("--from", dest="source", type=Path, required=True, help="a backup folder")
     args = parser.parse_args(argv)
+    if args.command in ("backup", "restore"):
+        return _backup_or_restore(args)
     if args.command == "worker":
         return _worker()
     if args.command == "bootstrap-audio":
@@ -215,6 +222,36 @@ def _world(out: Path, images: int, sounds: int, seed: int, style: str) -> int:
     manifest = write_demo_set(out, n_images=images, n_sounds=sounds, seed=seed, style=style)
     _say(f"wrote {images} images and {sounds} sounds; captions in {manifest}")
     return 0
+
+
+def _backup_or_restore(args: argparse.Namespace) -> int:
+    """`mmr backup` / `mmr restore` on the deployment the MMR_* settings describe."""
+    from app.settings import get_settings
+    from index.backup import BackupError, backup
+    from index.db import make_engine
+    from index.restore import restore
+
+    settings = get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        if args.command == "backup":
+            done = backup(engine=engine, data_dir=settings.data_dir, out=args.out, say=_say)
+            _say(f"backup of {done['created_at']} in {args.out}: {_summary(done)}")
+        else:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            done = restore(engine=engine, data_dir=settings.data_dir, source=args.source, say=_say)
+            _say(f"restored the backup of {done['created_at']}: {_summary(done)}")
+    except BackupError as exc:
+        _say(f"mmr {args.command}: {exc}")
+        return 1
+    finally:
+        engine.dispose()
+    return 0
+
+
+def _summary(manifest: dict[str, Any]) -> str:
+    rows = sum(t["rows"] for t in manifest["tables"].values())
+    return f"{rows} rows, {manifest['blobs']} originals, schema {manifest['schema_revision']}"
 
 
 def _say(line: str) -> None:

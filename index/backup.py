@@ -1,0 +1,410 @@
+"""Backups: the SQL rows of one point in time, the originals they refer to and the cached
+audio heads, with a manifest of checksums; restore fills an empty deployment from one.
+
+Rows are dumped portably (gzipped JSON lines, one file per table), not as a database file,
+so a SQLite backup restores into Postgres and back. FAISS indexes are derived state and are
+not copied: a restored server rebuilds them from SQL at start (invariant 1). docs/backup.md
+says what is in a backup and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from sqlalchemy import JSON, Connection, DateTime, Engine, LargeBinary, inspect, text
+from sqlalchemy.sql import column, select, table
+from sqlalchemy.sql.expression import TableClause
+
+from index.snapshots import fsync_dir
+from index.tables import Base
+
+FORMAT = "mmr-backup 1"
+MANIFEST = "manifest.json"
+BLOB_LIST = "blobs.jsonl"
+CHUNK = 500  # rows per fetch and per insert: a table is never held whole in memory
+COPY_BYTES = 1 << 20
+CACHES = ("aligners",)  # data-dir folders copied as they are (bootstrapped audio heads)
+RETRIES = 3
+
+Say = Callable[[str], None]
+
+
+class BackupError(Exception):
+    """A backup that cannot be made or restored; the message names the file and the fix."""
+
+
+class _BlobGone(Exception):
+    """An original deleted (with its item) after the snapshot, before it was copied."""
+
+
+# -- the snapshot's tables -----------------------------------------------------------------
+
+
+def _kind(type_: Any) -> str:
+    """How a column's values are written: bytes as base64, times as UTC ISO strings."""
+    if isinstance(type_, LargeBinary):
+        return "bytes"
+    if isinstance(type_, DateTime):
+        return "datetime"
+    if isinstance(type_, JSON):
+        return "json"
+    return "plain"
+
+
+_TYPES: dict[str, Any] = {"bytes": LargeBinary(), "datetime": DateTime(timezone=True)}
+_TYPES["json"] = JSON()
+
+
+def clause(name: str, columns: list[list[str]]) -> TableClause:
+    """A bare table of these columns: no defaults, so it inserts exactly what was dumped."""
+    return table(name, *(column(c, _TYPES.get(kind)) for c, kind in columns))
+
+
+def _encode(value: Any, kind: str) -> Any:
+    if value is None or kind in ("plain", "json"):
+        return value
+    if kind == "bytes":
+        return base64.b64encode(value).decode("ascii")
+    # SQLite gives back naive times (the store writes UTC); Postgres gives its session's zone.
+    stamp = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return stamp.isoformat()
+
+
+def decode(value: Any, kind: str) -> Any:
+    if value is None or kind in ("plain", "json"):
+        return value
+    if kind == "bytes":
+        return base64.b64decode(value)
+    return datetime.fromisoformat(value)
+
+
+@contextmanager
+def _snapshot(engine: Engine) -> Iterator[Connection]:
+    """One read transaction: every table is read as of one instant, writers go on."""
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            # The sqlite3 module opens no transaction for a SELECT: each would see its own
+            # moment. An explicit BEGIN makes them one WAL read snapshot (writers not blocked).
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+
+def _tables(conn: Connection) -> list[tuple[str, list[list[str]], list[str]]]:
+    """(name, [[column, kind]], primary key) of every table of the schema, parents first.
+
+    Tables come from ``Base.metadata`` (a table added to the schema is backed up with no
+    change here); columns from the database itself, so an older schema dumps as it is.
+    """
+    inspector = inspect(conn)
+    present = set(inspector.get_table_names())
+    found = []
+    for tbl in Base.metadata.sorted_tables:
+        if tbl.name not in present:
+            continue
+        names = [c["name"] for c in inspector.get_columns(tbl.name)]
+        kinds = {c.name: _kind(c.type) for c in tbl.columns}
+        columns = [[name, kinds.get(name, "plain")] for name in names]
+        found.append((tbl.name, columns, [c.name for c in tbl.primary_key.columns]))
+    return found
+
+
+def _revision(conn: Connection) -> str:
+    if "alembic_version" not in inspect(conn).get_table_names():
+        raise BackupError(
+            "the database has no mmr schema (no alembic_version table): check MMR_DATABASE_URL "
+            "and MMR_DATA_DIR point at the deployment to back up"
+        )
+    return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
+
+
+def _sequences(conn: Connection) -> dict[str, int]:
+    """The last id handed out per table (above the largest kept one when the last rows were
+    deleted): a restore continues from it, so a deleted id is never given out again."""
+    if conn.dialect.name == "sqlite":
+        # (sqlite_sequence exists: every table with an id is AUTOINCREMENT; see index.tables)
+        rows = conn.execute(text("SELECT name, seq FROM sqlite_sequence"))
+        return {name: int(seq) for name, seq in rows}
+    found = {}
+    for tbl in Base.metadata.sorted_tables:
+        auto = tbl.autoincrement_column
+        seq = auto is not None and pg_sequence(conn, tbl.name, auto.name)
+        if seq:
+            last, called = conn.execute(text(f"SELECT last_value, is_called FROM {seq}")).one()
+            found[tbl.name] = int(last) if called else int(last) - 1
+    return found
+
+
+def pg_sequence(conn: Connection, name: str, col: str) -> str | None:
+    seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": name, "c": col})
+    return seq.scalar()
+
+
+# -- files and the manifest ----------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+class _Files:
+    """The files of a backup being written, each with its size and sha256."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.entries: dict[str, dict[str, Any]] = {}
+
+    def target(self, rel: str) -> Path:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def add(self, rel: str) -> None:
+        path = self.root / rel
+        fsync_file(path)
+        size, sha = sha256_of(path)
+        self.entries[rel] = {"size": size, "sha256": sha}
+
+    def copy(self, source: Path, rel: str) -> None:
+        size, sha = copy_file(source, self.target(rel))
+        self.entries[rel] = {"size": size, "sha256": sha}
+
+
+def copy_file(source: Path, target: Path) -> tuple[int, str]:
+    """Copy a file durably, hashing it on the way; return its size and sha256."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        while chunk := src.read(COPY_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+            dst.write(chunk)
+        dst.flush()
+        os.fsync(dst.fileno())
+    return size, digest.hexdigest()
+
+
+def blob_path(root: Path, sha: str) -> Path:
+    """Where an original lives under ``root`` (the data dir's layout, index.blobs)."""
+    return root / sha[:2] / sha[2:4] / sha
+
+
+def blob_list(source: Path) -> Iterator[tuple[str, int]]:
+    """(sha256, size) of every original in a backup, from its checksummed list."""
+    with open(source / BLOB_LIST, encoding="utf-8") as f:
+        for line in f:
+            sha, size = json.loads(line)
+            yield sha, size
+
+
+def _write_manifest(root: Path, body: dict[str, Any]) -> None:
+    """Written last, atomically: a backup without its manifest is partial and refused."""
+    sealed = {"manifest": body, "sha256": _seal(body)}
+    tmp = root / f".{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(sealed, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MANIFEST)
+    for folder in {root, *(p.parent for p in root.rglob("*") if p.is_file())}:
+        fsync_dir(folder)
+
+
+def _seal(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def read_manifest(source: Path) -> dict[str, Any]:
+    """The manifest of a backup; BackupError when it is missing, damaged or of another format."""
+    path = source / MANIFEST
+    if not path.is_file():
+        raise BackupError(
+            f"{path} is missing: the backup is partial (the manifest is written last, once "
+            "every file is copied) or this is not a backup folder"
+        )
+    try:
+        sealed = json.loads(path.read_text(encoding="utf-8"))
+        body = sealed["manifest"]
+        ok = sealed["sha256"] == _seal(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackupError(f"{path} is damaged (not a sealed manifest: {exc})") from exc
+    if not ok:
+        raise BackupError(f"{path} is damaged: its content does not match its checksum")
+    if body.get("format") != FORMAT:
+        raise BackupError(f"{path} is of format {body.get('format')!r}; this mmr reads {FORMAT}")
+    return dict(body)
+
+
+def verify(source: Path, manifest: dict[str, Any]) -> None:
+    """Check every file against the manifest, and every original against the list of them
+    (size, then sha256); BackupError names the first that fails."""
+    for rel, entry in manifest["files"].items():
+        _check(source / rel, entry["size"], entry["sha256"], "the manifest's")
+    for sha, size in blob_list(source):
+        _check(blob_path(source / "blobs", sha), size, sha, "its name")
+
+
+def _check(path: Path, size: int, sha: str, whose: str) -> None:
+    if not path.is_file():
+        raise BackupError(f"{path} is missing from the backup (listed in its manifest)")
+    if path.stat().st_size != size:
+        raise BackupError(f"{path} is damaged: {path.stat().st_size} bytes, expected {size}")
+    if sha256_of(path)[1] != sha:
+        raise BackupError(f"{path} is damaged: its sha256 differs from {whose}")
+
+
+# -- backup --------------------------------------------------------------------------------
+
+
+def backup(*, engine: Engine, data_dir: Path, out: Path, say: Say = print) -> dict[str, Any]:
+    """Write a backup of the deployment into ``out`` (new or empty); return its manifest.
+
+    A delete racing the copy of its original makes the copy retry with a new snapshot.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise BackupError(f"{out} is not empty: back up into a new folder")
+    for _attempt in range(RETRIES):
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            return _backup_once(engine, data_dir, out, say)
+        except _BlobGone as exc:
+            say(f"{exc}; starting again from a new snapshot")
+        finally:
+            if not (out / MANIFEST).exists():  # nothing half-written is left behind
+                _empty(out)
+    raise BackupError(
+        f"originals were deleted faster than they could be copied ({RETRIES} tries): "
+        "back up at a quieter moment"
+    )
+
+
+def _backup_once(engine: Engine, data_dir: Path, out: Path, say: Say) -> dict[str, Any]:
+    files = _Files(out)
+    tables: dict[str, Any] = {}
+    with _snapshot(engine) as conn:
+        revision = _revision(conn)
+        created_at = datetime.now(UTC).isoformat()
+        sequences = _sequences(conn)
+        for name, columns, key in _tables(conn):
+            rows = _dump_table(conn, name, columns, key, files)
+            tables[name] = {"file": f"tables/{name}.jsonl.gz", "rows": rows, "columns": columns}
+            if name in sequences:
+                tables[name]["sequence"] = sequences[name]
+            say(f"{name}: {rows} rows")
+        blobs = _copy_blobs(conn, engine, data_dir / "blobs", files)
+    say(f"originals: {blobs} files")
+    for folder in CACHES:
+        for path in sorted(p for p in (data_dir / folder).rglob("*") if is_kept(p)):
+            files.copy(path, path.relative_to(data_dir).as_posix())
+    body = {
+        "format": FORMAT,
+        "created_at": created_at,
+        "dialect": engine.dialect.name,
+        "schema_revision": revision,
+        "tables": tables,
+        "blobs": blobs,
+        "files": files.entries,
+    }
+    _write_manifest(out, body)
+    return body
+
+
+def _empty(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def is_kept(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".")
+
+
+def _dump_table(
+    conn: Connection, name: str, columns: list[list[str]], key: list[str], files: _Files
+) -> int:
+    rel = f"tables/{name}.jsonl.gz"
+    tbl = clause(name, columns)
+    stmt = select(*tbl.c).order_by(*(tbl.c[k] for k in key)).execution_options(yield_per=CHUNK)
+    count = 0
+    with gzip.open(files.target(rel), "wt", encoding="utf-8", compresslevel=4) as f:
+        for rows in conn.execute(stmt).partitions():
+            for row in rows:
+                values = [_encode(v, kind) for v, (_, kind) in zip(row, columns, strict=True)]
+                f.write(json.dumps(values) + "\n")
+                count += 1
+    files.add(rel)
+    return count
+
+
+def _copy_blobs(conn: Connection, engine: Engine, root: Path, files: _Files) -> int:
+    """Copy the originals the snapshot's items refer to, checking each one's sha256.
+
+    They are listed in a file of their own (checksummed in the manifest): a file's name is
+    its digest, so the manifest stays small however many originals there are.
+    """
+    stmt = text("SELECT DISTINCT sha256 FROM items ORDER BY sha256")
+    count = 0
+    with open(files.target(BLOB_LIST), "w", encoding="utf-8") as listing:
+        for rows in conn.execute(stmt.execution_options(yield_per=CHUNK)).partitions():
+            for (sha,) in rows:
+                listing.write(json.dumps([sha, _copy_blob(engine, root, sha, files.root)]) + "\n")
+                count += 1
+    files.add(BLOB_LIST)
+    return count
+
+
+def _copy_blob(engine: Engine, root: Path, sha: str, out: Path) -> int:
+    source = blob_path(root, sha)
+    target = blob_path(out / "blobs", sha)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        size, digest = copy_file(source, target)
+    except FileNotFoundError:
+        _missing_blob(engine, sha, source)
+    if digest != sha:
+        raise BackupError(
+            f"original {source} is damaged: its sha256 is {digest}, its name says otherwise; "
+            "restore that file from an older backup (or delete its items) and back up again"
+        )
+    return size
+
+
+def _missing_blob(engine: Engine, sha: str, source: Path) -> NoReturn:
+    """Tell a concurrent delete (retry) from an original lost from the data dir (refuse)."""
+    with engine.connect() as conn:
+        stmt = text("SELECT external_id FROM items WHERE sha256 = :sha LIMIT 5")
+        ids = list(conn.execute(stmt, {"sha": sha}).scalars())
+    if not ids:
+        raise _BlobGone(f"original {sha} was deleted with its item during the backup")
+    raise BackupError(
+        f"original {source} is missing from the data dir, yet items {ids} refer to it: "
+        "restore it from an older backup (or delete those items) and back up again"
+    )

@@ -1,0 +1,190 @@
+"""Restore: fill an empty database and data dir from a backup (see index.backup).
+
+Every file is checked against the manifest before anything is written; the database is
+brought to the backup's schema revision, rows go in parents first in one transaction, ids
+continue where the original's did, and the schema is then brought to this release's head.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, inspect, text
+
+from index.backup import (
+    CACHES,
+    CHUNK,
+    MANIFEST,
+    BackupError,
+    Say,
+    blob_list,
+    blob_path,
+    clause,
+    copy_file,
+    decode,
+    is_kept,
+    pg_sequence,
+    read_manifest,
+    verify,
+)
+from index.db import MIGRATIONS_DIR, downgrade, migrate
+from index.snapshots import fsync_dir
+from index.tables import Base
+
+
+def restore(*, engine: Engine, data_dir: Path, source: Path, say: Say = print) -> dict[str, Any]:
+    """Fill an empty database and data dir from a backup; return its manifest.
+
+    Every file is checked before anything is written; rows go in one transaction.
+    """
+    manifest = read_manifest(source)
+    verify(source, manifest)
+    say(f"checked {len(manifest['files'])} files against {source / MANIFEST}")
+    _require_known(manifest["schema_revision"])
+    _require_empty(engine, data_dir)
+    _to_revision(engine, manifest["schema_revision"])
+    written = _restore_files(source, data_dir, manifest)
+    try:
+        with engine.begin() as conn:
+            for name, entry in manifest["tables"].items():
+                _load_table(conn, source, name, entry)
+                say(f"{name}: {entry['rows']} rows")
+            _set_sequences(conn, manifest["tables"])
+    except BaseException:
+        _remove(written)
+        raise
+    migrate(engine)
+    return manifest
+
+
+def _revisions() -> list[str]:
+    """Alembic revisions of this release, oldest first."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    walked = ScriptDirectory.from_config(cfg).walk_revisions()
+    return [script.revision for script in reversed(list(walked))]
+
+
+def _require_known(revision: str) -> None:
+    if revision not in _revisions():
+        raise BackupError(
+            f"the backup is of schema revision {revision}, which this mmr does not know: "
+            "restore it with the release that made it, or a newer one"
+        )
+
+
+def _require_empty(engine: Engine, data_dir: Path) -> None:
+    with engine.connect() as conn:
+        for name in inspect(conn).get_table_names():
+            if name == "alembic_version":
+                continue
+            if conn.execute(text(f'SELECT 1 FROM "{name}" LIMIT 1')).first() is not None:
+                raise BackupError(
+                    f"the database already holds rows (table {name}): restore fills an empty "
+                    "deployment only; point MMR_DATABASE_URL at a new, empty database"
+                )
+    for folder in ("blobs", "indexes"):
+        if any(is_kept(p) for p in (data_dir / folder).rglob("*")):
+            raise BackupError(
+                f"{data_dir / folder} is not empty: restore fills an empty data dir only; "
+                "point MMR_DATA_DIR at a new folder"
+            )
+
+
+def _to_revision(engine: Engine, revision: str) -> None:
+    """Bring the (empty) database to the backup's schema, up or down."""
+    current = None
+    with engine.connect() as conn:
+        if "alembic_version" in inspect(conn).get_table_names():
+            current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    order = _revisions()
+    if current is not None and current in order and order.index(current) > order.index(revision):
+        downgrade(engine, revision)
+    else:
+        migrate(engine, revision)
+
+
+def _restore_files(source: Path, data_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Copy originals and caches into the data dir (a cache file already there is kept)."""
+    wanted = [(blob_path(Path("blobs"), sha), sha) for sha, _ in blob_list(source)]
+    wanted += [(Path(rel), e["sha256"]) for rel, e in manifest["files"].items() if _cached(rel)]
+    written: list[Path] = []
+    try:
+        for rel, sha in wanted:
+            if not (data_dir / rel).exists():
+                _restore_file(source / rel, data_dir / rel, sha)
+                written.append(data_dir / rel)
+    except BaseException:
+        _remove(written)
+        raise
+    return written
+
+
+def _cached(rel: str) -> bool:
+    return rel.split("/", 1)[0] in CACHES
+
+
+def _restore_file(source: Path, target: Path, sha: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.restore.tmp")
+    if copy_file(source, tmp)[1] != sha:
+        tmp.unlink()
+        raise BackupError(f"{source} changed while it was being restored")
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _load_table(conn: Connection, source: Path, name: str, entry: dict[str, Any]) -> None:
+    columns = entry["columns"]
+    insert = clause(name, columns).insert()
+    count = 0
+    with gzip.open(source / entry["file"], "rt", encoding="utf-8") as f:
+        batch = []
+        for line in f:
+            values = json.loads(line)
+            batch.append({c: decode(v, kind) for v, (c, kind) in zip(values, columns, strict=True)})
+            if len(batch) == CHUNK:
+                count += _insert(conn, insert, batch)
+        count += _insert(conn, insert, batch)
+    if count != entry["rows"]:
+        raise BackupError(
+            f"{source / entry['file']} holds {count} rows, the manifest says {entry['rows']}"
+        )
+
+
+def _insert(conn: Connection, insert: Any, batch: list[dict[str, Any]]) -> int:
+    if batch:
+        conn.execute(insert, batch)
+    count = len(batch)
+    batch.clear()
+    return count
+
+
+def _set_sequences(conn: Connection, tables: dict[str, Any]) -> None:
+    """Ids continue where the original's did: past the largest kept, and past deleted ones."""
+    for tbl in Base.metadata.sorted_tables:
+        auto = tbl.autoincrement_column
+        if tbl.name not in tables or auto is None:
+            continue
+        top = conn.execute(text(f'SELECT MAX("{auto.name}") FROM "{tbl.name}"')).scalar() or 0
+        value = max(int(top), int(tables[tbl.name].get("sequence", 0)))
+        if value < 1:
+            continue
+        if conn.dialect.name == "sqlite":
+            conn.execute(text("DELETE FROM sqlite_sequence WHERE name = :t"), {"t": tbl.name})
+            stmt = text("INSERT INTO sqlite_sequence (name, seq) VALUES (:t, :v)")
+            conn.execute(stmt, {"t": tbl.name, "v": value})
+        elif seq := pg_sequence(conn, tbl.name, auto.name):
+            conn.execute(text("SELECT setval(:s, :v, true)"), {"s": seq, "v": value})

@@ -1,0 +1,340 @@
+"""mmr backup / mmr restore: one point in time of a running server, searches answered as
+the original did, damaged or partial backups refused naming the file, SQLite -> Postgres."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, inspect, text
+
+import index.backup as backup_module
+from app.cli import main
+from app.main import create_app
+from app.settings import Settings, get_settings
+from index.backup import BackupError, backup
+from index.db import make_engine
+from index.restore import restore
+from tests.conftest import postgres_schema_url
+from tests.factories import image_bytes
+
+NAME = "things"
+
+
+@pytest.fixture
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[str]:
+    """A second empty database of the same kind as ``database_url``."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite:///{tmp_path / 'restored.sqlite3'}"
+        return
+    yield from postgres_schema_url()
+
+
+@pytest.fixture
+def target(make_settings: Callable[..., Settings], tmp_path: Path, empty_url: str) -> Settings:
+    """Settings of an empty deployment to restore into."""
+    return make_settings(data_dir=tmp_path / "restored", database_url=empty_url)
+
+
+def populate(client: TestClient) -> None:
+    """Texts with metadata, images, deleted items (keys not to reuse) and a patched item."""
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    batch = [
+        {"id": f"t{i}", "text": f"sentence number {i}", "metadata": {"n": i, "odd": i % 2 == 1}}
+        for i in range(12)
+    ]
+    done = client.post(f"/v1/collections/{NAME}/items/batch", json=batch).json()["results"]
+    assert all(r["status"] == 201 for r in done), done
+    for seed in range(3):
+        files = {"file": (f"i{seed}.png", image_bytes("RGB", seed=seed))}
+        added = client.post(f"/v1/collections/{NAME}/items", files=files, data={"id": f"i{seed}"})
+        assert added.status_code == 201, added.text
+    assert client.post(f"/v1/collections/{NAME}/items", json={"id": "last", "text": "l"}).is_success
+    for gone in ("t11", "last"):  # the largest key deleted: a restore must not give it out again
+        assert client.delete(f"/v1/collections/{NAME}/items/{gone}").status_code == 204
+    patched = client.patch(f"/v1/collections/{NAME}/items/t3", json={"metadata": {"n": 33}})
+    assert patched.status_code == 200, patched.text
+
+
+def answers(client: TestClient) -> list[Any]:
+    """Ids and scores of text, vector, item and filtered searches, and every item's content."""
+    dim = client.get(f"/v1/collections/{NAME}").json()["dim"]
+    vector = np.random.default_rng(0).standard_normal(dim).tolist()
+    bodies: list[dict[str, Any]] = [
+        {"text": "sentence number 4", "k": 20},
+        {"vector": vector, "k": 20},
+        {"item_id": "i1", "k": 20},
+        {"text": "number", "k": 5, "filter": {"odd": True}},
+    ]
+    found: list[Any] = []
+    for body in bodies:
+        response = client.post(f"/v1/collections/{NAME}/search", json=body)
+        assert response.status_code == 200, response.text
+        found.append(
+            [
+                (h["item"]["id"], h["score"], h["item"]["metadata"])
+                for h in response.json()["results"]
+            ]
+        )
+    for item in ("t0", "t3", "i2"):
+        found.append(client.get(f"/v1/collections/{NAME}/items/{item}/content").content)
+    return found
+
+
+def run_cli(monkeypatch: pytest.MonkeyPatch, settings: Settings, *argv: str) -> int:
+    """``mmr ARGV`` with the MMR_* variables of a deployment."""
+    monkeypatch.setenv("MMR_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("MMR_DATABASE_URL", settings.database_url)
+    get_settings.cache_clear()
+    try:
+        return main(list(argv))
+    finally:
+        get_settings.cache_clear()
+
+
+def sql(settings: Settings, query: str) -> list[Any]:
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(text(query)))
+    finally:
+        engine.dispose()
+
+
+def back_up(settings: Settings, out: Path) -> dict[str, Any]:
+    engine = make_engine(settings.database_url)
+    try:
+        return backup(engine=engine, data_dir=settings.data_dir, out=out, say=lambda _: None)
+    finally:
+        engine.dispose()
+
+
+def restore_into(settings: Settings, source: Path) -> dict[str, Any]:
+    engine = make_engine(settings.database_url)
+    try:
+        return restore(engine=engine, data_dir=settings.data_dir, source=source, say=lambda _: None)
+    finally:
+        engine.dispose()
+
+
+def test_a_restore_answers_every_search_as_the_original(
+    settings: Settings, target: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "backup"
+    head = settings.data_dir / "aligners" / "bridge.npz"  # a bootstrapped audio head, cached
+    with TestClient(create_app(settings)) as client:
+        populate(client)
+        before = answers(client)
+        head.parent.mkdir(exist_ok=True)
+        head.write_bytes(b"head" * 100)
+        assert run_cli(monkeypatch, settings, "backup", "--out", str(out)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())["manifest"]
+    assert manifest["tables"]["items"]["rows"] == 14
+    assert manifest["blobs"] == 14
+    assert run_cli(monkeypatch, target, "restore", "--from", str(out)) == 0
+    assert (target.data_dir / "aligners" / "bridge.npz").read_bytes() == head.read_bytes()
+    with TestClient(create_app(target)) as client:
+        assert answers(client) == before
+        added = client.post(f"/v1/collections/{NAME}/items", json={"id": "new", "text": "x"})
+        assert added.status_code == 201, added.text
+    # Keys go on past the deleted "last": a new item never takes a deleted item's key.
+    pks = dict(sql(target, "SELECT external_id, pk FROM items"))
+    assert pks["new"] == 17 and max(pks.values()) == 17
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_restores_into_postgres(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    source = make_settings(database_url=f"sqlite:///{tmp_path / 'source.sqlite3'}")
+    with TestClient(create_app(source)) as client:
+        populate(client)
+        before = answers(client)
+    back_up(source, tmp_path / "backup")
+    for url in postgres_schema_url():
+        target = make_settings(data_dir=tmp_path / "pg", database_url=url)
+        restore_into(target, tmp_path / "backup")
+        with TestClient(create_app(target)) as client:
+            assert answers(client) == before
+
+
+def consistent(settings: Settings) -> set[str]:
+    """Check a restored database holds together; return its item ids."""
+    items = {pk: ext for pk, ext in sql(settings, "SELECT pk, external_id FROM items")}
+    last: dict[int, str] = {}
+    for pk, op in sql(settings, "SELECT item_pk, op FROM changes ORDER BY seq"):
+        last[pk] = op
+    assert {pk for pk, op in last.items() if op == "upsert"} == set(items)
+    assert {pk for (pk,) in sql(settings, "SELECT item_pk FROM item_tags")} <= set(items)
+    return set(items.values())
+
+
+def test_the_backup_is_one_point_in_time_while_writers_go_on(
+    settings: Settings, target: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stop = threading.Event()
+    with TestClient(create_app(settings)) as client:
+        populate(client)
+
+        def write() -> None:
+            n = 0
+            while not stop.is_set():
+                body = {"id": f"w{n}", "text": f"writer {n}", "metadata": {"n": n}}
+                assert client.post(f"/v1/collections/{NAME}/items", json=body).status_code == 201
+                n += 1
+
+        dump = backup_module._dump_table
+
+        def dump_then_write(conn: Any, name: str, *args: Any) -> int:
+            rows = dump(conn, name, *args)
+            if name == "items":  # committed between two tables' reads: must not show
+                body = {"id": "late", "text": "late", "metadata": {"late": True}}
+                assert client.post(f"/v1/collections/{NAME}/items", json=body).status_code == 201
+            return rows
+
+        monkeypatch.setattr(backup_module, "_dump_table", dump_then_write)
+        writer = threading.Thread(target=write)
+        writer.start()
+        try:
+            back_up(settings, tmp_path / "backup")
+        finally:
+            stop.set()
+            writer.join()
+    restore_into(target, tmp_path / "backup")
+    ids = consistent(target)
+    assert "late" not in ids and {"t0", "i2"} <= ids
+    with TestClient(create_app(target)) as client:
+        for item in ids:
+            assert client.get(f"/v1/collections/{NAME}/items/{item}/content").status_code == 200
+
+
+@pytest.fixture
+def made(settings: Settings, tmp_path: Path) -> Path:
+    """A finished backup of a populated deployment."""
+    with TestClient(create_app(settings)) as client:
+        populate(client)
+    (settings.data_dir / "aligners").mkdir(exist_ok=True)
+    (settings.data_dir / "aligners" / "bridge.npz").write_bytes(b"head" * 100)
+    back_up(settings, tmp_path / "backup")
+    return tmp_path / "backup"
+
+
+def refused(target: Settings, source: Path) -> str:
+    with pytest.raises(BackupError) as caught:
+        restore_into(target, source)
+    # Refused before anything was written: no file, no row, no table.
+    assert not any(p.is_file() for p in target.data_dir.rglob("*"))
+    engine = make_engine(target.database_url)
+    assert inspect(engine).get_table_names() == []
+    engine.dispose()
+    return str(caught.value)
+
+
+def a_blob(source: Path) -> Path:
+    return next(p for p in sorted((source / "blobs").rglob("*")) if p.is_file())
+
+
+@pytest.mark.parametrize("part", ["blob", "table", "aligner"])
+def test_a_damaged_file_is_refused_by_name(made: Path, target: Settings, part: str) -> None:
+    path = {
+        "blob": lambda: a_blob(made),
+        "table": lambda: made / "tables" / "items.jsonl.gz",
+        "aligner": lambda: made / "aligners" / "bridge.npz",
+    }[part]()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    message = refused(target, made)
+    assert str(path) in message and "damaged" in message
+
+
+def test_a_missing_file_is_refused_by_name(made: Path, target: Settings) -> None:
+    path = a_blob(made)
+    path.unlink()
+    message = refused(target, made)
+    assert str(path) in message and "missing" in message
+
+
+def test_a_backup_without_its_manifest_is_partial(made: Path, target: Settings) -> None:
+    (made / "manifest.json").unlink()
+    assert "partial" in refused(target, made)
+
+
+def test_a_damaged_manifest_is_refused(made: Path, target: Settings) -> None:
+    manifest = made / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"rows": 14', '"rows": 15'))
+    assert "manifest.json is damaged" in refused(target, made)
+
+
+def test_a_truncated_table_file_is_refused(made: Path, target: Settings) -> None:
+    path = made / "tables" / "changes.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        lines = f.readlines()
+    with gzip.open(path, "wt") as f:
+        f.writelines(lines[:-1])
+    assert str(path) in refused(target, made)
+
+
+def test_a_deployment_with_data_is_not_a_restore_target(
+    made: Path,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_cli(monkeypatch, settings, "restore", "--from", str(made)) == 1
+    assert "already holds rows (table " in capsys.readouterr().out
+
+
+def test_backup_refuses_a_folder_in_use_and_names_a_lost_original(
+    settings: Settings, tmp_path: Path
+) -> None:
+    with TestClient(create_app(settings)) as client:
+        populate(client)
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    with pytest.raises(BackupError, match="not empty"):
+        back_up(settings, tmp_path / "used")
+    damaged, lost = sorted(p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file())[:2]
+    good = damaged.read_bytes()
+    damaged.write_bytes(good[:-1])
+    with pytest.raises(BackupError, match=f"original {damaged} is damaged"):
+        back_up(settings, tmp_path / "backup")
+    assert not any((tmp_path / "backup").iterdir())  # nothing half-written is left
+    damaged.write_bytes(good)
+    lost.unlink()
+    with pytest.raises(BackupError, match=f"{lost}.*items \\['") as caught:
+        back_up(settings, tmp_path / "backup")
+    assert "older backup" in str(caught.value)
+
+
+def test_an_item_deleted_during_the_copy_starts_a_new_snapshot(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with TestClient(create_app(settings)) as client:
+        populate(client)
+        copy = backup_module._copy_blobs
+        deleted: list[str] = []
+
+        def delete_then_copy(*args: Any) -> int:
+            if not deleted:  # the snapshot still has i0; its original goes now
+                assert client.delete(f"/v1/collections/{NAME}/items/i0").status_code == 204
+                deleted.append("i0")
+            return copy(*args)
+
+        monkeypatch.setattr(backup_module, "_copy_blobs", delete_then_copy)
+        manifest = back_up(settings, tmp_path / "backup")
+    assert manifest["tables"]["items"]["rows"] == 13
+
+
+def test_backup_of_a_database_that_is_not_mmr_says_so(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'other.sqlite3'}")
+    with pytest.raises(BackupError, match="no mmr schema"):
+        backup(engine=engine, data_dir=tmp_path, out=tmp_path / "b", say=lambda _: None)
+    engine.dispose()
