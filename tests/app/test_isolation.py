@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.fastpath import embed as fastembed
+from app.fastpath import search as fastsearch
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import error_code
@@ -195,3 +197,34 @@ def test_search_reaches_only_its_own_items(world: World) -> None:
 def test_an_unlimited_key_sees_everything(world: World) -> None:
     listed = world.client.get("/v1/collections", headers=ROOT).json()["collections"]
     assert sorted(c["name"] for c in listed) == [MINE, THEIRS]
+
+
+def test_the_fast_path_applies_the_same_rules(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Search and embed answered below FastAPI: a limited key's own collection is served
+    there, another's is as missing there as on the routes."""
+    ran: list[str] = []
+    search, embed_texts = fastsearch.search, fastembed.embed_texts
+
+    def spy_search(**kwargs: Any) -> Any:
+        ran.append(f"search {kwargs['name']}")
+        return search(**kwargs)
+
+    def spy_embed(**kwargs: Any) -> Any:
+        ran.append(f"embed {kwargs['collection']}")
+        return embed_texts(**kwargs)
+
+    monkeypatch.setattr(fastsearch, "search", spy_search)
+    monkeypatch.setattr(fastembed, "embed_texts", spy_embed)
+    reader = world.keys["read"]
+    for c, status in ((MINE, 200), (THEIRS, 404)):
+        body = {"texts": ["hi"], "collection": c}
+        assert world.client.post("/v1/embed", json=body, headers=reader).status_code == status
+        found = world.client.post(
+            f"/v1/collections/{c}/search", json={"text": "hi"}, headers=reader
+        )
+        assert found.status_code == status
+    # beta's embed reached the fast path and was refused there; beta's search never got past
+    # the key check (its name is in the path)
+    assert ran == [f"embed {MINE}", f"search {MINE}", f"embed {THEIRS}"]
