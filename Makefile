@@ -13,7 +13,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 
-.PHONY: install run test lint typecheck pytest bench clean
+.PHONY: install run test lint typecheck pytest bench fuzz clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ test: lint typecheck pytest
 # Smaller runs: $(PY) -m bench --quick, or --only search --sizes 10000,100000.
 bench: install
 	$(PY) -m bench
+
+# Schemathesis against a live server, every check and the stateful phase, on SQLite and
+# Postgres (tests run a short one): FUZZ_EXAMPLES cases per operation, seed FUZZ_SEED.
+FUZZ_EXAMPLES ?= 1000
+FUZZ_SEED ?= 19
+fuzz: install
+	$(PY) -m tests.fuzz.run --max-examples $(FUZZ_EXAMPLES) --seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -132,12 +133,14 @@ def describe_error(exc: Exception) -> tuple[int, str, str]:
     return 500, "internal_error", "an internal error occurred; see the server log"
 
 
-def error_body(status: int, code: str, message: str) -> JSONResponse:
-    """The one error shape of API.md."""
+def error_body(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape of API.md, with the status's headers and any given."""
     return JSONResponse(
         status_code=status,
         content={"error": {"code": code, "message": message}},
-        headers=STATUS_HEADERS.get(status),
+        headers={**STATUS_HEADERS.get(status, {}), **(headers or {})} or None,
     )
 
 
@@ -169,14 +172,33 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_body(422, "validation_error", _describe(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
-        return error_body(exc.status_code, code, str(exc.detail))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # RFC 9110: a 405 lists every method of the path
+            headers["Allow"] = allowed_methods(request, headers.get("Allow"))
+        return error_body(exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_body(500, "internal_error", "an internal error occurred; see the server log")
+
+
+def allowed_methods(request: Request, named: str | None) -> str:
+    """Every method of this path in the OpenAPI document (the router names only the first
+    matching route's, one of several), and HEAD with GET; else what the router named."""
+    matching = [
+        (template.count("{"), {m.upper() for m in operations})
+        for template, operations in request.app.openapi()["paths"].items()
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path)
+    ]
+    # The most literal template wins, as in routing: /items/batch is not /items/{item_id}.
+    fewest = min((params for params, _ in matching), default=0)
+    methods = set().union(*(found for params, found in matching if params == fewest))
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) if methods else named or ""
 
 
 def _describe(exc: RequestValidationError) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp
 
-from app.auth import Authenticate, document_security, require_api_key
+from app import openapi
+from app.auth import Authenticate, require_api_key
 from app.errors import install_error_handlers
 from app.fastpath import FastPath
 from app.lifespan import lifespan
@@ -35,6 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by app.openapi from an installed package: the CDN's pages are blank offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.services = None
@@ -46,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secured = [Depends(require_api_key)]
     for module in (models, collections, items, search, embed, jobs, keys):
         app.include_router(module.router, dependencies=secured)
-    _document_security(app)
+    openapi.install(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     _serve_hot_routes_first(app)
@@ -64,17 +67,6 @@ def _serve_hot_routes_first(app: FastAPI) -> None:
         return Authenticate(FastPath(build(), state=app.state), fastapi=app)
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
-
-
-def _document_security(app: FastAPI) -> None:
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document_security(build())
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def __getattr__(name: str) -> FastAPI:

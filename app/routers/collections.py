@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
 
 from app.schemas import AlignerList, CollectionCreate, CollectionList, CollectionPublic
 from app.services import aligners as aligner_svc
@@ -10,9 +12,16 @@ from app.services import collections as svc
 from app.state import ServicesDep
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
+# A version is a 64-bit row number: a longer one is not a version (422), never a 500.
+Version = Annotated[int, Path(ge=0, le=2**63 - 1, description="an aligner version")]
 
 
-@router.post("", status_code=201, response_model=CollectionPublic)
+@router.post(
+    "",
+    status_code=201,
+    response_model=CollectionPublic,
+    responses={409: {"description": "a collection with this name exists"}},
+)
 def create_collection(body: CollectionCreate, services: ServicesDep) -> CollectionPublic:
     """Create a collection in the active model's embedding space (409 if the name exists)."""
     return svc.create_collection(services=services, body=body)
@@ -44,8 +53,12 @@ def list_aligners(name: str, services: ServicesDep) -> AlignerList:
     return aligner_svc.list_aligners(services=services, name=name)
 
 
-@router.post("/{name}/aligners/{version}/activate", response_model=AlignerList)
-def activate_aligner(name: str, version: int, services: ServicesDep) -> AlignerList:
+@router.post(
+    "/{name}/aligners/{version}/activate",
+    response_model=AlignerList,
+    responses={409: {"description": "the version is of another embedding space"}},
+)
+def activate_aligner(name: str, version: Version, services: ServicesDep) -> AlignerList:
     """Make a recorded aligner version the active one (roll forward or back): stored raw
     features are re-projected into a new index built beside the live one, then aligner and
     index are swapped together; searches meanwhile answer from the old pair."""

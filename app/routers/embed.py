@@ -12,20 +12,32 @@ from app.services.embed import embed_files, embed_texts
 from app.state import ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["embed"])
+COLLECTION_NAME = EmbedOptions.model_json_schema()["properties"]["collection"]["anyOf"][0][
+    "pattern"
+]
 
 EMBED_FORM = {
     "type": "object",
     "required": ["file"],
     "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "collection": {"type": "string", "description": "use this collection's aligner heads"},
+        "collection": {
+            "type": "string",
+            "pattern": COLLECTION_NAME,
+            "description": "use this collection's aligner heads",
+        },
     },
+    "additionalProperties": False,  # EmbedOptions refuses other fields
 }
 
 
 @router.post(
     "/embed",
     response_model=EmbedResponse,
+    responses={
+        404: {"description": "no collection of that name"},
+        409: {"description": "the collection is of another embedding space than the model"},
+    },
     openapi_extra=body.openapi_body(EmbedRequest.model_json_schema(), EMBED_FORM),
 )
 async def embed(request: Request, services: ServicesDep) -> EmbedResponse:

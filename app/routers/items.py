@@ -41,8 +41,13 @@ BATCH_FORM = {
     "required": ["file"],
     "properties": {
         "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "id": {"type": "array", "items": {"type": "string"}, "description": "one per file"},
-        "metadata": {"type": "string", "description": "a JSON object, or a list of one per file"},
+        # Also taken: `id` repeated once per file, and `metadata` as a list of one object per
+        # file. No schema ties two lengths together, so those are told, not declared.
+        "metadata": {
+            "type": "string",
+            "description": "a JSON object for every file; or (not declared here) a JSON list of "
+            "one object per file. Client ids: an `id` field repeated once per file, in order",
+        },
     },
 }
 
@@ -51,7 +56,10 @@ BATCH_FORM = {
     "",
     status_code=201,
     response_model=ItemPublic,
-    responses={200: {"description": "an item with this client id was replaced"}},
+    responses={
+        200: {"description": "an item with this client id was replaced"},
+        409: {"description": "the collection is of another embedding space than the model"},
+    },
     openapi_extra=body.openapi_body(TextItemCreate.model_json_schema(), FILE_FORM),
 )
 async def add_item(name: str, request: Request, services: ServicesDep) -> JSONResponse:
@@ -80,6 +88,7 @@ async def add_item(name: str, request: Request, services: ServicesDep) -> JSONRe
 @router.post(
     "/batch",
     response_model=BatchResult,
+    responses={409: {"description": "the collection is of another embedding space than the model"}},
     openapi_extra=body.openapi_body(TextBatch.model_json_schema(), BATCH_FORM),
 )
 async def add_batch(name: str, request: Request, services: ServicesDep) -> BatchResult:
@@ -160,7 +169,11 @@ def _item_id(value: str | None) -> str | None:
         raise UnprocessableEntity(f"id {value!r} is not valid: 1-255 chars, no '/'") from exc
 
 
-@router.get("", response_model=ItemPage)
+@router.get(
+    "",
+    response_model=ItemPage,
+    responses={400: {"description": "the cursor is not a `next_cursor` this server gave"}},
+)
 def list_items(
     name: str,
     services: ServicesDep,

@@ -17,7 +17,12 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses={404: {"description": "no collection of that name, or no item of a pair"}},
+)
 async def create_job(
     body: Annotated[JobCreate, Field(discriminator="type")], services: ServicesDep
 ) -> JobPublic:
@@ -46,7 +51,11 @@ async def get_job(job_id: str, services: ServicesDep) -> JobPublic:
     return await run_in_threadpool(svc.get_job, services=services, job_id=job_id)
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={409: {"description": "the job has already ended"}},
+)
 async def cancel_job(job_id: str, services: ServicesDep) -> JobPublic:
     """Cancel a queued or running job (409 when it has already ended)."""
     return await run_in_threadpool(svc.cancel_job, services=services, job_id=job_id)

@@ -35,6 +35,7 @@ SEARCH_FORM = {
 @router.post(
     "/search",
     response_model=SearchResponse,
+    responses={409: {"description": "the query is of another embedding space or dimension"}},
     openapi_extra=body.openapi_body(SearchRequest.model_json_schema(), SEARCH_FORM),
 )
 async def search_collection(name: str, request: Request, services: ServicesDep) -> Response:
