@@ -20,8 +20,9 @@ from app.cli import main
 from app.main import create_app
 from app.settings import Settings, get_settings
 from index.backup import BackupError, backup
-from index.db import make_engine
+from index.db import downgrade, make_engine
 from index.restore import restore
+from index.tables import Base
 from tests.conftest import postgres_schema_url
 from tests.factories import image_bytes
 
@@ -338,3 +339,38 @@ def test_backup_of_a_database_that_is_not_mmr_says_so(tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="no mmr schema"):
         backup(engine=engine, data_dir=tmp_path, out=tmp_path / "b", say=lambda _: None)
     engine.dispose()
+
+
+def test_every_table_and_the_keys_come_back(
+    make_settings: Callable[..., Settings], target: Settings, tmp_path: Path
+) -> None:
+    root = {"Authorization": "Bearer root"}
+    source = make_settings(api_keys="root")
+    with TestClient(create_app(source)) as client:
+        made = client.post("/v1/keys", json={"name": "app", "scope": "read"}, headers=root)
+        assert made.status_code == 201, made.text
+    manifest = back_up(source, tmp_path / "backup")
+    assert set(manifest["tables"]) == set(Base.metadata.tables)  # a new table needs no change
+    restore_into(target, tmp_path / "backup")
+    key = {"Authorization": f"Bearer {made.json()['key']}"}
+    with TestClient(create_app(target.model_copy(update={"api_keys": "root"}))) as client:
+        assert client.get("/v1/collections", headers=key).status_code == 200
+        assert client.get("/v1/keys", headers=root).json()["keys"][0]["name"] == "app"
+
+
+def test_an_older_schema_restores_into_a_newer_empty_database(
+    settings: Settings, target: Settings, tmp_path: Path
+) -> None:
+    with TestClient(create_app(settings)) as client:
+        populate(client)
+        before = answers(client)
+    engine = make_engine(settings.database_url)
+    downgrade(engine, "0004")  # as a deployment of the release before keys left it
+    engine.dispose()
+    manifest = back_up(settings, tmp_path / "backup")
+    assert manifest["schema_revision"] == "0004" and "api_keys" not in manifest["tables"]
+    with TestClient(create_app(target)):
+        pass  # the target started once: empty, at this release's schema
+    restore_into(target, tmp_path / "backup")
+    with TestClient(create_app(target)) as client:
+        assert answers(client) == before
