@@ -1,5 +1,5 @@
 """Backups: the SQL rows of one point in time, the originals they refer to and the cached
-audio heads, with a manifest of checksums; restore fills an empty deployment from one.
+audio heads, with a manifest of checksums (``index.restore`` reads them back).
 
 Rows are dumped portably (gzipped JSON lines, one file per table), not as a database file,
 so a SQLite backup restores into Postgres and back. FAISS indexes are derived state and are
@@ -61,8 +61,12 @@ def _kind(type_: Any) -> str:
     return "plain"
 
 
-_TYPES: dict[str, Any] = {"bytes": LargeBinary(), "datetime": DateTime(timezone=True)}
-_TYPES["json"] = JSON()
+_TYPES: dict[str, Any] = {
+    "bytes": LargeBinary(),
+    "datetime": DateTime(timezone=True),
+    "json": JSON(),
+    "plain": None,  # passed through as the driver gives and takes it
+}
 
 
 def clause(name: str, columns: list[list[str]]) -> TableClause:
@@ -81,6 +85,7 @@ def _encode(value: Any, kind: str) -> Any:
 
 
 def decode(value: Any, kind: str) -> Any:
+    """A value as written by the backup, back as the column takes it."""
     if value is None or kind in ("plain", "json"):
         return value
     if kind == "bytes":
@@ -117,9 +122,12 @@ def _tables(conn: Connection) -> list[tuple[str, list[list[str]], list[str]]]:
     for tbl in Base.metadata.sorted_tables:
         if tbl.name not in present:
             continue
-        names = [c["name"] for c in inspector.get_columns(tbl.name)]
         kinds = {c.name: _kind(c.type) for c in tbl.columns}
-        columns = [[name, kinds.get(name, "plain")] for name in names]
+        # A column the schema has since dropped still has its database type.
+        columns = [
+            [c["name"], kinds.get(c["name"]) or _kind(c["type"])]
+            for c in inspector.get_columns(tbl.name)
+        ]
         found.append((tbl.name, columns, [c.name for c in tbl.primary_key.columns]))
     return found
 
@@ -133,7 +141,7 @@ def _revision(conn: Connection) -> str:
     return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
 
 
-def _sequences(conn: Connection) -> dict[str, int]:
+def _sequences(conn: Connection, present: set[str]) -> dict[str, int]:
     """The last id handed out per table (above the largest kept one when the last rows were
     deleted): a restore continues from it, so a deleted id is never given out again."""
     if conn.dialect.name == "sqlite":
@@ -142,7 +150,7 @@ def _sequences(conn: Connection) -> dict[str, int]:
         return {name: int(seq) for name, seq in rows}
     found = {}
     for tbl in Base.metadata.sorted_tables:
-        auto = tbl.autoincrement_column
+        auto = tbl.autoincrement_column if tbl.name in present else None
         seq = auto is not None and pg_sequence(conn, tbl.name, auto.name)
         if seq:
             last, called = conn.execute(text(f"SELECT last_value, is_called FROM {seq}")).one()
@@ -151,6 +159,7 @@ def _sequences(conn: Connection) -> dict[str, int]:
 
 
 def pg_sequence(conn: Connection, name: str, col: str) -> str | None:
+    """The (quoted, qualified) name of the sequence behind a Postgres serial column."""
     seq = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"), {"t": name, "c": col})
     return seq.scalar()
 
@@ -159,6 +168,7 @@ def pg_sequence(conn: Connection, name: str, col: str) -> str | None:
 
 
 def sha256_of(path: Path) -> tuple[int, str]:
+    """A file's size and sha256, read in chunks."""
     digest = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
@@ -168,7 +178,8 @@ def sha256_of(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def fsync_file(path: Path) -> None:
+def _fsync_file(path: Path) -> None:
+    """Make a file's content durable."""
     with open(path, "rb") as f:
         os.fsync(f.fileno())
 
@@ -187,7 +198,7 @@ class _Files:
 
     def add(self, rel: str) -> None:
         path = self.root / rel
-        fsync_file(path)
+        _fsync_file(path)
         size, sha = sha256_of(path)
         self.entries[rel] = {"size": size, "sha256": sha}
 
@@ -310,8 +321,9 @@ def _backup_once(engine: Engine, data_dir: Path, out: Path, say: Say) -> dict[st
     with _snapshot(engine) as conn:
         revision = _revision(conn)
         created_at = datetime.now(UTC).isoformat()
-        sequences = _sequences(conn)
-        for name, columns, key in _tables(conn):
+        dumped = _tables(conn)
+        sequences = _sequences(conn, {name for name, _, _ in dumped})
+        for name, columns, key in dumped:
             rows = _dump_table(conn, name, columns, key, files)
             tables[name] = {"file": f"tables/{name}.jsonl.gz", "rows": rows, "columns": columns}
             if name in sequences:
@@ -344,6 +356,7 @@ def _empty(folder: Path) -> None:
 
 
 def is_kept(path: Path) -> bool:
+    """A file worth copying: not a folder, not a temp file (their names start with a dot)."""
     return path.is_file() and not path.name.startswith(".")
 
 

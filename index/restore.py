@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Engine, inspect, text
 from index.backup import (
     CACHES,
     CHUNK,
-    MANIFEST,
     BackupError,
     Say,
     blob_list,
@@ -43,7 +42,7 @@ def restore(*, engine: Engine, data_dir: Path, source: Path, say: Say = print) -
     """
     manifest = read_manifest(source)
     verify(source, manifest)
-    say(f"checked {len(manifest['files'])} files against {source / MANIFEST}")
+    say(f"checked {len(manifest['files'])} files and {manifest['blobs']} originals: all sound")
     _require_known(manifest["schema_revision"])
     _require_empty(engine, data_dir)
     _to_revision(engine, manifest["schema_revision"])
