@@ -21,7 +21,10 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
     "",
     status_code=202,
     response_model=JobPublic,
-    responses={404: {"description": "no collection of that name, or no item of a pair"}},
+    responses={
+        404: {"description": "no collection of that name, or no item of a pair"},
+        429: {"description": "too many jobs are queued: retry after `Retry-After` seconds"},
+    },
 )
 async def create_job(
     body: Annotated[JobCreate, Field(discriminator="type")], services: ServicesDep

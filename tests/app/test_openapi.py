@@ -179,7 +179,7 @@ def test_identifier_patterns_follow_the_id_rule() -> None:
         assert ids.match(good), good
     for bad in ("", "a/b", " lead", "trail ", "\u202eevil", "zero\u200bwidth", "x" * 256):
         assert not ids.match(bad), bad
-    assert keys.match("album") and not keys.match("a\u2066b")
+    assert keys.match("album") and keys.match("tab\tkept") and not keys.match("a\u2066b")
 
 
 def test_a_path_number_beyond_64_bits_is_refused_not_a_500(
