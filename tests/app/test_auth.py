@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from starlette.types import Message
 
+from app.auth import supplied_key
 from app.main import create_app
 from app.settings import Settings
 from tests.conftest import error_code
@@ -135,3 +138,34 @@ def test_a_large_body_without_a_valid_key_is_not_read(secured: TestClient, key: 
         status = secured.portal.call(call, secured.app, method, concrete(path), headers, body)
         assert status == 401, (method, path)
         assert body.taken == 0, (method, path, body.taken)
+
+
+header_text = st.text(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40
+)  # what an HTTP header can carry
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    route=st.integers(min_value=0),
+    size=st.integers(min_value=0, max_value=1 << 30),
+    content_type=st.sampled_from(
+        ["application/json", "multipart/form-data; boundary=x", "text/plain", ""]
+    ),
+    header=st.sampled_from(["authorization", "x-api-key", "x-other"]),
+    value=header_text,
+)
+def test_any_request_without_a_valid_key_is_401_unread(
+    secured: TestClient, route: int, size: int, content_type: str, header: str, value: str
+) -> None:
+    assume(supplied_key({header: value}) not in ("k1", "k2"))  # the secured server's keys
+    operations = body_operations(secured.app)
+    method, path = operations[route % len(operations)]
+    headers = {"Content-Type": content_type, "Content-Length": str(size), header: value}
+    body = CountingBody(size)
+    status = secured.portal.call(call, secured.app, method, concrete(path), headers, body)
+    assert (status, body.taken) == (401, 0), (method, path, headers)
