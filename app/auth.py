@@ -147,9 +147,18 @@ class Authenticate:
             if status == 401:
                 response.headers["WWW-Authenticate"] = "Bearer"
             await response(scope, receive, send)
+            self._count(scope, status)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _count(self, scope: Scope, status: int) -> None:
+        """Count a refusal as the metrics layer (behind this one) counts answers: by route
+        template, or "unauthenticated" before the key is known (bounded label values)."""
+        template = "unauthenticated"
+        if status != 401 and self._routes is not None:
+            template = match_route(scope, self._routes)[0] or template
+        self.fastapi.state.metrics.requests.labels(scope["method"], template, str(status)).inc()
 
     async def _principal(self, headers: Headers) -> Principal:
         admin_keys = self.fastapi.state.settings.keys

@@ -169,3 +169,9 @@ def test_any_request_without_a_valid_key_is_401_unread(
     body = CountingBody(size)
     status = secured.portal.call(call, secured.app, method, concrete(path), headers, body)
     assert (status, body.taken) == (401, 0), (method, path, headers)
+
+
+def test_refusals_are_counted(secured: TestClient) -> None:
+    assert secured.post("/v1/collections/c/search", content=b"{").status_code == 401
+    metrics = secured.get("/metrics").text
+    assert 'route="unauthenticated",status="401"' in metrics
