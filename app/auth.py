@@ -177,7 +177,10 @@ class Authenticate:
         else:
             row = await to_thread.run_sync(services.keys.find, supplied)
         if row is None:
-            raise Unauthorized("the API key is not valid (it may have been deleted)")
+            raise Unauthorized(
+                "the API key is not valid (or was deleted): send a key of MMR_API_KEYS or "
+                "one made by POST /v1/keys"
+            )
         allowed = None if row.collections is None else frozenset(row.collections)
         return Principal(row.scope, allowed, row.id)
 
@@ -224,10 +227,14 @@ def authorize(principal: Principal, scope: Scope, routes: Sequence[RouteTemplate
     needed = required_scope(method, template)
     if RANK[principal.scope] < RANK[needed]:
         raise Forbidden(
-            f"this key's scope is {principal.scope!r}; {method} {template} needs {needed!r}"
+            f"this key's scope is {principal.scope!r} but {method} {template} needs "
+            f"{needed!r}: use a key with that scope"
         )
     if (method, template) in UNLIMITED_ONLY and principal.collections is not None:
-        raise Forbidden("managing keys needs an admin key that is not limited to collections")
+        raise Forbidden(
+            "managing keys needs an admin key that is not limited to collections: use one "
+            "of MMR_API_KEYS or such a key"
+        )
     name = params.get("name")
     if name is not None and principal.collections is not None and name not in principal.collections:
         raise missing_collection(name)

@@ -12,7 +12,20 @@ from app.state import ServicesDep
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
 
-@router.post("", status_code=201, response_model=KeyCreated)
+@router.post(
+    "",
+    status_code=201,
+    response_model=KeyCreated,
+    responses={
+        409: {
+            "description": "auth is off (MMR_API_KEYS is empty): a key would not count",
+            "x-example": {
+                "code": "conflict",
+                "message": "API keys are off (MMR_API_KEYS is empty)",
+            },
+        }
+    },
+)
 async def create_key(body: KeyCreate, services: ServicesDep) -> KeyCreated:
     """Make a key with a scope, optionally limited to collections; the answer's `key` is
     shown once (only its hash is stored). 409 while `MMR_API_KEYS` is empty (auth off)."""
