@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from app.schemas import CollectionName
 
 Scope = Literal["read", "write", "admin"]
-KeyName = Annotated[str, StringConstraints(min_length=1, max_length=255)]
+# A label for people: any text but control characters (which SQL may refuse, NUL on Postgres).
+KeyName = Annotated[str, StringConstraints(pattern=r"^[^\x00-\x1f\x7f]{1,255}$")]
 
 
 class KeyCreate(BaseModel):
