@@ -21,6 +21,7 @@ from app.schemas import (
     TextItemCreate,
 )
 from app.services import items as svc
+from app.services.media import request_budget
 from app.state import Services, ServicesDep
 from models.errors import MediaError
 
@@ -124,6 +125,7 @@ def _prepare_files(services: Services, form: body.Form) -> list[svc.PendingItem 
     if ids and len(ids) != len(form.files):
         raise UnprocessableEntity(f"{len(ids)} 'id' fields for {len(form.files)} files")
     metadata = _batch_metadata(form.field("metadata"), len(form.files))
+    budget = request_budget(services.settings)  # the files' decoded bytes, all together
     entries: list[svc.PendingItem | Exception] = []
     for i, upload in enumerate(form.files):
         try:
@@ -133,6 +135,7 @@ def _prepare_files(services: Services, form: body.Form) -> list[svc.PendingItem 
                     data=upload,
                     external_id=ids[i] if ids else None,
                     metadata=metadata[i],
+                    budget=budget,
                 )
             )
         except (MediaError, ApiError) as exc:

@@ -13,7 +13,7 @@ from app.errors import UnprocessableEntity
 from app.schemas import EmbedResponse
 from app.services.collections import require_space
 from app.services.embedding import Encoded, queries
-from app.services.media import DecodedMedia, decode_upload
+from app.services.media import DecodedMedia, decode_upload, request_budget
 from app.state import Services
 from models.aligner import Aligner
 from models.batcher import Pending
@@ -41,7 +41,7 @@ def embed_files(
     A recording longer than the audio window gives one vector: the mean of its segments.
     """
     _check_count(services, len(uploads))
-    media = [decode_upload(data, services=services) for data in uploads]
+    media = _decode_all(services, uploads)
     return embed_decoded(services=services, media=media, collection=collection)
 
 
@@ -74,7 +74,7 @@ def stage_files(
     what ``embed_files`` raises, with ``pending`` withdrawn."""
     try:
         _check_count(services, len(uploads))
-        media = [decode_upload(data, services=services) for data in uploads]
+        media = _decode_all(services, uploads)
         if any(m.modality != "image" for m in media):
             pending.withdraw()
             return media
@@ -85,6 +85,12 @@ def stage_files(
     images = [cast(Image.Image, m.payload) for m in media]
     rows = services.embedder.encoder.enqueue_images(images, pending)
     return StagedImages(rows, aligner)
+
+
+def _decode_all(services: Services, uploads: list[bytes]) -> list[DecodedMedia]:
+    """Every upload decoded, all within one request's budget of decoded bytes."""
+    budget = request_budget(services.settings)
+    return [decode_upload(data, services=services, budget=budget) for data in uploads]
 
 
 def finish(services: Services, staged: StagedImages, rows: np.ndarray) -> EmbedResponse:

@@ -20,6 +20,7 @@ from app.services.views import item_public
 from app.state import Services
 from index.store import ItemDraft, storable
 from index.tables import CollectionRow, ItemRow
+from models.media.budget import RequestBudget
 
 MAX_METADATA_BYTES = 64 * 1024
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -82,10 +83,16 @@ def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]
 
 
 def prepare_file(
-    *, services: Services, data: bytes, external_id: str | None, metadata: dict[str, Any]
+    *,
+    services: Services,
+    data: bytes,
+    external_id: str | None,
+    metadata: dict[str, Any],
+    budget: RequestBudget | None = None,
 ) -> PendingItem:
-    """A file item decoded and ready to embed (415/413 for what cannot be decoded)."""
-    media = decode_upload(data, services=services)
+    """A file item decoded and ready to embed (415/413 for what cannot be decoded), within
+    ``budget`` (its request's decoded bytes; a request of its own when None)."""
+    media = decode_upload(data, services=services, budget=budget)
     return PendingItem(
         external_id=external_id,
         modality=media.modality,

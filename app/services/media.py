@@ -1,17 +1,24 @@
-"""Uploads to decoded media: sniff the type, refuse what the active model cannot take."""
+"""Uploads to decoded media: sniff the type, refuse what the active model cannot take, and
+hold every decode to the request's and the process's budgets of decoded bytes."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from app.errors import PayloadTooLarge
+from app.settings import Settings
 from app.state import Services
 from models.errors import UnsupportedMediaError
 from models.media.audio import decode_audio, sniff_audio
+from models.media.budget import MB, DecodeBudget, RequestBudget
 from models.media.image import decode_image, sniff_image
+
+# How long a decode waits for room in a full process budget before its request gets 429.
+DECODE_WAIT_S = 2.0
 
 
 @dataclass
@@ -23,8 +30,28 @@ class DecodedMedia:
     payload: Image.Image | np.ndarray
 
 
-def decode_upload(data: bytes, *, services: Services) -> DecodedMedia:
-    """Decode an uploaded file by its bytes (never by its name or declared type)."""
+def request_budget(settings: Settings) -> RequestBudget:
+    """A new request's budget of decoded bytes (MMR_MAX_DECODED_MB_PER_REQUEST), drawing on
+    the process's (MMR_MAX_DECODED_MB): pass the same one to every decode of a request."""
+    return RequestBudget(
+        process_budget(int(settings.max_decoded_mb * MB)),
+        int(settings.max_decoded_mb_per_request * MB),
+        setting="MMR_MAX_DECODED_MB_PER_REQUEST",
+    )
+
+
+@functools.cache
+def process_budget(capacity: int) -> DecodeBudget:
+    """The process's one budget of decoded bytes (per capacity: apps built with other
+    settings in one process, as tests do, each get theirs)."""
+    return DecodeBudget(capacity, wait_s=DECODE_WAIT_S, setting="MMR_MAX_DECODED_MB")
+
+
+def decode_upload(
+    data: bytes, *, services: Services, budget: RequestBudget | None = None
+) -> DecodedMedia:
+    """Decode an uploaded file by its bytes (never by its name or declared type), within
+    ``budget`` (a request of its own when None)."""
     settings = services.settings
     if len(data) > settings.max_upload_bytes:
         raise PayloadTooLarge(
@@ -32,22 +59,31 @@ def decode_upload(data: bytes, *, services: Services) -> DecodedMedia:
         )
     if not data:
         raise UnsupportedMediaError("the file is empty")
+    budget = budget or request_budget(settings)
     mime = sniff_image(data)
     if mime is not None:
-        # Twice the encoder's input: JPEGs decode at a reduced DCT scale, the resize stays sharp.
-        min_side = 2 * services.embedder.image_size
-        image = decode_image(data, max_pixels=settings.max_image_pixels, min_side=min_side)
+        # Decoded just large enough for the encoder's input, right away: JPEGs at a reduced DCT
+        # scale of twice that (the resize stays sharp), any image then averaged down to under
+        # twice that.
+        side = services.embedder.image_size
+        image = decode_image(
+            data,
+            max_pixels=settings.max_image_pixels,
+            min_side=2 * side,
+            shrink_to=side,
+            budget=budget,
+        )
         return DecodedMedia("image", mime, image)
     audio = sniff_audio(data)
     if audio is not None:
-        return DecodedMedia("audio", audio, _decode_audio(data, audio, services))
+        return DecodedMedia("audio", audio, _decode_audio(data, audio, services, budget))
     raise UnsupportedMediaError(
         "unsupported file type: send an image (JPEG, PNG, GIF, WebP, BMP, TIFF) or, with a "
         "model that has an audio tower, audio (WAV, FLAC, Ogg Vorbis, MP3)"
     )
 
 
-def _decode_audio(data: bytes, mime: str, services: Services) -> np.ndarray:
+def _decode_audio(data: bytes, mime: str, services: Services, budget: RequestBudget) -> np.ndarray:
     embedder = services.embedder
     rate = embedder.audio_rate
     if rate is None:
@@ -57,4 +93,9 @@ def _decode_audio(data: bytes, mime: str, services: Services) -> np.ndarray:
             "MMR_AUDIO_MODEL=clap:laion/clap-htsat-unfused (a CLAP bridged into this space, "
             "see the README's Audio section) or run MMR_MODEL=mmr-mini, which has its own"
         )
-    return decode_audio(data, target_rate=rate, max_seconds=services.settings.max_audio_seconds)
+    return decode_audio(
+        data,
+        target_rate=rate,
+        max_seconds=services.settings.max_audio_seconds,
+        budget=budget,
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,6 +11,7 @@ import soundfile as sf
 import soxr
 
 from models.errors import MediaTooLargeError, UnsupportedMediaError
+from models.media.budget import RequestBudget, Reservation
 
 _ACCEPTED = "send WAV, FLAC, Ogg Vorbis or MP3 audio"
 _LIMIT_HINT = "(MMR_MAX_AUDIO_SECONDS); cut it or raise the limit"
@@ -23,6 +25,12 @@ _CONTAINERS = {"audio/wav": "WAV", "audio/flac": "FLAC", "audio/ogg": "OGG", "au
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (sf.SoundFileError,)
 
 _MAX_CHANNELS = 32
+# Highest sample rate taken: studio masters go to 384 kHz. An Ogg Vorbis header may claim any
+# 32-bit rate and FLAC up to 1 MHz, and the duration limit is frames / rate: a forged rate
+# would let a short "duration" decode to gigabytes.
+MAX_SAMPLE_RATE = 384_000
+# Most frames decoded from one file, whatever the settings: an hour and a half at 192 kHz.
+MAX_FRAMES = 2**30
 # A file must hold at least this share of the audio its header announces, else it was cut off
 # or the header lies. Not 1.0: an MP3 cut by a byte loses its last frame, which is harmless.
 _MIN_PRESENT = 0.9
@@ -32,6 +40,9 @@ _MAX_FRAMES_PER_BYTE = 20_000
 # RIFF chunks walked to find a WAV's data chunk; real files have a handful.
 _MAX_RIFF_CHUNKS = 64
 _BLOCK_FRAMES = 65_536
+# What soxr's streaming resampler holds besides its output (filters and buffers; measured
+# well under this at every rate ratio up to 384 kHz -> 8 kHz).
+_RESAMPLER_BYTES = 4 * 1024 * 1024
 # libsndfile's frame count for "length unknown".
 _SF_COUNT_MAX = 2**63 - 1
 
@@ -72,13 +83,29 @@ def probe_audio(data: bytes, *, max_seconds: float) -> AudioInfo:
         return _check_header(sound, mime, data, max_seconds)
 
 
-def decode_audio(data: bytes, *, target_rate: int, max_seconds: float) -> np.ndarray:
-    """Decode audio bytes to finite float32 mono at target_rate, refusing broken or long files."""
+def decode_audio(
+    data: bytes, *, target_rate: int, max_seconds: float, budget: RequestBudget | None = None
+) -> np.ndarray:
+    """Decode audio bytes to finite float32 mono at target_rate, refusing broken or long files.
+
+    Blocks are resampled as they are decoded, so only the output at ``target_rate`` is held.
+    With ``budget`` (the request's), the output the header announces and the decode's peak
+    are reserved there first (413 over the request's budget or when the peak could never fit
+    the process's, 429 when the process's stays full), grown if the file decodes to more than
+    its header announced; the returned wave keeps its bytes reserved in the process's budget
+    until it is garbage collected.
+    """
     sound, mime = _open(data)
     with sound:
         info = _check_header(sound, mime, data, max_seconds)
-        mono = _read_mono(sound, info, max_seconds)
-    return _resample(mono, info.sample_rate, target_rate)
+        if budget is None:
+            return _read_mono(sound, info, max_seconds, target_rate, None)
+        what = f"the {info.seconds:.1f} s recording"
+        peak = _peak_bytes(info, info.frames, target_rate)
+        with budget.reserve(peak, _out_bytes(info, info.frames, target_rate), what) as reservation:
+            wave = _read_mono(sound, info, max_seconds, target_rate, reservation)
+            reservation.keep(wave, wave.nbytes, what)
+            return wave
 
 
 def _open(data: bytes) -> tuple[sf.SoundFile, str]:
@@ -118,6 +145,11 @@ def _check_layout(info: AudioInfo) -> None:
         raise UnsupportedMediaError(
             f"the audio header is invalid ({info.sample_rate} Hz, {info.channels} channels); "
             f"the file is damaged, {_ACCEPTED}"
+        )
+    if info.sample_rate > MAX_SAMPLE_RATE:
+        raise UnsupportedMediaError(
+            f"the audio header claims {info.sample_rate} Hz, over the {MAX_SAMPLE_RATE} Hz we "
+            f"decode (a damaged or forged header); re-export it at 48 kHz, {_ACCEPTED}"
         )
     if info.channels > _MAX_CHANNELS:
         raise UnsupportedMediaError(
@@ -161,24 +193,79 @@ def _wav_data_sizes(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _read_mono(sound: sf.SoundFile, info: AudioInfo, max_seconds: float) -> np.ndarray:
-    """Decode block by block into mono, stopping once more than max_seconds has come out."""
+def _read_mono(
+    sound: sf.SoundFile,
+    info: AudioInfo,
+    max_seconds: float,
+    target_rate: int,
+    reservation: Reservation | None,
+) -> np.ndarray:
+    """Decode block by block into mono at target_rate, stopping once more than max_seconds
+    (or MAX_FRAMES) has come out."""
     # libsndfile stops at the header's frame count, but MP3/Ogg counts can be estimates:
     # the bound here does not rely on that.
-    limit = int(max_seconds * info.sample_rate)
-    blocks: list[np.ndarray] = []
+    limit = min(int(max_seconds * info.sample_rate), MAX_FRAMES)
+    resampler = _Resampler(info.sample_rate, target_rate)
     total = 0
     while (block := _read_block(sound, min(_BLOCK_FRAMES, limit + 1 - total))) is not None:
         total += len(block)
         if total > limit:
-            raise MediaTooLargeError(
-                f"the audio is longer than the {max_seconds:g} s limit {_LIMIT_HINT}"
-            )
-        blocks.append(block)
+            raise _too_long(max_seconds, limit)
+        resampler.add(block)
+        if reservation is not None and total > info.frames:  # more than the header announced
+            what = f"the audio, longer than its header announced ({info.seconds:.1f} s)"
+            reservation.resize(_peak_bytes(info, total + _BLOCK_FRAMES, target_rate), what)
     if total < _MIN_PRESENT * info.frames:
         decoded = total / info.sample_rate
         raise _cut_off(f"its header announces {info.seconds:.2f} s but only {decoded:.2f} s decode")
-    return np.concatenate(blocks)
+    return _checked(resampler.finish(), target_rate)
+
+
+def _too_long(max_seconds: float, limit: int) -> MediaTooLargeError:
+    """The error for a file that decoded past ``limit`` frames."""
+    if limit == MAX_FRAMES:
+        return MediaTooLargeError(
+            f"the audio decodes to more than {MAX_FRAMES} samples a channel, the most we decode "
+            "from one file; cut it into parts"
+        )
+    return MediaTooLargeError(f"the audio is longer than the {max_seconds:g} s limit {_LIMIT_HINT}")
+
+
+def _peak_bytes(info: AudioInfo, frames: int, target_rate: int) -> int:
+    """Most bytes decoding ``frames`` of the file holds at once: a block of every channel
+    (and its float64 mean), and the output at ``target_rate`` twice (its chunks and the
+    array they are joined into)."""
+    block = _BLOCK_FRAMES * (4 * info.channels + 8 + 4)
+    return block + 2 * _out_bytes(info, frames, target_rate) + _RESAMPLER_BYTES
+
+
+def _out_bytes(info: AudioInfo, frames: int, target_rate: int) -> int:
+    """Bytes ``frames`` of the file take as float32 mono at ``target_rate``."""
+    return 4 * (math.ceil(frames * target_rate / info.sample_rate) + 1)
+
+
+class _Resampler:
+    """Blocks of mono at one rate in, the whole wave at another out (soxr, streaming: the
+    same samples as one soxr.resample call over the joined blocks)."""
+
+    def __init__(self, rate: int, target_rate: int) -> None:
+        self._stream = (
+            None if rate == target_rate else soxr.ResampleStream(rate, target_rate, 1, "float32")
+        )
+        self._chunks: list[np.ndarray] = []
+
+    def add(self, block: np.ndarray) -> None:
+        """Resample a block (kept as it is when the rates match)."""
+        out = block if self._stream is None else self._stream.resample_chunk(block)
+        if len(out):
+            self._chunks.append(out)
+
+    def finish(self) -> np.ndarray:
+        """The whole output, the resampler's tail included."""
+        if self._stream is not None:
+            self._chunks.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        chunks, self._chunks = self._chunks, []
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
 
 
 def _read_block(sound: sf.SoundFile, frames: int) -> np.ndarray | None:
@@ -198,11 +285,9 @@ def _read_block(sound: sf.SoundFile, frames: int) -> np.ndarray | None:
     return np.asarray(mono, dtype=np.float32)
 
 
-def _resample(mono: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
-    """Resample with soxr (skipped when the rates match) and check the result is usable."""
-    if rate != target_rate:
-        mono = soxr.resample(mono, rate, target_rate)
-    out = np.ascontiguousarray(mono, dtype=np.float32)
+def _checked(wave: np.ndarray, target_rate: int) -> np.ndarray:
+    """The resampled wave as contiguous float32, checked usable."""
+    out = np.ascontiguousarray(wave, dtype=np.float32)
     if out.size == 0:
         raise UnsupportedMediaError(
             f"the audio is too short: under one sample at {target_rate} Hz; upload a longer clip"

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from models.errors import MediaTooLargeError, UnsupportedMediaError
+from models.media.budget import RequestBudget
 
 # Pillow format name -> MIME type, for every format we accept.
 IMAGE_CONTENT_TYPES: dict[str, str] = {
@@ -47,6 +48,17 @@ _NOMINAL_MAX: dict[str, float] = {"I;16": 65535.0, "I": 255.0, "F": 1.0}
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
+# The longest side a shrunk image keeps, in multiples of ``shrink_to``: a panorama up to
+# 8:1 keeps the shorter side the encoder needs, a longer one gets fewer pixels.
+KEPT_SIDES = 16
+# Bytes a pixel of a shrunk image may take while it is oriented and converted to RGB: the
+# image (4), a transposed copy (4), and the costliest conversion, high bit depths scaled
+# through float64 (4 + 8 + 1 + 1, then RGB 4); compositing alpha takes less (4 x 4).
+_KEPT_COPY_BYTES = 26
+# Full-size copies of a WebP's pixels while it decodes: libwebp's RGBA buffer, the bytes
+# Pillow makes of it, the image and its conversion from RGBA (measured: 3.9).
+_WEBP_COPIES = 4
+
 
 def sniff_image(data: bytes) -> str | None:
     """Return the MIME type the magic bytes announce for an accepted format, else None."""
@@ -73,12 +85,30 @@ def _looks_like_bmp(data: bytes) -> bool:
     return dib_size in _BMP_DIB_SIZES
 
 
-def decode_image(data: bytes, *, max_pixels: int, min_side: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int,
+    min_side: int | None = None,
+    shrink_to: int | None = None,
+    budget: RequestBudget | None = None,
+) -> Image.Image:
     """Decode image bytes into a fully loaded RGB image, refusing broken or oversized files.
 
     With ``min_side``, a JPEG is decoded at the smallest of its DCT scales (1/2, 1/4, 1/8)
     whose shorter side is still at least ``min_side``: a 12-megapixel photo for a 224-pixel
     encoder costs a fraction of a full decode. Other formats decode in full.
+
+    With ``shrink_to``, any image is reduced right after decoding, before it is converted or
+    kept: averaged over boxes of an integer factor so that its shorter side stays at least
+    ``shrink_to`` (under twice that) and its longer side at most ``KEPT_SIDES`` times
+    ``shrink_to`` (only a long panorama loses detail). A 62 KB PNG of 8000x8000 then holds
+    1 MB, not 256.
+
+    With ``budget`` (the request's), what the image will keep and the decode's peak are
+    reserved there before any pixel is decoded (413 over the request's budget or when the
+    peak could never fit the process's, 429 when the process's stays full); what the
+    returned image holds stays reserved in the process's until it is garbage collected.
     """
     if not data:
         raise UnsupportedMediaError(f"could not decode the image: the file is empty; {_ACCEPTED}")
@@ -90,7 +120,7 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int | None = None) -
         # guesses) as UserWarning; the pixels are still usable or an exception follows anyway.
         warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
         try:
-            return _decode(data, max_pixels, min_side)
+            return _decode(data, max_pixels, min_side, shrink_to, budget)
         except Image.DecompressionBombError as exc:
             # Pillow's hard ceiling (2 * Image.MAX_IMAGE_PIXELS) caps any larger max_pixels.
             raise MediaTooLargeError(
@@ -100,20 +130,120 @@ def decode_image(data: bytes, *, max_pixels: int, min_side: int | None = None) -
             raise UnsupportedMediaError(f"could not decode the image: {exc}; {_ACCEPTED}") from exc
 
 
-def _decode(data: bytes, max_pixels: int, min_side: int | None) -> Image.Image:
-    """Open, check the header size, load the first frame, orient it and convert to RGB."""
+def _decode(
+    data: bytes,
+    max_pixels: int,
+    min_side: int | None,
+    shrink_to: int | None,
+    budget: RequestBudget | None,
+) -> Image.Image:
+    """Open, check the header size, load the first frame, shrink, orient, convert to RGB."""
     with Image.open(io.BytesIO(data), formats=list(IMAGE_CONTENT_TYPES)) as img:
         _check_pixels(img.size, max_pixels)
         if min_side and img.format == "JPEG":
             width, height = img.size
             scale = min_side / max(min(width, height), 1)
             img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))
-        # Image.open leaves animated files (GIF/WEBP/APNG) on frame 0, so load() reads only it.
-        img.load()
-        # In place: the image is ours, and without an orientation tag a copy is all a
-        # returned one would add.
-        ImageOps.exif_transpose(img, in_place=True)
-        return _to_rgb(img)
+        factor = shrink_factor(img.size, shrink_to)
+        if budget is None:
+            return _decoded(img, factor)
+        what = f"the {img.width}x{img.height} image"
+        kept = kept_size(img.size, factor)
+        with budget.reserve(peak_bytes(img, factor), kept[0] * kept[1] * 4, what) as reservation:
+            rgb = _decoded(img, factor)
+            reservation.keep(rgb, held_bytes(rgb), what)
+            return rgb
+
+
+def _decoded(img: Image.Image, factor: int) -> Image.Image:
+    """The opened image loaded (its first frame), shrunk by ``factor``, oriented and RGB."""
+    # Image.open leaves animated files (GIF/WEBP/APNG) on frame 0, so load() reads only it.
+    img.load()
+    small = _shrink(img, factor)
+    if small is not img:
+        img.close()  # frees the full-size pixels now, not when the caller's `with` ends
+    # In place: the image is ours, and without an orientation tag a copy is all a
+    # returned one would add.
+    ImageOps.exif_transpose(small, in_place=True)
+    return _to_rgb(small)
+
+
+def shrink_factor(size: tuple[int, int], shrink_to: int | None) -> int:
+    """The integer factor ``decode_image`` reduces an image of ``size`` by (1: kept whole):
+    the largest that keeps the shorter side at least ``shrink_to``, or more for a panorama
+    whose longer side would stay over ``KEPT_SIDES * shrink_to``."""
+    if not shrink_to:
+        return 1
+    width, height = size
+    by_short_side = min(width, height) // shrink_to
+    by_long_side = -(-max(width, height) // (KEPT_SIDES * shrink_to))
+    return max(1, by_short_side, by_long_side)
+
+
+def _shrink(img: Image.Image, factor: int) -> Image.Image:
+    """Average ``img`` over ``factor`` x ``factor`` boxes (the same image when 1)."""
+    if factor == 1:
+        return img
+    source_mode = img.mode
+    convert = _before_reducing(img)
+    if convert is not None:
+        full = img.convert(convert)
+        img.close()
+        img = full
+    if img.mode.startswith("I;16"):  # reduce() does not take 16-bit modes; resize() does
+        return img.resize(kept_size(img.size, factor), Image.Resampling.BOX)
+    small = img.reduce(factor)
+    # Big-endian 16 bits went through "I": back to 16 bits, scaled as it would have been.
+    return small.convert("I;16") if source_mode.startswith("I;16") else small
+
+
+def _before_reducing(img: Image.Image) -> str | None:
+    """The mode to convert ``img`` to before averaging its pixels, or None to keep its own:
+    averaging palette indices or key colours would invent colours, and resize() reads
+    big-endian 16-bit pixels as little-endian (and convert("I;16") clips them to 8 bits)."""
+    if img.mode in ("P", "PA") or "transparency" in img.info:
+        return "RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB"
+    if img.mode.startswith("I;16") and img.mode not in ("I;16", "I;16L"):
+        return "I"
+    return "L" if img.mode == "1" else None
+
+
+def peak_bytes(img: Image.Image, factor: int) -> int:
+    """Most bytes decoding the opened ``img`` and shrinking it by ``factor`` holds at once:
+    its full-size pixels, the full-size copies shrinking makes, and the shrunk image with
+    every copy that orienting and converting it to RGB may make (measured on each format:
+    tests/models/test_image_memory.py)."""
+    width, height = img.size
+    full = width * height
+    decoded = full * pixel_bytes(img.mode) * (_WEBP_COPIES if img.format == "WEBP" else 1)
+    copies = full * _shrink_copy_bytes(img) if factor > 1 else 0
+    kept_width, kept_height = kept_size(img.size, factor)
+    return decoded + copies + kept_width * kept_height * _KEPT_COPY_BYTES
+
+
+def kept_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The size of an image of ``size`` reduced by ``factor`` (partial boxes count)."""
+    return -(-size[0] // factor), -(-size[1] // factor)
+
+
+def _shrink_copy_bytes(img: Image.Image) -> int:
+    """Bytes a pixel of the full-size copies that ``_shrink`` makes takes."""
+    mode = _before_reducing(img) or img.mode
+    converted = pixel_bytes(mode) if mode != img.mode else 0
+    # reduce() averages LA and RGBA premultiplied, through a copy in La / RGBa.
+    return converted + (4 if mode in ("LA", "RGBA") else 0)
+
+
+def held_bytes(img: Image.Image) -> int:
+    """Bytes a loaded image's pixels hold (Pillow stores RGB in 4 bytes a pixel)."""
+    return img.width * img.height * pixel_bytes(img.mode)
+
+
+def pixel_bytes(mode: str) -> int:
+    """Bytes Pillow stores a pixel of ``mode`` in."""
+    if mode in ("1", "L", "P"):
+        return 1
+    return 2 if mode.startswith("I;16") else 4
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
