@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from index.db import statement_timed_out
 from index.errors import ConflictError, NotFoundError, OutOfScopeError
 from index.faults import DRIVER_ERRORS, database_unavailable, storage_full
 from models.errors import MediaTooLargeError, Overloaded, UnsupportedMediaError
@@ -96,6 +97,13 @@ FAULTS: tuple[tuple[Callable[[BaseException], bool], int, str, str], ...] = (
         507,
         "insufficient_storage",
         "the server's disk is full; nothing was stored, retry once an operator frees space",
+    ),
+    (
+        statement_timed_out,
+        503,
+        "query_timeout",
+        "the database stopped a statement of this request at its time limit (MMR_SQL_TIMEOUT_S); "
+        "nothing was changed: retry later, or ask for less (a narrower filter, a smaller page)",
     ),
 )
 # Headers that go with a status: a 429 or a 503 says when to come back.

@@ -42,7 +42,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     configure_torch_threads(settings.torch_threads)
     configure_faiss_threads(settings.faiss_threads)
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url, statement_timeout_s=settings.sql_timeout_s)
     migrate(engine)
     sessions = make_sessionmaker(engine)
     store = MetadataStore(sessions)

@@ -2,20 +2,47 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from app.ids import check_id, check_key
 from index.spec import TYPE_FIELDS
 
 Modality = Literal["image", "text", "audio"]
 Scalar = str | int | float | bool | None
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-ItemId = Annotated[str, StringConstraints(pattern=r"^[^/\x00-\x1f]{1,255}$")]
+ItemId = Annotated[
+    str,
+    AfterValidator(check_id),
+    Field(
+        description="1-255 characters after NFC normalisation; no '/', no control, format or "
+        "bidi characters, not '.' or '..', no leading or trailing whitespace"
+    ),
+]
 Metadata = dict[str, Any]
 MAX_TEXT_CHARS = 20_000
 MAX_K = 1000
+# Filters: each key is a subquery and each value a bound parameter; beyond these a search
+# costs the database more than it can answer in time (hundreds of keys took Postgres
+# minutes to plan). Values longer than a tag holds could never match anything.
+MAX_FILTER_KEYS = 32
+MAX_FILTER_VALUES = 1000
+MAX_FILTER_VALUES_TOTAL = 4000
+MAX_FILTER_VALUE_CHARS = 1024
+# Explicit fine-tune pairs: a job body is stored in SQL and read by every listing.
+MAX_JOB_PAIRS = 50_000
+MAX_JOB_PAIRS_CHARS = 2_000_000
 
 
 class IndexSettings(BaseModel):
@@ -200,7 +227,19 @@ class SearchOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(10, ge=1, le=MAX_K)
     modalities: list[Modality] | None = None
-    filter: dict[str, Scalar | list[Scalar]] | None = None
+    filter: dict[str, Scalar | list[Scalar]] | None = Field(
+        None,
+        description=f"metadata equality, a list meaning any of: at most {MAX_FILTER_KEYS} "
+        f"keys, {MAX_FILTER_VALUES} values a key, {MAX_FILTER_VALUES_TOTAL} in all, strings "
+        f"of at most {MAX_FILTER_VALUE_CHARS} characters",
+    )
+
+    @field_validator("filter")
+    @classmethod
+    def _bounded_filter(
+        cls, value: dict[str, Scalar | list[Scalar]] | None
+    ) -> dict[str, Scalar | list[Scalar]] | None:
+        return None if value is None else check_filter(value)
 
 
 class SearchRequest(SearchOptions):
@@ -362,7 +401,11 @@ class FinetuneJobCreate(BaseModel):
         description="items sharing a value under this metadata key are pairs",
     )
     pairs: list[tuple[ItemId, ItemId]] | None = Field(
-        None, min_length=1, max_length=100_000, description="explicit item-id pairs"
+        None,
+        min_length=1,
+        max_length=MAX_JOB_PAIRS,
+        description=f"explicit item-id pairs (at most {MAX_JOB_PAIRS}, "
+        f"{MAX_JOB_PAIRS_CHARS:,} characters of ids in all); listings show their count",
     )
     activate: Literal["if_better", "always", "never"] = Field(
         "if_better", description="swap the new version in when its held-out recall is better"
@@ -374,12 +417,18 @@ class FinetuneJobCreate(BaseModel):
     patience: int = Field(
         30, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _one_source(self) -> FinetuneJobCreate:
         if (self.pair_key is None) == (self.pairs is None):
             raise ValueError("give exactly one of pair_key or pairs")
+        chars = sum(len(a) + len(b) for a, b in self.pairs or ())
+        if chars > MAX_JOB_PAIRS_CHARS:
+            raise ValueError(
+                f"pairs hold {chars:,} characters of ids; the limit is {MAX_JOB_PAIRS_CHARS:,}: "
+                "split the pairs over several jobs or pair items by a metadata key (pair_key)"
+            )
         return self
 
 
@@ -432,3 +481,29 @@ class JobList(BaseModel):
     """Jobs, newest first."""
 
     jobs: list[JobPublic]
+
+
+def check_filter(value: dict[str, Scalar | list[Scalar]]) -> dict[str, Scalar | list[Scalar]]:
+    """A search filter within the bounds above, its keys normalised like metadata keys."""
+    if len(value) > MAX_FILTER_KEYS:
+        raise ValueError(f"the filter has {len(value)} keys; the limit is {MAX_FILTER_KEYS}")
+    total = 0
+    checked: dict[str, Scalar | list[Scalar]] = {}
+    for key, wanted in value.items():
+        values = wanted if isinstance(wanted, list) else [wanted]
+        if len(values) > MAX_FILTER_VALUES:
+            raise ValueError(
+                f"filter key {key!r} has {len(values)} values; the limit is {MAX_FILTER_VALUES}"
+            )
+        total += len(values)
+        for v in values:
+            if isinstance(v, str) and len(v) > MAX_FILTER_VALUE_CHARS:
+                raise ValueError(
+                    f"a value of filter key {key!r} is over {MAX_FILTER_VALUE_CHARS} characters"
+                )
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"filter key {key!r}: numbers must be finite")
+        checked[check_key(key)] = wanted
+    if total > MAX_FILTER_VALUES_TOTAL:
+        raise ValueError(f"the filter has {total} values; the limit is {MAX_FILTER_VALUES_TOTAL}")
+    return checked

@@ -77,6 +77,18 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(default=30.0, gt=0, description="a job's lease per heartbeat")
     job_poll_s: float = Field(default=2.0, gt=0, description="idle worker's polling interval")
     job_max_attempts: int = Field(default=3, ge=1, description="runs before a job is failed")
+    max_queued_jobs: int = Field(
+        default=1000, ge=1, description="queued jobs in all before POST /v1/jobs gets 429"
+    )
+    max_queued_jobs_per_collection: int = Field(
+        default=20, ge=1, description="queued jobs of one collection before POST /v1/jobs gets 429"
+    )
+    sql_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="longest one SQL statement of the server may run (0: no limit); a request "
+        "whose statement is stopped gets 503 query_timeout",
+    )
     log_level: str = "info"
 
     @field_validator("max_upload_mb")

@@ -2,25 +2,119 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
+import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# How often (in SQLite virtual machine steps) a running statement checks its deadline:
+# about a tenth of a millisecond of work, a Python call each time.
+SQLITE_CHECK_STEPS = 10_000
+_PG_QUERY_CANCELED = "57014"
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for the URL; SQLite gets WAL, full fsync and foreign keys on every connection."""
+def make_engine(url: str, *, statement_timeout_s: float = 0.0) -> Engine:
+    """An engine for the URL; SQLite gets WAL, full fsync and foreign keys on every connection.
+
+    With ``statement_timeout_s``, every statement is stopped once it has run that long
+    (Postgres: ``statement_timeout``; SQLite: a progress handler), raising an error that
+    ``statement_timed_out`` recognises: one expensive query cannot hold a connection and a
+    core for minutes. Migrations and ``no_time_limit`` blocks run without it.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if statement_timeout_s > 0:
+            _limit_sqlite(engine, statement_timeout_s)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    if statement_timeout_s > 0:
+        _limit_postgres(engine, statement_timeout_s)
+    return engine
+
+
+class _Deadline:
+    """When the statement running on one SQLite connection must stop (inf: never)."""
+
+    def __init__(self) -> None:
+        self.at = math.inf
+        self.suspended = 0
+
+    def exceeded(self) -> bool:
+        return not self.suspended and time.monotonic() > self.at
+
+
+def _limit_sqlite(engine: Engine, limit_s: float) -> None:
+    def attach(dbapi_conn: Any, record: Any) -> None:
+        deadline = record.info["deadline"] = _Deadline()
+        dbapi_conn.set_progress_handler(deadline.exceeded, SQLITE_CHECK_STEPS)
+
+    def start(conn: Connection, *_: Any) -> None:
+        conn.info["deadline"].at = time.monotonic() + limit_s
+
+    def checkout(_dbapi: Any, record: Any, _proxy: Any) -> None:
+        # Statements run on a raw connection (search hydration) skip the cursor events:
+        # they are timed from the checkout instead.
+        record.info["deadline"].at = time.monotonic() + limit_s
+
+    def checkin(_dbapi: Any, record: Any) -> None:
+        if "deadline" in record.info:
+            record.info["deadline"].at = math.inf
+
+    event.listen(engine, "connect", attach)
+    event.listen(engine, "checkout", checkout)
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "before_cursor_execute", start)
+
+
+def _limit_postgres(engine: Engine, limit_s: float) -> None:
+    millis = max(1, round(limit_s * 1000))
+
+    def attach(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {millis}")
+        dbapi_conn.commit()  # a session setting: it outlives this transaction
+
+    event.listen(engine, "connect", attach)
+
+
+@contextlib.contextmanager
+def no_time_limit(conn: Connection) -> Iterator[None]:
+    """Statements on ``conn`` inside the block run without the engine's time limit (work
+    that grows with the data, not with a request: migrations, deleting a collection).
+    On Postgres it lasts until the transaction ends, so begin one first."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        yield
+        return
+    deadline = conn.info.get("deadline")
+    if deadline is None:
+        yield
+        return
+    deadline.suspended += 1
+    try:
+        yield
+    finally:
+        deadline.suspended -= 1
+
+
+def statement_timed_out(exc: BaseException) -> bool:
+    """Whether an error (SQLAlchemy's or a driver's own) is a statement stopped by the time
+    limit: SQLite's "interrupted" (nothing else here interrupts), Postgres's 57014."""
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, sqlite3.OperationalError):
+        return str(orig) == "interrupted"
+    return getattr(orig, "sqlstate", None) == _PG_QUERY_CANCELED
 
 
 MMAP_BYTES = 1 << 31
@@ -67,7 +161,7 @@ def _alembic(engine: Engine, step: Any, revision: str) -> None:
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()  # ends SQLAlchemy's autobegun (empty) transaction
         try:
-            with conn.begin():
+            with conn.begin(), no_time_limit(conn):
                 cfg.attributes["connection"] = conn
                 step(cfg, revision)
         finally:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,6 +72,23 @@ class JobStore:
             stmt = stmt.where(JobRow.status == status)
         with self.sessions() as session:
             return list(session.scalars(stmt))
+
+    def count_queued(self, *, collection_id: int | None = None) -> int:
+        """Jobs waiting to run, of one collection or of all."""
+        stmt = select(func.count()).select_from(JobRow).where(JobRow.status == QUEUED)
+        if collection_id is not None:
+            stmt = stmt.where(JobRow.collection_id == collection_id)
+        with self.sessions() as session:
+            return int(session.scalar(stmt) or 0)
+
+    def still_running(self, job_id: str, *, worker: str) -> bool:
+        """Whether this worker still runs the job (not cancelled, not taken back): asked
+        of SQL itself, not of the last heartbeat."""
+        stmt = select(JobRow.id).where(
+            JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker
+        )
+        with self.sessions() as session:
+            return session.scalar(stmt) is not None
 
     def cancel(self, job_id: str) -> JobRow:
         """Cancel a queued or running job now; ConflictError when it has already ended."""

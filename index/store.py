@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import time
+import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,10 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
+from index.db import no_time_limit
 from index.errors import ConflictError, NotFoundError
 from index.tables import AlignerRow, ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
 
 Scalar = str | int | float | bool | None
+MAX_VERSION = 2**31 - 1  # aligner versions are 32-bit integers in SQL
 
 
 @dataclass
@@ -92,13 +95,17 @@ def storable(text: str) -> bool:
 
 
 def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
+    """The item under this id as given or, failing that, in NFC: ids are written in NFC
+    (app/ids.py), so any spelling of one finds it, and an id stored before that rule keeps
+    being found under its own spelling."""
     row = None
-    if storable(external_id):
-        row = session.scalar(
-            select(ItemRow).where(
-                ItemRow.collection_id == collection_id, ItemRow.external_id == external_id
+    for spelling in dict.fromkeys([external_id, unicodedata.normalize("NFC", external_id)]):
+        if row is None and storable(spelling):
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id, ItemRow.external_id == spelling
+                )
             )
-        )
     if row is None:
         raise NotFoundError(f"no item {external_id!r} in this collection")
     return row
@@ -257,6 +264,8 @@ class MetadataStore:
 
     def get_aligner(self, *, collection_id: int, version: int) -> AlignerRow | None:
         """One recorded version, or None (version 0 is never recorded: the identity)."""
+        if not 0 < version <= MAX_VERSION:  # no row holds it; the database would refuse it
+            return None
         with self.sessions() as session:
             return session.scalar(
                 select(AlignerRow).where(
@@ -326,8 +335,9 @@ class MetadataStore:
         return row
 
     def delete_collection(self, collection_id: int) -> None:
-        """Remove a collection with its items, tags and change log."""
-        with self.sessions.begin() as session:
+        """Remove a collection with its items, tags and change log (however many: without
+        the statement time limit)."""
+        with self.sessions.begin() as session, no_time_limit(session.connection()):
             item_pks = select(ItemRow.pk).where(ItemRow.collection_id == collection_id)
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk.in_(item_pks)))
             session.execute(delete(ItemRow).where(ItemRow.collection_id == collection_id))

@@ -42,6 +42,8 @@ async def json_payload(request: Request) -> Any:
     raw = await request.body()
     try:
         return json.loads(raw)
+    except RecursionError as exc:  # Python's parser recurses once per nesting level
+        raise BadRequest("the body is nested too deeply to parse", code="malformed_json") from exc
     except ValueError as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
 

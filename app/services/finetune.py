@@ -21,7 +21,7 @@ from app.services.collections import index_spec
 from app.state import Services
 from index.store import StoredVectors, from_blob
 from index.tables import CollectionRow
-from models.finetune import FinetuneConfig, Pairs, Progress, finetune
+from models.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
 
 if TYPE_CHECKING:
     from app.worker import JobContext
@@ -55,11 +55,13 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
         )
 
     tuned, report = finetune(base, pairs, cfg, progress=progress, should_stop=ctx.should_stop)
+    _stop_if_cancelled(services, ctx)
     tuned = tuned.with_meta(job=ctx.job.id, base_version=base.version, pairs=found)
     version = aligners.record(services=services, row=row, aligner=tuned)
     policy = params["activate"]
     activate = policy == "always" or (policy == "if_better" and report.improved)
     if activate:
+        _stop_if_cancelled(services, ctx)
         aligners.activate(services=services, name=row.name, version=version)
     return {
         "aligner_version": version,
@@ -69,6 +71,15 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
         **found,
         **report.as_meta(),
     }
+
+
+def _stop_if_cancelled(services: Services, ctx: JobContext) -> None:
+    """Raise Cancelled once the job is no longer this worker's. Asked of SQL, not of the
+    heartbeat: a cancel that lands after the last epoch (seconds before the next beat)
+    must still keep the new version from being recorded or activated."""
+    worker = ctx.job.worker or ""
+    if ctx.should_stop() or not services.jobs.still_running(ctx.job.id, worker=worker):
+        raise Cancelled
 
 
 def run_reindex(services: Services, ctx: JobContext) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,17 +13,20 @@ from typing import Any
 import numpy as np
 
 from app.errors import BadRequest, UnprocessableEntity, describe_error
+from app.ids import check_key
 from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
 from app.services.collections import require_space
 from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
+from index.errors import NotFoundError
 from index.store import ItemDraft, storable
 from index.tables import CollectionRow, ItemRow
 from models.media.budget import RequestBudget
 
 MAX_METADATA_BYTES = 64 * 1024
+MAX_METADATA_DEPTH = 32  # the object itself is level 1
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
@@ -40,18 +44,49 @@ class PendingItem:
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:
-    """Metadata must be a JSON object of bounded size."""
+    """Metadata must be a JSON object of bounded size and depth, of finite numbers, its keys
+    following the identifier rule (app/ids.py); it comes back with its keys in NFC."""
     if not isinstance(metadata, dict):
         raise UnprocessableEntity("metadata must be a JSON object")
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    try:
+        checked = _checked_value(metadata, depth=1)
+    except ValueError as exc:
+        raise UnprocessableEntity(f"metadata: {exc}") from exc
+    if len(json.dumps(checked)) > MAX_METADATA_BYTES:
         raise UnprocessableEntity(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB")
-    return metadata
+    return checked
+
+
+def _checked_value(value: Any, *, depth: int) -> Any:
+    """A JSON value as stored: NaN, infinities (and 1e400, read as one) refused rather than
+    stored as null (SQLite) or refused by the database (Postgres); depth bounded."""
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_METADATA_DEPTH} levels")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("numbers must be finite (no NaN, Infinity or overflowing 1e400)")
+    if isinstance(value, list):
+        return [_checked_value(v, depth=depth + 1) for v in value]
+    if isinstance(value, dict):
+        checked: dict[str, Any] = {}
+        for key, inner in value.items():
+            name = check_key(key)
+            if name in checked:
+                raise ValueError(f"two keys are {name!r} once normalised to NFC")
+            checked[name] = _checked_value(inner, depth=depth + 1)
+        return checked
+    return value
 
 
 def parse_json_field(raw: str, field: str) -> Any:
     """A multipart field that carries JSON as a string; 400 when it is not JSON."""
     try:
         return json.loads(raw)
+    except RecursionError as exc:  # Python's parser recurses per nesting level
+        raise BadRequest(
+            f"{field} is nested too deeply to parse; metadata and filters nest at most "
+            f"{MAX_METADATA_DEPTH} levels",
+            code="malformed_json",
+        ) from exc
     except ValueError as exc:
         raise BadRequest(f"{field} is not valid JSON: {exc}", code="malformed_json") from exc
 
@@ -174,7 +209,14 @@ def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes,
     """The original bytes of an item and their content type."""
     row = services.store.get_collection(name)
     item = services.store.get_item(collection_id=row.id, external_id=item_id)
-    return services.blobs.get(item.sha256), item.content_type
+    try:
+        return services.blobs.get(item.sha256), item.content_type
+    except FileNotFoundError as exc:
+        # The row is there but its file is not (deleted or lost outside the service).
+        raise NotFoundError(
+            f"the original bytes of item {item_id!r} are missing from the server's data "
+            "directory; upload the item again (or restore the data directory from a backup)"
+        ) from exc
 
 
 def patch_item(
@@ -221,6 +263,6 @@ def decode_cursor(cursor: str) -> int:
         after = json.loads(base64.urlsafe_b64decode(padded))["after"]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
         raise BadRequest("the cursor is not valid: pass next_cursor back unchanged") from exc
-    if not isinstance(after, int) or after < 0:
+    if not isinstance(after, int) or not 0 <= after < 2**63:  # a row key is 64 bits
         raise BadRequest("the cursor is not valid: pass next_cursor back unchanged")
     return after

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from app.errors import ApiError
 from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
 from app.services.collections import index_spec
 from app.services.views import job_public
 from app.state import Services
 
 
+class QueueFull(ApiError):
+    """Too many jobs wait already (429)."""
+
+    status, code = 429, "overloaded"
+
+
 def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate) -> JobPublic:
-    """Queue a job for an existing collection (404 when there is none)."""
+    """Queue a job for an existing collection (404 when there is none, 429 when the queue is
+    full)."""
     row = services.store.get_collection(body.collection)
+    _require_room(services, row.id, row.name)
     if isinstance(body, ReindexJobCreate) and body.index is not None:
         index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
@@ -19,6 +28,24 @@ def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate
     )
     services.worker_wakeup.set()
     return job_public(job)
+
+
+def _require_room(services: Services, collection_id: int, name: str) -> None:
+    """Refuse a job while too many wait: each holds its body in SQL and a worker's turn.
+    (Two requests at the same moment may both pass: the caps are a bound, not a count.)"""
+    settings = services.settings
+    queued = services.jobs.count_queued(collection_id=collection_id)
+    if queued >= settings.max_queued_jobs_per_collection:
+        raise QueueFull(
+            f"{queued} jobs of collection {name!r} are queued already, the most "
+            f"MMR_MAX_QUEUED_JOBS_PER_COLLECTION allows: wait for them to run, or cancel some"
+        )
+    queued = services.jobs.count_queued()
+    if queued >= settings.max_queued_jobs:
+        raise QueueFull(
+            f"{queued} jobs are queued already, the most MMR_MAX_QUEUED_JOBS allows: "
+            "wait for them to run, or cancel some"
+        )
 
 
 def get_job(*, services: Services, job_id: str) -> JobPublic:

@@ -123,11 +123,17 @@ def _decode_query(services: Services, query: Query) -> tuple[str, object]:
 
 
 def _raw_vector(row: CollectionRow, values: list[float]) -> np.ndarray:
-    vector = np.asarray(values, dtype=np.float32)
+    """A client's vector at unit length. Scaled by its largest magnitude in float64 first:
+    in float32 the squares of 1e-30 vanish and those of 1e30 overflow, and normalising
+    would give zeros or NaN where the direction is perfectly well defined."""
+    vector = np.asarray(values, dtype=np.float64)
     if vector.shape != (row.dim,):
         raise SpaceMismatch(
             f"the vector has {vector.size} dimensions but collection {row.name!r} has {row.dim}"
         )
     if not np.all(np.isfinite(vector)) or not np.any(vector):
         raise UnprocessableEntity("the vector must be finite and not all zeros")
-    return l2_normalize(vector.reshape(1, -1))[0]
+    unit = l2_normalize((vector / np.max(np.abs(vector))).reshape(1, -1))[0]
+    if not np.all(np.isfinite(unit)) or abs(float(np.linalg.norm(unit)) - 1.0) > 1e-3:
+        raise UnprocessableEntity("the vector cannot be normalised to unit length")
+    return unit

@@ -50,6 +50,16 @@ def collection_public(
     )
 
 
+def job_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A job's parameters as shown: explicit pairs as their count (a job may hold 50,000;
+    every listing would send them all back)."""
+    pairs = params.get("pairs")
+    if not isinstance(pairs, list):
+        return params
+    shown = {k: v for k, v in params.items() if k != "pairs"}
+    return {**shown, "pairs_count": len(pairs)}
+
+
 def job_public(row: JobRow) -> JobPublic:
     """The public view of a job."""
     return JobPublic(
@@ -58,7 +68,7 @@ def job_public(row: JobRow) -> JobPublic:
         collection=row.collection,
         status=row.status,
         progress=row.progress,
-        params=row.params,
+        params=job_params(row.params),
         metrics=row.metrics,
         error=row.error,
         attempts=row.attempts,

@@ -229,3 +229,28 @@ def test_cancelling_a_running_finetune_stops_it_and_records_nothing(client: Test
     assert after["status"] == "succeeded"
     assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "cancelled"
     assert len(client.get(f"/v1/collections/{NAME}/aligners").json()["aligners"]) == 1
+
+
+def test_a_cancel_after_training_keeps_the_new_version_out(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel lands between the last epoch and the activation (before a heartbeat
+    could see it): the job ends cancelled and the active version stays."""
+    from app.services import finetune as handlers
+
+    fill(client, groups=20)
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    trained = handlers.finetune
+
+    def then_cancelled(*args: Any, **kwargs: Any) -> Any:
+        result = trained(*args, **kwargs)
+        [running] = services.jobs.list(status="running")
+        services.jobs.cancel(running.id)
+        return result
+
+    monkeypatch.setattr(handlers, "finetune", then_cancelled)
+    job = start(client, type="finetune", pair_key="group", activate="always", max_epochs=3)
+    done = wait(client, job["id"])
+    assert done["status"] == "cancelled", done
+    aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
+    assert aligners["active"] == 1 and len(aligners["aligners"]) == 1
