@@ -97,6 +97,16 @@ def required_scope(method: str, path: str) -> str:
     return READ if method in ("GET", "HEAD") else ADMIN
 
 
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the ``root_path`` a proxy mounts the app under
+    (as Starlette's router strips it), so ``--root-path /api`` cannot walk around the keys."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("", "/"):
+        return path[len(root) :]
+    return path
+
+
 def guarded(path: str) -> bool:
     """Whether a path needs a key (health, metrics, docs and the web page stay open)."""
     return path == "/v1" or path.startswith("/v1/")
@@ -130,7 +140,7 @@ class Authenticate:
         self._routes: list[RouteTemplate] | None = None  # built on first use: all are added
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not guarded(scope["path"]):
+        if scope["type"] != "http" or not guarded(route_path(scope)):
             await self.app(scope, receive, send)
             return
         try:
@@ -208,7 +218,7 @@ def route_templates(app: FastAPI) -> list[RouteTemplate]:
 
 def match_route(scope: Scope, routes: Sequence[RouteTemplate]) -> tuple[str, dict[str, str]]:
     """The template and path parameters of the route a request goes to ("" when none)."""
-    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    path = route_path(scope)
     for route in routes:
         if scope["method"] in route.methods:
             found = route.regex.match(path)

@@ -175,3 +175,15 @@ def test_refusals_are_counted(secured: TestClient) -> None:
     assert secured.post("/v1/collections/c/search", content=b"{").status_code == 401
     metrics = secured.get("/metrics").text
     assert 'route="unauthenticated",status="401"' in metrics
+
+
+def test_a_root_path_does_not_walk_around_the_keys(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Behind a proxy (`--root-path /api`) the router matches the path without the prefix,
+    and so does the key check."""
+    app = create_app(make_settings(api_keys="k1"))
+    with TestClient(app, root_path="/api") as client:
+        assert client.get("/api/v1/collections").status_code == 401
+        listed = client.get("/api/v1/collections", headers={"Authorization": "Bearer k1"})
+        assert listed.status_code == 200
