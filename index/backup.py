@@ -178,12 +178,6 @@ def sha256_of(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _fsync_file(path: Path) -> None:
-    """Make a file's content durable."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 class _Files:
     """The files of a backup being written, each with its size and sha256."""
 
@@ -197,9 +191,7 @@ class _Files:
         return path
 
     def add(self, rel: str) -> None:
-        path = self.root / rel
-        _fsync_file(path)
-        size, sha = sha256_of(path)
+        size, sha = sha256_of(self.root / rel)
         self.entries[rel] = {"size": size, "sha256": sha}
 
     def copy(self, source: Path, rel: str) -> None:
@@ -208,7 +200,11 @@ class _Files:
 
 
 def copy_file(source: Path, target: Path) -> tuple[int, str]:
-    """Copy a file durably, hashing it on the way; return its size and sha256."""
+    """Copy a file, hashing it on the way; return its size and sha256.
+
+    Not fsynced one by one (an fsync per original and per folder took 29 of 30 seconds for
+    5,000 of them): ``sync_all`` makes them durable together before anything refers to them.
+    """
     digest = hashlib.sha256()
     size = 0
     with open(source, "rb") as src, open(target, "wb") as dst:
@@ -216,8 +212,6 @@ def copy_file(source: Path, target: Path) -> tuple[int, str]:
             digest.update(chunk)
             size += len(chunk)
             dst.write(chunk)
-        dst.flush()
-        os.fsync(dst.fileno())
     return size, digest.hexdigest()
 
 
@@ -236,6 +230,7 @@ def blob_list(source: Path) -> Iterator[tuple[str, int]]:
 
 def _write_manifest(root: Path, body: dict[str, Any]) -> None:
     """Written last, atomically: a backup without its manifest is partial and refused."""
+    sync_all()  # every other file is durable before the manifest can say the backup is whole
     sealed = {"manifest": body, "sha256": _seal(body)}
     tmp = root / f".{MANIFEST}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -243,8 +238,13 @@ def _write_manifest(root: Path, body: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / MANIFEST)
-    for folder in {root, *(p.parent for p in root.rglob("*") if p.is_file())}:
-        fsync_dir(folder)
+    fsync_dir(root)
+
+
+def sync_all() -> None:
+    """Make every file written so far durable, their folders included (Linux's sync(2)
+    returns once the data is on disk)."""
+    os.sync()
 
 
 def _seal(body: dict[str, Any]) -> str:

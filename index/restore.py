@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ from index.backup import (
     is_kept,
     pg_sequence,
     read_manifest,
+    sync_all,
     verify,
 )
 from index.db import MIGRATIONS_DIR, downgrade, migrate
-from index.snapshots import fsync_dir
 from index.tables import Base
 
 
@@ -54,7 +55,7 @@ def restore(*, engine: Engine, data_dir: Path, source: Path, say: Say = print) -
                 say(f"{name}: {entry['rows']} rows")
             _set_sequences(conn, manifest["tables"])
     except BaseException:
-        _remove(written)
+        _remove(data_dir, written)
         raise
     migrate(engine)
     return manifest
@@ -111,17 +112,20 @@ def _to_revision(engine: Engine, revision: str) -> None:
 
 
 def _restore_files(source: Path, data_dir: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Copy originals and caches into the data dir (a cache file already there is kept)."""
-    wanted = [(blob_path(Path("blobs"), sha), sha) for sha, _ in blob_list(source)]
-    wanted += [(Path(rel), e["sha256"]) for rel, e in manifest["files"].items() if _cached(rel)]
+    """Copy originals and caches into the data dir, durably; return the cache files written
+    (a cache file already there is kept). The data dir's blobs folder was empty."""
     written: list[Path] = []
     try:
-        for rel, sha in wanted:
-            if not (data_dir / rel).exists():
-                _restore_file(source / rel, data_dir / rel, sha)
+        for sha, _ in blob_list(source):
+            rel = blob_path(Path("blobs"), sha)
+            _restore_file(source / rel, data_dir / rel, sha)
+        for rel, entry in manifest["files"].items():
+            if _cached(rel) and not (data_dir / rel).exists():
+                _restore_file(source / rel, data_dir / rel, entry["sha256"])
                 written.append(data_dir / rel)
+        sync_all()  # originals are durable before the rows that refer to them commit
     except BaseException:
-        _remove(written)
+        _remove(data_dir, written)
         raise
     return written
 
@@ -137,11 +141,12 @@ def _restore_file(source: Path, target: Path, sha: str) -> None:
         tmp.unlink()
         raise BackupError(f"{source} changed while it was being restored")
     os.replace(tmp, target)
-    fsync_dir(target.parent)
 
 
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
+def _remove(data_dir: Path, written: list[Path]) -> None:
+    """Take back what a failed restore copied, so that it can be run again."""
+    shutil.rmtree(data_dir / "blobs", ignore_errors=True)
+    for path in written:
         path.unlink(missing_ok=True)
 
 
