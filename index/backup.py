@@ -74,7 +74,8 @@ def clause(name: str, columns: list[list[str]]) -> TableClause:
     return table(name, *(column(c, _TYPES.get(kind)) for c, kind in columns))
 
 
-def _encode(value: Any, kind: str) -> Any:
+def encode(value: Any, kind: str) -> Any:
+    """A column's value as a backup writes it in JSON (``decode`` reads it back)."""
     if value is None or kind in ("plain", "json"):
         return value
     if kind == "bytes":
@@ -370,7 +371,7 @@ def _dump_table(
     with gzip.open(files.target(rel), "wt", encoding="utf-8", compresslevel=4) as f:
         for rows in conn.execute(stmt).partitions():
             for row in rows:
-                values = [_encode(v, kind) for v, (_, kind) in zip(row, columns, strict=True)]
+                values = [encode(v, kind) for v, (_, kind) in zip(row, columns, strict=True)]
                 f.write(json.dumps(values) + "\n")
                 count += 1
     files.add(rel)

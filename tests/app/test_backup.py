@@ -7,12 +7,15 @@ import gzip
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
 import index.backup as backup_module
@@ -374,3 +377,25 @@ def test_an_older_schema_restores_into_a_newer_empty_database(
     restore_into(target, tmp_path / "backup")
     with TestClient(create_app(target)) as client:
         assert answers(client) == before
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+aware = st.datetimes(timezones=st.timezones()) | st.datetimes(timezones=st.just(UTC))
+
+
+@given(blob=st.binary(), stamp=aware, naive=st.datetimes(), meta=json_values)
+def test_values_come_back_as_they_went_in(
+    blob: bytes, stamp: datetime, naive: datetime, meta: Any
+) -> None:
+    """A row line of the backup: bytes, times of any zone (the same instant, in UTC), JSON."""
+    kinds = ["bytes", "datetime", "datetime", "json"]
+    values = [blob, stamp, naive, meta]
+    line = json.dumps([backup_module.encode(v, k) for v, k in zip(values, kinds, strict=True)])
+    back = [backup_module.decode(v, k) for v, k in zip(json.loads(line), kinds, strict=True)]
+    assert back[0] == blob and back[3] == meta
+    assert back[1] == stamp and back[1].tzinfo == UTC
+    assert back[2] == naive.replace(tzinfo=UTC)  # SQLite's naive times are the store's UTC
