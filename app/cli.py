@@ -226,6 +226,8 @@ def _world(out: Path, images: int, sounds: int, seed: int, style: str) -> int:
 
 def _backup_or_restore(args: argparse.Namespace) -> int:
     """`mmr backup` / `mmr restore` on the deployment the MMR_* settings describe."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from app.settings import get_settings
     from index.backup import BackupError, backup
     from index.db import make_engine
@@ -241,8 +243,11 @@ def _backup_or_restore(args: argparse.Namespace) -> int:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
             done = restore(engine=engine, data_dir=settings.data_dir, source=args.source, say=_say)
             _say(f"restored the backup of {done['created_at']}: {_summary(done)}")
-    except BackupError as exc:
+    except (BackupError, OSError) as exc:
         _say(f"mmr {args.command}: {exc}")
+        return 1
+    except SQLAlchemyError as exc:
+        _say(f"mmr {args.command}: the database failed ({exc}); check MMR_DATABASE_URL")
         return 1
     finally:
         engine.dispose()

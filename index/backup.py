@@ -299,7 +299,7 @@ def backup(*, engine: Engine, data_dir: Path, out: Path, say: Say = print) -> di
 
     A delete racing the copy of its original makes the copy retry with a new snapshot.
     """
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BackupError(f"{out} is not empty: back up into a new folder")
     for _attempt in range(RETRIES):
         out.mkdir(parents=True, exist_ok=True)

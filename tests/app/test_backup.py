@@ -399,3 +399,20 @@ def test_values_come_back_as_they_went_in(
     assert back[0] == blob and back[3] == meta
     assert back[1] == stamp and back[1].tzinfo == UTC
     assert back[2] == naive.replace(tzinfo=UTC)  # SQLite's naive times are the store's UTC
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_cli_says_what_failed(
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "file").write_text("x")
+    assert run_cli(monkeypatch, settings, "backup", "--out", str(tmp_path / "file")) == 1
+    assert "is not empty" in capsys.readouterr().out
+    nowhere = settings.model_copy(update={"database_url": "postgresql+psycopg://x@127.0.0.1:9/x"})
+    assert run_cli(monkeypatch, nowhere, "backup", "--out", str(tmp_path / "b")) == 1
+    assert "check MMR_DATABASE_URL" in capsys.readouterr().out
+    assert run_cli(monkeypatch, settings, "restore", "--from", str(tmp_path / "none")) == 1
+    assert "manifest.json is missing" in capsys.readouterr().out
