@@ -153,20 +153,26 @@ def test_a_restore_answers_every_search_as_the_original(
     assert pks["new"] == 17 and max(pks.values()) == 17
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_sqlite_restores_into_postgres(
-    make_settings: Callable[..., Settings], tmp_path: Path
+@pytest.fixture
+def other_url(tmp_path: Path, database_url: str) -> Iterator[str]:
+    """An empty database of the other kind than ``database_url``."""
+    if database_url.startswith("sqlite"):
+        yield from postgres_schema_url()
+        return
+    yield f"sqlite:///{tmp_path / 'other.sqlite3'}"
+
+
+def test_a_backup_restores_into_the_other_database(
+    settings: Settings, make_settings: Callable[..., Settings], tmp_path: Path, other_url: str
 ) -> None:
-    source = make_settings(database_url=f"sqlite:///{tmp_path / 'source.sqlite3'}")
-    with TestClient(create_app(source)) as client:
+    with TestClient(create_app(settings)) as client:
         populate(client)
         before = answers(client)
-    back_up(source, tmp_path / "backup")
-    for url in postgres_schema_url():
-        target = make_settings(data_dir=tmp_path / "pg", database_url=url)
-        restore_into(target, tmp_path / "backup")
-        with TestClient(create_app(target)) as client:
-            assert answers(client) == before
+    back_up(settings, tmp_path / "backup")
+    target = make_settings(data_dir=tmp_path / "other", database_url=other_url)
+    restore_into(target, tmp_path / "backup")
+    with TestClient(create_app(target)) as client:
+        assert answers(client) == before
 
 
 def consistent(settings: Settings) -> set[str]:
