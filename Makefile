@@ -13,7 +13,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 
-.PHONY: install run test lint typecheck pytest bench fuzz clean
+.PHONY: install run test lint typecheck pytest bench fuzz soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,16 @@ FUZZ_EXAMPLES ?= 1000
 FUZZ_SEED ?= 19
 fuzz: install
 	$(PY) -m tests.fuzz.run --max-examples $(FUZZ_EXAMPLES) --seed $(FUZZ_SEED)
+
+# Crash safety at length (docs/reliability.md): SOAK_ROUNDS kill -9 rounds of a real server
+# under concurrent writers on SQLite and on Postgres, then SOAK_PG_RESTARTS restarts of a
+# private Postgres under writes. The test suite runs a few rounds of each.
+SOAK_ROUNDS ?= 100
+SOAK_PG_RESTARTS ?= 10
+soak: install
+	SOAK_ROUNDS=$(SOAK_ROUNDS) SOAK_PG_RESTARTS=$(SOAK_PG_RESTARTS) $(VENV)/bin/pytest -s -q \
+		tests/app/test_crash.py::test_sigkill_under_writes_loses_nothing_acknowledged \
+		tests/app/test_pg_restart.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
