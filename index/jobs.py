@@ -20,11 +20,18 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from index.errors import ConflictError, NotFoundError
+from index.store import storable
 from index.tables import JobRow, utcnow
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 ENDED = (SUCCEEDED, FAILED, CANCELLED)
+
+
+def _may_exist(job_id: str) -> bool:
+    """Whether a job could have this id: 32 hex digits are made, and Postgres refuses to
+    even compare a text holding NUL."""
+    return len(job_id) <= 32 and storable(job_id)
 
 
 class JobStore:
@@ -56,7 +63,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRow:
         """One job; NotFoundError when there is none."""
         with self.sessions() as session:
-            row = session.get(JobRow, job_id) if len(job_id) <= 32 else None
+            row = session.get(JobRow, job_id) if _may_exist(job_id) else None
         if row is None:
             raise NotFoundError(f"no job {job_id!r}")
         return row
@@ -67,6 +74,8 @@ class JobStore:
         """Jobs, newest first, optionally of one collection or status."""
         stmt = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id).limit(limit)
         if collection is not None:
+            if not storable(collection):
+                return []
             stmt = stmt.where(JobRow.collection == collection)
         if status is not None:
             stmt = stmt.where(JobRow.status == status)
@@ -92,6 +101,8 @@ class JobStore:
 
     def cancel(self, job_id: str) -> JobRow:
         """Cancel a queued or running job now; ConflictError when it has already ended."""
+        if not _may_exist(job_id):
+            raise NotFoundError(f"no job {job_id!r}")
         with self.sessions.begin() as session:
             done = session.execute(
                 update(JobRow)

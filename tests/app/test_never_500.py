@@ -146,3 +146,19 @@ def test_reads(client: TestClient, params: dict[str, str], item: str) -> None:
     segment = quote(item, safe="")
     check(client.get(f"/v1/collections/things/items/{segment}"))
     check(client.get(f"/v1/collections/{segment}"))
+
+
+@FUZZ
+@given(
+    job_id=st.one_of(st.just("a\x00b"), st.text(min_size=1, max_size=40)),
+    collection=st.one_of(st.just("a\x00b"), st.text(max_size=30)),
+)
+def test_job_reads(client: TestClient, job_id: str, collection: str) -> None:
+    """Any job id or collection name (NUL included: Postgres refuses to compare one)."""
+    seed(client)
+    segment = quote(job_id, safe="")
+    if segment in (".", ".."):
+        return
+    check(client.get(f"/v1/jobs/{segment}"))
+    check(client.post(f"/v1/jobs/{segment}/cancel"))
+    check(client.get("/v1/jobs", params={"collection": collection}))
