@@ -220,6 +220,9 @@ def test_the_backup_is_one_point_in_time_while_writers_go_on(
     restore_into(target, tmp_path / "backup")
     ids = consistent(target)
     assert "late" not in ids and {"t0", "i2"} <= ids
+    # The writer's items up to some instant, none after it: w0 .. w(n-1).
+    written = sorted(int(i[1:]) for i in ids if i.startswith("w"))
+    assert written == list(range(len(written)))
     with TestClient(create_app(target)) as client:
         for item in ids:
             assert client.get(f"/v1/collections/{NAME}/items/{item}/content").status_code == 200
