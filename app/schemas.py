@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -33,6 +34,17 @@ ItemId = Annotated[
 Metadata = dict[str, Any]
 MAX_TEXT_CHARS = 20_000
 MAX_K = 1000
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON true and false are not numbers: pydantic's lax mode would read them as 1 and 0,
+    which the OpenAPI document (integer, number) refuses."""
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true or false")
+    return value
+
+
+NoBool = BeforeValidator(_not_a_bool)
 # Filters: each key is a subquery and each value a bound parameter; beyond these a search
 # costs the database more than it can answer in time (hundreds of keys took Postgres
 # minutes to plan). Values longer than a tag holds could never match anything.
@@ -65,21 +77,25 @@ class IndexSettings(BaseModel):
         },
     )
     type: Literal["flat", "hnsw", "ivf"] = Field("flat", description="flat = exact search")
-    m: int | None = Field(None, ge=4, le=128, description="hnsw: links per node (32)")
-    ef_construction: int | None = Field(
+    m: Annotated[int | None, NoBool] = Field(
+        None, ge=4, le=128, description="hnsw: links per node (32)"
+    )
+    ef_construction: Annotated[int | None, NoBool] = Field(
         None, ge=8, le=2048, description="hnsw: candidates while inserting (80)"
     )
-    ef_search: int | None = Field(
+    ef_search: Annotated[int | None, NoBool] = Field(
         None, ge=1, le=4096, description="hnsw: candidates while searching (64; at least k)"
     )
-    nlist: int | None = Field(
+    nlist: Annotated[int | None, NoBool] = Field(
         None, ge=1, le=65536, description="ivf: lists (default: about 4*sqrt(n) at training)"
     )
-    nprobe: int | None = Field(None, ge=1, le=65536, description="ivf: lists scanned (16)")
+    nprobe: Annotated[int | None, NoBool] = Field(
+        None, ge=1, le=65536, description="ivf: lists scanned (16)"
+    )
     quantizer: Literal["flat", "sq8", "pq"] | None = Field(
         None, description="ivf: full vectors (flat), 1 byte per dimension (sq8), or pq codes"
     )
-    pq_m: int | None = Field(
+    pq_m: Annotated[int | None, NoBool] = Field(
         None, ge=1, le=1024, description="ivf + pq: bytes per vector, divides the dim (64)"
     )
 
@@ -225,7 +241,7 @@ class SearchOptions(BaseModel):
     """How many and which items a search may return (JSON fields or multipart form fields)."""
 
     model_config = ConfigDict(extra="forbid")
-    k: int = Field(10, ge=1, le=MAX_K)
+    k: Annotated[int, NoBool] = Field(10, ge=1, le=MAX_K)
     modalities: list[Modality] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = Field(
         None,
@@ -410,14 +426,16 @@ class FinetuneJobCreate(BaseModel):
     activate: Literal["if_better", "always", "never"] = Field(
         "if_better", description="swap the new version in when its held-out recall is better"
     )
-    holdout: float = Field(0.2, gt=0.0, lt=0.9, description="share of pairs held out")
-    max_pairs: int = Field(50_000, ge=10, le=100_000)
-    max_epochs: int = Field(200, ge=1, le=10_000)
-    max_seconds: float = Field(900.0, gt=0, le=86_400)
-    patience: int = Field(
+    holdout: Annotated[float, NoBool] = Field(
+        0.2, gt=0.0, lt=0.9, description="share of pairs held out"
+    )
+    max_pairs: Annotated[int, NoBool] = Field(50_000, ge=10, le=100_000)
+    max_epochs: Annotated[int, NoBool] = Field(200, ge=1, le=10_000)
+    max_seconds: Annotated[float, NoBool] = Field(900.0, gt=0, le=86_400)
+    patience: Annotated[int, NoBool] = Field(
         30, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
     )
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: Annotated[int, NoBool] = Field(0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _one_source(self) -> FinetuneJobCreate:

@@ -208,3 +208,24 @@ def test_405_lists_every_method_of_the_path(
     assert error_code(answer) == "method_not_allowed"
     listed = {m.strip() for m in answer.headers["allow"].split(",")}
     assert allowed <= listed and listed - allowed <= {"HEAD"}, listed
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/collections/things/search", {"text": "a dog", "k": True}),
+        ("/v1/jobs", {"type": "finetune", "collection": "things", "pair_key": "g", "seed": False}),
+        (
+            "/v1/jobs",
+            {"type": "finetune", "collection": "things", "pair_key": "g", "holdout": True},
+        ),
+        ("/v1/collections", {"name": "graph", "index": {"type": "hnsw", "m": True}}),
+    ],
+)
+def test_true_and_false_are_not_numbers(
+    client: TestClient, collection: str, path: str, body: dict[str, Any]
+) -> None:
+    # The document says integer/number; pydantic's lax mode read true as 1 (a fuzzer's find).
+    answer = client.post(path, json=body)
+    assert answer.status_code == 422, answer.text
+    assert "not true or false" in answer.json()["error"]["message"]
