@@ -300,7 +300,10 @@ def backup(*, engine: Engine, data_dir: Path, out: Path, say: Say = print) -> di
     A delete racing the copy of its original makes the copy retry with a new snapshot.
     """
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BackupError(f"{out} is not empty: back up into a new folder")
+        raise BackupError(
+            f"{out} is not empty: back up into a new folder (one left by an interrupted "
+            f"backup has no {MANIFEST} and can be deleted)"
+        )
     for _attempt in range(RETRIES):
         out.mkdir(parents=True, exist_ok=True)
         try:
