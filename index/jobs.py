@@ -26,12 +26,25 @@ from index.tables import JobRow, utcnow
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 ENDED = (SUCCEEDED, FAILED, CANCELLED)
+SHED_OVER = 16  # an ended job's parameter lists longer than this are kept as their length
 
 
 def _may_exist(job_id: str) -> bool:
     """Whether a job could have this id: 32 hex digits are made, and Postgres refuses to
     even compare a text holding NUL."""
     return len(job_id) <= 32 and storable(job_id)
+
+
+def _shed_inputs(session: Session, job_id: str) -> None:
+    """An ended job keeps its long input lists as their counts (``pairs`` ->
+    ``pairs_count``): nothing runs it again, and every listing would read them back."""
+    row = session.get(JobRow, job_id)
+    if row is None:
+        return
+    long = {k: v for k, v in row.params.items() if isinstance(v, list) and len(v) > SHED_OVER}
+    if long:
+        kept = {k: v for k, v in row.params.items() if k not in long}
+        row.params = {**kept, **{f"{k}_count": len(v) for k, v in long.items()}}
 
 
 class JobStore:
@@ -114,6 +127,8 @@ class JobStore:
                     lease_expires_at=None,
                 )
             )
+            if done.rowcount:  # type: ignore[attr-defined]
+                _shed_inputs(session, job_id)
         row = self.get(job_id)
         if done.rowcount == 0:  # type: ignore[attr-defined]
             raise ConflictError(f"job {job_id} has already ended ({row.status})")
@@ -189,7 +204,7 @@ class JobStore:
             values["metrics"] = metrics
         if progress is not None:
             values["progress"] = progress
-        return self._while_mine(job_id, worker, values)
+        return self._while_mine(job_id, worker, values, ending=True)
 
     def release(self, job_id: str, *, worker: str) -> bool:
         """Put a job this worker runs back in the queue (the worker is shutting down)."""
@@ -197,14 +212,19 @@ class JobStore:
             job_id, worker, {"status": QUEUED, "worker": None, "lease_expires_at": None}
         )
 
-    def _while_mine(self, job_id: str, worker: str, values: dict[str, Any]) -> bool:
-        """Update a job only while this worker runs it; whether it did."""
+    def _while_mine(
+        self, job_id: str, worker: str, values: dict[str, Any], *, ending: bool = False
+    ) -> bool:
+        """Update a job only while this worker runs it (``ending`` it: sheds its inputs too);
+        whether it did."""
         with self.sessions.begin() as session:
             done = session.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.status == RUNNING, JobRow.worker == worker)
                 .values(**values)
             )
+            if ending and done.rowcount:  # type: ignore[attr-defined]
+                _shed_inputs(session, job_id)
         return bool(done.rowcount)  # type: ignore[attr-defined]
 
     def reap(self, *, max_attempts: int) -> int:

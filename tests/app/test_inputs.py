@@ -390,9 +390,17 @@ def test_pairs_are_capped_and_listed_as_a_count(idle: TestClient) -> None:
     listed = idle.get("/v1/jobs").json()["jobs"][0]["params"]
     assert "pairs" not in listed and listed["pairs_count"] == 500
     assert len(idle.get("/v1/jobs").content) < 2000
-    # The worker still has them all.
-    row = services_of(idle).jobs.get(r.json()["id"])
-    assert len(row.params["pairs"]) == 500
+    # The worker still has them all; once the job ends, SQL keeps only their count.
+    jobs = services_of(idle).jobs
+    assert len(jobs.get(r.json()["id"]).params["pairs"]) == 500
+    assert idle.post(f"/v1/jobs/{r.json()['id']}/cancel").status_code == 200
+    r = idle.post("/v1/jobs", json={"type": "finetune", "collection": NAME, "pairs": pairs})
+    running = jobs.claim(worker="w", lease_s=30)
+    assert running is not None and running.id == r.json()["id"]
+    assert jobs.finish(running.id, worker="w", status="failed", error="test")
+    for ended in idle.get("/v1/jobs").json()["jobs"]:
+        assert jobs.get(ended["id"]).params["pairs_count"] == 500
+        assert "pairs" not in jobs.get(ended["id"]).params
 
 
 def test_queued_jobs_are_capped_per_collection_and_in_all(idle: TestClient) -> None:
