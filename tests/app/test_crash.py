@@ -34,7 +34,7 @@ SEED = 20240611
 SNAPSHOT_EVERY = 20  # small, so the periodic snapshotter writes snapshots between kills
 KILL_AFTER_S = (0.3, 2.0)
 SNAPSHOT_WAIT_S = 12.0  # the snapshotter looks every 5 s
-READY_TIMEOUT_S = 60.0
+READY_TIMEOUT_S = 180.0  # a loaded 2-core machine took over 60 s to start one (torch imports)
 MAX_LIVE = 80  # above this, writers mostly delete: bounds the checks (and k <= 1000)
 COLLECTION = "crash"
 ITEMS = f"/v1/collections/{COLLECTION}/items"
