@@ -40,11 +40,11 @@ def _require_room(services: Services, collection_id: int, name: str) -> None:
             f"{queued} jobs of collection {name!r} are queued already, the most "
             f"MMR_MAX_QUEUED_JOBS_PER_COLLECTION allows: wait for them to run, or cancel some"
         )
-    queued = services.jobs.count_queued()
-    if queued >= settings.max_queued_jobs:
+    # No count in this message: a key limited to some collections must not learn how many
+    # jobs the others queued (docs/security.md, Tenants).
+    if services.jobs.count_queued() >= settings.max_queued_jobs:
         raise QueueFull(
-            f"{queued} jobs are queued already, the most MMR_MAX_QUEUED_JOBS allows: "
-            "wait for them to run, or cancel some"
+            "the job queue is full (MMR_MAX_QUEUED_JOBS): retry once queued jobs have run"
         )
 
 

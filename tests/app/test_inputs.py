@@ -415,7 +415,8 @@ def test_queued_jobs_are_capped_per_collection_and_in_all(idle: TestClient) -> N
     assert "MMR_MAX_QUEUED_JOBS_PER_COLLECTION" in r.text and "Retry-After" in r.headers
     assert [queue("other").status_code for _ in range(2)] == [202] * 2
     r = queue("other")
-    assert r.status_code == 429 and "MMR_MAX_QUEUED_JOBS " in r.text
+    assert r.status_code == 429 and "(MMR_MAX_QUEUED_JOBS)" in r.text
+    assert not any(c.isdigit() for c in r.json()["error"]["message"])  # nothing to count by
     # A cancelled job frees its place.
     first = idle.get("/v1/jobs", params={"collection": "other"}).json()["jobs"][0]["id"]
     assert idle.post(f"/v1/jobs/{first}/cancel").status_code == 200
