@@ -17,7 +17,7 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False),
+    st.floats(),  # NaN and the infinities too: json.dumps writes them, Python's parser reads them
     st.text(max_size=30),
 )
 json_values = st.recursive(
@@ -41,6 +41,11 @@ FIELDS = [
     "filter",
     "texts",
     "index",
+    "type",
+    "collection",
+    "pairs",
+    "pair_key",
+    "seed",
 ]
 shaped = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5)
 bodies = st.one_of(json_values, shaped)
@@ -59,6 +64,7 @@ ROUTES = [
     ("POST", "/v1/collections/things/search"),
     ("POST", "/v1/embed"),
     ("PATCH", "/v1/collections/things/items/seed"),
+    ("POST", "/v1/jobs"),
 ]
 
 
