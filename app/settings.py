@@ -51,14 +51,14 @@ class Settings(BaseSettings):
     max_image_pixels: int = 64_000_000
     max_audio_seconds: float = Field(default=600.0, gt=0, description="longest audio upload")
     max_decoded_mb: float = Field(
-        default=512.0,
+        default=256.0,
         gt=0,
         description="decoded media (pixels, audio samples) the process holds at once, in MB: "
         "decodes in progress and inputs waiting for their forward; when full, a new decode "
         "waits up to 2 s, then 429",
     )
     max_decoded_mb_per_request: float = Field(
-        default=256.0,
+        default=128.0,
         gt=0,
         description="decoded media the inputs of one request may hold together, in MB (413 "
         "above it)",

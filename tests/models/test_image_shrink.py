@@ -148,3 +148,19 @@ def test_a_failed_decode_gives_its_bytes_back() -> None:
         decode_image(bomb()[:-40], max_pixels=LIMIT, shrink_to=224, budget=request)
     assert request.process.used == 0
     assert request.used == 0
+
+
+def test_a_shrunk_image_embeds_like_its_full_decode() -> None:
+    from models.registry import load_model
+    from models.world.images import render_scene, sample_scene
+
+    encoder = load_model("mmr-mini", device="cpu").encoder
+    rng = np.random.default_rng(3)
+    scene = render_scene(sample_scene(rng, two_shapes=1.0), rng, style="shifted", clean=True)
+    buffer = io.BytesIO()
+    scene.resize((2400, 1800), Image.Resampling.BICUBIC).save(buffer, "PNG", compress_level=1)
+    full = decode_image(buffer.getvalue(), max_pixels=LIMIT)
+    small = decode_image(buffer.getvalue(), max_pixels=LIMIT, shrink_to=encoder.image_size)
+    assert small.size == (86, 65)  # by 28: 1800 / 28 >= 64 > 1800 / 29
+    a, b = encoder.encode_images([full, small])
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
