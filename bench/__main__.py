@@ -115,10 +115,16 @@ def _run_phase(
     phase: str, cfg: BenchConfig, work: Path, log: Callable[[str], None], results: dict[str, Any]
 ) -> None:
     from bench.embed import run_embed
+    from bench.hostile import run_hostile
     from bench.ingest import run_ingest
     from bench.search import run_search
 
-    runners = {"embed": run_embed, "search": run_search, "ingest": run_ingest}
+    runners = {
+        "embed": run_embed,
+        "search": run_search,
+        "ingest": run_ingest,
+        "hostile": run_hostile,
+    }
     try:
         results[phase] = runners[phase](cfg, work, log)
     except Exception as exc:  # a failed phase is reported; the others still run

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("embed", "search", "ingest")
+PHASES = ("embed", "search", "ingest", "hostile")
 
 # Index settings per benchmark type name (the collection's ``index`` body).
 INDEX_TYPES: dict[str, dict[str, Any]] = {
@@ -18,6 +18,21 @@ INDEX_TYPES: dict[str, dict[str, Any]] = {
     "ivf-sq8-np8": {"type": "ivf", "nlist": None, "nprobe": 8, "quantizer": "sq8"},
     "ivf-pq": {"type": "ivf", "nlist": None, "nprobe": 16, "quantizer": "pq", "pq_m": 64},
 }
+
+
+@dataclass
+class HostileConfig:
+    """The hostile-input phase: a server with default settings under attack."""
+
+    model: str = "mmr-mini"
+    clients: int = 8  # concurrent attackers
+    rounds: int = 2  # times each attacker sends each attack
+    bomb_side: int = 8000  # pixel bombs: PNGs of bomb_side x bomb_side
+    bombs: int = 8  # pixel bombs in one /v1/embed
+    batch: int = 256  # JPEGs in the huge batch (MMR_MAX_BATCH_ITEMS)
+    audio_seconds: int = 3600  # real length of the FLAC that claims 384 kHz
+    depth: int = 100_000  # nesting of the deep JSON
+    large_body: int = 45 * 1024 * 1024  # unauthenticated bodies, under MMR_MAX_UPLOAD_MB
 
 
 @dataclass
@@ -58,6 +73,8 @@ class BenchConfig:
     jpegs: int = 48
     jpeg_batch: int = 4
     decode_budget_s: float = 20.0
+    # -- hostile input
+    hostile: HostileConfig = field(default_factory=HostileConfig)
     # -- plumbing
     ready_timeout_s: float = 1800.0
 
@@ -94,5 +111,16 @@ def quick_config() -> BenchConfig:
         jpegs=4,
         jpeg_batch=2,
         decode_budget_s=1.0,
+        hostile=HostileConfig(
+            model="random:mmr-tiny",
+            clients=2,
+            rounds=1,
+            bomb_side=3000,
+            bombs=2,
+            batch=8,
+            audio_seconds=60,
+            depth=10_000,
+            large_body=2 * 1024 * 1024,
+        ),
         ready_timeout_s=300.0,
     )

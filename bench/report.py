@@ -71,6 +71,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         flat = [r for r in at_n if r["params"]["type"] == "flat"]
         recall = flat[0]["recall_at_10"] if flat else None
         out.append(_target(f"{label}: flat recall@10", "1.0", recall, 0.9999))
+    if results.get("hostile"):
+        out += _hostile_targets(results["hostile"])
     decode = results.get("ingest", {}).get("decode")
     if decode:
         out.append(_target("JPEG decode: service / plain Pillow", ">= 2x", decode["speedup"], 2.0))
@@ -80,6 +82,21 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return out
+
+
+def _hostile_targets(hostile: dict[str, Any]) -> list[dict[str, Any]]:
+    """Peak RSS under the bound, and no 500, under hostile input."""
+    errors = sum(a["statuses"].get("500", 0) for a in hostile["attacks"])
+    peak = hostile["peak_rss_mb"]
+    return [
+        {
+            "name": "hostile input: peak RSS (MB)",
+            "target": f"<= {hostile['bound_mb']}",
+            "value": peak,
+            "pass": peak <= hostile["bound_mb"],
+        },
+        {"name": "hostile input: answers 500", "target": "0", "value": errors, "pass": errors == 0},
+    ]
 
 
 def _target(name: str, want: str, value: float | None, floor: float) -> dict[str, Any]:
@@ -155,6 +172,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         lines += _search_md(results)
     if "ingest" in results:
         lines += _ingest_md(results["ingest"])
+    if "hostile" in results:
+        lines += _hostile_md(results["hostile"])
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]
@@ -373,3 +392,45 @@ def _ingest_md(ingest: dict[str, Any]) -> list[str]:
             ],
         ),
     ]
+
+
+def _hostile_md(hostile: dict[str, Any]) -> list[str]:
+    """The hostile-input phase: memory, and the answers by status."""
+    b, r = hostile["baseline"], hostile["ready"]
+    statuses = sorted({s for a in hostile["attacks"] for s in a["statuses"]}, key=int)
+    rows = [
+        [a["name"], a["what"], str(a["requests"])]
+        + [str(a["statuses"].get(s, "")) for s in statuses]
+        for a in hostile["attacks"]
+    ]
+    memory = [
+        ["ready (start-up peak)", f"{r['rss_mb']:.0f}", f"{r['hwm_mb']:.0f}"],
+        ["after normal requests (baseline)", f"{b['rss_mb']:.0f}", f"{b['hwm_mb']:.0f}"],
+        [
+            "after the attacks",
+            f"{hostile['after']['rss_mb']:.0f}",
+            f"{hostile['after']['hwm_mb']:.0f}",
+        ],
+    ]
+    lines = [
+        "## Hostile input",
+        "",
+        f"Model {hostile['model']}, {hostile['settings']}; {hostile['clients']} clients, each "
+        f"sending every attack {hostile['rounds']} times in its own order "
+        f"({hostile['seconds']:.0f} s). Peak RSS **{hostile['peak_rss_mb']:.0f} MB** "
+        f"(bound {hostile['bound_mb']} MB: {'under' if hostile['under_bound'] else 'OVER'}); "
+        f"any 500: **{'yes' if hostile['any_500'] else 'no'}**; ready afterwards: "
+        f"{'yes' if hostile['ready_after'] else 'no'}.",
+        "",
+        "| server memory | RSS MB | peak (VmHWM) MB |",
+        "|---|---|---|",
+        *["| " + " | ".join(row) + " |" for row in memory],
+        "",
+        "| attack | what | requests | " + " | ".join(statuses) + " |",
+        "|" + "---|" * (3 + len(statuses)),
+        *["| " + " | ".join(row) + " |" for row in rows],
+        "",
+        "Status 0: no answer (the connection was closed).",
+        "",
+    ]
+    return lines
