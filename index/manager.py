@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from index.errors import ConflictError, NotFoundError
-from index.snapshots import IndexSnapshot, read_snapshot, remove_snapshot, write_snapshot
+from index.snapshots import (
+    IndexSnapshot,
+    read_snapshot,
+    remove_snapshot,
+    remove_stale_temp,
+    write_snapshot,
+)
 from index.spec import IndexSpec
 from index.store import MetadataStore, StoredVectors, from_blob
 from index.tables import CollectionRow
@@ -109,6 +115,8 @@ class IndexManager:
     # -- start-up --------------------------------------------------------------------------
     def load_all(self) -> None:
         """Load every collection's index: snapshot + replay, or a rebuild from SQL."""
+        if self.root.is_dir() and (removed := remove_stale_temp(self.root)):
+            log.warning("removed %d temp files of snapshots a killed process left", removed)
         for row in self.store.list_collections():
             self.load(row)
 

@@ -101,6 +101,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def remove_stale_temp(directory: Path) -> int:
+    """Delete the temp files that processes no longer running left here (a kill mid-write);
+    how many. A live process's file is its write in progress and stays."""
+    removed = 0
+    for tmp in directory.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def remove_snapshot(path: Path) -> None:
     """Delete a snapshot if present."""
     with contextlib.suppress(FileNotFoundError):

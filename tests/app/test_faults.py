@@ -169,3 +169,19 @@ def test_a_full_sqlite_database_answers_507(client: TestClient) -> None:
         event.remove(engine, "connect", cap)
         engine.dispose()
     assert client.post(ITEMS, json=big).status_code == 201
+
+
+def test_temp_files_of_killed_writers_are_removed_at_start(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    indexes = settings.data_dir / "indexes"
+    indexes.mkdir(exist_ok=True)
+    stale = indexes / ".collection-1.faiss.999999999.tmp"  # beyond pid_max: never alive
+    mine = indexes / f".collection-1.faiss.{os.getpid()}.tmp"  # a live writer's
+    stale.write_bytes(b"half a snapshot")
+    mine.write_bytes(b"in progress")
+    with TestClient(create_app(settings)):
+        assert not stale.exists() and mine.exists()

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, create_engine, event, text
@@ -224,6 +225,12 @@ def test_faults_are_told_apart_from_their_look_alikes() -> None:
     assert storage_full(OSError(28, "No space left on device"))
     assert not storage_full(FileNotFoundError(2, "gone"))
     assert not database_unavailable(ValueError("x"))
+    # Postgres: the server shutting down is an outage; a statement timeout and a full disk
+    # are not (503 query_timeout, 507).
+    assert database_unavailable(psycopg.errors.AdminShutdown("terminating connection"))
+    assert not database_unavailable(psycopg.errors.QueryCanceled("statement timeout"))
+    assert storage_full(psycopg.errors.DiskFull("could not extend file"))
+    assert not database_unavailable(psycopg.errors.DiskFull("could not extend file"))
 
 
 def test_a_loop_outlives_every_error_and_logs_an_outage_once(
