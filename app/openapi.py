@@ -387,19 +387,16 @@ def key_pattern() -> str:
 
 
 def metadata_value() -> dict[str, Any]:
-    """Any JSON value whose objects' keys follow the key rule, at any depth."""
+    """Any JSON value whose objects' keys follow the key rule, at any depth. One schema, not
+    an anyOf of types: a fuzzer that turns one branch's array into a string would call the
+    still valid value invalid."""
     ref = {"$ref": "#/components/schemas/MetadataValue"}
     return {
         "title": "MetadataValue",
-        "anyOf": [
-            {"type": ["string", "number", "boolean", "null"]},
-            {"type": "array", "items": ref},
-            {
-                "type": "object",
-                "propertyNames": {"pattern": key_pattern()},
-                "additionalProperties": ref,
-            },
-        ],
+        "description": "any JSON value; keys of objects follow the metadata key rule",
+        "items": ref,
+        "propertyNames": {"pattern": key_pattern()},
+        "additionalProperties": ref,
     }
 
 
@@ -435,24 +432,16 @@ JSON_OBJECT: dict[str, Any] = {
     "title": "Metadata",
     "description": "a JSON object (sent as a JSON string)",
 }
-FILTER_SCALAR: dict[str, Any] = {
-    "anyOf": [
-        {"type": "string"},
-        {"type": "integer"},
-        {"type": "number"},
-        {"type": "boolean"},
-        {"type": "null"},
-    ]
-}
+SCALARS = ["string", "number", "boolean", "null"]
+
 FORM_JSON_FIELDS: dict[str, dict[str, Any]] = {
     "metadata": JSON_OBJECT,
     "filter": {
         "type": "object",
         "description": "a JSON object (sent as a JSON string): metadata key -> value, or a list "
         'meaning "any of"; e.g. {"album": ["2024", "2025"]}',
-        "additionalProperties": {
-            "anyOf": [FILTER_SCALAR, {"type": "array", "items": FILTER_SCALAR}]
-        },
+        # One schema rather than anyOf of scalar and list (see metadata_value).
+        "additionalProperties": {"type": [*SCALARS, "array"], "items": {"type": SCALARS}},
     },
 }
 
