@@ -149,7 +149,9 @@ def test_postgres_restart_under_writes(tmp_path: Path, private_postgres: Private
                 thread.start()
             time.sleep(1.0)
             mode = ("fast", "immediate")[restart % 2]  # an operator's restart, then a crash
+            down = time.monotonic()
             private_postgres.ctl("-m", mode, "restart")
+            restarted = time.monotonic() - down
             took = seconds_until_written(client, str(restart))
             time.sleep(1.0)  # writers go on against the restarted database
             storm.stop.set()
@@ -158,6 +160,9 @@ def test_postgres_restart_under_writes(tmp_path: Path, private_postgres: Private
                 assert not thread.is_alive(), "a writer hangs after the restart"
             assert not ledger.errors, ledger.errors
             ledger.live[f"probe-{restart}"] = (f"probe {restart}", "probe")
-            print(f"restart {restart} ({mode}): writes again after {took:.2f} s, {storm.counts}")
+            print(
+                f"restart {restart} ({mode}): pg_ctl restart {restarted:.2f} s, "
+                f"then writes again after {took:.2f} s, {storm.counts}"
+            )
             verify(client, ledger)
             loops_alive(client, tmp_path / "data")
