@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from fastapi import Depends, FastAPI
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from app import openapi
-from app.auth import Authenticate, require_api_key
+from app.auth import (
+    Authenticate,
+    RouteTemplate,
+    match_route,
+    require_api_key,
+    route_templates,
+)
 from app.errors import install_error_handlers
 from app.fastpath import FastPath
 from app.lifespan import lifespan
-from app.limits import BodySizeLimit
+from app.limits import BODY_WAIT_S, BodySizeLimit
 from app.metrics import Metrics, MetricsMiddleware
 from app.routers import collections, embed, health, items, jobs, keys, models, search
 from app.settings import Settings, get_settings
+from models.media.budget import DecodeBudget
 
 DESCRIPTION = """
 Search images and text by each other in one vector space.
@@ -42,6 +50,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.services = None
     app.state.metrics = Metrics()
+    # Bytes of request bodies in flight, one budget for the whole process (app.limits).
+    app.state.bodies = DecodeBudget(
+        settings.max_bodies_bytes, wait_s=BODY_WAIT_S, setting="MMR_MAX_BODIES_MB"
+    )
     # The app's settings live in app.state, not in a dependency override: FastAPI analyses
     # an override's signature again on every request (a third of a search's time).
     install_error_handlers(app)
@@ -50,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, collections, items, search, embed, jobs, keys):
         app.include_router(module.router, dependencies=secured)
     openapi.install(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes)
+    # Answers, in place, a body refused while a route reads it (the outer one counts them).
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, budget=app.state.bodies)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     _serve_hot_routes_first(app)
     return app
@@ -59,14 +72,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _serve_hot_routes_first(app: FastAPI) -> None:
     """Put the fast path (search, embed) outside FastAPI's own stack: its error, telemetry
     and body-limit layers (and ours) are skipped for the requests it answers; whatever it
-    hands on goes through all of them."""
+    hands on goes through all of them. The bodies' budget and cap hold for both: the body
+    limit in front of the fast path reserves and counts every body."""
     build = app.build_middleware_stack
 
     def build_stack() -> ASGIApp:
+        limited = BodySizeLimit(
+            FastPath(build(), state=app.state),
+            max_bytes=app.state.settings.max_upload_bytes,
+            budget=app.state.bodies,
+            on_refusal=_count_refusal(app),
+        )
         # Keys first, in front of everything: no layer reads a body for a caller without one.
-        return Authenticate(FastPath(build(), state=app.state), fastapi=app)
+        return Authenticate(limited, fastapi=app)
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
+
+
+def _count_refusal(app: FastAPI) -> Callable[[Scope, int], None]:
+    """Count a body refused in front of the fast path as the metrics layer counts answers:
+    by route template (bounded label values)."""
+    routes: list[RouteTemplate] = []
+
+    def count(scope: Scope, status: int) -> None:
+        if not routes:
+            routes.extend(route_templates(app))  # all routes are added by the first request
+        template = match_route(scope, routes)[0] or "unmatched"
+        app.state.metrics.requests.labels(scope["method"], template, str(status)).inc()
+
+    return count
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     )
     api_keys: str = ""
     max_upload_mb: float = 50.0
+    max_bodies_mb: float = Field(
+        default=200.0,
+        gt=0,
+        description="request bodies the process holds at once, in MB (each from its first "
+        "byte until its response has finished); when full, a new body waits up to 2 s, then "
+        "429; keep it at least MMR_MAX_UPLOAD_MB, or the largest uploads get 413",
+    )
     max_image_pixels: int = 64_000_000
     max_audio_seconds: float = Field(default=600.0, gt=0, description="longest audio upload")
     max_decoded_mb: float = Field(
@@ -114,6 +121,11 @@ class Settings(BaseSettings):
     def max_upload_bytes(self) -> int:
         """MMR_MAX_UPLOAD_MB in bytes."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_bodies_bytes(self) -> int:
+        """MMR_MAX_BODIES_MB in bytes."""
+        return int(self.max_bodies_mb * 1024 * 1024)
 
 
 @lru_cache

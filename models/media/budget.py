@@ -58,6 +58,20 @@ class DecodeBudget:
                 )
             self._used += nbytes
 
+    def try_take(self, nbytes: int) -> bool:
+        """Take ``nbytes`` if they fit now, else nothing: for a caller that must not block
+        its thread while it waits (an event loop polls; ``app.limits`` budgets request
+        bodies with this class)."""
+        with self._cond:
+            if self._used + nbytes > self.capacity:
+                return False
+            self._used += nbytes
+            return True
+
+    def give_back(self, nbytes: int) -> None:
+        """Give back bytes taken with :meth:`try_take`."""
+        self._give_back(nbytes)
+
     def _give_back(self, nbytes: int) -> None:
         with self._cond:
             self._used -= nbytes
