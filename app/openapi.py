@@ -242,8 +242,9 @@ def error_statuses(path: str, method: str, operation: dict[str, Any]) -> set[int
 
     Statuses a route declares itself (409, a query's 400) are kept; these are added:
     any /v1 route 401, 403 and 503, a write 507; a path parameter 404 and 422; any
-    other parameter 422; a body 400, 413 and 422; a body that may be multipart 415 and,
-    as it decodes files and runs the encoders, 429.
+    other parameter 422; a body 400, 413, 422 and 429 (the bodies in flight are budgeted,
+    ``app.limits``); a body that may be multipart 415 (and 429 as it decodes files and runs
+    the encoders).
     """
     statuses = {int(s) for s in operation.get("responses", {}) if s.isdigit() and int(s) >= 400}
     params = operation.get("parameters", [])
@@ -257,7 +258,7 @@ def error_statuses(path: str, method: str, operation: dict[str, Any]) -> set[int
         statuses.add(422)
     content = operation.get("requestBody", {}).get("content", {})
     if content:
-        statuses |= {400, 413, 422}
+        statuses |= {400, 413, 422, 429}
     if "multipart/form-data" in content:
         statuses |= {415, 429}
     return statuses

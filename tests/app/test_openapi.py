@@ -102,7 +102,7 @@ def test_statuses_derive_from_what_a_route_takes(doc: dict[str, Any]) -> None:
         if "{" in path:
             assert {404, 422} <= documented, (method, path)
         if "requestBody" in operation:
-            assert {400, 413, 422} <= documented, (method, path)
+            assert {400, 413, 422, 429} <= documented, (method, path)
         if method in ("post", "patch", "delete") and path.startswith("/v1/"):
             assert 507 in documented, (method, path)
     assert "409" in doc["paths"]["/v1/collections"]["post"]["responses"]
