@@ -100,7 +100,8 @@ STATUSES: dict[int, tuple[str, str, str]] = {
         "k: Input should be less than or equal to 1000",
     ),
     429: (
-        "Over a limit of work in flight: retry after `Retry-After` seconds",
+        "Over a limit of work in flight (bodies, decoded media, encoder queues, queued "
+        "jobs): retry after `Retry-After` seconds",
         "overloaded",
         "the text encoder's queue is full; retry shortly",
     ),
