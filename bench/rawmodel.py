@@ -110,7 +110,7 @@ class RawModel:
         """The service's decode: reduced DCT scale for JPEGs (twice the input side), then
         averaged down to under twice the input side."""
         return decode_image(
-            data, max_pixels=MAX_PIXELS, min_side=2 * self.image_size, shrink_to=self.image_size
+            data, max_pixels=MAX_PIXELS, min_side=2 * self.image_size, shrink_to=2 * self.image_size
         )
 
     def prepare(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -63,13 +63,13 @@ def decode_upload(
     mime = sniff_image(data)
     if mime is not None:
         # Decoded just large enough for the encoder's input, right away: JPEGs at a reduced DCT
-        # scale of twice that (the resize stays sharp), any image then averaged down to under
-        # twice that.
-        side = services.embedder.image_size
+        # scale of at least twice that, any image then averaged down to between twice and four
+        # times that (the encoder's own resize then stays as sharp as from the full image).
+        side = 2 * services.embedder.image_size
         image = decode_image(
             data,
             max_pixels=settings.max_image_pixels,
-            min_side=2 * side,
+            min_side=side,
             shrink_to=side,
             budget=budget,
         )

@@ -103,7 +103,7 @@ def decode_image(
     kept: averaged over boxes of an integer factor so that its shorter side stays at least
     ``shrink_to`` (under twice that) and its longer side at most ``KEPT_SIDES`` times
     ``shrink_to`` (only a long panorama loses detail). A 62 KB PNG of 8000x8000 then holds
-    0.2 MB for a 224-pixel encoder, not 256.
+    0.2 MB with ``shrink_to=224``, not 256.
 
     With ``budget`` (the request's), what the image will keep and the decode's peak are
     reserved there before any pixel is decoded (413 over the request's budget or when the

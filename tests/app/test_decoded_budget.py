@@ -39,7 +39,8 @@ def png(side: int, *, seed: int = 0, mode: str = "RGB") -> bytes:
 def kept_bytes(client: TestClient, side: int) -> int:
     """Bytes the server keeps of a decoded side x side image (RGB: 4 a pixel)."""
     image_size = client.app.state.services.embedder.image_size  # type: ignore[attr-defined]
-    width, height = kept_size((side, side), shrink_factor((side, side), image_size))
+    # The service shrinks to twice the encoder's input (app/services/media.py).
+    width, height = kept_size((side, side), shrink_factor((side, side), 2 * image_size))
     return width * height * 4
 
 
