@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from index.errors import NotFoundError, OutOfScopeError
 from index.jobs import JobStore
-from index.store import MetadataStore
+from index.store import MetadataStore, storable
 from index.tables import CollectionRow, JobRow, KeyRow, utcnow
 
 KEY_PREFIX = "mmr_"  # makes a leaked key easy to recognise (secret scanners, logs)
@@ -65,6 +65,8 @@ class KeyStore:
 
     def delete(self, key_id: str) -> None:
         """Revoke a key; NotFoundError when there is none."""
+        if not storable(key_id):  # Postgres refuses to even compare a text holding NUL
+            raise NotFoundError(f"no key {key_id!r}")
         with self.sessions.begin() as session:
             done = session.execute(delete(KeyRow).where(KeyRow.id == key_id))
         if done.rowcount == 0:  # type: ignore[attr-defined]

@@ -152,3 +152,11 @@ def test_bad_key_bodies(secured: TestClient, body: dict[str, Any]) -> None:
     response = secured.post("/v1/keys", content=raw, headers=headers)
     assert response.status_code in (400, 422), response.text
     assert error_code(response) in ("malformed_json", "validation_error")
+
+
+@pytest.mark.parametrize("key_id", ["%00", "a%00b", "x" * 300])
+def test_deleting_a_key_that_cannot_exist_is_404(secured: TestClient, key_id: str) -> None:
+    # Postgres refuses to compare text holding NUL: such an id is missing, not a 500.
+    response = secured.delete(f"/v1/keys/{key_id}", headers=ROOT)
+    assert response.status_code == 404, response.text
+    assert error_code(response) == "not_found"
