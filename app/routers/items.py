@@ -168,8 +168,9 @@ def _item_id(value: str | None) -> str | None:
         return None
     try:
         return ITEM_ID.validate_python(value)
-    except ValidationError as exc:
-        raise UnprocessableEntity(f"id {value!r} is not valid: 1-255 chars, no '/'") from exc
+    except ValidationError as exc:  # the rule's own words (app/ids.py), as the JSON field's
+        reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise UnprocessableEntity(f"id {value!r} is not valid: {reason}") from exc
 
 
 @router.get(

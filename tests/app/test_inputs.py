@@ -322,6 +322,17 @@ def test_ids_that_hide_or_look_alike_are_refused(
     assert client.get(f"/v1/collections/{NAME}/items").json()["items"] == []
 
 
+@pytest.mark.parametrize(
+    ("bad", "said"), [("a\u202eb", "U+202E"), ("..", "nor be"), (" a", "whitespace")]
+)
+def test_a_form_id_is_refused_saying_why(
+    client: TestClient, collection: str, bad: str, said: str
+) -> None:
+    # A multipart id's 422 names what is wrong with it, as the JSON field's does.
+    r = client.post(f"/v1/collections/{NAME}/items", files={"file": ("f", b"x")}, data={"id": bad})
+    assert r.status_code == 422 and said in r.json()["error"]["message"], r.text
+
+
 def test_nfc_and_nfd_name_one_item(client: TestClient, collection: str) -> None:
     nfc, nfd = "caf\u00e9", "cafe\u0301"
     assert add(client, nfd).status_code == 201
