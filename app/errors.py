@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from index.db import statement_timed_out
 from index.errors import ConflictError, NotFoundError, OutOfScopeError
@@ -186,6 +187,16 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:  # RFC 9110: a 405 lists every method of the path
             headers["Allow"] = allowed_methods(request, headers.get("Allow"))
         return error_body(exc.status_code, code, str(exc.detail), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _: ClientDisconnect) -> JSONResponse:
+        # Nobody is left to read the answer and nothing failed here: no 500, no error log.
+        log.info("client went away during %s %s", request.method, request.url.path)
+        return error_body(
+            400,
+            "client_disconnected",
+            "the connection closed before the whole body arrived; send the request again",
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

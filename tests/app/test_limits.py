@@ -319,3 +319,27 @@ def test_a_body_larger_than_the_whole_budget_is_413(
 def test_the_default_budget_takes_the_largest_upload_many_times() -> None:
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.max_bodies_bytes >= 2 * (settings.max_upload_bytes + MULTIPART_SLACK)
+
+
+@pytest.mark.parametrize("path", FAST_AND_SLOW)
+def test_a_client_gone_mid_body_is_not_a_server_error(
+    budgeted: TestClient, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nobody is left to answer, and nothing went wrong in the server: no 500 is sent or
+    logged as an unhandled error (it would page an operator for every dropped upload)."""
+    app = budgeted.app
+    body = _multipart(HELD)
+    sent: list[dict[str, object]] = []
+
+    async def record(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def run() -> None:
+        scope = {**_scope(path), "headers": [(b"host", b"test"), MULTIPART, _length(len(body))]}
+        with contextlib.suppress(Exception):
+            await app(scope, _sender(body, cut=True), record)  # type: ignore[operator]
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(run())
+    assert not [r for r in caplog.records if "unhandled" in r.getMessage()]
+    assert all(m.get("status") != 500 for m in sent), sent
