@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 from sqlalchemy import JSON, Connection, DateTime, Engine, LargeBinary, inspect, text
@@ -277,6 +277,13 @@ def verify(source: Path, manifest: dict[str, Any]) -> None:
     """Check every file against the manifest, and every original against the list of them
     (size, then sha256); BackupError names the first that fails."""
     for rel, entry in manifest["files"].items():
+        parts = PurePosixPath(rel).parts
+        if not parts or parts[0] == "/" or ".." in parts or "\\" in rel:
+            # A restore writes some files to the same path under the data dir.
+            raise BackupError(
+                f"{source / MANIFEST} names {rel!r}, a path outside the backup folder: this is "
+                "not a backup mmr made; restore from one made by mmr backup"
+            )
         _check(source / rel, entry["size"], entry["sha256"], "the manifest's")
     for sha, size in blob_list(source):
         _check(blob_path(source / "blobs", sha), size, sha, "its name")

@@ -4,6 +4,7 @@ the original did, damaged or partial backups refused naming the file, SQLite -> 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -425,3 +426,25 @@ def test_the_cli_says_what_failed(
     assert "check MMR_DATABASE_URL" in capsys.readouterr().out
     assert run_cli(monkeypatch, settings, "restore", "--from", str(tmp_path / "none")) == 1
     assert "manifest.json is missing" in capsys.readouterr().out
+
+
+def test_a_manifest_naming_a_file_outside_the_backup_is_refused(
+    made: Path, target: Settings
+) -> None:
+    # A sealed manifest (anyone can seal one) whose path climbs out of the folders: restore
+    # would write the file outside the data dir.
+    outside = made.parent / "outside.txt"
+    outside.write_bytes(b"planted")
+    path = made / "manifest.json"
+    sealed = json.loads(path.read_text())
+    rel = "aligners/../../outside.txt"
+    sealed["manifest"]["files"][rel] = {
+        "size": 7,
+        "sha256": hashlib.sha256(b"planted").hexdigest(),
+    }
+    body = json.dumps(sealed["manifest"], sort_keys=True).encode()
+    sealed["sha256"] = hashlib.sha256(body).hexdigest()
+    path.write_text(json.dumps(sealed))
+    escaped = target.data_dir / rel
+    assert rel in refused(target, made)
+    assert not escaped.exists()
