@@ -19,18 +19,16 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
+from tests.conftest import postgres_schema_url
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 BIN = Path(sys.executable).parent
 KEY = "fuzz-admin-key"
-PG_URL = os.environ.get("MMR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @dataclass
@@ -53,21 +51,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def postgres_schema() -> Iterator[str]:
-    """A database URL whose connections see only a new, empty schema; dropped afterwards."""
-    schema = f"fuzz_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 @contextlib.contextmanager
@@ -165,7 +148,7 @@ def fuzz(backend: str, *, max_examples: int, seed: int, without_key: bool = True
         workdir = Path(tmp)
         with contextlib.ExitStack() as stack:
             if backend == "postgres":
-                database_url = stack.enter_context(postgres_schema())
+                database_url = stack.enter_context(contextlib.contextmanager(postgres_schema_url)())
             else:
                 database_url = f"sqlite:///{workdir / 'mmr.sqlite3'}"
             url = stack.enter_context(live_server(workdir, database_url))
