@@ -143,14 +143,16 @@ def _prepare_files(services: Services, form: body.Form) -> list[svc.PendingItem 
     return entries
 
 
-def _batch_metadata(raw: str | None, n: int) -> list[dict[str, Any]]:
+def _batch_metadata(raw: str | None, n: int) -> list[Any]:
+    """One metadata value per file, each checked by ``prepare_file`` with its own file: a
+    bad one is that entry's error, in place."""
     if raw is None or raw == "":
         return [{} for _ in range(n)]
     parsed = svc.parse_json_field(raw, "metadata")
     if isinstance(parsed, dict):
         return [dict(parsed) for _ in range(n)]
     if isinstance(parsed, list) and len(parsed) == n:
-        return [svc.check_metadata(m) for m in parsed]
+        return parsed
     raise UnprocessableEntity("metadata must be a JSON object or a list with one per file")
 
 

@@ -27,6 +27,7 @@ from app.state import Services
 from index.db import make_engine, migrate, no_time_limit, statement_timed_out
 from tests.app.test_never_500 import FUZZ
 from tests.conftest import error_code
+from tests.factories import image_bytes
 
 NAME = "things"
 # A statement that runs for minutes unless stopped (SQLite: a recursive count; Postgres: a
@@ -178,6 +179,22 @@ def test_non_finite_metadata_is_422_everywhere_and_stores_nothing(
     assert batch.status_code == 200 and batch.json()["results"][0]["status"] == 422
     assert client.get(f"/v1/collections/{NAME}/items/new").status_code == 404
     assert client.get(f"/v1/collections/{NAME}/items/kept").json()["metadata"] == {"n": 1}
+
+
+def test_a_bad_entry_of_a_multipart_batch_metadata_list_sinks_only_itself(
+    client: TestClient, collection: str
+) -> None:
+    # One metadata object per file: a bad one is that file's error, in place (API.md: one
+    # bad item does not sink the others), as in a JSON batch.
+    files = [
+        ("file", (f"f{i}.png", image_bytes("RGB", fmt="PNG", seed=i), "image/png"))
+        for i in range(3)
+    ]
+    meta = '[{"n": 1}, {"n": NaN}, "not an object"]'
+    r = client.post(f"/v1/collections/{NAME}/items/batch", files=files, data={"metadata": meta})
+    assert r.status_code == 200, r.text
+    assert [e["status"] for e in r.json()["results"]] == [201, 422, 422]
+    assert r.json()["results"][0]["item"]["metadata"] == {"n": 1}
 
 
 def nested(depth: int, inner: str = "1") -> str:
