@@ -521,7 +521,10 @@ def check_filter(value: dict[str, Scalar | list[Scalar]]) -> dict[str, Scalar | 
                 )
             if isinstance(v, float) and not math.isfinite(v):
                 raise ValueError(f"filter key {key!r}: numbers must be finite")
-        checked[check_key(key)] = wanted
+        name = check_key(key)
+        if name in checked:  # the last would silently replace the other's condition
+            raise ValueError(f"two filter keys are {name!r} once normalised to NFC")
+        checked[name] = wanted
     if total > MAX_FILTER_VALUES_TOTAL:
         raise ValueError(f"the filter has {total} values; the limit is {MAX_FILTER_VALUES_TOTAL}")
     return checked

@@ -362,6 +362,15 @@ def test_nfc_and_nfd_name_one_item(client: TestClient, collection: str) -> None:
     assert len(client.get(f"/v1/collections/{NAME}/items").json()["items"]) == 1
 
 
+def test_filter_keys_that_are_one_in_nfc_are_refused(client: TestClient, collection: str) -> None:
+    # Two spellings of one key would keep only the last condition: refused, as in metadata.
+    assert add(client, "a", metadata={"caf\u00e9": 2}).status_code == 201
+    wanted = {"cafe\u0301": 1, "caf\u00e9": 2}
+    r = client.post(f"/v1/collections/{NAME}/search", json={"text": "a", "filter": wanted})
+    assert r.status_code == 422 and error_code(r) == "validation_error", r.text
+    assert "NFC" in r.json()["error"]["message"]
+
+
 def test_metadata_keys_follow_the_rule(client: TestClient, collection: str) -> None:
     r = add(client, "a", metadata={"cafe\u0301": 1, "album": "x"})
     assert r.json()["metadata"] == {"caf\u00e9": 1, "album": "x"}
