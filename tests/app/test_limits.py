@@ -113,20 +113,7 @@ async def _call(
 ) -> int:
     """The status of one request through the whole ASGI app (its start message and body in
     ``answer`` when given)."""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), *headers],
-        "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
-    }
+    scope = {**_scope(path), "headers": [(b"host", b"test"), *headers]}
     statuses: list[int] = []
 
     async def send(message: dict[str, object]) -> None:
