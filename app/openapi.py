@@ -341,7 +341,12 @@ def _index_settings_per_type(settings: dict[str, Any]) -> None:
     settings["oneOf"] = branches
 
 
+def _stored_text(item: dict[str, Any]) -> None:
+    item["properties"]["text"]["pattern"] = text_pattern()
+
+
 BODY_RULES = {
+    "TextItemCreate": _stored_text,
     "SearchRequest": _exactly_one_query,
     "FinetuneJobCreate": _one_pair_source,
     "IndexSettings": _index_settings_per_type,
@@ -380,6 +385,14 @@ def id_pattern() -> str:
     )
     edge = f"[^/{spaces}{hidden}]"
     return f"^{edge}(?:[^/{hidden}]{{0,{MAX_ID_CHARS - 2}}}{edge})?$"
+
+
+@functools.cache
+def text_pattern() -> str:
+    """A stored text (app/services/items.py prepare_text): no NUL, and something besides
+    the characters ``str.strip()`` removes."""
+    spaces = "".join(chr(c) for c in range(sys.maxunicode + 1) if chr(c).isspace())
+    return f"^[^\x00]*[^\x00{spaces}][^\x00]*$"
 
 
 @functools.cache

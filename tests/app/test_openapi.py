@@ -11,7 +11,9 @@ from urllib.parse import urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from app.openapi import error_statuses, id_pattern, key_pattern
+from app.errors import UnprocessableEntity
+from app.openapi import error_statuses, id_pattern, key_pattern, text_pattern
+from app.services.items import prepare_text
 from tests.conftest import error_code
 
 DOC_PAGES = ("/docs", "/redoc")
@@ -180,6 +182,27 @@ def test_identifier_patterns_follow_the_id_rule() -> None:
     for bad in ("", "a/b", " lead", "trail ", "\u202eevil", "zero\u200bwidth", "x" * 256):
         assert not ids.match(bad), bad
     assert keys.match("album") and keys.match("tab\tkept") and not keys.match("a\u2066b")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a", " a ", "tab\tkept", "\u3000x", "", " ", "\t\n", "\x1c\x1f", "\u3000", "a\x00", "\x00"],
+)
+def test_the_text_pattern_is_the_stored_text_rule(text: str) -> None:
+    """A fuzzer sends what the pattern allows: the server must take exactly that (a text
+    item with a NUL or only spaces was refused while the document allowed it)."""
+    try:
+        prepare_text(text=text, external_id=None, metadata={})
+        taken = True
+    except UnprocessableEntity:
+        taken = False
+    assert bool(re.fullmatch(text_pattern(), text)) == taken
+
+
+def test_a_text_items_text_has_the_pattern(doc: dict[str, Any]) -> None:
+    body = doc["paths"]["/v1/collections/{name}/items"]["post"]["requestBody"]
+    text = body["content"]["application/json"]["schema"]["properties"]["text"]
+    assert text["pattern"] == text_pattern()
 
 
 def test_a_path_number_beyond_64_bits_is_refused_not_a_500(
