@@ -6,10 +6,13 @@ import io
 import struct
 import zlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import soundfile as sf
 from PIL import Image
+
+from app.state import Services
 
 # --- images ---
 #
@@ -340,3 +343,23 @@ def wav_with_lying_header(claimed_seconds: float, *, rate: int = 16000) -> bytes
     data_head = struct.pack("<4sI", b"data", claimed)
     riff_size = min(4 + len(fmt_chunk) + len(data_head) + claimed, 0xFFFFFFFE)
     return struct.pack("<4sI4s", b"RIFF", riff_size, b"WAVE") + fmt_chunk + data_head + pcm
+
+
+def services_of(client: Any) -> Services:
+    """The running app's services (a TestClient's app, lifespan entered)."""
+    services: Services = client.app.state.services
+    return services
+
+
+def add_text(client: Any, collection: str, item_id: str) -> Any:
+    """POST a text item whose text and metadata name ``item_id``."""
+    body = {"id": item_id, "text": f"text of {item_id}", "metadata": {"key": item_id}}
+    return client.post(f"/v1/collections/{collection}/items", json=body)
+
+
+def found_text(client: Any, collection: str, item_id: str) -> bool:
+    """Whether a search by the text ``add_text`` gave finds exactly that item first."""
+    body = {"text": f"text of {item_id}", "k": 1, "filter": {"key": item_id}}
+    r = client.post(f"/v1/collections/{collection}/search", json=body)
+    assert r.status_code == 200, r.text
+    return [h["item"]["id"] for h in r.json()["results"]] == [item_id]

@@ -20,30 +20,20 @@ from sqlalchemy import event
 
 from app.main import create_app
 from app.settings import Settings
-from app.state import Services
 from index.vector_index import VectorIndex
 from tests.conftest import error_code
-from tests.factories import image_bytes
+from tests.factories import add_text, found_text, image_bytes, services_of
 
 NAME = "c"
 ITEMS = f"/v1/collections/{NAME}/items"
 
 
-def services_of(client: TestClient) -> Services:
-    services: Services = client.app.state.services  # type: ignore[attr-defined]
-    return services
-
-
 def add(client: TestClient, item_id: str) -> Any:
-    body = {"id": item_id, "text": f"text of {item_id}", "metadata": {"key": item_id}}
-    return client.post(ITEMS, json=body)
+    return add_text(client, NAME, item_id)
 
 
 def found(client: TestClient, item_id: str) -> bool:
-    body = {"text": f"text of {item_id}", "k": 1, "filter": {"key": item_id}}
-    r = client.post(f"/v1/collections/{NAME}/search", json=body)
-    assert r.status_code == 200, r.text
-    return [h["item"]["id"] for h in r.json()["results"]] == [item_id]
+    return found_text(client, NAME, item_id)
 
 
 def sizes(client: TestClient) -> tuple[int, int]:

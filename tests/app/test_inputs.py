@@ -23,11 +23,10 @@ from sqlalchemy import text
 from app.main import create_app
 from app.schemas import MAX_FILTER_KEYS, MAX_FILTER_VALUES, MAX_JOB_PAIRS
 from app.settings import Settings
-from app.state import Services
 from index.db import make_engine, migrate, no_time_limit, statement_timed_out
 from tests.app.test_never_500 import FUZZ
 from tests.conftest import error_code
-from tests.factories import image_bytes
+from tests.factories import image_bytes, services_of
 
 NAME = "things"
 # A statement that runs for minutes unless stopped (SQLite: a recursive count; Postgres: a
@@ -37,11 +36,6 @@ SLOW_SQL = {
     "SELECT count(*) FROM (SELECT x FROM c LIMIT 10000000000)",
     "postgresql": "SELECT pg_sleep(60)",
 }
-
-
-def services_of(client: TestClient) -> Services:
-    services: Services = client.app.state.services  # type: ignore[attr-defined]
-    return services
 
 
 def add(client: TestClient, item_id: str, **fields: Any) -> Any:

@@ -26,10 +26,10 @@ from sqlalchemy.exc import OperationalError
 import app.lifespan
 from app.main import create_app
 from app.settings import Settings
-from app.state import Services
 from app.worker import Worker
 from index.faults import Retrier, database_unavailable, run_resilient, storage_full
 from tests.conftest import PG_URL, TEST_MODEL, error_code
+from tests.factories import add_text, found_text, services_of
 
 NAME = "outage"
 ITEMS = f"/v1/collections/{NAME}/items"
@@ -115,25 +115,16 @@ def client(
         yield c
 
 
-def services_of(client: TestClient) -> Services:
-    services: Services = client.app.state.services  # type: ignore[attr-defined]
-    return services
-
-
 def loops_alive() -> set[str]:
     return {t.name for t in threading.enumerate() if t.is_alive()} & set(LOOPS)
 
 
 def add(client: TestClient, item_id: str) -> Any:
-    body = {"id": item_id, "text": f"text of {item_id}", "metadata": {"key": item_id}}
-    return client.post(ITEMS, json=body)
+    return add_text(client, NAME, item_id)
 
 
 def found(client: TestClient, item_id: str) -> bool:
-    body = {"text": f"text of {item_id}", "k": 1, "filter": {"key": item_id}}
-    r = client.post(f"/v1/collections/{NAME}/search", json=body)
-    assert r.status_code == 200, r.text
-    return [h["item"]["id"] for h in r.json()["results"]] == [item_id]
+    return found_text(client, NAME, item_id)
 
 
 def until(check: Callable[[], bool], timeout: float = 30.0) -> float:
