@@ -163,6 +163,7 @@ def other_url(tmp_path: Path, database_url: str) -> Iterator[str]:
     yield f"sqlite:///{tmp_path / 'other.sqlite3'}"
 
 
+@pytest.mark.postgres  # both ways: the SQLite run restores into Postgres
 def test_a_backup_restores_into_the_other_database(
     settings: Settings, make_settings: Callable[..., Settings], tmp_path: Path, other_url: str
 ) -> None:

@@ -28,15 +28,16 @@ from app.main import create_app
 from app.settings import Settings
 from app.worker import Worker
 from index.faults import Retrier, database_unavailable, run_resilient, storage_full
-from tests.conftest import PG_URL, TEST_MODEL, error_code
+from tests.conftest import TEST_MODEL, error_code
 from tests.factories import add_text, found_text, services_of
+from tests.postgres_gate import PG_URL, POSTGRES
 
 NAME = "outage"
 ITEMS = f"/v1/collections/{NAME}/items"
 LOOPS = ("mmr-snapshots", "mmr-worker")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", POSTGRES])
 def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str | None]]:
     """(URL, Postgres role or None): on Postgres, a schema owned by a role of its own."""
     if request.param == "sqlite":
