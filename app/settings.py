@@ -1,4 +1,9 @@
-"""Configuration: environment variables with the MMR_ prefix (and a .env file), read once."""
+"""Configuration: environment variables with the MMR_ prefix (and a .env file), read once.
+
+Each field's description is its documentation: ``python -m app.settings_doc`` writes the
+manual's settings reference (docs/settings.md) and .env.example from them. Descriptions are
+Markdown; links are relative to docs/.
+"""
 
 from functools import lru_cache
 from pathlib import Path
@@ -13,90 +18,179 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MMR_", env_file=".env", extra="ignore")
 
-    data_dir: Path = Path("./data")
-    database_url: str = ""
-    model: str = "auto"
+    data_dir: Path = Field(
+        default=Path("./data"),
+        description="Where the service keeps its files: the SQLite database (`mmr.sqlite3`), "
+        "original uploads (`blobs/`), index snapshots (`indexes/`), audio heads (`aligners/`) "
+        "and the model cache (`models/`: weights, ONNX exports, the precision verdict).",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL of the database; empty means SQLite at "
+        "`MMR_DATA_DIR/mmr.sqlite3`. Postgres: `postgresql+psycopg://user:password@host:5432/db`.",
+    )
+    model: str = Field(
+        default="auto",
+        description="[Model id](models.md#model-ids) of new collections: `auto`, `mmr-mini`, "
+        "`mmr-mini@/dir`, `open_clip:ARCH/PRETRAINED`, `open_clip:ARCH@/path/to/checkpoint` or "
+        "`random:ARCH`. A model named explicitly loads or the server does not start.",
+    )
     audio_model: str = Field(
-        default="", description="empty: the model's own audio tower; none; clap:REPO or clap:/dir"
+        default="",
+        description="[Audio model id](models.md#audio-model-ids): empty = the model's own audio "
+        "tower (`mmr-mini` has one, `open_clip:` and `random:` models none), `none`, "
+        "`clap:ORG/REPO` or `clap:/path/to/dir`.",
     )
     audio_head: Path | None = Field(
-        default=None, description="aligner artefact new collections start from (bootstrap-audio)"
+        default=None,
+        description="Aligner artefact from `mmr bootstrap-audio` that new collections start "
+        "from; empty = the cached bootstrap head of the pair in `MMR_DATA_DIR/aligners`, "
+        "trained at the first start when missing.",
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="`auto`: CUDA when a GPU is visible, else the CPU; `cuda` fails to start "
+        "without a GPU.",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8", "fp32-onnx"] = Field(
         default="auto",
-        description="auto: fp16 on CUDA; on a CPU the fastest on a probe of bf16 (where it is "
-        "native) and image and text towers in ONNX Runtime (int8, and fp32-onnx: fp32 without "
-        "torch), among those that keep its cosine >= 0.99 to fp32 and beat fp32 by more than "
-        "1.2x; else fp32",
+        description="Number format of the encoders. `auto` measures the candidates at the first "
+        "start and keeps the verdict ([the rule](models.md#precision)); `int8` and `fp32-onnx` "
+        "(fp32 towers in ONNX Runtime) are taken without the probe and need a CPU and "
+        "`onnxruntime`. `GET /v1/models` shows the choice.",
     )
-    batch_size: int = Field(default=32, ge=1, description="most inputs in one encoder forward")
+    batch_size: int = Field(
+        default=32,
+        ge=1,
+        description="Most inputs in one encoder forward; concurrent requests share forwards up "
+        "to it, a larger request runs in chunks.",
+    )
     batch_wait_ms: float = Field(
         default=20.0,
         ge=0,
-        description="longest a forward waits for company: requests still preparing their "
-        "inputs, or as many rows as the forward running beside it",
+        description="Longest a forward waits for company once a worker is free, in "
+        "milliseconds: requests still decoding and preprocessing their inputs, or (with "
+        "streams) as many rows as the forward running beside it. A lone request never waits.",
     )
     batch_queue: int = Field(
-        default=512, ge=1, description="inputs waiting per encoder before requests get 429"
+        default=512,
+        ge=1,
+        description="Inputs waiting per encoder tower before new requests get 429 `overloaded` "
+        "with `Retry-After: 1`.",
     )
     batch_streams: int = Field(
         default=0,
         ge=0,
-        description="forwards of one model at once, each on a share of the torch threads (a "
-        "lone request still gets them all); 0 = auto: 2 on a CPU with 2+ threads, 1 on CUDA",
+        description="Forwards of one model that run at once under load, each on its share of "
+        "the torch threads (a lone request still gets them all); `0` = auto: 2 on a CPU with 2 "
+        "or more threads, 1 on CUDA. int8 towers follow the same rule with a second ONNX "
+        "Runtime session ([streams](architecture.md#streams)).",
     )
-    api_keys: str = ""
-    max_upload_mb: float = 50.0
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated admin keys; empty turns auth off. More keys, with scopes "
+        "and limited to collections, live in SQL ([security](security.md#api-keys-and-scopes)).",
+    )
+    max_upload_mb: float = Field(
+        default=50.0,
+        description="Largest request body, in MB; a larger one gets 413 while it streams in. "
+        "Must be positive.",
+    )
     max_bodies_mb: float = Field(
         default=200.0,
         gt=0,
-        description="request bodies the process holds at once, in MB (each from its first "
-        "byte until its response has finished); when full, a new body waits up to 2 s, then "
-        "429; keep it at least MMR_MAX_UPLOAD_MB, or the largest uploads get 413",
+        description="Request bodies one server process holds at once, in MB, each from its "
+        "first byte until its response has finished; when full, a new body waits up to 2 s, "
+        "then gets 429 `overloaded` with `Retry-After: 1`. Keep it at least "
+        "`MMR_MAX_UPLOAD_MB`: a body larger than the whole budget gets 413 "
+        "([hostile input](reliability.md#hostile-input)).",
     )
-    max_image_pixels: int = 64_000_000
-    max_audio_seconds: float = Field(default=600.0, gt=0, description="longest audio upload")
+    max_image_pixels: int = Field(
+        default=64_000_000,
+        description="Largest image, width times height, read from the header before any pixel is "
+        "decoded; a larger one gets 413.",
+    )
+    max_audio_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest audio file, in seconds, read from the header and checked again "
+        "while decoding; a longer one gets 413.",
+    )
     max_decoded_mb: float = Field(
         default=256.0,
         gt=0,
-        description="decoded media (pixels, audio samples) the process holds at once, in MB: "
-        "decodes in progress and inputs waiting for their forward; when full, a new decode "
-        "waits up to 2 s, then 429",
+        description="Decoded media (pixels, audio samples) one server process holds at once, "
+        "in MB: decodes in progress and inputs waiting for their forward. When full, a decode "
+        "waits up to 2 s, then gets 429 `overloaded` with `Retry-After: 1`; a file that alone "
+        "needs more gets 413 ([hostile input](reliability.md#hostile-input)).",
     )
     max_decoded_mb_per_request: float = Field(
         default=128.0,
         gt=0,
-        description="decoded media the inputs of one request may hold together, in MB (413 "
-        "above it)",
+        description="Decoded media the inputs of one request keep together, in MB; past it "
+        "413 `media_too_large` (in a batch, for the entries past it).",
     )
-    max_batch_items: int = 256
+    max_batch_items: int = Field(
+        default=256,
+        description="Most items in one batch call, or inputs in one `/v1/embed` call; more get "
+        "422.",
+    )
     torch_threads: int = Field(
         default=0,
-        description="threads of a lone forward and of a training run (streams share them); "
-        "0 = one per CPU core",
+        description="Torch threads of a lone forward and of a training run (under load the "
+        "streams share them); `0` = one per CPU core. Decoding and preprocessing use one.",
     )
-    faiss_threads: int = 1
-    snapshot_every: int = Field(default=1000, description="changes between index snapshots")
+    faiss_threads: int = Field(
+        default=1,
+        description="FAISS (OpenMP) threads per search, set in each request thread: a single "
+        "query is memory-bound and more threads only contend. Index training and bulk adds "
+        "use every core.",
+    )
+    snapshot_every: int = Field(
+        default=1000,
+        description="Changes to a collection between index snapshots; a collection with older "
+        "unsnapshotted changes is snapshotted after 60 s "
+        "([durability](architecture.md#durability)).",
+    )
     worker: Literal["on", "off"] = Field(
-        default="on", description="run a job worker inside `mmr serve`"
+        default="on",
+        description="`on`: `mmr serve` runs a job worker in a thread; `off`: jobs wait for "
+        "`mmr worker` processes ([workers](operations.md#workers-and-jobs)).",
     )
-    job_lease_s: float = Field(default=30.0, gt=0, description="a job's lease per heartbeat")
-    job_poll_s: float = Field(default=2.0, gt=0, description="idle worker's polling interval")
-    job_max_attempts: int = Field(default=3, ge=1, description="runs before a job is failed")
+    job_lease_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a worker holds a job between heartbeats; the job of a worker that "
+        "died is taken again once its lease runs out.",
+    )
+    job_poll_s: float = Field(
+        default=2.0, gt=0, description="Seconds an idle worker waits between looks at the queue."
+    )
+    job_max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs of a job (its worker dying each time) before it is failed with the "
+        "reason.",
+    )
     max_queued_jobs: int = Field(
-        default=1000, ge=1, description="queued jobs in all before POST /v1/jobs gets 429"
+        default=1000,
+        ge=1,
+        description="Queued jobs in all before `POST /v1/jobs` gets 429 `overloaded`.",
     )
     max_queued_jobs_per_collection: int = Field(
-        default=20, ge=1, description="queued jobs of one collection before POST /v1/jobs gets 429"
+        default=20,
+        ge=1,
+        description="Queued jobs of one collection before `POST /v1/jobs` gets 429 `overloaded`.",
     )
     sql_timeout_s: float = Field(
         default=10.0,
         ge=0,
-        description="longest one SQL statement of the server may run (0: no limit); a request "
-        "whose statement is stopped gets 503 query_timeout",
+        description="Longest one SQL statement of the server may run, in seconds (Postgres "
+        "`statement_timeout`, SQLite a progress handler); a request whose statement is stopped "
+        "gets 503 `query_timeout`. `0` = no limit. Migrations, deleting a collection and "
+        "`mmr backup` / `mmr restore` run without it ([limits](security.md#limits)).",
     )
-    log_level: str = "info"
+    log_level: str = Field(default="info", description="`debug`, `info`, `warning` or `error`.")
 
     @field_validator("max_upload_mb")
     @classmethod
