@@ -13,7 +13,7 @@ PORT ?= 8000
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 
-.PHONY: install run test lint typecheck pytest bench fuzz soak clean
+.PHONY: install run test lint typecheck pytest docs bench fuzz soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,11 @@ typecheck: install
 pytest: install
 	$(VENV)/bin/pytest
 
-test: lint typecheck pytest
+# The manual (docs/, mkdocs.yml) into site/: strict, so a broken link or anchor fails.
+docs: install
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+test: lint typecheck pytest docs
 
 # The full benchmark (tens of minutes; 1M vectors): results in bench/results/.
 # Smaller runs: $(PY) -m bench --quick, or --only search --sizes 10000,100000.
@@ -62,4 +66,4 @@ soak: install
 		tests/app/test_pg_restart.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site
