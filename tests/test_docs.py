@@ -67,6 +67,7 @@ def test_the_readme_links_resolve_into_the_built_manual(site: Path) -> None:
     assert any(link.startswith("docs/") for link in local)
     for link in local:
         path, _, anchor = link.partition("#")
+        assert path, f"README links to {link}: its headings are the manual's (docs/)"
         assert (ROOT / path).exists(), f"README links to {link}: no such file"
         if anchor:
             page = site / Path(path).relative_to("docs").with_suffix(".html")

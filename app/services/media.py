@@ -91,7 +91,7 @@ def _decode_audio(data: bytes, mime: str, services: Services, budget: RequestBud
             f"this looks like audio ({mime}), but this server has no audio model (it encodes "
             f"{', '.join(embedder.modalities)} with {embedder.model_id}); enable audio with "
             "MMR_AUDIO_MODEL=clap:laion/clap-htsat-unfused (a CLAP bridged into this space, "
-            "see the README's Audio section) or run MMR_MODEL=mmr-mini, which has its own"
+            "see docs/models.md, Audio) or run MMR_MODEL=mmr-mini, which has its own"
         )
     return decode_audio(
         data,
