@@ -39,7 +39,7 @@ pytest: install
 
 # The manual (docs/, mkdocs.yml) into site/: strict, so a broken link or anchor fails.
 docs: install
-	$(VENV)/bin/mkdocs build --strict --quiet
+	$(VENV)/bin/mkdocs build --strict
 
 test: lint typecheck pytest docs
 

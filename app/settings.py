@@ -31,9 +31,10 @@ class Settings(BaseSettings):
     )
     model: str = Field(
         default="auto",
-        description="[Model id](models.md#model-ids) of new collections: `auto`, `mmr-mini`, "
-        "`mmr-mini@/dir`, `open_clip:ARCH/PRETRAINED`, `open_clip:ARCH@/path/to/checkpoint` or "
-        "`random:ARCH`. A model named explicitly loads or the server does not start.",
+        description="[Model id](models.md#model-ids) the server encodes with; new "
+        "collections are made in its space. `auto`, `mmr-mini`, `mmr-mini@/dir`, "
+        "`open_clip:ARCH/PRETRAINED`, `open_clip:ARCH@/path/to/checkpoint` or `random:ARCH`; a "
+        "model named explicitly loads or the server does not start.",
     )
     audio_model: str = Field(
         default="",
@@ -155,7 +156,7 @@ class Settings(BaseSettings):
     worker: Literal["on", "off"] = Field(
         default="on",
         description="`on`: `mmr serve` runs a job worker in a thread; `off`: jobs wait for "
-        "`mmr worker` processes ([workers](operations.md#workers-and-jobs)).",
+        "`mmr worker` processes ([workers](workers.md)).",
     )
     job_lease_s: float = Field(
         default=30.0,

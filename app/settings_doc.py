@@ -25,6 +25,8 @@ from pydantic.fields import FieldInfo
 from app.settings import Settings
 
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)]+)\)")
+# " ([this](page.md))": an aside that is a link alone, dropped from .env.example's prose
+_ASIDE_LINK = re.compile(r" ?\(\[[^\]]+\]\([^)]+\)\)")
 
 PAGE_HEAD = """\
 # Settings reference
@@ -110,8 +112,11 @@ def reference_page() -> str:
 
 
 def _comment(text: str) -> str:
-    """Markdown prose as wrapped comment lines; a link becomes its text and its page."""
-    plain = _LINK.sub(r"\1 (docs/\2)", text)
+    """Markdown prose as wrapped comment lines: links become their text, their pages follow."""
+    plain = _LINK.sub(r"\1", _ASIDE_LINK.sub("", text))
+    pages = [f"docs/{target}" for _, target in _LINK.findall(text)]
+    if pages:
+        plain += f" See {', '.join(pages)}."
     return textwrap.fill(
         plain, width=98, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False
     )

@@ -24,7 +24,7 @@ MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The manual built as `make docs` builds it, into a temporary folder."""
     out = tmp_path_factory.mktemp("site")
-    argv = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet"]
+    argv = [sys.executable, "-m", "mkdocs", "build", "--strict"]  # --quiet would hide warnings
     done = subprocess.run(
         [*argv, "--config-file", str(ROOT / "mkdocs.yml"), "--site-dir", str(out)],
         capture_output=True,

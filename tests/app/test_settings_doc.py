@@ -50,8 +50,8 @@ def test_env_example_shows_every_default_and_no_markdown_links() -> None:
     text = settings_doc.env_example()
     for name, field in Settings.model_fields.items():
         assert f"\n# MMR_{name.upper()}={settings_doc.env_default(field.default)}\n" in text
-    assert "](" not in text  # links become "text (docs/page.md#anchor)"
-    assert "(docs/models.md#precision)" in text
+    assert "](" not in text  # a link becomes its text, its page follows the description
+    assert "See docs/models.md#precision." in text
     assert set(MMR_VAR.findall(text)) == {f"MMR_{n.upper()}" for n in Settings.model_fields}
 
 
