@@ -24,8 +24,8 @@ from index.faults import Retrier
 from index.jobs import CANCELLED, FAILED, SUCCEEDED
 from index.tables import JobRow
 from models.errors import MediaError, ModelLoadError
-from models.finetune import Cancelled
-from models.runtime import in_thread_with_threads
+from models.runtime.threads import in_thread_with_threads
+from models.training.finetune import Cancelled
 
 log = logging.getLogger("mmr.worker")
 
@@ -137,7 +137,7 @@ class Worker:
     def _run(self, ctx: JobContext) -> tuple[str, dict[str, Any], str | None]:
         try:
             # A thread of its own with every torch thread: its OpenMP team ends with the job
-            # (a lasting one would slow every forward, see models.runtime).
+            # (a lasting one would slow every forward, see models.runtime.threads).
             handler = HANDLERS[ctx.job.type]
             metrics = in_thread_with_threads(lambda: handler(self.services, ctx))
         except Cancelled:

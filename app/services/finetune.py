@@ -21,7 +21,7 @@ from app.services.collections import index_spec
 from app.state import Services
 from index.store import StoredVectors, from_blob
 from index.tables import CollectionRow
-from models.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
+from models.training.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
 
 if TYPE_CHECKING:
     from app.worker import JobContext

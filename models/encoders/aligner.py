@@ -20,13 +20,17 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load as st_load
 
-from models.errors import UnsupportedMediaError
+from models.errors import ModelLoadError, UnsupportedMediaError
+
+if TYPE_CHECKING:
+    from models.encoders.audio import AudioEncoder
+    from models.encoders.openclip import Encoder
 
 FORMAT = "mmr-aligner/1"
 HEAD_KINDS = ("identity", "linear", "lowrank")
@@ -286,3 +290,40 @@ def _header(data: bytes) -> dict[str, str]:
     size = int.from_bytes(data[:8], "little")
     meta: dict[str, str] = json.loads(data[8 : 8 + size]).get("__metadata__", {})
     return meta
+
+
+# -- which aligner serves which encoders ----------------------------------------------------------
+
+
+def encoder_ids(encoder: Encoder, audio: AudioEncoder | None) -> dict[str, str]:
+    """Per modality, the id of the encoder whose raw features its head takes."""
+    ids = {"image": encoder.model_id, "text": encoder.model_id}
+    if audio is not None:
+        ids["audio"] = audio.model_id
+    return ids
+
+
+def needs_bridge(encoder: Encoder, audio: AudioEncoder | None) -> bool:
+    """Whether the audio tower lives in a space of its own (and needs a trained head)."""
+    return audio is not None and (audio.model_id != encoder.model_id or audio.dim != encoder.dim)
+
+
+def identity_aligner(encoder: Encoder, audio: AudioEncoder | None) -> Aligner:
+    """Identity heads for every modality (no bridge needed)."""
+    return Aligner.identity(encoder.dim, encoder_ids(encoder, audio))
+
+
+def check_serves(aligner: Aligner, encoder: Encoder, audio: AudioEncoder | None) -> None:
+    """ModelLoadError unless an aligner's heads take exactly these encoders' features."""
+    want = encoder_ids(encoder, audio)
+    if aligner.encoders != want or aligner.dim != encoder.dim:
+        raise ModelLoadError(
+            f"the aligner was built for {aligner.encoders} (dim {aligner.dim}) but this "
+            f"server runs {want} (dim {encoder.dim}); build one for this pair with "
+            "`mmr bootstrap-audio`"
+        )
+    audio_head = aligner.heads.get("audio")
+    if audio is not None and audio_head is not None and audio_head.in_dim != audio.dim:
+        raise ModelLoadError(
+            f"the audio head takes {audio_head.in_dim} dims, CLAP gives {audio.dim}"
+        )

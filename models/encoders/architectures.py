@@ -1,4 +1,4 @@
-"""The project's own open_clip architectures (``models/configs/*.json``), registered once."""
+"""The project's own open_clip architectures (``configs/*.json`` here), registered once."""
 
 from __future__ import annotations
 

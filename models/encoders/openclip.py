@@ -1,7 +1,7 @@
 """Encoders: turn decoded media into raw feature vectors (before the aligner head).
 
 An :class:`Encoder` is the image/text dual encoder; audio towers are
-:class:`models.audio.AudioEncoder` s, either a model's own (mmr-mini) or a CLAP bridged
+:class:`models.encoders.audio.AudioEncoder` s, either a model's own (mmr-mini) or a CLAP bridged
 into the space by an aligner head.
 """
 
@@ -9,23 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from models.audio import AudioSegments, cut_segments
-from models.batcher import BatchConfig, MicroBatcher, Pending
 from models.media.pixels import Pixels
-from models.mini.audio import pad_window
-from models.mini.model import MiniModel
-from models.runtime import torch_threads, use_torch_threads
-from models.streams import Streams, default_count
+from models.runtime.batcher import BatchConfig, MicroBatcher, Pending
+from models.runtime.streams import Streams, default_count
+from models.runtime.threads import torch_threads, use_torch_threads
 
 Modality = str  # "image" | "text" | "audio"
 
@@ -65,8 +61,8 @@ class Encoder(Protocol):
 
 
 class RuntimeTower(Protocol):
-    """A tower run outside torch (``models.int8.OnnxTower``): prepared inputs and the threads
-    its forward may use -> (n, dim) float32."""
+    """A tower run outside torch (``models.runtime.onnx.OnnxTower``): prepared inputs and the
+    threads its forward may use -> (n, dim) float32."""
 
     def __call__(self, batch: torch.Tensor, threads: int | None = None) -> np.ndarray: ...
 
@@ -101,7 +97,7 @@ class OpenClipEncoder:
         self.modalities: tuple[Modality, ...] = ("image", "text")
         # Forwards across this model's towers share the cores torch was given
         # (MMR_TORCH_THREADS): a lone one takes them all, under load MMR_BATCH_STREAMS run at
-        # once on a share each (models.streams).
+        # once on a share each (models.runtime.streams).
         batching = batching or BatchConfig()
         threads = torch_threads()
         self.streams = Streams(
@@ -247,79 +243,6 @@ class OpenClipEncoder:
 
 def _on_one_thread(prepare: Callable[[], torch.Tensor]) -> torch.Tensor:
     """Decoding and preprocessing use one torch thread: the cores belong to the forwards, and
-    an OpenMP team per request thread would slow every forward (``models.runtime``)."""
+    an OpenMP team per request thread would slow every forward (``models.runtime.threads``)."""
     use_torch_threads(1)
     return prepare()
-
-
-class MiniEncoder(OpenClipEncoder):
-    """mmr-mini's image and text towers; its own audio tower is ``.audio``."""
-
-    TOWERS: ClassVar[dict[Modality, str]] = {**OpenClipEncoder.TOWERS, "audio": "encode_audio"}
-
-    def __init__(
-        self,
-        *,
-        model_id: str,
-        model: MiniModel,
-        device: str,
-        batching: BatchConfig | None = None,
-    ) -> None:
-        super().__init__(
-            model_id=model_id,
-            model=model,
-            preprocess=model.preprocess,
-            tokenizer=model.tokenizer,
-            device=device,
-            batching=batching,
-        )
-        self.audio = MiniAudioEncoder(self)
-
-    @property
-    def mini(self) -> MiniModel:
-        """The model, typed (its dtype may change with a precision choice)."""
-        return cast(MiniModel, self.model)
-
-
-class MiniAudioEncoder:
-    """mmr-mini's audio tower: 4 s windows every 2 s, features already in the shared space."""
-
-    def __init__(self, owner: MiniEncoder) -> None:
-        self._owner = owner
-        cfg = owner.mini.audio_cfg
-        self.model_id = owner.model_id  # the model's own tower: one id for all modalities
-        self.dim = owner.dim
-        self.sample_rate = cfg.sample_rate
-        self.window_s = cfg.window_seconds
-        self.hop_s = cfg.window_seconds / 2
-
-    def close(self) -> None:
-        """Nothing of its own: the owner's batchers serve this tower too."""
-
-    def prepare_windows(self, cuts: Sequence[tuple[list[np.ndarray], np.ndarray]]) -> torch.Tensor:
-        """Every cut piece zero-padded to one window: (n_windows, window_samples) float32."""
-        cfg = self._owner.mini.audio_cfg
-        return torch.from_numpy(
-            np.stack([pad_window(p, cfg) for pieces, _ in cuts for p in pieces])
-        )
-
-    def encode_audio(self, waves: Sequence[np.ndarray]) -> list[AudioSegments]:
-        """Each wave's segments (zero-padded to a window when shorter) and their spans."""
-        if not waves:
-            return []
-        cfg = self._owner.mini.audio_cfg
-        cuts = [
-            cut_segments(
-                np.asarray(w, np.float32),
-                rate=cfg.sample_rate,
-                window_s=self.window_s,
-                hop_s=self.hop_s,
-            )
-            for w in waves
-        ]
-        features = self._owner.submit("audio", lambda: self.prepare_windows(cuts))
-        bounds = np.cumsum([0] + [len(spans) for _, spans in cuts])
-        return [
-            AudioSegments(features[a:b], spans)
-            for (a, b), (_, spans) in zip(itertools.pairwise(bounds), cuts, strict=True)
-        ]

@@ -29,14 +29,15 @@ from urllib.parse import urlsplit
 import torch
 from safetensors import SafetensorError
 
-from models.architectures import register_project_configs
-from models.audio import AudioEncoder
-from models.batcher import BatchConfig
-from models.encoders import Encoder, MiniEncoder, OpenClipEncoder
+from models.encoders.architectures import register_project_configs
+from models.encoders.audio import AudioEncoder
+from models.encoders.mini.encoder import MiniEncoder
+from models.encoders.mini.model import ARCH as MINI_ARCH
+from models.encoders.mini.model import CARD_FILE, SHIPPED_DIR, load_mini
+from models.encoders.openclip import Encoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
-from models.mini.model import ARCH as MINI_ARCH
-from models.mini.model import CARD_FILE, SHIPPED_DIR, load_mini
-from models.precision import FP32, PrecisionChoice, choose_precision
+from models.runtime.batcher import BatchConfig
+from models.runtime.precision import FP32, PrecisionChoice, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def load_audio_model(
     if kind == "builtin":
         builtin: AudioEncoder | None = getattr(encoder, "audio", None)
         return builtin
-    from models.clap import load_clap
+    from models.encoders.clap import load_clap
 
     return load_clap(
         audio_id, source, device=pick_device(device), cache_dir=cache_dir, batching=batching

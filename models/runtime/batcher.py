@@ -19,11 +19,12 @@ than ``max_batch`` is run alone, in chunks of ``max_batch``, and is never refuse
 when the queue is empty.
 
 With ``streams`` above one, that many worker threads take batches: the idle ones split what
-waits between them (two forwards of eight rather than one of sixteen, see ``models.streams``);
-a worker that frees up beside a running forward waits (same bound) for as many rows as that
-forward has, and none takes more than an even part of all rows waiting and running, so the
-streams settle on equal batches. Each forward is told whether it runs ``alone`` (nothing
-else queued or being prepared), so the model may give a lone request every core.
+waits between them (two forwards of eight rather than one of sixteen, see
+``models.runtime.streams``); a worker that frees up beside a running forward waits (same bound)
+for as many rows as that forward has, and none takes more than an even part of all rows waiting
+and running, so the streams settle on equal batches. Each forward is told whether it runs
+``alone`` (nothing else queued or being prepared), so the model may give a lone request every
+core.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class BatchConfig:
     """How a tower's requests are gathered (MMR_BATCH_SIZE, _WAIT_MS, _QUEUE, _STREAMS).
 
     ``streams``: forwards of the tower that may run at once; 0 = the model decides
-    (``models.streams.default_count``), a batcher given 0 runs one."""
+    (``models.runtime.streams.default_count``), a batcher given 0 runs one."""
 
     max_batch: int = 32
     max_wait_ms: float = 20.0

@@ -1,4 +1,4 @@
-"""Towers run by ONNX Runtime, in int8 or in fp32: CPU fast paths (``models.precision``
+"""Towers run by ONNX Runtime, in int8 or in fp32: CPU fast paths (``models.runtime.precision``
 weighs them against torch's fp32 and bf16).
 
 A tower (``encode_image`` or ``encode_text`` of the model) is exported to ONNX with torch's
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.runtime import without_notice
+from models.runtime.notices import without_notice
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class OnnxTower:
     """A tower in ONNX Runtime sessions: prepared inputs -> (n, dim) float32.
 
     A lone forward runs in a session on every thread; forwards under load
-    (``models.streams``) run at once in a second session on their share of the threads,
+    (``models.runtime.streams``) run at once in a second session on their share of the threads,
     called from each forward's own thread. Measured on 2 cores (ViT-B-32's image tower,
     forward only, images/s): one 2-thread session 55-56 at batch 8-16, two 1-thread runs
     of 8 at once 59; and with a Python thread busy half the time beside it (a server

@@ -1,28 +1,26 @@
-"""Which number format the encoders run in: fp32, bf16, fp16, int8 or fp32-onnx (MMR_PRECISION).
+"""Which number format the encoders run in (MMR_PRECISION), and the ``auto`` rule that picks it.
 
-``auto`` takes fp16 on CUDA. On a CPU it measures what the CPU can run: bf16 where the CPU has
-native bf16 (AVX512-BF16 / AMX, as oneDNN reports it), and image and text towers run by ONNX
-Runtime (:mod:`models.int8`) where that is installed, in int8 and in fp32 (``fp32-onnx``: the
-same numbers as torch's, without torch's Python between ops). A candidate counts only when a probe
-agrees: on a fixed set of inputs (8 seeded synthetic images, 8 captions, audio windows for a
-model with an audio tower) every row of every tower keeps a cosine of at least
-``PROBE_MIN_COSINE`` to its fp32 embedding; of those, the fastest on the same inputs (each tower
-timed on its own, :func:`timed_towers`) wins if
-it beats fp32 by more than ``PROBE_MIN_SPEEDUP`` (for a tiny model the formats are within
-noise of each other), else fp32, logged. Which one wins depends on the CPU: on AVX-512 with
-VNNI and BF16 but no AMX, int8 ran the probe 1.6x faster than bf16 (ViT-B-32); with AMX,
-bf16's matrix units win; for a model as small as mmr-mini, fp32 in ONNX Runtime. The first
-start's verdict is kept beside the model cache. The fp32 weights are kept only while the
-probe runs (bf16 back to fp32 is lossy); the ONNX Runtime formats keep them, for the audio
+``fp32``, ``bf16`` and ``fp16`` are torch dtypes; ``int8`` and ``fp32-onnx`` run the image and
+text towers in ONNX Runtime (:mod:`models.runtime.onnx`: quantised weights, or fp32 without
+torch's Python between ops) and leave audio towers in torch.
+
+``auto`` (the server's default; this is the one place the rule is written):
+
+- on CUDA: fp16, if the probe below keeps its cosine, else fp32;
+- on a CPU: the candidates it can run (bf16 where the CPU does bf16 natively, AVX512-BF16 or
+  AMX as oneDNN reports it; int8 and fp32-onnx where ONNX Runtime is installed) each run the
+  probe: fixed inputs (8 seeded synthetic images, 8 captions, audio windows when the model has
+  an audio tower) on which every row of every tower must keep a cosine of at least
+  ``PROBE_MIN_COSINE`` to fp32. Of those that do, the fastest on the probe (each tower timed on
+  its own, :func:`timed_towers`) wins if it beats fp32 by more than ``PROBE_MIN_SPEEDUP``;
+  otherwise fp32. The log says which won and why.
+
+Measured, not assumed, because the winner depends on the CPU (int8 with VNNI but no AMX, bf16
+with AMX, fp32-onnx for a model as small as mmr-mini). The first start's verdict is kept beside
+the model cache, per weights, thread count, candidates and library versions, so that a restart
+never moves a collection's embeddings to another format. The fp32 weights are kept only while
+the probe runs (bf16 back to fp32 is lossy); the ONNX Runtime formats keep them for the audio
 tower and the image size.
-
-Measured on the development machine (random:ViT-B-32 image tower, batch 16, torch 2.14 on 2
-threads, oneDNN reports native bf16): fp32 15.6 images/s, bf16 77.3 images/s (x5), min cosine
-0.99995 to fp32; with the 2 cores shared (load ~4) fp32 3.8-6.0, bf16 10.8-12.4 (x2-3).
-int8 on a 2-core AMD EPYC without AVX-512 (same model and batch, ONNX Runtime 1.32): fp32
-9.2 images/s, int8 ~20 (x2.2), probe min cosine 0.998. On a 2-core AMD EPYC with AVX512-BF16
-and VNNI, no AMX (the probe: 8 images and 8 captions, 2 threads): fp32 0.91 s, bf16 0.46 s,
-int8 0.29 s.
 """
 
 from __future__ import annotations
@@ -42,15 +40,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import int8
 from models.errors import ModelLoadError
-from models.runtime import torch_threads
+from models.runtime import onnx
+from models.runtime.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16", "int8", "fp32-onnx"]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8", "fp32-onnx")
-# Formats whose image and text towers run in ONNX Runtime sessions (models.int8).
+# Formats whose image and text towers run in ONNX Runtime sessions (models.runtime.onnx).
 RUNTIME_PRECISIONS = ("int8", "fp32-onnx")
 DTYPES: dict[str, torch.dtype] = {
     "fp32": torch.float32,
@@ -171,10 +169,14 @@ def choose_precision(
 def cpu_candidates() -> tuple[str, ...]:
     """The faster formats this CPU can run: bf16 where it is native, int8 and fp32 in ONNX
     Runtime where that is installed."""
-    onnx = int8.available()
+    has_onnx = onnx.available()
     return tuple(
         name
-        for name, usable in (("bf16", cpu_has_native_bf16()), ("int8", onnx), ("fp32-onnx", onnx))
+        for name, usable in (
+            ("bf16", cpu_has_native_bf16()),
+            ("int8", has_onnx),
+            ("fp32-onnx", has_onnx),
+        )
         if usable
     )
 
@@ -184,7 +186,7 @@ def _require_runtime(encoder: Any, name: str) -> None:
         raise ModelLoadError(
             f"MMR_PRECISION={name} runs on the CPU (ONNX Runtime); on CUDA use fp16 or auto"
         )
-    if not int8.available():
+    if not onnx.available():
         raise ModelLoadError(
             f"MMR_PRECISION={name} needs onnxruntime and onnx (pip install onnxruntime onnx)"
         )
@@ -194,7 +196,7 @@ def _runtime_towers(
     encoder: Any, name: str, cache_dir: Path | None, digest: str | None = None
 ) -> dict[str, Any]:
     inputs = probe_inputs(encoder)
-    return int8.onnx_towers(
+    return onnx.onnx_towers(
         encoder.model,
         precision=name,
         model_id=encoder.model_id,
@@ -253,7 +255,7 @@ def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
     if not candidates:
         reason = "no native bf16 on the CPU, and ONNX Runtime is not installed for int8"
         return PrecisionChoice("fp32", "auto", reason=reason)
-    digest, threads = int8.weights_digest(encoder.model), torch_threads()
+    digest, threads = onnx.weights_digest(encoder.model), torch_threads()
     key = (digest, threads, candidates)
     kept = None if cache_dir is None else _verdict_file(cache_dir, encoder, digest, threads)
     choice = _VERDICTS.get(key) or (_read_verdict(kept, candidates) if kept else None)
@@ -280,14 +282,14 @@ def _apply(encoder: Any, name: str, cache_dir: Path | None, digest: str) -> None
 
 
 def _verdict_file(cache_dir: Path, encoder: Any, digest: str, threads: int) -> Path:
-    name = f"{int8.slug(encoder.model_id)}-{digest[:20]}-{threads}threads.json"
+    name = f"{onnx.slug(encoder.model_id)}-{digest[:20]}-{threads}threads.json"
     return cache_dir / "precision" / name
 
 
 def _versions(candidates: tuple[str, ...]) -> str:
     """What the measurement ran on: a verdict measured with other versions is made again."""
     runtime = any(name in RUNTIME_PRECISIONS for name in candidates)
-    return int8.versions() if runtime else f"torch {torch.__version__}"
+    return onnx.versions() if runtime else f"torch {torch.__version__}"
 
 
 def _read_verdict(path: Path, candidates: tuple[str, ...]) -> PrecisionChoice | None:

@@ -10,9 +10,9 @@ A lone request still gets every core: a forward that starts while no other runs 
 else waits for the model takes all the slots and runs on the model's wide thread with all the
 threads (its latency: 37 ms instead of 50 ms at batch 1, bf16). One thread does every wide
 forward because GNU OpenMP throttles its spinning once more than one thread keeps a team of
-workers (``models.runtime.configure_torch_threads``). Under load each forward takes one slot
+workers (``models.runtime.threads.configure_torch_threads``). Under load each forward takes one slot
 and ``threads // count`` threads in its batcher worker. Towers that run outside torch (int8 in
-ONNX Runtime) follow the same slots with a session per thread count (``models.int8``).
+ONNX Runtime) follow the same slots with a session per thread count (``models.runtime.onnx``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from models.runtime import use_torch_threads
+from models.runtime.threads import use_torch_threads
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ class Streams:
         already; a runtime with its own pools picks its session by it). ``alone``: nothing
         else waits for this model, so it may take every slot when all are free; it then
         runs on the model's wide thread with every torch thread (the one thread here that
-        keeps an OpenMP team, see ``models.runtime.configure_torch_threads``). Otherwise it
+        keeps an OpenMP team, see ``models.runtime.threads.configure_torch_threads``). Otherwise it
         runs in the calling thread on ``threads // count`` threads."""
         with self._cond:
             while not self._free:

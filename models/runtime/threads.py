@@ -1,11 +1,9 @@
-"""Which runtime runs the models: thread bounds for torch; quieting libraries' log notices."""
+"""How many threads torch runs on, per thread: wide for forwards and training, one elsewhere."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -28,7 +26,7 @@ def configure_torch_threads(threads: int) -> int:
     several threads keeps a team of workers for good, and past that bound every team waits
     by sleeping, which on 2 cores made a ViT-B-32 forward of one image 65 ms instead of 37
     and a text query's 55 ms instead of 24. So only the model's wide-forward thread
-    (``models.streams``) and a training run (in a thread of its own, see
+    (``models.runtime.streams``) and a training run (in a thread of its own, see
     :func:`in_thread_with_threads`) keep teams; decoding and preprocessing run on one."""
     global _threads
     _threads = threads or os.cpu_count() or 1
@@ -56,25 +54,3 @@ def in_thread_with_threads(run: Callable[[], T], threads: int | None = None) -> 
         1, thread_name_prefix="mmr-torch-run", initializer=use_torch_threads, initargs=(count,)
     ) as own:
         return own.submit(run).result()
-
-
-class DropNotice(logging.Filter):
-    """Drops log records whose message contains ``text``."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
-
-
-@contextlib.contextmanager
-def without_notice(text: str) -> Iterator[None]:
-    """Keep a library's known, harmless notice (on the root logger) out of the log."""
-    quiet = DropNotice(text)
-    logging.getLogger().addFilter(quiet)
-    try:
-        yield
-    finally:
-        logging.getLogger().removeFilter(quiet)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.aligner import AlignerHead, l2_normalize
-from models.training import contrastive_loss, cosine_lr
+from models.encoders.aligner import AlignerHead, l2_normalize
+from models.training.contrastive import contrastive_loss, cosine_lr
 
 KS = (1, 5, 10)
 MIN_PAIRS = 10
@@ -88,7 +88,7 @@ def pair_recall(
     """Recall@k both ways where row i of one side matches row i of the other.
 
     Inputs must already live in one space (unit vectors). Ties rank the lower index first,
-    as :func:`models.mini.evaluate.recall_at` does.
+    as :func:`models.training.evaluate.recall_at` does.
     """
     s = np.asarray(source_vecs, np.float32)
     t = np.asarray(target_vecs, np.float32)

@@ -19,60 +19,23 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from models.aligner import Aligner, AlignerFormatError
-from models.audio import AudioEncoder
-from models.bootstrap import FitConfig, bootstrap_audio_head
-from models.corpus import SHIPPED_CAPTIONS, load_sound_captions
-from models.encoders import Encoder
+from models.encoders.aligner import (
+    Aligner,
+    AlignerFormatError,
+    check_serves,
+    identity_aligner,
+    needs_bridge,
+)
+from models.encoders.audio import AudioEncoder
+from models.encoders.openclip import Encoder
 from models.errors import ModelLoadError
+from models.synth.captions.sound_captions import SHIPPED_CAPTIONS, load_sound_captions
+from models.training.bootstrap import FitConfig, bootstrap_audio_head
 
 log = logging.getLogger(__name__)
-
-
-class TextTower(Protocol):
-    """An audio encoder that also embeds text in its own space (CLAP does)."""
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Text features in the audio tower's space."""
-        ...
-
-
-def encoder_ids(encoder: Encoder, audio: AudioEncoder | None) -> dict[str, str]:
-    """Per modality, the id of the encoder whose raw features its head takes."""
-    ids = {"image": encoder.model_id, "text": encoder.model_id}
-    if audio is not None:
-        ids["audio"] = audio.model_id
-    return ids
-
-
-def needs_bridge(encoder: Encoder, audio: AudioEncoder | None) -> bool:
-    """Whether the audio tower lives in a space of its own (and needs a trained head)."""
-    return audio is not None and (audio.model_id != encoder.model_id or audio.dim != encoder.dim)
-
-
-def identity_aligner(encoder: Encoder, audio: AudioEncoder | None) -> Aligner:
-    """Identity heads for every modality (no bridge needed)."""
-    return Aligner.identity(encoder.dim, encoder_ids(encoder, audio))
-
-
-def check_serves(aligner: Aligner, encoder: Encoder, audio: AudioEncoder | None) -> None:
-    """ModelLoadError unless an aligner's heads take exactly these encoders' features."""
-    want = encoder_ids(encoder, audio)
-    if aligner.encoders != want or aligner.dim != encoder.dim:
-        raise ModelLoadError(
-            f"the aligner was built for {aligner.encoders} (dim {aligner.dim}) but this "
-            f"server runs {want} (dim {encoder.dim}); build one for this pair with "
-            "`mmr bootstrap-audio`"
-        )
-    audio_head = aligner.heads.get("audio")
-    if audio is not None and audio_head is not None and audio_head.in_dim != audio.dim:
-        raise ModelLoadError(
-            f"the audio head takes {audio_head.in_dim} dims, CLAP gives {audio.dim}"
-        )
 
 
 def bridge_file(root: Path, encoder: Encoder, audio: AudioEncoder, corpus: Sequence[str]) -> Path:

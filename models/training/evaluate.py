@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from models.aligner import l2_normalize
-from models.audio import AudioEncoder, AudioSegments, pooled
-from models.encoders import Encoder
+from models.encoders.aligner import l2_normalize
+from models.encoders.audio import AudioEncoder, AudioSegments, pooled
+from models.encoders.openclip import Encoder
 from models.media.audio import decode_audio
 from models.media.image import decode_image
-from models.world.images import image_file_bytes
-from models.world.pairs import audio_pairs, image_pairs
-from models.world.sounds import audio_file_bytes
-from models.world.vocabulary import Caption, Thing, describes
+from models.synth.world.images import image_file_bytes
+from models.synth.world.pairs import audio_pairs, image_pairs
+from models.synth.world.sounds import audio_file_bytes
+from models.synth.world.vocabulary import Caption, Thing, describes
 
 KS = (1, 5, 10)
 SETS = {"held-out": "train", "shifted": "shifted"}

@@ -20,9 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.aligner import Aligner, AlignerHead, l2_normalize
-from models.bootstrap import INIT_SCALE, MIN_PAIRS, TIE_SCALE, pair_recall, split_pairs
-from models.training import MAX_LOGIT_SCALE, contrastive_loss, cosine_lr
+from models.encoders.aligner import Aligner, AlignerHead, l2_normalize
+from models.training.bootstrap import (
+    INIT_SCALE,
+    MIN_PAIRS,
+    TIE_SCALE,
+    pair_recall,
+    split_pairs,
+)
+from models.training.contrastive import MAX_LOGIT_SCALE, contrastive_loss, cosine_lr
 
 TRAIN_CHOICES = ("auto", "a", "b", "both")
 _DIRECTIONS = {"source_to_target": "a_to_b", "target_to_source": "b_to_a"}

@@ -25,13 +25,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from models.mini.audio import pad_window
-from models.mini.model import MiniModel, save_mini
-from models.training import contrastive_loss, cosine_lr
-from models.world.images import Scene, caption_scene, render_scene, sample_scene, vary_scene
-from models.world.pairs import audio_pair, item_rngs
-from models.world.sounds import Sound, caption_sound
-from models.world.vocabulary import (
+from models.encoders.mini.audio import pad_window
+from models.encoders.mini.model import MiniModel, save_mini
+from models.synth.world.images import Scene, caption_scene, render_scene, sample_scene, vary_scene
+from models.synth.world.pairs import audio_pair, item_rngs
+from models.synth.world.sounds import Sound, caption_sound
+from models.synth.world.vocabulary import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -40,6 +39,7 @@ from models.world.vocabulary import (
     Thing,
     describes,
 )
+from models.training.contrastive import contrastive_loss, cosine_lr
 
 Log = Callable[[str], None]
 _CHUNK = 500  # items per generation task

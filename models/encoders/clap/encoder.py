@@ -1,8 +1,8 @@
 """CLAP (LAION's contrastive language-audio model) as an audio tower, through transformers.
 
-A long recording is cut into windows by ``models.audio.cut_segments``; every window is at most
-the feature extractor's ``max_length_s`` long, so CLAP's own handling of longer input (random
-crops, random "fusion" chunks) never runs and the features are deterministic.
+A long recording is cut into windows by ``models.encoders.audio.cut_segments``; every window
+is at most the feature extractor's ``max_length_s`` long, so CLAP's own handling of longer input
+(random crops, random "fusion" chunks) never runs and the features are deterministic.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from models.audio import AudioSegments, cut_segments
-from models.batcher import BatchConfig, MicroBatcher
+from models.encoders.audio import AudioSegments, cut_segments
 from models.errors import ModelLoadError, UnsupportedMediaError
+from models.runtime.batcher import BatchConfig, MicroBatcher
 
 BATCH = 32  # captions per text forward (audio windows go through the batcher's max_batch)
 # What from_pretrained raises for missing, partial or corrupt files and failed downloads;
@@ -215,7 +215,7 @@ def _check_dir(model_id: str, path: Path) -> None:
 
 
 def _load_hub(model_id: str, repo: str, cache_dir: Path | None) -> tuple[Any, Any]:
-    from models.registry import _hub_reachable  # lazily: the registry loads clap: ids
+    from models.encoders.registry import _hub_reachable  # lazily: the registry loads clap: ids
 
     try:
         return _load_pretrained(model_id, repo, cache_dir, local_only=True)

@@ -61,8 +61,8 @@ class LogMel(nn.Module):
     Levels are relative to each clip's loudest bin, so loudness does not change the input.
     """
 
-    # Stays float32 when the model goes to bf16/fp16 (models.precision): CPUs have no bf16 FFT,
-    # and the dB scale needs float32's range.
+    # Stays float32 when the model goes to bf16/fp16 (models.runtime.precision): CPUs have no
+    # bf16 FFT, and the dB scale needs float32's range.
     keeps_float32 = True
 
     def __init__(self, cfg: AudioConfig) -> None:

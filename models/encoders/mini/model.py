@@ -19,15 +19,15 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.architectures import register_project_configs
-from models.mini.audio import AudioConfig, AudioTower
-from models.mini.tokenizer import FoldedTokenizer
-from models.runtime import without_notice
+from models.encoders.architectures import register_project_configs
+from models.encoders.mini.audio import AudioConfig, AudioTower
+from models.encoders.mini.tokenizer import FoldedTokenizer
+from models.runtime.notices import without_notice
 
 ARCH = "mmr-mini"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model.json"
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights" / ARCH
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 
 
 class MiniModel(nn.Module):

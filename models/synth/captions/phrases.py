@@ -1,4 +1,4 @@
-"""Hand-written building blocks for the sound-caption corpus (see ``models.corpus.sounds``).
+"""Hand-written building blocks for the sound-caption corpus (see ``sound_captions.py`` here).
 
 ``SOURCES`` is parsed from one compact text table. Each source is a block of lines:
 

@@ -1,6 +1,6 @@
 """A deterministic generator of natural English sound captions, and the shipped corpus.
 
-Captions are composed from the hand-written tables in ``models.corpus.vocabulary``: a
+Captions are composed from the hand-written tables in ``models.synth.captions.phrases``: a
 source ("a dog", "heavy rain", "someone"), a verb phrase conjugated to fit it ("barks",
 "barking", "is typing on a keyboard"), optional adverbs ("twice", "in short bursts"),
 settings ("on a busy street", "at night", "echoing in a large hall") and two-source
@@ -9,7 +9,7 @@ combinations ("X while Y", "X followed by Y", "X with Y in the background").
 The shipped file ``sound_captions.txt`` is ``build_sound_captions()`` (n=3000, seed=0),
 one caption a line. Regenerate it with:
 
-    python -m models.corpus.sounds
+    python -m models.synth.captions.sound_captions
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.corpus import vocabulary as V
-from models.corpus.vocabulary import SOURCES, Noun, Source
+from models.synth.captions import phrases as V
+from models.synth.captions.phrases import SOURCES, Noun, Source
 
 SHIPPED_CAPTIONS = Path(__file__).with_name("sound_captions.txt")
 MIN_WORDS, MAX_WORDS = 3, 20
@@ -396,11 +396,11 @@ def write_sound_captions(path: Path = SHIPPED_CAPTIONS, n: int = 3000, seed: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Rewrite the shipped corpus: ``python -m models.corpus.sounds``."""
+    """Rewrite the shipped corpus: ``python -m models.synth.captions.sound_captions``."""
     if argv is None:
         argv = sys.argv[1:]
     if argv:
-        print("usage: python -m models.corpus.sounds", file=sys.stderr)
+        print("usage: python -m models.synth.captions.sound_captions", file=sys.stderr)
         return 2
     path = write_sound_captions()
     print(f"wrote {len(load_sound_captions(path))} captions to {path}")

@@ -10,8 +10,14 @@ input. Clips are mono float32, 1-3 s, at 8-48 kHz (or a fixed ``sample_rate``), 
 Captions use only the words in ``WORDS``.
 """
 
-from models.world.images import Scene, caption_scene, image_file_bytes, render_scene, sample_scene
-from models.world.pairs import (
+from models.synth.world.images import (
+    Scene,
+    caption_scene,
+    image_file_bytes,
+    render_scene,
+    sample_scene,
+)
+from models.synth.world.pairs import (
     AudioPair,
     ImagePair,
     audio_pair,
@@ -20,8 +26,14 @@ from models.world.pairs import (
     image_pairs,
     write_demo_set,
 )
-from models.world.sounds import Sound, audio_file_bytes, caption_sound, sample_sound, synthesize
-from models.world.vocabulary import (
+from models.synth.world.sounds import (
+    Sound,
+    audio_file_bytes,
+    caption_sound,
+    sample_sound,
+    synthesize,
+)
+from models.synth.world.vocabulary import (
     COLOURS,
     POSITIONS,
     SHAPES,

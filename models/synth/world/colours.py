@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.world.jitter import draw_in
+from models.synth.world.jitter import draw_in
 
 RGB = tuple[int, int, int]
 

@@ -57,7 +57,7 @@ _PHRASE = re.compile(
 
 
 def to_french(caption_text: str) -> str:
-    """The French of a caption written by :func:`models.world.images.caption_scene`.
+    """The French of a caption written by :func:`models.synth.world.images.caption_scene`.
 
     "a picture of a large red circle on the left and the small blue square" becomes
     "une photo d'un grand cercle rouge à gauche et le petit carré bleu". Raises ValueError

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.world.render_shifted import render_shifted
-from models.world.render_train import render_train
-from models.world.vocabulary import (
+from models.synth.world.render_shifted import render_shifted
+from models.synth.world.render_train import render_train
+from models.synth.world.vocabulary import (
     COLOURS,
     POSITION_PHRASES,
     POSITIONS,

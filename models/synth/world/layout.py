@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.world.colours import RGB, sample_colour
-from models.world.jitter import draw_in
+from models.synth.world.colours import RGB, sample_colour
+from models.synth.world.jitter import draw_in
 
 # Centre of a shape as fractions of (width, height). Side regions keep to the middle band
 # and "center" to a small box, so the five stay apart and two shapes have room.

@@ -14,9 +14,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.world.images import Scene, caption_scene, image_file_bytes, render_scene, sample_scene
-from models.world.sounds import Sound, audio_file_bytes, caption_sound, sample_sound, synthesize
-from models.world.vocabulary import Caption
+from models.synth.world.images import (
+    Scene,
+    caption_scene,
+    image_file_bytes,
+    render_scene,
+    sample_scene,
+)
+from models.synth.world.sounds import (
+    Sound,
+    audio_file_bytes,
+    caption_sound,
+    sample_sound,
+    synthesize,
+)
+from models.synth.world.vocabulary import Caption
 
 _IMAGE, _AUDIO = 0, 1  # stream tags: a seed's images and sounds are independent
 _EXTENSIONS = {

@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from models.world.colours import RGB, background_colour, contrast
-from models.world.layout import Placed, place_shapes
-from models.world.render_train import jpeg_roundtrip
+from models.synth.world.colours import RGB, background_colour, contrast
+from models.synth.world.layout import Placed, place_shapes
+from models.synth.world.render_train import jpeg_roundtrip
 
 _SIDE = (96, 256)
 

@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw
 
-from models.world.colours import RGB, background_colour
-from models.world.layout import Placed, place_shapes
+from models.synth.world.colours import RGB, background_colour
+from models.synth.world.layout import Placed, place_shapes
 
 _SIDE = (64, 160)
 _ASPECT = (0.8, 1.25)

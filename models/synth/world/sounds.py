@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from models.world.synth_shifted import synth_shifted
-from models.world.synth_train import synth_train
-from models.world.vocabulary import Caption, Thing
-from models.world.waves import SAMPLE_RATES
+from models.synth.world.synth_shifted import synth_shifted
+from models.synth.world.synth_train import synth_train
+from models.synth.world.vocabulary import Caption, Thing
+from models.synth.world.waves import SAMPLE_RATES
 
 # The eight captioned classes, drawn uniformly; beeps then get a pitch.
 SOUND_CLASSES: tuple[dict[str, str], ...] = (

@@ -12,9 +12,9 @@ from collections.abc import Callable
 import numpy as np
 from scipy import signal
 
-from models.world import waves
-from models.world.jitter import draw_in
-from models.world.synth_train import (
+from models.synth.world import waves
+from models.synth.world.jitter import draw_in
+from models.synth.world.synth_train import (
     BEEP_HZ,
     BEEP_SECONDS,
     CHIRP_LOW_HZ,
@@ -24,7 +24,7 @@ from models.world.synth_train import (
     GAP_SECONDS,
     TONE_HZ,
 )
-from models.world.vocabulary import Attrs
+from models.synth.world.vocabulary import Attrs
 
 _TABLE = 2048  # wavetable length (a power of two: indices wrap with a mask)
 _MAX_PARTIALS = 12

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from models.world import waves
-from models.world.vocabulary import Attrs
+from models.synth.world import waves
+from models.synth.world.vocabulary import Attrs
 
 # Frequency ranges (Hz) per class; every one stays under waves.MAX_FREQUENCY.
 TONE_HZ = {"low": (120.0, 400.0), "high": (1000.0, 3500.0)}

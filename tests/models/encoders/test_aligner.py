@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.aligner import Aligner, AlignerFormatError, AlignerHead, l2_normalize
-from models.audio import AudioSegments, cut_segments, pooled, segment_starts
+from models.encoders.aligner import Aligner, AlignerFormatError, AlignerHead, l2_normalize
+from models.encoders.audio import AudioSegments, cut_segments, pooled, segment_starts
 from models.errors import UnsupportedMediaError
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.audio import segment_starts
-from models.clap import ClapAudioEncoder, build_tiny_clap, load_clap
-from models.clap.tiny import PROJECTION_DIM
+from models.encoders.audio import segment_starts
+from models.encoders.clap import ClapAudioEncoder, build_tiny_clap, load_clap
+from models.encoders.clap.tiny import PROJECTION_DIM
 from models.errors import ModelLoadError, UnsupportedMediaError
 
 RATE = 48000

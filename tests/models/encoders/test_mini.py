@@ -1,4 +1,4 @@
-"""mmr-mini: shipped weights, folded tokenizer, audio tower, loss, and a tiny training run."""
+"""mmr-mini: shipped weights, folded tokenizer and audio tower."""
 
 from __future__ import annotations
 
@@ -10,15 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.encoders import MiniEncoder
+from models.encoders.mini.audio import AudioConfig, AudioTower, LogMel, pad_window
+from models.encoders.mini.encoder import MiniEncoder
+from models.encoders.mini.model import CARD_FILE, SHIPPED_DIR, WEIGHTS_FILE, sha256_file
+from models.encoders.mini.tokenizer import FoldedTokenizer
+from models.encoders.registry import load_model
 from models.errors import ModelLoadError
-from models.mini.audio import AudioConfig, AudioTower, LogMel, pad_window
-from models.mini.model import CARD_FILE, SHIPPED_DIR, WEIGHTS_FILE, load_mini, sha256_file
-from models.mini.tokenizer import FoldedTokenizer
-from models.mini.train import TrainConfig, train_mini
-from models.registry import load_model
-from models.training import contrastive_loss
-from models.world.vocabulary import WORDS
+from models.synth.world.vocabulary import WORDS
 
 MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
 
@@ -114,25 +112,3 @@ def test_long_audio_is_encoded_segment_by_segment() -> None:
     # A segment is encoded exactly as the same samples would be alone.
     alone = encoder.audio.encode_audio([long[2 * rate : 6 * rate]])[0].features[0]
     np.testing.assert_allclose(out[1].features[1], alone, atol=1e-4)
-
-
-def test_contrastive_loss_lets_look_alikes_stay_together() -> None:
-    scale = torch.tensor(np.log(10.0))
-    tied = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # two captions of the same kind of thing
-    apart = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    both = torch.ones(2, 2)
-    # Plain InfoNCE rewards pushing look-alikes apart; with them marked positive the loss
-    # prefers them together, which is what a query for either should find.
-    assert contrastive_loss(apart, apart, scale) < contrastive_loss(tied, tied, scale)
-    assert contrastive_loss(tied, tied, scale, both) < contrastive_loss(apart, apart, scale, both)
-
-
-@pytest.mark.slow
-def test_a_tiny_training_run_writes_a_loadable_model(tmp_path: Path) -> None:
-    cfg = TrainConfig(image_pool=48, audio_pool=24, steps=3, image_batch=16, audio_batch=8)
-    card = train_mini(cfg, tmp_path / "mini", log=lambda line: None)
-    assert card["train"]["steps"] == 3
-    loaded = load_mini(tmp_path / "mini")
-    assert loaded.audio_cfg == AudioConfig()
-    encoder = load_model(f"mmr-mini@{tmp_path / 'mini'}", device="cpu").encoder
-    assert encoder.encode_texts(["two beeps"]).shape == (1, 128)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from models import registry
+from models.encoders import registry
+from models.encoders.registry import ModelSpec, load_model, parse_model_id, pick_device
 from models.errors import ModelLoadError, UnknownModelError
-from models.registry import ModelSpec, load_model, parse_model_id, pick_device
 
 
 @pytest.mark.parametrize(

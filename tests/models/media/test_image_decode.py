@@ -307,7 +307,7 @@ def test_garbage_after_a_valid_magic_is_refused() -> None:
 
 def _big_jpeg(seed: int = 0) -> bytes:
     """A 12-megapixel JPEG of a shapes scene (smooth regions and sharp edges, like a photo)."""
-    from models.world.images import render_scene, sample_scene
+    from models.synth.world.images import render_scene, sample_scene
 
     rng = np.random.default_rng(seed)
     scene = render_scene(sample_scene(rng, two_shapes=1.0), rng, style="shifted", clean=True)
@@ -317,7 +317,7 @@ def _big_jpeg(seed: int = 0) -> bytes:
 
 
 def test_a_large_jpeg_decodes_at_a_reduced_scale_with_the_same_embedding() -> None:
-    from models.registry import load_model
+    from models.encoders.registry import load_model
 
     data = _big_jpeg()
     full = decode_image(data, max_pixels=64_000_000)

@@ -67,7 +67,7 @@ CASES = {
 
 def _measure(data: bytes) -> tuple[int, int]:
     """(estimated, measured) peak bytes of decoding ``data`` in a fresh process."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     done = subprocess.run(
         [sys.executable, "-c", CHILD],
         input=data,

@@ -151,8 +151,8 @@ def test_a_failed_decode_gives_its_bytes_back() -> None:
 
 
 def test_a_shrunk_image_embeds_like_its_full_decode() -> None:
-    from models.registry import load_model
-    from models.world.images import render_scene, sample_scene
+    from models.encoders.registry import load_model
+    from models.synth.world.images import render_scene, sample_scene
 
     encoder = load_model("mmr-mini", device="cpu").encoder
     rng = np.random.default_rng(3)

@@ -82,7 +82,7 @@ def test_batches_of_pixels_are_a_quarter_of_floats() -> None:
 
 
 def test_an_encoder_batches_pixels_and_embeds_as_the_whole_transform_would() -> None:
-    from models.registry import load_model
+    from models.encoders.registry import load_model
 
     encoder = load_model("random:mmr-tiny", device="cpu").encoder
     try:

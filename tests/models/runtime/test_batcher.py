@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.batcher import BatchConfig, MicroBatcher
+from models.encoders.registry import load_model
 from models.errors import Overloaded
-from models.registry import load_model
+from models.runtime.batcher import BatchConfig, MicroBatcher
 
 DIM = 4
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-import models.precision as precision
-from models.registry import load_model
-from tests.models.test_precision import min_cosine, probe_embeddings
+import models.runtime.precision as precision
+from models.encoders.registry import load_model
+from tests.models.runtime.test_precision import min_cosine, probe_embeddings
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-import models.precision as precision
-from models import int8, runtime
-from models.batcher import BatchConfig
+import models.runtime.precision as precision
+from models.encoders.registry import load_model
 from models.errors import ModelLoadError
-from models.registry import load_model
+from models.runtime import onnx
+from models.runtime import threads as thread_settings
+from models.runtime.batcher import BatchConfig
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -80,7 +81,7 @@ def with_candidates(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> No
     """A CPU that can run bf16 and int8, where the probe's timings are ``seconds`` (fp32,
     bf16, int8: the order they are measured in)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(int8, "available", lambda: True)
+    monkeypatch.setattr(onnx, "available", lambda: True)
     times = iter(seconds)
     monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
 
@@ -181,7 +182,7 @@ def test_explicit_precisions_are_honoured() -> None:
 
 def test_auto_without_native_bf16_or_onnxruntime_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(int8, "available", lambda: False)
+    monkeypatch.setattr(onnx, "available", lambda: False)
     loaded = load_model("random:mmr-tiny", device="cpu", precision="auto")
     assert loaded.precision.name == "fp32" and loaded.precision.probe_min_cosine is None
     assert loaded.encoder.dtype == torch.float32
@@ -212,15 +213,15 @@ def test_int8_runs_image_and_text_in_onnx_runtime_and_keeps_the_export(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded = check_int8_close("mmr-mini", tmp_path)
-    files = int8.cached_files(tmp_path)
+    files = onnx.cached_files(tmp_path)
     assert len(files) == 2 and all("mmr-mini" in f.name for f in files)
-    assert len(int8.cached_files(tmp_path, "fp32-onnx")) == 2  # one export made both
+    assert len(onnx.cached_files(tmp_path, "fp32-onnx")) == 2  # one export made both
     loaded.encoder.close()
 
     def no_export(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("exported again")
 
-    monkeypatch.setattr(int8, "export_tower", no_export)
+    monkeypatch.setattr(onnx, "export_tower", no_export)
     again = load_model("mmr-mini", device="cpu", precision="int8", cache_dir=tmp_path)
     assert again.precision.name == "int8"
     again.encoder.close()
@@ -232,7 +233,7 @@ def test_int8_runs_image_and_text_in_onnx_runtime_and_keeps_the_export(
 def test_an_int8_tower_runs_lone_forwards_wide_and_forwards_under_load_narrow(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runtime, "_threads", 2)  # MMR_TORCH_THREADS=2, whatever the machine
+    monkeypatch.setattr(thread_settings, "_threads", 2)  # MMR_TORCH_THREADS=2, whatever the machine
     loaded = load_model(
         "random:mmr-tiny",
         device="cpu",
@@ -269,13 +270,13 @@ def test_vit_b_32_int8_keeps_its_embeddings(tmp_path: Any) -> None:
 
 def test_other_weights_never_load_a_cached_export(tmp_path: Any) -> None:
     one = load_model("random:mmr-tiny", device="cpu", precision="int8", cache_dir=tmp_path)
-    before = set(int8.cached_files(tmp_path))
+    before = set(onnx.cached_files(tmp_path))
     model = one.encoder.model
     with torch.no_grad():
         next(model.parameters()).add_(0.5)  # other weights, same architecture and id
     two = precision.choose_precision(one.encoder, "int8", cache_dir=tmp_path)
     assert two.name == "int8"
-    assert len(set(int8.cached_files(tmp_path)) - before) == 2
+    assert len(set(onnx.cached_files(tmp_path)) - before) == 2
     one.encoder.close()
 
 
@@ -322,7 +323,7 @@ def test_auto_keeps_fp32_when_int8_is_not_faster(monkeypatch: pytest.MonkeyPatch
         np.testing.assert_array_equal(rows, reference[kind])
     loaded.encoder.close()
     # The verdict is kept for these weights: loading them again exports nothing.
-    monkeypatch.setattr(int8, "onnx_towers", lambda *a, **k: pytest.fail("probed again"))
+    monkeypatch.setattr(onnx, "onnx_towers", lambda *a, **k: pytest.fail("probed again"))
     assert auto_without_bf16(monkeypatch, []).precision.name == "fp32"
 
 
@@ -340,7 +341,7 @@ def test_auto_keeps_fp32_when_the_export_fails(monkeypatch: pytest.MonkeyPatch) 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("Exporting the operator 'aten::frobnicate' is not supported")
 
-    monkeypatch.setattr(int8, "export_tower", broken)
+    monkeypatch.setattr(onnx, "export_tower", broken)
     loaded = auto_without_bf16(monkeypatch, [1.0])
     assert loaded.precision.name == "fp32"
     assert "frobnicate" in loaded.precision.reason
@@ -354,7 +355,7 @@ def test_int8_is_refused_on_cuda_and_without_onnxruntime(
     on_cuda = SimpleNamespace(device="cuda", model_id="m")
     with pytest.raises(ModelLoadError, match="CPU"):
         precision.choose_precision(on_cuda, "int8")
-    monkeypatch.setattr(int8, "available", lambda: False)
+    monkeypatch.setattr(onnx, "available", lambda: False)
     with pytest.raises(ModelLoadError, match="onnxruntime"):
         precision.choose_precision(SimpleNamespace(device="cpu", model_id="m"), "int8")
 

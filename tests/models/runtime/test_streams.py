@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import runtime
-from models.batcher import BatchConfig
-from models.registry import load_model
-from models.streams import Streams, default_count
+from models.encoders.registry import load_model
+from models.runtime import threads as thread_settings
+from models.runtime.batcher import BatchConfig
+from models.runtime.streams import Streams, default_count
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +137,7 @@ def test_no_more_streams_than_threads_and_auto_by_device() -> None:
 def test_an_encoder_gives_a_lone_forward_every_thread_and_concurrent_ones_a_share(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtime, "_threads", 2)
+    monkeypatch.setattr(thread_settings, "_threads", 2)
     encoder = load_model("random:mmr-tiny", device="cpu", batching=BatchConfig(streams=2)).encoder
     assert encoder.streams.count == 2
     model = encoder.model
@@ -176,7 +176,7 @@ def test_an_encoder_gives_a_lone_forward_every_thread_and_concurrent_ones_a_shar
 def test_a_runtime_tower_runs_as_streams_told_its_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtime, "_threads", 2)  # MMR_TORCH_THREADS=2, whatever the machine
+    monkeypatch.setattr(thread_settings, "_threads", 2)  # MMR_TORCH_THREADS=2, whatever the machine
     encoder = load_model("random:mmr-tiny", device="cpu", batching=BatchConfig(streams=2)).encoder
     assert encoder.streams.threads == 2
     reference = encoder.forward("text", encoder.prepare_texts(["a"]))
@@ -234,15 +234,15 @@ def test_inputs_are_prepared_on_one_torch_thread() -> None:
 def test_configure_runs_torch_on_one_thread_outside_forwards(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runtime, "_threads", 0)
-    assert runtime.configure_torch_threads(3) == 3
-    assert runtime.torch_threads() == 3
+    monkeypatch.setattr(thread_settings, "_threads", 0)
+    assert thread_settings.configure_torch_threads(3) == 3
+    assert thread_settings.torch_threads() == 3
     assert torch.get_num_threads() == 1
 
 
 def test_a_run_in_its_own_thread_has_the_threads_and_hands_back_errors() -> None:
     here = threading.current_thread().name
-    name, threads = runtime.in_thread_with_threads(
+    name, threads = thread_settings.in_thread_with_threads(
         lambda: (threading.current_thread().name, torch.get_num_threads()), threads=2
     )
     assert name != here and threads == 2
@@ -251,4 +251,4 @@ def test_a_run_in_its_own_thread_has_the_threads_and_hands_back_errors() -> None
         raise ValueError("bad job")
 
     with pytest.raises(ValueError, match="bad job"):
-        runtime.in_thread_with_threads(broken)
+        thread_settings.in_thread_with_threads(broken)

@@ -10,18 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from models.corpus import SHIPPED_CAPTIONS, build_sound_captions, load_sound_captions
-from models.corpus.sounds import (
+from models.synth.captions.phrases import FAMILIES, SOURCES
+from models.synth.captions.sound_captions import (
     COMBINATION_TEMPLATES,
+    SHIPPED_CAPTIONS,
     SINGLE_TEMPLATES,
     Caption,
     build_caption_records,
+    build_sound_captions,
     gerund,
     indefinite_article,
+    load_sound_captions,
     third_person,
     write_sound_captions,
 )
-from models.corpus.vocabulary import FAMILIES, SOURCES
 
 VOWEL_START_WITH_A = ("uni", "use", "usu", "uk", "one", "eu", "ewe")  # "a unicorn", "a ukulele"
 SILENT_H = ("hour", "honest", "heir", "honor")
@@ -39,7 +41,8 @@ def captions() -> tuple[str, ...]:
 
 def test_shipped_file_is_exactly_the_generator_output() -> None:
     assert SHIPPED_CAPTIONS.is_file()
-    assert load_sound_captions() == list(captions()), "rerun: python -m models.corpus.sounds"
+    rerun = "rerun: python -m models.synth.captions.sound_captions"
+    assert load_sound_captions() == list(captions()), rerun
     assert SHIPPED_CAPTIONS.read_text(encoding="utf-8") == "\n".join(captions()) + "\n"
 
 

@@ -8,8 +8,8 @@ import zlib
 import numpy as np
 import pytest
 
-from models.aligner import AlignerHead, l2_normalize
-from models.bootstrap import (
+from models.encoders.aligner import AlignerHead, l2_normalize
+from models.training.bootstrap import (
     FitConfig,
     FitReport,
     bootstrap_audio_head,
@@ -17,7 +17,7 @@ from models.bootstrap import (
     pair_recall,
     split_pairs,
 )
-from models.mini.evaluate import recall_at
+from models.training.evaluate import recall_at
 
 CFG = FitConfig(max_epochs=40, patience=5, seed=3)
 

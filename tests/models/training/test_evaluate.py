@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from app.cli import main
-from models.mini.evaluate import recall_at, relevance
-from models.world.vocabulary import Caption, Thing, parse_caption
+from models.synth.world.vocabulary import Caption, Thing, parse_caption
+from models.training.evaluate import recall_at, relevance
 
 
 def test_recall_counts_a_query_once_any_relevant_item_is_in_the_top_k() -> None:

@@ -5,8 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.aligner import Aligner, l2_normalize
-from models.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
+from models.encoders.aligner import Aligner, l2_normalize
+from models.training.finetune import (
+    Cancelled,
+    FinetuneConfig,
+    Pairs,
+    Progress,
+    finetune,
+)
 
 DIM = 24
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from models.world.french import COLOURS, POSITIONS, SHAPES, to_french
-from models.world.pairs import image_pairs
-from models.world.vocabulary import WORDS
+from models.synth.world.french import COLOURS, POSITIONS, SHAPES, to_french
+from models.synth.world.pairs import image_pairs
+from models.synth.world.vocabulary import WORDS
 
 
 @pytest.mark.parametrize(

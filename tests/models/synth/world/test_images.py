@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.world.colours import COLOUR_RANGES, prototype
-from models.world.images import (
+from models.synth.world.colours import COLOUR_RANGES, prototype
+from models.synth.world.images import (
     Scene,
     caption_scene,
     image_file_bytes,
     render_scene,
     sample_scene,
 )
-from models.world.layout import place_shapes, separation
-from models.world.vocabulary import (
+from models.synth.world.layout import place_shapes, separation
+from models.synth.world.vocabulary import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -27,7 +27,7 @@ from models.world.vocabulary import (
     describes,
     parse_caption,
 )
-from tests.models.world.analysis import centroid, foreground, median_hsv
+from tests.models.synth.world.analysis import centroid, foreground, median_hsv
 
 STYLES = ("train", "shifted")
 OPPOSITE = {("left", "right"), ("right", "left"), ("top", "bottom"), ("bottom", "top")}

@@ -12,10 +12,10 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from models.world.images import render_scene, sample_scene
-from models.world.pairs import AudioPair, ImagePair, audio_pairs, image_pairs, write_demo_set
-from models.world.sounds import sample_sound, synthesize
-from models.world.vocabulary import describes, parse_caption
+from models.synth.world.images import render_scene, sample_scene
+from models.synth.world.pairs import AudioPair, ImagePair, audio_pairs, image_pairs, write_demo_set
+from models.synth.world.sounds import sample_sound, synthesize
+from models.synth.world.vocabulary import describes, parse_caption
 
 
 def same_images(a: list[ImagePair], b: list[ImagePair]) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.world.sounds import (
+from models.synth.world.sounds import (
     MP3_RATES,
     SOUND_CLASSES,
     Sound,
@@ -18,9 +18,14 @@ from models.world.sounds import (
     sample_sound,
     synthesize,
 )
-from models.world.vocabulary import WORDS, describes, parse_caption
-from models.world.waves import SAMPLE_RATES
-from tests.models.world.analysis import count_bursts, dominant_frequency, peak_dbfs, peak_track
+from models.synth.world.vocabulary import WORDS, describes, parse_caption
+from models.synth.world.waves import SAMPLE_RATES
+from tests.models.synth.world.analysis import (
+    count_bursts,
+    dominant_frequency,
+    peak_dbfs,
+    peak_track,
+)
 
 STYLES = ("train", "shifted")
 COUNTS = {"two": 2, "three": 3}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.world.vocabulary import WORDS, describes, parse_caption
+from models.synth.world.vocabulary import WORDS, describes, parse_caption
 
 RED_CIRCLE = {"shape": "circle", "colour": "red", "size": "small", "position": "left"}
 BLUE_SQUARE = {"shape": "square", "colour": "blue", "size": "large", "position": "right"}
