@@ -13,16 +13,15 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import ApiError
 from app.services.finetune import run_finetune, run_reindex
+from app.services.jobs import JobContext
 from app.state import Services
 from index.errors import ConflictError, NotFoundError
 from index.faults import Retrier
 from index.jobs import CANCELLED, FAILED, SUCCEEDED
-from index.tables import JobRow
 from models.errors import MediaError, ModelLoadError
 from models.runtime.threads import in_thread_with_threads
 from models.training.finetune import Cancelled
@@ -39,23 +38,6 @@ JOB_ERRORS = (
     MediaError,
     ModelLoadError,
 )
-
-
-@dataclass
-class JobContext:
-    """What a running job sees: its row, a place for progress, and whether to stop."""
-
-    job: JobRow
-    progress: dict[str, Any] = field(default_factory=lambda: {"fraction": 0.0})
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def report(self, **progress: Any) -> None:
-        """Record progress; the next heartbeat writes it to SQL."""
-        self.progress = {**self.progress, **progress}
-
-    def should_stop(self) -> bool:
-        """True once the job was cancelled, taken back, or the worker is shutting down."""
-        return self.stop.is_set()
 
 
 Handler = Callable[[Services, JobContext], dict[str, Any]]

@@ -21,14 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 from safetensors import SafetensorError
 
+from models.encoders import hub
 from models.encoders.architectures import register_project_configs
 from models.encoders.audio import AudioEncoder
 from models.encoders.mini.encoder import MiniEncoder
@@ -224,18 +223,16 @@ def _load_main(
 
 
 def _weights_obtainable(spec: ModelSpec, cache_dir: Path | None) -> bool:
-    """Cheap check before a download: cached, or the hub answers within seconds.
-
-    Without it an offline machine spends ~45 s in the hub client's retries at every start.
-    """
+    """Cheap check before a download: cached, or the hub answers within seconds
+    (:func:`models.encoders.hub.reachable`)."""
     import huggingface_hub
     from open_clip.pretrained import get_pretrained_cfg
 
-    hub = get_pretrained_cfg(spec.arch, spec.pretrained or "").get("hf_hub", "")
-    if not hub:
-        return _hub_reachable()
+    hub_path = get_pretrained_cfg(spec.arch, spec.pretrained or "").get("hf_hub", "")
+    if not hub_path:
+        return hub.reachable()
     # open_clip's convention: "org/repo/" means its default file names, else "org/repo/file".
-    repo_id, filename = os.path.split(hub)
+    repo_id, filename = os.path.split(hub_path)
     names = (
         [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     )
@@ -245,19 +242,7 @@ def _weights_obtainable(spec: ModelSpec, cache_dir: Path | None) -> bool:
         )
         if isinstance(found, str):
             return True
-    return _hub_reachable()
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlsplit(endpoint).hostname or "huggingface.co"
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
-        return False
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return hub.reachable()
 
 
 def _load_spec(

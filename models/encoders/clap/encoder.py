@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from models.encoders import hub
 from models.encoders.audio import AudioSegments, cut_segments
 from models.errors import ModelLoadError, UnsupportedMediaError
 from models.runtime.batcher import BatchConfig, MicroBatcher
@@ -215,13 +216,10 @@ def _check_dir(model_id: str, path: Path) -> None:
 
 
 def _load_hub(model_id: str, repo: str, cache_dir: Path | None) -> tuple[Any, Any]:
-    from models.encoders.registry import _hub_reachable  # lazily: the registry loads clap: ids
-
     try:
         return _load_pretrained(model_id, repo, cache_dir, local_only=True)
     except ModelLoadError as cached:
-        # Without this check an offline machine spends ~45 s in the hub client's retries.
-        if not _hub_reachable():
+        if not hub.reachable():  # offline: fail now, not after the hub client's retries
             raise ModelLoadError(
                 f"{model_id}: {repo} is not cached and the Hugging Face hub cannot be reached. "
                 f"On a machine with internet run `huggingface-cli download {repo}` and copy the "

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from models.encoders import registry
+from models.encoders import hub, registry
 from models.encoders.registry import ModelSpec, load_model, parse_model_id, pick_device
 from models.errors import ModelLoadError, UnknownModelError
 
@@ -110,7 +110,7 @@ def test_a_corrupt_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
 def test_auto_falls_back_loudly(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(registry, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     loaded = load_model("auto", device="cpu", cache_dir=Path("/nonexistent-cache"))
     assert loaded.fallback is True
     assert loaded.encoder.model_id == "mmr-mini"  # the trained offline model, not random weights
