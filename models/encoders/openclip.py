@@ -1,8 +1,10 @@
-"""Encoders: turn decoded media into raw feature vectors (before the aligner head).
+"""The image/text dual encoder: the :class:`Encoder` protocol the service needs, and
+:class:`OpenClipEncoder`, an open_clip model with its preprocessing, tokenizer and batchers.
 
-An :class:`Encoder` is the image/text dual encoder; audio towers are
-:class:`models.encoders.audio.AudioEncoder` s, either a model's own (mmr-mini) or a CLAP bridged
-into the space by an aligner head.
+Encoders turn decoded media into raw feature vectors, before the aligner head. Audio towers
+are :class:`models.encoders.audio.AudioEncoder` s: a model's own (mmr-mini,
+``models.encoders.mini.encoder``) or a CLAP (``models.encoders.clap``) bridged into the space
+by an aligner head.
 """
 
 from __future__ import annotations

@@ -1,24 +1,19 @@
-"""Towers run by ONNX Runtime, in int8 or in fp32: CPU fast paths (``models.runtime.precision``
-weighs them against torch's fp32 and bf16).
+"""Towers run by ONNX Runtime, in int8 or in fp32: CPU fast paths that
+``models.runtime.precision`` weighs against torch's fp32 and bf16.
 
 A tower (``encode_image`` or ``encode_text`` of the model) is exported to ONNX with torch's
 exporter and run by ONNX Runtime sessions on torch's thread count. ``int8``: its weights
 quantised by ONNX Runtime's dynamic quantiser (per output channel, 7 bits; activations are
-quantised per batch at run time). ``fp32-onnx``: the exported graph as it is, the same
-numbers as torch's (max difference ~5e-6 for mmr-mini), with ONNX Runtime's graph fusions
-(convolution and batch norm in one) and the whole forward in C++: torch runs a model op by
-op from Python and takes the GIL back after each, which a busy server's other threads hold
-(mmr-mini's image tower at batch 8 on one thread: torch 7.7 ms, ONNX Runtime 2.7 ms).
-Audio towers stay in torch: their FFT front end is not worth the export.
+quantised per batch at run time). ``fp32-onnx``: the exported graph as it is, so the same
+numbers as torch's up to rounding, with ONNX Runtime's graph fusions (convolution and batch
+norm in one) and the whole forward in C++: torch runs a model op by op from Python and takes
+the GIL back after each, which a busy server's other threads hold. Audio towers stay in
+torch: their FFT front end is not worth the export.
 
-Exporting ViT-B-32's image tower takes ~15 s, so both files (the export and its quantised
-copy) are kept under the model cache (``<data dir>/models/onnx``), named by a digest of the
-model's weights: a restart loads them in a second, and other weights (another checkpoint, a
-fine-tuned CLIP) never meet a stale file.
-
-Measured on a 2-core AMD EPYC without AVX-512 (random:ViT-B-32 image tower, ONNX Runtime
-1.32, 2 threads): torch fp32 9.2 images/s at batch 16 and 5.1 at batch 1; int8 ~20 at both;
-the probe's min cosine to fp32 0.998.
+An export takes seconds for a small model and longer for a CLIP, so both files (the export
+and its quantised copy) are kept under the model cache (``<data dir>/models/onnx``), named by
+a digest of the model's weights: a restart loads them at once, and other weights (another
+checkpoint, a fine-tuned CLIP) never meet a stale file.
 """
 
 from __future__ import annotations
@@ -73,12 +68,9 @@ class OnnxTower:
 
     A lone forward runs in a session on every thread; forwards under load
     (``models.runtime.streams``) run at once in a second session on their share of the threads,
-    called from each forward's own thread. Measured on 2 cores (ViT-B-32's image tower,
-    forward only, images/s): one 2-thread session 55-56 at batch 8-16, two 1-thread runs
-    of 8 at once 59; and with a Python thread busy half the time beside it (a server
-    decoding the next request), 25 for the spinning 2-thread session against 29 for a
-    1-thread run. The second session costs its weights again (ViT-B-32's image tower:
-    ~90 MB)."""
+    called from each forward's own thread: narrow runs side by side outrun one session on
+    every thread, the more so beside a busy Python thread (a server decoding the next
+    request). The second session costs the tower's weights again."""
 
     def __init__(self, path: Path, *, threads: int, narrow_threads: int | None = None) -> None:
         self.path = path

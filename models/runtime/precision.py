@@ -230,10 +230,11 @@ def timed(run: Callable[[], object], repeats: int = 2) -> float:
 def timed_towers(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
     """The probe's time: every tower's best ``timed`` forward on its probe inputs
     (:func:`probe_inputs`), summed.
+
     Each tower is timed on its own, as a server runs it (batches of one tower back to back):
-    run one after another, ONNX Runtime's pools of the tower just run spin on beside the
-    next tower's forward (mmr-mini's fp32-onnx timed 0.4-0.9x fp32 that way on a 2-core
-    Xeon, and 1.7x tower by tower, where it serves images 1.2-1.9x faster)."""
+    timed one after another, ONNX Runtime's pools of the tower just run spin on beside the
+    next tower's forward, and fp32-onnx looked slower than fp32 for a model that it serves
+    faster."""
     return sum(
         timed(functools.partial(encoder.forward, kind, batch)) for kind, batch in inputs.items()
     )

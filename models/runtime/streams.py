@@ -2,15 +2,13 @@
 
 On a CPU, two forwards of half a batch each on half the cores outrun one forward of the whole
 batch on all of them: each narrow forward keeps its own caches and never waits at the other
-thread's barriers. Measured on 2 cores (ViT-B-32, images/s, forward only): bf16 one forward on
-2 threads 84-88 at batch 16, 122-131 at batch 32; two 1-thread forwards of 8 at once 116, of
-16 at once 128. fp32: 27.5 at its best batch on 2 threads, 32 as two 1-thread forwards.
+thread's barriers.
 
 A lone request still gets every core: a forward that starts while no other runs and nothing
 else waits for the model takes all the slots and runs on the model's wide thread with all the
-threads (its latency: 37 ms instead of 50 ms at batch 1, bf16). One thread does every wide
-forward because GNU OpenMP throttles its spinning once more than one thread keeps a team of
-workers (``models.runtime.threads.configure_torch_threads``). Under load each forward takes one slot
+threads, which shortens its latency. One thread does every wide forward because GNU OpenMP
+throttles its spinning once more than one thread keeps a team of workers
+(``models.runtime.threads.configure_torch_threads``). Under load each forward takes one slot
 and ``threads // count`` threads in its batcher worker. Towers that run outside torch (int8 in
 ONNX Runtime) follow the same slots with a session per thread count (``models.runtime.onnx``).
 """

@@ -24,8 +24,8 @@ def configure_torch_threads(threads: int) -> int:
     Why one elsewhere: GNU OpenMP, which torch's CPU build uses, spins its idle workers only
     while it manages no more threads than there are cores; each thread that runs torch on
     several threads keeps a team of workers for good, and past that bound every team waits
-    by sleeping, which on 2 cores made a ViT-B-32 forward of one image 65 ms instead of 37
-    and a text query's 55 ms instead of 24. So only the model's wide-forward thread
+    by sleeping, which makes a lone forward markedly slower on a small machine. So only the
+    model's wide-forward thread
     (``models.runtime.streams``) and a training run (in a thread of its own, see
     :func:`in_thread_with_threads`) keep teams; decoding and preprocessing run on one."""
     global _threads
