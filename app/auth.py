@@ -15,7 +15,7 @@ import hmac
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from anyio import to_thread
 from fastapi import FastAPI, Request, routing
@@ -24,10 +24,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Forbidden, NotReady, Unauthorized, describe_error, error_body
-from index.keys import missing_collection
-
-if TYPE_CHECKING:  # app.state hands out services as the request's principal sees them
-    from app.state import Services
+from index.keys import KeyStore, missing_collection
+from index.store import MetadataStore
 
 READ, WRITE, ADMIN = "read", "write", "admin"
 SCOPES = (READ, WRITE, ADMIN)  # each may do what the ones before it may
@@ -70,6 +68,15 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "description": KEY_DESCRIPTION,
     },
 }
+
+
+class KeyServices(Protocol):
+    """What authentication needs of the running services (``app.state.Services``, which
+    imports this module to scope itself by the principal): the store, to know whether it
+    reads without a round trip, and the keys kept in SQL."""
+
+    store: MetadataStore
+    keys: KeyStore
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ class Authenticate:
             raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
         if is_admin_key(admin_keys, supplied):
             return EVERYONE
-        services: Services | None = self.fastapi.state.services
+        services: KeyServices | None = self.fastapi.state.services
         if services is None:
             raise NotReady("the service is starting; try again shortly")
         if services.store.reads_without_waiting():  # the embedded database: no round trip

@@ -88,10 +88,10 @@ def _serve(host: str, port: int) -> int:
 
 
 def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int:
-    from models.encoders import MiniEncoder
-    from models.mini.evaluate import as_card, evaluate, format_table
-    from models.mini.model import CARD_FILE, load_mini, read_card
-    from models.mini.train import TrainConfig, train_mini
+    from models.encoders.mini.encoder import MiniEncoder
+    from models.encoders.mini.model import CARD_FILE, load_mini, read_card
+    from models.training.evaluate import as_card, evaluate, format_table
+    from models.training.train_mini import TrainConfig, train_mini
 
     cfg = TrainConfig(seed=seed)
     if steps is not None:
@@ -108,9 +108,9 @@ def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int
 
 
 def _eval(model_id: str, pairs: int, seed: int) -> int:
+    from models.encoders.registry import load_model
     from models.errors import ModelLoadError
-    from models.mini.evaluate import evaluate, format_table
-    from models.registry import load_model
+    from models.training.evaluate import evaluate, format_table
 
     try:
         loaded = load_model(model_id, device="cpu")
@@ -152,11 +152,12 @@ def _worker() -> int:
 
 def _bootstrap_audio(args: argparse.Namespace) -> int:
     from app.settings import get_settings
-    from models.bootstrap import FitConfig
-    from models.bridge import bridge_file, build_bridge, needs_bridge
-    from models.corpus import SHIPPED_CAPTIONS, load_sound_captions
+    from models.encoders.aligner import needs_bridge
+    from models.encoders.registry import load_model
     from models.errors import ModelLoadError
-    from models.registry import load_model
+    from models.synth.captions.sound_captions import SHIPPED_CAPTIONS, load_sound_captions
+    from models.training.bootstrap import FitConfig
+    from models.training.bridge import bridge_file, build_bridge
 
     settings = get_settings()
     audio_id = args.audio_model if args.audio_model is not None else settings.audio_model
@@ -209,7 +210,7 @@ def _recall_table(report: dict[str, Any]) -> str:
 
 
 def _tiny_clap(out: Path, seed: int) -> int:
-    from models.clap import build_tiny_clap
+    from models.encoders.clap import build_tiny_clap
 
     build_tiny_clap(out, seed=seed)
     _say(f"wrote a tiny random CLAP to {out}; try MMR_AUDIO_MODEL=clap:{out.resolve()}")
@@ -217,7 +218,7 @@ def _tiny_clap(out: Path, seed: int) -> int:
 
 
 def _world(out: Path, images: int, sounds: int, seed: int, style: str) -> int:
-    from models.world.pairs import write_demo_set
+    from models.synth.world.pairs import write_demo_set
 
     manifest = write_demo_set(out, n_images=images, n_sounds=sounds, seed=seed, style=style)
     _say(f"wrote {images} images and {sounds} sounds; captions in {manifest}")

@@ -21,11 +21,11 @@ from index.jobs import JobStore
 from index.manager import IndexManager
 from index.store import MetadataStore
 from index.vector_index import configure_faiss_threads
-from models.batcher import BatchConfig
-from models.bridge import default_aligner
+from models.encoders.registry import load_model
 from models.errors import ModelLoadError
-from models.registry import load_model
-from models.runtime import configure_torch_threads, in_thread_with_threads
+from models.runtime.batcher import BatchConfig
+from models.runtime.threads import configure_torch_threads, in_thread_with_threads
+from models.training.bridge import default_aligner
 
 log = logging.getLogger("mmr")
 
@@ -48,7 +48,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     store = MetadataStore(sessions)
     try:
         # Loading, the precision probe and a first start's audio bootstrap run torch on every
-        # thread in a thread that ends with them (models.runtime.configure_torch_threads).
+        # thread in a thread that ends with them (models.runtime.threads.configure_torch_threads).
         loaded = in_thread_with_threads(
             lambda: load_model(
                 settings.model,

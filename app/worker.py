@@ -13,19 +13,18 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import ApiError
 from app.services.finetune import run_finetune, run_reindex
+from app.services.jobs import JobContext
 from app.state import Services
 from index.errors import ConflictError, NotFoundError
 from index.faults import Retrier
 from index.jobs import CANCELLED, FAILED, SUCCEEDED
-from index.tables import JobRow
 from models.errors import MediaError, ModelLoadError
-from models.finetune import Cancelled
-from models.runtime import in_thread_with_threads
+from models.runtime.threads import in_thread_with_threads
+from models.training.finetune import Cancelled
 
 log = logging.getLogger("mmr.worker")
 
@@ -39,23 +38,6 @@ JOB_ERRORS = (
     MediaError,
     ModelLoadError,
 )
-
-
-@dataclass
-class JobContext:
-    """What a running job sees: its row, a place for progress, and whether to stop."""
-
-    job: JobRow
-    progress: dict[str, Any] = field(default_factory=lambda: {"fraction": 0.0})
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def report(self, **progress: Any) -> None:
-        """Record progress; the next heartbeat writes it to SQL."""
-        self.progress = {**self.progress, **progress}
-
-    def should_stop(self) -> bool:
-        """True once the job was cancelled, taken back, or the worker is shutting down."""
-        return self.stop.is_set()
 
 
 Handler = Callable[[Services, JobContext], dict[str, Any]]
@@ -137,7 +119,7 @@ class Worker:
     def _run(self, ctx: JobContext) -> tuple[str, dict[str, Any], str | None]:
         try:
             # A thread of its own with every torch thread: its OpenMP team ends with the job
-            # (a lasting one would slow every forward, see models.runtime).
+            # (a lasting one would slow every forward, see models.runtime.threads).
             handler = HANDLERS[ctx.job.type]
             metrics = in_thread_with_threads(lambda: handler(self.services, ctx))
         except Cancelled:

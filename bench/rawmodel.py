@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.encoders.registry import load_model
 from models.media.image import decode_image
-from models.registry import load_model
 
 try:  # older commits (bench run against them) have no thread rules
-    from models.runtime import configure_torch_threads
+    from models.runtime.threads import configure_torch_threads
 except ImportError:  # pragma: no cover
     configure_torch_threads = None  # type: ignore[assignment]
 

@@ -31,7 +31,7 @@ from index.spec import IndexSpec
 from index.store import MetadataStore, StoredVectors, from_blob
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
-from models.aligner import Aligner
+from models.encoders.aligner import Aligner
 
 log = logging.getLogger(__name__)
 

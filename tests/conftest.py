@@ -58,7 +58,7 @@ def make_settings(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
             "device": "cpu",
             "torch_threads": 1,
             # auto's int8 check times the model: a test must not depend on a measurement.
-            # auto and int8 have their own tests (tests/models/test_precision.py).
+            # auto and int8 have their own tests (tests/models/runtime/test_precision.py).
             "precision": "fp32",
             "_env_file": None,
         }

@@ -289,7 +289,8 @@ def test_the_shipped_model_weights_are_package_data() -> None:
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"
     ]["models"]
-    shipped = [p for p in (ROOT / "models" / "weights").rglob("*") if p.is_file()]
+    weights = ROOT / "models" / "encoders" / "mini" / "weights"
+    shipped = [p for p in weights.rglob("*") if p.is_file()]
     assert {p.name for p in shipped} >= {"model.safetensors", "model.json"}
     for path in shipped:
         relative = str(path.relative_to(ROOT / "models"))

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.schemas import AudioModelInfo, ModelInfo, ModelsResponse
 from app.state import Services, ServicesDep
-from models.registry import AUDIO_SYNTAX, list_architectures
+from models.encoders.registry import AUDIO_SYNTAX, list_architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
 

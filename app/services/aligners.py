@@ -9,7 +9,7 @@ from app.state import Services
 from index.errors import NotFoundError
 from index.spec import IndexSpec
 from index.tables import CollectionRow
-from models.aligner import Aligner
+from models.encoders.aligner import Aligner
 
 
 def list_aligners(*, services: Services, name: str) -> AlignerList:

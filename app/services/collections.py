@@ -8,7 +8,7 @@ from app.services.views import collection_public
 from app.state import Services
 from index.spec import IndexSpec
 from index.tables import CollectionRow
-from models.aligner import Aligner
+from models.encoders.aligner import Aligner
 
 
 def space_problem(

@@ -15,8 +15,8 @@ from app.services.collections import require_space
 from app.services.embedding import Encoded, queries
 from app.services.media import DecodedMedia, decode_upload, request_budget
 from app.state import Services
-from models.aligner import Aligner
-from models.batcher import Pending
+from models.encoders.aligner import Aligner
+from models.runtime.batcher import Pending
 
 
 def _check_count(services: Services, n: int) -> None:

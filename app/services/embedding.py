@@ -13,10 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from models.aligner import Aligner, l2_normalize
-from models.audio import AudioEncoder, pooled
-from models.bridge import encoder_ids, identity_aligner
-from models.registry import LoadedModel
+from models.encoders.aligner import Aligner, encoder_ids, identity_aligner, l2_normalize
+from models.encoders.audio import AudioEncoder, pooled
+from models.encoders.registry import LoadedModel
 
 
 @dataclass(frozen=True)

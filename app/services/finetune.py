@@ -11,20 +11,18 @@ import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from app.schemas import IndexSettings
 from app.services import aligners
 from app.services.collections import index_spec
+from app.services.jobs import JobContext
 from app.state import Services
 from index.store import StoredVectors, from_blob
 from index.tables import CollectionRow
-from models.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
-
-if TYPE_CHECKING:
-    from app.worker import JobContext
+from models.training.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
 
 PER_GROUP = 64  # pairs one metadata value may contribute: one huge group must not dominate
 ANCHORS = 4096  # stored items per modality the fine-tune keeps in place

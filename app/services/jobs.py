@@ -1,12 +1,35 @@
-"""Jobs: queue, read, list and cancel; the worker (app/worker.py) runs them."""
+"""Jobs: queue, read, list and cancel; what a running job sees (:class:`JobContext`); the
+worker (app/worker.py) runs them."""
 
 from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
 
 from app.errors import ApiError
 from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
 from app.services.collections import index_spec
 from app.services.views import job_public
 from app.state import Services
+from index.tables import JobRow
+
+
+@dataclass
+class JobContext:
+    """What a running job sees: its row, a place for progress, and whether to stop."""
+
+    job: JobRow
+    progress: dict[str, Any] = field(default_factory=lambda: {"fraction": 0.0})
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, **progress: Any) -> None:
+        """Record progress; the next heartbeat writes it to SQL."""
+        self.progress = {**self.progress, **progress}
+
+    def should_stop(self) -> bool:
+        """True once the job was cancelled, taken back, or the worker is shutting down."""
+        return self.stop.is_set()
 
 
 class QueueFull(ApiError):

@@ -17,8 +17,8 @@ from index.locks import WouldBlock
 from index.manager import current_vectors
 from index.store import ItemSummary, Scalar, stored_of
 from index.tables import CollectionRow
-from models.aligner import Aligner, l2_normalize
-from models.audio import pooled
+from models.encoders.aligner import Aligner, l2_normalize
+from models.encoders.audio import pooled
 
 
 @dataclass

@@ -212,7 +212,7 @@ def peak_bytes(img: Image.Image, factor: int) -> int:
     """Most bytes decoding the opened ``img`` and shrinking it by ``factor`` holds at once:
     its full-size pixels, the full-size copies shrinking makes, and the shrunk image with
     every copy that orienting and converting it to RGB may make (measured on each format:
-    tests/models/test_image_memory.py)."""
+    tests/models/media/test_image_memory.py)."""
     width, height = img.size
     full = width * height
     decoded = full * pixel_bytes(img.mode) * (_WEBP_COPIES if img.format == "WEBP" else 1)

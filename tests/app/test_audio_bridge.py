@@ -21,8 +21,8 @@ from app.services.aligners import record
 from app.settings import Settings
 from app.state import Services
 from index.store import from_blob
-from models.aligner import Aligner, AlignerHead
-from models.clap import build_tiny_clap
+from models.encoders.aligner import Aligner, AlignerHead
+from models.encoders.clap import build_tiny_clap
 from models.errors import ModelLoadError
 from tests.conftest import error_code
 from tests.factories import image_bytes, samples_bytes

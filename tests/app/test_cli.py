@@ -12,7 +12,7 @@ import pytest
 
 from app.cli import main
 from app.settings import get_settings
-from models.aligner import Aligner
+from models.encoders.aligner import Aligner
 
 ROOT = Path(__file__).resolve().parents[2]
 

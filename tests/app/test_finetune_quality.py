@@ -19,10 +19,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from models.world.french import to_french
-from models.world.images import image_file_bytes
-from models.world.pairs import ImagePair, image_pairs
-from models.world.vocabulary import describes
+from models.synth.world.french import to_french
+from models.synth.world.images import image_file_bytes
+from models.synth.world.pairs import ImagePair, image_pairs
+from models.synth.world.vocabulary import describes
 
 NAME = "francais"
 TRAIN, HELD, KNOWN = 600, 100, 300

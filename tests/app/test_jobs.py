@@ -19,7 +19,7 @@ from app.main import create_app
 from app.settings import Settings
 from app.state import Services
 from index.store import from_blob
-from models.aligner import Aligner, l2_normalize
+from models.encoders.aligner import Aligner, l2_normalize
 from tests.conftest import error_code
 from tests.factories import image_bytes
 

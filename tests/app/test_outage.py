@@ -276,7 +276,7 @@ class FlakyJobs:
 
 
 def test_the_heartbeat_outlives_an_outage(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app.worker import JobContext
+    from app.services.jobs import JobContext
 
     jobs = FlakyJobs(failures=3)
     services: Any = type(

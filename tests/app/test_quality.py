@@ -23,9 +23,9 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from models.world.images import Scene, image_file_bytes, render_scene
-from models.world.sounds import SOUND_CLASSES, Sound, audio_file_bytes, synthesize
-from models.world.vocabulary import COLOURS, SHAPES
+from models.synth.world.images import Scene, image_file_bytes, render_scene
+from models.synth.world.sounds import SOUND_CLASSES, Sound, audio_file_bytes, synthesize
+from models.synth.world.vocabulary import COLOURS, SHAPES
 from tests.factories import samples_bytes
 
 NAME = "world"

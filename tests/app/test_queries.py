@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from app.services.embedding import Encoded, queries
-from models.aligner import Aligner, AlignerHead
+from models.encoders.aligner import Aligner, AlignerHead
 
 
 def test_queries_of_many_inputs_are_each_inputs_query() -> None:

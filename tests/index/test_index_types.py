@@ -11,7 +11,7 @@ import pytest
 from index.locks import WouldBlock
 from index.spec import IndexSpec
 from index.vector_index import VectorIndex, configure_faiss_threads
-from models.aligner import l2_normalize
+from models.encoders.aligner import l2_normalize
 
 DIM = 32
 SPECS = {

@@ -13,7 +13,7 @@ from index.db import make_engine, make_sessionmaker, migrate
 from index.errors import ConflictError, NotFoundError
 from index.store import ItemDraft, MetadataStore, from_blob
 from index.tables import CollectionRow
-from models.aligner import Aligner, AlignerHead
+from models.encoders.aligner import Aligner, AlignerHead
 
 
 def new_collection(store: MetadataStore, name: str = "c") -> CollectionRow:

@@ -13,7 +13,7 @@ from index.locks import RWLock, WouldBlock
 from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
 from index.store import canonical, tag_pairs
 from index.vector_index import VectorIndex
-from models.aligner import l2_normalize
+from models.encoders.aligner import l2_normalize
 
 
 def unit(rows: int, dim: int = 8, seed: int = 0) -> np.ndarray:

@@ -1,6 +1,0 @@
-"""CLAP as an audio tower: LAION's audio-text model through transformers, cut into windows."""
-
-from models.clap.encoder import ClapAudioEncoder, load_clap
-from models.clap.tiny import build_tiny_clap
-
-__all__ = ["ClapAudioEncoder", "build_tiny_clap", "load_clap"]

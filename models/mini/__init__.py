@@ -1,5 +1,0 @@
-"""mmr-mini: the project's own small image-text-audio model for its synthetic world.
-
-An open_clip architecture (``configs/mmr-mini.json``) with a folded CLIP BPE vocabulary,
-plus a log-mel audio tower trained into the same space. Trained by ``mmr train-mini``.
-"""

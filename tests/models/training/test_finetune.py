@@ -1,0 +1,117 @@
+"""Fine-tuning aligner heads on paired raw features (synthetic spaces: fast and exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.encoders.aligner import Aligner, l2_normalize
+from models.training.finetune import (
+    Cancelled,
+    FinetuneConfig,
+    Pairs,
+    Progress,
+    finetune,
+)
+
+DIM = 24
+
+
+def spaces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Image features, and two kinds of text about them: one the text head already reads
+    right (the old vocabulary) and one through an unknown mixing (a new vocabulary)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, DIM)).astype(np.float32)
+    old = images + 0.1 * rng.normal(size=(n, DIM)).astype(np.float32)
+    mixing = np.random.default_rng(99).normal(size=(DIM, DIM)).astype(np.float32)
+    new = images @ mixing + 0.1 * rng.normal(size=(n, DIM)).astype(np.float32)
+    return images, old, new
+
+
+def base() -> Aligner:
+    return Aligner.identity(DIM, {"image": "m", "text": "m", "audio": "a"})
+
+
+def recall_at_5(aligner: Aligner, text: np.ndarray, images: np.ndarray) -> float:
+    scores = aligner.project("text", text) @ aligner.project("image", images).T
+    top = np.argsort(-scores, axis=1)[:, :5]
+    return float(np.mean([i in row for i, row in enumerate(top)]))
+
+
+CFG = FinetuneConfig(max_epochs=40, patience=40, lr=1e-2)
+
+
+def test_a_new_vocabulary_is_learnt_and_the_old_one_kept_by_anchors() -> None:
+    images, _, new = spaces(300)
+    probe_images, probe_old, probe_new = spaces(200, seed=1)
+    pairs = Pairs("text", "image", new, images, anchors={"text": probe_old[:100]})
+    tuned, report = finetune(base(), pairs, CFG)
+    assert report.trained == ["text"] and report.improved
+    assert report.after["a_to_b@5"] - report.before["a_to_b@5"] > 0.5
+    assert recall_at_5(tuned, probe_new[100:], probe_images[100:]) > 0.6  # chance: 0.05
+    kept = recall_at_5(tuned, probe_old[100:], probe_images[100:])
+    assert kept >= recall_at_5(base(), probe_old[100:], probe_images[100:]) - 0.05
+    # Heads that did not learn are the very same heads; the new one is linear.
+    assert tuned.heads["image"] is base().heads["image"] or tuned.heads["image"].kind == "identity"
+    assert tuned.heads["audio"].kind == "identity" and tuned.heads["text"].kind == "linear"
+    assert tuned.version == 0 and tuned.meta["kind"] == "finetune"
+
+
+def test_the_same_inputs_give_the_same_bytes() -> None:
+    images, _, new = spaces(200)
+    pairs = Pairs("text", "image", new, images)
+    cfg = FinetuneConfig(max_epochs=5)
+    first, second = finetune(base(), pairs, cfg)[0], finetune(base(), pairs, cfg)[0]
+    for name, tensor in first.heads["text"].tensors.items():
+        np.testing.assert_array_equal(tensor, second.heads["text"].tensors[name])
+
+
+def test_progress_is_reported_every_epoch_and_cancel_stops_it() -> None:
+    images, _, new = spaces(200)
+    pairs = Pairs("text", "image", new, images)
+    seen: list[Progress] = []
+    finetune(base(), pairs, FinetuneConfig(max_epochs=4, patience=10), progress=seen.append)
+    assert [p.epoch for p in seen] == [1, 2, 3, 4]
+    assert all(0 < p.fraction <= 1 for p in seen) and seen[-1].fraction == 1.0
+    calls = iter(range(1000))
+    with pytest.raises(Cancelled):
+        finetune(base(), pairs, CFG, should_stop=lambda: next(calls) >= 3)
+
+
+def test_limits_stop_training_and_still_return_heads() -> None:
+    images, _, new = spaces(200)
+    pairs = Pairs("text", "image", new, images)
+    _, report = finetune(base(), pairs, FinetuneConfig(max_seconds=1e-9))
+    assert report.stopped == "max_seconds" and report.epochs == 0
+    _, report = finetune(base(), pairs, FinetuneConfig(max_epochs=2, patience=50))
+    assert report.stopped == "max_epochs" and report.epochs == 2
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (Pairs("text", "image", np.ones((5, DIM)), np.ones((5, DIM))), "pairs"),
+        (Pairs("text", "image", np.ones((20, DIM)), np.ones((21, DIM))), "pair up"),
+        (Pairs("text", "image", np.full((20, DIM), np.nan), np.ones((20, DIM))), "finite"),
+        (Pairs("text", "image", np.ones((20, DIM + 1)), np.ones((20, DIM))), "must be"),
+        (Pairs("text", "smell", np.ones((20, DIM)), np.ones((20, DIM))), "no smell head"),
+        (
+            Pairs("text", "image", np.ones((20, DIM)), np.ones((20, DIM)), {"text": np.ones(3)}),
+            "anchors",
+        ),
+    ],
+)
+def test_unusable_pairs_are_refused(pairs: Pairs, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        finetune(base(), pairs, FinetuneConfig(max_epochs=1))
+
+
+def test_identity_heads_stay_exactly_where_they_were_when_nothing_improves() -> None:
+    rng = np.random.default_rng(3)
+    noise = Pairs("text", "image", rng.normal(size=(60, DIM)), rng.normal(size=(60, DIM)))
+    tuned, report = finetune(base(), noise, FinetuneConfig(max_epochs=3, patience=1))
+    if not report.trained:  # the start was the best state: no head changed
+        assert tuned.heads["text"].kind == "identity"
+    np.testing.assert_allclose(
+        l2_normalize(noise.raw_b), tuned.project("image", noise.raw_b), atol=1e-6
+    )
