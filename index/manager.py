@@ -19,7 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from index.aligners import AlignerStore
+from index.changes import ChangeLog
+from index.collections import CollectionStore
+from index.columns import from_blob
 from index.errors import ConflictError, NotFoundError
+from index.items import ItemStore, StoredVectors
 from index.snapshots import (
     IndexSnapshot,
     read_snapshot,
@@ -28,7 +33,6 @@ from index.snapshots import (
     write_snapshot,
 )
 from index.spec import IndexSpec
-from index.store import MetadataStore, StoredVectors, from_blob
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
 from models.aligner import Aligner
@@ -99,8 +103,20 @@ def current_vectors(stored: StoredVectors, aligner: Aligner, dim: int) -> np.nda
 class IndexManager:
     """Owns every live index of this process; SQL stays the source of truth."""
 
-    def __init__(self, *, store: MetadataStore, root: Path, follow: bool = True) -> None:
-        self.store = store
+    def __init__(
+        self,
+        *,
+        collections: CollectionStore,
+        items: ItemStore,
+        changes: ChangeLog,
+        aligners: AlignerStore,
+        root: Path,
+        follow: bool = True,
+    ) -> None:
+        self.collections = collections
+        self.items = items
+        self.changes = changes
+        self.aligners = aligners
         self.root = root
         # False in a worker process: it changes SQL and leaves swapping to the API process.
         self.follow = follow
@@ -117,7 +133,7 @@ class IndexManager:
         """Load every collection's index: snapshot + replay, or a rebuild from SQL."""
         if self.root.is_dir() and (removed := remove_stale_temp(self.root)):
             log.warning("removed %d temp files of snapshots a killed process left", removed)
-        for row in self.store.list_collections():
+        for row in self.collections.list():
             self.load(row)
 
     def load(self, row: CollectionRow) -> LiveIndex:
@@ -153,7 +169,7 @@ class IndexManager:
         return live
 
     def _replay(self, row: CollectionRow, index: VectorIndex, seq: int, aligner: Aligner) -> None:
-        touched, newest = self.store.changed_since(collection_id=row.id, seq=seq)
+        touched, newest = self.changes.since(collection_id=row.id, seq=seq)
         if not touched:
             return
         # Idempotent: drop every touched key, then re-add those SQL still holds.
@@ -178,7 +194,7 @@ class IndexManager:
     def _add(
         self, row: CollectionRow, index: VectorIndex, aligner: Aligner, pks: list[int] | None
     ) -> None:
-        for chunk in self.store.iter_stored(collection_id=row.id, pks=pks):
+        for chunk in self.items.iter_stored(collection_id=row.id, pks=pks):
             matrices = [current_vectors(s, aligner, row.dim) for s in chunk]
             counts = np.array([len(m) for m in matrices], dtype=np.int64)
             ids = np.array([s.pk for s in chunk], dtype=np.int64)
@@ -192,7 +208,7 @@ class IndexManager:
             if row.audio_model:
                 encoders["audio"] = row.audio_model
             return Aligner.identity(row.dim, encoders, legacy=True)
-        found = self.store.get_aligner(collection_id=row.id, version=row.aligner_version)
+        found = self.aligners.get(collection_id=row.id, version=row.aligner_version)
         if found is None:
             raise LookupError(f"collection {row.name!r} has no aligner v{row.aligner_version}")
         return Aligner.from_bytes(found.artefact).numbered(found.version)
@@ -234,11 +250,11 @@ class IndexManager:
     def _swap(self, live: LiveIndex, row: CollectionRow) -> None:
         # SQL as it is now, not the row the caller read earlier (or a kept one): a request
         # that read it before another one swapped must not swap the index back.
-        row = self.store.get_collection_by_id(row.id)
+        row = self.collections.get_by_id(row.id)
         if live.space.matches(row):
             return
         aligner = self.active_aligner(row)
-        seq = self.store.last_seq(row.id)
+        seq = self.changes.last_seq(row.id)
         index = self._build(row, aligner)  # beside the live one: searches go on meanwhile
         with live.writer:
             # Writes that landed during the build were projected by the old heads.
@@ -299,7 +315,7 @@ class IndexManager:
         the index is stale, so the failed write's change is there; replay is idempotent."""
         if not live.stale:
             return
-        row = self.store.get_collection_by_id(live.collection_id)
+        row = self.collections.get_by_id(live.collection_id)
         self._replay(row, live.index, row.changes_pruned_seq, live.aligner)
         live.stale = False
         live.dirty += 1
@@ -311,7 +327,7 @@ class IndexManager:
         with live.snapshotting:
             with live.writer:
                 self._repair(live)  # raises while it cannot: then nothing is pruned
-                seq = self.store.last_seq(live.collection_id)
+                seq = self.changes.last_seq(live.collection_id)
                 space = live.space
                 payload = space.index.to_bytes()
                 live.dirty = 0
@@ -327,7 +343,7 @@ class IndexManager:
                 ),
             )
             # Only once the snapshot is durable may the changes it covers be forgotten.
-            self.store.prune_changes(collection_id=live.collection_id, upto_seq=seq)
+            self.changes.prune(collection_id=live.collection_id, upto_seq=seq)
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""

@@ -14,7 +14,7 @@ from models.aligner import Aligner
 
 def list_aligners(*, services: Services, name: str) -> AlignerList:
     """Every recorded aligner version of a collection, with how it was made."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     versions = [
         AlignerPublic(
             version=a.version,
@@ -24,14 +24,14 @@ def list_aligners(*, services: Services, name: str) -> AlignerList:
             meta=a.meta,
             created_at=aware(a.created_at),
         )
-        for a in services.store.list_aligners(row.id)
+        for a in services.stores.aligners.list(row.id)
     ]
     return AlignerList(active=row.aligner_version, aligners=versions)
 
 
 def record(*, services: Services, row: CollectionRow, aligner: Aligner) -> int:
     """Record a new (inactive) version of a collection's aligner; its number."""
-    added = services.store.add_aligner(
+    added = services.stores.aligners.add(
         collection_id=row.id, artefact=aligner.to_bytes(), meta=aligner.meta, activate=False
     )
     return added.version
@@ -40,8 +40,8 @@ def record(*, services: Services, row: CollectionRow, aligner: Aligner) -> int:
 def activate(*, services: Services, name: str, version: int) -> AlignerList:
     """Make a recorded version the active one: SQL names it, then (in the process that
     holds the index) a new index is built beside the live one and swapped in."""
-    row = services.store.get_collection(name)
-    found = services.store.get_aligner(collection_id=row.id, version=version)
+    row = services.stores.collections.get(name)
+    found = services.stores.aligners.get(collection_id=row.id, version=version)
     if found is None:
         raise NotFoundError(f"collection {name!r} has no aligner version {version}")
     aligner = Aligner.from_bytes(found.artefact)
@@ -52,7 +52,7 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
             f"aligner v{version} takes features of {foreign or aligner.encoders} but this "
             f"server runs {running}; start it with the model the version was made for"
         )
-    fresh = services.store.set_space(collection_id=row.id, aligner_version=version)
+    fresh = services.stores.collections.set_space(collection_id=row.id, aligner_version=version)
     _swap_here(services, fresh)
     return list_aligners(services=services, name=name)
 
@@ -60,9 +60,11 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
 def rebuild(*, services: Services, name: str, spec: IndexSpec | None = None) -> CollectionRow:
     """Rebuild the index from SQL (a new epoch, of another type when ``spec`` says so),
     swapped in like an activation."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     index = None if spec is None else (spec.type, spec.params())
-    fresh = services.store.set_space(collection_id=row.id, bump_epoch=True, index=index)
+    fresh = services.stores.collections.set_space(
+        collection_id=row.id, bump_epoch=True, index=index
+    )
     _swap_here(services, fresh)
     return fresh
 
