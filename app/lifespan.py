@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
 from app.settings import Settings
 from app.state import Services
@@ -78,7 +79,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
         collections=stores.collections,
         items=stores.items,
         changes=stores.changes,
-        aligners=stores.aligners,
+        aligner_of=lambda row: active_aligner(row, store=stores.aligners),
         root=settings.data_dir / "indexes",
         follow=holds_indexes,
     )

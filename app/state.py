@@ -17,6 +17,7 @@ from app.settings import Settings
 from index.blobs import BlobStore
 from index.manager import IndexManager
 from index.stores import Stores
+from models.aligner import Aligner
 
 
 @dataclass
@@ -28,7 +29,7 @@ class Services:
     # SQL, one store per resource: collections, items, aligners, changes, jobs, keys.
     stores: Stores
     blobs: BlobStore
-    indexes: IndexManager
+    indexes: IndexManager[Aligner]
     embedder: Embedder
     warnings: list[str] = field(default_factory=list)
     # Set when a job is queued: an in-process worker starts on it without waiting a poll.

@@ -1,4 +1,6 @@
-"""A collection's aligner versions: list them, activate one (roll forward or back)."""
+"""A collection's aligner versions: list them, activate one (roll forward or back), and
+the heads SQL names active, decoded for the index manager (index/ stores the artefacts and
+knows nothing of what they mean)."""
 
 from __future__ import annotations
 
@@ -6,10 +8,35 @@ from app.errors import SpaceMismatch
 from app.schemas import AlignerList, AlignerPublic
 from app.services.views import aware
 from app.state import Services
+from index.aligners import AlignerStore
 from index.errors import NotFoundError
 from index.spec import IndexSpec
-from index.tables import CollectionRow
+from index.tables import AlignerRow, CollectionRow
 from models.aligner import Aligner
+
+
+def active_aligner(row: CollectionRow, *, store: AlignerStore) -> Aligner:
+    """The collection's active aligner version, read from SQL."""
+    if row.aligner_version == 0:
+        return legacy_aligner(row)
+    found = store.get(collection_id=row.id, version=row.aligner_version)
+    if found is None:
+        raise LookupError(f"collection {row.name!r} has no aligner v{row.aligner_version}")
+    return decoded(found)
+
+
+def legacy_aligner(row: CollectionRow) -> Aligner:
+    """Collections made before aligners were recorded (version 0): identity heads over
+    their model and audio model, implicitly."""
+    encoders = {"image": row.model, "text": row.model}
+    if row.audio_model:
+        encoders["audio"] = row.audio_model
+    return Aligner.identity(row.dim, encoders, legacy=True)
+
+
+def decoded(found: AlignerRow) -> Aligner:
+    """A recorded version's heads, numbered as SQL numbers them."""
+    return Aligner.from_bytes(found.artefact).numbered(found.version)
 
 
 def list_aligners(*, services: Services, name: str) -> AlignerList:
@@ -20,7 +47,7 @@ def list_aligners(*, services: Services, name: str) -> AlignerList:
             version=a.version,
             active=a.version == row.aligner_version,
             sha256=a.sha256,
-            heads=Aligner.from_bytes(a.artefact).describe(),
+            heads=decoded(a).describe(),
             meta=a.meta,
             created_at=aware(a.created_at),
         )
@@ -44,7 +71,7 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
     found = services.stores.aligners.get(collection_id=row.id, version=version)
     if found is None:
         raise NotFoundError(f"collection {name!r} has no aligner version {version}")
-    aligner = Aligner.from_bytes(found.artefact)
+    aligner = decoded(found)
     running = services.embedder.encoder_ids
     foreign = {m: e for m, e in aligner.encoders.items() if running.get(m) != e}
     if foreign or aligner.dim != row.dim:

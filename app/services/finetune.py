@@ -35,7 +35,7 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
     """Train new heads on the job's pairs, record them, activate them by the job's policy."""
     params = ctx.job.params
     row = services.stores.collections.get_by_id(ctx.job.collection_id)
-    base = services.indexes.active_aligner(row)
+    base = aligners.active_aligner(row, store=services.stores.aligners)
     pairs, found = collect_pairs(services, row, params)
     cfg = FinetuneConfig(
         holdout=params["holdout"],
@@ -146,7 +146,7 @@ def _anchors(services: Services, row: CollectionRow, modality: str, paired: set[
         rows.extend(_raw(s, row.dim) for s in chunk if s.pk not in paired)
         if len(rows) >= ANCHORS:
             break
-    width = services.indexes.active_aligner(row).heads[modality].in_dim
+    width = aligners.active_aligner(row, store=services.stores.aligners).heads[modality].in_dim
     return np.stack(rows[:ANCHORS]) if rows else np.zeros((0, width), np.float32)
 
 
