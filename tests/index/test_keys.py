@@ -12,6 +12,7 @@ from index.errors import NotFoundError, OutOfScopeError
 from index.jobs import JobStore
 from index.keys import KeyStore, ScopedCollections, ScopedJobs, key_hash
 from index.stores import Stores
+from tests.factories import new_collection
 
 
 @pytest.fixture
@@ -44,18 +45,10 @@ def test_two_keys_never_share_a_secret(engine: Engine) -> None:
 
 
 def test_a_scoped_store_hides_other_collections(engine: Engine) -> None:
-    store = Stores.over(make_sessionmaker(engine)).collections
+    stores = Stores.over(make_sessionmaker(engine))
+    store = stores.collections
     for name in ("a", "b"):
-        store.create(
-            name=name,
-            model="m",
-            audio_model=None,
-            dim=4,
-            index_type="flat",
-            index_params={},
-            aligner=b"",
-            aligner_meta={},
-        )
+        new_collection(stores, name)
     scoped = ScopedCollections(store, {"a"})
     assert [r.name for r in scoped.list()] == ["a"]
     assert scoped.get("a").name == "a"
