@@ -189,10 +189,10 @@ class Authenticate:
         services: KeyServices | None = self.fastapi.state.services
         if services is None:
             raise NotReady("the service is starting; try again shortly")
-        if services.store.reads_without_waiting():  # the embedded database: no round trip
-            row = services.keys.find(supplied)
+        if services.stores.reads_without_waiting():  # the embedded database: no round trip
+            row = services.stores.keys.find(supplied)
         else:
-            row = await to_thread.run_sync(services.keys.find, supplied)
+            row = await to_thread.run_sync(services.stores.keys.find, supplied)
         if row is None:
             raise Unauthorized(
                 "the API key is not valid (or was deleted): send a key of MMR_API_KEYS or "

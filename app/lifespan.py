@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
 from app.settings import Settings
 from app.state import Services
@@ -17,9 +18,8 @@ from app.worker import start_in_process
 from index.blobs import BlobStore
 from index.db import make_engine, make_sessionmaker, migrate
 from index.faults import run_resilient
-from index.jobs import JobStore
 from index.manager import IndexManager
-from index.store import MetadataStore
+from index.stores import Stores
 from index.vector_index import configure_faiss_threads
 from models.encoders.registry import load_model
 from models.errors import ModelLoadError
@@ -44,8 +44,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     configure_faiss_threads(settings.faiss_threads)
     engine = make_engine(settings.resolved_database_url, statement_timeout_s=settings.sql_timeout_s)
     migrate(engine)
-    sessions = make_sessionmaker(engine)
-    store = MetadataStore(sessions)
+    stores = Stores.over(make_sessionmaker(engine))
     try:
         # Loading, the precision probe and a first start's audio bootstrap run torch on every
         # thread in a thread that ends with them (models.runtime.threads.configure_torch_threads).
@@ -76,17 +75,23 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
         log.error("cannot start: %s", exc)
         engine.dispose()
         raise
-    indexes = IndexManager(store=store, root=settings.data_dir / "indexes", follow=holds_indexes)
+    indexes = IndexManager(
+        collections=stores.collections,
+        items=stores.items,
+        changes=stores.changes,
+        aligner_of=lambda row: active_aligner(row, store=stores.aligners),
+        root=settings.data_dir / "indexes",
+        follow=holds_indexes,
+    )
     if holds_indexes:
         indexes.load_all()
     services = Services(
         settings=settings,
         engine=engine,
-        store=store,
+        stores=stores,
         blobs=BlobStore(settings.data_dir / "blobs"),
         indexes=indexes,
         embedder=Embedder(loaded, aligner),
-        jobs=JobStore(sessions),
     )
     if loaded.warning:
         services.warnings.append(loaded.warning)

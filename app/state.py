@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
@@ -15,10 +15,9 @@ from app.errors import NotReady
 from app.services.embedding import Embedder
 from app.settings import Settings
 from index.blobs import BlobStore
-from index.jobs import JobStore
-from index.keys import KeyStore, ScopedJobs, ScopedStore
 from index.manager import IndexManager
-from index.store import MetadataStore
+from index.stores import Stores
+from models.encoders.aligner import Aligner
 
 
 @dataclass
@@ -27,31 +26,21 @@ class Services:
 
     settings: Settings
     engine: Engine
-    store: MetadataStore
+    # SQL, one store per resource: collections, items, aligners, changes, jobs, keys.
+    stores: Stores
     blobs: BlobStore
-    indexes: IndexManager
+    indexes: IndexManager[Aligner]
     embedder: Embedder
-    jobs: JobStore
     warnings: list[str] = field(default_factory=list)
     # Set when a job is queued: an in-process worker starts on it without waiting a poll.
     worker_wakeup: threading.Event = field(default_factory=threading.Event)
-    # API keys made through /v1/keys, in the store's database.
-    keys: KeyStore = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.keys = KeyStore(self.store.sessions)
 
     def seen_by(self, principal: Principal | None) -> Services:
         """These services as a key sees them: a key limited to collections gets stores
         in which every other collection (and its items, aligners and jobs) is missing."""
         if principal is None or principal.collections is None:
             return self
-        allowed = principal.collections
-        return dataclasses.replace(
-            self,
-            store=cast(MetadataStore, ScopedStore(self.store, allowed)),
-            jobs=cast(JobStore, ScopedJobs(self.jobs, allowed)),
-        )
+        return dataclasses.replace(self, stores=self.stores.limited_to(principal.collections))
 
 
 async def get_services(request: Request) -> Services:

@@ -79,7 +79,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Take back jobs of dead workers, then claim and run one job; False when none."""
-        jobs = self.services.jobs
+        jobs = self.services.stores.jobs
         jobs.reap(max_attempts=self.settings.job_max_attempts)
         job = jobs.claim(worker=self.name, lease_s=self.settings.job_lease_s, types=list(HANDLERS))
         if job is None:
@@ -156,7 +156,7 @@ class Worker:
                 ctx.stop.set()
                 return
             try:
-                mine = self.services.jobs.heartbeat(
+                mine = self.services.stores.jobs.heartbeat(
                     ctx.job.id,
                     worker=self.name,
                     lease_s=self.settings.job_lease_s,

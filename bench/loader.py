@@ -13,8 +13,8 @@ import numpy as np
 from sqlalchemy import Table, insert, literal, select
 
 from index.blobs import BlobStore
+from index.columns import to_blob
 from index.db import make_engine
-from index.store import to_blob
 from index.tables import ChangeRow, CollectionRow, ItemRow, utcnow
 
 TEXT = "bench vector"  # one shared text: one content-addressed blob serves every row

@@ -139,6 +139,13 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def engine_of(sessions: sessionmaker[Session]) -> Engine:
+    """The engine a store's sessions are bound to (for what runs on the driver itself)."""
+    bind = sessions.kw["bind"]
+    assert isinstance(bind, Engine), "the store's sessions are bound to one engine"
+    return bind
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to an Alembic revision (the newest by default)."""
     _alembic(engine, command.upgrade, revision)

@@ -29,7 +29,7 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 # What the drivers raise themselves: SQLAlchemy wraps them in a DBAPIError, but a raw
-# connection (the search's hydration, index/store.py) lets them through as they are.
+# connection (the search's hydration, index/summaries.py) lets them through as they are.
 DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
 
 

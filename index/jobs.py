@@ -19,8 +19,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from index.columns import storable
 from index.errors import ConflictError, NotFoundError
-from index.store import storable
 from index.tables import JobRow, utcnow
 
 QUEUED, RUNNING = "queued", "running"

@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from index.collections import CollectionStore
+from index.columns import storable
 from index.errors import NotFoundError, OutOfScopeError
 from index.jobs import JobStore
-from index.store import MetadataStore, storable
 from index.tables import CollectionRow, JobRow, KeyRow, utcnow
 
 KEY_PREFIX = "mmr_"  # makes a leaked key easy to recognise (secret scanners, logs)
@@ -78,38 +79,38 @@ def missing_collection(name: str) -> NotFoundError:
     return NotFoundError(f"no collection named {name!r}")
 
 
-class ScopedStore:
-    """A MetadataStore that shows only ``allowed`` collections; every other is missing.
+class ScopedCollections:
+    """A CollectionStore that shows only ``allowed`` collections; every other is missing.
 
-    Every route reaches a collection by its name through ``get_collection`` (or lists
-    them), so hiding the others here hides their items, aligners and searches too. The
-    rest is the shared store itself (its cache included), reached through ``__getattr__``.
+    Every route reaches a collection by its name through ``get`` (or lists them), so hiding
+    the others here hides their items, aligners and searches too. The rest is the shared
+    store itself (its cache included), reached through ``__getattr__``.
     """
 
-    def __init__(self, store: MetadataStore, allowed: Collection[str]) -> None:
-        self._store = store
+    def __init__(self, collections: CollectionStore, allowed: Collection[str]) -> None:
+        self._collections = collections
         self._allowed = frozenset(allowed)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
+        return getattr(self._collections, name)
 
-    def get_collection(self, name: str) -> CollectionRow:
+    def get(self, name: str) -> CollectionRow:
         """The collection, when the key may see it."""
         if name not in self._allowed:
             raise missing_collection(name)
-        return self._store.get_collection(name)
+        return self._collections.get(name)
 
-    def list_collections(self) -> list[CollectionRow]:
-        """The collections the key may see, oldest first."""
-        return [r for r in self._store.list_collections() if r.name in self._allowed]
-
-    def create_collection(self, *, name: str, **fields: Any) -> CollectionRow:
+    def create(self, *, name: str, **fields: Any) -> CollectionRow:
         """Create a collection the key names (an admin key limited to collections)."""
         if name not in self._allowed:
             raise OutOfScopeError(
                 f"this key may create only the collections it is limited to; {name!r} is not one"
             )
-        return self._store.create_collection(name=name, **fields)
+        return self._collections.create(name=name, **fields)
+
+    def list(self) -> list[CollectionRow]:
+        """The collections the key may see, oldest first."""
+        return [r for r in self._collections.list() if r.name in self._allowed]
 
 
 class ScopedJobs:

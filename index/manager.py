@@ -5,6 +5,9 @@ as one object. When SQL names another aligner version or index epoch (a fine-tun
 reindex, in this process or another), a new index is built beside the live one from the
 stored raw features and swapped in under the writer lock; searches meanwhile keep
 answering from the old pair, never from a mix.
+
+What an aligner is stays outside: the manager asks for a collection's active one
+(``aligner_of``, given by the app) and uses it only as a :class:`Projector`.
 """
 
 from __future__ import annotations
@@ -12,14 +15,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
+from index.changes import ChangeLog
+from index.collections import CollectionStore
+from index.columns import from_blob
 from index.errors import ConflictError, NotFoundError
+from index.items import ItemStore, StoredVectors
 from index.snapshots import (
     IndexSnapshot,
     read_snapshot,
@@ -28,19 +36,33 @@ from index.snapshots import (
     write_snapshot,
 )
 from index.spec import IndexSpec
-from index.store import MetadataStore, StoredVectors, from_blob
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
-from models.encoders.aligner import Aligner
 
 log = logging.getLogger(__name__)
 
 
+class Projector(Protocol):
+    """What places a collection's stored raw features in its space: an aligner version."""
+
+    @property
+    def version(self) -> int:
+        """The aligner version SQL records for the vectors it makes (0: the implicit one)."""
+        ...
+
+    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
+        """One modality's raw features (n, width) -> L2-normalised vectors (n, dim)."""
+        ...
+
+
+P = TypeVar("P", bound=Projector)
+
+
 @dataclass(frozen=True)
-class Space:
+class Space(Generic[P]):
     """An aligner version, the index its heads built, and the index epoch it reflects."""
 
-    aligner: Aligner
+    aligner: P
     index: VectorIndex
     epoch: int = 0
 
@@ -50,7 +72,7 @@ class Space:
 
 
 @dataclass
-class LiveIndex:
+class LiveIndex(Generic[P]):
     """A collection's live :class:`Space` and the mutex its writers hold across the SQL
     commit and the index update (swaps hold it too).
 
@@ -60,7 +82,7 @@ class LiveIndex:
     """
 
     collection_id: int
-    space: Space
+    space: Space[P]
     writer: threading.Lock = field(default_factory=threading.Lock)
     snapshotting: threading.Lock = field(default_factory=threading.Lock)
     rebuilding: threading.Lock = field(default_factory=threading.Lock)
@@ -71,7 +93,7 @@ class LiveIndex:
     stale: bool = False
 
     @property
-    def aligner(self) -> Aligner:
+    def aligner(self) -> P:
         """The active aligner (stable while the writer lock is held)."""
         return self.space.aligner
 
@@ -86,7 +108,7 @@ def spec_of(row: CollectionRow) -> IndexSpec:
     return IndexSpec.of(row.index_type, row.index_params)
 
 
-def current_vectors(stored: StoredVectors, aligner: Aligner, dim: int) -> np.ndarray:
+def current_vectors(stored: StoredVectors, aligner: Projector, dim: int) -> np.ndarray:
     """An item's vectors in the aligner's space: stored ones when that version made them,
     else its stored raw features projected now (a new version needs no re-encoding)."""
     vectors = from_blob(stored.vector, dim)
@@ -96,15 +118,31 @@ def current_vectors(stored: StoredVectors, aligner: Aligner, dim: int) -> np.nda
     return aligner.project(stored.modality, raw)
 
 
-class IndexManager:
-    """Owns every live index of this process; SQL stays the source of truth."""
+class IndexManager(Generic[P]):
+    """Owns every live index of this process; SQL stays the source of truth.
 
-    def __init__(self, *, store: MetadataStore, root: Path, follow: bool = True) -> None:
-        self.store = store
+    ``aligner_of(row)`` is the collection's active aligner as SQL names it (the app decodes
+    the recorded artefact); the manager asks for it whenever it loads or swaps an index.
+    """
+
+    def __init__(
+        self,
+        *,
+        collections: CollectionStore,
+        items: ItemStore,
+        changes: ChangeLog,
+        aligner_of: Callable[[CollectionRow], P],
+        root: Path,
+        follow: bool = True,
+    ) -> None:
+        self.collections = collections
+        self.items = items
+        self.changes = changes
+        self.aligner_of = aligner_of
         self.root = root
         # False in a worker process: it changes SQL and leaves swapping to the API process.
         self.follow = follow
-        self._live: dict[int, LiveIndex] = {}
+        self._live: dict[int, LiveIndex[P]] = {}
         # Reentrant: get() holds it across load() so that one collection is loaded once.
         self._guard = threading.RLock()
 
@@ -117,12 +155,12 @@ class IndexManager:
         """Load every collection's index: snapshot + replay, or a rebuild from SQL."""
         if self.root.is_dir() and (removed := remove_stale_temp(self.root)):
             log.warning("removed %d temp files of snapshots a killed process left", removed)
-        for row in self.store.list_collections():
+        for row in self.collections.list():
             self.load(row)
 
-    def load(self, row: CollectionRow) -> LiveIndex:
+    def load(self, row: CollectionRow) -> LiveIndex[P]:
         """Load one collection's index (see load_all)."""
-        aligner = self.active_aligner(row)
+        aligner = self.aligner_of(row)
         snap = read_snapshot(self.snapshot_path(row.id))
         index: VectorIndex | None = None
         if snap is not None and snap.seq < row.changes_pruned_seq:
@@ -152,8 +190,8 @@ class IndexManager:
             self._live[row.id] = live
         return live
 
-    def _replay(self, row: CollectionRow, index: VectorIndex, seq: int, aligner: Aligner) -> None:
-        touched, newest = self.store.changed_since(collection_id=row.id, seq=seq)
+    def _replay(self, row: CollectionRow, index: VectorIndex, seq: int, aligner: P) -> None:
+        touched, newest = self.changes.since(collection_id=row.id, seq=seq)
         if not touched:
             return
         # Idempotent: drop every touched key, then re-add those SQL still holds.
@@ -161,7 +199,7 @@ class IndexManager:
         self._add(row, index, aligner, sorted(touched))
         log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
 
-    def _build(self, row: CollectionRow, aligner: Aligner) -> VectorIndex:
+    def _build(self, row: CollectionRow, aligner: P) -> VectorIndex:
         started = time.monotonic()
         index = VectorIndex(row.dim, spec_of(row), deferred=True)
         self._add(row, index, aligner, None)
@@ -176,36 +214,23 @@ class IndexManager:
         return index
 
     def _add(
-        self, row: CollectionRow, index: VectorIndex, aligner: Aligner, pks: list[int] | None
+        self, row: CollectionRow, index: VectorIndex, aligner: P, pks: list[int] | None
     ) -> None:
-        for chunk in self.store.iter_stored(collection_id=row.id, pks=pks):
+        for chunk in self.items.iter_stored(collection_id=row.id, pks=pks):
             matrices = [current_vectors(s, aligner, row.dim) for s in chunk]
             counts = np.array([len(m) for m in matrices], dtype=np.int64)
             ids = np.array([s.pk for s in chunk], dtype=np.int64)
             index.upsert(ids, np.concatenate(matrices), counts)
 
-    def active_aligner(self, row: CollectionRow) -> Aligner:
-        """The collection's active aligner version, read from SQL."""
-        if row.aligner_version == 0:
-            # Collections made before aligners were recorded: identity heads, implicitly.
-            encoders = {"image": row.model, "text": row.model}
-            if row.audio_model:
-                encoders["audio"] = row.audio_model
-            return Aligner.identity(row.dim, encoders, legacy=True)
-        found = self.store.get_aligner(collection_id=row.id, version=row.aligner_version)
-        if found is None:
-            raise LookupError(f"collection {row.name!r} has no aligner v{row.aligner_version}")
-        return Aligner.from_bytes(found.artefact).numbered(found.version)
-
     # -- runtime -------------------------------------------------------------------------
-    def ready(self, row: CollectionRow) -> LiveIndex | None:
+    def ready(self, row: CollectionRow) -> LiveIndex[P] | None:
         """The live index when it serves ``row`` as it is (nothing to load or swap first),
         else None; never waits."""
         live = self._live.get(row.id)
         ready = live is not None and not live.stale and live.space.matches(row)
         return live if ready else None
 
-    def get(self, row: CollectionRow, *, wait: bool = False) -> LiveIndex:
+    def get(self, row: CollectionRow, *, wait: bool = False) -> LiveIndex[P]:
         """The live index of a collection (loaded if another process created it), brought
         to the aligner version and epoch ``row`` names.
 
@@ -231,14 +256,14 @@ class IndexManager:
             live.rebuilding.release()
         return live
 
-    def _swap(self, live: LiveIndex, row: CollectionRow) -> None:
+    def _swap(self, live: LiveIndex[P], row: CollectionRow) -> None:
         # SQL as it is now, not the row the caller read earlier (or a kept one): a request
         # that read it before another one swapped must not swap the index back.
-        row = self.store.get_collection_by_id(row.id)
+        row = self.collections.get_by_id(row.id)
         if live.space.matches(row):
             return
-        aligner = self.active_aligner(row)
-        seq = self.store.last_seq(row.id)
+        aligner = self.aligner_of(row)
+        seq = self.changes.last_seq(row.id)
         index = self._build(row, aligner)  # beside the live one: searches go on meanwhile
         with live.writer:
             # Writes that landed during the build were projected by the old heads.
@@ -255,7 +280,7 @@ class IndexManager:
             row.index_epoch,
         )
 
-    def create(self, row: CollectionRow, aligner: Aligner) -> LiveIndex:
+    def create(self, row: CollectionRow, aligner: P) -> LiveIndex[P]:
         """Start an empty index for a new collection with its first aligner."""
         index = VectorIndex(row.dim, spec_of(row))
         live = LiveIndex(row.id, Space(aligner, index, row.index_epoch))
@@ -270,7 +295,7 @@ class IndexManager:
         remove_snapshot(self.snapshot_path(collection_id))
 
     @contextmanager
-    def writing(self, live: LiveIndex) -> Iterator[VectorIndex]:
+    def writing(self, live: LiveIndex[P]) -> Iterator[VectorIndex]:
         """Serialise a collection's writers across the SQL commit and the index update.
 
         Without it, two writers of one item could commit in one order and reach FAISS
@@ -293,25 +318,25 @@ class IndexManager:
                 raise
             live.dirty += 1
 
-    def _repair(self, live: LiveIndex) -> None:
+    def _repair(self, live: LiveIndex[P]) -> None:
         """Replay every change the log still holds into a stale index (the writer lock
         held). The log is pruned only up to a snapshot, and no snapshot is written while
         the index is stale, so the failed write's change is there; replay is idempotent."""
         if not live.stale:
             return
-        row = self.store.get_collection_by_id(live.collection_id)
+        row = self.collections.get_by_id(live.collection_id)
         self._replay(row, live.index, row.changes_pruned_seq, live.aligner)
         live.stale = False
         live.dirty += 1
         log.warning("collection %s: index repaired from the change log", row.name)
 
     # -- snapshots -----------------------------------------------------------------------
-    def snapshot(self, live: LiveIndex) -> None:
+    def snapshot(self, live: LiveIndex[P]) -> None:
         """Write a snapshot that reflects exactly the change log up to its seq, then prune it."""
         with live.snapshotting:
             with live.writer:
                 self._repair(live)  # raises while it cannot: then nothing is pruned
-                seq = self.store.last_seq(live.collection_id)
+                seq = self.changes.last_seq(live.collection_id)
                 space = live.space
                 payload = space.index.to_bytes()
                 live.dirty = 0
@@ -327,7 +352,7 @@ class IndexManager:
                 ),
             )
             # Only once the snapshot is durable may the changes it covers be forgotten.
-            self.store.prune_changes(collection_id=live.collection_id, upto_seq=seq)
+            self.changes.prune(collection_id=live.collection_id, upto_seq=seq)
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""

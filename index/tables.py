@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
@@ -106,6 +107,20 @@ class AlignerRow(Base):
     artefact: Mapped[bytes] = mapped_column(LargeBinary)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    @classmethod
+    def of(
+        cls, collection_id: int, version: int, artefact: bytes, meta: dict[str, Any]
+    ) -> AlignerRow:
+        """A version about to be recorded, with its artefact's digest and the time now."""
+        return cls(
+            collection_id=collection_id,
+            version=version,
+            sha256=hashlib.sha256(artefact).hexdigest(),
+            artefact=artefact,
+            meta=meta,
+            created_at=utcnow(),
+        )
 
 
 class ItemTagRow(Base):

@@ -13,6 +13,10 @@ import soundfile as sf
 from PIL import Image
 
 from app.state import Services
+from index.items import ItemDraft
+from index.stores import Stores
+from index.tables import CollectionRow
+from models.encoders.aligner import Aligner
 
 # --- images ---
 #
@@ -363,3 +367,38 @@ def found_text(client: Any, collection: str, item_id: str) -> bool:
     r = client.post(f"/v1/collections/{collection}/search", json=body)
     assert r.status_code == 200, r.text
     return [h["item"]["id"] for h in r.json()["results"]] == [item_id]
+
+
+# --- stored rows (the stores of index/, without the app) ---
+
+
+def new_collection(stores: Stores, name: str = "c") -> CollectionRow:
+    """A 4-dimensional collection whose first aligner is the identity."""
+    aligner = Aligner.identity(4, {"image": "m", "text": "m"})
+    return stores.collections.create(
+        name=name,
+        model="m",
+        audio_model=None,
+        dim=4,
+        index_type="flat",
+        index_params={},
+        aligner=aligner.to_bytes(),
+        aligner_meta=aligner.meta,
+    )
+
+
+def item_draft(external_id: str, metadata: dict[str, Any] | None = None) -> ItemDraft:
+    """A text item of ``new_collection``'s space (vector = feature, aligner version 0)."""
+    vector = np.ones(4, dtype=np.float32) / 2
+    return ItemDraft(
+        external_id=external_id,
+        modality="text",
+        sha256="0" * 64,
+        content_type="text/plain",
+        size_bytes=1,
+        feature=vector,
+        vector=vector,
+        aligner_version=0,
+        text="x",
+        metadata=metadata or {},
+    )

@@ -66,9 +66,9 @@ def _in_place(services: Services, name: str, req: SearchRequest) -> bool:
     a loaded index whose first pass scans little."""
     if req.vector is None or req.filter or req.modalities or req.k > IN_PLACE_K:
         return False
-    if not services.store.reads_without_waiting():
+    if not services.stores.reads_without_waiting():
         return False
-    live = services.indexes.ready(services.store.get_collection(name))
+    live = services.indexes.ready(services.stores.collections.get(name))
     if live is None:
         return False
     index = live.space.index

@@ -1,4 +1,6 @@
-"""A collection's aligner versions: list them, activate one (roll forward or back)."""
+"""A collection's aligner versions: list them, activate one (roll forward or back), and
+the heads SQL names active, decoded for the index manager (index/ stores the artefacts and
+knows nothing of what they mean)."""
 
 from __future__ import annotations
 
@@ -6,32 +8,57 @@ from app.errors import SpaceMismatch
 from app.schemas import AlignerList, AlignerPublic
 from app.services.views import aware
 from app.state import Services
+from index.aligners import AlignerStore
 from index.errors import NotFoundError
 from index.spec import IndexSpec
-from index.tables import CollectionRow
+from index.tables import AlignerRow, CollectionRow
 from models.encoders.aligner import Aligner
+
+
+def active_aligner(row: CollectionRow, *, store: AlignerStore) -> Aligner:
+    """The collection's active aligner version, read from SQL."""
+    if row.aligner_version == 0:
+        return legacy_aligner(row)
+    found = store.get(collection_id=row.id, version=row.aligner_version)
+    if found is None:
+        raise LookupError(f"collection {row.name!r} has no aligner v{row.aligner_version}")
+    return decoded(found)
+
+
+def legacy_aligner(row: CollectionRow) -> Aligner:
+    """Collections made before aligners were recorded (version 0): identity heads over
+    their model and audio model, implicitly."""
+    encoders = {"image": row.model, "text": row.model}
+    if row.audio_model:
+        encoders["audio"] = row.audio_model
+    return Aligner.identity(row.dim, encoders, legacy=True)
+
+
+def decoded(found: AlignerRow) -> Aligner:
+    """A recorded version's heads, numbered as SQL numbers them."""
+    return Aligner.from_bytes(found.artefact).numbered(found.version)
 
 
 def list_aligners(*, services: Services, name: str) -> AlignerList:
     """Every recorded aligner version of a collection, with how it was made."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     versions = [
         AlignerPublic(
             version=a.version,
             active=a.version == row.aligner_version,
             sha256=a.sha256,
-            heads=Aligner.from_bytes(a.artefact).describe(),
+            heads=decoded(a).describe(),
             meta=a.meta,
             created_at=aware(a.created_at),
         )
-        for a in services.store.list_aligners(row.id)
+        for a in services.stores.aligners.list(row.id)
     ]
     return AlignerList(active=row.aligner_version, aligners=versions)
 
 
 def record(*, services: Services, row: CollectionRow, aligner: Aligner) -> int:
     """Record a new (inactive) version of a collection's aligner; its number."""
-    added = services.store.add_aligner(
+    added = services.stores.aligners.add(
         collection_id=row.id, artefact=aligner.to_bytes(), meta=aligner.meta, activate=False
     )
     return added.version
@@ -40,11 +67,11 @@ def record(*, services: Services, row: CollectionRow, aligner: Aligner) -> int:
 def activate(*, services: Services, name: str, version: int) -> AlignerList:
     """Make a recorded version the active one: SQL names it, then (in the process that
     holds the index) a new index is built beside the live one and swapped in."""
-    row = services.store.get_collection(name)
-    found = services.store.get_aligner(collection_id=row.id, version=version)
+    row = services.stores.collections.get(name)
+    found = services.stores.aligners.get(collection_id=row.id, version=version)
     if found is None:
         raise NotFoundError(f"collection {name!r} has no aligner version {version}")
-    aligner = Aligner.from_bytes(found.artefact)
+    aligner = decoded(found)
     running = services.embedder.encoder_ids
     foreign = {m: e for m, e in aligner.encoders.items() if running.get(m) != e}
     if foreign or aligner.dim != row.dim:
@@ -52,7 +79,7 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
             f"aligner v{version} takes features of {foreign or aligner.encoders} but this "
             f"server runs {running}; start it with the model the version was made for"
         )
-    fresh = services.store.set_space(collection_id=row.id, aligner_version=version)
+    fresh = services.stores.collections.set_space(collection_id=row.id, aligner_version=version)
     _swap_here(services, fresh)
     return list_aligners(services=services, name=name)
 
@@ -60,9 +87,11 @@ def activate(*, services: Services, name: str, version: int) -> AlignerList:
 def rebuild(*, services: Services, name: str, spec: IndexSpec | None = None) -> CollectionRow:
     """Rebuild the index from SQL (a new epoch, of another type when ``spec`` says so),
     swapped in like an activation."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     index = None if spec is None else (spec.type, spec.params())
-    fresh = services.store.set_space(collection_id=row.id, bump_epoch=True, index=index)
+    fresh = services.stores.collections.set_space(
+        collection_id=row.id, bump_epoch=True, index=index
+    )
     _swap_here(services, fresh)
     return fresh
 

@@ -50,7 +50,7 @@ def create_collection(*, services: Services, body: CollectionCreate) -> Collecti
     emb = services.embedder
     aligner = emb.default_aligner
     spec = index_spec(body.index, dim=emb.dim)
-    row = services.store.create_collection(
+    row = services.stores.collections.create(
         name=body.name,
         model=emb.model_id,
         audio_model=emb.audio_model_id,
@@ -77,23 +77,23 @@ def index_spec(settings: IndexSettings, *, dim: int) -> IndexSpec:
 
 def get_collection(*, services: Services, name: str) -> CollectionPublic:
     """One collection with its counts."""
-    return describe(services, services.store.get_collection(name))
+    return describe(services, services.stores.collections.get(name))
 
 
 def list_collections(*, services: Services) -> list[CollectionPublic]:
     """Every collection, oldest first."""
-    return [describe(services, row) for row in services.store.list_collections()]
+    return [describe(services, row) for row in services.stores.collections.list()]
 
 
 def delete_collection(*, services: Services, name: str) -> None:
     """Delete a collection, its items and its index."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     live = services.indexes.get(row)
     with services.indexes.writing(live):
-        shas = services.store.collection_shas(row.id)
-        services.store.delete_collection(row.id)
+        shas = services.stores.items.collection_shas(row.id)
+        services.stores.collections.delete(row.id)
         services.indexes.drop(row.id)
-    services.blobs.remove_unused(shas, services.store.shas_in_use)
+    services.blobs.remove_unused(shas, services.stores.items.shas_in_use)
 
 
 def describe(services: Services, row: CollectionRow) -> CollectionPublic:
@@ -101,7 +101,7 @@ def describe(services: Services, row: CollectionRow) -> CollectionPublic:
     live = services.indexes.get(row)
     return collection_public(
         row,
-        count=services.store.count_items(row.id),
+        count=services.stores.items.count(row.id),
         index=live.space.index.describe(),
         compatible=space_problem(row, live.aligner, services, "text") is None,
     )

@@ -103,7 +103,7 @@ def _aligner(services: Services, collection: str | None, modalities: list[str]) 
     """A collection's active heads, or the heads a new collection would start from."""
     if collection is None:
         return services.embedder.default_aligner
-    row = services.store.get_collection(collection)
+    row = services.stores.collections.get(collection)
     aligner = services.indexes.get(row).aligner
     for modality in sorted(set(modalities)):
         require_space(row, aligner, services, modality)

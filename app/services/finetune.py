@@ -20,7 +20,8 @@ from app.services import aligners
 from app.services.collections import index_spec
 from app.services.jobs import JobContext
 from app.state import Services
-from index.store import StoredVectors, from_blob
+from index.columns import from_blob
+from index.items import StoredVectors
 from index.tables import CollectionRow
 from models.training.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
 
@@ -31,8 +32,8 @@ ANCHORS = 4096  # stored items per modality the fine-tune keeps in place
 def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
     """Train new heads on the job's pairs, record them, activate them by the job's policy."""
     params = ctx.job.params
-    row = services.store.get_collection_by_id(ctx.job.collection_id)
-    base = services.indexes.active_aligner(row)
+    row = services.stores.collections.get_by_id(ctx.job.collection_id)
+    base = aligners.active_aligner(row, store=services.stores.aligners)
     pairs, found = collect_pairs(services, row, params)
     cfg = FinetuneConfig(
         holdout=params["holdout"],
@@ -76,21 +77,21 @@ def _stop_if_cancelled(services: Services, ctx: JobContext) -> None:
     heartbeat: a cancel that lands after the last epoch (seconds before the next beat)
     must still keep the new version from being recorded or activated."""
     worker = ctx.job.worker or ""
-    if ctx.should_stop() or not services.jobs.still_running(ctx.job.id, worker=worker):
+    if ctx.should_stop() or not services.stores.jobs.still_running(ctx.job.id, worker=worker):
         raise Cancelled
 
 
 def run_reindex(services: Services, ctx: JobContext) -> dict[str, Any]:
     """Rebuild the collection's index from SQL (compacting it, retraining an IVF), with new
     index settings when the job gives them, and swap it in."""
-    row = services.store.get_collection_by_id(ctx.job.collection_id)
+    row = services.stores.collections.get_by_id(ctx.job.collection_id)
     wanted = ctx.job.params.get("index")
     spec = None if wanted is None else index_spec(IndexSettings(**wanted), dim=row.dim)
     started = time.monotonic()
     fresh = aligners.rebuild(services=services, name=row.name, spec=spec)
     return {
         "index_epoch": fresh.index_epoch,
-        "items": services.store.count_items(row.id),
+        "items": services.stores.items.count(row.id),
         "index": {"type": fresh.index_type, **fresh.index_params},
         "seconds": round(time.monotonic() - started, 3),
     }
@@ -100,13 +101,13 @@ def collect_pairs(
     services: Services, row: CollectionRow, params: dict[str, Any]
 ) -> tuple[Pairs, dict[str, Any]]:
     """The job's item pairs as raw features, oriented to the most common modality pair."""
-    store = services.store
+    items = services.stores.items
     if params.get("pair_key") is not None:
-        candidates = _pairs_by_key(store.tagged(collection_id=row.id, key=params["pair_key"]))
+        candidates = _pairs_by_key(items.tagged(collection_id=row.id, key=params["pair_key"]))
         missing = 0
     else:
         wanted = [tuple(p) for p in params["pairs"]]
-        ids = store.pks_of(collection_id=row.id, external_ids=[i for p in wanted for i in p])
+        ids = items.pks_of(collection_id=row.id, external_ids=[i for p in wanted for i in p])
         candidates = [(ids[a], ids[b]) for a, b in wanted if a in ids and b in ids and a != b]
         missing = len(wanted) - len(candidates)
     stored = _stored(services, row, {pk for pair in candidates for pk in pair})
@@ -139,11 +140,11 @@ def _anchors(services: Services, row: CollectionRow, modality: str, paired: set[
     """Raw features of up to ANCHORS stored items of a modality outside the pairs: the
     fine-tune keeps them where they are, so what the collection holds stays findable."""
     rows: list[np.ndarray] = []
-    for chunk in services.store.iter_stored(collection_id=row.id, modality=modality):
+    for chunk in services.stores.items.iter_stored(collection_id=row.id, modality=modality):
         rows.extend(_raw(s, row.dim) for s in chunk if s.pk not in paired)
         if len(rows) >= ANCHORS:
             break
-    width = services.indexes.active_aligner(row).heads[modality].in_dim
+    width = aligners.active_aligner(row, store=services.stores.aligners).heads[modality].in_dim
     return np.stack(rows[:ANCHORS]) if rows else np.zeros((0, width), np.float32)
 
 
@@ -159,7 +160,7 @@ def _pairs_by_key(tagged: Iterable[tuple[int, str]]) -> list[tuple[int, int]]:
 
 def _stored(services: Services, row: CollectionRow, pks: set[int]) -> dict[int, StoredVectors]:
     found: dict[int, StoredVectors] = {}
-    for chunk in services.store.iter_stored(collection_id=row.id, pks=sorted(pks)):
+    for chunk in services.stores.items.iter_stored(collection_id=row.id, pks=sorted(pks)):
         found.update({s.pk: s for s in chunk})
     return found
 

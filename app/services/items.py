@@ -20,8 +20,9 @@ from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
+from index.columns import storable
 from index.errors import NotFoundError
-from index.store import ItemDraft, storable
+from index.items import ItemDraft
 from index.tables import CollectionRow, ItemRow
 from models.media.budget import RequestBudget
 
@@ -142,7 +143,7 @@ def add_items(
     *, services: Services, name: str, pending: list[PendingItem]
 ) -> list[tuple[ItemPublic, bool]]:
     """Encode (one forward pass per modality) and write items; (item, created) in order."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     live = services.indexes.get(row)
     for modality in sorted({p.modality for p in pending}):
         require_space(row, live.aligner, services, modality)
@@ -192,23 +193,23 @@ def _write(
             metadata=item.metadata,
             spans=encoded.span_list(),
         )
-        done = services.store.upsert_item(collection_id=row.id, draft=draft)
+        done = services.stores.items.upsert(collection_id=row.id, draft=draft)
         index.upsert(np.array([done.row.pk], dtype=np.int64), vectors, np.array([len(vectors)]))
     if done.replaced_sha is not None and done.replaced_sha != sha:
-        services.blobs.remove_unused([done.replaced_sha], services.store.shas_in_use)
+        services.blobs.remove_unused([done.replaced_sha], services.stores.items.shas_in_use)
     return item_public(done.row, row.name), done.created
 
 
 def get_item(*, services: Services, name: str, item_id: str) -> ItemPublic:
     """One item."""
-    row = services.store.get_collection(name)
-    return item_public(services.store.get_item(collection_id=row.id, external_id=item_id), name)
+    row = services.stores.collections.get(name)
+    return item_public(services.stores.items.get(collection_id=row.id, external_id=item_id), name)
 
 
 def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes, str]:
     """The original bytes of an item and their content type."""
-    row = services.store.get_collection(name)
-    item = services.store.get_item(collection_id=row.id, external_id=item_id)
+    row = services.stores.collections.get(name)
+    item = services.stores.items.get(collection_id=row.id, external_id=item_id)
     try:
         return services.blobs.get(item.sha256), item.content_type
     except FileNotFoundError as exc:
@@ -223,8 +224,8 @@ def patch_item(
     *, services: Services, name: str, item_id: str, metadata: dict[str, Any]
 ) -> ItemPublic:
     """Replace an item's metadata without re-embedding it."""
-    row = services.store.get_collection(name)
-    updated = services.store.set_metadata(
+    row = services.stores.collections.get(name)
+    updated = services.stores.items.set_metadata(
         collection_id=row.id, external_id=item_id, metadata=check_metadata(metadata)
     )
     return item_public(updated, name)
@@ -232,19 +233,19 @@ def patch_item(
 
 def delete_item(*, services: Services, name: str, item_id: str) -> None:
     """Delete an item from SQL and the index, under the collection's writer lock."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     live = services.indexes.get(row)
     with services.indexes.writing(live) as index:
-        deleted: ItemRow = services.store.delete_item(collection_id=row.id, external_id=item_id)
+        deleted: ItemRow = services.stores.items.delete(collection_id=row.id, external_id=item_id)
         index.remove(np.array([deleted.pk], dtype=np.int64))
-    services.blobs.remove_unused([deleted.sha256], services.store.shas_in_use)
+    services.blobs.remove_unused([deleted.sha256], services.stores.items.shas_in_use)
 
 
 def list_items(*, services: Services, name: str, limit: int, cursor: str | None) -> ItemPage:
     """A page of items, oldest first; the cursor is opaque to clients."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     after = decode_cursor(cursor) if cursor else 0
-    rows = services.store.list_items(collection_id=row.id, after_pk=after, limit=limit + 1)
+    rows = services.stores.items.page(collection_id=row.id, after_pk=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].pk) if more and rows else None

@@ -41,12 +41,12 @@ class QueueFull(ApiError):
 def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate) -> JobPublic:
     """Queue a job for an existing collection (404 when there is none, 429 when the queue is
     full)."""
-    row = services.store.get_collection(body.collection)
+    row = services.stores.collections.get(body.collection)
     _require_room(services, row.id, row.name)
     if isinstance(body, ReindexJobCreate) and body.index is not None:
         index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
-    job = services.jobs.create(
+    job = services.stores.jobs.create(
         type=body.type, collection_id=row.id, collection=row.name, params=params
     )
     services.worker_wakeup.set()
@@ -57,7 +57,7 @@ def _require_room(services: Services, collection_id: int, name: str) -> None:
     """Refuse a job while too many wait: each holds its body in SQL and a worker's turn.
     (Two requests at the same moment may both pass: the caps are a bound, not a count.)"""
     settings = services.settings
-    queued = services.jobs.count_queued(collection_id=collection_id)
+    queued = services.stores.jobs.count_queued(collection_id=collection_id)
     if queued >= settings.max_queued_jobs_per_collection:
         raise QueueFull(
             f"{queued} jobs of collection {name!r} are queued already, the most "
@@ -65,7 +65,7 @@ def _require_room(services: Services, collection_id: int, name: str) -> None:
         )
     # No count in this message: a key limited to some collections must not learn how many
     # jobs the others queued (docs/security.md, Tenants).
-    if services.jobs.count_queued() >= settings.max_queued_jobs:
+    if services.stores.jobs.count_queued() >= settings.max_queued_jobs:
         raise QueueFull(
             "the job queue is full (MMR_MAX_QUEUED_JOBS): retry once queued jobs have run"
         )
@@ -73,17 +73,17 @@ def _require_room(services: Services, collection_id: int, name: str) -> None:
 
 def get_job(*, services: Services, job_id: str) -> JobPublic:
     """One job."""
-    return job_public(services.jobs.get(job_id))
+    return job_public(services.stores.jobs.get(job_id))
 
 
 def list_jobs(
     *, services: Services, collection: str | None, status: str | None, limit: int
 ) -> JobList:
     """Jobs, newest first."""
-    rows = services.jobs.list(collection=collection, status=status, limit=limit)
+    rows = services.stores.jobs.list(collection=collection, status=status, limit=limit)
     return JobList(jobs=[job_public(r) for r in rows])
 
 
 def cancel_job(*, services: Services, job_id: str) -> JobPublic:
     """Cancel a queued or running job (409 when it has ended)."""
-    return job_public(services.jobs.cancel(job_id))
+    return job_public(services.stores.jobs.cancel(job_id))

@@ -17,18 +17,20 @@ def create_key(*, services: Services, body: KeyCreate) -> KeyCreated:
             "checked; set MMR_API_KEYS to turn keys on, then make keys with one of those"
         )
     collections = None if body.collections is None else sorted(set(body.collections))
-    row, key = services.keys.create(name=body.name, scope=body.scope, collections=collections)
+    row, key = services.stores.keys.create(
+        name=body.name, scope=body.scope, collections=collections
+    )
     return KeyCreated(**key_public(row).model_dump(), key=key)
 
 
 def list_keys(*, services: Services) -> list[KeyPublic]:
     """Every key made through /v1/keys, oldest first, without secrets."""
-    return [key_public(row) for row in services.keys.list()]
+    return [key_public(row) for row in services.stores.keys.list()]
 
 
 def delete_key(*, services: Services, key_id: str) -> None:
     """Revoke a key: the next request with it, on any process, gets 401."""
-    services.keys.delete(key_id)
+    services.stores.keys.delete(key_id)
 
 
 def key_public(row: KeyRow) -> KeyPublic:

@@ -13,9 +13,11 @@ from app.services.embedding import Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.state import Services
+from index.columns import Scalar
+from index.items import stored_of
 from index.locks import WouldBlock
 from index.manager import current_vectors
-from index.store import ItemSummary, Scalar, stored_of
+from index.summaries import ItemSummary
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner, l2_normalize
 from models.encoders.audio import pooled
@@ -57,7 +59,7 @@ def search(
 ) -> SearchResponse:
     """Top-k items of a collection for a query, best first. Without ``wait``, WouldBlock
     instead of waiting for the index (a write to it, its loading or its swap)."""
-    row = services.store.get_collection(name)
+    row = services.stores.collections.get(name)
     live = services.indexes.get(row) if wait else services.indexes.ready(row)
     if live is None:  # to be loaded or brought to a new version first: no waiting here
         raise WouldBlock
@@ -69,13 +71,13 @@ def search(
     allowed = None
     if constraints.modalities or constraints.filter:
         # Filters narrow the candidates before the cut, so k results come when k items match.
-        allowed = services.store.matching_pks(
+        allowed = services.stores.items.matching_pks(
             collection_id=row.id,
             modalities=constraints.modalities,
             filters=constraints.filter,
         )
     hits = index.search(vector, constraints.k, allowed, wait=wait)
-    items = services.store.items_by_pk(collection_id=row.id, pks=[h.pk for h in hits])
+    items = services.stores.items.summaries(collection_id=row.id, pks=[h.pk for h in hits])
     results = [
         _hit(items[h.pk], row.name, h.score, h.segment)
         for h in hits
@@ -101,7 +103,7 @@ def _query_vector(
     if query.item_id is not None:
         # A stored item is already in the collection's space, whatever model runs now;
         # a recording stands for itself as the mean of its segments.
-        item = services.store.get_item(collection_id=row.id, external_id=query.item_id)
+        item = services.stores.items.get(collection_id=row.id, external_id=query.item_id)
         vectors = current_vectors(stored_of(item), aligner, row.dim)
         return l2_normalize(pooled(vectors).reshape(1, -1))[0], item.modality
     if query.vector is not None:

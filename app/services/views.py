@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from app.schemas import CollectionPublic, IndexInfo, ItemPublic, JobPublic
-from index.store import ItemSummary
+from index.summaries import ItemSummary
 from index.tables import CollectionRow, ItemRow, JobRow
 
 

@@ -20,7 +20,7 @@ from app.main import create_app
 from app.services.aligners import record
 from app.settings import Settings
 from app.state import Services
-from index.store import from_blob
+from index.columns import from_blob
 from models.encoders.aligner import Aligner, AlignerHead
 from models.encoders.clap import build_tiny_clap
 from models.errors import ModelLoadError
@@ -199,9 +199,9 @@ def test_embed_uses_a_collections_heads(client: TestClient) -> None:
 def test_items_and_queries_meet_the_same_head_version(client: TestClient) -> None:
     fill(client)
     services: Services = client.app.state.services  # type: ignore[attr-defined]
-    row = services.store.get_collection(NAME)
+    row = services.stores.collections.get(NAME)
     live = services.indexes.get(row)
-    stored = services.store.get_item(collection_id=row.id, external_id="long")
+    stored = services.stores.items.get(collection_id=row.id, external_id="long")
     assert stored.aligner_version == live.aligner.version == 1
     vectors = from_blob(stored.vector, row.dim)
     np.testing.assert_allclose(
@@ -218,7 +218,7 @@ def test_items_and_queries_meet_the_same_head_version(client: TestClient) -> Non
     assert swapped.json()["active"] == 2
     clip_wave = noise(2.5, seed=42, amplitude=0.2)
     post_file(client, wav(clip_wave), "after")
-    after = services.store.get_item(collection_id=row.id, external_id="after")
+    after = services.stores.items.get(collection_id=row.id, external_id="after")
     assert after.aligner_version == 2
     response = client.post(
         f"/v1/collections/{NAME}/search",

@@ -30,12 +30,12 @@ def test_racing_writes_and_deletes_keep_index_and_sql_equal(
         list(pool.map(worker, range(6)))
 
     services = client.app.state.services  # type: ignore[attr-defined]
-    row = services.store.get_collection(collection)
-    in_sql = {r.pk for r in services.store.list_items(collection_id=row.id, after_pk=0, limit=100)}
+    row = services.stores.collections.get(collection)
+    in_sql = {r.pk for r in services.stores.items.page(collection_id=row.id, after_pk=0, limit=100)}
     in_index = set(services.indexes.get(row).index.ids().tolist())
     assert in_index == in_sql
     # Each item's vector in the index is the one SQL holds (the last writer won in both).
-    for item in services.store.list_items(collection_id=row.id, after_pk=0, limit=100):
+    for item in services.stores.items.page(collection_id=row.id, after_pk=0, limit=100):
         hits = client.post(
             f"/v1/collections/{collection}/search", json={"item_id": item.external_id, "k": 1}
         ).json()["results"]

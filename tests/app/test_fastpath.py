@@ -221,7 +221,7 @@ def test_the_fast_path_sits_outside_fastapis_own_layers(client: TestClient) -> N
 
 def test_ready_names_only_an_index_that_needs_no_work(client: TestClient, collection: str) -> None:
     services = client.app.state.services  # type: ignore[attr-defined]
-    row = services.store.get_collection(collection)
+    row = services.stores.collections.get(collection)
     assert services.indexes.ready(row) is services.indexes.get(row)
 
     def like(**changes: int) -> CollectionRow:
@@ -240,7 +240,7 @@ def test_a_search_that_finds_a_write_in_progress_waits_in_a_thread(
     vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
     handed_off.clear()  # the embedding went through the pool too
     services = client.app.state.services  # type: ignore[attr-defined]
-    index = services.indexes.get(services.store.get_collection(collection)).space.index
+    index = services.indexes.get(services.stores.collections.get(collection)).space.index
     held = threading.Event()
 
     def write_for_a_while() -> None:
@@ -263,7 +263,7 @@ def test_a_search_that_would_wait_for_a_connection_goes_to_the_pool(
     add_texts(client, collection, 5)
     vector = client.post("/v1/embed", json={"texts": ["note 3"]}).json()["embeddings"][0]
     handed_off.clear()  # the embedding went through the pool too
-    engine = client.app.state.services.store.engine  # type: ignore[attr-defined]
+    engine = client.app.state.services.stores.engine  # type: ignore[attr-defined]
     taken = [engine.raw_connection() for _ in range(engine.pool.size())]
     try:
         found = client.post(PATH.format(collection), json={"vector": vector, "k": 1})

@@ -125,7 +125,7 @@ def test_a_full_disk_answers_507_and_recovers(client: TestClient, disk: dict[str
     assert client.get(f"{ITEMS}/b").status_code == 404
     assert found(client, "a")
     # A snapshot that cannot be written leaves the old one (or none) and no temp file.
-    live = services_of(client).indexes.get(services_of(client).store.get_collection(NAME))
+    live = services_of(client).indexes.get(services_of(client).stores.collections.get(NAME))
     with pytest.raises(OSError):
         services_of(client).indexes.snapshot(live)
     assert temp_files(data_dir) == []

@@ -169,10 +169,10 @@ def test_a_request_holding_an_older_row_never_swaps_the_index_back(
     with TestClient(create_app(make_settings(job_poll_s=0.1))) as client:
         fill(client, "c", {"type": "flat"}, count=5)
         services = client.app.state.services  # type: ignore[attr-defined]
-        before = services.store.get_collection("c")  # read, then another request reindexes
+        before = services.stores.collections.get("c")  # read, then another request reindexes
         job = client.post("/v1/jobs", json={"type": "reindex", "collection": "c"})
         assert wait(client, job.json()["id"])["status"] == "succeeded"
-        live = services.indexes.get(services.store.get_collection_by_id(before.id))
+        live = services.indexes.get(services.stores.collections.get_by_id(before.id))
         swapped = live.space
         assert swapped.epoch == 1
         assert services.indexes.get(before).space is swapped  # no rebuild to epoch 0

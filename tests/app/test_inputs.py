@@ -131,7 +131,7 @@ def test_a_request_whose_statement_times_out_is_503_not_500(
             with services.engine.connect() as conn:
                 conn.execute(text(SLOW_SQL[dialect]))
 
-        monkeypatch.setattr(services.store, "matching_pks", slow)
+        monkeypatch.setattr(services.stores.items, "matching_pks", slow)
         r = client.post(f"/v1/collections/{NAME}/search", json={"text": "a", "filter": {"k": 1}})
         assert r.status_code == 503 and error_code(r) == "query_timeout", r.text
         assert "Retry-After" in r.headers and "MMR_SQL_TIMEOUT_S" in r.text
@@ -422,7 +422,7 @@ def test_pairs_are_capped_and_listed_as_a_count(idle: TestClient) -> None:
     assert "pairs" not in listed and listed["pairs_count"] == 500
     assert len(idle.get("/v1/jobs").content) < 2000
     # The worker still has them all; once the job ends, SQL keeps only their count.
-    jobs = services_of(idle).jobs
+    jobs = services_of(idle).stores.jobs
     assert len(jobs.get(r.json()["id"]).params["pairs"]) == 500
     assert idle.post(f"/v1/jobs/{r.json()['id']}/cancel").status_code == 200
     r = idle.post("/v1/jobs", json={"type": "finetune", "collection": NAME, "pairs": pairs})

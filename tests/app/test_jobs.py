@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.state import Services
-from index.store import from_blob
+from index.columns import from_blob
 from models.encoders.aligner import Aligner, l2_normalize
 from tests.conftest import error_code
 from tests.factories import image_bytes
@@ -125,9 +125,11 @@ def test_reindex_rebuilds_from_sql_and_swaps(client: TestClient) -> None:
 def test_jobs_are_listed_read_and_cancelled(client: TestClient) -> None:
     fill(client, groups=2)
     services: Services = client.app.state.services  # type: ignore[attr-defined]
-    row = services.store.get_collection(NAME)
+    row = services.stores.collections.get(NAME)
     # Queued straight into SQL while the worker is busy elsewhere: cancel before it runs.
-    queued = services.jobs.create(type="reindex", collection_id=row.id, collection=NAME, params={})
+    queued = services.stores.jobs.create(
+        type="reindex", collection_id=row.id, collection=NAME, params={}
+    )
     cancelled = client.post(f"/v1/jobs/{queued.id}/cancel")
     if cancelled.status_code == 200:
         assert cancelled.json()["status"] == "cancelled"
@@ -168,15 +170,15 @@ def test_searches_during_activations_never_mix_versions(client: TestClient) -> N
     done = wait(client, start(client, type="finetune", pair_key="group", activate="never")["id"])
     assert done["metrics"]["aligner_version"] == 2
     services: Services = client.app.state.services  # type: ignore[attr-defined]
-    row = services.store.get_collection(NAME)
+    row = services.stores.collections.get(NAME)
     versions = {
-        a.version: Aligner.from_bytes(a.artefact) for a in services.store.list_aligners(row.id)
+        a.version: Aligner.from_bytes(a.artefact) for a in services.stores.aligners.list(row.id)
     }
     query = "caption of picture 7"
     raw_query = services.embedder.encoder.encode_texts([query])
     items = {
         r.external_id: (r.modality, from_blob(r.feature).reshape(1, -1))
-        for r in services.store.list_items(collection_id=row.id, after_pk=0, limit=1000)
+        for r in services.stores.items.page(collection_id=row.id, after_pk=0, limit=1000)
     }
     problems: list[str] = []
     seen: set[int] = set()
@@ -244,8 +246,8 @@ def test_a_cancel_after_training_keeps_the_new_version_out(
 
     def then_cancelled(*args: Any, **kwargs: Any) -> Any:
         result = trained(*args, **kwargs)
-        [running] = services.jobs.list(status="running")
-        services.jobs.cancel(running.id)
+        [running] = services.stores.jobs.list(status="running")
+        services.stores.jobs.cancel(running.id)
         return result
 
     monkeypatch.setattr(handlers, "finetune", then_cancelled)

@@ -185,8 +185,10 @@ def test_a_job_queued_before_an_outage_runs_after_it(
         time.sleep(1.0)
         assert loops_alive() == set(LOOPS)
     until(lambda: answers(client), timeout=10)
-    row = services.store.get_collection(NAME)
-    job = services.jobs.create(type="reindex", collection_id=row.id, collection=NAME, params={})
+    row = services.stores.collections.get(NAME)
+    job = services.stores.jobs.create(
+        type="reindex", collection_id=row.id, collection=NAME, params={}
+    )
     until(lambda: client.get(f"/v1/jobs/{job.id}").json()["status"] == "succeeded")
     assert loops_alive() == set(LOOPS)
 
@@ -197,7 +199,7 @@ def test_snapshots_resume_after_an_outage(
     """Items written just before the outage reach a snapshot once it ends."""
     assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
     services = services_of(client)
-    live = services.indexes.get(services.store.get_collection(NAME))
+    live = services.indexes.get(services.stores.collections.get(NAME))
     with outage(services.engine, database[1]):
         live.dirty += 1  # a change the snapshotter must write, and cannot
         time.sleep(1.0)
@@ -279,8 +281,9 @@ def test_the_heartbeat_outlives_an_outage(monkeypatch: pytest.MonkeyPatch) -> No
     from app.services.jobs import JobContext
 
     jobs = FlakyJobs(failures=3)
+    stores = type("St", (), {"jobs": jobs})()
     services: Any = type(
-        "S", (), {"jobs": jobs, "settings": Settings(job_lease_s=0.15, _env_file=None)}
+        "S", (), {"stores": stores, "settings": Settings(job_lease_s=0.15, _env_file=None)}
     )()  # type: ignore[call-arg]
     worker = Worker(services, name="w")
     ctx = JobContext(job=type("J", (), {"id": "j"})())  # type: ignore[arg-type]

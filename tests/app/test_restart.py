@@ -110,10 +110,10 @@ def test_an_old_snapshot_after_pruning_is_rebuilt(make_settings: Callable[..., S
     assert newer is not None and older is not None and older.seq < newer.seq
 
     with TestClient(create_app(settings)) as c:
-        store = c.app.state.services.store  # type: ignore[attr-defined]
-        row = store.get_collection("c")
+        stores = c.app.state.services.stores  # type: ignore[attr-defined]
+        row = stores.collections.get("c")
         # Every change is covered by a durable snapshot: the log holds nothing older.
-        assert store.changed_since(collection_id=row.id, seq=0) == (set(), 0)
+        assert stores.changes.since(collection_id=row.id, seq=0) == (set(), 0)
         assert sizes(c) == (1, 1)
         assert found(c, "text of second", "second")
 

@@ -10,8 +10,9 @@ from sqlalchemy import Engine, inspect
 from index.db import downgrade, make_engine, make_sessionmaker, migrate
 from index.errors import NotFoundError, OutOfScopeError
 from index.jobs import JobStore
-from index.keys import KeyStore, ScopedJobs, ScopedStore, key_hash
-from index.store import MetadataStore
+from index.keys import KeyStore, ScopedCollections, ScopedJobs, key_hash
+from index.stores import Stores
+from tests.factories import new_collection
 
 
 @pytest.fixture
@@ -44,29 +45,21 @@ def test_two_keys_never_share_a_secret(engine: Engine) -> None:
 
 
 def test_a_scoped_store_hides_other_collections(engine: Engine) -> None:
-    store = MetadataStore(make_sessionmaker(engine))
+    stores = Stores.over(make_sessionmaker(engine))
+    store = stores.collections
     for name in ("a", "b"):
-        store.create_collection(
-            name=name,
-            model="m",
-            audio_model=None,
-            dim=4,
-            index_type="flat",
-            index_params={},
-            aligner=b"",
-            aligner_meta={},
-        )
-    scoped = ScopedStore(store, {"a"})
-    assert [r.name for r in scoped.list_collections()] == ["a"]
-    assert scoped.get_collection("a").name == "a"
+        new_collection(stores, name)
+    scoped = ScopedCollections(store, {"a"})
+    assert [r.name for r in scoped.list()] == ["a"]
+    assert scoped.get("a").name == "a"
     with pytest.raises(NotFoundError) as hidden:
-        scoped.get_collection("b")
+        scoped.get("b")
     with pytest.raises(NotFoundError) as missing:
-        store.get_collection("zz")
+        store.get("zz")
     assert str(hidden.value) == str(missing.value).replace("zz", "b")  # word for word
     with pytest.raises(OutOfScopeError):
-        scoped.create_collection(name="c")
-    assert scoped.count_items(store.get_collection("a").id) == 0  # the rest is the store's
+        scoped.create(name="c")
+    assert scoped.get_by_id(store.get("a").id).name == "a"  # the rest is the store's
 
 
 def test_scoped_jobs_list_newest_first_within_the_limit(engine: Engine) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from index.columns import canonical, tag_pairs
 from index.locks import RWLock, WouldBlock
 from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
-from index.store import canonical, tag_pairs
 from index.vector_index import VectorIndex
 from models.encoders.aligner import l2_normalize
 

@@ -1,0 +1,304 @@
+"""Items in SQL with their tags: every write is one transaction that also appends to the
+change log, which the indexes of every process follow (index/changes.py)."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
+from index.db import engine_of
+from index.errors import NotFoundError
+from index.summaries import ItemSummary, read_summaries
+from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
+
+
+@dataclass
+class ItemDraft:
+    """What an ingest has computed, ready to be written."""
+
+    external_id: str
+    modality: str
+    sha256: str
+    content_type: str
+    size_bytes: int
+    feature: np.ndarray
+    vector: np.ndarray
+    aligner_version: int
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    spans: list[list[float]] | None = None  # per-segment [start, end] seconds of a recording
+
+
+@dataclass(frozen=True)
+class StoredVectors:
+    """What rebuilding an index needs of an item: its raw features and stored vectors."""
+
+    pk: int
+    modality: str
+    aligner_version: int
+    feature: bytes
+    vector: bytes
+
+
+def stored_of(item: ItemRow) -> StoredVectors:
+    """The stored features and vectors of an item row."""
+    return StoredVectors(item.pk, item.modality, item.aligner_version, item.feature, item.vector)
+
+
+@dataclass
+class Upserted:
+    """The outcome of an upsert: the row, whether it is new, the digest it replaced."""
+
+    row: ItemRow
+    created: bool
+    replaced_sha: str | None
+
+
+def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
+    """The item under this id as given or, failing that, in NFC: ids are written in NFC
+    (app/ids.py), so any spelling of one finds it, and an id stored before that rule keeps
+    being found under its own spelling."""
+    row = None
+    for spelling in dict.fromkeys([external_id, unicodedata.normalize("NFC", external_id)]):
+        if row is None and storable(spelling):
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id, ItemRow.external_id == spelling
+                )
+            )
+    if row is None:
+        raise NotFoundError(f"no item {external_id!r} in this collection")
+    return row
+
+
+def _write_tags(session: Session, row: ItemRow) -> None:
+    session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
+    session.add_all(
+        ItemTagRow(item_pk=row.pk, key=k, value=v, collection_id=row.collection_id)
+        for k, v in sorted(tag_pairs(row.meta))
+    )
+
+
+class ItemStore:
+    """Items, their tags and their stored vectors, over any SQLAlchemy engine."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+        self.engine = engine_of(sessions)
+
+    # -- writes ----------------------------------------------------------------------------
+    def upsert(self, *, collection_id: int, draft: ItemDraft) -> Upserted:
+        """Insert or replace (same client id) an item."""
+        try:
+            return self._upsert(collection_id, draft)
+        except IntegrityError:
+            pass
+        # Either two writers raced on a new client id (the loser replaces the winner's row)
+        # or the collection was deleted meanwhile (the foreign key refuses the row).
+        try:
+            return self._upsert(collection_id, draft)
+        except IntegrityError as exc:
+            if not self._collection_exists(collection_id):
+                raise NotFoundError("the collection was deleted during the write") from exc
+            raise
+
+    def _collection_exists(self, collection_id: int) -> bool:
+        with self.sessions() as session:
+            return session.get(CollectionRow, collection_id) is not None
+
+    def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
+        now = utcnow()
+        with self.sessions.begin() as session:
+            row = session.scalar(
+                select(ItemRow).where(
+                    ItemRow.collection_id == collection_id,
+                    ItemRow.external_id == draft.external_id,
+                )
+            )
+            created = row is None
+            replaced_sha = None if row is None else row.sha256
+            if row is None:
+                row = ItemRow(collection_id=collection_id, external_id=draft.external_id)
+                row.created_at = now
+                session.add(row)
+            row.modality = draft.modality
+            row.sha256 = draft.sha256
+            row.content_type = draft.content_type
+            row.size_bytes = draft.size_bytes
+            row.text = draft.text
+            row.meta = draft.metadata
+            row.feature = to_blob(draft.feature)
+            row.vector = to_blob(draft.vector)
+            row.spans = draft.spans
+            row.aligner_version = draft.aligner_version
+            row.updated_at = now
+            session.flush()
+            _write_tags(session, row)
+            session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert"))
+        return Upserted(row, created, replaced_sha)
+
+    def set_metadata(
+        self, *, collection_id: int, external_id: str, metadata: dict[str, Any]
+    ) -> ItemRow:
+        """Replace an item's metadata (and its tags) without touching its vector."""
+        with self.sessions.begin() as session:
+            row = _find_item(session, collection_id, external_id)
+            row.meta = metadata
+            row.updated_at = utcnow()
+            _write_tags(session, row)
+        return row
+
+    def delete(self, *, collection_id: int, external_id: str) -> ItemRow:
+        """Delete an item and log it; NotFoundError when there is none."""
+        with self.sessions.begin() as session:
+            row = _find_item(session, collection_id, external_id)
+            session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
+            session.delete(row)
+            session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="delete"))
+        return row
+
+    # -- reads -----------------------------------------------------------------------------
+    def get(self, *, collection_id: int, external_id: str) -> ItemRow:
+        """The item by client id; NotFoundError when there is none."""
+        with self.sessions() as session:
+            return _find_item(session, collection_id, external_id)
+
+    def page(self, *, collection_id: int, after_pk: int, limit: int) -> list[ItemRow]:
+        """Items after a primary key, oldest first (keyset pagination)."""
+        with self.sessions() as session:
+            stmt = (
+                select(ItemRow)
+                .where(ItemRow.collection_id == collection_id, ItemRow.pk > after_pk)
+                .order_by(ItemRow.pk)
+                .limit(limit)
+            )
+            return list(session.scalars(stmt))
+
+    def count(self, collection_id: int) -> int:
+        """How many items the collection holds."""
+        with self.sessions() as session:
+            stmt = select(func.count()).where(ItemRow.collection_id == collection_id)
+            return int(session.scalar(stmt) or 0)
+
+    def summaries(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemSummary]:
+        """Items by primary key (those still present), without their blobs: what search
+        hydrates its hits with (index/summaries.py says why it skips the ORM)."""
+        return read_summaries(self.engine, collection_id, pks)
+
+    def shas_in_use(self, shas: set[str]) -> set[str]:
+        """Which of these digests some item (of any collection) still points at."""
+        found: set[str] = set()
+        ordered = sorted(shas)
+        with self.sessions() as session:
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                stmt = select(ItemRow.sha256).where(ItemRow.sha256.in_(chunk)).distinct()
+                found.update(session.scalars(stmt))
+        return found
+
+    def collection_shas(self, collection_id: int) -> set[str]:
+        """The digests of a collection's items."""
+        with self.sessions() as session:
+            stmt = select(ItemRow.sha256).where(ItemRow.collection_id == collection_id)
+            return set(session.scalars(stmt.distinct()))
+
+    # -- search and training support -------------------------------------------------------
+    def matching_pks(
+        self,
+        *,
+        collection_id: int,
+        modalities: Sequence[str] | None,
+        filters: dict[str, Scalar | list[Scalar]] | None,
+    ) -> np.ndarray:
+        """Primary keys of the items that pass the modality and metadata filters."""
+        stmt = select(ItemRow.pk).where(ItemRow.collection_id == collection_id)
+        if modalities:
+            stmt = stmt.where(ItemRow.modality.in_(list(modalities)))
+        for key, wanted in (filters or {}).items():
+            if not storable(key):
+                return np.zeros(0, dtype=np.int64)  # no stored key can hold it
+            values = wanted if isinstance(wanted, list) else [wanted]
+            tagged = select(ItemTagRow.item_pk).where(
+                ItemTagRow.collection_id == collection_id,
+                ItemTagRow.key == key,
+                ItemTagRow.value.in_([canonical(v) for v in values]),
+            )
+            stmt = stmt.where(ItemRow.pk.in_(tagged))
+        with self.sessions() as session:
+            return np.fromiter(session.scalars(stmt), dtype=np.int64)
+
+    def tagged(self, *, collection_id: int, key: str) -> list[tuple[int, str]]:
+        """(item key, canonical JSON value) of every item with a scalar under ``key``."""
+        if not storable(key):
+            return []
+        stmt = (
+            select(ItemTagRow.item_pk, ItemTagRow.value)
+            .where(ItemTagRow.collection_id == collection_id, ItemTagRow.key == key)
+            .order_by(ItemTagRow.item_pk)
+        )
+        with self.sessions() as session:
+            return [(int(pk), str(v)) for pk, v in session.execute(stmt)]
+
+    def pks_of(self, *, collection_id: int, external_ids: Sequence[str]) -> dict[str, int]:
+        """Item keys of client ids (those present)."""
+        wanted = sorted({e for e in external_ids if storable(e)})
+        found: dict[str, int] = {}
+        with self.sessions() as session:
+            for start in range(0, len(wanted), 500):
+                stmt = select(ItemRow.external_id, ItemRow.pk).where(
+                    ItemRow.collection_id == collection_id,
+                    ItemRow.external_id.in_(wanted[start : start + 500]),
+                )
+                found.update({e: int(pk) for e, pk in session.execute(stmt)})
+        return found
+
+    # -- index support ---------------------------------------------------------------------
+    def iter_stored(
+        self,
+        *,
+        collection_id: int,
+        pks: Sequence[int] | None = None,
+        modality: str | None = None,
+        chunk: int = 4096,
+    ) -> Iterator[list[StoredVectors]]:
+        """Items' stored features and vectors in chunks: the whole collection, or some keys
+        (sent ``chunk`` at a time: a statement binds at most 32,766 values on SQLite)."""
+        if pks is None:
+            yield from self._iter_stored(collection_id, None, modality, chunk)
+            return
+        keys = sorted(set(pks))
+        for start in range(0, len(keys), chunk):
+            yield from self._iter_stored(
+                collection_id, keys[start : start + chunk], modality, chunk
+            )
+
+    def _iter_stored(
+        self, collection_id: int, pks: list[int] | None, modality: str | None, chunk: int
+    ) -> Iterator[list[StoredVectors]]:
+        last = 0
+        with self.sessions() as session:
+            while True:
+                stmt = select(
+                    ItemRow.pk,
+                    ItemRow.modality,
+                    ItemRow.aligner_version,
+                    ItemRow.feature,
+                    ItemRow.vector,
+                ).where(ItemRow.collection_id == collection_id, ItemRow.pk > last)
+                if pks is not None:
+                    stmt = stmt.where(ItemRow.pk.in_(pks))
+                if modality is not None:
+                    stmt = stmt.where(ItemRow.modality == modality)
+                rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()
+                if not rows:
+                    return
+                yield [StoredVectors(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in rows]
+                last = int(rows[-1][0])

@@ -1,0 +1,19 @@
+"""The stores of index/ over a fresh database: SQLite, then Postgres (tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from index.db import make_engine, make_sessionmaker, migrate
+from index.stores import Stores
+
+
+@pytest.fixture
+def stores(database_url: str) -> Iterator[Stores]:
+    engine = make_engine(database_url)
+    migrate(engine)
+    migrate(engine)  # idempotent: a second start finds the schema current
+    yield Stores.over(make_sessionmaker(engine))
+    engine.dispose()
