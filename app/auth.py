@@ -24,8 +24,8 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.errors import Forbidden, NotReady, Unauthorized, describe_error, error_body
-from index.keys import KeyStore, missing_collection
-from index.store import MetadataStore
+from index.keys import missing_collection
+from index.stores import Stores
 
 READ, WRITE, ADMIN = "read", "write", "admin"
 SCOPES = (READ, WRITE, ADMIN)  # each may do what the ones before it may
@@ -72,11 +72,10 @@ SECURITY_SCHEMES: dict[str, Any] = {
 
 class KeyServices(Protocol):
     """What authentication needs of the running services (``app.state.Services``, which
-    imports this module to scope itself by the principal): the store, to know whether it
-    reads without a round trip, and the keys kept in SQL."""
+    imports this module to scope itself by the principal): the stores, to know whether
+    they read without a round trip, and the keys kept in SQL."""
 
-    store: MetadataStore
-    keys: KeyStore
+    stores: Stores
 
 
 @dataclass(frozen=True)
