@@ -52,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-clap", help="write a tiny random CLAP (offline plumbing, demos)")
     tiny.add_argument("--out", type=Path, default=Path("data/tiny-clap"))
     tiny.add_argument("--seed", type=int, default=0)
-    back = sub.add_parser("backup", help="copy rows, originals and aligner artefacts (online)")
+    back = sub.add_parser(
+        "backup", help="copy rows, originals, aligner artefacts and index snapshots (online)"
+    )
     back.add_argument("--out", type=Path, required=True, help="a new or empty folder")
     rest = sub.add_parser("restore", help="fill an empty database and data dir from a backup")
     rest.add_argument("--from", dest="source", type=Path, required=True, help="a backup folder")
@@ -257,7 +259,12 @@ def _backup_or_restore(args: argparse.Namespace) -> int:
 
 def _summary(manifest: dict[str, Any]) -> str:
     rows = sum(t["rows"] for t in manifest["tables"].values())
-    return f"{rows} rows, {manifest['blobs']} originals, schema {manifest['schema_revision']}"
+    # (a backup of format 1 holds no index snapshots)
+    snapshots = sum("file" in e for e in manifest.get("indexes", {}).values())
+    return (
+        f"{rows} rows, {manifest['blobs']} originals, {snapshots} index snapshots, "
+        f"schema {manifest['schema_revision']}"
+    )
 
 
 def _say(line: str) -> None:

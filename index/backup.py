@@ -1,9 +1,12 @@
-"""Backups: the SQL rows of one point in time, the originals they refer to and the cached
-audio heads, with a manifest of checksums (``index.restore`` reads them back).
+"""Backups: the SQL rows of one point in time, the originals they refer to, the cached
+audio heads and each collection's index snapshot, with a manifest of checksums
+(``index.restore`` reads them back).
 
 Rows are dumped portably (gzipped JSON lines, one file per table), not as a database file,
-so a SQLite backup restores into Postgres and back. FAISS indexes are derived state and are
-not copied: a restored server rebuilds them from SQL at start (invariant 1). docs/backup.md
+so a SQLite backup restores into Postgres and back. An index could be rebuilt from the rows
+(invariant 1), but a trained IVF rebuilt so trains other lists and answers otherwise in its
+last ranks; a snapshot copied *before* the rows are read, replayed with the changes the rows
+log after it, gives the original's lists back (see :func:`_point_in_time`). docs/backup.md
 says what is in a backup and why.
 """
 
@@ -19,16 +22,19 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 from sqlalchemy import JSON, Connection, DateTime, Engine, LargeBinary, inspect, text
 from sqlalchemy.sql import column, select, table
 from sqlalchemy.sql.expression import TableClause
 
-from index.snapshots import fsync_dir
+from index.snapshots import SnapshotHeader, collection_of, fsync_dir, read_header, snapshot_file
 from index.tables import Base
 
-FORMAT = "mmr-backup 1"
+# Format 2 added index snapshots; a format-1 backup restores with every index rebuilt.
+FORMAT = "mmr-backup 2"
+READABLE = ("mmr-backup 1", FORMAT)
+INDEXES = "indexes"  # the data dir's folder of index snapshots (index.manager)
 MANIFEST = "manifest.json"
 BLOB_LIST = "blobs.jsonl"
 CHUNK = 500  # rows per fetch and per insert: a table is never held whole in memory
@@ -133,6 +139,46 @@ def _tables(conn: Connection) -> list[tuple[str, list[list[str]], list[str]]]:
     return found
 
 
+class IndexPoint(NamedTuple):
+    """A collection's index as the rows of one point in time describe it."""
+
+    name: str
+    index_type: str
+    aligner_version: int
+    epoch: int
+    pruned_seq: int  # the change log holds every change after this one
+    last_seq: int  # the newest change the rows hold
+
+    def unusable(self, header: SnapshotHeader | None) -> str | None:
+        """Why a snapshot (None: unreadable) cannot serve these rows; None when it can."""
+        if header is None:
+            return "its snapshot is unreadable (damaged, or written by an older release)"
+        return header.unusable(
+            pruned_seq=self.pruned_seq,
+            aligner_version=self.aligner_version,
+            epoch=self.epoch,
+            last_seq=self.last_seq,
+        )
+
+
+def index_points(conn: Connection) -> dict[int, IndexPoint]:
+    """Every collection's :class:`IndexPoint` as this transaction sees the rows (columns an
+    older schema lacks read as their defaults)."""
+    present = {c["name"] for c in inspect(conn).get_columns("collections")}
+    defaults = {"index_type": "'flat'", "aligner_version": "0", "index_epoch": "0"}
+    defaults["changes_pruned_seq"] = "0"
+    picked = ", ".join(name if name in present else value for name, value in defaults.items())
+    last = "SELECT MAX(seq) FROM changes WHERE changes.collection_id = collections.id"
+    rows = conn.execute(text(f"SELECT id, name, {picked}, ({last}) FROM collections"))
+    points = {}
+    for cid, name, kind, version, epoch, pruned, newest in rows:
+        pruned = int(pruned or 0)
+        points[int(cid)] = IndexPoint(
+            name, kind, int(version), int(epoch), pruned, max(pruned, int(newest or 0))
+        )
+    return points
+
+
 def _revision(conn: Connection) -> str:
     if "alembic_version" not in inspect(conn).get_table_names():
         raise BackupError(
@@ -198,6 +244,11 @@ class _Files:
     def copy(self, source: Path, rel: str) -> None:
         size, sha = copy_file(source, self.target(rel))
         self.entries[rel] = {"size": size, "sha256": sha}
+
+    def discard(self, rel: str) -> None:
+        """Take a file back out of the backup."""
+        (self.root / rel).unlink(missing_ok=True)
+        self.entries.pop(rel, None)
 
 
 def copy_file(source: Path, target: Path) -> tuple[int, str]:
@@ -268,8 +319,11 @@ def read_manifest(source: Path) -> dict[str, Any]:
         raise BackupError(f"{path} is damaged (not a sealed manifest: {exc})") from exc
     if not ok:
         raise BackupError(f"{path} is damaged: its content does not match its checksum")
-    if body.get("format") != FORMAT:
-        raise BackupError(f"{path} is of format {body.get('format')!r}; this mmr reads {FORMAT}")
+    if body.get("format") not in READABLE:
+        raise BackupError(
+            f"{path} is of format {body.get('format')!r}; this mmr reads {', '.join(READABLE)}: "
+            "restore it with the release that made it"
+        )
     return dict(body)
 
 
@@ -329,8 +383,7 @@ def backup(*, engine: Engine, data_dir: Path, out: Path, say: Say = print) -> di
 def _backup_once(engine: Engine, data_dir: Path, out: Path, say: Say) -> dict[str, Any]:
     files = _Files(out)
     tables: dict[str, Any] = {}
-    with _snapshot(engine) as conn:
-        revision = _revision(conn)
+    with _point_in_time(engine, data_dir / INDEXES, files, say) as (conn, revision, indexes):
         created_at = datetime.now(UTC).isoformat()
         dumped = _tables(conn)
         sequences = _sequences(conn, {name for name, _, _ in dumped})
@@ -352,10 +405,91 @@ def _backup_once(engine: Engine, data_dir: Path, out: Path, say: Say) -> dict[st
         "schema_revision": revision,
         "tables": tables,
         "blobs": blobs,
+        "indexes": indexes,
         "files": files.entries,
     }
     _write_manifest(out, body)
     return body
+
+
+@contextmanager
+def _point_in_time(
+    engine: Engine, root: Path, files: _Files, say: Say
+) -> Iterator[tuple[Connection, str, dict[str, Any]]]:
+    """The backup's read transaction, its schema revision and the index snapshots that go
+    with its rows (the manifest's ``indexes``, by collection id).
+
+    Each snapshot is copied *before* the transaction's first read: it then reflects changes
+    up to its seq, all of them in the rows, and the rows log every change after it (the log
+    is pruned only up to a written snapshot), so a restore that loads it and replays the
+    log after it holds exactly the rows' items, in the original's trained lists. A snapshot
+    read after the rows could hold changes they lack. The copy reads one open file whole,
+    so a snapshot renamed over it meanwhile (index.snapshots.write_atomically) leaves the
+    copy consistent; its own checksum is checked on the copy. If the server snapshotted
+    and pruned between copy and transaction, the copy predates the log: copy again.
+    """
+    for attempt in range(1, RETRIES + 1):
+        copied = _copy_snapshots(root, files)
+        with _snapshot(engine) as conn:
+            revision = _revision(conn)
+            points = index_points(conn)
+            if attempt < RETRIES and any(
+                h is not None and c in points and h.seq < points[c].pruned_seq
+                for c, h in copied.items()
+            ):
+                say("an index snapshot was replaced during the backup; copying them again")
+                continue
+            yield conn, revision, _index_entries(points, copied, files, say)
+            return
+
+
+def _copy_snapshots(root: Path, files: _Files) -> dict[int, SnapshotHeader | None]:
+    """Copy every collection's snapshot into the backup; their headers (None: unreadable)."""
+    for rel in [r for r in files.entries if r.startswith(f"{INDEXES}/")]:
+        files.discard(rel)  # an earlier attempt's copy
+    copied: dict[int, SnapshotHeader | None] = {}
+    for path in sorted(root.glob("*.faiss")) if root.is_dir() else []:
+        cid = collection_of(path.name)
+        if cid is None:
+            continue
+        rel = f"{INDEXES}/{path.name}"
+        try:
+            files.copy(path, rel)
+        except FileNotFoundError:
+            continue  # dropped with its collection since the listing
+        copied[cid] = read_header(files.root / rel)
+    return copied
+
+
+def _index_entries(
+    points: dict[int, IndexPoint],
+    copied: dict[int, SnapshotHeader | None],
+    files: _Files,
+    say: Say,
+) -> dict[str, Any]:
+    """The manifest's word on each collection's index: the snapshot a restore loads, or
+    why there is none (the restore then rebuilds it from the rows)."""
+    for cid in copied.keys() - points.keys():  # a collection dropped before the rows
+        files.discard(f"{INDEXES}/{snapshot_file(cid)}")
+    entries: dict[str, Any] = {}
+    for cid, point in points.items():
+        rel = f"{INDEXES}/{snapshot_file(cid)}"
+        header = copied.get(cid)
+        why = point.unusable(header) if cid in copied else "no snapshot written yet"
+        if why or header is None:
+            files.discard(rel)
+            entries[str(cid)] = {"collection": point.name, "rebuild": why}
+            say(f"index of {point.name}: not copied ({why}); a restore rebuilds it from SQL")
+            continue
+        entries[str(cid)] = {
+            "collection": point.name,
+            "file": rel,
+            "seq": header.seq,
+            "aligner_version": header.aligner_version,
+            "epoch": header.epoch,
+        }
+        say(f"index of {point.name}: snapshot at change {header.seq}")
+    return entries
 
 
 def _empty(folder: Path) -> None:

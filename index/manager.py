@@ -33,6 +33,7 @@ from index.snapshots import (
     read_snapshot,
     remove_snapshot,
     remove_stale_temp,
+    snapshot_file,
     write_snapshot,
 )
 from index.spec import IndexSpec
@@ -91,6 +92,10 @@ class LiveIndex(Generic[P]):
     # A write failed between its SQL commit and its index update: the index may lack a
     # committed change until a replay of the change log repairs it (no snapshot before).
     stale: bool = False
+    # Whether the newest snapshot holds the IVF lists the index trained. One that trained
+    # since is snapshotted at the next check, not after ``every`` changes: a restart, and a
+    # restore of a backup (which copies snapshots), would otherwise train other lists.
+    lists_on_disk: bool = False
 
     @property
     def aligner(self) -> P:
@@ -148,7 +153,7 @@ class IndexManager(Generic[P]):
 
     def snapshot_path(self, collection_id: int) -> Path:
         """Where a collection's snapshot lives."""
-        return self.root / f"collection-{collection_id}.faiss"
+        return self.root / snapshot_file(collection_id)
 
     # -- start-up --------------------------------------------------------------------------
     def load_all(self) -> None:
@@ -163,27 +168,25 @@ class IndexManager(Generic[P]):
         aligner = self.aligner_of(row)
         snap = read_snapshot(self.snapshot_path(row.id))
         index: VectorIndex | None = None
-        if snap is not None and snap.seq < row.changes_pruned_seq:
-            # A restored old file: the changes since it are gone from the log.
-            log.warning("snapshot of %s predates the change log: rebuilding", row.name)
-            snap = None
-        if snap is not None and (snap.aligner_version, snap.epoch) != (
-            row.aligner_version,
-            row.index_epoch,
-        ):
-            log.info("snapshot of %s is of another aligner version or epoch: rebuilding", row.name)
-            snap = None
-        if snap is not None:
+        lists = False
+        space = {"aligner_version": row.aligner_version, "epoch": row.index_epoch}
+        why = snap and snap.header.unusable(pruned_seq=row.changes_pruned_seq, **space)
+        if why:
+            # An old file (copied back by hand), or one a reindex has since replaced.
+            log.warning("snapshot of %s unusable (%s): rebuilding", row.name, why)
+        elif snap is not None:
             try:
                 index = VectorIndex.from_bytes(row.dim, snap.payload, spec_of(row))
+                on_disk = bool(index.lists)  # the replay may train an IVF: not on disk
                 self._replay(row, index, snap.seq, aligner)
+                lists = on_disk
             except ValueError as exc:
                 log.warning("snapshot of %s unusable (%s): rebuilding", row.name, exc)
                 index = None
         built = index is None
         if index is None:
             index = self._build(row, aligner)
-        live = LiveIndex(row.id, Space(aligner, index, row.index_epoch))
+        live = LiveIndex(row.id, Space(aligner, index, row.index_epoch), lists_on_disk=lists)
         # A rebuilt index is snapshotted soon (snapshot_due), so the next start loads it.
         live.dirty = int(built)
         with self._guard:
@@ -339,6 +342,7 @@ class IndexManager(Generic[P]):
                 seq = self.changes.last_seq(live.collection_id)
                 space = live.space
                 payload = space.index.to_bytes()
+                lists = bool(space.index.lists)
                 live.dirty = 0
                 live.last_snapshot = time.monotonic()
             write_snapshot(
@@ -351,6 +355,7 @@ class IndexManager(Generic[P]):
                     epoch=space.epoch,
                 ),
             )
+            live.lists_on_disk = lists
             # Only once the snapshot is durable may the changes it covers be forgotten.
             self.changes.prune(collection_id=live.collection_id, upto_seq=seq)
 
@@ -361,7 +366,8 @@ class IndexManager(Generic[P]):
         now = time.monotonic()
         for live in lives:
             old = live.dirty and now - live.last_snapshot >= max_age_s
-            if live.stale or live.dirty >= every or old:
+            trained = live.index.lists and not live.lists_on_disk
+            if live.stale or live.dirty >= every or old or trained:
                 self.snapshot(live)
 
     def snapshot_all(self) -> None:

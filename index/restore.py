@@ -2,7 +2,8 @@
 
 Every file is checked against the manifest before anything is written; the database is
 brought to the backup's schema revision, rows go in parents first in one transaction, ids
-continue where the original's did, and the schema is then brought to this release's head.
+continue where the original's did, each usable index snapshot goes where start-up loads it,
+and the schema is then brought to this release's head.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from sqlalchemy import Connection, Engine, inspect, text
 from index.backup import (
     CACHES,
     CHUNK,
+    INDEXES,
     BackupError,
+    IndexPoint,
     Say,
     blob_list,
     blob_path,
     clause,
     copy_file,
     decode,
+    index_points,
     is_kept,
     pg_sequence,
     read_manifest,
@@ -33,6 +37,7 @@ from index.backup import (
     verify,
 )
 from index.db import MIGRATIONS_DIR, downgrade, migrate
+from index.snapshots import read_header, snapshot_file
 from index.tables import Base
 
 
@@ -54,6 +59,7 @@ def restore(*, engine: Engine, data_dir: Path, source: Path, say: Say = print) -
                 _load_table(conn, source, name, entry)
                 say(f"{name}: {entry['rows']} rows")
             _set_sequences(conn, manifest["tables"])
+            _place_snapshots(conn, source, data_dir, manifest, written, say)
     except BaseException:
         _remove(data_dir, written)
         raise
@@ -90,7 +96,7 @@ def _require_empty(engine: Engine, data_dir: Path) -> None:
                     f"the database already holds rows (table {name}): restore fills an empty "
                     "deployment only; point MMR_DATABASE_URL at a new, empty database"
                 )
-    for folder in ("blobs", "indexes"):
+    for folder in ("blobs", INDEXES):
         if any(is_kept(p) for p in (data_dir / folder).rglob("*")):
             raise BackupError(
                 f"{data_dir / folder} is not empty: restore fills an empty data dir only; "
@@ -148,6 +154,51 @@ def _remove(data_dir: Path, written: list[Path]) -> None:
     shutil.rmtree(data_dir / "blobs", ignore_errors=True)
     for path in written:
         path.unlink(missing_ok=True)
+
+
+def _place_snapshots(
+    conn: Connection,
+    source: Path,
+    data_dir: Path,
+    manifest: dict[str, Any],
+    written: list[Path],
+    say: Say,
+) -> None:
+    """Put each collection's snapshot where start-up loads it, when it can serve the rows
+    restored (checked again here, by the rule start-up applies); say for every collection
+    whether start-up replays the log after its snapshot or rebuilds it from the rows."""
+    entries = manifest.get("indexes")
+    for cid, point in index_points(conn).items():
+        rel = f"{INDEXES}/{snapshot_file(cid)}"  # where index.backup put it, and start-up reads
+        entry = (entries or {}).get(str(cid), {})
+        header = None
+        why: str | None
+        if entries is None:
+            why = f"a backup of format {manifest['format']!r} holds no index snapshots"
+        elif entry.get("file") != rel or rel not in manifest["files"]:
+            why = entry.get("rebuild", "the backup holds no snapshot of it")
+        else:
+            header = read_header(source / rel)
+            why = point.unusable(header)
+        if why or header is None:
+            say(f"index of {point.name}: rebuilt from SQL at start-up ({why}){_caveat(point)}")
+            continue
+        written.append(data_dir / rel)
+        _restore_file(source / rel, data_dir / rel, manifest["files"][rel]["sha256"])
+        say(
+            f"index of {point.name}: from its snapshot at change {header.seq}; start-up "
+            "replays the changes logged after it"
+        )
+    sync_all()
+
+
+def _caveat(point: IndexPoint) -> str:
+    if point.index_type == "flat":
+        return ""  # exact search: the same answers however the index is built
+    return (
+        f"; a rebuilt {point.index_type} index may answer the last ranks of some searches "
+        "otherwise than the original"
+    )
 
 
 def _load_table(conn: Connection, source: Path, name: str, entry: dict[str, Any]) -> None:

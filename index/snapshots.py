@@ -1,6 +1,9 @@
 """Index snapshots (invariant 3): temp file, fsync, rename, fsync the directory.
 
 File layout: a magic line, a JSON header line (seq, dim, count, sha256 of the payload), payload.
+A snapshot serves a collection only while SQL still names its aligner version and index
+epoch and the change log still holds every change after its seq (:meth:`SnapshotHeader.unusable`);
+start-up (index.manager) and backups (index.backup) decide by the same rule.
 """
 
 from __future__ import annotations
@@ -15,6 +18,40 @@ from pathlib import Path
 
 # Version 2: ids pack (item, segment); a version-1 file is ignored and the index rebuilt.
 MAGIC = b"MMR-INDEX-SNAPSHOT 2\n"
+HEADER_MAX = 4096  # bytes of the JSON header line, at most
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    """What a snapshot says it is: the change-log sequence it reflects, and its space."""
+
+    seq: int
+    dim: int
+    aligner_version: int = 0  # the heads that made the vectors
+    epoch: int = 0  # the collection's index epoch it was built for
+
+    def unusable(
+        self, *, pruned_seq: int, aligner_version: int, epoch: int, last_seq: int | None = None
+    ) -> str | None:
+        """Why this snapshot cannot serve a collection that SQL describes so (None: it can).
+
+        ``last_seq``, when given, is the newest change SQL holds: a snapshot past it holds
+        changes the rows do not (a database restored beside a newer data dir).
+        """
+        if self.seq < pruned_seq:
+            return (
+                f"its change {self.seq} predates the change log, pruned up to {pruned_seq}: "
+                "the changes since it are gone"
+            )
+        if (self.aligner_version, self.epoch) != (aligner_version, epoch):
+            return (
+                f"it was built for aligner v{self.aligner_version}, index epoch {self.epoch}; "
+                f"the collection serves v{aligner_version}, epoch {epoch}"
+            )
+        if last_seq is not None and self.seq > last_seq:
+            return f"its change {self.seq} is newer than the rows, whose last is {last_seq}"
+        return None
 
 
 @dataclass(frozen=True)
@@ -26,6 +63,11 @@ class IndexSnapshot:
     payload: bytes
     aligner_version: int = 0  # the heads that made the vectors
     epoch: int = 0  # the collection's index epoch it was built for
+
+    @property
+    def header(self) -> SnapshotHeader:
+        """The snapshot less its payload."""
+        return SnapshotHeader(self.seq, self.dim, self.aligner_version, self.epoch)
 
 
 def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
@@ -70,26 +112,50 @@ def read_snapshot(path: Path) -> IndexSnapshot | None:
         data = path.read_bytes()
     except OSError:
         return None
-    if not data.startswith(MAGIC):
+    end = data.find(b"\n", len(MAGIC))
+    header = _header(data[: end + 1]) if end >= 0 else None
+    if header is None:
         return None
-    header_end = data.find(b"\n", len(MAGIC))
-    if header_end < 0:
-        return None
-    try:
-        header = json.loads(data[len(MAGIC) : header_end])
-        seq, dim, size, digest = header["seq"], header["dim"], header["size"], header["sha256"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    payload = data[header_end + 1 :]
+    found, size, digest = header
+    payload = data[end + 1 :]
     if len(payload) != size or hashlib.sha256(payload).hexdigest() != digest:
         return None
-    return IndexSnapshot(
-        seq=int(seq),
-        dim=int(dim),
-        payload=payload,
-        aligner_version=int(header.get("aligner_version", 0)),
-        epoch=int(header.get("epoch", 0)),
-    )
+    return IndexSnapshot(found.seq, found.dim, payload, found.aligner_version, found.epoch)
+
+
+def read_header(path: Path) -> SnapshotHeader | None:
+    """The header of the snapshot at path, its payload checked against it in chunks (a
+    snapshot is never held whole); None when it is missing, truncated or corrupt."""
+    try:
+        with open(path, "rb") as f:
+            header = _header(f.readline(len(MAGIC)) + f.readline(HEADER_MAX))
+            if header is None:
+                return None
+            found, size, digest = header
+            sha = hashlib.sha256()
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+                size -= len(chunk)
+    except OSError:
+        return None
+    return found if size == 0 and sha.hexdigest() == digest else None
+
+
+def _header(head: bytes) -> tuple[SnapshotHeader, int, str] | None:
+    """The header, payload size and payload sha256 of a snapshot's first two lines."""
+    if not head.startswith(MAGIC) or not head.endswith(b"\n"):
+        return None
+    try:
+        fields = json.loads(head[len(MAGIC) :])
+        found = SnapshotHeader(
+            seq=int(fields["seq"]),
+            dim=int(fields["dim"]),
+            aligner_version=int(fields.get("aligner_version", 0)),
+            epoch=int(fields.get("epoch", 0)),
+        )
+        return found, int(fields["size"]), str(fields["sha256"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def fsync_dir(directory: Path) -> None:
@@ -122,6 +188,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's process
     return True
+
+
+def snapshot_file(collection_id: int) -> str:
+    """The name of a collection's snapshot file in the indexes folder."""
+    return f"collection-{collection_id}.faiss"
+
+
+def collection_of(name: str) -> int | None:
+    """The collection whose snapshot file this is (None: another file)."""
+    stem = name.removeprefix("collection-").removesuffix(".faiss")
+    return int(stem) if stem.isdigit() and name == snapshot_file(int(stem)) else None
 
 
 def remove_snapshot(path: Path) -> None:

@@ -151,6 +151,11 @@ class VectorIndex:
         return self._dead
 
     @property
+    def lists(self) -> int:
+        """Inverted lists of a trained IVF; 0 for any other index."""
+        return self._lists
+
+    @property
     def trained(self) -> bool:
         """False for an IVF still searching exactly (too few vectors to train on so far)."""
         return self.spec.type != "ivf" or self._lists > 0

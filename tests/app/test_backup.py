@@ -33,21 +33,6 @@ from tests.factories import image_bytes
 NAME = "things"
 
 
-@pytest.fixture
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Iterator[str]:
-    """A second empty database of the same kind as ``database_url``."""
-    if database_url.startswith("sqlite"):
-        yield f"sqlite:///{tmp_path / 'restored.sqlite3'}"
-        return
-    yield from postgres_schema_url()
-
-
-@pytest.fixture
-def target(make_settings: Callable[..., Settings], tmp_path: Path, empty_url: str) -> Settings:
-    """Settings of an empty deployment to restore into."""
-    return make_settings(data_dir=tmp_path / "restored", database_url=empty_url)
-
-
 def populate(client: TestClient) -> None:
     """Texts with metadata, images, deleted items (keys not to reuse) and a patched item."""
     assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
@@ -256,12 +241,13 @@ def a_blob(source: Path) -> Path:
     return next(p for p in sorted((source / "blobs").rglob("*")) if p.is_file())
 
 
-@pytest.mark.parametrize("part", ["blob", "table", "aligner"])
+@pytest.mark.parametrize("part", ["blob", "table", "aligner", "index"])
 def test_a_damaged_file_is_refused_by_name(made: Path, target: Settings, part: str) -> None:
     path = {
         "blob": lambda: a_blob(made),
         "table": lambda: made / "tables" / "items.jsonl.gz",
         "aligner": lambda: made / "aligners" / "bridge.npz",
+        "index": lambda: made / "indexes" / "collection-1.faiss",  # the stop's snapshot
     }[part]()
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -436,16 +422,16 @@ def test_a_manifest_naming_a_file_outside_the_backup_is_refused(
     # would write the file outside the data dir.
     outside = made.parent / "outside.txt"
     outside.write_bytes(b"planted")
-    path = made / "manifest.json"
-    sealed = json.loads(path.read_text())
+    body = json.loads((made / "manifest.json").read_text())["manifest"]
     rel = "aligners/../../outside.txt"
-    sealed["manifest"]["files"][rel] = {
-        "size": 7,
-        "sha256": hashlib.sha256(b"planted").hexdigest(),
-    }
-    body = json.dumps(sealed["manifest"], sort_keys=True).encode()
-    sealed["sha256"] = hashlib.sha256(body).hexdigest()
-    path.write_text(json.dumps(sealed))
+    body["files"][rel] = {"size": 7, "sha256": hashlib.sha256(b"planted").hexdigest()}
+    reseal(made, body)
     escaped = target.data_dir / rel
     assert rel in refused(target, made)
     assert not escaped.exists()
+
+
+def reseal(backup: Path, body: dict[str, Any]) -> None:
+    """Write a backup's manifest with this body, sealed as mmr seals one."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    (backup / "manifest.json").write_text(json.dumps({"manifest": body, "sha256": digest}))

@@ -38,11 +38,15 @@ def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
 def fill(client: TestClient, name: str, index: dict[str, Any], count: int = ITEMS) -> None:
     created = client.post("/v1/collections", json={"name": name, "index": index})
     assert created.status_code == 201, created.text
+    add_notes(client, name, range(count))
+
+
+def add_notes(client: TestClient, name: str, numbers: range) -> None:
     items = [
         {"text": f"note number {i} about {i % 7} things", "id": f"n{i}", "metadata": {"g": i % 3}}
-        for i in range(count)
+        for i in numbers
     ]
-    for start in range(0, count, 100):
+    for start in range(0, len(items), 100):
         batch = {"items": items[start : start + 100]}
         reply = client.post(f"/v1/collections/{name}/items/batch", json=batch)
         assert reply.status_code == 200 and all(r["status"] == 201 for r in reply.json()["results"])
@@ -161,6 +165,29 @@ def test_a_reindexed_index_is_snapshotted_when_it_is_swapped_in(
         assert snap is not None and snap.epoch == 1
         restored = VectorIndex.from_bytes(snap.dim, snap.payload)
         assert restored.spec.type == "hnsw" and restored.size == 20
+
+
+def test_an_ivf_that_trained_is_snapshotted_at_the_next_check(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Not after ``snapshot_every`` changes: a restart or a restore (backups copy snapshots)
+    from the untrained snapshot would train other lists, and answer otherwise."""
+    settings = make_settings(snapshot_every=1_000_000)
+    with TestClient(create_app(settings)) as client:
+        fill(client, "c", SETTINGS["ivf"], count=100)  # 4 lists train at 156 vectors
+        services = client.app.state.services  # type: ignore[attr-defined]
+        services.indexes.snapshot_all()
+        path = services.indexes.snapshot_path(services.store.get_collection("c").id)
+        untrained = path.read_bytes()
+        add_notes(client, "c", range(100, 120))
+        services.indexes.snapshot_due(every=1_000_000, max_age_s=1e9)
+        assert path.read_bytes() == untrained  # 20 changes, none due
+        add_notes(client, "c", range(120, 200))
+        assert info(client, "c")["trained"]
+        services.indexes.snapshot_due(every=1_000_000, max_age_s=1e9)
+        snap = read_snapshot(path)
+        assert snap is not None
+        assert VectorIndex.from_bytes(snap.dim, snap.payload).lists == 4
 
 
 def test_a_request_holding_an_older_row_never_swaps_the_index_back(

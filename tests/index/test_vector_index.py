@@ -11,7 +11,15 @@ import pytest
 
 from index.columns import canonical, tag_pairs
 from index.locks import RWLock, WouldBlock
-from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
+from index.snapshots import (
+    IndexSnapshot,
+    SnapshotHeader,
+    collection_of,
+    read_header,
+    read_snapshot,
+    snapshot_file,
+    write_snapshot,
+)
 from index.vector_index import VectorIndex
 from models.encoders.aligner import l2_normalize
 
@@ -153,3 +161,36 @@ def test_a_reader_that_will_not_wait_hears_the_lock_is_busy() -> None:
     reading.__exit__(None, None, None)
     writer.join(5)
     assert not writer.is_alive()
+
+
+def test_a_header_is_read_with_its_payload_checked(tmp_path: Path) -> None:
+    path = tmp_path / "c.faiss"
+    payload = bytes(range(256)) * 9000  # over two read chunks
+    write_snapshot(path, IndexSnapshot(seq=7, dim=8, payload=payload, aligner_version=2, epoch=1))
+    assert read_header(path) == SnapshotHeader(seq=7, dim=8, aligner_version=2, epoch=1)
+    snap = read_snapshot(path)
+    assert snap is not None and snap.header == read_header(path)
+    data = path.read_bytes()
+    flipped = data[:-1] + bytes([data[-1] ^ 0xFF])
+    for broken in (data[:-1], data + b"x", flipped, data[:30], b"garbage\n" + data):
+        path.write_bytes(broken)
+        assert read_header(path) is None
+    assert read_header(tmp_path / "absent.faiss") is None
+
+
+def test_a_snapshot_serves_only_the_rows_it_reflects() -> None:
+    header = SnapshotHeader(seq=10, dim=8, aligner_version=2, epoch=1)
+    same = {"aligner_version": 2, "epoch": 1}
+    assert header.unusable(pruned_seq=10, last_seq=10, **same) is None
+    assert header.unusable(pruned_seq=3, last_seq=90, **same) is None
+    assert "predates the change log" in str(header.unusable(pruned_seq=11, **same))
+    assert "aligner v2, index epoch 1" in str(
+        header.unusable(pruned_seq=0, aligner_version=2, epoch=2)
+    )
+    assert "newer than the rows" in str(header.unusable(pruned_seq=0, last_seq=9, **same))
+
+
+def test_snapshot_file_names() -> None:
+    assert collection_of(snapshot_file(42)) == 42
+    for other in ("collection-x.faiss", "collection-4.faiss.tmp", ".collection-4.faiss.1.tmp"):
+        assert collection_of(other) is None
