@@ -31,6 +31,7 @@ log = logging.getLogger("mmr")
 
 SNAPSHOT_CHECK_S = 5.0
 SNAPSHOT_MAX_AGE_S = 60.0
+TRASH_SWEEP_S = 60.0  # how often deleted originals past their grace period are removed
 
 
 def build_services(settings: Settings, *, holds_indexes: bool = True) -> Services:
@@ -118,6 +119,16 @@ def _snapshot_loop(services: Services, stop: threading.Event) -> None:
     )
 
 
+def _sweep_loop(services: Services, stop: threading.Event) -> None:
+    # Deleted originals wait in the blob store's trash for running backups (index.blobs);
+    # swept here, off the request path, so a delete costs one rename.
+    def sweep() -> None:
+        if removed := services.blobs.sweep():
+            log.info("removed %d deleted originals past their grace period", removed)
+
+    run_resilient("trash sweep", sweep, stop, every=lambda: TRASH_SWEEP_S)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Build services off the event loop; on shutdown stop the snapshotter and snapshot."""
@@ -129,6 +140,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=_snapshot_loop, args=(services, stop), name="mmr-snapshots", daemon=True
     )
     snapshotter.start()
+    sweeper = threading.Thread(
+        target=_sweep_loop, args=(services, stop), name="mmr-trash", daemon=True
+    )
+    sweeper.start()
     worker = None
     if settings.worker == "on":
         worker, worker_thread = start_in_process(services)
@@ -137,6 +152,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         stop.set()
         snapshotter.join()
+        sweeper.join()
         if worker is not None:
             worker.stop()
             worker_thread.join()

@@ -28,6 +28,7 @@ from sqlalchemy import JSON, Connection, DateTime, Engine, LargeBinary, inspect,
 from sqlalchemy.sql import column, select, table
 from sqlalchemy.sql.expression import TableClause
 
+from index.blobs import blob_path, find, holding_trash
 from index.snapshots import SnapshotHeader, collection_of, fsync_dir, read_header, snapshot_file
 from index.tables import Base
 
@@ -50,7 +51,7 @@ class BackupError(Exception):
 
 
 class _BlobGone(Exception):
-    """An original deleted (with its item) after the snapshot, before it was copied."""
+    """An original deleted (with its item) after the snapshot and gone from the trash too."""
 
 
 # -- the snapshot's tables -----------------------------------------------------------------
@@ -267,11 +268,6 @@ def copy_file(source: Path, target: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def blob_path(root: Path, sha: str) -> Path:
-    """Where an original lives under ``root`` (the data dir's layout, index.blobs)."""
-    return root / sha[:2] / sha[2:4] / sha
-
-
 def blob_list(source: Path) -> Iterator[tuple[str, int]]:
     """(sha256, size) of every original in a backup, from its checksummed list."""
     with open(source / BLOB_LIST, encoding="utf-8") as f:
@@ -358,22 +354,26 @@ def _check(path: Path, size: int, sha: str, whose: str) -> None:
 def backup(*, engine: Engine, data_dir: Path, out: Path, say: Say = print) -> dict[str, Any]:
     """Write a backup of the deployment into ``out`` (new or empty); return its manifest.
 
-    A delete racing the copy of its original makes the copy retry with a new snapshot.
+    The backup holds the blob store's trash (index.blobs) from before its read transaction
+    to its end: an original deleted after the snapshot is copied from the trash. A copy
+    that finds it gone anyway (its hold went stale while the process was suspended, or a
+    server of an older release unlinked it) retries with a new snapshot.
     """
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise BackupError(
             f"{out} is not empty: back up into a new folder (one left by an interrupted "
             f"backup has no {MANIFEST} and can be deleted)"
         )
-    for _attempt in range(RETRIES):
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            return _backup_once(engine, data_dir, out, say)
-        except _BlobGone as exc:
-            say(f"{exc}; starting again from a new snapshot")
-        finally:
-            if not (out / MANIFEST).exists():  # nothing half-written is left behind
-                _empty(out)
+    with holding_trash(data_dir / "blobs"):
+        for _attempt in range(RETRIES):
+            out.mkdir(parents=True, exist_ok=True)
+            try:
+                return _backup_once(engine, data_dir, out, say)
+            except _BlobGone as exc:
+                say(f"{exc}; starting again from a new snapshot")
+            finally:
+                if not (out / MANIFEST).exists():  # nothing half-written is left behind
+                    _empty(out)
     raise BackupError(
         f"originals were deleted faster than they could be copied ({RETRIES} tries): "
         "back up at a quieter moment"
@@ -540,13 +540,17 @@ def _copy_blobs(conn: Connection, engine: Engine, root: Path, files: _Files) -> 
 
 
 def _copy_blob(engine: Engine, root: Path, sha: str, out: Path) -> int:
-    source = blob_path(root, sha)
+    """Copy one original, from its place or else from the trash (deleted since the snapshot)."""
     target = blob_path(out / "blobs", sha)
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        size, digest = copy_file(source, target)
-    except FileNotFoundError:
-        _missing_blob(engine, sha, source)
+    for source in find(root, sha):
+        try:
+            size, digest = copy_file(source, target)
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        _missing_blob(engine, sha, blob_path(root, sha))
     if digest != sha:
         raise BackupError(
             f"original {source} is damaged: its sha256 is {digest}, its name says otherwise; "

@@ -1,29 +1,79 @@
-"""Original bytes, content-addressed by sha256 under the data dir."""
+"""Original bytes, content-addressed by sha256 under the data dir.
+
+An original no item refers to any more is not unlinked: it is *trashed* (renamed into
+``.trash`` under the blob root, the folder fsynced) and a sweep removes it later. That grace
+period is what lets ``mmr backup`` copy a live deployment at one point in time while items
+keep being deleted and replaced: the backup reads SQL in one read transaction, then copies
+the originals those rows name, and an original deleted after the transaction began is found
+in the trash (``find``) instead of being gone. Without it a backup had to start over from a
+new snapshot whenever a delete beat its copy, and under steady deletes it never finished.
+
+Why a trash with holds rather than the alternatives:
+
+- *Reference counts or a delete log in SQL*: every delete would write more rows, and the
+  original would still have to outlive the backup's snapshot somewhere on disk.
+- *Blocking deletes during a backup*: a backup of a large deployment takes minutes; the
+  API must keep acknowledging writes (docs/backup.md, "What it costs the running server").
+- *Hard links into the backup*: only on the same filesystem, and a backup is usually on
+  another disk.
+
+The sweep (``BlobStore.sweep``, run by the API process's background thread, never on a
+request) removes trash older than ``grace_s`` unless a backup is running: a backup takes a
+*hold* (``holding_trash``), a small file under ``.holds`` that names its host and pid and
+whose mtime a heartbeat thread renews. Files, not SQL rows: every process and host that
+serves the deployment shares the data dir (the blob store itself lives there), and a hold
+must exist before the backup's read transaction begins. A hold is stale, and removed by the
+next sweep, once its heartbeat is older than ``LEASE_S`` or, on the sweeping host, once its
+process is gone: a crashed (``kill -9``) backup blocks sweeping for at most ``LEASE_S``.
+Hosts sharing the data dir must agree on the time within ``LEASE_S`` (a heartbeat is an
+mtime). The grace period on top of the holds is a margin, not the mechanism: for a hold not
+yet visible to another host (a network filesystem's attribute cache), for clocks, and for a
+backup made by an older release, which takes no hold (it retries instead).
+
+Crash safety: a delete commits in SQL first and trashes after, so a ``kill -9`` in between
+leaves an unreferenced original in place (as a crash between a blob write and its commit
+does), never a referenced one in the trash. The rename is atomic; whatever reached the
+trash is swept by the next sweep of any process after the grace period.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from index.snapshots import write_atomically
+from index.snapshots import fsync_dir, write_atomically
+
+TRASH = ".trash"  # trashed originals: <sha256>.<time trashed, ns since the epoch>
+HOLDS = ".holds"  # one file per running backup: no trash is swept while one is live
+TRASH_GRACE_S = 600.0  # trash younger than this is kept even when no backup runs
+LEASE_S = 120.0  # a hold whose heartbeat is older than this is stale (its backup died)
+
+
+def _host() -> str:
+    return socket.gethostname()
 
 
 class BlobStore:
     """Write-once files named by their sha256: ``blobs/ab/cd/abcd...``.
 
-    Files no item refers to are removed. A file is *pinned* from the moment an ingest
-    writes it until its SQL row is committed, so that removal never races an ingest of
-    the same bytes (which would leave a committed row pointing at nothing).
+    Files no item refers to are trashed, then swept (see the module docstring). A file is
+    *pinned* from the moment an ingest writes it until its SQL row is committed, so that
+    removal never races an ingest of the same bytes (which would leave a committed row
+    pointing at nothing).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, grace_s: float | None = None) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.grace_s = TRASH_GRACE_S if grace_s is None else grace_s
         self._lock = threading.Lock()
         self._pins: Counter[str] = Counter()
 
@@ -43,20 +93,46 @@ class BlobStore:
                     del self._pins[digest]
 
     def remove_unused(self, digests: Iterable[str], in_use: Callable[[set[str]], set[str]]) -> int:
-        """Delete the files of these digests that are neither pinned nor referenced in SQL."""
+        """Trash the files of these digests that are neither pinned nor referenced in SQL."""
         candidates = set(digests)
         removed = 0
         with self._lock:
             candidates -= set(self._pins)
             for digest in candidates - in_use(candidates) if candidates else ():
-                with contextlib.suppress(FileNotFoundError):
-                    self.path(digest).unlink()
-                    removed += 1
+                removed += self._trash(digest)
+        return removed
+
+    def _trash(self, digest: str) -> int:
+        trash = self.root / TRASH
+        trash.mkdir(exist_ok=True)
+        try:
+            os.rename(self.path(digest), trash / f"{digest}.{time.time_ns()}")
+        except FileNotFoundError:
+            return 0
+        # One fsync makes the rename durable (both folders are in the same journal entry).
+        fsync_dir(trash)
+        return 1
+
+    def sweep(self, *, now: float | None = None) -> int:
+        """Delete trash older than the grace period unless a backup is running; how many.
+
+        The trash is listed *before* the holds are read: a backup that takes its hold after
+        that reads SQL after these deletes committed, so it cannot need what is removed.
+        """
+        now = time.time() if now is None else now
+        due = [path for path, at in trashed(self.root) if now - at >= self.grace_s]
+        if not due or backups_running(self.root, now=now):
+            return 0
+        removed = 0
+        for path in due:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
         return removed
 
     def path(self, sha256: str) -> Path:
         """Where the bytes with this digest live."""
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+        return blob_path(self.root, sha256)
 
     def put(self, data: bytes) -> str:
         """Store bytes durably (before the SQL commit that refers to them); return the digest."""
@@ -72,3 +148,104 @@ class BlobStore:
     def get(self, sha256: str) -> bytes:
         """The stored bytes; FileNotFoundError when absent."""
         return self.path(sha256).read_bytes()
+
+
+def blob_path(root: Path, sha256: str) -> Path:
+    """Where an original lives under a blob root (a backup's ``blobs/`` has the same layout)."""
+    return root / sha256[:2] / sha256[2:4] / sha256
+
+
+def trashed(root: Path) -> Iterator[tuple[Path, float]]:
+    """Every trashed original under the blob root, with when it was trashed (epoch s)."""
+    trash = root / TRASH
+    if not trash.is_dir():
+        return
+    for path in trash.iterdir():
+        _, _, stamp = path.name.partition(".")
+        if stamp.isdigit():
+            yield path, int(stamp) / 1e9
+
+
+def find(root: Path, sha256: str) -> list[Path]:
+    """Where an original may be: its place in the store, then its trashed copies (a delete
+    committed after a backup's snapshot moved it there)."""
+    live = blob_path(root, sha256)
+    trash = root / TRASH
+    return [live, *sorted(trash.glob(f"{sha256}.*"))] if trash.is_dir() else [live]
+
+
+# -- holds: running backups ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def holding_trash(root: Path, *, lease_s: float = LEASE_S) -> Iterator[Path]:
+    """Keep every sweep (of any process sharing the data dir) from removing trash while the
+    block runs; take it before the backup's read transaction begins."""
+    holds = root / HOLDS
+    holds.mkdir(parents=True, exist_ok=True)
+    path = holds / f"{_host()}.{os.getpid()}.{os.urandom(4).hex()}"
+    body = json.dumps({"host": _host(), "pid": os.getpid(), "started": time.time()})
+
+    def write() -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        write_atomically(path, tmp, (body.encode(),))
+
+    write()
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lease_s / 4):
+            try:
+                os.utime(path)
+            except FileNotFoundError:  # swept as stale (the process was suspended): again
+                write()
+
+    heartbeat = threading.Thread(target=renew, name="mmr-backup-hold", daemon=True)
+    heartbeat.start()
+    try:
+        yield path
+    finally:
+        stop.set()
+        heartbeat.join()
+        path.unlink(missing_ok=True)
+
+
+def backups_running(root: Path, *, now: float | None = None, lease_s: float = LEASE_S) -> bool:
+    """Whether a live hold exists; stale ones (heartbeat past the lease, or a process of
+    this host that is gone) are removed on the way."""
+    holds = root / HOLDS
+    if not holds.is_dir():
+        return False
+    now = time.time() if now is None else now
+    live = False
+    for path in holds.iterdir():
+        if path.name.startswith("."):
+            continue  # a hold being written
+        try:
+            renewed = path.stat().st_mtime
+            owner = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            owner = {}
+        if now - renewed > lease_s or _dead(owner):
+            path.unlink(missing_ok=True)
+        else:
+            live = True
+    return live
+
+
+def _dead(owner: object) -> bool:
+    """Whether a hold's process is known gone: only a process of this host can be checked."""
+    if not isinstance(owner, dict) or owner.get("host") != _host():
+        return False
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

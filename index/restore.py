@@ -25,7 +25,6 @@ from index.backup import (
     IndexPoint,
     Say,
     blob_list,
-    blob_path,
     clause,
     copy_file,
     decode,
@@ -36,6 +35,7 @@ from index.backup import (
     sync_all,
     verify,
 )
+from index.blobs import blob_path
 from index.db import MIGRATIONS_DIR, downgrade, migrate
 from index.snapshots import read_header, snapshot_file
 from index.tables import Base

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, text
 
+import app.lifespan as lifespan
 import index.backup as backup_module
+import index.blobs as blobs
 from app.cli import main
 from app.main import create_app
 from app.settings import Settings, get_settings
@@ -302,7 +305,8 @@ def test_backup_refuses_a_folder_in_use_and_names_a_lost_original(
     (tmp_path / "used" / "x").write_text("x")
     with pytest.raises(BackupError, match="not empty"):
         back_up(settings, tmp_path / "used")
-    damaged, lost = sorted(p for p in (settings.data_dir / "blobs").rglob("*") if p.is_file())[:2]
+    live = (p for p in (settings.data_dir / "blobs").rglob("*") if blobs.TRASH not in p.parts)
+    damaged, lost = sorted(p for p in live if p.is_file())[:2]
     good = damaged.read_bytes()
     damaged.write_bytes(good[:-1])
     with pytest.raises(BackupError, match=f"original {damaged} is damaged"):
@@ -315,9 +319,13 @@ def test_backup_refuses_a_folder_in_use_and_names_a_lost_original(
     assert "older backup" in str(caught.value)
 
 
-def test_an_item_deleted_during_the_copy_starts_a_new_snapshot(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("gone", [False, True])
+def test_an_item_deleted_during_the_copy_is_copied_from_the_trash(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, gone: bool
 ) -> None:
+    """The snapshot's i0 is deleted before its original is copied: the copy takes it from
+    the trash. Gone from the trash too (a server of an older release unlinks originals),
+    the backup starts again from a new snapshot, which no longer has i0."""
     with TestClient(create_app(settings)) as client:
         populate(client)
         copy = backup_module._copy_blobs
@@ -327,11 +335,119 @@ def test_an_item_deleted_during_the_copy_starts_a_new_snapshot(
             if not deleted:  # the snapshot still has i0; its original goes now
                 assert client.delete(f"/v1/collections/{NAME}/items/i0").status_code == 204
                 deleted.append("i0")
+                for trashed, _ in blobs.trashed(settings.data_dir / "blobs"):
+                    if gone:
+                        trashed.unlink()
             return copy(*args)
 
         monkeypatch.setattr(backup_module, "_copy_blobs", delete_then_copy)
         manifest = back_up(settings, tmp_path / "backup")
-    assert manifest["tables"]["items"]["rows"] == 13
+    assert manifest["tables"]["items"]["rows"] == (13 if gone else 14)
+
+
+class Churn:
+    """Replaces, deletes and re-adds items with new content until stopped, and logs each
+    acknowledged write in order: the state after any prefix of the log is known."""
+
+    POOL = 24
+
+    def __init__(self, client: TestClient) -> None:
+        self.client = client
+        self.log: list[tuple[str, str | None]] = []  # (id, its text now; None: deleted)
+        self.stop = threading.Event()
+        self.failed: BaseException | None = None
+        self.thread = threading.Thread(target=self.run)
+
+    def fill(self) -> dict[str, str]:
+        assert self.client.post("/v1/collections", json={"name": NAME}).status_code == 201
+        start = {f"p{i}": f"first text of p{i}" for i in range(self.POOL)}
+        for item, body in start.items():
+            self.put(item, body, 201)
+        return start
+
+    def put(self, item: str, body: str, status: int) -> None:
+        added = self.client.post(f"/v1/collections/{NAME}/items", json={"id": item, "text": body})
+        assert added.status_code == status, added.text
+
+    def run(self) -> None:
+        n = 0
+        try:
+            while not self.stop.is_set():
+                item = f"p{n % self.POOL}"
+                if (n // self.POOL) % 2:  # every other round: deleted, then added again
+                    assert self.client.delete(f"/v1/collections/{NAME}/items/{item}").is_success
+                    self.log.append((item, None))
+                    self.put(item, f"back {n}", 201)
+                    self.log.append((item, f"back {n}"))
+                else:  # the item stays, its content changes: the old original goes
+                    self.put(item, f"replaced {n}", 200)
+                    self.log.append((item, f"replaced {n}"))
+                n += 1
+        except BaseException as exc:
+            self.failed = exc
+            raise
+
+    def states(self, start: dict[str, str]) -> list[dict[str, str]]:
+        """The collection after each prefix of the log."""
+        state, found = dict(start), [dict(start)]
+        for item, body in self.log:
+            if body is None:
+                state.pop(item)
+            else:
+                state[item] = body
+            found.append(dict(state))
+        return found
+
+    def wait_for_more(self) -> None:
+        seen = len(self.log)
+        while len(self.log) == seen:
+            assert self.thread.is_alive(), f"the writer stopped: {self.failed!r}"
+            self.stop.wait(0.002)
+
+
+def test_a_backup_under_steady_deletes_and_replacements_is_one_point_in_time(
+    settings: Settings, target: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every original is copied after at least one more write: most of the snapshot's are
+    replaced or deleted by then. The backup succeeds on its first try, and restores to the
+    state after some prefix of the acknowledged writes, each original matching its sha256."""
+    said: list[str] = []
+    with TestClient(create_app(settings)) as client:
+        churn = Churn(client)
+        start = churn.fill()
+        copy = backup_module._copy_blob
+
+        def copy_after_a_write(*args: Any) -> int:
+            churn.wait_for_more()
+            return copy(*args)
+
+        monkeypatch.setattr(backup_module, "_copy_blob", copy_after_a_write)
+        churn.thread.start()
+        try:
+            for _ in range(3):  # acknowledged before the backup began: in its snapshot
+                churn.wait_for_more()
+            engine = make_engine(settings.database_url)
+            try:
+                backup(
+                    engine=engine, data_dir=settings.data_dir, out=tmp_path / "b", say=said.append
+                )
+            finally:
+                engine.dispose()
+        finally:
+            churn.stop.set()
+            churn.thread.join()
+        assert churn.failed is None, f"the writer failed: {churn.failed!r}"
+        assert len(churn.log) > Churn.POOL, "the writer must have replaced the snapshot's items"
+    assert not [line for line in said if "starting again" in line], said
+    restore_into(target, tmp_path / "b")
+    with TestClient(create_app(target)) as client:
+        restored = {}
+        for item, sha in sql(target, "SELECT external_id, sha256 FROM items"):
+            content = client.get(f"/v1/collections/{NAME}/items/{item}/content")
+            assert content.status_code == 200, content.text
+            assert hashlib.sha256(content.content).hexdigest() == sha
+            restored[item] = content.content.decode()
+    assert restored in churn.states(start)[3:]
 
 
 def test_backup_of_a_database_that_is_not_mmr_says_so(tmp_path: Path) -> None:
@@ -435,3 +551,26 @@ def reseal(backup: Path, body: dict[str, Any]) -> None:
     """Write a backup's manifest with this body, sealed as mmr seals one."""
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     (backup / "manifest.json").write_text(json.dumps({"manifest": body, "sha256": digest}))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_server_sweeps_deleted_originals_off_the_request_path(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delete or a replacement trashes the old original; the server's sweeper removes it
+    once its grace period is over: the disk space comes back."""
+    monkeypatch.setattr(lifespan, "TRASH_SWEEP_S", 0.05)
+    monkeypatch.setattr(blobs, "TRASH_GRACE_S", 0.2)
+    root = settings.data_dir / "blobs"
+    with TestClient(create_app(settings)) as client:
+        populate(client)  # deletes two items
+        [(old,)] = sql(settings, "SELECT sha256 FROM items WHERE external_id = 't0'")
+        replaced = client.post(f"/v1/collections/{NAME}/items", json={"id": "t0", "text": "new"})
+        assert replaced.status_code == 200, replaced.text
+        assert not blobs.blob_path(root, old).exists()
+        deadline = time.monotonic() + 10
+        while list(blobs.trashed(root)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(blobs.trashed(root)) == []
+        kept = {p.name for p in root.rglob("*") if p.is_file()}
+        assert kept == {sha for (sha,) in sql(settings, "SELECT sha256 FROM items")}

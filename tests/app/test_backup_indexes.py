@@ -70,9 +70,8 @@ def same_answers(got: list[list[tuple[str, float]]], want: list[list[tuple[str, 
 
 
 class Writer:
-    """Writes to the collection until stopped: new items, deletes and changed texts, or
-    only new items once ``adding`` (a backup retries when an original it is about to copy
-    is deleted: index.backup).
+    """Writes to the collection until stopped: new items, deletes and changed texts (the
+    backup copies the originals deleted since its snapshot from the trash: index.blobs).
 
     ``pause`` held by someone else stops it between two writes (each write is then
     committed and in the index).
@@ -83,7 +82,6 @@ class Writer:
         self.pause = threading.Lock()
         self.stop = threading.Event()
         self.count = 0
-        self.adding = False
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self.run)
 
@@ -99,9 +97,9 @@ class Writer:
 
     def write(self, n: int) -> None:
         items = f"/v1/collections/{NAME}/items"
-        if n % 4 == 1 and not self.adding:
+        if n % 4 == 1:
             assert self.client.delete(f"{items}/n{n}").status_code == 204
-        elif n % 4 == 3 and not self.adding:  # an item the snapshot holds gets a new vector
+        elif n % 4 == 3:  # an item the snapshot holds gets a new vector
             body = {"id": f"n{n + 1}", "text": f"changed {n}", "metadata": {"g": 1}}
             assert self.client.post(items, json=body).status_code == 200
         else:
@@ -150,7 +148,6 @@ def test_a_restored_ivf_answers_as_the_original_at_the_backup_point(
                     before[:] = searches(client)
                     with real(engine) as conn:
                         conn.execute(text("SELECT COUNT(*) FROM changes"))  # the view starts
-                        writer.adding = True
                         writer.pause.release()
                         paused = False
                         writer.wait_for(5)  # writes go on while the backup reads

@@ -1,11 +1,17 @@
-"""Content-addressed blobs: durable writes, removal only when unused and unpinned."""
+"""Content-addressed blobs: durable writes, removal only when unused and unpinned, into a
+trash swept after a grace period unless a backup (alive) holds it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from index.blobs import BlobStore
+from index.blobs import HOLDS, LEASE_S, BlobStore, backups_running, find, holding_trash, trashed
 
 
 def test_put_is_content_addressed(tmp_path: Path) -> None:
@@ -33,3 +39,68 @@ def test_a_pinned_blob_survives_removal(tmp_path: Path) -> None:
         assert blobs.remove_unused([digest], lambda shas: set()) == 0
         assert blobs.path(digest).exists()
     assert blobs.remove_unused([digest], lambda shas: set()) == 1
+
+
+def only_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_removal_trashes_and_the_sweep_frees_the_space_after_the_grace_period(
+    tmp_path: Path,
+) -> None:
+    blobs = BlobStore(tmp_path, grace_s=60)
+    digest = blobs.put(b"deleted")
+    assert blobs.remove_unused([digest], lambda shas: set()) == 1
+    [(path, at)] = trashed(tmp_path)
+    assert not blobs.path(digest).exists() and path.read_bytes() == b"deleted"
+    assert find(tmp_path, digest)[1:] == [path]  # where a backup still finds it
+    assert blobs.sweep(now=at + 59) == 0 and path.exists()
+    assert blobs.sweep(now=at + 61) == 1
+    assert only_files(tmp_path) == []
+
+
+def test_no_sweep_while_a_backup_that_started_earlier_runs(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path, grace_s=0)
+    blobs.remove_unused([blobs.put(b"a")], lambda shas: set())
+    with holding_trash(tmp_path):
+        assert backups_running(tmp_path)
+        assert blobs.sweep() == 0
+        assert len(list(trashed(tmp_path))) == 1
+    assert not backups_running(tmp_path)
+    assert blobs.sweep() == 1
+    assert only_files(tmp_path) == []  # the hold is gone with its backup
+
+
+def test_a_hold_is_renewed_while_its_backup_runs(tmp_path: Path) -> None:
+    with holding_trash(tmp_path, lease_s=0.2) as hold:
+        time.sleep(0.6)  # three leases: alive only if renewed
+        assert backups_running(tmp_path, lease_s=0.2)
+        assert time.time() - hold.stat().st_mtime < 0.2
+
+
+def test_a_backup_killed_mid_hold_blocks_sweeping_no_longer(tmp_path: Path) -> None:
+    """kill -9 of a backup leaves its hold behind: a dead process of this host is seen at
+    once; the hold of a process elsewhere, by its heartbeat stopping for a lease."""
+    blobs = BlobStore(tmp_path, grace_s=0)
+    blobs.remove_unused([blobs.put(b"a"), blobs.put(b"b")], lambda shas: set())
+    code = (
+        "import sys, time; from pathlib import Path; from index.blobs import holding_trash\n"
+        "with holding_trash(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)"
+    )
+    root = Path(__file__).parents[2]
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=root, stdout=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None and child.stdout.readline() == b"held\n"
+        assert blobs.sweep() == 0  # alive: it holds
+        child.kill()
+    assert blobs.sweep() == 2
+    assert not any((tmp_path / HOLDS).iterdir())  # the stale hold went too
+
+    elsewhere = tmp_path / HOLDS / "otherhost.1.x"
+    elsewhere.write_text(json.dumps({"host": "otherhost", "pid": 1, "started": time.time()}))
+    blobs.remove_unused([blobs.put(b"c")], lambda shas: set())
+    assert blobs.sweep() == 0  # its pid cannot be checked from here: alive until it expires
+    os.utime(elsewhere, (time.time() - LEASE_S - 1,) * 2)
+    assert blobs.sweep() == 1
+    assert not elsewhere.exists()
