@@ -177,7 +177,7 @@ def test_an_ivf_that_trained_is_snapshotted_at_the_next_check(
         fill(client, "c", SETTINGS["ivf"], count=100)  # 4 lists train at 156 vectors
         services = client.app.state.services  # type: ignore[attr-defined]
         services.indexes.snapshot_all()
-        path = services.indexes.snapshot_path(services.store.get_collection("c").id)
+        path = services.indexes.snapshot_path(services.stores.collections.get("c").id)
         untrained = path.read_bytes()
         add_notes(client, "c", range(100, 120))
         services.indexes.snapshot_due(every=1_000_000, max_age_s=1e9)
