@@ -36,7 +36,7 @@ from models.encoders.mini.model import CARD_FILE, SHIPPED_DIR, load_mini
 from models.encoders.openclip import Encoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
 from models.runtime.batcher import BatchConfig
-from models.runtime.precision import FP32, PrecisionChoice, choose_precision
+from models.runtime.precision import FP32, PrecisionChoice, Probe, choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +178,19 @@ def load_model(
     cache_dir: Path | None = None,
     precision: str = "fp32",
     batching: BatchConfig | None = None,
+    probe: Probe | None = None,
 ) -> LoadedModel:
     """Load a model (and its audio tower) by id; explicit ids are strict, ``auto`` falls
     back loudly.
 
     ``precision`` applies to the image/text model (and mmr-mini's own audio tower); a CLAP
     tower stays fp32. Its default here is fp32, so that evaluations and training scripts give
-    the same numbers everywhere; the server passes MMR_PRECISION (default auto).
+    the same numbers everywhere; the server passes MMR_PRECISION (default auto). ``probe``
+    measures ``auto`` (default: this process's, :data:`models.runtime.precision.PROCESS_PROBE`).
     """
     parse_audio_id(audio_model)  # a typo fails before minutes of weight loading
     loaded = _load_main(model_id, device=device, cache_dir=cache_dir, batching=batching)
-    loaded.precision = choose_precision(loaded.encoder, precision, cache_dir=cache_dir)
+    loaded.precision = choose_precision(loaded.encoder, precision, cache_dir=cache_dir, probe=probe)
     loaded.audio = load_audio_model(
         audio_model, encoder=loaded.encoder, device=device, cache_dir=cache_dir, batching=batching
     )

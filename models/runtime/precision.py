@@ -4,23 +4,25 @@
 text towers in ONNX Runtime (:mod:`models.runtime.onnx`: quantised weights, or fp32 without
 torch's Python between ops) and leave audio towers in torch.
 
-``auto`` (the server's default; this is the one place the rule is written):
+``auto`` (the server's default; this is the one place in the code the rule is written, the
+manual's is docs/models.md#precision):
 
 - on CUDA: fp16, if the probe below keeps its cosine, else fp32;
 - on a CPU: the candidates it can run (bf16 where the CPU does bf16 natively, AVX512-BF16 or
   AMX as oneDNN reports it; int8 and fp32-onnx where ONNX Runtime is installed) each run the
   probe: fixed inputs (8 seeded synthetic images, 8 captions, audio windows when the model has
   an audio tower) on which every row of every tower must keep a cosine of at least
-  ``PROBE_MIN_COSINE`` to fp32. Of those that do, the fastest on the probe (each tower timed on
-  its own, :func:`timed_towers`) wins if it beats fp32 by more than ``PROBE_MIN_SPEEDUP``;
-  otherwise fp32. The log says which won and why.
+  :attr:`Probe.min_cosine` to fp32. Of those that do, the fastest on the probe (each tower
+  timed on its own, :func:`timed_towers`) wins if it beats fp32 by more than
+  :attr:`Probe.min_speedup`; otherwise fp32. The log says which won and why.
 
 Measured, not assumed, because the winner depends on the CPU (int8 with VNNI but no AMX, bf16
 with AMX, fp32-onnx for a model as small as mmr-mini). The first start's verdict is kept beside
 the model cache, per weights, thread count, candidates and library versions, so that a restart
 never moves a collection's embeddings to another format. The fp32 weights are kept only while
 the probe runs (bf16 back to fp32 is lossy); the ONNX Runtime formats keep them for the audio
-tower and the image size.
+tower and the image size. The thresholds, the timer and the verdicts of this process are a
+:class:`Probe`, passed in (tests pass their own).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -147,10 +149,10 @@ def to_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def choose_precision(
-    encoder: Any, requested: str, *, cache_dir: Path | None = None
+    encoder: Any, requested: str, *, cache_dir: Path | None = None, probe: Probe | None = None
 ) -> PrecisionChoice:
-    """Put the encoder in the requested precision (``auto``: probe first). int8 exports and
-    ``auto``'s verdicts are kept under ``cache_dir``."""
+    """Put the encoder in the requested precision (``auto``: ``probe`` first, by default this
+    process's). int8 exports and ``auto``'s verdicts are kept under ``cache_dir``."""
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}: use {', '.join(PRECISIONS)}")
     if requested in RUNTIME_PRECISIONS:
@@ -161,14 +163,14 @@ def choose_precision(
         if requested != "fp32":
             encoder.replace_model(to_dtype(encoder.model, DTYPES[requested]))
         return _chosen(encoder, PrecisionChoice(requested, requested, reason="as configured"))
+    probe = PROCESS_PROBE if probe is None else probe
     if str(encoder.device).startswith("cuda"):
-        return _chosen(encoder, _probe(encoder, "fp16"))
-    return _chosen(encoder, _fastest_on_cpu(encoder, cache_dir))
+        return _chosen(encoder, _probe(encoder, "fp16", probe))
+    return _chosen(encoder, _fastest_on_cpu(encoder, cache_dir, probe))
 
 
 def cpu_candidates() -> tuple[str, ...]:
-    """The faster formats this CPU can run: bf16 where it is native, int8 and fp32 in ONNX
-    Runtime where that is installed."""
+    """The candidates of ``auto``'s rule (the module docstring) that this machine can run."""
     has_onnx = onnx.available()
     return tuple(
         name
@@ -227,8 +229,13 @@ def timed(run: Callable[[], object], repeats: int = 2) -> float:
     return best
 
 
-def timed_towers(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
-    """The probe's time: every tower's best ``timed`` forward on its probe inputs
+def timed_towers(
+    encoder: Any,
+    inputs: dict[str, torch.Tensor],
+    *,
+    best_of: Callable[[Callable[[], object]], float] = timed,
+) -> float:
+    """The probe's time: every tower's ``best_of`` forwards on its probe inputs
     (:func:`probe_inputs`), summed.
 
     Each tower is timed on its own, as a server runs it (batches of one tower back to back):
@@ -236,22 +243,34 @@ def timed_towers(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
     next tower's forward, and fp32-onnx looked slower than fp32 for a model that it serves
     faster."""
     return sum(
-        timed(functools.partial(encoder.forward, kind, batch)) for kind, batch in inputs.items()
+        best_of(functools.partial(encoder.forward, kind, batch)) for kind, batch in inputs.items()
     )
 
 
-# ``auto``'s verdicts in this process, by (weights digest, threads, candidates): a process
-# that loads the same weights again (tests, evaluation scripts) does not measure them again.
-_VERDICTS: dict[tuple[str, int, tuple[str, ...]], PrecisionChoice] = {}
+Timer = Callable[[Any, dict[str, torch.Tensor]], float]
+VerdictKey = tuple[str, int, tuple[str, ...]]  # weights digest, threads, candidates
 
 
-def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
-    """The fastest of this CPU's candidates (:func:`cpu_candidates`) that keeps the probe's
-    cosine and beats fp32 on it by ``PROBE_MIN_SPEEDUP``, else fp32; applied to the encoder.
+@dataclass(frozen=True)
+class Probe:
+    """What ``auto``'s rule (the module docstring) measures with: its two thresholds, the
+    timer of a format on the probe's inputs, and the verdicts already reached."""
 
-    The verdict of the first start is kept in the model cache and taken at later starts: the
-    speed check is a measurement, and a restart must not flip a collection's embeddings
-    between formats."""
+    min_cosine: float = PROBE_MIN_COSINE
+    min_speedup: float = PROBE_MIN_SPEEDUP
+    timer: Timer = timed_towers
+    # By (weights digest, threads, candidates): loading the same weights again in one process
+    # (tests, evaluation scripts) measures nothing.
+    verdicts: dict[VerdictKey, PrecisionChoice] = field(default_factory=dict)
+
+
+# The probe of loads that pass none: one verdict cache for this process.
+PROCESS_PROBE = Probe()
+
+
+def _fastest_on_cpu(encoder: Any, cache_dir: Path | None, probe: Probe) -> PrecisionChoice:
+    """``auto`` on a CPU, applied to the encoder; a verdict kept in ``probe`` or in the model
+    cache (an earlier start's) is taken without measuring."""
     candidates = cpu_candidates()
     if not candidates:
         reason = "no native bf16 on the CPU, and ONNX Runtime is not installed for int8"
@@ -259,7 +278,7 @@ def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
     digest, threads = onnx.weights_digest(encoder.model), torch_threads()
     key = (digest, threads, candidates)
     kept = None if cache_dir is None else _verdict_file(cache_dir, encoder, digest, threads)
-    choice = _VERDICTS.get(key) or (_read_verdict(kept, candidates) if kept else None)
+    choice = probe.verdicts.get(key) or (_read_verdict(kept, candidates) if kept else None)
     if choice is not None:
         try:
             _apply(encoder, choice.name, cache_dir, digest)
@@ -267,10 +286,10 @@ def _fastest_on_cpu(encoder: Any, cache_dir: Path | None) -> PrecisionChoice:
             log.warning("%s in %s could not be set up: %s", encoder.model_id, choice.name, exc)
             choice = None
     if choice is None:
-        choice = _measure(encoder, candidates, cache_dir, digest)
+        choice = _measure(encoder, candidates, cache_dir, digest, probe)
         if kept is not None:
             _write_verdict(kept, choice, candidates)
-    _VERDICTS[key] = choice
+    probe.verdicts[key] = choice
     return choice
 
 
@@ -333,14 +352,17 @@ class _Trial:
 
 
 def _measure(
-    encoder: Any, candidates: tuple[str, ...], cache_dir: Path | None, digest: str
+    encoder: Any, candidates: tuple[str, ...], cache_dir: Path | None, digest: str, probe: Probe
 ) -> PrecisionChoice:
     """Every candidate on the probe's inputs against fp32; the winner is left applied."""
     inputs = probe_inputs(encoder)
     reference = _run_all(encoder, inputs)
-    fp32_s = timed_towers(encoder, inputs)
-    trials = [_trial(encoder, name, inputs, reference, cache_dir, digest) for name in candidates]
-    threshold = PROBE_MIN_COSINE
+    fp32_s = probe.timer(encoder, inputs)
+    trials = [
+        _trial(encoder, name, inputs, reference, cache_dir, digest, timer=probe.timer)
+        for name in candidates
+    ]
+    threshold = probe.min_cosine
     passed = [
         t
         for t in trials
@@ -348,11 +370,11 @@ def _measure(
     ]
     best = min(passed, key=lambda t: t.seconds or 0.0, default=None)
     summary = "; ".join(_described(t, fp32_s) for t in trials)
-    if best is None or best.seconds is None or best.seconds * PROBE_MIN_SPEEDUP >= fp32_s:
+    if best is None or best.seconds is None or best.seconds * probe.min_speedup >= fp32_s:
         cosines = [t.cosine for t in trials if t.cosine is not None]
         reason = (
             f"no candidate keeps cosine >= {threshold} and beats fp32 by more than "
-            f"{PROBE_MIN_SPEEDUP}x ({summary})"
+            f"{probe.min_speedup}x ({summary})"
         )
         return PrecisionChoice("fp32", "auto", max(cosines, default=None), reason)
     if best.towers is not None:
@@ -369,6 +391,8 @@ def _trial(
     reference: dict[str, np.ndarray],
     cache_dir: Path | None,
     digest: str,
+    *,
+    timer: Timer,
 ) -> _Trial:
     """Measure one candidate, then put the encoder back in fp32."""
     fp32_model = encoder.model
@@ -381,7 +405,7 @@ def _trial(
             encoder.replace_model(to_dtype(copy.deepcopy(fp32_model), DTYPES[name]))
         got = _run_all(encoder, inputs)
         cosine = min(_min_cosine(got[kind], reference[kind]) for kind in reference)
-        return _Trial(name, cosine, timed_towers(encoder, inputs), towers=towers)
+        return _Trial(name, cosine, timer(encoder, inputs), towers=towers)
     except Exception as exc:  # an op the exporter, quantiser or a dtype kernel cannot take
         log.warning("%s in %s failed on the probe: %s", encoder.model_id, name, exc)
         return _Trial(name, failure=f"{name} failed: {exc}")
@@ -398,11 +422,13 @@ def _described(trial: _Trial, fp32_s: float) -> str:
     return f"{trial.name}: cosine {trial.cosine:.5f}, {speed:.2f}x fp32"
 
 
-def _probe(encoder: Any, candidate: str) -> PrecisionChoice:
+def _probe(encoder: Any, candidate: str, probe: Probe) -> PrecisionChoice:
     """``candidate`` when it keeps the probe's cosine, whatever its speed (fp16 on CUDA)."""
     inputs = probe_inputs(encoder)
-    trial = _trial(encoder, candidate, inputs, _run_all(encoder, inputs), None, "")
-    threshold = PROBE_MIN_COSINE
+    trial = _trial(
+        encoder, candidate, inputs, _run_all(encoder, inputs), None, "", timer=probe.timer
+    )
+    threshold = probe.min_cosine
     if trial.cosine is None:
         return PrecisionChoice("fp32", "auto", reason=trial.failure)
     if trial.cosine < threshold:

@@ -3,14 +3,13 @@
 Main use, ``mmr bootstrap-audio``: fit ``normalize(W x + b)`` from CLAP's text vector of a
 caption (source) onto CLIP's (target); CLAP audio shares CLAP text's space, so the head then
 carries audio near CLIP text and images without one audio/image pair. Closed-form ridge, then
-symmetric InfoNCE with early stopping on held-out recall. Heads are fit on unit-length source
-rows, so they expect unit-length input.
+symmetric InfoNCE in the training loop (:mod:`models.training.loop`), early stopping on
+held-out recall. Heads are fit on unit-length source rows, so they expect unit-length input.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -20,14 +19,20 @@ import torch
 import torch.nn.functional as F
 
 from models.encoders.aligner import AlignerHead, l2_normalize
-from models.training.contrastive import contrastive_loss, cosine_lr
-
-KS = (1, 5, 10)
-MIN_PAIRS = 10
-MIN_HELDOUT = 2
-INIT_SCALE = math.log(1 / 0.07)  # CLIP's starting temperature
-TIE_SCALE = math.log(1 / 0.05)  # fixed: the tie-break loss must not improve by sharpening alone
-RANK_BLOCK = 1024  # query rows per similarity block: bounds memory for large held-out sets
+from models.training.batches import ShuffledChunks
+from models.training.budget import Budget
+from models.training.contrastive import INIT_SCALE, MAX_LOGIT_SCALE, contrastive_loss
+from models.training.early_stop import EarlyStop
+from models.training.loop import Outcome, StepLoss, train_epochs
+from models.training.optimiser import Stepper, epoch_schedule
+from models.training.validation import (
+    KS,
+    MIN_PAIRS,
+    Score,
+    held_out_score,
+    pair_recall,
+    split_pairs,
+)
 
 
 @dataclass(frozen=True)
@@ -69,48 +74,6 @@ class FitReport:
         meta["seconds"] = round(self.seconds, 2)
         meta["temperature"] = round(self.temperature, 5)
         return {"method": "ridge+contrastive", **meta}
-
-
-def split_pairs(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (train, held-out) row indices, each sorted; at least two rows on each side."""
-    if not 0.0 < holdout < 1.0:
-        raise ValueError(f"holdout must lie strictly between 0 and 1, not {holdout}")
-    if n < 2 * MIN_HELDOUT:
-        raise ValueError(f"need at least {2 * MIN_HELDOUT} pairs to split, got {n}")
-    held = min(max(MIN_HELDOUT, round(n * holdout)), n - MIN_HELDOUT)
-    order = np.random.default_rng(seed).permutation(n)
-    return np.sort(order[held:]), np.sort(order[:held])
-
-
-def pair_recall(
-    source_vecs: np.ndarray, target_vecs: np.ndarray, ks: Sequence[int] = KS
-) -> dict[str, float]:
-    """Recall@k both ways where row i of one side matches row i of the other.
-
-    Inputs must already live in one space (unit vectors). Ties rank the lower index first,
-    as :func:`models.training.evaluate.recall_at` does.
-    """
-    s = np.asarray(source_vecs, np.float32)
-    t = np.asarray(target_vecs, np.float32)
-    if s.shape != t.shape or s.ndim != 2:
-        raise ValueError(f"pair_recall needs two equal (n, dim) arrays, got {s.shape}, {t.shape}")
-    out: dict[str, float] = {}
-    for name, ranks in (("source_to_target", _ranks(s, t)), ("target_to_source", _ranks(t, s))):
-        out |= {f"{name}@{k}": float((ranks < k).mean()) for k in ks}
-    return out
-
-
-def _ranks(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
-    """Zero-based rank of each query's own row in the gallery (O(n^2) compares, no sort)."""
-    ranks = np.empty(len(queries), np.int64)
-    cols = np.arange(len(gallery))
-    for i0 in range(0, len(queries), RANK_BLOCK):
-        scores = queries[i0 : i0 + RANK_BLOCK] @ gallery.T
-        rows = np.arange(i0, i0 + len(scores))
-        own = scores[rows - i0, rows][:, None]
-        ties_before = (scores == own) & (cols[None, :] < rows[:, None])
-        ranks[rows] = (scores > own).sum(axis=1) + ties_before.sum(axis=1)
-    return ranks
 
 
 def _chance(n: int, ks: Sequence[int] = KS) -> dict[str, float]:
@@ -158,7 +121,7 @@ def fit_linear_head(
     held-out state seen while training, so it never falls below ``init`` on mean recall.
     The same inputs and seed give the same head bytes.
     """
-    began = time.monotonic()
+    budget = Budget.start(cfg.max_seconds)
     x, y = _checked(source, target)
     if cfg.batch < 2:
         raise ValueError(f"batch must be at least 2, got {cfg.batch}")
@@ -174,19 +137,19 @@ def fit_linear_head(
         before = _chance(len(held))
         w0, b0 = _ridge(x[train], y[train], cfg.ridge)
     init = pair_recall(AlignerHead.linear(w0, b0).project(x[held]), y[held])
-    state, epochs, stopped = _train(x[train], y[train], x[held], y[held], (w0, b0), cfg, began)
+    state, outcome = _train(x[train], y[train], x[held], y[held], (w0, b0), cfg, budget)
     head = AlignerHead.linear(state.w.numpy(), state.b.numpy())
     report = FitReport(
         pairs=len(x),
         train=len(train),
         heldout=len(held),
-        epochs=epochs,
-        seconds=time.monotonic() - began,
+        epochs=outcome.epochs,
+        seconds=budget.elapsed(),
         before=before,
         init=init,
         after=pair_recall(head.project(x[held]), y[held]),
-        temperature=math.exp(-min(state.log_scale, math.log(100.0))),
-        stopped=stopped,
+        temperature=math.exp(-min(state.log_scale, MAX_LOGIT_SCALE)),
+        stopped=outcome.stopped,
         extra={"seed": cfg.seed, "holdout": cfg.holdout, "ridge": cfg.ridge, "lr": cfg.lr},
     )
     return head, report
@@ -199,26 +162,27 @@ class _State:
     w: torch.Tensor
     b: torch.Tensor
     log_scale: float
-    recall: float
-    loss: float
-
-    def beats(self, other: _State) -> bool:
-        # Small held-out sets saturate recall; a clearly lower loss then breaks the tie.
-        return self.recall > other.recall or (
-            self.recall == other.recall and self.loss < other.loss * 0.999
-        )
+    score: Score
 
 
-def _snapshot(
-    w: torch.Tensor, b: torch.Tensor, s: torch.Tensor, xh: torch.Tensor, yh: torch.Tensor
-) -> _State:
-    """Score the current parameters on the held-out rows."""
-    with torch.no_grad():
-        proj = F.normalize(xh @ w.T + b, dim=-1)
-        recall = pair_recall(proj.numpy(), yh.numpy())
-        loss = contrastive_loss(proj, yh, torch.tensor(TIE_SCALE))
-    mean = float(np.mean(list(recall.values())))
-    return _State(w.detach().clone(), b.detach().clone(), s.item(), mean, float(loss))
+class _Head:
+    """The trainable map ``x W^T + b`` and its temperature, from ``init``."""
+
+    def __init__(self, init: tuple[np.ndarray, np.ndarray]) -> None:
+        self.w = torch.nn.Parameter(torch.from_numpy(init[0].copy()))
+        self.b = torch.nn.Parameter(torch.from_numpy(init[1].copy()))
+        self.scale = torch.nn.Parameter(torch.tensor(INIT_SCALE))
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+        loss = contrastive_loss(x @ self.w.T + self.b, y, self.scale)
+        return StepLoss(minimise=loss, report=loss)
+
+    def snapshot(self, xh: torch.Tensor, yh: torch.Tensor) -> _State:
+        """The current parameters and how they score on the held-out rows."""
+        with torch.no_grad():
+            proj = F.normalize(xh @ self.w.T + self.b, dim=-1)
+        w, b = self.w.detach().clone(), self.b.detach().clone()
+        return _State(w, b, self.scale.item(), held_out_score(proj, yh))
 
 
 def _train(
@@ -228,42 +192,31 @@ def _train(
     yh: np.ndarray,
     init: tuple[np.ndarray, np.ndarray],
     cfg: FitConfig,
-    began: float,
-) -> tuple[_State, int, str]:
-    """Contrastive fine-tuning from ``init``; returns the best state, epochs run, why stopped."""
+    budget: Budget,
+) -> tuple[_State, Outcome]:
+    """Contrastive fine-tuning from ``init``; returns the best state and how training ended."""
     xt, yt, xht, yht = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, xh, yh))
-    w = torch.nn.Parameter(torch.from_numpy(init[0].copy()))
-    b = torch.nn.Parameter(torch.from_numpy(init[1].copy()))
-    s = torch.nn.Parameter(torch.tensor(INIT_SCALE))
+    head = _Head(init)
+    chunks = ShuffledChunks(len(x), cfg.batch, torch.Generator().manual_seed(cfg.seed))
     groups = [
-        {"params": [w], "weight_decay": cfg.weight_decay},
-        {"params": [b, s], "weight_decay": 0.0},
+        {"params": [head.w], "weight_decay": cfg.weight_decay},
+        {"params": [head.b, head.scale], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    per_epoch = math.ceil(len(x) / cfg.batch)
-    total = cfg.max_epochs * per_epoch
-    best = _snapshot(w, b, s, xht, yht)
-    deadline, step, stale = began + cfg.max_seconds, 0, 0
-    for epoch in range(cfg.max_epochs):
-        # Equal-sized chunks: no trailing batch of one row, whose loss is trivially zero.
-        for rows in torch.randperm(len(x), generator=gen).tensor_split(per_epoch):
-            if time.monotonic() > deadline:
-                return best, epoch, "max_seconds"
-            for group in opt.param_groups:
-                group["lr"] = cosine_lr(
-                    step, total=total, warmup=per_epoch, peak=cfg.lr, floor=cfg.lr / 10
-                )
-            loss = contrastive_loss(xt[rows] @ w.T + b, yt[rows], s)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-        now = _snapshot(w, b, s, xht, yht)
-        best, stale = (now, 0) if now.beats(best) else (best, stale + 1)
-        if stale >= cfg.patience:
-            return best, epoch + 1, "patience"
-    return best, cfg.max_epochs, "max_epochs"
+    schedule = epoch_schedule(cfg.lr, epochs=cfg.max_epochs, per_epoch=chunks.per_epoch)
+    early = EarlyStop(
+        head.snapshot(xht, yht),
+        validate=lambda: head.snapshot(xht, yht),
+        patience=cfg.patience,
+    )
+    outcome = train_epochs(
+        batches=chunks,
+        objective=lambda rows: head.loss(xt[rows], yt[rows]),
+        stepper=Stepper.adamw(groups, lr=cfg.lr, schedule=schedule),
+        max_epochs=cfg.max_epochs,
+        budget=budget,
+        early_stop=early,
+    )
+    return early.best, outcome
 
 
 def bootstrap_audio_head(

@@ -1,4 +1,4 @@
-"""Contrastive training pieces shared by mmr-mini's training and the aligner fine-tuning."""
+"""Contrastive training pieces shared by mmr-mini's training and the aligner trainers."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 MAX_LOGIT_SCALE = math.log(100.0)
+INIT_SCALE = math.log(1 / 0.07)  # CLIP's starting temperature
 
 
 def contrastive_loss(

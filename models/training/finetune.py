@@ -4,14 +4,14 @@ A collection's users pair items of two modalities (a caption and its image, a re
 its description); :func:`finetune` moves the heads so each pair lands closer together in the
 shared space. Heads start from their current affine map and train with symmetric InfoNCE plus
 ``stay * ||W - W0||^2``: the pull toward the start is what keeps the model's old vocabulary
-(English captions still find their images after learning French ones). Early stopping keeps the
-best held-out state, so a fine-tune that cannot help returns the heads it was given.
+(English captions still find their images after learning French ones). The training loop
+(:mod:`models.training.loop`) keeps the best held-out state, so a fine-tune that cannot help
+returns the heads it was given.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,14 +21,21 @@ import torch
 import torch.nn.functional as F
 
 from models.encoders.aligner import Aligner, AlignerHead, l2_normalize
-from models.training.bootstrap import (
-    INIT_SCALE,
+from models.training.batches import ShuffledChunks
+from models.training.budget import Budget
+from models.training.contrastive import INIT_SCALE, MAX_LOGIT_SCALE, contrastive_loss
+from models.training.early_stop import EarlyStop
+from models.training.loop import Cancelled, EpochEnd, Outcome, StepLoss, train_epochs
+from models.training.optimiser import Stepper, epoch_schedule
+from models.training.validation import (
     MIN_PAIRS,
-    TIE_SCALE,
+    Score,
+    held_out_score,
     pair_recall,
     split_pairs,
 )
-from models.training.contrastive import MAX_LOGIT_SCALE, contrastive_loss, cosine_lr
+
+__all__ = ["Cancelled", "FinetuneConfig", "FinetuneReport", "Pairs", "Progress", "finetune"]
 
 TRAIN_CHOICES = ("auto", "a", "b", "both")
 _DIRECTIONS = {"source_to_target": "a_to_b", "target_to_source": "b_to_a"}
@@ -111,10 +118,6 @@ class FinetuneReport:
         )
 
 
-class Cancelled(Exception):
-    """``should_stop`` asked the fine-tune to end; nothing is returned."""
-
-
 def finetune(
     aligner: Aligner,
     pairs: Pairs,
@@ -129,7 +132,7 @@ def finetune(
     version 0 (the caller numbers it). The same inputs and config give the same bytes.
     Raises ValueError for unusable inputs and :class:`Cancelled` when ``should_stop()``.
     """
-    began = time.monotonic()
+    budget = Budget.start(cfg.max_seconds)
     _check_config(cfg)
     xa, xb = _checked(aligner, pairs)
     keep = _subsample(len(xa), cfg.max_pairs, cfg.seed)
@@ -137,9 +140,9 @@ def finetune(
     train, held = split_pairs(len(xa), cfg.holdout, cfg.seed)
     learn = _learners(cfg.train, pairs.modality_a, pairs.modality_b)
     heads = {m: aligner.heads[m] for m in (pairs.modality_a, pairs.modality_b)}
-    trainer = _Trainer(heads, learn, (xa, xb), (train, held), cfg, _anchors(aligner, pairs))
+    trainable = _Heads(heads, learn, (xa, xb), (train, held), cfg, _anchors(aligner, pairs))
     before = _recall(heads, pairs, xa[held], xb[held])
-    best, epochs, stopped = trainer.run(began, progress, should_stop)
+    best, outcome = _train(trainable, budget, progress, should_stop)
     # A head whose best state is its start never changed: it keeps its kind and bytes.
     changed = {m: h for m, h in best.heads().items() if h is not heads[m]}
     result = aligner
@@ -149,9 +152,9 @@ def finetune(
         pairs=len(xa),
         train=len(train),
         heldout=len(held),
-        epochs=epochs,
-        seconds=time.monotonic() - began,
-        stopped=stopped,
+        epochs=outcome.epochs,
+        seconds=budget.elapsed(),
+        stopped=outcome.stopped,
         before=before,
         after=_recall({**heads, **changed}, pairs, xa[held], xb[held]),
         trained=[m for m in heads if m in changed],
@@ -245,18 +248,7 @@ class _State:
 
     maps: dict[str, tuple[np.ndarray, np.ndarray] | AlignerHead]
     log_scale: float
-    recall: dict[str, float]
-    loss: float
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(list(self.recall.values())))
-
-    def beats(self, other: _State) -> bool:
-        # Small held-out sets saturate recall; a clearly lower loss then breaks the tie.
-        return self.mean > other.mean or (
-            self.mean == other.mean and self.loss < other.loss * 0.999
-        )
+    score: Score
 
     def heads(self) -> dict[str, AlignerHead]:
         return {
@@ -265,8 +257,8 @@ class _State:
         }
 
 
-class _Trainer:
-    """The optimisation loop: one side or both learn, the other side's vectors are fixed."""
+class _Heads:
+    """The heads being fine-tuned: one side or both learn, the other side's vectors are fixed."""
 
     def __init__(
         self,
@@ -339,8 +331,7 @@ class _Trainer:
                 maps = dict(self.heads)
             else:
                 a, b = (F.normalize(self.side(i, self.held), dim=-1) for i in (0, 1))
-            loss = float(contrastive_loss(a, b, torch.tensor(TIE_SCALE)))
-        return _State(maps, self.scale.item(), _renamed(pair_recall(a.numpy(), b.numpy())), loss)
+        return _State(maps, self.scale.item(), held_out_score(a, b))
 
     def snapshot(self) -> _State:
         maps: dict[str, Any] = {
@@ -350,51 +341,48 @@ class _Trainer:
         maps |= {n: self.heads[n] for n in self.fixed}
         return self.evaluate(maps)
 
-    def run(
-        self,
-        began: float,
-        progress: Callable[[Progress], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> tuple[_State, int, str]:
-        """Train; return the best held-out state, the epochs run and why it stopped."""
+    def loss(self, chunk: torch.Tensor, gen: torch.Generator) -> StepLoss:
+        """InfoNCE on the chunk's training rows, plus the pulls toward the start and anchors."""
+        rows = self.train[chunk]
+        fit = contrastive_loss(self.side(0, rows), self.side(1, rows), self.scale)
         cfg = self.cfg
-        params = [p for pair in self.params.values() for p in pair] + [self.scale]
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        per_epoch = max(1, math.ceil(len(self.train) / cfg.batch))
-        total = cfg.max_epochs * per_epoch
-        best = self.evaluate(None)
-        deadline, step, stale = began + cfg.max_seconds, 0, 0
-        for epoch in range(1, cfg.max_epochs + 1):
-            losses = []
-            # Equal-sized chunks: no trailing batch of one row, whose loss is trivially zero.
-            for chunk in torch.randperm(len(self.train), generator=gen).tensor_split(per_epoch):
-                if should_stop is not None and should_stop():
-                    raise Cancelled("fine-tune cancelled")
-                if time.monotonic() > deadline:
-                    return best, epoch - 1, "max_seconds"
-                lr = cosine_lr(step, total=total, warmup=per_epoch, peak=cfg.lr, floor=cfg.lr / 10)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                rows = self.train[chunk]
-                fit = contrastive_loss(self.side(0, rows), self.side(1, rows), self.scale)
-                loss = fit + cfg.stay * self.pull() + cfg.keep * self.kept(gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(fit.item())
-                step += 1
-            now = self.snapshot()
-            best, stale = (now, 0) if now.beats(best) else (best, stale + 1)
-            if progress is not None:
-                progress(_progress(epoch, cfg, float(np.mean(losses)), time.monotonic() - began))
-            if stale >= cfg.patience:
-                return best, epoch, "patience"
-        return best, cfg.max_epochs, "max_epochs"
+        return StepLoss(
+            minimise=fit + cfg.stay * self.pull() + cfg.keep * self.kept(gen), report=fit
+        )
 
 
-def _progress(epoch: int, cfg: FinetuneConfig, loss: float, elapsed: float) -> Progress:
-    """Progress after ``epoch``: the larger of the epoch and time fractions, and an ETA."""
+def _train(
+    heads: _Heads,
+    budget: Budget,
+    progress: Callable[[Progress], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> tuple[_State, Outcome]:
+    """Train the heads; return the best held-out state and how training ended."""
+    cfg = heads.cfg
+    params = [p for pair in heads.params.values() for p in pair] + [heads.scale]
+    # One generator shuffles the chunks and draws the anchors, in that order each epoch.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    chunks = ShuffledChunks(len(heads.train), cfg.batch, gen)
+    schedule = epoch_schedule(cfg.lr, epochs=cfg.max_epochs, per_epoch=chunks.per_epoch)
+    early = EarlyStop(heads.evaluate(None), validate=heads.snapshot, patience=cfg.patience)
+    outcome = train_epochs(
+        batches=chunks,
+        objective=lambda chunk: heads.loss(chunk, gen),
+        stepper=Stepper.adamw(
+            [{"params": params, "weight_decay": 0.0}], lr=cfg.lr, schedule=schedule
+        ),
+        max_epochs=cfg.max_epochs,
+        budget=budget,
+        early_stop=early,
+        should_stop=should_stop,
+        on_epoch=None if progress is None else lambda end: progress(_progress(end, cfg)),
+    )
+    return early.best, outcome
+
+
+def _progress(end: EpochEnd, cfg: FinetuneConfig) -> Progress:
+    """Progress after an epoch: the larger of the epoch and time fractions, and an ETA."""
+    epoch, elapsed = end.epoch, end.elapsed
     fraction = min(1.0, max(epoch / cfg.max_epochs, elapsed / cfg.max_seconds))
     eta = min(elapsed / epoch * (cfg.max_epochs - epoch), max(0.0, cfg.max_seconds - elapsed))
-    return Progress(epoch, cfg.max_epochs, loss, fraction, eta)
+    return Progress(epoch, cfg.max_epochs, end.loss, fraction, eta)

@@ -2,13 +2,19 @@
 
 Pools of rendered images and synthesised clips are built once (images preprocessed the
 way the service preprocesses them, clips resampled and turned into log-mels); each step
-draws a fresh caption for every sampled thing, so captions vary across epochs. Image-text
+draws a fresh caption for every sampled thing, so captions vary from step to step. Image-text
 and audio-text batches alternate through the shared text tower; look-alikes inside a batch
 count as positives (``describes``), not as negatives.
+
+It runs the training loop (:mod:`models.training.loop`) as one epoch of ``steps`` steps, with
+no early stop, deadline or cancel: there is no fixed training set to go through in epochs
+(every step draws afresh), and the held-out check is ``mmr eval`` on rendered media after
+training, too slow to run between epochs.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import random
 import time
@@ -39,7 +45,11 @@ from models.synth.world.vocabulary import (
     Thing,
     describes,
 )
+from models.training.batches import Steps
+from models.training.budget import Budget
 from models.training.contrastive import contrastive_loss, cosine_lr
+from models.training.loop import StepLoss, train_epochs
+from models.training.optimiser import Stepper
 
 Log = Callable[[str], None]
 _CHUNK = 500  # items per generation task
@@ -250,13 +260,46 @@ def _batch_loss(
     return loss
 
 
+class _Objective:
+    """One step's loss: an image-text batch, and an audio-text batch every ``audio_every`` steps.
+
+    The step's examples are drawn here, not by a batch source, from the one random stream
+    that also draws their captions: the draws then stay in the recipe's order (images,
+    their captions, sounds, theirs), so a seed trains the same model it always did.
+    """
+
+    def __init__(
+        self, model: MiniModel, images: Pool, sounds: Pool, heads: AttributeHeads, cfg: TrainConfig
+    ) -> None:
+        self.model, self.heads, self.cfg = model, heads, cfg
+        self.images, self.sounds = images, sounds
+        self.rng = random.Random(cfg.seed)
+        self.audio_loss = torch.tensor(float("nan"))
+
+    def __call__(self, step: int) -> StepLoss:
+        cfg = self.cfg
+        img_idx = [
+            i
+            for s in self.rng.sample(range(len(self.images.things) // 2), cfg.image_batch // 2)
+            for i in (2 * s, 2 * s + 1)
+        ]
+        loss_img = _batch_loss(
+            self.model, self.images, img_idx, self.rng, audio=False, heads=self.heads
+        )
+        loss = loss_img
+        if step % cfg.audio_every == 0:
+            aud_idx = self.rng.sample(range(len(self.sounds.things)), cfg.audio_batch)
+            self.audio_loss = _batch_loss(self.model, self.sounds, aud_idx, self.rng, audio=True)
+            loss = loss + self.audio_loss
+        return StepLoss(minimise=loss, report=loss_img)
+
+
 def train_mini(cfg: TrainConfig, out_dir: Path, *, log: Log = print) -> dict[str, Any]:
     """Train from scratch and write ``out_dir``; returns the model card (without evaluation)."""
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # denormal floats slow CPU kernels down by orders of magnitude
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    started = time.monotonic()
+    budget = Budget.start()
     model = MiniModel()
     images = build_image_pool(cfg, model, log)
     sounds = build_audio_pool(cfg, model, log)
@@ -265,33 +308,29 @@ def train_mini(cfg: TrainConfig, out_dir: Path, *, log: Log = print) -> dict[str
     named = [*model.named_parameters(), *heads.named_parameters(prefix="heads")]
     decay = [p for n, p in named if p.ndim >= 2 and "logit_scale" not in n]
     rest = [p for n, p in named if p.ndim < 2 or "logit_scale" in n]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0}],
-        lr=cfg.lr,
-    )
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = cosine_lr(step, total=cfg.steps, warmup=cfg.warmup, peak=cfg.lr)
-        img_idx = [
-            i
-            for s in rng.sample(range(len(images.things) // 2), cfg.image_batch // 2)
-            for i in (2 * s, 2 * s + 1)
-        ]
-        loss_img = _batch_loss(model, images, img_idx, rng, audio=False, heads=heads)
-        loss = loss_img
-        if step % cfg.audio_every == 0:
-            aud_idx = rng.sample(range(len(sounds.things)), cfg.audio_batch)
-            loss_aud = _batch_loss(model, sounds, aud_idx, rng, audio=True)
-            loss = loss + loss_aud
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0},
+    ]
+    schedule = functools.partial(cosine_lr, total=cfg.steps, warmup=cfg.warmup, peak=cfg.lr)
+    objective = _Objective(model, images, sounds, heads, cfg)
+
+    def log_step(step: int, loss: StepLoss) -> None:
         if step % 25 == 0 or step == cfg.steps - 1:
             log(
-                f"step {step:4d}/{cfg.steps}  image-text (+ probes) {loss_img.item():.3f}  "
-                f"audio-text {loss_aud.item():.3f}  {time.monotonic() - started:.0f} s"
+                f"step {step:4d}/{cfg.steps}  image-text (+ probes) {loss.report.item():.3f}  "
+                f"audio-text {objective.audio_loss.item():.3f}  {budget.elapsed():.0f} s"
             )
+
+    train_epochs(
+        batches=Steps(cfg.steps),
+        objective=objective,
+        stepper=Stepper.adamw(groups, lr=cfg.lr, schedule=schedule),
+        max_epochs=1,
+        budget=budget,
+        on_step=log_step,
+    )
     model.eval()
-    card = {"train": asdict(cfg), "train_seconds": round(time.monotonic() - started)}
+    card = {"train": asdict(cfg), "train_seconds": round(budget.elapsed())}
     save_mini(model, out_dir, card)
     return card

@@ -17,6 +17,7 @@ from models.errors import ModelLoadError
 from models.runtime import onnx
 from models.runtime import threads as thread_settings
 from models.runtime.batcher import BatchConfig
+from models.runtime.precision import Probe, Timer
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -32,16 +33,21 @@ def probe_embeddings(encoder: Any) -> dict[str, np.ndarray]:
     }
 
 
-@pytest.fixture(autouse=True)
-def fresh_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forget this process's earlier verdicts (they are kept per weights): each test starts
-    as a new process would."""
-    monkeypatch.setattr(precision, "_VERDICTS", {})
+def fake_timer(seconds: list[float]) -> Timer:
+    """A probe timer that returns these timings in turn; once they run out, a timing fails."""
+    times = iter(seconds)
+    return lambda encoder, inputs: next(times)
+
+
+def auto(probe: Probe, model_id: str = "mmr-mini", cache_dir: Any = None) -> Any:
+    """Load with ``auto`` measured by ``probe``; a fresh ``Probe()`` knows no earlier verdicts
+    (they are kept per weights), as a new process would."""
+    return load_model(model_id, device="cpu", precision="auto", cache_dir=cache_dir, probe=probe)
 
 
 def check_auto_keeps_its_embeddings(model_id: str) -> None:
     reference = probe_embeddings(load_model(model_id, device="cpu").encoder)
-    loaded = load_model(model_id, device="cpu", precision="auto")
+    loaded = auto(Probe(), model_id)
     choice = loaded.precision
     assert choice.name in ("fp32", *precision.cpu_candidates()), choice
     assert choice.probe_min_cosine is not None, "auto measured its candidates"
@@ -77,26 +83,26 @@ def test_vit_b_32_auto_keeps_its_embeddings() -> None:
     check_auto_keeps_its_embeddings("random:ViT-B-32")
 
 
-def with_candidates(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> None:
-    """A CPU that can run bf16 and int8, where the probe's timings are ``seconds`` (fp32,
+def with_candidates(
+    monkeypatch: pytest.MonkeyPatch,
+    seconds: list[float],
+    min_cosine: float = precision.PROBE_MIN_COSINE,
+) -> Probe:
+    """A CPU that can run bf16 and int8, and a probe whose timings are ``seconds`` (fp32,
     bf16, int8: the order they are measured in)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(onnx, "available", lambda: True)
-    times = iter(seconds)
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
+    return Probe(min_cosine=min_cosine, timer=fake_timer(seconds))
 
 
 def test_auto_takes_the_fastest_candidate(monkeypatch: pytest.MonkeyPatch) -> None:
-    with_candidates(monkeypatch, [1.0, 0.5, 0.3])
-    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    loaded = auto(with_candidates(monkeypatch, [1.0, 0.5, 0.3]))
     assert loaded.precision.name == "int8"
     assert set(loaded.encoder.runtimes) == {"image", "text"}
     assert loaded.encoder.dtype == torch.float32  # bf16 was tried on a copy
     assert "bf16: cosine" in loaded.precision.reason and "int8: cosine" in loaded.precision.reason
     loaded.encoder.close()
-    monkeypatch.setattr(precision, "_VERDICTS", {})
-    with_candidates(monkeypatch, [1.0, 0.3, 0.5])
-    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    loaded = auto(with_candidates(monkeypatch, [1.0, 0.3, 0.5]))  # a new probe: no verdicts
     assert loaded.precision.name == "bf16"
     assert loaded.encoder.dtype == torch.bfloat16 and loaded.encoder.runtimes == {}
     loaded.encoder.close()
@@ -105,8 +111,8 @@ def test_auto_takes_the_fastest_candidate(monkeypatch: pytest.MonkeyPatch) -> No
 def test_auto_keeps_fp32_unless_a_candidate_is_clearly_faster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with_candidates(monkeypatch, [1.0, 0.9, 0.85])  # within the timing noise of a tiny model
-    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    # within the timing noise of a tiny model
+    loaded = auto(with_candidates(monkeypatch, [1.0, 0.9, 0.85]))
     assert loaded.precision.name == "fp32"
     assert loaded.encoder.dtype == torch.float32 and loaded.encoder.runtimes == {}
     assert f"{precision.PROBE_MIN_SPEEDUP}x" in loaded.precision.reason
@@ -126,8 +132,7 @@ def test_auto_passes_over_a_faster_candidate_that_changes_the_embeddings(
         return model
 
     monkeypatch.setattr(precision, "to_dtype", scrambled)
-    with_candidates(monkeypatch, [1.0, 0.1, 0.5])  # bf16 fastest, but far off
-    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    loaded = auto(with_candidates(monkeypatch, [1.0, 0.1, 0.5]))  # bf16 fastest, but far off
     assert loaded.precision.name == "int8"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine >= precision.PROBE_MIN_COSINE
@@ -137,10 +142,8 @@ def test_auto_passes_over_a_faster_candidate_that_changes_the_embeddings(
 def test_auto_falls_back_to_fp32_when_the_probe_disagrees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
     reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
-    with_candidates(monkeypatch, [1.0, 0.5, 0.3])
-    loaded = load_model("mmr-mini", device="cpu", precision="auto")
+    loaded = auto(with_candidates(monkeypatch, [1.0, 0.5, 0.3], min_cosine=1.0))
     assert loaded.precision.name == "fp32"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine < 1.0
@@ -150,20 +153,16 @@ def test_auto_falls_back_to_fp32_when_the_probe_disagrees(
         np.testing.assert_array_equal(rows, reference[kind])
 
 
-def test_a_cosine_only_probe_keeps_the_candidate_or_the_original_weights(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_cosine_only_probe_keeps_the_candidate_or_the_original_weights() -> None:
     """What auto does on CUDA with fp16, shown on the CPU with bf16."""
     loaded = load_model("random:mmr-tiny", device="cpu")
     reference = probe_embeddings(loaded.encoder)
-    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
-    refused = precision._probe(loaded.encoder, "bf16")
+    refused = precision._probe(loaded.encoder, "bf16", Probe(min_cosine=1.0))
     assert refused.name == "fp32" and refused.probe_min_cosine is not None
     assert loaded.encoder.dtype == torch.float32
     for kind, rows in probe_embeddings(loaded.encoder).items():
         np.testing.assert_array_equal(rows, reference[kind])
-    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 0.9)
-    kept = precision._probe(loaded.encoder, "bf16")
+    kept = precision._probe(loaded.encoder, "bf16", Probe(min_cosine=0.9))
     assert kept.name == "bf16" and loaded.encoder.dtype == torch.bfloat16
     loaded.encoder.close()
 
@@ -183,7 +182,7 @@ def test_explicit_precisions_are_honoured() -> None:
 def test_auto_without_native_bf16_or_onnxruntime_is_fp32(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(onnx, "available", lambda: False)
-    loaded = load_model("random:mmr-tiny", device="cpu", precision="auto")
+    loaded = auto(Probe(), "random:mmr-tiny")
     assert loaded.precision.name == "fp32" and loaded.precision.probe_min_cosine is None
     assert loaded.encoder.dtype == torch.float32
 
@@ -280,19 +279,17 @@ def test_other_weights_never_load_a_cached_export(tmp_path: Any) -> None:
     one.encoder.close()
 
 
-def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, seconds: list[float]) -> Any:
-    """load mmr-mini with auto on a CPU without bf16, where the probe's timings are these
-    (fp32, int8, fp32-onnx)."""
+def auto_without_bf16(monkeypatch: pytest.MonkeyPatch, probe: Probe) -> Any:
+    """load mmr-mini with auto on a CPU without bf16, measured by ``probe`` (whose timer
+    gives fp32, int8, fp32-onnx: the order they are measured in)."""
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    times = iter(seconds)
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
-    return load_model("mmr-mini", device="cpu", precision="auto")
+    return auto(probe)
 
 
 def test_auto_without_native_bf16_takes_int8_when_the_probe_agrees(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4, 0.6])  # fp32 1 s, int8 0.4 s
+    loaded = auto_without_bf16(monkeypatch, Probe(timer=fake_timer([1.0, 0.4, 0.6])))
     assert loaded.precision.name == "int8"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine >= precision.PROBE_MIN_COSINE
@@ -304,7 +301,7 @@ def test_auto_takes_fp32_in_onnx_runtime_when_it_is_the_fastest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
-    loaded = auto_without_bf16(monkeypatch, [1.0, 0.6, 0.4])
+    loaded = auto_without_bf16(monkeypatch, Probe(timer=fake_timer([1.0, 0.6, 0.4])))
     assert loaded.precision.name == "fp32-onnx"
     assert set(loaded.encoder.runtimes) == {"image", "text"}
     # The same numbers as torch's fp32, give or take the order of additions.
@@ -315,21 +312,23 @@ def test_auto_takes_fp32_in_onnx_runtime_when_it_is_the_fastest(
 
 def test_auto_keeps_fp32_when_int8_is_not_faster(monkeypatch: pytest.MonkeyPatch) -> None:
     reference = probe_embeddings(load_model("mmr-mini", device="cpu").encoder)
-    loaded = auto_without_bf16(monkeypatch, [0.4, 1.0, 1.0])
+    probe = Probe(timer=fake_timer([0.4, 1.0, 1.0]))
+    loaded = auto_without_bf16(monkeypatch, probe)
     assert loaded.precision.name == "fp32"
     assert "beats fp32" in loaded.precision.reason
     assert loaded.encoder.runtimes == {}
     for kind, rows in probe_embeddings(loaded.encoder).items():
         np.testing.assert_array_equal(rows, reference[kind])
     loaded.encoder.close()
-    # The verdict is kept for these weights: loading them again exports nothing.
+    # The verdict is kept for these weights: loading them again exports nothing (the same
+    # probe: its verdicts, and a timer with no timings left).
     monkeypatch.setattr(onnx, "onnx_towers", lambda *a, **k: pytest.fail("probed again"))
-    assert auto_without_bf16(monkeypatch, []).precision.name == "fp32"
+    assert auto_without_bf16(monkeypatch, probe).precision.name == "fp32"
 
 
 def test_auto_keeps_fp32_when_the_int8_probe_disagrees(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "PROBE_MIN_COSINE", 1.0)
-    loaded = auto_without_bf16(monkeypatch, [1.0, 0.4, 0.4])
+    probe = Probe(min_cosine=1.0, timer=fake_timer([1.0, 0.4, 0.4]))
+    loaded = auto_without_bf16(monkeypatch, probe)
     assert loaded.precision.name == "fp32"
     assert loaded.precision.probe_min_cosine is not None
     assert loaded.precision.probe_min_cosine < 1.0
@@ -342,7 +341,7 @@ def test_auto_keeps_fp32_when_the_export_fails(monkeypatch: pytest.MonkeyPatch) 
         raise RuntimeError("Exporting the operator 'aten::frobnicate' is not supported")
 
     monkeypatch.setattr(onnx, "export_tower", broken)
-    loaded = auto_without_bf16(monkeypatch, [1.0])
+    loaded = auto_without_bf16(monkeypatch, Probe(timer=fake_timer([1.0])))
     assert loaded.precision.name == "fp32"
     assert "frobnicate" in loaded.precision.reason
     assert loaded.encoder.runtimes == {}
@@ -365,35 +364,28 @@ def test_auto_keeps_the_first_starts_verdict_for_these_weights(
 ) -> None:
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
 
-    def load(seconds: list[float]) -> Any:
-        times = iter(seconds)  # an empty list: any timing fails the test
-        monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: next(times))
-        return load_model("mmr-mini", device="cpu", precision="auto", cache_dir=tmp_path)
+    def load(timer: Timer, cache_dir: Any = tmp_path) -> Any:
+        return auto(Probe(timer=timer), cache_dir=cache_dir)  # a new probe: a new process
 
-    first = load([1.0, 0.4])
+    first = load(fake_timer([1.0, 0.4]))
     assert first.precision.name == "int8"
     first.encoder.close()
     # A restart measures nothing: the first verdict holds, the exports load.
-    monkeypatch.setattr(precision, "_VERDICTS", {})
-    again = load([])
+    again = load(fake_timer([]))  # no timings: any timing fails the test
     assert again.precision.name == "int8"
     assert again.precision.probe_min_cosine == first.precision.probe_min_cosine
     assert "earlier start" in again.precision.reason
     assert set(again.encoder.runtimes) == {"image", "text"}
     again.encoder.close()
     # A refusal is kept too (another data dir, so a first start of its own).
-    monkeypatch.setattr(precision, "_VERDICTS", {})
     other = tmp_path / "other"
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: 0.0)  # never faster
-    refused = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
+    refused = load(lambda encoder, inputs: 0.0, other)  # never faster
     assert refused.precision.name == "fp32"
-    monkeypatch.setattr(precision, "_VERDICTS", {})
-    monkeypatch.setattr(precision, "timed_towers", lambda encoder, inputs: pytest.fail("measured"))
-    kept = load_model("mmr-mini", device="cpu", precision="auto", cache_dir=other)
+    kept = load(lambda encoder, inputs: pytest.fail("measured"), other)
     assert kept.precision.name == "fp32" and kept.encoder.runtimes == {}
 
 
-def test_the_probe_times_each_tower_on_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_probe_times_each_tower_on_its_own() -> None:
     """One tower per timed run, the towers' best times summed: run back to back, a tower's
     ONNX Runtime pool spins on beside the next tower's forward and the probe misjudges."""
     encoder = load_model("mmr-mini", device="cpu").encoder
@@ -412,7 +404,7 @@ def test_the_probe_times_each_tower_on_its_own(monkeypatch: pytest.MonkeyPatch) 
         return {"image": 0.25, "text": 0.5, "audio": 1.0}[ran[0]]
 
     encoder.forward = spy
-    monkeypatch.setattr(precision, "timed", fake_timed)
-    assert precision.timed_towers(encoder, precision.probe_inputs(encoder)) == 1.75
+    inputs = precision.probe_inputs(encoder)
+    assert precision.timed_towers(encoder, inputs, best_of=fake_timed) == 1.75
     assert timed_towers == ["image", "text", "audio"]
     encoder.close()
