@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from app.fastpath import multipart, pool
 from app.routers.body import is_json_type
-from app.schemas import EmbedOptions, EmbedRequest, EmbedResponse
+from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import StagedImages, embed_decoded, embed_texts, finish, stage_files
 from app.state import Services
 

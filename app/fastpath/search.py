@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app.fastpath import pool
 from app.routers.body import is_json_type
-from app.schemas import SearchRequest
+from app.schemas.search import SearchRequest
 from app.services.search import request_constraints, request_query, search
 from app.state import Services
 from index.locks import WouldBlock

@@ -6,7 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from app.schemas import AlignerList, CollectionCreate, CollectionList, CollectionPublic
+from app.schemas.aligners import AlignerList
+from app.schemas.collections import CollectionCreate, CollectionList, CollectionPublic
 from app.services import aligners as aligner_svc
 from app.services import collections as svc
 from app.state import ServicesDep

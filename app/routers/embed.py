@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import UnprocessableEntity
 from app.routers import body
-from app.schemas import EmbedOptions, EmbedRequest, EmbedResponse
+from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import embed_files, embed_texts
 from app.state import ServicesDep
 

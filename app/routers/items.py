@@ -11,9 +11,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import ApiError, UnprocessableEntity
 from app.routers import body
-from app.schemas import (
+from app.schemas.common import ItemId
+from app.schemas.items import (
     BatchResult,
-    ItemId,
     ItemPage,
     ItemPatch,
     ItemPublic,

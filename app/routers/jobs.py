@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas import JobCreate, JobList, JobPublic
+from app.schemas.jobs import JobCreate, JobList, JobPublic
 from app.services import jobs as svc
 from app.state import ServicesDep
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas_keys import KeyCreate, KeyCreated, KeyList
+from app.schemas.keys import KeyCreate, KeyCreated, KeyList
 from app.services import keys as svc
 from app.state import ServicesDep
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.schemas import AudioModelInfo, ModelInfo, ModelsResponse
+from app.schemas.models import AudioModelInfo, ModelInfo, ModelsResponse
 from app.state import Services, ServicesDep
 from models.encoders.registry import AUDIO_SYNTAX, list_architectures
 

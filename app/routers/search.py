@@ -7,7 +7,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.errors import UnprocessableEntity
 from app.routers import body
-from app.schemas import MAX_K, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
 from app.services.search import (
     Constraints,

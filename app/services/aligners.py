@@ -5,7 +5,7 @@ knows nothing of what they mean)."""
 from __future__ import annotations
 
 from app.errors import SpaceMismatch
-from app.schemas import AlignerList, AlignerPublic
+from app.schemas.aligners import AlignerList, AlignerPublic
 from app.services.views import aware
 from app.state import Services
 from index.aligners import AlignerStore

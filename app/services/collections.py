@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.errors import SpaceMismatch, UnprocessableEntity
-from app.schemas import CollectionCreate, CollectionPublic, IndexSettings
+from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings
 from app.services.views import collection_public
 from app.state import Services
 from index.spec import IndexSpec

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from app.errors import UnprocessableEntity
-from app.schemas import EmbedResponse
+from app.schemas.embed import EmbedResponse
 from app.services.collections import require_space
 from app.services.embedding import Encoded, queries
 from app.services.media import DecodedMedia, decode_upload, request_budget

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from app.schemas import IndexSettings
+from app.schemas.collections import IndexSettings
 from app.services import aligners
 from app.services.collections import index_spec
 from app.services.jobs import JobContext

@@ -14,7 +14,8 @@ import numpy as np
 
 from app.errors import BadRequest, UnprocessableEntity, describe_error
 from app.ids import check_key
-from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
+from app.schemas.common import MAX_TEXT_CHARS, ErrorDetail
+from app.schemas.items import BatchEntry, ItemPage, ItemPublic
 from app.services.collections import require_space
 from app.services.embedding import Encoded
 from app.services.media import decode_upload

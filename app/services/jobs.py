@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import ApiError
-from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
+from app.schemas.jobs import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
 from app.services.collections import index_spec
 from app.services.views import job_public
 from app.state import Services

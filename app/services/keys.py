@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.schemas_keys import KeyCreate, KeyCreated, KeyPublic
+from app.schemas.keys import KeyCreate, KeyCreated, KeyPublic
 from app.services.views import aware
 from app.state import Services
 from index.errors import ConflictError

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import SpaceMismatch, UnprocessableEntity
-from app.schemas import SearchHit, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import SearchHit, SearchOptions, SearchRequest, SearchResponse
 from app.services.collections import require_space
 from app.services.embedding import Encoded
 from app.services.media import decode_upload
