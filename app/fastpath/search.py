@@ -43,9 +43,14 @@ async def answer(services: Services, matched: re.Match[str], _: str, raw: bytes)
     except ValidationError:
         return None
     name = matched.group(1)
+    stores = services.stores
     run = functools.partial(
         search,
-        services=services,
+        settings=services.settings,
+        collections=stores.collections,
+        items=stores.items,
+        indexes=services.indexes,
+        embedder=services.embedder,
         name=name,
         query=request_query(req),
         constraints=request_constraints(req),

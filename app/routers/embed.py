@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, SettingsDep
 from app.errors import UnprocessableEntity
 from app.routers import body
 from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import embed_files, embed_texts
-from app.state import ServicesDep
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 COLLECTION_NAME = EmbedOptions.model_json_schema()["properties"]["collection"]["anyOf"][0][
@@ -40,7 +40,13 @@ EMBED_FORM = {
     },
     openapi_extra=body.openapi_body(EmbedRequest.model_json_schema(), EMBED_FORM),
 )
-async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
+async def embed(
+    request: Request,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    indexes: IndexesDep,
+    embedder: EmbedderDep,
+) -> EmbedResponse:
     """Vectors in the shared space (L2-normalised) for texts or uploaded files."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
@@ -50,9 +56,21 @@ async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
         given = {k: form.field(k) for k in form.fields}
         opts = body.validate(EmbedOptions, given)
         return await run_in_threadpool(
-            embed_files, services=services, uploads=form.files, collection=opts.collection
+            embed_files,
+            settings=settings,
+            collections=collections,
+            indexes=indexes,
+            embedder=embedder,
+            uploads=form.files,
+            collection=opts.collection,
         )
     req = await body.json_model(request, EmbedRequest)
     return await run_in_threadpool(
-        embed_texts, services=services, texts=req.texts, collection=req.collection
+        embed_texts,
+        settings=settings,
+        collections=collections,
+        indexes=indexes,
+        embedder=embedder,
+        texts=req.texts,
+        collection=req.collection,
     )

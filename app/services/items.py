@@ -17,14 +17,18 @@ from app.ids import check_key
 from app.schemas.common import MAX_TEXT_CHARS, ErrorDetail
 from app.schemas.items import BatchEntry, ItemPage, ItemPublic
 from app.services.collections import require_space
-from app.services.embedding import Encoded
+from app.services.embedding import Embedder, Encoded
 from app.services.media import decode_upload
 from app.services.views import item_public
-from app.state import Services
+from app.settings import Settings
+from index.blobs import BlobStore
+from index.collections import CollectionStore
 from index.columns import storable
 from index.errors import NotFoundError
-from index.items import ItemDraft
+from index.items import ItemDraft, ItemStore
+from index.manager import IndexManager
 from index.tables import CollectionRow, ItemRow
+from models.encoders.aligner import Aligner
 from models.media.budget import RequestBudget
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -121,7 +125,8 @@ def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]
 
 def prepare_file(
     *,
-    services: Services,
+    settings: Settings,
+    embedder: Embedder,
     data: bytes,
     external_id: str | None,
     metadata: dict[str, Any],
@@ -129,7 +134,7 @@ def prepare_file(
 ) -> PendingItem:
     """A file item decoded and ready to embed (415/413 for what cannot be decoded), within
     ``budget`` (its request's decoded bytes; a request of its own when None)."""
-    media = decode_upload(data, services=services, budget=budget)
+    media = decode_upload(data, settings=settings, embedder=embedder, budget=budget)
     return PendingItem(
         external_id=external_id,
         modality=media.modality,
@@ -141,25 +146,52 @@ def prepare_file(
 
 
 def add_items(
-    *, services: Services, name: str, pending: list[PendingItem]
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    blobs: BlobStore,
+    name: str,
+    pending: list[PendingItem],
 ) -> list[tuple[ItemPublic, bool]]:
     """Encode (one forward pass per modality) and write items; (item, created) in order."""
-    row = services.stores.collections.get(name)
-    live = services.indexes.get(row)
+    row = collections.get(name)
+    live = indexes.get(row)
     for modality in sorted({p.modality for p in pending}):
-        require_space(row, live.aligner, services, modality)
-    encoded = services.embedder.encode_mixed(
-        [p.modality for p in pending], [p.payload for p in pending]
-    )
-    return [_write(services, row, item, enc) for item, enc in zip(pending, encoded, strict=True)]
+        require_space(row, live.aligner, embedder, modality)
+    encoded = embedder.encode_mixed([p.modality for p in pending], [p.payload for p in pending])
+    return [
+        _write(items, indexes, blobs, row, item, enc)
+        for item, enc in zip(pending, encoded, strict=True)
+    ]
 
 
 def add_batch(
-    *, services: Services, name: str, entries: list[PendingItem | Exception]
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    blobs: BlobStore,
+    name: str,
+    entries: list[PendingItem | Exception],
 ) -> list[BatchEntry]:
     """Write the good entries of a batch; bad ones get their own error, in place."""
     good = [e for e in entries if isinstance(e, PendingItem)]
-    written = iter(add_items(services=services, name=name, pending=good)) if good else iter(())
+    written = iter(
+        add_items(
+            collections=collections,
+            items=items,
+            indexes=indexes,
+            embedder=embedder,
+            blobs=blobs,
+            name=name,
+            pending=good,
+        )
+        if good
+        else []
+    )
     results = []
     for entry in entries:
         if isinstance(entry, PendingItem):
@@ -172,11 +204,16 @@ def add_batch(
 
 
 def _write(
-    services: Services, row: CollectionRow, item: PendingItem, encoded: Encoded
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    row: CollectionRow,
+    item: PendingItem,
+    encoded: Encoded,
 ) -> tuple[ItemPublic, bool]:
-    live = services.indexes.get(row)
+    live = indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    with services.blobs.pinned(item.data) as sha, services.indexes.writing(live) as index:
+    with blobs.pinned(item.data) as sha, indexes.writing(live) as index:
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.
         aligner = live.aligner
@@ -194,25 +231,29 @@ def _write(
             metadata=item.metadata,
             spans=encoded.span_list(),
         )
-        done = services.stores.items.upsert(collection_id=row.id, draft=draft)
+        done = items.upsert(collection_id=row.id, draft=draft)
         index.upsert(np.array([done.row.pk], dtype=np.int64), vectors, np.array([len(vectors)]))
     if done.replaced_sha is not None and done.replaced_sha != sha:
-        services.blobs.remove_unused([done.replaced_sha], services.stores.items.shas_in_use)
+        blobs.remove_unused([done.replaced_sha], items.shas_in_use)
     return item_public(done.row, row.name), done.created
 
 
-def get_item(*, services: Services, name: str, item_id: str) -> ItemPublic:
+def get_item(
+    *, collections: CollectionStore, items: ItemStore, name: str, item_id: str
+) -> ItemPublic:
     """One item."""
-    row = services.stores.collections.get(name)
-    return item_public(services.stores.items.get(collection_id=row.id, external_id=item_id), name)
+    row = collections.get(name)
+    return item_public(items.get(collection_id=row.id, external_id=item_id), name)
 
 
-def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes, str]:
+def item_content(
+    *, collections: CollectionStore, items: ItemStore, blobs: BlobStore, name: str, item_id: str
+) -> tuple[bytes, str]:
     """The original bytes of an item and their content type."""
-    row = services.stores.collections.get(name)
-    item = services.stores.items.get(collection_id=row.id, external_id=item_id)
+    row = collections.get(name)
+    item = items.get(collection_id=row.id, external_id=item_id)
     try:
-        return services.blobs.get(item.sha256), item.content_type
+        return blobs.get(item.sha256), item.content_type
     except FileNotFoundError as exc:
         # The row is there but its file is not (deleted or lost outside the service).
         raise NotFoundError(
@@ -222,31 +263,46 @@ def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes,
 
 
 def patch_item(
-    *, services: Services, name: str, item_id: str, metadata: dict[str, Any]
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    name: str,
+    item_id: str,
+    metadata: dict[str, Any],
 ) -> ItemPublic:
     """Replace an item's metadata without re-embedding it."""
-    row = services.stores.collections.get(name)
-    updated = services.stores.items.set_metadata(
+    row = collections.get(name)
+    updated = items.set_metadata(
         collection_id=row.id, external_id=item_id, metadata=check_metadata(metadata)
     )
     return item_public(updated, name)
 
 
-def delete_item(*, services: Services, name: str, item_id: str) -> None:
+def delete_item(
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    name: str,
+    item_id: str,
+) -> None:
     """Delete an item from SQL and the index, under the collection's writer lock."""
-    row = services.stores.collections.get(name)
-    live = services.indexes.get(row)
-    with services.indexes.writing(live) as index:
-        deleted: ItemRow = services.stores.items.delete(collection_id=row.id, external_id=item_id)
+    row = collections.get(name)
+    live = indexes.get(row)
+    with indexes.writing(live) as index:
+        deleted: ItemRow = items.delete(collection_id=row.id, external_id=item_id)
         index.remove(np.array([deleted.pk], dtype=np.int64))
-    services.blobs.remove_unused([deleted.sha256], services.stores.items.shas_in_use)
+    blobs.remove_unused([deleted.sha256], items.shas_in_use)
 
 
-def list_items(*, services: Services, name: str, limit: int, cursor: str | None) -> ItemPage:
+def list_items(
+    *, collections: CollectionStore, items: ItemStore, name: str, limit: int, cursor: str | None
+) -> ItemPage:
     """A page of items, oldest first; the cursor is opaque to clients."""
-    row = services.stores.collections.get(name)
+    row = collections.get(name)
     after = decode_cursor(cursor) if cursor else 0
-    rows = services.stores.items.page(collection_id=row.id, after_pk=after, limit=limit + 1)
+    rows = items.page(collection_id=row.id, after_pk=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].pk) if more and rows else None
