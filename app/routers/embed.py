@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, SettingsDep
-from app.errors import UnprocessableEntity
 from app.routers import body
 from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import embed_files, embed_texts
+from app.services.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 COLLECTION_NAME = EmbedOptions.model_json_schema()["properties"]["collection"]["anyOf"][0][
@@ -52,7 +52,7 @@ async def embed(
     if body.is_multipart(request):
         form = await body.read_form(request)
         if not form.files:
-            raise UnprocessableEntity("send one or more 'file' parts")
+            raise InvalidInput("send one or more 'file' parts")
         given = {k: form.field(k) for k in form.fields}
         opts = body.validate(EmbedOptions, given)
         return await run_in_threadpool(

@@ -17,7 +17,6 @@ from app.deps import (
     ItemStoreDep,
     SettingsDep,
 )
-from app.errors import ApiError, UnprocessableEntity
 from app.routers import body
 from app.schemas.common import ItemId
 from app.schemas.items import (
@@ -30,6 +29,7 @@ from app.schemas.items import (
 )
 from app.services import items as svc
 from app.services.embedding import Embedder
+from app.services.errors import InvalidInput, ServiceError
 from app.services.media import request_budget
 from app.settings import Settings
 from models.errors import MediaError
@@ -87,7 +87,7 @@ async def add_item(
     if body.is_multipart(request):
         form = await body.read_form(request)
         if len(form.files) != 1:
-            raise UnprocessableEntity("send exactly one 'file' part (use /items/batch for many)")
+            raise InvalidInput("send exactly one 'file' part (use /items/batch for many)")
         pending = await run_in_threadpool(
             svc.prepare_file,
             settings=settings,
@@ -158,7 +158,7 @@ def _prepare_texts(settings: Settings, payload: Any) -> list[svc.PendingItem | E
             entries.append(
                 svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
             )
-        except UnprocessableEntity as exc:
+        except InvalidInput as exc:
             entries.append(exc)
     return entries
 
@@ -169,7 +169,7 @@ def _prepare_files(
     _check_batch_size(settings, len(form.files))
     ids = [_item_id(v) for v in form.field_list("id")]
     if ids and len(ids) != len(form.files):
-        raise UnprocessableEntity(f"{len(ids)} 'id' fields for {len(form.files)} files")
+        raise InvalidInput(f"{len(ids)} 'id' fields for {len(form.files)} files")
     metadata = _batch_metadata(form.field("metadata"), len(form.files))
     budget = request_budget(settings)  # the files' decoded bytes, all together
     entries: list[svc.PendingItem | Exception] = []
@@ -185,7 +185,7 @@ def _prepare_files(
                     budget=budget,
                 )
             )
-        except (MediaError, ApiError) as exc:
+        except (MediaError, ServiceError) as exc:
             entries.append(exc)  # each entry reports its own error, in place
     return entries
 
@@ -200,15 +200,15 @@ def _batch_metadata(raw: str | None, n: int) -> list[Any]:
         return [dict(parsed) for _ in range(n)]
     if isinstance(parsed, list) and len(parsed) == n:
         return parsed
-    raise UnprocessableEntity("metadata must be a JSON object or a list with one per file")
+    raise InvalidInput("metadata must be a JSON object or a list with one per file")
 
 
 def _check_batch_size(settings: Settings, n: int) -> None:
     limit = settings.max_batch_items
     if n == 0:
-        raise UnprocessableEntity("the batch is empty")
+        raise InvalidInput("the batch is empty")
     if n > limit:
-        raise UnprocessableEntity(f"the batch has {n} items; the limit is {limit}")
+        raise InvalidInput(f"the batch has {n} items; the limit is {limit}")
 
 
 def _item_id(value: str | None) -> str | None:
@@ -219,7 +219,7 @@ def _item_id(value: str | None) -> str | None:
         return ITEM_ID.validate_python(value)
     except ValidationError as exc:  # the rule's own words (app/ids.py), as the JSON field's
         reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UnprocessableEntity(f"id {value!r} is not valid: {reason}") from exc
+        raise InvalidInput(f"id {value!r} is not valid: {reason}") from exc
 
 
 @router.get(

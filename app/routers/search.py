@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, ItemStoreDep, SettingsDep
-from app.errors import UnprocessableEntity
 from app.routers import body
 from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
+from app.services.errors import InvalidInput
 from app.services.search import (
     Constraints,
     Query,
@@ -72,7 +72,7 @@ async def search_collection(
 async def _from_form(request: Request) -> tuple[Query, Constraints]:
     form = await body.read_form(request)
     if len(form.files) != 1:
-        raise UnprocessableEntity("send exactly one 'file' part as the query")
+        raise InvalidInput("send exactly one 'file' part as the query")
     fields: dict[str, object] = {}
     if (k := form.field("k")) is not None:
         fields["k"] = k

@@ -4,9 +4,9 @@ knows nothing of what they mean)."""
 
 from __future__ import annotations
 
-from app.errors import SpaceMismatch
 from app.schemas.aligners import AlignerList, AlignerPublic
 from app.services.embedding import Embedder
+from app.services.errors import SpaceMismatch
 from app.services.views import aware
 from index.aligners import AlignerStore
 from index.collections import CollectionStore

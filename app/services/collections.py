@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from app.errors import SpaceMismatch, UnprocessableEntity
 from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings
 from app.services.embedding import Embedder
+from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.views import collection_public
 from index.blobs import BlobStore
 from index.collections import CollectionStore
@@ -80,7 +80,7 @@ def index_spec(settings: IndexSettings, *, dim: int) -> IndexSpec:
     try:
         spec.check(dim)
     except ValueError as exc:
-        raise UnprocessableEntity(str(exc)) from exc
+        raise InvalidInput(str(exc)) from exc
     return spec
 
 

@@ -9,10 +9,10 @@ from typing import cast
 import numpy as np
 from PIL import Image
 
-from app.errors import UnprocessableEntity
 from app.schemas.embed import EmbedResponse
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded, queries
+from app.services.errors import InvalidInput
 from app.services.media import DecodedMedia, decode_upload, request_budget
 from app.settings import Settings
 from index.collections import CollectionStore
@@ -23,7 +23,7 @@ from models.runtime.batcher import Pending
 
 def _check_count(settings: Settings, n: int) -> None:
     if n > settings.max_batch_items:
-        raise UnprocessableEntity(
+        raise InvalidInput(
             f"{n} inputs; the limit is {settings.max_batch_items} (MMR_MAX_BATCH_ITEMS)"
         )
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadRequest, UnprocessableEntity, describe_error
+from app.errors import describe_error
 from app.ids import check_key
 from app.schemas.common import MAX_TEXT_CHARS, ErrorDetail
 from app.schemas.items import BatchEntry, ItemPage, ItemPublic
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
+from app.services.errors import InvalidInput, Malformed, MalformedJson
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.settings import Settings
@@ -53,13 +54,13 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     """Metadata must be a JSON object of bounded size and depth, of finite numbers, its keys
     following the identifier rule (app/ids.py); it comes back with its keys in NFC."""
     if not isinstance(metadata, dict):
-        raise UnprocessableEntity("metadata must be a JSON object")
+        raise InvalidInput("metadata must be a JSON object")
     try:
         checked = _checked_value(metadata, depth=1)
     except ValueError as exc:
-        raise UnprocessableEntity(f"metadata: {exc}") from exc
+        raise InvalidInput(f"metadata: {exc}") from exc
     if len(json.dumps(checked)) > MAX_METADATA_BYTES:
-        raise UnprocessableEntity(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB")
+        raise InvalidInput(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB")
     return checked
 
 
@@ -88,13 +89,12 @@ def parse_json_field(raw: str, field: str) -> Any:
     try:
         return json.loads(raw)
     except RecursionError as exc:  # Python's parser recurses per nesting level
-        raise BadRequest(
+        raise MalformedJson(
             f"{field} is nested too deeply to parse; metadata and filters nest at most "
-            f"{MAX_METADATA_DEPTH} levels",
-            code="malformed_json",
+            f"{MAX_METADATA_DEPTH} levels"
         ) from exc
     except ValueError as exc:
-        raise BadRequest(f"{field} is not valid JSON: {exc}", code="malformed_json") from exc
+        raise MalformedJson(f"{field} is not valid JSON: {exc}") from exc
 
 
 def parse_metadata_field(raw: str | None) -> dict[str, Any]:
@@ -107,11 +107,11 @@ def parse_metadata_field(raw: str | None) -> dict[str, Any]:
 def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]) -> PendingItem:
     """A text item ready to embed."""
     if not text.strip():
-        raise UnprocessableEntity("text must not be blank")
+        raise InvalidInput("text must not be blank")
     if not storable(text):
-        raise UnprocessableEntity("text must not contain NUL (U+0000) characters")
+        raise InvalidInput("text must not contain NUL (U+0000) characters")
     if len(text) > MAX_TEXT_CHARS:
-        raise UnprocessableEntity(f"text is over {MAX_TEXT_CHARS} characters")
+        raise InvalidInput(f"text is over {MAX_TEXT_CHARS} characters")
     return PendingItem(
         external_id=external_id,
         modality="text",
@@ -320,7 +320,7 @@ def decode_cursor(cursor: str) -> int:
         padded = cursor + "=" * (-len(cursor) % 4)
         after = json.loads(base64.urlsafe_b64decode(padded))["after"]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise BadRequest("the cursor is not valid: pass next_cursor back unchanged") from exc
+        raise Malformed("the cursor is not valid: pass next_cursor back unchanged") from exc
     if not isinstance(after, int) or not 0 <= after < 2**63:  # a row key is 64 bits
-        raise BadRequest("the cursor is not valid: pass next_cursor back unchanged")
+        raise Malformed("the cursor is not valid: pass next_cursor back unchanged")
     return after

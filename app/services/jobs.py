@@ -7,9 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import ApiError
 from app.schemas.jobs import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
 from app.services.collections import index_spec
+from app.services.errors import QueueFull
 from app.services.views import job_public
 from app.settings import Settings
 from index.collections import CollectionStore
@@ -32,12 +32,6 @@ class JobContext:
     def should_stop(self) -> bool:
         """True once the job was cancelled, taken back, or the worker is shutting down."""
         return self.stop.is_set()
-
-
-class QueueFull(ApiError):
-    """Too many jobs wait already (429)."""
-
-    status, code = 429, "overloaded"
 
 
 def create_job(

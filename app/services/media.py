@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from app.errors import PayloadTooLarge
 from app.services.embedding import Embedder
+from app.services.errors import TooLarge
 from app.settings import Settings
 from models.errors import UnsupportedMediaError
 from models.media.audio import decode_audio, sniff_audio
@@ -53,7 +53,7 @@ def decode_upload(
     """Decode an uploaded file by its bytes (never by its name or declared type) into what
     ``embedder`` takes, within ``budget`` (a request of its own when None)."""
     if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
+        raise TooLarge(
             f"the file is over the {settings.max_upload_mb:g} MB limit (MMR_MAX_UPLOAD_MB)"
         )
     if not data:

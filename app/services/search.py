@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.errors import SpaceMismatch, UnprocessableEntity
 from app.schemas.search import SearchHit, SearchOptions, SearchRequest, SearchResponse
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
+from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.settings import Settings
@@ -134,7 +134,7 @@ def _decode_query(settings: Settings, embedder: Embedder, query: Query) -> tuple
     if query.text is not None:
         return "text", query.text
     if query.data is None:
-        raise UnprocessableEntity("give exactly one of text, item_id, vector or file")
+        raise InvalidInput("give exactly one of text, item_id, vector or file")
     media = decode_upload(query.data, settings=settings, embedder=embedder)
     return media.modality, media.payload
 
@@ -149,8 +149,8 @@ def _raw_vector(row: CollectionRow, values: list[float]) -> np.ndarray:
             f"the vector has {vector.size} dimensions but collection {row.name!r} has {row.dim}"
         )
     if not np.all(np.isfinite(vector)) or not np.any(vector):
-        raise UnprocessableEntity("the vector must be finite and not all zeros")
+        raise InvalidInput("the vector must be finite and not all zeros")
     unit = l2_normalize((vector / np.max(np.abs(vector))).reshape(1, -1))[0]
     if not np.all(np.isfinite(unit)) or abs(float(np.linalg.norm(unit)) - 1.0) > 1e-3:
-        raise UnprocessableEntity("the vector cannot be normalised to unit length")
+        raise InvalidInput("the vector cannot be normalised to unit length")
     return unit
