@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -55,22 +57,10 @@ async def embed(
             raise InvalidInput("send one or more 'file' parts")
         given = {k: form.field(k) for k in form.fields}
         opts = body.validate(EmbedOptions, given)
-        return await run_in_threadpool(
-            embed_files,
-            settings=settings,
-            collections=collections,
-            indexes=indexes,
-            embedder=embedder,
-            uploads=form.files,
-            collection=opts.collection,
-        )
-    req = await body.json_model(request, EmbedRequest)
+        run = functools.partial(embed_files, uploads=form.files, collection=opts.collection)
+    else:
+        req = await body.json_model(request, EmbedRequest)
+        run = functools.partial(embed_texts, texts=req.texts, collection=req.collection)
     return await run_in_threadpool(
-        embed_texts,
-        settings=settings,
-        collections=collections,
-        indexes=indexes,
-        embedder=embedder,
-        texts=req.texts,
-        collection=req.collection,
+        run, settings=settings, collections=collections, indexes=indexes, embedder=embedder
     )

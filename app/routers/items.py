@@ -17,9 +17,11 @@ from app.deps import (
     ItemStoreDep,
     SettingsDep,
 )
+from app.errors import describe_error
 from app.routers import body
-from app.schemas.common import ItemId
+from app.schemas.common import ErrorDetail, ItemId
 from app.schemas.items import (
+    BatchEntry,
     BatchResult,
     ItemPage,
     ItemPatch,
@@ -135,17 +137,37 @@ async def add_batch(
         entries = await run_in_threadpool(_prepare_files, settings, embedder, form)
     else:
         entries = _prepare_texts(settings, await body.json_payload(request))
-    results = await run_in_threadpool(
-        svc.add_batch,
-        collections=collections,
-        items=items,
-        indexes=indexes,
-        embedder=embedder,
-        blobs=blobs,
-        name=name,
-        entries=entries,
-    )
-    return BatchResult(results=results)
+    good = [e for e in entries if isinstance(e, svc.PendingItem)]
+    written = []
+    if good:  # all refused: each its own error, even for a collection that is not there
+        written = await run_in_threadpool(
+            svc.add_items,
+            collections=collections,
+            items=items,
+            indexes=indexes,
+            embedder=embedder,
+            blobs=blobs,
+            name=name,
+            pending=good,
+        )
+    return BatchResult(results=_batch_results(entries, written))
+
+
+def _batch_results(
+    entries: list[svc.PendingItem | Exception], written: list[tuple[ItemPublic, bool]]
+) -> list[BatchEntry]:
+    """Each entry's outcome at its place: the items written, in order, and the errors of
+    the others with the status and code they would have alone."""
+    done = iter(written)
+    results = []
+    for entry in entries:
+        if isinstance(entry, svc.PendingItem):
+            item, created = next(done)
+            results.append(BatchEntry(status=201 if created else 200, item=item))
+        else:
+            status, code, message = describe_error(entry)
+            results.append(BatchEntry(status=status, error=ErrorDetail(code=code, message=message)))
+    return results
 
 
 def _prepare_texts(settings: Settings, payload: Any) -> list[svc.PendingItem | Exception]:

@@ -12,10 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import describe_error
 from app.ids import check_key
-from app.schemas.common import MAX_TEXT_CHARS, ErrorDetail
-from app.schemas.items import BatchEntry, ItemPage, ItemPublic
+from app.schemas.common import MAX_TEXT_CHARS
+from app.schemas.items import ItemPage, ItemPublic
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, Malformed, MalformedJson
@@ -165,42 +164,6 @@ def add_items(
         _write(items, indexes, blobs, row, item, enc)
         for item, enc in zip(pending, encoded, strict=True)
     ]
-
-
-def add_batch(
-    *,
-    collections: CollectionStore,
-    items: ItemStore,
-    indexes: IndexManager[Aligner],
-    embedder: Embedder,
-    blobs: BlobStore,
-    name: str,
-    entries: list[PendingItem | Exception],
-) -> list[BatchEntry]:
-    """Write the good entries of a batch; bad ones get their own error, in place."""
-    good = [e for e in entries if isinstance(e, PendingItem)]
-    written = iter(
-        add_items(
-            collections=collections,
-            items=items,
-            indexes=indexes,
-            embedder=embedder,
-            blobs=blobs,
-            name=name,
-            pending=good,
-        )
-        if good
-        else []
-    )
-    results = []
-    for entry in entries:
-        if isinstance(entry, PendingItem):
-            item, created = next(written)
-            results.append(BatchEntry(status=201 if created else 200, item=item))
-        else:
-            status, code, message = describe_error(entry)
-            results.append(BatchEntry(status=status, error=ErrorDetail(code=code, message=message)))
-    return results
 
 
 def _write(
