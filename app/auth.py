@@ -5,7 +5,7 @@ Every ``/v1`` request needs ``Authorization: Bearer <key>`` or ``X-API-Key: <key
 each with a scope and optionally a list of collections. ``Authenticate`` decides all of it
 in front of everything else, before a byte of the body is read: a caller without a key
 costs a header lookup, whatever body it sends. Routes read the result as the request's
-``Principal`` (``scope["state"]["principal"]``); ``app.state.get_services`` hands a key
+``Principal`` (``scope["state"]["principal"]``); the dependencies of ``app.deps`` hand a key
 limited to collections the stores as that key sees them.
 """
 

@@ -1,4 +1,5 @@
-"""Domain errors from models/ and index/ turned into the API's error body, in one place."""
+"""Errors of every layer (index/, models/, app/services/ and HTTP's own) turned into the
+API's error body, in one place."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.services.errors import (
+    InvalidInput,
+    Malformed,
+    MalformedJson,
+    QueueFull,
+    SpaceMismatch,
+    TooLarge,
+)
 from index.db import statement_timed_out
 from index.errors import ConflictError, NotFoundError, OutOfScopeError
 from index.faults import DRIVER_ERRORS, database_unavailable, storage_full
@@ -22,20 +31,15 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """An error with its HTTP status and snake_case code."""
+    """An error of the HTTP layer itself (keys, start-up, body types), with its status and
+    snake_case code; the layers below raise status-free errors, mapped in DOMAIN_ERRORS."""
 
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
-
-
-class BadRequest(ApiError):
-    """Malformed request (400)."""
 
 
 class Unauthorized(ApiError):
@@ -50,24 +54,6 @@ class Forbidden(ApiError):
     status, code = 403, "forbidden"
 
 
-class SpaceMismatch(ApiError):
-    """A query or item from another embedding space (409)."""
-
-    status, code = 409, "embedding_space_mismatch"
-
-
-class PayloadTooLarge(ApiError):
-    """Upload over the limit (413)."""
-
-    status, code = 413, "payload_too_large"
-
-
-class UnprocessableEntity(ApiError):
-    """Validation failed (422)."""
-
-    status, code = 422, "validation_error"
-
-
 class NotReady(ApiError):
     """The service cannot answer yet (503)."""
 
@@ -76,12 +62,21 @@ class NotReady(ApiError):
 
 # Errors raised below the web layer, each with its one status and code.
 DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
+    # index/
     NotFoundError: (404, "not_found"),
     OutOfScopeError: (403, "forbidden"),
     ConflictError: (409, "conflict"),
+    # models/
     UnsupportedMediaError: (415, "unsupported_media"),
     MediaTooLargeError: (413, "media_too_large"),
     Overloaded: (429, "overloaded"),
+    # app/services/ (and the routers' body readers)
+    InvalidInput: (422, "validation_error"),
+    Malformed: (400, "bad_request"),
+    MalformedJson: (400, "malformed_json"),
+    SpaceMismatch: (409, "embedding_space_mismatch"),
+    TooLarge: (413, "payload_too_large"),
+    QueueFull: (429, "overloaded"),
 }
 # Faults of the machine, not the request (index/faults.py): an OperationalError may be an
 # outage or a statement timeout, an OSError a full disk or a missing file, so a predicate

@@ -25,7 +25,7 @@ from starlette.responses import HTMLResponse
 
 from app.auth import document_security
 from app.ids import HIDDEN, KEY_HIDDEN, MAX_ID_CHARS, MAX_KEY_CHARS
-from app.schemas import ItemId
+from app.schemas.common import ItemId
 from index.spec import TYPE_FIELDS
 
 # Swagger UI and ReDoc come from an installed package (fastapi-offline ships both bundles):
@@ -416,7 +416,7 @@ def metadata_value() -> dict[str, Any]:
 
 
 def _spell_identifiers(schema: dict[str, Any]) -> None:
-    """Item ids (described as app.schemas.ItemId) and metadata keys get their patterns."""
+    """Item ids (described as app.schemas.common.ItemId) and metadata keys get their patterns."""
     id_description = TypeAdapter(ItemId).json_schema().get("description")
 
     def visit(node: Any) -> None:

@@ -1,17 +1,15 @@
-"""The heavy objects of a running service, built once in the lifespan and shared."""
+"""The heavy objects of a running service, built once in the lifespan and shared; the
+routes get them one by one through app.deps."""
 
 from __future__ import annotations
 
 import dataclasses
 import threading
 from dataclasses import dataclass, field
-from typing import Annotated
 
-from fastapi import Depends, Request
 from sqlalchemy import Engine
 
-from app.auth import Principal, principal_of
-from app.errors import NotReady
+from app.auth import Principal
 from app.services.embedding import Embedder
 from app.settings import Settings
 from index.blobs import BlobStore
@@ -36,23 +34,13 @@ class Services:
     worker_wakeup: threading.Event = field(default_factory=threading.Event)
 
     def seen_by(self, principal: Principal | None) -> Services:
-        """These services as a key sees them: a key limited to collections gets stores
-        in which every other collection (and its items, aligners and jobs) is missing."""
+        """These services as a key sees them (see ``stores_seen_by``)."""
+        stores = self.stores_seen_by(principal)
+        return self if stores is self.stores else dataclasses.replace(self, stores=stores)
+
+    def stores_seen_by(self, principal: Principal | None) -> Stores:
+        """The stores as a key sees them: for a key limited to collections, every other
+        collection (and its items, aligners and jobs) is missing."""
         if principal is None or principal.collections is None:
-            return self
-        return dataclasses.replace(self, stores=self.stores.limited_to(principal.collections))
-
-
-async def get_services(request: Request) -> Services:
-    """The running service's objects; 503 while start-up has not finished.
-
-    Async (it never blocks): FastAPI runs a sync dependency in the thread pool, a thread
-    hop per request that a search of a million vectors would spend more time on than FAISS.
-    """
-    services: Services | None = getattr(request.app.state, "services", None)
-    if services is None:
-        raise NotReady("the service is starting; try again shortly")
-    return services.seen_by(principal_of(request))
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
+            return self.stores
+        return self.stores.limited_to(principal.collections)

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from app.errors import ApiError
+from app.services.errors import ServiceError
 from app.services.finetune import run_finetune, run_reindex
 from app.services.jobs import JobContext
 from app.state import Services
@@ -34,7 +34,7 @@ JOB_ERRORS = (
     LookupError,
     NotFoundError,
     ConflictError,
-    ApiError,
+    ServiceError,
     MediaError,
     ModelLoadError,
 )

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from app.fastpath import multipart, pool
 from app.routers.body import is_json_type
-from app.schemas import EmbedOptions, EmbedRequest, EmbedResponse
+from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import StagedImages, embed_decoded, embed_texts, finish, stage_files
 from app.state import Services
 
@@ -40,7 +40,13 @@ async def answer(services: Services, _: re.Match[str], ctype: str, raw: bytes) -
         except ValidationError:
             return None
         run = functools.partial(
-            embed_texts, services=services, texts=req.texts, collection=req.collection
+            embed_texts,
+            settings=services.settings,
+            collections=services.stores.collections,
+            indexes=services.indexes,
+            embedder=services.embedder,
+            texts=req.texts,
+            collection=req.collection,
         )
     else:
         parts = multipart.read_parts(raw, boundary)
@@ -63,7 +69,10 @@ async def _files(services: Services, uploads: list[bytes], collection: str | Non
             pool.decoders(),
             functools.partial(
                 stage_files,
-                services=services,
+                settings=services.settings,
+                collections=services.stores.collections,
+                indexes=services.indexes,
+                embedder=services.embedder,
                 uploads=uploads,
                 collection=collection,
                 pending=pending,
@@ -72,10 +81,16 @@ async def _files(services: Services, uploads: list[bytes], collection: str | Non
     finally:
         pending.withdraw()  # nothing once queued; here when the request ended before
     if isinstance(staged, StagedImages):
-        found = finish(services, staged, await asyncio.wrap_future(staged.rows))
+        rows = await asyncio.wrap_future(staged.rows)
+        found = finish(embedder=services.embedder, staged=staged, rows=rows)
     else:  # a sound among them: the whole call in the blocking pool
         run = functools.partial(
-            embed_decoded, services=services, media=staged, collection=collection
+            embed_decoded,
+            collections=services.stores.collections,
+            indexes=services.indexes,
+            embedder=services.embedder,
+            media=staged,
+            collection=collection,
         )
         found = await loop.run_in_executor(pool.pool(), run)
     return found.model_dump_json()

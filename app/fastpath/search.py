@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from app.fastpath import pool
 from app.routers.body import is_json_type
-from app.schemas import SearchRequest
+from app.schemas.search import SearchRequest
 from app.services.search import request_constraints, request_query, search
 from app.state import Services
 from index.locks import WouldBlock
@@ -43,9 +43,14 @@ async def answer(services: Services, matched: re.Match[str], _: str, raw: bytes)
     except ValidationError:
         return None
     name = matched.group(1)
+    stores = services.stores
     run = functools.partial(
         search,
-        services=services,
+        settings=services.settings,
+        collections=stores.collections,
+        items=stores.items,
+        indexes=services.indexes,
+        embedder=services.embedder,
         name=name,
         query=request_query(req),
         constraints=request_constraints(req),

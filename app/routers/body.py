@@ -11,7 +11,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
-from app.errors import ApiError, BadRequest, UnprocessableEntity
+from app.errors import ApiError
+from app.services.errors import InvalidInput, Malformed, MalformedJson
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -43,9 +44,9 @@ async def json_payload(request: Request) -> Any:
     try:
         return json.loads(raw)
     except RecursionError as exc:  # Python's parser recurses once per nesting level
-        raise BadRequest("the body is nested too deeply to parse", code="malformed_json") from exc
+        raise MalformedJson("the body is nested too deeply to parse") from exc
     except ValueError as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from exc
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from exc
 
 
 async def json_model(request: Request, model: type[M]) -> M:
@@ -59,8 +60,8 @@ async def json_model(request: Request, model: type[M]) -> M:
         broken = next((e for e in exc.errors() if e["type"] == "json_invalid"), None)
         if broken is not None:
             message = f"the body is not valid JSON: {broken['msg'].removeprefix('Invalid JSON: ')}"
-            raise BadRequest(message, code="malformed_json") from exc
-        raise UnprocessableEntity(describe_validation(exc)) from exc
+            raise MalformedJson(message) from exc
+        raise InvalidInput(describe_validation(exc)) from exc
 
 
 def validate(model: type[M], payload: Any) -> M:
@@ -68,7 +69,7 @@ def validate(model: type[M], payload: Any) -> M:
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        raise UnprocessableEntity(describe_validation(exc)) from exc
+        raise InvalidInput(describe_validation(exc)) from exc
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -102,17 +103,17 @@ async def read_form(request: Request, file_field: str = "file") -> Form:
     try:
         data = await request.form(max_files=1000, max_fields=1000)
     except MultiPartException as exc:
-        raise BadRequest(f"the multipart body could not be parsed: {exc.message}") from exc
+        raise Malformed(f"the multipart body could not be parsed: {exc.message}") from exc
     try:
         files: list[bytes] = []
         fields: dict[str, list[str]] = {}
         for key, value in data.multi_items():
             if isinstance(value, UploadFile):
                 if key != file_field:
-                    raise UnprocessableEntity(f"unexpected file field {key!r}; use {file_field!r}")
+                    raise InvalidInput(f"unexpected file field {key!r}; use {file_field!r}")
                 files.append(await value.read())
             elif key == file_field:
-                raise UnprocessableEntity(f"{file_field} must be a file upload, not a text field")
+                raise InvalidInput(f"{file_field} must be a file upload, not a text field")
             else:
                 fields.setdefault(key, []).append(value)
         return Form(files, fields)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import UnprocessableEntity
+from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, SettingsDep
 from app.routers import body
-from app.schemas import EmbedOptions, EmbedRequest, EmbedResponse
+from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import embed_files, embed_texts
-from app.state import ServicesDep
+from app.services.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["embed"])
 COLLECTION_NAME = EmbedOptions.model_json_schema()["properties"]["collection"]["anyOf"][0][
@@ -40,19 +42,25 @@ EMBED_FORM = {
     },
     openapi_extra=body.openapi_body(EmbedRequest.model_json_schema(), EMBED_FORM),
 )
-async def embed(request: Request, services: ServicesDep) -> EmbedResponse:
+async def embed(
+    request: Request,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    indexes: IndexesDep,
+    embedder: EmbedderDep,
+) -> EmbedResponse:
     """Vectors in the shared space (L2-normalised) for texts or uploaded files."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
         form = await body.read_form(request)
         if not form.files:
-            raise UnprocessableEntity("send one or more 'file' parts")
+            raise InvalidInput("send one or more 'file' parts")
         given = {k: form.field(k) for k in form.fields}
         opts = body.validate(EmbedOptions, given)
-        return await run_in_threadpool(
-            embed_files, services=services, uploads=form.files, collection=opts.collection
-        )
-    req = await body.json_model(request, EmbedRequest)
+        run = functools.partial(embed_files, uploads=form.files, collection=opts.collection)
+    else:
+        req = await body.json_model(request, EmbedRequest)
+        run = functools.partial(embed_texts, texts=req.texts, collection=req.collection)
     return await run_in_threadpool(
-        embed_texts, services=services, texts=req.texts, collection=req.collection
+        run, settings=settings, collections=collections, indexes=indexes, embedder=embedder
     )

@@ -33,7 +33,7 @@ def readyz(request: Request) -> JSONResponse:
         "status": "ready" if database else "database_unavailable",
         "ready": database,
         "database": database,
-        "model": model_info(services).model_dump(),
+        "model": model_info(services.embedder).model_dump(),
         "fallback": services.embedder.loaded.fallback,
         "warnings": services.warnings,
     }

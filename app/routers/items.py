@@ -9,11 +9,20 @@ from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import ApiError, UnprocessableEntity
+from app.deps import (
+    BlobsDep,
+    CollectionStoreDep,
+    EmbedderDep,
+    IndexesDep,
+    ItemStoreDep,
+    SettingsDep,
+)
+from app.errors import describe_error
 from app.routers import body
-from app.schemas import (
+from app.schemas.common import ErrorDetail, ItemId
+from app.schemas.items import (
+    BatchEntry,
     BatchResult,
-    ItemId,
     ItemPage,
     ItemPatch,
     ItemPublic,
@@ -21,8 +30,10 @@ from app.schemas import (
     TextItemCreate,
 )
 from app.services import items as svc
+from app.services.embedding import Embedder
+from app.services.errors import InvalidInput, ServiceError
 from app.services.media import request_budget
-from app.state import Services, ServicesDep
+from app.settings import Settings
 from models.errors import MediaError
 
 router = APIRouter(prefix="/v1/collections/{name}/items", tags=["items"])
@@ -63,16 +74,26 @@ BATCH_FORM = {
     },
     openapi_extra=body.openapi_body(TextItemCreate.model_json_schema(), FILE_FORM),
 )
-async def add_item(name: str, request: Request, services: ServicesDep) -> JSONResponse:
+async def add_item(
+    name: str,
+    request: Request,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+    indexes: IndexesDep,
+    embedder: EmbedderDep,
+    blobs: BlobsDep,
+) -> JSONResponse:
     """Add a text item (JSON) or an image (multipart `file`); the same client `id` replaces."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
         form = await body.read_form(request)
         if len(form.files) != 1:
-            raise UnprocessableEntity("send exactly one 'file' part (use /items/batch for many)")
+            raise InvalidInput("send exactly one 'file' part (use /items/batch for many)")
         pending = await run_in_threadpool(
             svc.prepare_file,
-            services=services,
+            settings=settings,
+            embedder=embedder,
             data=form.files[0],
             external_id=_item_id(form.field("id")),
             metadata=svc.parse_metadata_field(form.field("metadata")),
@@ -81,7 +102,14 @@ async def add_item(name: str, request: Request, services: ServicesDep) -> JSONRe
         item = await body.json_model(request, TextItemCreate)
         pending = svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
     [(public, created)] = await run_in_threadpool(
-        svc.add_items, services=services, name=name, pending=[pending]
+        svc.add_items,
+        collections=collections,
+        items=items,
+        indexes=indexes,
+        embedder=embedder,
+        blobs=blobs,
+        name=name,
+        pending=[pending],
     )
     return JSONResponse(public.model_dump(mode="json"), status_code=201 if created else 200)
 
@@ -92,21 +120,59 @@ async def add_item(name: str, request: Request, services: ServicesDep) -> JSONRe
     responses={409: {"description": "the collection is of another embedding space than the model"}},
     openapi_extra=body.openapi_body(TextBatch.model_json_schema(), BATCH_FORM),
 )
-async def add_batch(name: str, request: Request, services: ServicesDep) -> BatchResult:
+async def add_batch(
+    name: str,
+    request: Request,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+    indexes: IndexesDep,
+    embedder: EmbedderDep,
+    blobs: BlobsDep,
+) -> BatchResult:
     """Add many items in one call; each gets its own status, in order."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
         form = await body.read_form(request)
-        entries = await run_in_threadpool(_prepare_files, services, form)
+        entries = await run_in_threadpool(_prepare_files, settings, embedder, form)
     else:
-        entries = _prepare_texts(services, await body.json_payload(request))
-    results = await run_in_threadpool(svc.add_batch, services=services, name=name, entries=entries)
-    return BatchResult(results=results)
+        entries = _prepare_texts(settings, await body.json_payload(request))
+    good = [e for e in entries if isinstance(e, svc.PendingItem)]
+    written = []
+    if good:  # all refused: each its own error, even for a collection that is not there
+        written = await run_in_threadpool(
+            svc.add_items,
+            collections=collections,
+            items=items,
+            indexes=indexes,
+            embedder=embedder,
+            blobs=blobs,
+            name=name,
+            pending=good,
+        )
+    return BatchResult(results=_batch_results(entries, written))
 
 
-def _prepare_texts(services: Services, payload: Any) -> list[svc.PendingItem | Exception]:
+def _batch_results(
+    entries: list[svc.PendingItem | Exception], written: list[tuple[ItemPublic, bool]]
+) -> list[BatchEntry]:
+    """Each entry's outcome at its place: the items written, in order, and the errors of
+    the others with the status and code they would have alone."""
+    done = iter(written)
+    results = []
+    for entry in entries:
+        if isinstance(entry, svc.PendingItem):
+            item, created = next(done)
+            results.append(BatchEntry(status=201 if created else 200, item=item))
+        else:
+            status, code, message = describe_error(entry)
+            results.append(BatchEntry(status=status, error=ErrorDetail(code=code, message=message)))
+    return results
+
+
+def _prepare_texts(settings: Settings, payload: Any) -> list[svc.PendingItem | Exception]:
     raw_items = payload if isinstance(payload, list) else body.validate(TextBatch, payload).items
-    _check_batch_size(services, len(raw_items))
+    _check_batch_size(settings, len(raw_items))
     entries: list[svc.PendingItem | Exception] = []
     for raw in raw_items:
         try:
@@ -114,31 +180,34 @@ def _prepare_texts(services: Services, payload: Any) -> list[svc.PendingItem | E
             entries.append(
                 svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
             )
-        except UnprocessableEntity as exc:
+        except InvalidInput as exc:
             entries.append(exc)
     return entries
 
 
-def _prepare_files(services: Services, form: body.Form) -> list[svc.PendingItem | Exception]:
-    _check_batch_size(services, len(form.files))
+def _prepare_files(
+    settings: Settings, embedder: Embedder, form: body.Form
+) -> list[svc.PendingItem | Exception]:
+    _check_batch_size(settings, len(form.files))
     ids = [_item_id(v) for v in form.field_list("id")]
     if ids and len(ids) != len(form.files):
-        raise UnprocessableEntity(f"{len(ids)} 'id' fields for {len(form.files)} files")
+        raise InvalidInput(f"{len(ids)} 'id' fields for {len(form.files)} files")
     metadata = _batch_metadata(form.field("metadata"), len(form.files))
-    budget = request_budget(services.settings)  # the files' decoded bytes, all together
+    budget = request_budget(settings)  # the files' decoded bytes, all together
     entries: list[svc.PendingItem | Exception] = []
     for i, upload in enumerate(form.files):
         try:
             entries.append(
                 svc.prepare_file(
-                    services=services,
+                    settings=settings,
+                    embedder=embedder,
                     data=upload,
                     external_id=ids[i] if ids else None,
                     metadata=metadata[i],
                     budget=budget,
                 )
             )
-        except (MediaError, ApiError) as exc:
+        except (MediaError, ServiceError) as exc:
             entries.append(exc)  # each entry reports its own error, in place
     return entries
 
@@ -153,15 +222,15 @@ def _batch_metadata(raw: str | None, n: int) -> list[Any]:
         return [dict(parsed) for _ in range(n)]
     if isinstance(parsed, list) and len(parsed) == n:
         return parsed
-    raise UnprocessableEntity("metadata must be a JSON object or a list with one per file")
+    raise InvalidInput("metadata must be a JSON object or a list with one per file")
 
 
-def _check_batch_size(services: Services, n: int) -> None:
-    limit = services.settings.max_batch_items
+def _check_batch_size(settings: Settings, n: int) -> None:
+    limit = settings.max_batch_items
     if n == 0:
-        raise UnprocessableEntity("the batch is empty")
+        raise InvalidInput("the batch is empty")
     if n > limit:
-        raise UnprocessableEntity(f"the batch has {n} items; the limit is {limit}")
+        raise InvalidInput(f"the batch has {n} items; the limit is {limit}")
 
 
 def _item_id(value: str | None) -> str | None:
@@ -172,7 +241,7 @@ def _item_id(value: str | None) -> str | None:
         return ITEM_ID.validate_python(value)
     except ValidationError as exc:  # the rule's own words (app/ids.py), as the JSON field's
         reason = exc.errors()[0]["msg"].removeprefix("Value error, ")
-        raise UnprocessableEntity(f"id {value!r} is not valid: {reason}") from exc
+        raise InvalidInput(f"id {value!r} is not valid: {reason}") from exc
 
 
 @router.get(
@@ -182,30 +251,61 @@ def _item_id(value: str | None) -> str | None:
 )
 def list_items(
     name: str,
-    services: ServicesDep,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> ItemPage:
     """Items oldest first; pass `next_cursor` back as `cursor` for the next page."""
-    return svc.list_items(services=services, name=name, limit=limit, cursor=cursor)
+    return svc.list_items(
+        collections=collections, items=items, name=name, limit=limit, cursor=cursor
+    )
 
 
 @router.get("/{item_id}", response_model=ItemPublic)
-def get_item(name: str, item_id: str, services: ServicesDep) -> ItemPublic:
+def get_item(
+    name: str, item_id: str, collections: CollectionStoreDep, items: ItemStoreDep
+) -> ItemPublic:
     """One item."""
-    return svc.get_item(services=services, name=name, item_id=item_id)
+    return svc.get_item(collections=collections, items=items, name=name, item_id=item_id)
 
 
 @router.patch("/{item_id}", response_model=ItemPublic)
-def patch_item(name: str, item_id: str, patch: ItemPatch, services: ServicesDep) -> ItemPublic:
+def patch_item(
+    name: str,
+    item_id: str,
+    patch: ItemPatch,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+) -> ItemPublic:
     """Replace an item's metadata; its vector is untouched."""
-    return svc.patch_item(services=services, name=name, item_id=item_id, metadata=patch.metadata)
+    return svc.patch_item(
+        collections=collections,
+        items=items,
+        name=name,
+        item_id=item_id,
+        metadata=patch.metadata,
+    )
 
 
 @router.delete("/{item_id}", status_code=204, response_class=Response)
-def delete_item(name: str, item_id: str, services: ServicesDep) -> Response:
+def delete_item(
+    name: str,
+    item_id: str,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+    indexes: IndexesDep,
+    blobs: BlobsDep,
+) -> Response:
     """Delete an item; search never returns it again."""
-    svc.delete_item(services=services, name=name, item_id=item_id)
+    svc.delete_item(
+        collections=collections,
+        items=items,
+        indexes=indexes,
+        blobs=blobs,
+        name=name,
+        item_id=item_id,
+    )
     return Response(status_code=204)
 
 
@@ -214,7 +314,15 @@ def delete_item(name: str, item_id: str, services: ServicesDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"image/*": {}, "text/plain": {}}}},
 )
-def item_content(name: str, item_id: str, services: ServicesDep) -> Response:
+def item_content(
+    name: str,
+    item_id: str,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+    blobs: BlobsDep,
+) -> Response:
     """The original bytes, with their content type."""
-    data, content_type = svc.item_content(services=services, name=name, item_id=item_id)
+    data, content_type = svc.item_content(
+        collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
+    )
     return Response(content=data, media_type=content_type)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.schemas_keys import KeyCreate, KeyCreated, KeyList
+from app.deps import KeyStoreDep, SettingsDep
+from app.schemas.keys import KeyCreate, KeyCreated, KeyList
 from app.services import keys as svc
-from app.state import ServicesDep
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
 
@@ -26,20 +26,20 @@ router = APIRouter(prefix="/v1/keys", tags=["keys"])
         }
     },
 )
-async def create_key(body: KeyCreate, services: ServicesDep) -> KeyCreated:
+async def create_key(body: KeyCreate, settings: SettingsDep, keys: KeyStoreDep) -> KeyCreated:
     """Make a key with a scope, optionally limited to collections; the answer's `key` is
     shown once (only its hash is stored). 409 while `MMR_API_KEYS` is empty (auth off)."""
-    return await run_in_threadpool(svc.create_key, services=services, body=body)
+    return await run_in_threadpool(svc.create_key, settings=settings, keys=keys, body=body)
 
 
 @router.get("", response_model=KeyList)
-async def list_keys(services: ServicesDep) -> KeyList:
+async def list_keys(keys: KeyStoreDep) -> KeyList:
     """Every key made here, oldest first, without secrets (MMR_API_KEYS are not listed)."""
-    return KeyList(keys=await run_in_threadpool(svc.list_keys, services=services))
+    return KeyList(keys=await run_in_threadpool(svc.list_keys, keys=keys))
 
 
 @router.delete("/{key_id}", status_code=204, response_class=Response)
-async def delete_key(key_id: str, services: ServicesDep) -> Response:
+async def delete_key(key_id: str, keys: KeyStoreDep) -> Response:
     """Revoke a key: from the next request on, on every process, it gets 401."""
-    await run_in_threadpool(svc.delete_key, services=services, key_id=key_id)
+    await run_in_threadpool(svc.delete_key, keys=keys, key_id=key_id)
     return Response(status_code=204)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.schemas import AudioModelInfo, ModelInfo, ModelsResponse
-from app.state import Services, ServicesDep
+from app.deps import EmbedderDep
+from app.schemas.models import AudioModelInfo, ModelInfo, ModelsResponse
+from app.services.embedding import Embedder
 from models.encoders.registry import AUDIO_SYNTAX, list_architectures
 
 router = APIRouter(prefix="/v1", tags=["models"])
@@ -20,47 +21,45 @@ ID_SYNTAX = [
 ]
 
 
-def model_info(services: Services) -> ModelInfo:
+def model_info(embedder: Embedder) -> ModelInfo:
     """What this process serves, and whether it is the offline fallback."""
-    emb = services.embedder
-    probe = emb.loaded.precision.probe_min_cosine
+    probe = embedder.loaded.precision.probe_min_cosine
     return ModelInfo(
-        id=emb.model_id,
-        requested=emb.loaded.requested,
-        dim=emb.dim,
-        modalities=list(emb.modalities),
-        fallback=emb.loaded.fallback,
-        device=emb.encoder.device,
-        warning=emb.loaded.warning,
-        audio=_audio_info(services),
-        precision=emb.loaded.precision.name,
+        id=embedder.model_id,
+        requested=embedder.loaded.requested,
+        dim=embedder.dim,
+        modalities=list(embedder.modalities),
+        fallback=embedder.loaded.fallback,
+        device=embedder.encoder.device,
+        warning=embedder.loaded.warning,
+        audio=_audio_info(embedder),
+        precision=embedder.loaded.precision.name,
         precision_probe_min_cosine=None if probe is None else round(probe, 5),
     )
 
 
-def _audio_info(services: Services) -> AudioModelInfo | None:
-    emb = services.embedder
-    if emb.audio is None:
+def _audio_info(embedder: Embedder) -> AudioModelInfo | None:
+    if embedder.audio is None:
         return None
-    aligner = emb.default_aligner
+    aligner = embedder.default_aligner
     made = {f"made_by_{k}": v for k, v in aligner.meta.items() if k in ("kind", "corpus")}
     if "bootstrap" in aligner.meta:
         made["heldout_recall"] = aligner.meta["bootstrap"].get("after")
     return AudioModelInfo(
-        id=emb.audio.model_id,
-        raw_dim=emb.audio.dim,
-        sample_rate=emb.audio.sample_rate,
-        window_s=emb.audio.window_s,
-        hop_s=emb.audio.hop_s,
+        id=embedder.audio.model_id,
+        raw_dim=embedder.audio.dim,
+        sample_rate=embedder.audio.sample_rate,
+        window_s=embedder.audio.window_s,
+        hop_s=embedder.audio.hop_s,
         head=aligner.describe()["audio"] | made,
     )
 
 
 @router.get("/models", response_model=ModelsResponse)
-def get_models(services: ServicesDep) -> ModelsResponse:
+def get_models(embedder: EmbedderDep) -> ModelsResponse:
     """The active model (id, dim, modalities, fallback, precision) and the id syntax."""
     return ModelsResponse(
-        active=model_info(services),
+        active=model_info(embedder),
         syntax=ID_SYNTAX,
         audio_syntax=[s or "(empty: the model's own)" for s in AUDIO_SYNTAX],
         architectures=list_architectures(),

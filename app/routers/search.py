@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.errors import UnprocessableEntity
+from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, ItemStoreDep, SettingsDep
 from app.routers import body
-from app.schemas import MAX_K, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
+from app.services.errors import InvalidInput
 from app.services.search import (
     Constraints,
     Query,
@@ -16,7 +17,6 @@ from app.services.search import (
     request_query,
     search,
 )
-from app.state import ServicesDep
 
 router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
 
@@ -38,7 +38,15 @@ SEARCH_FORM = {
     responses={409: {"description": "the query is of another embedding space or dimension"}},
     openapi_extra=body.openapi_body(SearchRequest.model_json_schema(), SEARCH_FORM),
 )
-async def search_collection(name: str, request: Request, services: ServicesDep) -> Response:
+async def search_collection(
+    name: str,
+    request: Request,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+    indexes: IndexesDep,
+    embedder: EmbedderDep,
+) -> Response:
     """Nearest items to a text, an uploaded file, a stored item or a raw vector."""
     body.require_json_or_multipart(request)
     if body.is_multipart(request):
@@ -47,7 +55,15 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
         req = await body.json_model(request, SearchRequest)
         query, constraints = request_query(req), request_constraints(req)
     found = await run_in_threadpool(
-        search, services=services, name=name, query=query, constraints=constraints
+        search,
+        settings=settings,
+        collections=collections,
+        items=items,
+        indexes=indexes,
+        embedder=embedder,
+        name=name,
+        query=query,
+        constraints=constraints,
     )
     # Serialised here, once: FastAPI would validate the finished model again first.
     return Response(found.model_dump_json(), media_type="application/json")
@@ -56,7 +72,7 @@ async def search_collection(name: str, request: Request, services: ServicesDep) 
 async def _from_form(request: Request) -> tuple[Query, Constraints]:
     form = await body.read_form(request)
     if len(form.files) != 1:
-        raise UnprocessableEntity("send exactly one 'file' part as the query")
+        raise InvalidInput("send exactly one 'file' part as the query")
     fields: dict[str, object] = {}
     if (k := form.field("k")) is not None:
         fields["k"] = k

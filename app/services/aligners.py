@@ -4,12 +4,14 @@ knows nothing of what they mean)."""
 
 from __future__ import annotations
 
-from app.errors import SpaceMismatch
-from app.schemas import AlignerList, AlignerPublic
+from app.schemas.aligners import AlignerList, AlignerPublic
+from app.services.embedding import Embedder
+from app.services.errors import SpaceMismatch
 from app.services.views import aware
-from app.state import Services
 from index.aligners import AlignerStore
+from index.collections import CollectionStore
 from index.errors import NotFoundError
+from index.manager import IndexManager
 from index.spec import IndexSpec
 from index.tables import AlignerRow, CollectionRow
 from models.encoders.aligner import Aligner
@@ -39,9 +41,11 @@ def decoded(found: AlignerRow) -> Aligner:
     return Aligner.from_bytes(found.artefact).numbered(found.version)
 
 
-def list_aligners(*, services: Services, name: str) -> AlignerList:
+def list_aligners(
+    *, collections: CollectionStore, aligners: AlignerStore, name: str
+) -> AlignerList:
     """Every recorded aligner version of a collection, with how it was made."""
-    row = services.stores.collections.get(name)
+    row = collections.get(name)
     versions = [
         AlignerPublic(
             version=a.version,
@@ -51,54 +55,66 @@ def list_aligners(*, services: Services, name: str) -> AlignerList:
             meta=a.meta,
             created_at=aware(a.created_at),
         )
-        for a in services.stores.aligners.list(row.id)
+        for a in aligners.list(row.id)
     ]
     return AlignerList(active=row.aligner_version, aligners=versions)
 
 
-def record(*, services: Services, row: CollectionRow, aligner: Aligner) -> int:
+def record(*, aligners: AlignerStore, row: CollectionRow, aligner: Aligner) -> int:
     """Record a new (inactive) version of a collection's aligner; its number."""
-    added = services.stores.aligners.add(
+    added = aligners.add(
         collection_id=row.id, artefact=aligner.to_bytes(), meta=aligner.meta, activate=False
     )
     return added.version
 
 
-def activate(*, services: Services, name: str, version: int) -> AlignerList:
+def activate(
+    *,
+    collections: CollectionStore,
+    aligners: AlignerStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    name: str,
+    version: int,
+) -> AlignerList:
     """Make a recorded version the active one: SQL names it, then (in the process that
     holds the index) a new index is built beside the live one and swapped in."""
-    row = services.stores.collections.get(name)
-    found = services.stores.aligners.get(collection_id=row.id, version=version)
+    row = collections.get(name)
+    found = aligners.get(collection_id=row.id, version=version)
     if found is None:
         raise NotFoundError(f"collection {name!r} has no aligner version {version}")
     aligner = decoded(found)
-    running = services.embedder.encoder_ids
+    running = embedder.encoder_ids
     foreign = {m: e for m, e in aligner.encoders.items() if running.get(m) != e}
     if foreign or aligner.dim != row.dim:
         raise SpaceMismatch(
             f"aligner v{version} takes features of {foreign or aligner.encoders} but this "
             f"server runs {running}; start it with the model the version was made for"
         )
-    fresh = services.stores.collections.set_space(collection_id=row.id, aligner_version=version)
-    _swap_here(services, fresh)
-    return list_aligners(services=services, name=name)
+    fresh = collections.set_space(collection_id=row.id, aligner_version=version)
+    _swap_here(indexes, fresh)
+    return list_aligners(collections=collections, aligners=aligners, name=name)
 
 
-def rebuild(*, services: Services, name: str, spec: IndexSpec | None = None) -> CollectionRow:
+def rebuild(
+    *,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    name: str,
+    spec: IndexSpec | None = None,
+) -> CollectionRow:
     """Rebuild the index from SQL (a new epoch, of another type when ``spec`` says so),
     swapped in like an activation."""
-    row = services.stores.collections.get(name)
+    row = collections.get(name)
     index = None if spec is None else (spec.type, spec.params())
-    fresh = services.stores.collections.set_space(
-        collection_id=row.id, bump_epoch=True, index=index
-    )
-    _swap_here(services, fresh)
+    fresh = collections.set_space(collection_id=row.id, bump_epoch=True, index=index)
+    _swap_here(indexes, fresh)
     return fresh
 
 
-def _swap_here(services: Services, row: CollectionRow) -> None:
+def _swap_here(indexes: IndexManager[Aligner], row: CollectionRow) -> None:
     """In the process that holds the indexes, swap before returning: the new version
     serves the next search. A worker process holds none; the API process swaps when it
     next touches the collection."""
-    if services.indexes.follow:
-        services.indexes.get(row, wait=True)
+    if indexes.follow:
+        indexes.get(row, wait=True)

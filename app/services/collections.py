@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
-from app.errors import SpaceMismatch, UnprocessableEntity
-from app.schemas import CollectionCreate, CollectionPublic, IndexSettings
+from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings
+from app.services.embedding import Embedder
+from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.views import collection_public
-from app.state import Services
+from index.blobs import BlobStore
+from index.collections import CollectionStore
+from index.items import ItemStore
+from index.manager import IndexManager
 from index.spec import IndexSpec
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
 
 
 def space_problem(
-    row: CollectionRow, aligner: Aligner, services: Services, modality: str
+    row: CollectionRow, aligner: Aligner, embedder: Embedder, modality: str
 ) -> str | None:
-    """Why this process cannot put ``modality`` into the collection's space, or None."""
-    emb = services.embedder
-    if aligner.dim != emb.dim or row.model != emb.model_id:
+    """Why this process (its encoders: ``embedder``) cannot put ``modality`` into the
+    collection's space, or None."""
+    if aligner.dim != embedder.dim or row.model != embedder.model_id:
         return (
             f"collection {row.name!r} lives in the space of {row.model} (dim {row.dim}) but "
-            f"this server runs {emb.model_id} (dim {emb.dim}); start the server with "
+            f"this server runs {embedder.model_id} (dim {embedder.dim}); start the server with "
             f"MMR_MODEL={row.model} or use another collection"
         )
     wanted = aligner.encoders.get(modality)
-    running = emb.encoder_ids.get(modality)
+    running = embedder.encoder_ids.get(modality)
     if wanted is None:
         return (
             f"collection {row.name!r} was created without an {modality} model, so its aligner "
@@ -38,29 +42,34 @@ def space_problem(
     return None
 
 
-def require_space(row: CollectionRow, aligner: Aligner, services: Services, modality: str) -> None:
+def require_space(row: CollectionRow, aligner: Aligner, embedder: Embedder, modality: str) -> None:
     """Refuse (409) to mix spaces: invariant 4."""
-    problem = space_problem(row, aligner, services, modality)
+    problem = space_problem(row, aligner, embedder, modality)
     if problem is not None:
         raise SpaceMismatch(problem)
 
 
-def create_collection(*, services: Services, body: CollectionCreate) -> CollectionPublic:
+def create_collection(
+    *,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    body: CollectionCreate,
+) -> CollectionPublic:
     """Create an empty collection in the active model's space."""
-    emb = services.embedder
-    aligner = emb.default_aligner
-    spec = index_spec(body.index, dim=emb.dim)
-    row = services.stores.collections.create(
+    aligner = embedder.default_aligner
+    spec = index_spec(body.index, dim=embedder.dim)
+    row = collections.create(
         name=body.name,
-        model=emb.model_id,
-        audio_model=emb.audio_model_id,
-        dim=emb.dim,
+        model=embedder.model_id,
+        audio_model=embedder.audio_model_id,
+        dim=embedder.dim,
         index_type=spec.type,
         index_params=spec.params(),
         aligner=aligner.to_bytes(),
         aligner_meta=aligner.meta,
     )
-    live = services.indexes.create(row, aligner.numbered(row.aligner_version))
+    live = indexes.create(row, aligner.numbered(row.aligner_version))
     return collection_public(row, count=0, index=live.index.describe(), compatible=True)
 
 
@@ -71,37 +80,61 @@ def index_spec(settings: IndexSettings, *, dim: int) -> IndexSpec:
     try:
         spec.check(dim)
     except ValueError as exc:
-        raise UnprocessableEntity(str(exc)) from exc
+        raise InvalidInput(str(exc)) from exc
     return spec
 
 
-def get_collection(*, services: Services, name: str) -> CollectionPublic:
+def get_collection(
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    name: str,
+) -> CollectionPublic:
     """One collection with its counts."""
-    return describe(services, services.stores.collections.get(name))
+    return describe(collections.get(name), items=items, indexes=indexes, embedder=embedder)
 
 
-def list_collections(*, services: Services) -> list[CollectionPublic]:
+def list_collections(
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+) -> list[CollectionPublic]:
     """Every collection, oldest first."""
-    return [describe(services, row) for row in services.stores.collections.list()]
+    return [
+        describe(row, items=items, indexes=indexes, embedder=embedder) for row in collections.list()
+    ]
 
 
-def delete_collection(*, services: Services, name: str) -> None:
+def delete_collection(
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    name: str,
+) -> None:
     """Delete a collection, its items and its index."""
-    row = services.stores.collections.get(name)
-    live = services.indexes.get(row)
-    with services.indexes.writing(live):
-        shas = services.stores.items.collection_shas(row.id)
-        services.stores.collections.delete(row.id)
-        services.indexes.drop(row.id)
-    services.blobs.remove_unused(shas, services.stores.items.shas_in_use)
+    row = collections.get(name)
+    live = indexes.get(row)
+    with indexes.writing(live):
+        shas = items.collection_shas(row.id)
+        collections.delete(row.id)
+        indexes.drop(row.id)
+    blobs.remove_unused(shas, items.shas_in_use)
 
 
-def describe(services: Services, row: CollectionRow) -> CollectionPublic:
+def describe(
+    row: CollectionRow, *, items: ItemStore, indexes: IndexManager[Aligner], embedder: Embedder
+) -> CollectionPublic:
     """A collection row with its live numbers."""
-    live = services.indexes.get(row)
+    live = indexes.get(row)
     return collection_public(
         row,
-        count=services.stores.items.count(row.id),
+        count=items.count(row.id),
         index=live.space.index.describe(),
-        compatible=space_problem(row, live.aligner, services, "text") is None,
+        compatible=space_problem(row, live.aligner, embedder, "text") is None,
     )

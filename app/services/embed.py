@@ -9,51 +9,76 @@ from typing import cast
 import numpy as np
 from PIL import Image
 
-from app.errors import UnprocessableEntity
-from app.schemas import EmbedResponse
+from app.schemas.embed import EmbedResponse
 from app.services.collections import require_space
-from app.services.embedding import Encoded, queries
+from app.services.embedding import Embedder, Encoded, queries
+from app.services.errors import InvalidInput
 from app.services.media import DecodedMedia, decode_upload, request_budget
-from app.state import Services
+from app.settings import Settings
+from index.collections import CollectionStore
+from index.manager import IndexManager
 from models.encoders.aligner import Aligner
 from models.runtime.batcher import Pending
 
 
-def _check_count(services: Services, n: int) -> None:
-    if n > services.settings.max_batch_items:
-        raise UnprocessableEntity(
-            f"{n} inputs; the limit is {services.settings.max_batch_items} (MMR_MAX_BATCH_ITEMS)"
+def _check_count(settings: Settings, n: int) -> None:
+    if n > settings.max_batch_items:
+        raise InvalidInput(
+            f"{n} inputs; the limit is {settings.max_batch_items} (MMR_MAX_BATCH_ITEMS)"
         )
 
 
-def embed_texts(*, services: Services, texts: list[str], collection: str | None) -> EmbedResponse:
-    """Embed texts."""
-    _check_count(services, len(texts))
-    aligner = _aligner(services, collection, ["text"])
-    return _response(services, aligner, services.embedder.texts(texts))
+def embed_texts(
+    *,
+    settings: Settings,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    texts: list[str],
+    collection: str | None,
+) -> EmbedResponse:
+    """Embed texts (with ``collection``'s active heads, or a new collection's)."""
+    _check_count(settings, len(texts))
+    aligner = _aligner(collections, indexes, embedder, collection, ["text"])
+    return _response(embedder, aligner, embedder.texts(texts))
 
 
 def embed_files(
-    *, services: Services, uploads: list[bytes], collection: str | None
+    *,
+    settings: Settings,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    uploads: list[bytes],
+    collection: str | None,
 ) -> EmbedResponse:
     """Embed uploaded images and sounds, in order (every file must decode, else the call fails).
 
     A recording longer than the audio window gives one vector: the mean of its segments.
     """
-    _check_count(services, len(uploads))
-    media = _decode_all(services, uploads)
-    return embed_decoded(services=services, media=media, collection=collection)
+    _check_count(settings, len(uploads))
+    media = _decode_all(settings, embedder, uploads)
+    return embed_decoded(
+        collections=collections,
+        indexes=indexes,
+        embedder=embedder,
+        media=media,
+        collection=collection,
+    )
 
 
 def embed_decoded(
-    *, services: Services, media: list[DecodedMedia], collection: str | None
+    *,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    media: list[DecodedMedia],
+    collection: str | None,
 ) -> EmbedResponse:
     """``embed_files`` after the decoding."""
-    aligner = _aligner(services, collection, [m.modality for m in media])
-    encoded = services.embedder.encode_mixed(
-        [m.modality for m in media], [m.payload for m in media]
-    )
-    return _response(services, aligner, encoded)
+    aligner = _aligner(collections, indexes, embedder, collection, [m.modality for m in media])
+    encoded = embedder.encode_mixed([m.modality for m in media], [m.payload for m in media])
+    return _response(embedder, aligner, encoded)
 
 
 @dataclass(frozen=True)
@@ -65,7 +90,14 @@ class StagedImages:
 
 
 def stage_files(
-    *, services: Services, uploads: list[bytes], collection: str | None, pending: Pending
+    *,
+    settings: Settings,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    uploads: list[bytes],
+    collection: str | None,
+    pending: Pending,
 ) -> StagedImages | list[DecodedMedia]:
     """``embed_files`` in steps, for a caller that awaits the forward instead of holding a
     thread for it (the embed fast path): the files decoded here; when they are all images,
@@ -73,48 +105,56 @@ def stage_files(
     else ``pending`` withdrawn and the decoded media returned for ``embed_decoded``. Raises
     what ``embed_files`` raises, with ``pending`` withdrawn."""
     try:
-        _check_count(services, len(uploads))
-        media = _decode_all(services, uploads)
+        _check_count(settings, len(uploads))
+        media = _decode_all(settings, embedder, uploads)
         if any(m.modality != "image" for m in media):
             pending.withdraw()
             return media
-        aligner = _aligner(services, collection, ["image"])
+        aligner = _aligner(collections, indexes, embedder, collection, ["image"])
     except BaseException:
         pending.withdraw()
         raise
     images = [cast(Image.Image, m.payload) for m in media]
-    rows = services.embedder.encoder.enqueue_images(images, pending)
+    rows = embedder.encoder.enqueue_images(images, pending)
     return StagedImages(rows, aligner)
 
 
-def _decode_all(services: Services, uploads: list[bytes]) -> list[DecodedMedia]:
+def _decode_all(settings: Settings, embedder: Embedder, uploads: list[bytes]) -> list[DecodedMedia]:
     """Every upload decoded, all within one request's budget of decoded bytes."""
-    budget = request_budget(services.settings)
-    return [decode_upload(data, services=services, budget=budget) for data in uploads]
+    budget = request_budget(settings)
+    return [
+        decode_upload(data, settings=settings, embedder=embedder, budget=budget) for data in uploads
+    ]
 
 
-def finish(services: Services, staged: StagedImages, rows: np.ndarray) -> EmbedResponse:
+def finish(*, embedder: Embedder, staged: StagedImages, rows: np.ndarray) -> EmbedResponse:
     """The answer for staged images, from their rows."""
     encoded = [Encoded("image", row.reshape(1, -1)) for row in rows]
-    return _response(services, staged.aligner, encoded)
+    return _response(embedder, staged.aligner, encoded)
 
 
-def _aligner(services: Services, collection: str | None, modalities: list[str]) -> Aligner:
+def _aligner(
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    collection: str | None,
+    modalities: list[str],
+) -> Aligner:
     """A collection's active heads, or the heads a new collection would start from."""
     if collection is None:
-        return services.embedder.default_aligner
-    row = services.stores.collections.get(collection)
-    aligner = services.indexes.get(row).aligner
+        return embedder.default_aligner
+    row = collections.get(collection)
+    aligner = indexes.get(row).aligner
     for modality in sorted(set(modalities)):
-        require_space(row, aligner, services, modality)
+        require_space(row, aligner, embedder, modality)
     return aligner
 
 
-def _response(services: Services, aligner: Aligner, encoded: list[Encoded]) -> EmbedResponse:
+def _response(embedder: Embedder, aligner: Aligner, encoded: list[Encoded]) -> EmbedResponse:
     vectors = queries(aligner, encoded)
     return EmbedResponse(
-        model=services.embedder.model_id,
-        dim=services.embedder.dim,
+        model=embedder.model_id,
+        dim=embedder.dim,
         aligner_version=aligner.version or None,
         embeddings=vectors.tolist(),
     )

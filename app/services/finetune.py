@@ -3,6 +3,8 @@
 Fine-tuning works on the raw encoder features stored with every item: nothing is
 re-encoded, and the encoders need not even be the fast ones. The new heads are recorded as
 a new aligner version whatever happens; activating them is a swap (app/services/aligners).
+A handler takes the worker's services, as a route takes its dependencies, and hands each
+step only the stores and objects it uses.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from app.schemas import IndexSettings
-from app.services import aligners
+from app.schemas.collections import IndexSettings
+from app.services import aligners as aligner_svc
 from app.services.collections import index_spec
 from app.services.jobs import JobContext
 from app.state import Services
+from index.aligners import AlignerStore
 from index.columns import from_blob
-from index.items import StoredVectors
+from index.items import ItemStore, StoredVectors
+from index.jobs import JobStore
 from index.tables import CollectionRow
 from models.training.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
 
@@ -32,9 +36,10 @@ ANCHORS = 4096  # stored items per modality the fine-tune keeps in place
 def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
     """Train new heads on the job's pairs, record them, activate them by the job's policy."""
     params = ctx.job.params
-    row = services.stores.collections.get_by_id(ctx.job.collection_id)
-    base = aligners.active_aligner(row, store=services.stores.aligners)
-    pairs, found = collect_pairs(services, row, params)
+    stores = services.stores
+    row = stores.collections.get_by_id(ctx.job.collection_id)
+    base = aligner_svc.active_aligner(row, store=stores.aligners)
+    pairs, found = collect_pairs(row, params, items=stores.items, aligners=stores.aligners)
     cfg = FinetuneConfig(
         holdout=params["holdout"],
         seed=params["seed"],
@@ -54,14 +59,21 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
         )
 
     tuned, report = finetune(base, pairs, cfg, progress=progress, should_stop=ctx.should_stop)
-    _stop_if_cancelled(services, ctx)
+    _stop_if_cancelled(stores.jobs, ctx)
     tuned = tuned.with_meta(job=ctx.job.id, base_version=base.version, pairs=found)
-    version = aligners.record(services=services, row=row, aligner=tuned)
+    version = aligner_svc.record(aligners=stores.aligners, row=row, aligner=tuned)
     policy = params["activate"]
     activate = policy == "always" or (policy == "if_better" and report.improved)
     if activate:
-        _stop_if_cancelled(services, ctx)
-        aligners.activate(services=services, name=row.name, version=version)
+        _stop_if_cancelled(stores.jobs, ctx)
+        aligner_svc.activate(
+            collections=stores.collections,
+            aligners=stores.aligners,
+            indexes=services.indexes,
+            embedder=services.embedder,
+            name=row.name,
+            version=version,
+        )
     return {
         "aligner_version": version,
         "base_version": base.version,
@@ -72,36 +84,38 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _stop_if_cancelled(services: Services, ctx: JobContext) -> None:
+def _stop_if_cancelled(jobs: JobStore, ctx: JobContext) -> None:
     """Raise Cancelled once the job is no longer this worker's. Asked of SQL, not of the
     heartbeat: a cancel that lands after the last epoch (seconds before the next beat)
     must still keep the new version from being recorded or activated."""
     worker = ctx.job.worker or ""
-    if ctx.should_stop() or not services.stores.jobs.still_running(ctx.job.id, worker=worker):
+    if ctx.should_stop() or not jobs.still_running(ctx.job.id, worker=worker):
         raise Cancelled
 
 
 def run_reindex(services: Services, ctx: JobContext) -> dict[str, Any]:
     """Rebuild the collection's index from SQL (compacting it, retraining an IVF), with new
     index settings when the job gives them, and swap it in."""
-    row = services.stores.collections.get_by_id(ctx.job.collection_id)
+    stores = services.stores
+    row = stores.collections.get_by_id(ctx.job.collection_id)
     wanted = ctx.job.params.get("index")
     spec = None if wanted is None else index_spec(IndexSettings(**wanted), dim=row.dim)
     started = time.monotonic()
-    fresh = aligners.rebuild(services=services, name=row.name, spec=spec)
+    fresh = aligner_svc.rebuild(
+        collections=stores.collections, indexes=services.indexes, name=row.name, spec=spec
+    )
     return {
         "index_epoch": fresh.index_epoch,
-        "items": services.stores.items.count(row.id),
+        "items": stores.items.count(row.id),
         "index": {"type": fresh.index_type, **fresh.index_params},
         "seconds": round(time.monotonic() - started, 3),
     }
 
 
 def collect_pairs(
-    services: Services, row: CollectionRow, params: dict[str, Any]
+    row: CollectionRow, params: dict[str, Any], *, items: ItemStore, aligners: AlignerStore
 ) -> tuple[Pairs, dict[str, Any]]:
     """The job's item pairs as raw features, oriented to the most common modality pair."""
-    items = services.stores.items
     if params.get("pair_key") is not None:
         candidates = _pairs_by_key(items.tagged(collection_id=row.id, key=params["pair_key"]))
         missing = 0
@@ -110,7 +124,7 @@ def collect_pairs(
         ids = items.pks_of(collection_id=row.id, external_ids=[i for p in wanted for i in p])
         candidates = [(ids[a], ids[b]) for a, b in wanted if a in ids and b in ids and a != b]
         missing = len(wanted) - len(candidates)
-    stored = _stored(services, row, {pk for pair in candidates for pk in pair})
+    stored = _stored(items, row, {pk for pair in candidates for pk in pair})
     kinds = Counter(tuple(sorted((stored[a].modality, stored[b].modality))) for a, b in candidates)
     if not kinds:
         raise ValueError(
@@ -131,20 +145,22 @@ def collect_pairs(
     raw_a = np.stack([_raw(stored[a], row.dim) for a, _ in oriented])
     raw_b = np.stack([_raw(stored[b], row.dim) for _, b in oriented])
     paired = {pk for pair in oriented for pk in pair}
-    anchors = {m: _anchors(services, row, m, paired) for m in {ma, mb}}
+    anchors = {m: _anchors(items, aligners, row, m, paired) for m in {ma, mb}}
     found["anchors"] = {m: len(a) for m, a in anchors.items()}
     return Pairs(ma, mb, raw_a, raw_b, anchors), found
 
 
-def _anchors(services: Services, row: CollectionRow, modality: str, paired: set[int]) -> np.ndarray:
+def _anchors(
+    items: ItemStore, aligners: AlignerStore, row: CollectionRow, modality: str, paired: set[int]
+) -> np.ndarray:
     """Raw features of up to ANCHORS stored items of a modality outside the pairs: the
     fine-tune keeps them where they are, so what the collection holds stays findable."""
     rows: list[np.ndarray] = []
-    for chunk in services.stores.items.iter_stored(collection_id=row.id, modality=modality):
+    for chunk in items.iter_stored(collection_id=row.id, modality=modality):
         rows.extend(_raw(s, row.dim) for s in chunk if s.pk not in paired)
         if len(rows) >= ANCHORS:
             break
-    width = aligners.active_aligner(row, store=services.stores.aligners).heads[modality].in_dim
+    width = aligner_svc.active_aligner(row, store=aligners).heads[modality].in_dim
     return np.stack(rows[:ANCHORS]) if rows else np.zeros((0, width), np.float32)
 
 
@@ -158,9 +174,9 @@ def _pairs_by_key(tagged: Iterable[tuple[int, str]]) -> list[tuple[int, int]]:
     return pairs
 
 
-def _stored(services: Services, row: CollectionRow, pks: set[int]) -> dict[int, StoredVectors]:
+def _stored(items: ItemStore, row: CollectionRow, pks: set[int]) -> dict[int, StoredVectors]:
     found: dict[int, StoredVectors] = {}
-    for chunk in services.stores.items.iter_stored(collection_id=row.id, pks=sorted(pks)):
+    for chunk in items.iter_stored(collection_id=row.id, pks=sorted(pks)):
         found.update({s.pk: s for s in chunk})
     return found
 

@@ -12,18 +12,23 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import BadRequest, UnprocessableEntity, describe_error
 from app.ids import check_key
-from app.schemas import MAX_TEXT_CHARS, BatchEntry, ErrorDetail, ItemPage, ItemPublic
+from app.schemas.common import MAX_TEXT_CHARS
+from app.schemas.items import ItemPage, ItemPublic
 from app.services.collections import require_space
-from app.services.embedding import Encoded
+from app.services.embedding import Embedder, Encoded
+from app.services.errors import InvalidInput, Malformed, MalformedJson
 from app.services.media import decode_upload
 from app.services.views import item_public
-from app.state import Services
+from app.settings import Settings
+from index.blobs import BlobStore
+from index.collections import CollectionStore
 from index.columns import storable
 from index.errors import NotFoundError
-from index.items import ItemDraft
+from index.items import ItemDraft, ItemStore
+from index.manager import IndexManager
 from index.tables import CollectionRow, ItemRow
+from models.encoders.aligner import Aligner
 from models.media.budget import RequestBudget
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -48,13 +53,13 @@ def check_metadata(metadata: Any) -> dict[str, Any]:
     """Metadata must be a JSON object of bounded size and depth, of finite numbers, its keys
     following the identifier rule (app/ids.py); it comes back with its keys in NFC."""
     if not isinstance(metadata, dict):
-        raise UnprocessableEntity("metadata must be a JSON object")
+        raise InvalidInput("metadata must be a JSON object")
     try:
         checked = _checked_value(metadata, depth=1)
     except ValueError as exc:
-        raise UnprocessableEntity(f"metadata: {exc}") from exc
+        raise InvalidInput(f"metadata: {exc}") from exc
     if len(json.dumps(checked)) > MAX_METADATA_BYTES:
-        raise UnprocessableEntity(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB")
+        raise InvalidInput(f"metadata is over {MAX_METADATA_BYTES // 1024} KiB")
     return checked
 
 
@@ -83,13 +88,12 @@ def parse_json_field(raw: str, field: str) -> Any:
     try:
         return json.loads(raw)
     except RecursionError as exc:  # Python's parser recurses per nesting level
-        raise BadRequest(
+        raise MalformedJson(
             f"{field} is nested too deeply to parse; metadata and filters nest at most "
-            f"{MAX_METADATA_DEPTH} levels",
-            code="malformed_json",
+            f"{MAX_METADATA_DEPTH} levels"
         ) from exc
     except ValueError as exc:
-        raise BadRequest(f"{field} is not valid JSON: {exc}", code="malformed_json") from exc
+        raise MalformedJson(f"{field} is not valid JSON: {exc}") from exc
 
 
 def parse_metadata_field(raw: str | None) -> dict[str, Any]:
@@ -102,11 +106,11 @@ def parse_metadata_field(raw: str | None) -> dict[str, Any]:
 def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]) -> PendingItem:
     """A text item ready to embed."""
     if not text.strip():
-        raise UnprocessableEntity("text must not be blank")
+        raise InvalidInput("text must not be blank")
     if not storable(text):
-        raise UnprocessableEntity("text must not contain NUL (U+0000) characters")
+        raise InvalidInput("text must not contain NUL (U+0000) characters")
     if len(text) > MAX_TEXT_CHARS:
-        raise UnprocessableEntity(f"text is over {MAX_TEXT_CHARS} characters")
+        raise InvalidInput(f"text is over {MAX_TEXT_CHARS} characters")
     return PendingItem(
         external_id=external_id,
         modality="text",
@@ -120,7 +124,8 @@ def prepare_text(*, text: str, external_id: str | None, metadata: dict[str, Any]
 
 def prepare_file(
     *,
-    services: Services,
+    settings: Settings,
+    embedder: Embedder,
     data: bytes,
     external_id: str | None,
     metadata: dict[str, Any],
@@ -128,7 +133,7 @@ def prepare_file(
 ) -> PendingItem:
     """A file item decoded and ready to embed (415/413 for what cannot be decoded), within
     ``budget`` (its request's decoded bytes; a request of its own when None)."""
-    media = decode_upload(data, services=services, budget=budget)
+    media = decode_upload(data, settings=settings, embedder=embedder, budget=budget)
     return PendingItem(
         external_id=external_id,
         modality=media.modality,
@@ -140,42 +145,38 @@ def prepare_file(
 
 
 def add_items(
-    *, services: Services, name: str, pending: list[PendingItem]
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    blobs: BlobStore,
+    name: str,
+    pending: list[PendingItem],
 ) -> list[tuple[ItemPublic, bool]]:
     """Encode (one forward pass per modality) and write items; (item, created) in order."""
-    row = services.stores.collections.get(name)
-    live = services.indexes.get(row)
+    row = collections.get(name)
+    live = indexes.get(row)
     for modality in sorted({p.modality for p in pending}):
-        require_space(row, live.aligner, services, modality)
-    encoded = services.embedder.encode_mixed(
-        [p.modality for p in pending], [p.payload for p in pending]
-    )
-    return [_write(services, row, item, enc) for item, enc in zip(pending, encoded, strict=True)]
-
-
-def add_batch(
-    *, services: Services, name: str, entries: list[PendingItem | Exception]
-) -> list[BatchEntry]:
-    """Write the good entries of a batch; bad ones get their own error, in place."""
-    good = [e for e in entries if isinstance(e, PendingItem)]
-    written = iter(add_items(services=services, name=name, pending=good)) if good else iter(())
-    results = []
-    for entry in entries:
-        if isinstance(entry, PendingItem):
-            item, created = next(written)
-            results.append(BatchEntry(status=201 if created else 200, item=item))
-        else:
-            status, code, message = describe_error(entry)
-            results.append(BatchEntry(status=status, error=ErrorDetail(code=code, message=message)))
-    return results
+        require_space(row, live.aligner, embedder, modality)
+    encoded = embedder.encode_mixed([p.modality for p in pending], [p.payload for p in pending])
+    return [
+        _write(items, indexes, blobs, row, item, enc)
+        for item, enc in zip(pending, encoded, strict=True)
+    ]
 
 
 def _write(
-    services: Services, row: CollectionRow, item: PendingItem, encoded: Encoded
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    row: CollectionRow,
+    item: PendingItem,
+    encoded: Encoded,
 ) -> tuple[ItemPublic, bool]:
-    live = services.indexes.get(row)
+    live = indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    with services.blobs.pinned(item.data) as sha, services.indexes.writing(live) as index:
+    with blobs.pinned(item.data) as sha, indexes.writing(live) as index:
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.
         aligner = live.aligner
@@ -193,25 +194,29 @@ def _write(
             metadata=item.metadata,
             spans=encoded.span_list(),
         )
-        done = services.stores.items.upsert(collection_id=row.id, draft=draft)
+        done = items.upsert(collection_id=row.id, draft=draft)
         index.upsert(np.array([done.row.pk], dtype=np.int64), vectors, np.array([len(vectors)]))
     if done.replaced_sha is not None and done.replaced_sha != sha:
-        services.blobs.remove_unused([done.replaced_sha], services.stores.items.shas_in_use)
+        blobs.remove_unused([done.replaced_sha], items.shas_in_use)
     return item_public(done.row, row.name), done.created
 
 
-def get_item(*, services: Services, name: str, item_id: str) -> ItemPublic:
+def get_item(
+    *, collections: CollectionStore, items: ItemStore, name: str, item_id: str
+) -> ItemPublic:
     """One item."""
-    row = services.stores.collections.get(name)
-    return item_public(services.stores.items.get(collection_id=row.id, external_id=item_id), name)
+    row = collections.get(name)
+    return item_public(items.get(collection_id=row.id, external_id=item_id), name)
 
 
-def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes, str]:
+def item_content(
+    *, collections: CollectionStore, items: ItemStore, blobs: BlobStore, name: str, item_id: str
+) -> tuple[bytes, str]:
     """The original bytes of an item and their content type."""
-    row = services.stores.collections.get(name)
-    item = services.stores.items.get(collection_id=row.id, external_id=item_id)
+    row = collections.get(name)
+    item = items.get(collection_id=row.id, external_id=item_id)
     try:
-        return services.blobs.get(item.sha256), item.content_type
+        return blobs.get(item.sha256), item.content_type
     except FileNotFoundError as exc:
         # The row is there but its file is not (deleted or lost outside the service).
         raise NotFoundError(
@@ -221,31 +226,46 @@ def item_content(*, services: Services, name: str, item_id: str) -> tuple[bytes,
 
 
 def patch_item(
-    *, services: Services, name: str, item_id: str, metadata: dict[str, Any]
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    name: str,
+    item_id: str,
+    metadata: dict[str, Any],
 ) -> ItemPublic:
     """Replace an item's metadata without re-embedding it."""
-    row = services.stores.collections.get(name)
-    updated = services.stores.items.set_metadata(
+    row = collections.get(name)
+    updated = items.set_metadata(
         collection_id=row.id, external_id=item_id, metadata=check_metadata(metadata)
     )
     return item_public(updated, name)
 
 
-def delete_item(*, services: Services, name: str, item_id: str) -> None:
+def delete_item(
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    name: str,
+    item_id: str,
+) -> None:
     """Delete an item from SQL and the index, under the collection's writer lock."""
-    row = services.stores.collections.get(name)
-    live = services.indexes.get(row)
-    with services.indexes.writing(live) as index:
-        deleted: ItemRow = services.stores.items.delete(collection_id=row.id, external_id=item_id)
+    row = collections.get(name)
+    live = indexes.get(row)
+    with indexes.writing(live) as index:
+        deleted: ItemRow = items.delete(collection_id=row.id, external_id=item_id)
         index.remove(np.array([deleted.pk], dtype=np.int64))
-    services.blobs.remove_unused([deleted.sha256], services.stores.items.shas_in_use)
+    blobs.remove_unused([deleted.sha256], items.shas_in_use)
 
 
-def list_items(*, services: Services, name: str, limit: int, cursor: str | None) -> ItemPage:
+def list_items(
+    *, collections: CollectionStore, items: ItemStore, name: str, limit: int, cursor: str | None
+) -> ItemPage:
     """A page of items, oldest first; the cursor is opaque to clients."""
-    row = services.stores.collections.get(name)
+    row = collections.get(name)
     after = decode_cursor(cursor) if cursor else 0
-    rows = services.stores.items.page(collection_id=row.id, after_pk=after, limit=limit + 1)
+    rows = items.page(collection_id=row.id, after_pk=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1].pk) if more and rows else None
@@ -263,7 +283,7 @@ def decode_cursor(cursor: str) -> int:
         padded = cursor + "=" * (-len(cursor) % 4)
         after = json.loads(base64.urlsafe_b64decode(padded))["after"]
     except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-        raise BadRequest("the cursor is not valid: pass next_cursor back unchanged") from exc
+        raise Malformed("the cursor is not valid: pass next_cursor back unchanged") from exc
     if not isinstance(after, int) or not 0 <= after < 2**63:  # a row key is 64 bits
-        raise BadRequest("the cursor is not valid: pass next_cursor back unchanged")
+        raise Malformed("the cursor is not valid: pass next_cursor back unchanged")
     return after

@@ -7,11 +7,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import ApiError
-from app.schemas import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
+from app.schemas.jobs import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
 from app.services.collections import index_spec
+from app.services.errors import QueueFull
 from app.services.views import job_public
-from app.state import Services
+from app.settings import Settings
+from index.collections import CollectionStore
+from index.jobs import JobStore
 from index.tables import JobRow
 
 
@@ -32,32 +34,30 @@ class JobContext:
         return self.stop.is_set()
 
 
-class QueueFull(ApiError):
-    """Too many jobs wait already (429)."""
-
-    status, code = 429, "overloaded"
-
-
-def create_job(*, services: Services, body: FinetuneJobCreate | ReindexJobCreate) -> JobPublic:
+def create_job(
+    *,
+    settings: Settings,
+    collections: CollectionStore,
+    jobs: JobStore,
+    wakeup: threading.Event,
+    body: FinetuneJobCreate | ReindexJobCreate,
+) -> JobPublic:
     """Queue a job for an existing collection (404 when there is none, 429 when the queue is
-    full)."""
-    row = services.stores.collections.get(body.collection)
-    _require_room(services, row.id, row.name)
+    full) and set ``wakeup`` (an in-process worker starts on it without waiting a poll)."""
+    row = collections.get(body.collection)
+    _require_room(settings, jobs, row.id, row.name)
     if isinstance(body, ReindexJobCreate) and body.index is not None:
         index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
-    job = services.stores.jobs.create(
-        type=body.type, collection_id=row.id, collection=row.name, params=params
-    )
-    services.worker_wakeup.set()
+    job = jobs.create(type=body.type, collection_id=row.id, collection=row.name, params=params)
+    wakeup.set()
     return job_public(job)
 
 
-def _require_room(services: Services, collection_id: int, name: str) -> None:
+def _require_room(settings: Settings, jobs: JobStore, collection_id: int, name: str) -> None:
     """Refuse a job while too many wait: each holds its body in SQL and a worker's turn.
     (Two requests at the same moment may both pass: the caps are a bound, not a count.)"""
-    settings = services.settings
-    queued = services.stores.jobs.count_queued(collection_id=collection_id)
+    queued = jobs.count_queued(collection_id=collection_id)
     if queued >= settings.max_queued_jobs_per_collection:
         raise QueueFull(
             f"{queued} jobs of collection {name!r} are queued already, the most "
@@ -65,25 +65,23 @@ def _require_room(services: Services, collection_id: int, name: str) -> None:
         )
     # No count in this message: a key limited to some collections must not learn how many
     # jobs the others queued (docs/security.md, Tenants).
-    if services.stores.jobs.count_queued() >= settings.max_queued_jobs:
+    if jobs.count_queued() >= settings.max_queued_jobs:
         raise QueueFull(
             "the job queue is full (MMR_MAX_QUEUED_JOBS): retry once queued jobs have run"
         )
 
 
-def get_job(*, services: Services, job_id: str) -> JobPublic:
+def get_job(*, jobs: JobStore, job_id: str) -> JobPublic:
     """One job."""
-    return job_public(services.stores.jobs.get(job_id))
+    return job_public(jobs.get(job_id))
 
 
-def list_jobs(
-    *, services: Services, collection: str | None, status: str | None, limit: int
-) -> JobList:
+def list_jobs(*, jobs: JobStore, collection: str | None, status: str | None, limit: int) -> JobList:
     """Jobs, newest first."""
-    rows = services.stores.jobs.list(collection=collection, status=status, limit=limit)
+    rows = jobs.list(collection=collection, status=status, limit=limit)
     return JobList(jobs=[job_public(r) for r in rows])
 
 
-def cancel_job(*, services: Services, job_id: str) -> JobPublic:
+def cancel_job(*, jobs: JobStore, job_id: str) -> JobPublic:
     """Cancel a queued or running job (409 when it has ended)."""
-    return job_public(services.stores.jobs.cancel(job_id))
+    return job_public(jobs.cancel(job_id))

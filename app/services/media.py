@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from app.errors import PayloadTooLarge
+from app.services.embedding import Embedder
+from app.services.errors import TooLarge
 from app.settings import Settings
-from app.state import Services
 from models.errors import UnsupportedMediaError
 from models.media.audio import decode_audio, sniff_audio
 from models.media.budget import MB, DecodeBudget, RequestBudget
@@ -48,13 +48,12 @@ def process_budget(capacity: int) -> DecodeBudget:
 
 
 def decode_upload(
-    data: bytes, *, services: Services, budget: RequestBudget | None = None
+    data: bytes, *, settings: Settings, embedder: Embedder, budget: RequestBudget | None = None
 ) -> DecodedMedia:
-    """Decode an uploaded file by its bytes (never by its name or declared type), within
-    ``budget`` (a request of its own when None)."""
-    settings = services.settings
+    """Decode an uploaded file by its bytes (never by its name or declared type) into what
+    ``embedder`` takes, within ``budget`` (a request of its own when None)."""
     if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLarge(
+        raise TooLarge(
             f"the file is over the {settings.max_upload_mb:g} MB limit (MMR_MAX_UPLOAD_MB)"
         )
     if not data:
@@ -65,7 +64,7 @@ def decode_upload(
         # Decoded just large enough for the encoder's input, right away: JPEGs at a reduced DCT
         # scale of at least twice that, any image then averaged down to between twice and four
         # times that (the encoder's own resize then stays as sharp as from the full image).
-        side = 2 * services.embedder.image_size
+        side = 2 * embedder.image_size
         image = decode_image(
             data,
             max_pixels=settings.max_image_pixels,
@@ -76,15 +75,16 @@ def decode_upload(
         return DecodedMedia("image", mime, image)
     audio = sniff_audio(data)
     if audio is not None:
-        return DecodedMedia("audio", audio, _decode_audio(data, audio, services, budget))
+        return DecodedMedia("audio", audio, _decode_audio(data, audio, settings, embedder, budget))
     raise UnsupportedMediaError(
         "unsupported file type: send an image (JPEG, PNG, GIF, WebP, BMP, TIFF) or, with a "
         "model that has an audio tower, audio (WAV, FLAC, Ogg Vorbis, MP3)"
     )
 
 
-def _decode_audio(data: bytes, mime: str, services: Services, budget: RequestBudget) -> np.ndarray:
-    embedder = services.embedder
+def _decode_audio(
+    data: bytes, mime: str, settings: Settings, embedder: Embedder, budget: RequestBudget
+) -> np.ndarray:
     rate = embedder.audio_rate
     if rate is None:
         raise UnsupportedMediaError(
@@ -96,6 +96,6 @@ def _decode_audio(data: bytes, mime: str, services: Services, budget: RequestBud
     return decode_audio(
         data,
         target_rate=rate,
-        max_seconds=services.settings.max_audio_seconds,
+        max_seconds=settings.max_audio_seconds,
         budget=budget,
     )

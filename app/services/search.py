@@ -6,17 +6,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.errors import SpaceMismatch, UnprocessableEntity
-from app.schemas import SearchHit, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import SearchHit, SearchOptions, SearchRequest, SearchResponse
 from app.services.collections import require_space
-from app.services.embedding import Encoded
+from app.services.embedding import Embedder, Encoded
+from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.media import decode_upload
 from app.services.views import item_public
-from app.state import Services
+from app.settings import Settings
+from index.collections import CollectionStore
 from index.columns import Scalar
-from index.items import stored_of
+from index.items import ItemStore, stored_of
 from index.locks import WouldBlock
-from index.manager import current_vectors
+from index.manager import IndexManager, current_vectors
 from index.summaries import ItemSummary
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner, l2_normalize
@@ -55,33 +56,42 @@ def request_constraints(req: SearchOptions) -> Constraints:
 
 
 def search(
-    *, services: Services, name: str, query: Query, constraints: Constraints, wait: bool = True
+    *,
+    settings: Settings,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    name: str,
+    query: Query,
+    constraints: Constraints,
+    wait: bool = True,
 ) -> SearchResponse:
     """Top-k items of a collection for a query, best first. Without ``wait``, WouldBlock
     instead of waiting for the index (a write to it, its loading or its swap)."""
-    row = services.stores.collections.get(name)
-    live = services.indexes.get(row) if wait else services.indexes.ready(row)
+    row = collections.get(name)
+    live = indexes.get(row) if wait else indexes.ready(row)
     if live is None:  # to be loaded or brought to a new version first: no waiting here
         raise WouldBlock
     # One read of the pair: the query is projected by the heads that made the index,
     # even if a swap lands while this search runs.
     space = live.space
     aligner, index = space.aligner, space.index
-    vector, modality = _query_vector(services, row, aligner, query)
+    vector, modality = _query_vector(settings, items, embedder, row, aligner, query)
     allowed = None
     if constraints.modalities or constraints.filter:
         # Filters narrow the candidates before the cut, so k results come when k items match.
-        allowed = services.stores.items.matching_pks(
+        allowed = items.matching_pks(
             collection_id=row.id,
             modalities=constraints.modalities,
             filters=constraints.filter,
         )
     hits = index.search(vector, constraints.k, allowed, wait=wait)
-    items = services.stores.items.summaries(collection_id=row.id, pks=[h.pk for h in hits])
+    found = items.summaries(collection_id=row.id, pks=[h.pk for h in hits])
     results = [
-        _hit(items[h.pk], row.name, h.score, h.segment)
+        _hit(found[h.pk], row.name, h.score, h.segment)
         for h in hits
-        if h.pk in items  # deleted between search and hydration
+        if h.pk in found  # deleted between search and hydration
     ]
     return SearchResponse(results=results, query_modality=modality, aligner_version=aligner.version)
 
@@ -98,29 +108,34 @@ def _hit(item: ItemSummary, collection: str, score: float, segment: int) -> Sear
 
 
 def _query_vector(
-    services: Services, row: CollectionRow, aligner: Aligner, query: Query
+    settings: Settings,
+    items: ItemStore,
+    embedder: Embedder,
+    row: CollectionRow,
+    aligner: Aligner,
+    query: Query,
 ) -> tuple[np.ndarray, str]:
     if query.item_id is not None:
         # A stored item is already in the collection's space, whatever model runs now;
         # a recording stands for itself as the mean of its segments.
-        item = services.stores.items.get(collection_id=row.id, external_id=query.item_id)
+        item = items.get(collection_id=row.id, external_id=query.item_id)
         vectors = current_vectors(stored_of(item), aligner, row.dim)
         return l2_normalize(pooled(vectors).reshape(1, -1))[0], item.modality
     if query.vector is not None:
         return _raw_vector(row, query.vector), "vector"
-    modality, payload = _decode_query(services, query)
+    modality, payload = _decode_query(settings, embedder, query)
     # Checked before the forward pass: a refused query costs no inference.
-    require_space(row, aligner, services, modality)
-    encoded: Encoded = services.embedder.encode(modality, [payload])[0]
+    require_space(row, aligner, embedder, modality)
+    encoded: Encoded = embedder.encode(modality, [payload])[0]
     return encoded.query(aligner), modality
 
 
-def _decode_query(services: Services, query: Query) -> tuple[str, object]:
+def _decode_query(settings: Settings, embedder: Embedder, query: Query) -> tuple[str, object]:
     if query.text is not None:
         return "text", query.text
     if query.data is None:
-        raise UnprocessableEntity("give exactly one of text, item_id, vector or file")
-    media = decode_upload(query.data, services=services)
+        raise InvalidInput("give exactly one of text, item_id, vector or file")
+    media = decode_upload(query.data, settings=settings, embedder=embedder)
     return media.modality, media.payload
 
 
@@ -134,8 +149,8 @@ def _raw_vector(row: CollectionRow, values: list[float]) -> np.ndarray:
             f"the vector has {vector.size} dimensions but collection {row.name!r} has {row.dim}"
         )
     if not np.all(np.isfinite(vector)) or not np.any(vector):
-        raise UnprocessableEntity("the vector must be finite and not all zeros")
+        raise InvalidInput("the vector must be finite and not all zeros")
     unit = l2_normalize((vector / np.max(np.abs(vector))).reshape(1, -1))[0]
     if not np.all(np.isfinite(unit)) or abs(float(np.linalg.norm(unit)) - 1.0) > 1e-3:
-        raise UnprocessableEntity("the vector cannot be normalised to unit length")
+        raise InvalidInput("the vector cannot be normalised to unit length")
     return unit

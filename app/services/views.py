@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app.schemas import CollectionPublic, IndexInfo, ItemPublic, JobPublic
+from app.schemas.collections import CollectionPublic, IndexInfo
+from app.schemas.items import ItemPublic
+from app.schemas.jobs import JobPublic
 from index.summaries import ItemSummary
 from index.tables import CollectionRow, ItemRow, JobRow
 

@@ -212,7 +212,7 @@ def test_items_and_queries_meet_the_same_head_version(client: TestClient) -> Non
     rng = np.random.default_rng(5)
     head = AlignerHead.linear(rng.normal(size=(row.dim, 32)))
     tuned = live.aligner.with_head("audio", head, live.aligner.encoders["audio"])
-    assert record(services=services, row=row, aligner=tuned) == 2
+    assert record(aligners=services.stores.aligners, row=row, aligner=tuned) == 2
     swapped = client.post(f"/v1/collections/{NAME}/aligners/2/activate")
     assert swapped.status_code == 200, swapped.text
     assert swapped.json()["active"] == 2

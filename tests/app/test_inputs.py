@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from app.main import create_app
-from app.schemas import MAX_FILTER_KEYS, MAX_FILTER_VALUES, MAX_JOB_PAIRS
+from app.schemas.jobs import MAX_JOB_PAIRS
+from app.schemas.search import MAX_FILTER_KEYS, MAX_FILTER_VALUES
 from app.settings import Settings
 from index.db import make_engine, migrate, no_time_limit, statement_timed_out
 from tests.app.test_never_500 import FUZZ

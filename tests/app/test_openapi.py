@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 import pytest
 from fastapi.testclient import TestClient
 
-from app.errors import UnprocessableEntity
 from app.openapi import error_statuses, id_pattern, key_pattern, text_pattern
+from app.services.errors import InvalidInput
 from app.services.items import prepare_text
 from tests.conftest import error_code
 
@@ -194,7 +194,7 @@ def test_the_text_pattern_is_the_stored_text_rule(text: str) -> None:
     try:
         prepare_text(text=text, external_id=None, metadata={})
         taken = True
-    except UnprocessableEntity:
+    except InvalidInput:
         taken = False
     assert bool(re.fullmatch(text_pattern(), text)) == taken
 

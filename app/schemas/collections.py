@@ -1,0 +1,118 @@
+"""Bodies of /v1/collections: a collection, its embedding space and its index settings."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import CollectionName, NoBool
+from index.spec import TYPE_FIELDS
+
+
+class IndexSettings(BaseModel):
+    """How a collection's vectors are indexed: exactly (`flat`) or approximately.
+
+    `hnsw` is a graph (fast at any size, more memory, deletions masked until a reindex);
+    `ivf` clusters vectors into lists trained on the collection's own vectors (searched
+    exactly until it holds enough to train), optionally storing 8-bit (`sq8`) or product
+    quantised (`pq`) codes. Omitted fields take the defaults shown.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "flat"},
+                {"type": "hnsw", "m": 32, "ef_construction": 80, "ef_search": 64},
+                {"type": "ivf", "nprobe": 16, "quantizer": "sq8"},
+            ]
+        },
+    )
+    type: Literal["flat", "hnsw", "ivf"] = Field("flat", description="flat = exact search")
+    m: Annotated[int | None, NoBool] = Field(
+        None, ge=4, le=128, description="hnsw: links per node (32)"
+    )
+    ef_construction: Annotated[int | None, NoBool] = Field(
+        None, ge=8, le=2048, description="hnsw: candidates while inserting (80)"
+    )
+    ef_search: Annotated[int | None, NoBool] = Field(
+        None, ge=1, le=4096, description="hnsw: candidates while searching (64; at least k)"
+    )
+    nlist: Annotated[int | None, NoBool] = Field(
+        None, ge=1, le=65536, description="ivf: lists (default: about 4*sqrt(n) at training)"
+    )
+    nprobe: Annotated[int | None, NoBool] = Field(
+        None, ge=1, le=65536, description="ivf: lists scanned (16)"
+    )
+    quantizer: Literal["flat", "sq8", "pq"] | None = Field(
+        None, description="ivf: full vectors (flat), 1 byte per dimension (sq8), or pq codes"
+    )
+    pq_m: Annotated[int | None, NoBool] = Field(
+        None, ge=1, le=1024, description="ivf + pq: bytes per vector, divides the dim (64)"
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_the_type(self) -> IndexSettings:
+        for owner, names in TYPE_FIELDS.items():
+            given = [n for n in names if getattr(self, n) is not None]
+            if given and owner != self.type:
+                raise ValueError(f"{given[0]} applies to {owner} indexes, not {self.type}")
+        if self.pq_m is not None and self.quantizer != "pq":
+            raise ValueError('pq_m applies with "quantizer": "pq"')
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The fields given (the rest take the type's defaults)."""
+        return self.model_dump(exclude={"type"}, exclude_none=True)
+
+
+class CollectionCreate(BaseModel):
+    """POST /v1/collections."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"name": "photos"},
+                {"name": "archive", "index": {"type": "ivf", "quantizer": "sq8"}},
+            ]
+        },
+    )
+    name: CollectionName
+    index: IndexSettings = Field(default_factory=IndexSettings)
+
+
+class IndexInfo(BaseModel):
+    """A collection's live index."""
+
+    type: str
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the type's settings (ivf: nlist once trained)"
+    )
+    size: int = Field(description="items in the index")
+    vectors: int = Field(0, description="vectors (recordings have one per segment)")
+    deleted: int = Field(0, description="deleted vectors still held (masked); a reindex drops them")
+    trained: bool = Field(True, description="false while an ivf index still searches exactly")
+    bytes: int = Field(0, description="estimated memory of the index")
+
+
+class CollectionPublic(BaseModel):
+    """A collection and its embedding space."""
+
+    name: str
+    model: str
+    dim: int
+    aligner_version: int = Field(description="the active aligner version (heads per modality)")
+    audio_model: str | None = Field(None, description="the audio tower behind the audio head")
+    count: int
+    index: IndexInfo
+    compatible: bool = Field(description="false when the active model is another space")
+    created_at: datetime
+
+
+class CollectionList(BaseModel):
+    """GET /v1/collections."""
+
+    collections: list[CollectionPublic]

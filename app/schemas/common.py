@@ -1,0 +1,43 @@
+"""Field types more than one resource's bodies use, and the error shape of API.md."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringConstraints
+
+from app.ids import check_id
+
+Modality = Literal["image", "text", "audio"]
+Scalar = str | int | float | bool | None
+CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+ItemId = Annotated[
+    str,
+    AfterValidator(check_id),
+    Field(
+        description="1-255 characters after NFC normalisation; no '/', no control, format or "
+        "bidi characters, not '.' or '..', no leading or trailing whitespace"
+    ),
+]
+Metadata = dict[str, Any]
+MAX_TEXT_CHARS = 20_000
+# A text to store or to encode: an item's, a query's, one of /v1/embed's.
+InputText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_TEXT_CHARS)]
+
+
+def _not_a_bool(value: Any) -> Any:
+    """JSON true and false are not numbers: pydantic's lax mode would read them as 1 and 0,
+    which the OpenAPI document (integer, number) refuses."""
+    if isinstance(value, bool):
+        raise ValueError("a number is needed, not true or false")
+    return value
+
+
+NoBool = BeforeValidator(_not_a_bool)
+
+
+class ErrorDetail(BaseModel):
+    """The error of a failed call or batch entry."""
+
+    code: str
+    message: str

@@ -1,0 +1,125 @@
+"""Bodies of /v1/jobs: fine-tune and reindex jobs, and where they stand."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.collections import IndexSettings
+from app.schemas.common import CollectionName, ItemId, NoBool
+
+# Explicit fine-tune pairs: a job body is stored in SQL and read by every listing.
+MAX_JOB_PAIRS = 50_000
+MAX_JOB_PAIRS_CHARS = 2_000_000
+
+
+class FinetuneJobCreate(BaseModel):
+    """A fine-tune of a collection's aligner heads on pairs of its items."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "finetune", "collection": "photos", "pair_key": "group"},
+                {
+                    "type": "finetune",
+                    "collection": "photos",
+                    "pairs": [["cat-1.jpg", "cat-1-caption"], ["dog-7.jpg", "dog-7-caption"]],
+                    "activate": "always",
+                },
+            ]
+        },
+    )
+    type: Literal["finetune"]
+    collection: CollectionName
+    pair_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=255,
+        description="items sharing a value under this metadata key are pairs",
+    )
+    pairs: list[tuple[ItemId, ItemId]] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_JOB_PAIRS,
+        description=f"explicit item-id pairs (at most {MAX_JOB_PAIRS}, "
+        f"{MAX_JOB_PAIRS_CHARS:,} characters of ids in all); listings show their count",
+    )
+    activate: Literal["if_better", "always", "never"] = Field(
+        "if_better", description="swap the new version in when its held-out recall is better"
+    )
+    holdout: Annotated[float, NoBool] = Field(
+        0.2, gt=0.0, lt=0.9, description="share of pairs held out"
+    )
+    max_pairs: Annotated[int, NoBool] = Field(50_000, ge=10, le=100_000)
+    max_epochs: Annotated[int, NoBool] = Field(200, ge=1, le=10_000)
+    max_seconds: Annotated[float, NoBool] = Field(900.0, gt=0, le=86_400)
+    patience: Annotated[int, NoBool] = Field(
+        30, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
+    )
+    seed: Annotated[int, NoBool] = Field(0, ge=0, le=2**32 - 1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> FinetuneJobCreate:
+        if (self.pair_key is None) == (self.pairs is None):
+            raise ValueError("give exactly one of pair_key or pairs")
+        chars = sum(len(a) + len(b) for a, b in self.pairs or ())
+        if chars > MAX_JOB_PAIRS_CHARS:
+            raise ValueError(
+                f"pairs hold {chars:,} characters of ids; the limit is {MAX_JOB_PAIRS_CHARS:,}: "
+                "split the pairs over several jobs or pair items by a metadata key (pair_key)"
+            )
+        return self
+
+
+class ReindexJobCreate(BaseModel):
+    """A rebuild of a collection's index from SQL, swapped in like an activation."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "reindex", "collection": "photos"},
+                {"type": "reindex", "collection": "photos", "index": {"type": "hnsw"}},
+            ]
+        },
+    )
+    type: Literal["reindex"]
+    collection: CollectionName
+    index: IndexSettings | None = Field(
+        None, description="new index settings (type and parameters); omitted: keep them"
+    )
+
+
+JobCreate = Annotated[FinetuneJobCreate | ReindexJobCreate, Field(discriminator="type")]
+
+
+class JobPublic(BaseModel):
+    """A background job and where it stands."""
+
+    id: str
+    type: str
+    collection: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: dict[str, Any] = Field(
+        description="fraction (0-1), epoch, max_epochs, loss and eta_s while it runs"
+    )
+    params: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        description="finetune: recall@1/5/10 before and after on held-out pairs, the new "
+        "aligner version and whether it was activated"
+    )
+    error: str | None
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    """Jobs, newest first."""
+
+    jobs: list[JobPublic]
