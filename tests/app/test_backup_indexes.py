@@ -96,11 +96,15 @@ class Writer:
             raise
 
     def write(self, n: int) -> None:
+        """However long the backup takes (a slow machine lets the writer run past the filled
+        ids): deletes past them take its own earlier items, changes wrap round the filled ids
+        (n + 1 is a multiple of 4, an id no delete takes)."""
         items = f"/v1/collections/{NAME}/items"
         if n % 4 == 1:
-            assert self.client.delete(f"{items}/n{n}").status_code == 204
+            gone = f"n{n}" if n < ITEMS else f"w{n - 1}"
+            assert self.client.delete(f"{items}/{gone}").status_code == 204
         elif n % 4 == 3:  # an item the snapshot holds gets a new vector
-            body = {"id": f"n{n + 1}", "text": f"changed {n}", "metadata": {"g": 1}}
+            body = {"id": f"n{(n + 1) % ITEMS}", "text": f"changed {n}", "metadata": {"g": 1}}
             assert self.client.post(items, json=body).status_code == 200
         else:
             body = {"id": f"w{n}", "text": f"written {n} of {n % 5}", "metadata": {"g": n % 3}}
