@@ -321,11 +321,11 @@ def _ogg_with_rate(data: bytes, rate: int) -> bytes:
     page = bytearray(data[:page_end])
     page[packet + 12 : packet + 16] = rate.to_bytes(4, "little")
     page[22:26] = bytes(4)
-    page[22:26] = _ogg_crc(bytes(page)).to_bytes(4, "little")
+    page[22:26] = ogg_crc(bytes(page)).to_bytes(4, "little")
     return bytes(page) + data[page_end:]
 
 
-def _ogg_crc(page: bytes) -> int:
+def ogg_crc(page: bytes) -> int:
     """Ogg's page checksum (CRC-32, polynomial 0x04C11DB7, not reflected)."""
     crc = 0
     for byte in page:

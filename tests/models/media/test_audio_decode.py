@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bench.hostile import ogg_crc
 from models.errors import MediaError, MediaTooLargeError, UnsupportedMediaError
 from models.media import audio as audio_module
 from models.media.audio import AudioInfo, decode_audio, probe_audio, sniff_audio
@@ -448,17 +449,6 @@ def test_header_claiming_far_more_is_refused_before_decoding(
     )
     with pytest.raises(UnsupportedMediaError, match=r"announces \d+\.\d s in only \d+ bytes"):
         probe_audio(lying, max_seconds=1e9)
-
-
-def ogg_crc(page: bytes) -> int:
-    """Return an Ogg page checksum (CRC-32, polynomial 0x04C11DB7, not reflected)."""
-    crc = 0
-    for byte in page:
-        crc ^= byte << 24
-        for _ in range(8):
-            crc = (crc << 1) ^ 0x04C11DB7 if crc & 0x80000000 else crc << 1
-        crc &= 0xFFFFFFFF
-    return crc
 
 
 def ogg_with_length(data: bytes, frames: int) -> bytes:

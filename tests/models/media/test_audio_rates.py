@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from bench.hostile import ogg_crc
 from models.errors import MediaTooLargeError, UnsupportedMediaError
 from models.media import audio as audio_module
 from models.media.audio import MAX_SAMPLE_RATE, decode_audio, probe_audio
 from models.media.budget import MB, DecodeBudget, RequestBudget
 from tests.factories import audio_bytes, tone
-from tests.models.media.test_audio_decode import ogg_crc
 
 TARGET = 16000
 
