@@ -31,6 +31,7 @@ from models.training.validation import (
     Score,
     held_out_score,
     pair_recall,
+    rounded_report,
     split_pairs,
 )
 
@@ -68,11 +69,7 @@ class FitReport:
 
     def as_meta(self) -> dict[str, Any]:
         """JSON-able summary for the aligner artefact's metadata."""
-        meta = asdict(self)
-        for key in ("before", "init", "after"):
-            meta[key] = {k: round(v, 4) for k, v in meta[key].items()}
-        meta["seconds"] = round(self.seconds, 2)
-        meta["temperature"] = round(self.temperature, 5)
+        meta = rounded_report(asdict(self), ("before", "init", "after"))
         return {"method": "ridge+contrastive", **meta}
 
 

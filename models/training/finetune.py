@@ -32,6 +32,7 @@ from models.training.validation import (
     Score,
     held_out_score,
     pair_recall,
+    rounded_report,
     split_pairs,
 )
 
@@ -103,12 +104,7 @@ class FinetuneReport:
 
     def as_meta(self) -> dict[str, Any]:
         """JSON-able summary for the aligner artefact's metadata."""
-        meta = asdict(self)
-        for key in ("before", "after"):
-            meta[key] = {k: round(v, 4) for k, v in meta[key].items()}
-        meta["seconds"] = round(self.seconds, 2)
-        meta["temperature"] = round(self.temperature, 5)
-        return meta
+        return rounded_report(asdict(self), ("before", "after"))
 
     @property
     def improved(self) -> bool:

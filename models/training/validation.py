@@ -1,11 +1,13 @@
 """The held-out metric every aligner trainer validates on: a seeded split of the pairs, recall
-both ways between paired rows, and the :class:`Score` that early stopping compares."""
+both ways between paired rows, the :class:`Score` that early stopping compares, and how a
+trainer's report of it is rounded for an aligner's metadata."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,3 +87,13 @@ def held_out_score(a: torch.Tensor, b: torch.Tensor) -> Score:
         recall = pair_recall(a.numpy(), b.numpy())
         loss = contrastive_loss(a, b, torch.tensor(TIE_SCALE))
     return Score(float(np.mean(list(recall.values()))), float(loss))
+
+
+def rounded_report(meta: dict[str, Any], recalls: Sequence[str]) -> dict[str, Any]:
+    """A trainer's report (``asdict``) for an aligner's metadata: the ``recalls`` dicts to 4
+    places, ``seconds`` to 2 and ``temperature`` to 5, in place; the same dict back."""
+    for key in recalls:
+        meta[key] = {k: round(v, 4) for k, v in meta[key].items()}
+    meta["seconds"] = round(meta["seconds"], 2)
+    meta["temperature"] = round(meta["temperature"], 5)
+    return meta
