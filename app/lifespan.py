@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.memory import Trimmer
 from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
 from app.settings import Settings
@@ -32,6 +33,7 @@ log = logging.getLogger("mmr")
 SNAPSHOT_CHECK_S = 5.0
 SNAPSHOT_MAX_AGE_S = 60.0
 TRASH_SWEEP_S = 60.0  # how often deleted originals past their grace period are removed
+TRIM_CHECK_S = 1.0  # how often the memory trimmer looks at the process's memory (app.memory)
 
 
 def build_services(settings: Settings, *, holds_indexes: bool = True) -> Services:
@@ -129,6 +131,13 @@ def _sweep_loop(services: Services, stop: threading.Event) -> None:
     run_resilient("trash sweep", sweep, stop, every=lambda: TRASH_SWEEP_S)
 
 
+def _trim_loop(trimmer: Trimmer, stop: threading.Event) -> None:
+    # Freed memory the allocator keeps after a burst goes back off the request path
+    # (app.memory); the first trim gives back what loading and the precision probe freed.
+    trimmer.now()
+    run_resilient("memory trim", trimmer.check, stop, every=lambda: TRIM_CHECK_S)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Build services off the event loop; on shutdown stop the snapshotter and snapshot."""
@@ -144,6 +153,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=_sweep_loop, args=(services, stop), name="mmr-trash", daemon=True
     )
     sweeper.start()
+    trimmer = threading.Thread(
+        target=_trim_loop, args=(Trimmer(), stop), name="mmr-trim", daemon=True
+    )
+    trimmer.start()
     worker = None
     if settings.worker == "on":
         worker, worker_thread = start_in_process(services)
@@ -153,6 +166,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         snapshotter.join()
         sweeper.join()
+        trimmer.join()
         if worker is not None:
             worker.stop()
             worker_thread.join()

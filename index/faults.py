@@ -110,7 +110,7 @@ class Retrier:
 
 def run_resilient(
     retrier: Retrier | str,
-    step: Callable[[], None],
+    step: Callable[[], object],
     stop: threading.Event,
     *,
     every: Callable[[], float],

@@ -99,7 +99,9 @@ class Form:
 
 
 async def read_form(request: Request, file_field: str = "file") -> Form:
-    """Parse a multipart body, read its files and release the spooled temp files."""
+    """Parse a multipart body, read its files and release the spooled temp files: each one
+    as soon as its bytes are read, so that the files are held about once (the body budget,
+    ``app.limits``, counts them once), not as spooled copies and bytes both."""
     try:
         data = await request.form(max_files=1000, max_fields=1000)
     except MultiPartException as exc:
@@ -112,6 +114,7 @@ async def read_form(request: Request, file_field: str = "file") -> Form:
                 if key != file_field:
                     raise InvalidInput(f"unexpected file field {key!r}; use {file_field!r}")
                 files.append(await value.read())
+                await value.close()
             elif key == file_field:
                 raise InvalidInput(f"{file_field} must be a file upload, not a text field")
             else:

@@ -119,6 +119,11 @@ class OpenClipEncoder:
         return next(self.model.parameters()).dtype
 
     @property
+    def forward_rows(self) -> int:
+        """Most rows one forward takes (MMR_BATCH_SIZE)."""
+        return self._batching.max_batch
+
+    @property
     def image_size(self) -> int:
         """Shorter side of the image tower's input, in pixels."""
         # open_clip models have .visual; MiniModel keeps its open_clip model in .clip.

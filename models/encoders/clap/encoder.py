@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from models.encoders import hub
-from models.encoders.audio import AudioSegments, cut_segments
+from models.encoders.audio import AudioSegments, cut_segments, in_forwards
 from models.errors import ModelLoadError, UnsupportedMediaError
 from models.runtime.batcher import BatchConfig, MicroBatcher
 
@@ -123,7 +123,12 @@ class ClapAudioEncoder:
     def _embed_pieces(self, pieces: list[np.ndarray]) -> np.ndarray:
         if not pieces:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return self._audio_batcher().run(lambda: self.prepare_windows(pieces))
+        batcher = self._audio_batcher()
+        return in_forwards(
+            pieces,
+            self._batching.max_batch,
+            lambda chunk: batcher.run(lambda: self.prepare_windows(list(chunk))),
+        )
 
     def _audio_batcher(self) -> MicroBatcher:
         with self._batcher_lock:

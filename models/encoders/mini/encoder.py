@@ -10,7 +10,7 @@ from typing import ClassVar, cast
 import numpy as np
 import torch
 
-from models.encoders.audio import AudioSegments, cut_segments
+from models.encoders.audio import AudioSegments, cut_segments, in_forwards
 from models.encoders.mini.audio import pad_window
 from models.encoders.mini.model import MiniModel
 from models.encoders.openclip import Modality, OpenClipEncoder
@@ -61,15 +61,14 @@ class MiniAudioEncoder:
     def close(self) -> None:
         """Nothing of its own: the owner's batchers serve this tower too."""
 
-    def prepare_windows(self, cuts: Sequence[tuple[list[np.ndarray], np.ndarray]]) -> torch.Tensor:
-        """Every cut piece zero-padded to one window: (n_windows, window_samples) float32."""
+    def prepare_windows(self, pieces: Sequence[np.ndarray]) -> torch.Tensor:
+        """Every piece zero-padded to one window: (n_windows, window_samples) float32."""
         cfg = self._owner.mini.audio_cfg
-        return torch.from_numpy(
-            np.stack([pad_window(p, cfg) for pieces, _ in cuts for p in pieces])
-        )
+        return torch.from_numpy(np.stack([pad_window(p, cfg) for p in pieces]))
 
     def encode_audio(self, waves: Sequence[np.ndarray]) -> list[AudioSegments]:
-        """Each wave's segments (zero-padded to a window when shorter) and their spans."""
+        """Each wave's segments (zero-padded to a window when shorter) and their spans; the
+        windows are prepared a forward's worth at a time (``in_forwards``)."""
         if not waves:
             return []
         cfg = self._owner.mini.audio_cfg
@@ -82,7 +81,12 @@ class MiniAudioEncoder:
             )
             for w in waves
         ]
-        features = self._owner.submit("audio", lambda: self.prepare_windows(cuts))
+        pieces = [p for pieces, _ in cuts for p in pieces]
+        features = in_forwards(
+            pieces,
+            self._owner.forward_rows,
+            lambda chunk: self._owner.submit("audio", lambda: self.prepare_windows(chunk)),
+        )
         bounds = np.cumsum([0] + [len(spans) for _, spans in cuts])
         return [
             AudioSegments(features[a:b], spans)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from models.encoders.audio import segment_starts
 from models.encoders.clap import ClapAudioEncoder, build_tiny_clap, load_clap
 from models.encoders.clap.tiny import PROJECTION_DIM
 from models.errors import ModelLoadError, UnsupportedMediaError
+from models.runtime.batcher import BatchConfig
 
 RATE = 48000
 WINDOW_S = 10.0
@@ -107,6 +110,29 @@ def test_a_batch_equals_each_clip_alone(encoder: ClapAudioEncoder) -> None:
         (alone,) = encoder.encode_audio([wave])
         np.testing.assert_allclose(clip.features, alone.features, atol=1e-5)
         np.testing.assert_array_equal(clip.spans, alone.spans)
+
+
+def test_a_long_clip_is_prepared_one_forward_at_a_time(
+    tiny_dir: Path, encoder: ClapAudioEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows are prepared a forward's worth at a time (MMR_BATCH_SIZE): the same features."""
+    wave = noise_and_chirp(60.0)  # 11 windows
+    (want,) = encoder.encode_audio([wave])
+    small = load_clap(f"clap:{tiny_dir}", str(tiny_dir), batching=BatchConfig(max_batch=4))
+    sizes: list[int] = []
+    prepare = small.prepare_windows
+
+    def counted(pieces: Sequence[np.ndarray]) -> torch.Tensor:
+        sizes.append(len(pieces))
+        return prepare(list(pieces))
+
+    monkeypatch.setattr(small, "prepare_windows", counted)
+    try:
+        (got,) = small.encode_audio([wave])
+    finally:
+        small.close()
+    assert sizes == [4, 4, 3]
+    np.testing.assert_allclose(got.features, want.features, atol=1e-5)
 
 
 def test_a_cut_out_window_equals_its_segment(encoder: ClapAudioEncoder) -> None:

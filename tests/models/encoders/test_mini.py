@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from models.encoders.mini.model import CARD_FILE, SHIPPED_DIR, WEIGHTS_FILE, sha
 from models.encoders.mini.tokenizer import FoldedTokenizer
 from models.encoders.registry import load_model
 from models.errors import ModelLoadError
+from models.runtime.batcher import BatchConfig
 from models.synth.world.vocabulary import WORDS
 
 MAX_WEIGHTS_BYTES = 20 * 1024 * 1024
@@ -112,3 +114,28 @@ def test_long_audio_is_encoded_segment_by_segment() -> None:
     # A segment is encoded exactly as the same samples would be alone.
     alone = encoder.audio.encode_audio([long[2 * rate : 6 * rate]])[0].features[0]
     np.testing.assert_allclose(out[1].features[1], alone, atol=1e-4)
+
+
+def test_a_long_recording_is_prepared_one_forward_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Windows are prepared a forward's worth at a time (MMR_BATCH_SIZE), not all at once, and
+    the features are the same as from one big forward."""
+    rate = 16000
+    long = np.random.default_rng(1).normal(0, 0.1, rate * 31).astype(np.float32)  # 15 windows
+    whole = load_model("mmr-mini", device="cpu").encoder
+    assert isinstance(whole, MiniEncoder)
+    want = whole.audio.encode_audio([long])[0].features
+    small = load_model("mmr-mini", device="cpu", batching=BatchConfig(max_batch=4)).encoder
+    assert isinstance(small, MiniEncoder)
+    sizes: list[int] = []
+    prepare = small.audio.prepare_windows
+
+    def counted(pieces: Sequence[np.ndarray]) -> torch.Tensor:
+        sizes.append(len(pieces))
+        return prepare(pieces)
+
+    monkeypatch.setattr(small.audio, "prepare_windows", counted)
+    got = small.audio.encode_audio([long])[0].features
+    assert sizes == [4, 4, 4, 3]
+    np.testing.assert_allclose(got, want, atol=1e-4)
