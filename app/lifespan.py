@@ -131,6 +131,17 @@ def _sweep_loop(services: Services, stop: threading.Event) -> None:
     run_resilient("trash sweep", sweep, stop, every=lambda: TRASH_SWEEP_S)
 
 
+def _follow_loop(services: Services, stop: threading.Event) -> None:
+    # Invariant 8: other processes' writes, aligner versions and index epochs reach this
+    # process's indexes within the interval, off the request path (index.manager).
+    run_resilient(
+        "follow SQL",
+        services.indexes.follow_all,
+        stop,
+        every=lambda: services.settings.follow_interval_s,
+    )
+
+
 def _trim_loop(trimmer: Trimmer, stop: threading.Event) -> None:
     # Freed memory the allocator keeps after a burst goes back off the request path
     # (app.memory); the first trim gives back what loading and the precision probe freed.
@@ -153,6 +164,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=_sweep_loop, args=(services, stop), name="mmr-trash", daemon=True
     )
     sweeper.start()
+    follower = threading.Thread(
+        target=_follow_loop, args=(services, stop), name="mmr-follow", daemon=True
+    )
+    follower.start()
     trimmer = threading.Thread(
         target=_trim_loop, args=(Trimmer(), stop), name="mmr-trim", daemon=True
     )
@@ -167,6 +182,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         snapshotter.join()
         sweeper.join()
         trimmer.join()
+        follower.join()
         if worker is not None:
             worker.stop()
             worker_thread.join()

@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         "unsnapshotted changes is snapshotted after 60 s "
         "([durability](architecture.md#durability)).",
     )
+    follow_interval_s: float = Field(
+        default=0.2,
+        ge=0.01,
+        le=60.0,
+        description="How often each server process applies the writes other processes "
+        "committed to SQL and swaps in new aligner versions and index epochs "
+        "([replicas](architecture.md#durability)): the most a write made through one process "
+        "waits to be found through another.",
+    )
     worker: Literal["on", "off"] = Field(
         default="on",
         description="`on`: `mmr serve` runs a job worker in a thread; `off`: jobs wait for "

@@ -4,6 +4,8 @@ lets the rows it covers be pruned."""
 
 from __future__ import annotations
 
+from collections.abc import Set
+
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,8 +30,11 @@ class ChangeLog:
             )
         return max(newest, int(pruned or 0))
 
-    def since(self, *, collection_id: int, seq: int) -> tuple[set[int], int]:
-        """Item keys touched after a sequence, and the newest sequence seen."""
+    def since(
+        self, *, collection_id: int, seq: int, skip: Set[int] = frozenset()
+    ) -> tuple[set[int], int]:
+        """Item keys touched after a sequence (but by the changes ``skip`` names: a process's
+        own writes, already in its index), and the newest sequence seen."""
         with self.sessions() as session:
             rows = session.execute(
                 select(ChangeRow.seq, ChangeRow.item_pk).where(
@@ -37,7 +42,21 @@ class ChangeLog:
                 )
             ).all()
         newest = max((r[0] for r in rows), default=seq)
-        return {int(r[1]) for r in rows}, int(newest)
+        return {int(r[1]) for r in rows if r[0] not in skip}, int(newest)
+
+    def heads(self) -> dict[int, int]:
+        """The newest sequence of every collection the log holds changes of, in one query."""
+        stmt = select(ChangeRow.collection_id, func.max(ChangeRow.seq)).group_by(
+            ChangeRow.collection_id
+        )
+        with self.sessions() as session:
+            return {int(c): int(s) for c, s in session.execute(stmt).all()}
+
+    def pruned_seq(self, collection_id: int) -> int:
+        """Up to which sequence the log of a collection was pruned (0: never)."""
+        with self.sessions() as session:
+            stmt = select(CollectionRow.changes_pruned_seq).where(CollectionRow.id == collection_id)
+            return int(session.scalar(stmt) or 0)
 
     def prune(self, *, collection_id: int, upto_seq: int) -> None:
         """Forget the change log up to a sequence a durable snapshot reflects."""

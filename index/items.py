@@ -55,11 +55,40 @@ def stored_of(item: ItemRow) -> StoredVectors:
 
 @dataclass
 class Upserted:
-    """The outcome of an upsert: the row, whether it is new, the digest it replaced."""
+    """The outcome of an upsert: the row, whether it is new, the digest it replaced, and
+    the change-log sequence of the write."""
 
     row: ItemRow
     created: bool
     replaced_sha: str | None
+    seq: int = 0
+
+
+@dataclass
+class Deleted:
+    """The outcome of a delete: the row as it was, and the change-log sequence of the write."""
+
+    row: ItemRow
+    seq: int
+
+
+def _lock_log(session: Session, collection_id: int) -> None:
+    """Take the collection's row lock before this transaction draws a change-log sequence.
+
+    Postgres hands out sequence values in call order but transactions commit in any order:
+    without the lock, a write could take seq 10, another seq 11 and commit first, and a
+    follower that read up to 11 would never look at 10 again. Holding the collection's row
+    (``FOR NO KEY UPDATE``: foreign-key checks and readers pass) from before the draw until
+    the commit means every write to one collection draws and commits in the same order, so
+    "every change after the newest one I saw" misses nothing (invariant 8; the follower is
+    ``IndexManager.catch_up``). SQLite needs no lock: it runs one write transaction at a
+    time, and the draw happens inside it.
+    """
+    session.execute(
+        select(CollectionRow.id)
+        .where(CollectionRow.id == collection_id)
+        .with_for_update(key_share=True)
+    )
 
 
 def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
@@ -117,6 +146,7 @@ class ItemStore:
     def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
         now = utcnow()
         with self.sessions.begin() as session:
+            _lock_log(session, collection_id)
             row = session.scalar(
                 select(ItemRow).where(
                     ItemRow.collection_id == collection_id,
@@ -142,8 +172,11 @@ class ItemStore:
             row.updated_at = now
             session.flush()
             _write_tags(session, row)
-            session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert"))
-        return Upserted(row, created, replaced_sha)
+            change = ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert")
+            session.add(change)
+            session.flush()
+            seq = change.seq
+        return Upserted(row, created, replaced_sha, seq)
 
     def set_metadata(
         self, *, collection_id: int, external_id: str, metadata: dict[str, Any]
@@ -156,14 +189,18 @@ class ItemStore:
             _write_tags(session, row)
         return row
 
-    def delete(self, *, collection_id: int, external_id: str) -> ItemRow:
+    def delete(self, *, collection_id: int, external_id: str) -> Deleted:
         """Delete an item and log it; NotFoundError when there is none."""
         with self.sessions.begin() as session:
+            _lock_log(session, collection_id)
             row = _find_item(session, collection_id, external_id)
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
             session.delete(row)
-            session.add(ChangeRow(collection_id=collection_id, item_pk=row.pk, op="delete"))
-        return row
+            change = ChangeRow(collection_id=collection_id, item_pk=row.pk, op="delete")
+            session.add(change)
+            session.flush()
+            seq = change.seq
+        return Deleted(row, seq)
 
     # -- reads -----------------------------------------------------------------------------
     def get(self, *, collection_id: int, external_id: str) -> ItemRow:

@@ -6,6 +6,14 @@ reindex, in this process or another), a new index is built beside the live one f
 stored raw features and swapped in under the writer lock; searches meanwhile keep
 answering from the old pair, never from a mix.
 
+Every process follows SQL (invariant 8): :meth:`IndexManager.follow_all`, called every
+fraction of a second, applies the changes other processes committed since the position
+each live index reflects (``LiveIndex.applied``), and swaps in what SQL names. The change
+log cannot skip a write: each collection's writes draw their sequences and commit in one
+order (``index.items._lock_log``). A process's own writes go to its index at once; the
+follower passes over them (``LiveIndex.own``). When the log was pruned past an index's
+position (another process's snapshot), the index is rebuilt beside the live one.
+
 What an aligner is stays outside: the manager asks for a collection's active one
 (``aligner_of``, given by the app) and uses it only as a :class:`Projector`.
 """
@@ -96,6 +104,21 @@ class LiveIndex(Generic[P]):
     # since is snapshotted at the next check, not after ``every`` changes: a restart, and a
     # restore of a backup (which copies snapshots), would otherwise train other lists.
     lists_on_disk: bool = False
+    # The change-log position the index reflects: every change up to it is in it. ``own``:
+    # this process's writes logged after it, already applied (the follower passes them).
+    applied: int = 0
+    own: set[int] = field(default_factory=set)
+    caught_up: float = field(default_factory=time.monotonic)  # when it last matched SQL
+
+    def wrote(self, seq: int) -> None:
+        """A write of this process, in the index and logged at ``seq`` (writer lock held)."""
+        self.own.add(seq)
+
+    def reached(self, newest: int) -> None:
+        """Every change up to ``newest`` is in the index (writer lock held)."""
+        self.applied = max(self.applied, newest)
+        self.own = {s for s in self.own if s > self.applied}
+        self.caught_up = time.monotonic()
 
     @property
     def aligner(self) -> P:
@@ -169,6 +192,7 @@ class IndexManager(Generic[P]):
         snap = read_snapshot(self.snapshot_path(row.id))
         index: VectorIndex | None = None
         lists = False
+        applied = 0
         space = {"aligner_version": row.aligner_version, "epoch": row.index_epoch}
         why = snap and snap.header.unusable(pruned_seq=row.changes_pruned_seq, **space)
         if why:
@@ -178,29 +202,44 @@ class IndexManager(Generic[P]):
             try:
                 index = VectorIndex.from_bytes(row.dim, snap.payload, spec_of(row))
                 on_disk = bool(index.lists)  # the replay may train an IVF: not on disk
-                self._replay(row, index, snap.seq, aligner)
+                applied = self._replay(row, index, snap.seq, aligner)
                 lists = on_disk
             except ValueError as exc:
                 log.warning("snapshot of %s unusable (%s): rebuilding", row.name, exc)
                 index = None
         built = index is None
         if index is None:
-            index = self._build(row, aligner)
-        live = LiveIndex(row.id, Space(aligner, index, row.index_epoch), lists_on_disk=lists)
+            applied = self.changes.last_seq(row.id)  # before the build reads: the follower
+            index = self._build(row, aligner)  # replays what commits meanwhile
+        live = LiveIndex(
+            row.id, Space(aligner, index, row.index_epoch), lists_on_disk=lists, applied=applied
+        )
         # A rebuilt index is snapshotted soon (snapshot_due), so the next start loads it.
         live.dirty = int(built)
         with self._guard:
             self._live[row.id] = live
         return live
 
-    def _replay(self, row: CollectionRow, index: VectorIndex, seq: int, aligner: P) -> None:
-        touched, newest = self.changes.since(collection_id=row.id, seq=seq)
-        if not touched:
-            return
-        # Idempotent: drop every touched key, then re-add those SQL still holds.
-        index.remove(np.fromiter(touched, dtype=np.int64))
-        self._add(row, index, aligner, sorted(touched))
-        log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
+    def _replay(
+        self,
+        row: CollectionRow,
+        index: VectorIndex,
+        seq: int,
+        aligner: P,
+        skip: set[int] | frozenset[int] = frozenset(),
+    ) -> int:
+        """Apply the log after ``seq`` (but the changes in ``skip``); the newest seq seen."""
+        touched, newest = self.changes.since(collection_id=row.id, seq=seq, skip=skip)
+        self._apply(row, index, aligner, touched)
+        if touched:
+            log.info("replayed %d changes of %s up to seq %d", len(touched), row.name, newest)
+        return newest
+
+    def _apply(self, row: CollectionRow, index: VectorIndex, aligner: P, touched: set[int]) -> None:
+        """Idempotent: drop every touched key, then re-add those SQL still holds."""
+        if touched:
+            index.remove(np.fromiter(touched, dtype=np.int64))
+            self._add(row, index, aligner, sorted(touched))
 
     def _build(self, row: CollectionRow, aligner: P) -> VectorIndex:
         started = time.monotonic()
@@ -265,23 +304,83 @@ class IndexManager(Generic[P]):
         row = self.collections.get_by_id(row.id)
         if live.space.matches(row):
             return
-        aligner = self.aligner_of(row)
-        seq = self.changes.last_seq(row.id)
-        index = self._build(row, aligner)  # beside the live one: searches go on meanwhile
-        with live.writer:
-            # Writes that landed during the build were projected by the old heads.
-            self._replay(row, index, seq, aligner)
-            live.space = Space(aligner, index, row.index_epoch)
-            live.dirty += 1
+        self._rebuild(live, row)
         # Rebuilds are the expensive path: make this one durable now, not at some later
         # tick (a big snapshot then would stall the searches running at that moment).
         self.snapshot(live)
         log.info(
             "collection %s now serves aligner v%d, index epoch %d",
             row.name,
-            aligner.version,
+            live.aligner.version,
             row.index_epoch,
         )
+
+    def _rebuild(self, live: LiveIndex[P], row: CollectionRow) -> None:
+        """A new index from SQL beside the live one (searches go on meanwhile), then the
+        changes committed during the build, and the swap."""
+        aligner = self.aligner_of(row)
+        seq = self.changes.last_seq(row.id)
+        index = self._build(row, aligner)
+        with live.writer:
+            # Writes that landed during the build, this process's too (they went to the old
+            # index, projected by the old heads).
+            newest = self._replay(row, index, seq, aligner)
+            live.space = Space(aligner, index, row.index_epoch)
+            live.own = set()
+            live.applied = 0
+            live.reached(max(seq, newest))
+            live.dirty += 1
+
+    # -- following SQL (invariant 8) -----------------------------------------------------
+    def follow_all(self) -> None:
+        """Bring every live index to SQL: the writes other processes committed, and the
+        aligner version and index epoch SQL names (built here, off the request path). A
+        collection another process deleted is forgotten."""
+        if not self.follow:
+            return
+        with self._guard:
+            lives = list(self._live.values())
+        if not lives:
+            return
+        rows = {r.id: r for r in self.collections.list()}
+        heads = self.changes.heads()
+        for live in lives:
+            row = rows.get(live.collection_id)
+            if row is None:
+                self.drop(live.collection_id)
+            elif not live.space.matches(row):
+                self.get(row)  # one thread builds and swaps; a request never waits for it
+            elif max(heads.get(row.id, 0), row.changes_pruned_seq) > live.applied:
+                self.catch_up(live, row)
+            else:
+                live.caught_up = time.monotonic()
+
+    def catch_up(self, live: LiveIndex[P], row: CollectionRow) -> None:
+        """Apply what the log holds after the index's position; rebuild when it was pruned
+        past it (another process's snapshot)."""
+        with live.writer:
+            if self._caught_up(live, row):
+                return
+        log.warning(
+            "collection %s: the change log was pruned past this process's position %d: "
+            "rebuilding its index from SQL",
+            row.name,
+            live.applied,
+        )
+        self._rebuild(live, row)
+
+    def _caught_up(self, live: LiveIndex[P], row: CollectionRow) -> bool:
+        """``catch_up`` under the writer lock; False when the log no longer covers the gap."""
+        touched, newest = self.changes.since(collection_id=row.id, seq=live.applied, skip=live.own)
+        # Read after the changes: a prune that came first shows here (a later one took
+        # nothing this read needed).
+        if self.changes.pruned_seq(row.id) > live.applied:
+            return False
+        self._apply(row, live.index, live.aligner, touched)
+        live.reached(newest)
+        if touched:
+            live.dirty += 1
+        return True
 
     def create(self, row: CollectionRow, aligner: P) -> LiveIndex[P]:
         """Start an empty index for a new collection with its first aligner."""
@@ -328,7 +427,9 @@ class IndexManager(Generic[P]):
         if not live.stale:
             return
         row = self.collections.get_by_id(live.collection_id)
-        self._replay(row, live.index, row.changes_pruned_seq, live.aligner)
+        newest = self._replay(row, live.index, row.changes_pruned_seq, live.aligner)
+        live.own = set()
+        live.reached(newest)
         live.stale = False
         live.dirty += 1
         log.warning("collection %s: index repaired from the change log", row.name)
@@ -339,7 +440,15 @@ class IndexManager(Generic[P]):
         with live.snapshotting:
             with live.writer:
                 self._repair(live)  # raises while it cannot: then nothing is pruned
-                seq = self.changes.last_seq(live.collection_id)
+                # The snapshot's seq is the position the index reflects, other processes'
+                # writes included: not the log's head, which may hold changes it lacks.
+                try:
+                    row = self.collections.get_by_id(live.collection_id)
+                except NotFoundError:
+                    return  # another process deleted it: the follower forgets it
+                if not self._caught_up(live, row):
+                    return  # the follower rebuilds it first
+                seq = live.applied
                 space = live.space
                 payload = space.index.to_bytes()
                 lists = bool(space.index.lists)

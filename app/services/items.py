@@ -27,7 +27,7 @@ from index.columns import storable
 from index.errors import NotFoundError
 from index.items import ItemDraft, ItemStore
 from index.manager import IndexManager
-from index.tables import CollectionRow, ItemRow
+from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
 from models.media.budget import RequestBudget
 
@@ -196,6 +196,7 @@ def _write(
         )
         done = items.upsert(collection_id=row.id, draft=draft)
         index.upsert(np.array([done.row.pk], dtype=np.int64), vectors, np.array([len(vectors)]))
+        live.wrote(done.seq)
     if done.replaced_sha is not None and done.replaced_sha != sha:
         blobs.remove_unused([done.replaced_sha], items.shas_in_use)
     return item_public(done.row, row.name), done.created
@@ -254,9 +255,10 @@ def delete_item(
     row = collections.get(name)
     live = indexes.get(row)
     with indexes.writing(live) as index:
-        deleted: ItemRow = items.delete(collection_id=row.id, external_id=item_id)
-        index.remove(np.array([deleted.pk], dtype=np.int64))
-    blobs.remove_unused([deleted.sha256], items.shas_in_use)
+        deleted = items.delete(collection_id=row.id, external_id=item_id)
+        index.remove(np.array([deleted.row.pk], dtype=np.int64))
+        live.wrote(deleted.seq)
+    blobs.remove_unused([deleted.row.sha256], items.shas_in_use)
 
 
 def list_items(

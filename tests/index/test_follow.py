@@ -1,0 +1,198 @@
+"""Invariant 8 at the storage layer: indexes of separate processes (here: separate managers,
+stores and engines over one database, SQLite then Postgres) follow SQL's change log, miss no
+write however transactions commit, and survive another process's snapshot pruning the log."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from index.db import make_engine, make_sessionmaker
+from index.items import ItemDraft
+from index.manager import IndexManager, LiveIndex
+from index.stores import Stores
+from tests.factories import item_draft, new_collection
+from tests.postgres_gate import POSTGRES
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The projector SQL names for a collection: stored vectors as they are."""
+
+    version: int
+
+    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
+        return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+
+@dataclass
+class Process:
+    """What one server process holds: its own engine, stores, manager and snapshot folder."""
+
+    stores: Stores
+    indexes: IndexManager[Identity]
+
+    def live(self, name: str = "c") -> LiveIndex[Identity]:
+        return self.indexes.get(self.stores.collections.get(name))
+
+    def held(self, name: str = "c") -> set[int]:
+        return {int(pk) for pk in self.live(name).index.ids()}
+
+    def write(self, external_id: str, value: float = 0.5) -> int:
+        """An upsert as the app makes it: SQL and this process's index under the writer lock."""
+        row = self.stores.collections.get("c")
+        live = self.indexes.get(row)
+        draft = item_draft(external_id)
+        draft.aligner_version = row.aligner_version
+        vector = np.full((1, 4), value, dtype=np.float32)
+        draft = ItemDraft(**{**draft.__dict__, "feature": vector, "vector": vector})
+        with self.indexes.writing(live) as index:
+            done = self.stores.items.upsert(collection_id=row.id, draft=draft)
+            index.upsert(np.array([done.row.pk]), vector, np.array([1]))
+            live.wrote(done.seq)
+        return done.row.pk
+
+    def delete(self, external_id: str) -> None:
+        row = self.stores.collections.get("c")
+        live = self.indexes.get(row)
+        with self.indexes.writing(live) as index:
+            gone = self.stores.items.delete(collection_id=row.id, external_id=external_id)
+            index.remove(np.array([gone.row.pk]))
+            live.wrote(gone.seq)
+
+
+@pytest.fixture
+def processes(database_url: str, stores: Stores, tmp_path: Path) -> Iterator[list[Process]]:
+    """Two processes over the database ``stores`` migrated, ``new_collection`` in it."""
+    new_collection(stores)
+    engines, made = [], []
+    for n in range(2):
+        engine = make_engine(database_url)
+        engines.append(engine)
+        own = Stores.over(make_sessionmaker(engine))
+        manager = IndexManager(
+            collections=own.collections,
+            items=own.items,
+            changes=own.changes,
+            aligner_of=lambda row: Identity(row.aligner_version),
+            root=tmp_path / f"indexes-{n}",
+        )
+        manager.load_all()
+        made.append(Process(own, manager))
+    yield made
+    for engine in engines:
+        engine.dispose()
+
+
+def sql_pks(stores: Stores) -> set[int]:
+    row = stores.collections.get("c")
+    return {r.pk for r in stores.items.page(collection_id=row.id, after_pk=0, limit=10_000)}
+
+
+def test_writes_through_one_process_reach_the_other_when_it_follows(
+    processes: list[Process],
+) -> None:
+    a, b = processes
+    x = a.write("x")
+    assert x in a.held() and x not in b.held()  # the writer reads its own write at once
+    b.indexes.follow_all()
+    assert x in b.held()
+    b.delete("x")
+    y = b.write("y")
+    a.indexes.follow_all()
+    assert a.held() == b.held() == sql_pks(a.stores) == {y}
+
+
+def test_a_process_passes_over_its_own_writes(processes: list[Process]) -> None:
+    """Its writes are in its index already: applying them again would leave dead vectors."""
+    a, _ = processes
+    a.write("x")
+    a.write("x", 0.25)  # a replace: one dead vector
+    live = a.live()
+    dead = live.index.deleted
+    a.indexes.follow_all()
+    assert live.index.deleted == dead
+    assert live.own == set() and live.applied == a.stores.changes.last_seq(live.collection_id)
+
+
+def test_a_snapshot_reflects_what_its_process_applied_not_the_logs_head(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    """A's snapshot may not claim B's write before A applied it: a restart from it would
+    never replay that write."""
+    a, b = processes
+    b.write("from-b")
+    a.write("from-a")
+    live = a.live()
+    a.indexes.snapshot(live)  # catches up first: B's write is in the snapshot's index
+    restarted = IndexManager(
+        collections=a.stores.collections,
+        items=a.stores.items,
+        changes=a.stores.changes,
+        aligner_of=lambda row: Identity(row.aligner_version),
+        root=a.indexes.root,
+    )
+    restarted.load_all()
+    row = a.stores.collections.get("c")
+    assert {int(pk) for pk in restarted.get(row).index.ids()} == sql_pks(a.stores)
+    assert len(sql_pks(a.stores)) == 2
+
+
+def test_a_log_pruned_past_a_process_makes_it_rebuild(processes: list[Process]) -> None:
+    a, b = processes
+    a.write("one")
+    b.delete("one")
+    b.write("two")
+    b.indexes.snapshot(b.live())  # prunes the log past A's position
+    assert b.stores.changes.pruned_seq(b.live().collection_id) > a.live().applied
+    a.indexes.follow_all()
+    assert a.held() == sql_pks(a.stores) == b.held()
+
+
+def test_a_collection_another_process_deleted_is_forgotten(processes: list[Process]) -> None:
+    a, b = processes
+    a.write("x")
+    b.indexes.follow_all()
+    row = b.stores.collections.get("c")
+    a.stores.collections.delete(row.id)
+    b.indexes.follow_all()
+    assert row.id not in b.indexes._live
+
+
+@pytest.mark.parametrize("database_url", [POSTGRES], indirect=True)
+def test_a_write_that_commits_late_is_not_skipped(processes: list[Process]) -> None:
+    """Postgres draws sequences in call order and commits in any: a write that drew its seq
+    first and commits last must still reach the follower. The writer that comes second
+    waits for the first one's commit (the collection's row lock), so it cannot commit first."""
+    a, b = processes
+    held, go = threading.Event(), threading.Event()
+    sessions = a.stores.items.sessions
+
+    @event.listens_for(sessions, "after_flush")
+    def hold(session: Session, _: object) -> None:
+        if threading.current_thread().name == "late" and not held.is_set():
+            held.set()  # this write has drawn its seq and not committed
+            go.wait(10)
+
+    late = threading.Thread(target=a.write, args=("late",), name="late")
+    late.start()
+    assert held.wait(10)
+    early = threading.Thread(target=b.write, args=("early",))
+    early.start()
+    early.join(1.0)
+    blocked = early.is_alive()  # waits on the row lock, before drawing a seq
+    b.indexes.follow_all()  # reads the log while "late" is open
+    go.set()
+    late.join(10)
+    early.join(10)
+    event.remove(sessions, "after_flush", hold)
+    assert blocked, "the second writer committed while the first held its seq"
+    b.indexes.follow_all()
+    assert b.held() == sql_pks(b.stores) and len(sql_pks(b.stores)) == 2
