@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class Metrics:
-    """Request counters and latencies."""
+    """Request counters and latencies, and how far this process follows SQL."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -23,6 +23,12 @@ class Metrics:
             "mmr_http_request_seconds",
             "HTTP request latency by route",
             ["method", "route"],
+            registry=self.registry,
+        )
+
+        self.replication_lag = Gauge(
+            "mmr_replication_lag_seconds",
+            "Seconds since the least recent of this process's indexes last matched SQL",
             registry=self.registry,
         )
 

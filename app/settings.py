@@ -159,7 +159,7 @@ class Settings(BaseSettings):
         le=60.0,
         description="How often each server process applies the writes other processes "
         "committed to SQL and swaps in new aligner versions and index epochs "
-        "([replicas](architecture.md#durability)): the most a write made through one process "
+        "([several processes](replicas.md)): the most a write made through one process "
         "waits to be found through another.",
     )
     worker: Literal["on", "off"] = Field(

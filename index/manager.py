@@ -355,6 +355,14 @@ class IndexManager(Generic[P]):
             else:
                 live.caught_up = time.monotonic()
 
+    def replication(self) -> tuple[int, float]:
+        """How many collections this process follows, and the seconds since the least recent
+        of them last matched SQL (its lag, at most: about the follow interval when healthy)."""
+        with self._guard:
+            lives = list(self._live.values())
+        now = time.monotonic()
+        return len(lives), max((now - live.caught_up for live in lives), default=0.0)
+
     def catch_up(self, live: LiveIndex[P], row: CollectionRow) -> None:
         """Apply what the log holds after the index's position; rebuild when it was pruned
         past it (another process's snapshot)."""

@@ -29,6 +29,7 @@ def readyz(request: Request) -> JSONResponse:
     if services is None:
         return JSONResponse({"status": "starting", "ready": False}, status_code=503)
     database = ping(services.engine)
+    followed, lag = services.indexes.replication()
     body = {
         "status": "ready" if database else "database_unavailable",
         "ready": database,
@@ -36,6 +37,8 @@ def readyz(request: Request) -> JSONResponse:
         "model": model_info(services.embedder).model_dump(),
         "fallback": services.embedder.loaded.fallback,
         "warnings": services.warnings,
+        # Invariant 8: how far behind SQL this process's indexes may be (docs/replicas.md).
+        "replication": {"collections": followed, "lag_s": round(lag, 3)},
     }
     return JSONResponse(body, status_code=200 if database else 503)
 
@@ -43,4 +46,8 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus text format."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    metrics = request.app.state.metrics
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None:
+        metrics.replication_lag.set(services.indexes.replication()[1])
+    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)

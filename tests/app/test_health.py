@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
@@ -19,6 +21,25 @@ def test_readyz_names_the_active_model(client: TestClient) -> None:
     assert body["ready"] is True
     assert body["model"]["id"] == TEST_MODEL
     assert body["fallback"] is False
+
+
+def test_readyz_and_metrics_say_how_far_the_indexes_follow_sql(
+    client: TestClient, collection: str
+) -> None:
+    """Invariant 8: a process's lag behind SQL is the seconds since its least recent index
+    last matched SQL; healthy, about the follow interval."""
+    client.get(f"/v1/collections/{collection}")  # loaded and followed
+    interval = client.app.state.settings.follow_interval_s  # type: ignore[attr-defined]
+    time.sleep(3 * interval)
+    replication = client.get("/readyz").json()["replication"]
+    assert replication["collections"] == 1
+    assert 0 <= replication["lag_s"] < 2.0
+    lag = [
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("mmr_replication_lag_seconds ")
+    ]
+    assert len(lag) == 1 and 0 <= float(lag[0].split()[1]) < 2.0
 
 
 def test_readyz_is_503_when_the_database_is_gone(client: TestClient) -> None:
