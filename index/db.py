@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import math
 import sqlite3
 import time
@@ -156,10 +157,14 @@ def downgrade(engine: Engine, revision: str) -> None:
     _alembic(engine, command.downgrade, revision)
 
 
+# pg_advisory_xact_lock's key for migrations: any constant the service uses for nothing else.
+MIGRATION_LOCK = 0x6D6D72  # "mmr"
+
+
 def _alembic(engine: Engine, step: Any, revision: str) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    with engine.connect() as conn:
+    with _one_migrator(engine), engine.connect() as conn:
         sqlite = engine.dialect.name == "sqlite"
         if sqlite:
             # SQLite alters a table by copying it and dropping the original; with foreign keys
@@ -169,12 +174,31 @@ def _alembic(engine: Engine, step: Any, revision: str) -> None:
             conn.commit()  # ends SQLAlchemy's autobegun (empty) transaction
         try:
             with conn.begin(), no_time_limit(conn):
+                if not sqlite:  # held to the commit: the next process finds the schema current
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                    )
                 cfg.attributes["connection"] = conn
                 step(cfg, revision)
         finally:
             if sqlite:
                 conn.exec_driver_sql("PRAGMA foreign_keys=ON")
                 conn.commit()
+
+
+@contextlib.contextmanager
+def _one_migrator(engine: Engine) -> Iterator[None]:
+    """One process migrates a SQLite database at a time (several starting at once, as
+    ``mmr serve --workers`` does, otherwise race to create the same tables): an exclusive
+    lock on a file beside the database. Postgres takes an advisory lock in the migration's
+    transaction instead (``_alembic``)."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def ping(engine: Engine) -> bool:

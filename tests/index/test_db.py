@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from sqlalchemy import text
 
 from index.db import make_engine, make_sessionmaker, migrate
 from index.stores import Stores
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_migrations_upgrade_a_populated_database(database_url: str) -> None:
@@ -23,5 +30,29 @@ def test_migrations_upgrade_a_populated_database(database_url: str) -> None:
         migrate(engine)
         row = Stores.over(make_sessionmaker(engine)).collections.get("old")
         assert row.changes_pruned_seq == 0
+    finally:
+        engine.dispose()
+
+
+def test_processes_starting_at_once_migrate_one_at_a_time(database_url: str) -> None:
+    """``mmr serve --workers`` and replicas start together: each migrates a fresh database,
+    one after another (on SQLite two of four used to fail creating the same tables)."""
+    code = (
+        "import sys; from index.db import make_engine, migrate; migrate(make_engine(sys.argv[1]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, database_url], env=env, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    answers = [(p, p.communicate(timeout=120)[1]) for p in starts]
+    failed = [err[-500:] for p, err in answers if p.returncode != 0]
+    assert not failed, failed
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT COUNT(*) FROM alembic_version")).scalar_one() == 1
     finally:
         engine.dispose()
