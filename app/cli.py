@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="run the HTTP API (configuration: MMR_* variables)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port, the database and the data directory "
+        "(docs/replicas.md)",
+    )
     sub.add_parser("worker", help="run background jobs (fine-tune, reindex) in this process")
     train = sub.add_parser("train-mini", help="train mmr-mini from scratch, then evaluate it")
     train.add_argument("--out", type=Path, default=Path("data/mmr-mini"))
@@ -68,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tiny-clap":
         return _tiny_clap(args.out, args.seed)
     if args.command == "serve":
+        if args.workers > 1:
+            return _serve_many(args.host, args.port, args.workers)
         return _serve(args.host, args.port)
     if args.command == "train-mini":
         return _train_mini(args.out, args.steps, args.seed, args.eval_pairs)
@@ -87,6 +97,23 @@ def _serve(host: str, port: int) -> int:
     server.run()
     # uvicorn returns normally when start-up fails (e.g. a strict model id that cannot load).
     return 0 if server.started else 1
+
+
+def _serve_many(host: str, port: int, workers: int) -> int:
+    """``workers`` processes of the app on one socket (uvicorn's supervisor restarts one
+    that dies), each following SQL (docs/replicas.md). Torch threads are shared out between
+    them unless MMR_TORCH_THREADS says otherwise, and the precision probe runs once first."""
+    from app.lifespan import settle_precision
+    from app.settings import Settings
+
+    settings = Settings()
+    if settings.torch_threads == 0:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["MMR_TORCH_THREADS"] = str(threads)
+        settings = Settings()
+    settle_precision(settings)
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, log_level=settings.log_level)
+    return 0
 
 
 def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int:

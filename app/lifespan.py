@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,7 @@ from index.faults import run_resilient
 from index.manager import IndexManager
 from index.stores import Stores
 from index.vector_index import configure_faiss_threads
-from models.encoders.registry import load_model
+from models.encoders.registry import LoadedModel, load_model
 from models.errors import ModelLoadError
 from models.runtime.batcher import BatchConfig
 from models.runtime.threads import configure_torch_threads, in_thread_with_threads
@@ -34,6 +35,45 @@ SNAPSHOT_CHECK_S = 5.0
 SNAPSHOT_MAX_AGE_S = 60.0
 TRASH_SWEEP_S = 60.0  # how often deleted originals past their grace period are removed
 TRIM_CHECK_S = 1.0  # how often the memory trimmer looks at the process's memory (app.memory)
+
+
+def load_encoder(settings: Settings) -> LoadedModel:
+    """The model as ``settings`` name it, in the precision they ask for (``auto``: the
+    verdict kept in the model cache, or the probe's)."""
+    return load_model(
+        settings.model,
+        audio_model=settings.audio_model,
+        device=settings.device,
+        cache_dir=settings.data_dir / "models",
+        precision=settings.precision,
+        batching=BatchConfig(
+            max_batch=settings.batch_size,
+            max_wait_ms=settings.batch_wait_ms,
+            max_queue=settings.batch_queue,
+            streams=settings.batch_streams,
+        ),
+    )
+
+
+def settle_precision(settings: Settings) -> None:
+    """Probe ``MMR_PRECISION=auto`` once, in a process of its own that exits (the caller
+    keeps no model), leaving the verdict in the model cache: processes that start together
+    (``mmr serve --workers``) then all read it, instead of each probing while the others
+    take the same cores, and maybe choosing differently."""
+    if settings.precision != "auto":
+        return
+    child = multiprocessing.get_context("spawn").Process(
+        target=_probe_precision, args=(settings,), name="mmr-precision"
+    )
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        log.warning("the precision probe exited with %s: each process probes", child.exitcode)
+
+
+def _probe_precision(settings: Settings) -> None:
+    configure_torch_threads(settings.torch_threads)
+    in_thread_with_threads(lambda: load_encoder(settings))
 
 
 def build_services(settings: Settings, *, holds_indexes: bool = True) -> Services:
@@ -51,21 +91,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     try:
         # Loading, the precision probe and a first start's audio bootstrap run torch on every
         # thread in a thread that ends with them (models.runtime.threads.configure_torch_threads).
-        loaded = in_thread_with_threads(
-            lambda: load_model(
-                settings.model,
-                audio_model=settings.audio_model,
-                device=settings.device,
-                cache_dir=settings.data_dir / "models",
-                precision=settings.precision,
-                batching=BatchConfig(
-                    max_batch=settings.batch_size,
-                    max_wait_ms=settings.batch_wait_ms,
-                    max_queue=settings.batch_queue,
-                    streams=settings.batch_streams,
-                ),
-            )
-        )
+        loaded = in_thread_with_threads(lambda: load_encoder(settings))
         aligner = in_thread_with_threads(
             lambda: default_aligner(
                 loaded.encoder,

@@ -1,11 +1,16 @@
 """Invariant 8 with real processes: two ``mmr serve`` on one database and data directory (as
 ``--workers`` or two replicas on one host run), each finds what the other wrote and stops
 finding what it deleted, within the follow interval; after concurrent writes through both,
-each answers with exactly the items SQL holds."""
+each answers with exactly the items SQL holds; ``mmr serve --workers`` does the same on one
+port."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.test_crash import Server, serve, server_env
+from tests.app.test_crash import (
+    READY_TIMEOUT_S,
+    Server,
+    free_port,
+    log_tail,
+    serve,
+    server_env,
+    wait_ready,
+)
 
 NAME = "shared"
 ITEMS = f"/v1/collections/{NAME}/items"
@@ -106,3 +119,54 @@ def test_after_concurrent_writes_through_both_each_holds_what_sql_holds(
     want = in_sql(a)
     assert want == in_sql(b) and want
     waited_for(lambda: held(a) == want and held(b) == want)
+
+
+def workers_of(supervisor: int) -> set[int]:
+    """The processes ``mmr serve --workers`` started (its children, Linux)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {
+        int(pid) for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()
+    }
+
+
+def test_serve_workers_runs_processes_that_answer_alike_and_replaces_one_killed(
+    tmp_path: Path, database_url: str
+) -> None:
+    """``mmr serve --workers 2``: two processes on one port; whichever answers, a search finds
+    every item written through either; one killed is replaced and the new one catches up."""
+    env = {**server_env(tmp_path, database_url), "MMR_PRECISION": "fp32"}
+    port = free_port()
+    argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--workers", "2"]
+    log = tmp_path / "workers.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=out, stderr=out)
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_ready(server)
+        waited_for(lambda: len(workers_of(proc.pid)) == 2)
+        first = workers_of(proc.pid)
+        assert httpx.post(f"{server.url}/v1/collections", json={"name": NAME}).status_code == 201
+        for n in range(12):
+            post(server, f"w{n}")
+        want = {f"w{n}" for n in range(12)}
+        # Each search lands on either process: all of them answer with every item.
+        waited_for(lambda: all(held(server) == want for _ in range(8)))
+        os.kill(min(first), signal.SIGKILL)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(workers_of(proc.pid) - first) < 1 or len(workers_of(proc.pid)) < 2:
+            assert time.monotonic() < deadline, log_tail(log)
+            time.sleep(0.2)
+        for n in range(12, 16):
+            post(server, f"w{n}")
+        want |= {f"w{n}" for n in range(12, 16)}
+        deadline = time.monotonic() + READY_TIMEOUT_S  # the new process loads, then follows
+        while not all(held(server) == want for _ in range(8)):
+            assert time.monotonic() < deadline, log_tail(log)
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
