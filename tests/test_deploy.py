@@ -7,8 +7,11 @@ against the real app: routes, settings fields, the console script and its argume
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -120,7 +123,40 @@ def test_compose_has_api_and_postgres() -> None:
     assert services["postgres"]["image"].startswith("postgres:16")
     assert "pg_isready" in " ".join(command_words(services["postgres"]["healthcheck"]["test"]))
     assert services["api"]["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert "8000:8000" in [str(p) for p in services["api"]["ports"]]
+    assert "ports" not in services["api"], "a published port would stop --scale api=N"
+    assert [str(p) for p in services["api"]["expose"]] == ["8000"]
+
+
+def test_compose_lb_publishes_the_port_and_proxies_to_every_api_replica() -> None:
+    """The load balancer's config names the api service and the port it serves on, and
+    its health check reaches a replica's readiness route through it."""
+    lb = compose()["services"]["lb"]
+    assert lb["image"].startswith("caddy:")
+    assert "8000:8000" in [str(p) for p in lb["ports"]]
+    assert lb["depends_on"]["api"]["condition"] == "service_healthy"
+    mount, target = str(lb["volumes"][0]).split(":")[:2]
+    assert target == "/etc/caddy/Caddyfile"
+    config = (ROOT / mount).read_text()
+    assert re.search(r"dynamic a \{\s*name api\s*port 8000\b", config), config
+    assert config.startswith("#") and "\n:8000 {" in config
+    assert healthcheck_url(command_words(lb["healthcheck"]["test"])).endswith(":8000/readyz")
+
+
+def test_the_load_balancer_config_is_valid_for_caddy(tmp_path: Path) -> None:
+    """``caddy validate`` (Debian's caddy; .ci/run installs it) accepts deploy/Caddyfile."""
+    caddy = shutil.which("caddy")
+    if caddy is None:
+        if os.environ.get("MMR_TEST_REQUIRE_CADDY") == "1":
+            pytest.fail("caddy is not installed (apt-get install caddy)")
+        pytest.skip("caddy is not installed")
+    checked = subprocess.run(
+        [caddy, "validate", "--config", str(ROOT / "deploy/Caddyfile"), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert checked.returncode == 0, checked.stderr[-2000:]
 
 
 def test_compose_named_volumes_are_declared_and_used() -> None:
