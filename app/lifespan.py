@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import socket
 import threading
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -111,6 +114,10 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
         aligner_of=lambda row: active_aligner(row, store=stores.aligners),
         root=settings.data_dir / "indexes",
         follow=holds_indexes,
+        # Its name in the log's positions: pruning keeps what it has not applied yet.
+        replica=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        if holds_indexes
+        else "",
     )
     if holds_indexes:
         indexes.load_all()
@@ -218,4 +225,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await run_in_threadpool(services.indexes.snapshot_all)
         except Exception:  # the database or the disk is gone: the change log still covers it
             log.exception("final index snapshot failed; the next start replays the change log")
+        try:
+            await run_in_threadpool(services.indexes.leave)
+        except Exception:  # its positions expire after index.changes.REPLICA_LEASE_S anyway
+            log.warning("could not remove this process's change-log positions", exc_info=True)
         services.engine.dispose()

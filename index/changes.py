@@ -1,16 +1,23 @@
 """The change log in SQL: every item write appends a row (index/items.py); the indexes of
 every process replay it from the sequence their snapshot reflects, and a durable snapshot
-lets the rows it covers be pruned."""
+lets the rows it covers be pruned, but for those a live process has not applied yet: each
+server process reports how far it follows (``report``), and a prune stops below the slowest
+one seen within ``REPLICA_LEASE_S``."""
 
 from __future__ import annotations
 
-from collections.abc import Set
+from collections.abc import Mapping, Set
+from datetime import timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from index.collections import CollectionCache
-from index.tables import ChangeRow, CollectionRow
+from index.tables import ChangeRow, CollectionRow, ReplicaPositionRow, utcnow
+
+# A process not heard from for this long is gone (killed, or cut off): pruning stops waiting
+# for it. If it comes back behind a pruned log it rebuilds (index.manager).
+REPLICA_LEASE_S = 60.0
 
 
 class ChangeLog:
@@ -70,3 +77,33 @@ class ChangeLog:
             if row is not None:
                 row.changes_pruned_seq = max(row.changes_pruned_seq, upto_seq)
         self.cache.forget()
+
+    # -- how far each process follows ----------------------------------------------------
+    def report(self, replica: str, positions: Mapping[int, int]) -> None:
+        """Record the position this process's index of each collection reflects."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            for collection_id, applied in positions.items():
+                row = session.get(ReplicaPositionRow, (replica, collection_id))
+                if row is None:
+                    row = ReplicaPositionRow(replica=replica, collection_id=collection_id)
+                    session.add(row)
+                row.applied = applied
+                row.seen_at = now
+
+    def slowest(self, collection_id: int, *, excluding: str) -> int | None:
+        """The lowest position another live process reported for a collection (None: none)."""
+        since = utcnow() - timedelta(seconds=REPLICA_LEASE_S)
+        stmt = select(func.min(ReplicaPositionRow.applied)).where(
+            ReplicaPositionRow.collection_id == collection_id,
+            ReplicaPositionRow.replica != excluding,
+            ReplicaPositionRow.seen_at >= since,
+        )
+        with self.sessions() as session:
+            found = session.scalar(stmt)
+        return None if found is None else int(found)
+
+    def forget_replica(self, replica: str) -> None:
+        """A process that stops cleanly takes its positions with it."""
+        with self.sessions.begin() as session:
+            session.execute(delete(ReplicaPositionRow).where(ReplicaPositionRow.replica == replica))

@@ -12,7 +12,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from index.columns import storable
 from index.db import no_time_limit
 from index.errors import ConflictError, NotFoundError
-from index.tables import AlignerRow, ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
+from index.tables import (
+    AlignerRow,
+    ChangeRow,
+    CollectionRow,
+    ItemRow,
+    ItemTagRow,
+    ReplicaPositionRow,
+    utcnow,
+)
 
 
 class CollectionCache:
@@ -138,6 +146,9 @@ class CollectionStore:
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk.in_(item_pks)))
             session.execute(delete(ItemRow).where(ItemRow.collection_id == collection_id))
             session.execute(delete(ChangeRow).where(ChangeRow.collection_id == collection_id))
+            session.execute(
+                delete(ReplicaPositionRow).where(ReplicaPositionRow.collection_id == collection_id)
+            )
             session.execute(delete(AlignerRow).where(AlignerRow.collection_id == collection_id))
             session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
         self.cache.forget()

@@ -38,6 +38,7 @@ from index.errors import ConflictError, NotFoundError
 from index.items import ItemStore, StoredVectors
 from index.snapshots import (
     IndexSnapshot,
+    peek_header,
     read_snapshot,
     remove_snapshot,
     remove_stale_temp,
@@ -49,6 +50,8 @@ from index.tables import CollectionRow
 from index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 2.0  # how often a process records its positions in SQL (follow_all)
 
 
 class Projector(Protocol):
@@ -162,6 +165,7 @@ class IndexManager(Generic[P]):
         aligner_of: Callable[[CollectionRow], P],
         root: Path,
         follow: bool = True,
+        replica: str = "",
     ) -> None:
         self.collections = collections
         self.items = items
@@ -170,6 +174,10 @@ class IndexManager(Generic[P]):
         self.root = root
         # False in a worker process: it changes SQL and leaves swapping to the API process.
         self.follow = follow
+        # This process's name in the log's positions (index.changes.ChangeLog.report); ""
+        # reports none (a manager of one process's tests).
+        self.replica = replica
+        self._reported = 0.0
         self._live: dict[int, LiveIndex[P]] = {}
         # Reentrant: get() holds it across load() so that one collection is loaded once.
         self._guard = threading.RLock()
@@ -354,6 +362,18 @@ class IndexManager(Generic[P]):
                 self.catch_up(live, row)
             else:
                 live.caught_up = time.monotonic()
+        now = time.monotonic()
+        if self.replica and now - self._reported >= REPORT_EVERY_S:
+            followed = [live for live in lives if live.collection_id in rows]
+            self.changes.report(
+                self.replica, {live.collection_id: live.applied for live in followed}
+            )
+            self._reported = now
+
+    def leave(self) -> None:
+        """This process stops following (a clean shutdown): pruning stops waiting for it."""
+        if self.replica:
+            self.changes.forget_replica(self.replica)
 
     def replication(self) -> tuple[int, float]:
         """How many collections this process follows, and the seconds since the least recent
@@ -462,8 +482,20 @@ class IndexManager(Generic[P]):
                 lists = bool(space.index.lists)
                 live.dirty = 0
                 live.last_snapshot = time.monotonic()
+            path = self.snapshot_path(live.collection_id)
+            kept = peek_header(path)
+            if (
+                kept
+                and kept.seq > seq
+                and (kept.aligner_version, kept.epoch)
+                == (
+                    space.aligner.version,
+                    space.epoch,
+                )
+            ):
+                return  # another process sharing the folder wrote a newer one: keep it
             write_snapshot(
-                self.snapshot_path(live.collection_id),
+                path,
                 IndexSnapshot(
                     seq=seq,
                     dim=space.index.dim,
@@ -473,8 +505,11 @@ class IndexManager(Generic[P]):
                 ),
             )
             live.lists_on_disk = lists
-            # Only once the snapshot is durable may the changes it covers be forgotten.
-            self.changes.prune(collection_id=live.collection_id, upto_seq=seq)
+            # Only once the snapshot is durable may the changes it covers be forgotten, and
+            # only those every live process has applied (a slower one replays the rest).
+            slowest = self.changes.slowest(live.collection_id, excluding=self.replica)
+            upto = seq if slowest is None else min(seq, slowest)
+            self.changes.prune(collection_id=live.collection_id, upto_seq=upto)
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""

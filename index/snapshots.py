@@ -141,6 +141,17 @@ def read_header(path: Path) -> SnapshotHeader | None:
     return found if size == 0 and sha.hexdigest() == digest else None
 
 
+def peek_header(path: Path) -> SnapshotHeader | None:
+    """The header of the snapshot at path, its payload not read (what a writer compares its
+    own snapshot with); None when there is none or it is not one."""
+    try:
+        with open(path, "rb") as f:
+            header = _header(f.readline(len(MAGIC)) + f.readline(HEADER_MAX))
+    except OSError:
+        return None
+    return None if header is None else header[0]
+
+
 def _header(head: bytes) -> tuple[SnapshotHeader, int, str] | None:
     """The header, payload size and payload sha256 of a snapshot's first two lines."""
     if not head.startswith(MAGIC) or not head.endswith(b"\n"):

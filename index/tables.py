@@ -152,6 +152,18 @@ class ChangeRow(Base):
     op: Mapped[str] = mapped_column(String(8))  # "upsert" | "delete"
 
 
+class ReplicaPositionRow(Base):
+    """How far one server process's index of a collection follows the change log: pruning
+    keeps what a live process has not applied yet (invariant 8)."""
+
+    __tablename__ = "replica_positions"
+
+    replica: Mapped[str] = mapped_column(String(96), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    applied: Mapped[int] = mapped_column(BigInteger)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class JobRow(Base):
     """A background job (fine-tune, reindex): queued, claimed with a lease, finished."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from index.db import make_engine, make_sessionmaker, migrate
+from index.db import downgrade, make_engine, make_sessionmaker, migrate
 from index.stores import Stores
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,5 +54,19 @@ def test_processes_starting_at_once_migrate_one_at_a_time(database_url: str) -> 
     try:
         with engine.connect() as conn:
             assert conn.execute(text("SELECT COUNT(*) FROM alembic_version")).scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
+def test_the_positions_table_comes_and_goes_with_its_revision(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        Stores.over(make_sessionmaker(engine)).changes.report("p", {1: 7})
+        downgrade(engine, "0005")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
+        migrate(engine)
+        assert Stores.over(make_sessionmaker(engine)).changes.slowest(1, excluding="q") is None
     finally:
         engine.dispose()

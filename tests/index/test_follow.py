@@ -14,9 +14,12 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+import index.changes as changes_module
+import index.manager as manager_module
 from index.db import make_engine, make_sessionmaker
 from index.items import ItemDraft
 from index.manager import IndexManager, LiveIndex
+from index.snapshots import peek_header
 from index.stores import Stores
 from tests.factories import item_draft, new_collection
 from tests.postgres_gate import POSTGRES
@@ -83,6 +86,7 @@ def processes(database_url: str, stores: Stores, tmp_path: Path) -> Iterator[lis
             changes=own.changes,
             aligner_of=lambda row: Identity(row.aligner_version),
             root=tmp_path / f"indexes-{n}",
+            replica="ab"[n],
         )
         manager.load_all()
         made.append(Process(own, manager))
@@ -196,3 +200,72 @@ def test_a_write_that_commits_late_is_not_skipped(processes: list[Process]) -> N
     assert blocked, "the second writer committed while the first held its seq"
     b.indexes.follow_all()
     assert b.held() == sql_pks(b.stores) and len(sql_pks(b.stores)) == 2
+
+
+def test_a_prune_keeps_what_a_live_process_has_not_applied(
+    processes: list[Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B reported its position and then fell behind A's writes: A's snapshot prunes no
+    further than B's position, so B catches up by replaying, not by a rebuild."""
+    a, b = processes
+    monkeypatch.setattr(manager_module, "REPORT_EVERY_S", 0.0)
+    b.live(), a.write("first")
+    b.indexes.follow_all()  # B applied "first" and says so
+    position = b.live().applied
+    for n in range(5):
+        a.write(f"more-{n}")
+    a.indexes.follow_all()
+    a.indexes.snapshot(a.live())
+    assert a.stores.changes.pruned_seq(a.live().collection_id) == position
+
+    def no_rebuild(*_: object) -> None:
+        raise AssertionError("B rebuilt: the prune took changes it had not applied")
+
+    monkeypatch.setattr(b.indexes, "_rebuild", no_rebuild)
+    b.indexes.follow_all()
+    assert b.held() == sql_pks(b.stores) and len(sql_pks(b.stores)) == 6
+
+
+def test_a_process_not_heard_from_within_the_lease_holds_no_prune_back(
+    processes: list[Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = processes
+    monkeypatch.setattr(manager_module, "REPORT_EVERY_S", 0.0)
+    b.live()
+    b.indexes.follow_all()  # B reports position 0, then goes silent
+    a.write("x")
+    monkeypatch.setattr(changes_module, "REPLICA_LEASE_S", 0.0)
+    a.indexes.snapshot(a.live())
+    assert a.stores.changes.pruned_seq(a.live().collection_id) == a.live().applied > 0
+
+
+def test_a_stopped_process_takes_its_positions_with_it(
+    processes: list[Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = processes
+    monkeypatch.setattr(manager_module, "REPORT_EVERY_S", 0.0)
+    b.live()
+    b.indexes.follow_all()
+    cid = b.live().collection_id
+    assert a.stores.changes.slowest(cid, excluding="a") == 0
+    b.indexes.leave()
+    assert a.stores.changes.slowest(cid, excluding="a") is None
+
+
+def test_an_older_snapshot_does_not_replace_a_newer_one_in_a_shared_folder(
+    processes: list[Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Processes sharing ``indexes/``: one far behind must not put back an older snapshot
+    (the next start would find it older than the pruned log and rebuild)."""
+    a, b = processes
+    b.indexes.root = a.indexes.root
+    b.live()
+    a.write("x")
+    a.indexes.snapshot(a.live())
+    newer = peek_header(a.indexes.snapshot_path(a.live().collection_id))
+    assert newer is not None and newer.seq > 0
+    monkeypatch.setattr(b.indexes, "_caught_up", lambda live, row: True)  # B lags behind
+    b.live().dirty = 1
+    b.indexes.snapshot(b.live())
+    kept = peek_header(b.indexes.snapshot_path(b.live().collection_id))
+    assert kept == newer
