@@ -30,6 +30,12 @@ mtime). The grace period on top of the holds is a margin, not the mechanism: for
 yet visible to another host (a network filesystem's attribute cache), for clocks, and for a
 backup made by an older release, which takes no hold (it retries instead).
 
+Several processes: a pin is this process's own, so another process may find no row naming
+an original and trash it while an ingest here has written it and not yet committed its row.
+Two things undo that: the ingest looks again once its row is committed and writes the
+original back if it is gone (it still holds the bytes), and every sweep puts back any trashed
+original a row names (an ingest killed between its commit and that look).
+
 Crash safety: a delete commits in SQL first and trashes after, so a ``kill -9`` in between
 leaves an unreferenced original in place (as a crash between a blob write and its commit
 does), never a referenced one in the trash. The rename is atomic; whatever reached the
@@ -41,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -50,6 +57,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from index.snapshots import fsync_dir, write_atomically
+
+log = logging.getLogger(__name__)
 
 TRASH = ".trash"  # trashed originals: <sha256>.<time trashed, ns since the epoch>
 HOLDS = ".holds"  # one file per running backup: no trash is swept while one is live
@@ -86,6 +95,10 @@ class BlobStore:
         try:
             self.put(data)
             yield digest
+            # Another process may have trashed the file before this row committed (its pins
+            # are not ours): the row is committed now, so the file must be there.
+            if not self.path(digest).exists():
+                self.put(data)
         finally:
             with self._lock:
                 self._pins[digest] -= 1
@@ -113,13 +126,19 @@ class BlobStore:
         fsync_dir(trash)
         return 1
 
-    def sweep(self, *, now: float | None = None) -> int:
-        """Delete trash older than the grace period unless a backup is running; how many.
+    def sweep(
+        self, *, now: float | None = None, in_use: Callable[[set[str]], set[str]] | None = None
+    ) -> int:
+        """Put back trashed originals that rows name again (``in_use``: the digests SQL
+        refers to), then delete trash older than the grace period unless a backup is
+        running; how many were deleted.
 
         The trash is listed *before* the holds are read: a backup that takes its hold after
         that reads SQL after these deletes committed, so it cannot need what is removed.
         """
         now = time.time() if now is None else now
+        if in_use is not None:
+            self._restore_named(in_use)
         due = [path for path, at in trashed(self.root) if now - at >= self.grace_s]
         if not due or backups_running(self.root, now=now):
             return 0
@@ -129,6 +148,25 @@ class BlobStore:
                 path.unlink()
                 removed += 1
         return removed
+
+    def _restore_named(self, in_use: Callable[[set[str]], set[str]]) -> None:
+        """Trashed originals that a row names (an ingest in another process committed it
+        after the trash): back in place, or dropped when the place holds them already."""
+        by_digest: dict[str, list[Path]] = {}
+        for path, _ in trashed(self.root):
+            by_digest.setdefault(path.name.partition(".")[0], []).append(path)
+        for digest in in_use(set(by_digest)) if by_digest else ():
+            place = self.path(digest)
+            for path in by_digest[digest]:
+                if place.exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                place.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(path, place)
+                    fsync_dir(place.parent)
+                    log.warning("original %s was trashed while a row named it: put back", digest)
 
     def path(self, sha256: str) -> Path:
         """Where the bytes with this digest live."""

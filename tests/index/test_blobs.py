@@ -41,6 +41,30 @@ def test_a_pinned_blob_survives_removal(tmp_path: Path) -> None:
     assert blobs.remove_unused([digest], lambda shas: set()) == 1
 
 
+def test_an_original_another_process_trashed_before_this_ingest_committed_is_put_back(
+    tmp_path: Path,
+) -> None:
+    """Pins are per process: another process (its own BlobStore on the shared folder) finds
+    no row naming the bytes yet and trashes them; once the ingest's row is committed, the
+    ingest writes them back."""
+    here, there = BlobStore(tmp_path), BlobStore(tmp_path)
+    with here.pinned(b"shared bytes") as digest:
+        assert there.remove_unused([digest], lambda shas: set()) == 1  # the row is not in yet
+        assert not here.path(digest).exists()
+    assert here.get(digest) == b"shared bytes"
+
+
+def test_the_sweep_puts_back_trashed_originals_that_rows_name(tmp_path: Path) -> None:
+    """An ingest killed between its commit and its look: the next sweep of any process
+    moves the original back instead of deleting it after the grace period."""
+    blobs = BlobStore(tmp_path, grace_s=0)
+    named, unnamed = blobs.put(b"named again"), blobs.put(b"gone")
+    assert blobs.remove_unused([named, unnamed], lambda shas: set()) == 2
+    assert blobs.sweep(in_use=lambda shas: shas & {named}) == 1  # only the unnamed one
+    assert blobs.get(named) == b"named again"
+    assert not blobs.path(unnamed).exists() and list(trashed(tmp_path)) == []
+
+
 def only_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()]
 
