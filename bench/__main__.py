@@ -117,6 +117,7 @@ def _run_phase(
     from bench.embed import run_embed
     from bench.hostile import run_hostile
     from bench.ingest import run_ingest
+    from bench.replicas import run_replicas
     from bench.search import run_search
 
     runners = {
@@ -124,6 +125,7 @@ def _run_phase(
         "search": run_search,
         "ingest": run_ingest,
         "hostile": run_hostile,
+        "replicas": run_replicas,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("embed", "search", "ingest", "hostile")
+PHASES = ("embed", "search", "ingest", "hostile", "replicas")
 
 # Index settings per benchmark type name (the collection's ``index`` body).
 INDEX_TYPES: dict[str, dict[str, Any]] = {
@@ -33,6 +33,24 @@ class HostileConfig:
     audio_seconds: int = 3600  # real length of the FLAC that claims 384 kHz
     depth: int = 100_000  # nesting of the deep JSON
     large_body: int = 45 * 1024 * 1024  # unauthenticated bodies, under MMR_MAX_UPLOAD_MB
+
+
+@dataclass
+class ReplicasConfig:
+    """Several server processes on one database: visibility lag and search throughput."""
+
+    model: str = "random:mmr-tiny"  # cheap: the writes' forwards stay out of the way
+    writers: int = 4  # concurrent clients posting text items through server A
+    write_rate: float = 20.0  # items per second, all writers together
+    lag_duration_s: float = 30.0  # how long the writers write
+    probe_interval_s: float = 0.02  # pause between a prober's searches
+    missed_after_s: float = 10.0  # an item not found this long after its acknowledgement
+    vectors: int = 5000  # the throughput collection (flat), loaded below HTTP
+    centres: int = 200
+    clients: int = 8  # concurrent search clients
+    warmup_s: float = 3.0
+    duration_s: float = 20.0  # measured per server setting
+    workers: int = 2  # ``mmr serve --workers N`` against one process
 
 
 @dataclass
@@ -75,6 +93,8 @@ class BenchConfig:
     decode_budget_s: float = 20.0
     # -- hostile input
     hostile: HostileConfig = field(default_factory=HostileConfig)
+    # -- several server processes
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
     # -- plumbing
     ready_timeout_s: float = 1800.0
 
@@ -121,6 +141,16 @@ def quick_config() -> BenchConfig:
             audio_seconds=60,
             depth=10_000,
             large_body=2 * 1024 * 1024,
+        ),
+        replicas=ReplicasConfig(
+            writers=2,
+            write_rate=10.0,
+            lag_duration_s=2.0,
+            vectors=500,
+            centres=10,
+            clients=2,
+            warmup_s=0.3,
+            duration_s=1.0,
         ),
         ready_timeout_s=300.0,
     )

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.report_replicas import replicas_md, replicas_targets
+
 NA = "-"  # a cell with no number
 NOTES = (
     "The server is a real `mmr serve` subprocess (own data dir, SQLite, in-process worker); "
@@ -73,6 +75,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(_target(f"{label}: flat recall@10", "1.0", recall, 0.9999))
     if results.get("hostile"):
         out += _hostile_targets(results["hostile"])
+    if results.get("replicas"):
+        out += replicas_targets(results["replicas"])
     decode = results.get("ingest", {}).get("decode")
     if decode:
         out.append(_target("JPEG decode: service / plain Pillow", ">= 2x", decode["speedup"], 2.0))
@@ -174,6 +178,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         lines += _ingest_md(results["ingest"])
     if "hostile" in results:
         lines += _hostile_md(results["hostile"])
+    if "replicas" in results:
+        lines += replicas_md(results["replicas"], m)
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]

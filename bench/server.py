@@ -35,6 +35,45 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def _is_spawned_worker(pid: int) -> bool:
+    try:
+        return "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Socket inodes of the established TCP connections whose local port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                inodes.add(inode)
+    return inodes
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    """Inodes of the sockets a process holds open."""
+    out = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                out.add(target[8:-1])
+    except OSError:
+        pass
+    return out
+
+
 class ServerError(RuntimeError):
     """The server did not come up (its log tail is in the message)."""
 
@@ -50,8 +89,10 @@ class Server:
         precision: str | None = None,
         ready_timeout_s: float = 600.0,
         env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
         self.data_dir = data_dir
+        self.workers = workers
         self.model = model
         self.precision = precision
         self.ready_timeout_s = ready_timeout_s
@@ -81,10 +122,13 @@ class Server:
         """Start and wait for GET /readyz 200 (start-up builds every index from SQL)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)]
+        if self.workers > 1:
+            argv += ["--workers", str(self.workers)]
         with self.log_path.open("wb") as log:
             # cwd outside the repository: a developer's .env must not leak into the run.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port)],
+                argv,
                 cwd=self.data_dir.parent,
                 env=self._env(),
                 stdout=log,
@@ -114,6 +158,22 @@ class Server:
         """The server's process id."""
         assert self.proc is not None, "not started"
         return self.proc.pid
+
+    def worker_pids(self) -> list[int]:
+        """The processes that serve: the server itself, or the workers ``--workers`` started
+        (its children that run uvicorn's spawned worker; Linux)."""
+        if self.workers <= 1:
+            return [self.pid]
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return []
+        return [int(pid) for pid in children if _is_spawned_worker(int(pid))]
+
+    def connections(self) -> dict[int, int]:
+        """Established client connections each serving process holds now (Linux)."""
+        inodes = _established_inodes(self.port)
+        return {pid: len(_socket_inodes(pid) & inodes) for pid in self.worker_pids()}
 
     def rss_kb(self) -> int:
         """The server's resident memory now, KiB."""
