@@ -2,10 +2,15 @@
 
 The Postgres runs carry the ``postgres`` marker; tests/postgres_gate.py skips them, with one
 summary line, where the server cannot be reached (CI requires it instead).
+
+Property tests explore new examples on every local run; CI (``MMR_HYPOTHESIS_PROFILE=ci``,
+set by .ci/run) runs the same examples every time, seeded by each test's name, so that an
+example a run finds is a bug to fix on a developer's machine, not a CI run that fails by luck.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 
 from app.main import create_app
@@ -20,6 +26,8 @@ from app.settings import Settings
 from tests.postgres_gate import PG_URL, POSTGRES
 
 pytest_plugins = ["tests.postgres_gate"]
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+hypothesis_settings.load_profile(os.environ.get("MMR_HYPOTHESIS_PROFILE", "default"))
 TEST_MODEL = "random:mmr-tiny"  # a tiny open_clip architecture: plumbing, not meaning
 
 

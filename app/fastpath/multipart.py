@@ -90,7 +90,7 @@ def _read_part(chunk: bytes) -> tuple[str, str | None, bytes] | None:
     typed = False
     for line in head.split(b"\r\n"):
         name, colon, value = line.partition(b":")
-        if not colon:
+        if not colon or b"\r" in line or b"\n" in line:  # a lone CR or LF: not plain
             return None
         name, value = name.lower(), value.strip()
         if name == b"content-disposition" and disposition is None:
