@@ -6,16 +6,20 @@ port."""
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -33,6 +37,7 @@ from tests.app.test_crash import (
 NAME = "shared"
 ITEMS = f"/v1/collections/{NAME}/items"
 SEARCH = f"/v1/collections/{NAME}/search"
+IVF = {"type": "ivf", "nlist": 2, "nprobe": 2}  # a reindex's new type; every list probed
 VISIBLE_WITHIN_S = 3.0  # the bound here, on a loaded 2-core CI machine (interval: 0.2 s)
 
 
@@ -170,3 +175,120 @@ def test_serve_workers_runs_processes_that_answer_alike_and_replaces_one_killed(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@dataclass
+class Ledger:
+    """What the writers were told, per item id (each writer has its own ids): the last
+    acknowledged state (True: present), and ids whose last write got no answer."""
+
+    last: dict[str, bool] = field(default_factory=dict)
+    unknown: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def settle(self, item_id: str, present: bool | None) -> None:
+        with self.lock:
+            if present is None:
+                self.unknown.add(item_id)
+            else:
+                self.unknown.discard(item_id)
+                self.last[item_id] = present
+
+
+def index_info(server: Server) -> dict[str, Any]:
+    reply = httpx.get(f"{server.url}/v1/collections/{NAME}", timeout=30)
+    assert reply.status_code == 200, reply.text
+    info: dict[str, Any] = reply.json()["index"]
+    return info
+
+
+def test_three_servers_and_a_worker_one_killed_and_restarted_all_answer_as_sql(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The issue's proof, shortened for CI: three servers and a job worker on one database
+    and data directory; writers spread over the live servers; each acknowledged post is
+    found through another server within the bound; one server is ``kill -9``-ed midway and
+    restarted; a reindex to another index type, run by the worker, swaps every server's
+    index; at the end every server answers with exactly the items SQL holds, which agree
+    with every answer given."""
+    env = {**server_env(tmp_path, database_url), "MMR_WORKER": "off", "MMR_PRECISION": "fp32"}
+    ledger = Ledger()
+    with ExitStack() as stack:
+        worker_log = (tmp_path / "worker.log").open("ab")
+        stack.callback(worker_log.close)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=env,
+            cwd=tmp_path,
+            stdout=worker_log,
+            stderr=worker_log,
+        )
+        stack.callback(worker.wait)
+        stack.callback(worker.kill)
+        live = [stack.enter_context(serve(env, tmp_path / f"s{n}.log")) for n in range(3)]
+        first = live[0]
+        assert httpx.post(f"{first.url}/v1/collections", json={"name": NAME}).status_code == 201
+        for server in live:
+            held(server)  # every server has the collection loaded before the writes
+        down = threading.Event()  # set while the third server is dead
+
+        finished = threading.Event()  # writes go on before, during and after the kill
+
+        def writer(seed: int) -> int:
+            rng = random.Random(seed)
+            n = -1
+            while not finished.is_set():
+                n += 1
+                servers = live[:2] if down.is_set() else live
+                server = rng.choice(servers)
+                item_id = f"t{seed}-{rng.randrange(10)}"
+                try:
+                    if n % 4 == 3:
+                        gone = httpx.delete(f"{server.url}{ITEMS}/{item_id}", timeout=30)
+                        assert gone.status_code in (204, 404), gone.text
+                        ledger.settle(item_id, False)
+                        continue
+                    body = {"id": item_id, "text": f"note {item_id}"}
+                    reply = httpx.post(f"{server.url}{ITEMS}", json=body, timeout=30)
+                except httpx.TransportError:  # the server was killed mid-request
+                    ledger.settle(item_id, None)
+                    continue
+                assert reply.status_code in (200, 201), reply.text
+                ledger.settle(item_id, True)
+                if n % 3 == 0:  # found through another live server within the bound
+                    others = [s for s in (live[:2] if down.is_set() else live) if s is not server]
+                    waited_for(functools.partial(seen, rng.choice(others), item_id))
+            return n
+
+        def seen(other: Server, item_id: str) -> bool:
+            try:
+                return found(other, item_id)
+            except httpx.TransportError:  # the other one is the server being killed
+                return other.proc.poll() is not None
+
+        with ThreadPoolExecutor(4) as pool:
+            running = [pool.submit(writer, seed) for seed in range(4)]
+            time.sleep(2.0)
+            down.set()
+            live[2].proc.kill()  # kill -9 midway
+            live[2].proc.wait()
+            job = httpx.post(
+                f"{first.url}/v1/jobs",
+                json={"type": "reindex", "collection": NAME, "index": IVF},
+                timeout=30,
+            )
+            assert job.status_code == 202, job.text
+            live[2] = stack.enter_context(serve(env, tmp_path / "s2-again.log"))
+            down.clear()
+            time.sleep(1.0)
+            finished.set()
+            assert sum(done.result() for done in running) > 40
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while httpx.get(f"{first.url}/v1/jobs/{job.json()['id']}").json()["status"] != "succeeded":
+            assert time.monotonic() < deadline and worker.poll() is None, "the reindex did not run"
+            time.sleep(0.2)
+        want = in_sql(first)
+        assert {i for i, present in ledger.last.items() if present} - ledger.unknown <= want
+        assert not {i for i, present in ledger.last.items() if not present} - ledger.unknown & want
+        waited_for(lambda: all(held(s) == want for s in live))
+        waited_for(lambda: all(index_info(s)["type"] == "ivf" for s in live))
