@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -72,8 +72,10 @@ class Deleted:
     seq: int
 
 
-def _lock_log(session: Session, collection_id: int) -> None:
-    """Take the collection's row lock before this transaction draws a change-log sequence.
+def _lock_collection(session: Session, collection_id: int) -> None:
+    """Take the collection's write lock first thing in a write transaction: everything the
+    transaction reads afterwards (the item under an id, the change-log sequence it draws) stays
+    true until its commit, whichever process writes beside it.
 
     Postgres hands out sequence values in call order but transactions commit in any order:
     without the lock, a write could take seq 10, another seq 11 and commit first, and a
@@ -81,9 +83,19 @@ def _lock_log(session: Session, collection_id: int) -> None:
     (``FOR NO KEY UPDATE``: foreign-key checks and readers pass) from before the draw until
     the commit means every write to one collection draws and commits in the same order, so
     "every change after the newest one I saw" misses nothing (invariant 8; the follower is
-    ``IndexManager.catch_up``). SQLite needs no lock: it runs one write transaction at a
-    time, and the draw happens inside it.
+    ``IndexManager.catch_up``). SQLite runs one write transaction at a time, but Python's
+    driver only begins it at the first INSERT, UPDATE or DELETE: the reads before that see the
+    database as it was, and another process may change it before this one writes (an update
+    of a row a concurrent delete removed). A no-op UPDATE as the first statement takes the
+    database's write lock (waiting up to ``busy_timeout``) before anything is read.
     """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(CollectionRow)
+            .where(CollectionRow.id == collection_id)
+            .values(changes_pruned_seq=CollectionRow.changes_pruned_seq)
+        )
+        return
     session.execute(
         select(CollectionRow.id)
         .where(CollectionRow.id == collection_id)
@@ -146,7 +158,7 @@ class ItemStore:
     def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
         now = utcnow()
         with self.sessions.begin() as session:
-            _lock_log(session, collection_id)
+            _lock_collection(session, collection_id)
             row = session.scalar(
                 select(ItemRow).where(
                     ItemRow.collection_id == collection_id,
@@ -183,6 +195,7 @@ class ItemStore:
     ) -> ItemRow:
         """Replace an item's metadata (and its tags) without touching its vector."""
         with self.sessions.begin() as session:
+            _lock_collection(session, collection_id)  # a concurrent delete cannot slip in between
             row = _find_item(session, collection_id, external_id)
             row.meta = metadata
             row.updated_at = utcnow()
@@ -192,7 +205,7 @@ class ItemStore:
     def delete(self, *, collection_id: int, external_id: str) -> Deleted:
         """Delete an item and log it; NotFoundError when there is none."""
         with self.sessions.begin() as session:
-            _lock_log(session, collection_id)
+            _lock_collection(session, collection_id)
             row = _find_item(session, collection_id, external_id)
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
             session.delete(row)

@@ -83,7 +83,7 @@ def waited_for(check: Callable[[], bool]) -> float:
 def post(server: Server, item_id: str) -> None:
     body = {"id": item_id, "text": f"note {item_id}"}
     reply = httpx.post(f"{server.url}{ITEMS}", json=body, timeout=30)
-    assert reply.status_code in (200, 201), reply.text
+    assert reply.status_code in (200, 201), f"{reply.text}\n{log_tail(server.log)}"
 
 
 def test_each_process_finds_what_the_other_wrote_and_not_what_it_deleted(
