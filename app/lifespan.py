@@ -26,6 +26,7 @@ from index.faults import run_resilient
 from index.manager import IndexManager
 from index.stores import Stores
 from index.vector_index import configure_faiss_threads
+from index.wakeup import Wakeup
 from models.encoders.registry import LoadedModel, load_model
 from models.errors import ModelLoadError
 from models.runtime.batcher import BatchConfig
@@ -166,13 +167,19 @@ def _sweep_loop(services: Services, stop: threading.Event) -> None:
 
 def _follow_loop(services: Services, stop: threading.Event) -> None:
     # Invariant 8: other processes' writes, aligner versions and index epochs reach this
-    # process's indexes within the interval, off the request path (index.manager).
-    run_resilient(
-        "follow SQL",
-        services.indexes.follow_all,
-        stop,
-        every=lambda: services.settings.follow_interval_s,
-    )
+    # process's indexes within the interval, off the request path (index.manager); on
+    # Postgres a commit's notification starts the next pass at once (index.wakeup).
+    wakeup = Wakeup(services.stores.engine)
+    try:
+        run_resilient(
+            "follow SQL",
+            services.indexes.follow_all,
+            stop,
+            every=lambda: services.settings.follow_interval_s,
+            pause=wakeup.pause,
+        )
+    finally:
+        wakeup.close()
 
 
 def _trim_loop(trimmer: Trimmer, stop: threading.Event) -> None:

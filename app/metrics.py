@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from index.manager import Followed
 
 
 class Metrics:
@@ -31,6 +34,29 @@ class Metrics:
             "Seconds since the least recent of this process's indexes last matched SQL",
             registry=self.registry,
         )
+        self.collection_lag = Gauge(
+            "mmr_replication_collection_lag_seconds",
+            "Seconds since this process's index of a collection last matched SQL",
+            ["collection"],
+            registry=self.registry,
+        )
+        self.position = Gauge(
+            "mmr_replication_position",
+            "The change-log sequence up to which this process's index of a collection is current",
+            ["collection"],
+            registry=self.registry,
+        )
+
+    def follows(self, followed: Sequence[tuple[str, Followed]]) -> None:
+        """Set the replication gauges: one series per collection followed now (a dropped
+        collection's series go), named by collection (by id when the name is unknown)."""
+        self.collection_lag.clear()
+        self.position.clear()
+        for name, f in followed:
+            label = name or str(f.collection_id)
+            self.collection_lag.labels(label).set(f.lag_s)
+            self.position.labels(label).set(f.position)
+        self.replication_lag.set(max((f.lag_s for _, f in followed), default=0.0))
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

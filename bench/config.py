@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,12 @@ class ReplicasConfig:
     warmup_s: float = 3.0
     duration_s: float = 20.0  # measured per server setting
     workers: int = 2  # ``mmr serve --workers N`` against one process
+    # The lag is measured again on this server (a schema of its own), when it answers.
+    postgres_url: str = field(
+        default_factory=lambda: os.environ.get(
+            "MMR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+        )
+    )
 
 
 @dataclass

@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -49,11 +50,40 @@ def run_replicas(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         "database": "SQLite (WAL), one file in the shared data dir",
         "follow_interval_s": interval,
         "lag": measure_lag(cfg, work, log),
+        "lag_postgres": measure_lag_on_postgres(cfg, work, log),
         "throughput": measure_throughput(cfg, work, log),
     }
 
 
-def _server(cfg: BenchConfig, data_dir: Path, workers: int = 1) -> Server:
+def measure_lag_on_postgres(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
+    """The same lag with both processes on Postgres, where a commit's notification wakes the
+    followers (index/wakeup.py), in a schema of its own dropped afterwards; ``skipped``
+    with the reason when the server at ``cfg.replicas.postgres_url`` does not answer."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = cfg.replicas.postgres_url
+    schema = f"bench_replicas_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except SQLAlchemyError as exc:
+        admin.dispose()
+        log(f"replicas: no lag on Postgres ({url} does not answer)")
+        return {"skipped": f"Postgres at {url} does not answer: {type(exc).__name__}"}
+    try:
+        env = {"MMR_DATABASE_URL": f"{url}?options=-csearch_path%3D{schema}"}
+        return measure_lag(cfg, work, log, env=env, label="Postgres")
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _server(
+    cfg: BenchConfig, data_dir: Path, workers: int = 1, env: dict[str, str] | None = None
+) -> Server:
     # Writes embed texts with a cheap model; searches by vector run no model at all.
     return Server(
         data_dir,
@@ -61,6 +91,7 @@ def _server(cfg: BenchConfig, data_dir: Path, workers: int = 1) -> Server:
         precision="fp32",
         ready_timeout_s=cfg.ready_timeout_s,
         workers=workers,
+        env=env,
     )
 
 
@@ -125,11 +156,18 @@ class Ledger:
         }
 
 
-def measure_lag(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
+def measure_lag(
+    cfg: BenchConfig,
+    work: Path,
+    log: Log,
+    *,
+    env: dict[str, str] | None = None,
+    label: str = "SQLite",
+) -> dict[str, Any]:
     """Writers on A; a prober on B (the lag) and one on A (the read-your-writes baseline)."""
     r = cfg.replicas
     data_dir = Path(tempfile.mkdtemp(prefix="replicas-lag-", dir=work)) / "data"
-    with _server(cfg, data_dir) as a, _server(cfg, data_dir) as b:
+    with _server(cfg, data_dir, env=env) as a, _server(cfg, data_dir, env=env) as b:
         created = httpx.post(f"{a.url}/v1/collections", json={"name": NAME}, timeout=60)
         created.raise_for_status()
         query = _unit_query(int(created.json()["dim"]))
@@ -139,7 +177,7 @@ def measure_lag(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         seconds = _write_and_probe(r, a.url, {"a": a.url, "b": b.url}, ledger, query)
     other, same = ledger.summary("b"), ledger.summary("a")
     log(
-        f"replicas: {len(ledger.items)} items in {seconds:.1f} s; lag on B p50 "
+        f"replicas ({label}): {len(ledger.items)} items in {seconds:.1f} s; lag on B p50 "
         f"{_ms(other['p50_ms'])} p99 {_ms(other['p99_ms'])} ms ({other['missed']} missed), "
         f"on A p50 {_ms(same['p50_ms'])} ms"
     )

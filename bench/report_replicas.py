@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 LAG_P99_MS = 1000.0  # the bound on another process's visibility lag
+PG_LAG_P99_MS = 250.0  # its target on Postgres, where a commit's notification wakes followers
 QPS_RATIO = 1.6  # the target for 2 processes over 1 where Python and HTTP bind
 
 
@@ -28,11 +29,32 @@ def replicas_targets(replicas: dict[str, Any]) -> list[dict[str, Any]]:
             "value": missed,
             "pass": missed == 0,
         },
+        *_postgres_targets(replicas.get("lag_postgres")),
         {
             "name": f"replicas: search QPS, {workers} processes / 1",
             "target": f">= {QPS_RATIO}",
             "value": ratio,
             "pass": None if ratio is None else ratio >= QPS_RATIO,
+        },
+    ]
+
+
+def _postgres_targets(lag: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not lag or "skipped" in lag:
+        return []
+    p99 = lag["other"]["p99_ms"]
+    return [
+        {
+            "name": "replicas on Postgres: write on A to found on B, p99 (ms)",
+            "target": f"<= {PG_LAG_P99_MS:.0f}",
+            "value": p99,
+            "pass": None if p99 is None else p99 <= PG_LAG_P99_MS,
+        },
+        {
+            "name": "replicas on Postgres: items B never answered with",
+            "target": "0",
+            "value": lag["other"]["missed"],
+            "pass": lag["other"]["missed"] == 0,
         },
     ]
 
@@ -64,12 +86,22 @@ def replicas_md(replicas: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         "| searched on | items | found | missed | p50 ms | p95 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, row in (("B (another process)", lag["other"]), ("A (the writer)", lag["same"])):
-        lines.append(
-            f"| {label} | {row['items']} | {row['found']} | {row['missed']} | "
-            f"{_ms(row['p50_ms'])} | {_ms(row['p95_ms'])} | {_ms(row['p99_ms'])} | "
-            f"{_ms(row['max_ms'])} |"
-        )
+    lines += _lag_rows(lag)
+    postgres = replicas.get("lag_postgres") or {"skipped": "not measured"}
+    if "skipped" in postgres:
+        lines += ["", f"On Postgres: not measured ({postgres['skipped']})."]
+    else:
+        lines += [
+            "",
+            "The same on Postgres (a schema of its own on the local server), where each "
+            "commit notifies the followers (`LISTEN`/`NOTIFY`) and polling is the safety net "
+            f"({postgres['written_per_s']:.1f}/s acknowledged, {postgres['write_errors']} "
+            "failed):",
+            "",
+            "| searched on | items | found | missed | p50 ms | p95 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|---|---|",
+            *_lag_rows(postgres),
+        ]
     lines += [
         "",
         f"Search throughput: {qps['n']} vectors of dim {qps['dim']} (flat), "
@@ -92,3 +124,13 @@ def replicas_md(replicas: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     ratio = qps["ratio"]
     lines += ["", f"{qps['rows'][-1]['processes']} processes / 1: **{ratio or 0:.2f}x**.", ""]
     return lines
+
+
+def _lag_rows(lag: dict[str, Any]) -> list[str]:
+    rows = (("B (another process)", lag["other"]), ("A (the writer)", lag["same"]))
+    return [
+        f"| {label} | {row['items']} | {row['found']} | {row['missed']} | "
+        f"{_ms(row['p50_ms'])} | {_ms(row['p95_ms'])} | {_ms(row['p99_ms'])} | "
+        f"{_ms(row['max_ms'])} |"
+        for label, row in rows
+    ]

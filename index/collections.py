@@ -21,6 +21,7 @@ from index.tables import (
     ReplicaPositionRow,
     utcnow,
 )
+from index.wakeup import announce
 
 
 class CollectionCache:
@@ -135,6 +136,7 @@ class CollectionStore:
                 row.index_type, row.index_params = index
             if bump_epoch or index is not None:
                 row.index_epoch += 1
+            announce(session)  # every process builds the new space off the request path
         self.cache.forget()
         return row
 
@@ -151,6 +153,7 @@ class CollectionStore:
             )
             session.execute(delete(AlignerRow).where(AlignerRow.collection_id == collection_id))
             session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
+            announce(session)
         self.cache.forget()
 
     def list(self) -> list[CollectionRow]:

@@ -114,12 +114,15 @@ def run_resilient(
     stop: threading.Event,
     *,
     every: Callable[[], float],
+    pause: Callable[[threading.Event, float], bool] | None = None,
 ) -> None:
     """Call ``step`` every ``every()`` seconds until ``stop``; an error never ends the loop,
-    it is retried with backoff (a name: the default :class:`Retrier`'s)."""
+    it is retried with backoff (a name: the default :class:`Retrier`'s). ``pause(stop, s)``
+    waits instead of ``stop.wait(s)`` (it may end early) and says whether to stop."""
     retrier = Retrier(retrier) if isinstance(retrier, str) else retrier
     wait = every()
-    while not stop.wait(wait):
+    pause = pause or (lambda event, seconds: event.wait(seconds))
+    while not pause(stop, wait):
         try:
             step()
         except Exception as exc:  # the loop must outlive any error; Retrier logs it

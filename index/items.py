@@ -18,6 +18,7 @@ from index.db import engine_of
 from index.errors import NotFoundError
 from index.summaries import ItemSummary, read_summaries
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
+from index.wakeup import announce
 
 
 @dataclass
@@ -188,6 +189,7 @@ class ItemStore:
             session.add(change)
             session.flush()
             seq = change.seq
+            announce(session)
         return Upserted(row, created, replaced_sha, seq)
 
     def set_metadata(
@@ -213,6 +215,7 @@ class ItemStore:
             session.add(change)
             session.flush()
             seq = change.seq
+            announce(session)
         return Deleted(row, seq)
 
     # -- reads -----------------------------------------------------------------------------

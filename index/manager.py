@@ -83,6 +83,15 @@ class Space(Generic[P]):
         return self.aligner.version == row.aligner_version and self.epoch == row.index_epoch
 
 
+@dataclass(frozen=True)
+class Followed:
+    """One collection a process follows (``IndexManager.replication``)."""
+
+    collection_id: int
+    position: int  # every change up to this change-log sequence is in the index
+    lag_s: float  # since the index last matched SQL
+
+
 @dataclass
 class LiveIndex(Generic[P]):
     """A collection's live :class:`Space` and the mutex its writers hold across the SQL
@@ -375,13 +384,15 @@ class IndexManager(Generic[P]):
         if self.replica:
             self.changes.forget_replica(self.replica)
 
-    def replication(self) -> tuple[int, float]:
-        """How many collections this process follows, and the seconds since the least recent
-        of them last matched SQL (its lag, at most: about the follow interval when healthy)."""
+    def replication(self) -> list[Followed]:
+        """Where each collection this process follows stands: its change-log position and
+        the seconds since it last matched SQL (its lag, at most: about the follow interval
+        when healthy), most behind first."""
         with self._guard:
             lives = list(self._live.values())
         now = time.monotonic()
-        return len(lives), max((now - live.caught_up for live in lives), default=0.0)
+        followed = [Followed(v.collection_id, v.applied, now - v.caught_up) for v in lives]
+        return sorted(followed, key=lambda f: -f.lag_s)
 
     def catch_up(self, live: LiveIndex[P], row: CollectionRow) -> None:
         """Apply what the log holds after the index's position; rebuild when it was pruned

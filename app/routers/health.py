@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
 
 from app.routers.models import model_info
 from app.state import Services
@@ -29,7 +32,6 @@ def readyz(request: Request) -> JSONResponse:
     if services is None:
         return JSONResponse({"status": "starting", "ready": False}, status_code=503)
     database = ping(services.engine)
-    followed, lag = services.indexes.replication()
     body = {
         "status": "ready" if database else "database_unavailable",
         "ready": database,
@@ -38,7 +40,7 @@ def readyz(request: Request) -> JSONResponse:
         "fallback": services.embedder.loaded.fallback,
         "warnings": services.warnings,
         # Invariant 8: how far behind SQL this process's indexes may be (docs/replicas.md).
-        "replication": {"collections": followed, "lag_s": round(lag, 3)},
+        "replication": replication(services, names=database),
     }
     return JSONResponse(body, status_code=200 if database else 503)
 
@@ -49,5 +51,36 @@ def metrics(request: Request) -> Response:
     metrics = request.app.state.metrics
     services: Services | None = getattr(request.app.state, "services", None)
     if services is not None:
-        metrics.replication_lag.set(services.indexes.replication()[1])
+        metrics.follows(
+            [(_names(services).get(f.collection_id, ""), f) for f in services.indexes.replication()]
+        )
     return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+READYZ_SLOWEST = 10  # collections /readyz details, most behind first (all are in /metrics)
+
+
+def replication(services: Services, *, names: bool) -> dict[str, Any]:
+    """How many collections this process follows, the most any lags, and where the most
+    behind stand (by name while the database answers, by id otherwise)."""
+    followed = services.indexes.replication()
+    known = _names(services) if names and followed else {}
+    return {
+        "collections": len(followed),
+        "lag_s": round(followed[0].lag_s, 3) if followed else 0.0,
+        "slowest": [
+            {
+                "collection": known.get(f.collection_id, str(f.collection_id)),
+                "position": f.position,
+                "lag_s": round(f.lag_s, 3),
+            }
+            for f in followed[:READYZ_SLOWEST]
+        ],
+    }
+
+
+def _names(services: Services) -> dict[int, str]:
+    try:
+        return {row.id: row.name for row in services.stores.collections.list()}
+    except SQLAlchemyError:  # the database went away meanwhile: ids instead
+        return {}

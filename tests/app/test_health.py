@@ -28,18 +28,25 @@ def test_readyz_and_metrics_say_how_far_the_indexes_follow_sql(
 ) -> None:
     """Invariant 8: a process's lag behind SQL is the seconds since its least recent index
     last matched SQL; healthy, about the follow interval."""
-    client.get(f"/v1/collections/{collection}")  # loaded and followed
+    written = client.post(f"/v1/collections/{collection}/items", json={"id": "a", "text": "a"})
+    assert written.status_code == 201, written.text
     interval = client.app.state.settings.follow_interval_s  # type: ignore[attr-defined]
     time.sleep(3 * interval)
     replication = client.get("/readyz").json()["replication"]
     assert replication["collections"] == 1
     assert 0 <= replication["lag_s"] < 2.0
-    lag = [
-        line
-        for line in client.get("/metrics").text.splitlines()
-        if line.startswith("mmr_replication_lag_seconds ")
-    ]
+    (slowest,) = replication["slowest"]
+    assert slowest["collection"] == collection and slowest["position"] >= 1
+    assert slowest["lag_s"] == replication["lag_s"]
+    exposed = client.get("/metrics").text.splitlines()
+    lag = [line for line in exposed if line.startswith("mmr_replication_lag_seconds ")]
     assert len(lag) == 1 and 0 <= float(lag[0].split()[1]) < 2.0
+    series = f'mmr_replication_position{{collection="{collection}"}}'
+    (position,) = [line for line in exposed if line.startswith(series)]
+    assert float(position.split()[1]) == slowest["position"]
+    assert client.delete(f"/v1/collections/{collection}").status_code == 204
+    assert series not in client.get("/metrics").text  # a dropped collection's series go
+    assert client.get("/readyz").json()["replication"]["slowest"] == []
 
 
 def test_readyz_is_503_when_the_database_is_gone(client: TestClient) -> None:

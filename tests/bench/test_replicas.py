@@ -8,6 +8,7 @@ two workers held a connection, the report has its section and targets.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from bench.config import quick_config
 from bench.replicas import Ledger
 from tests.bench.test_bench import run_bench
+from tests.postgres_gate import REQUIRE_VAR
 
 
 def test_the_ledger_times_each_server_apart_and_gives_up_on_late_items() -> None:
@@ -39,12 +41,15 @@ def test_quick_replicas_run_accounts_for_every_item(tmp_path: Path) -> None:
     results = run_bench(tmp_path, "--only", "replicas")
     assert results["errors"] == []
     replicas = results["replicas"]
-    lag = replicas["lag"]
-    assert lag["other"]["items"] == lag["same"]["items"] > 0
-    for side in ("other", "same"):
-        row = lag[side]
-        assert row["found"] + row["missed"] == row["items"]
-        assert row["found"] == 0 or 0 < row["p50_ms"] <= row["max_ms"]
+    postgres = replicas["lag_postgres"]
+    if os.environ.get(REQUIRE_VAR):  # CI: the lag on Postgres is measured, not skipped
+        assert "skipped" not in postgres, postgres
+    for lag in [replicas["lag"]] + ([] if "skipped" in postgres else [postgres]):
+        assert lag["other"]["items"] == lag["same"]["items"] > 0
+        for side in ("other", "same"):
+            row = lag[side]
+            assert row["found"] + row["missed"] == row["items"]
+            assert row["found"] == 0 or 0 < row["p50_ms"] <= row["max_ms"]
     cfg = quick_config().replicas
     rows = replicas["throughput"]["rows"]
     assert [r["processes"] for r in rows] == [1, cfg.workers]
