@@ -57,13 +57,17 @@ fuzz: install
 
 # Crash safety at length (docs/reliability.md): SOAK_ROUNDS kill -9 rounds of a real server
 # under concurrent writers on SQLite and on Postgres, then SOAK_PG_RESTARTS restarts of a
-# private Postgres under writes. The test suite runs a few rounds of each.
+# private Postgres under writes, then SOAK_REPLICA_ROUNDS kill -9 rounds of three servers and
+# a worker on one database (docs/replicas.md). The test suite runs a few rounds of each.
 SOAK_ROUNDS ?= 100
 SOAK_PG_RESTARTS ?= 10
+SOAK_REPLICA_ROUNDS ?= 20
 soak: install
-	SOAK_ROUNDS=$(SOAK_ROUNDS) SOAK_PG_RESTARTS=$(SOAK_PG_RESTARTS) $(VENV)/bin/pytest -s -q \
+	SOAK_ROUNDS=$(SOAK_ROUNDS) SOAK_PG_RESTARTS=$(SOAK_PG_RESTARTS) \
+	SOAK_REPLICA_ROUNDS=$(SOAK_REPLICA_ROUNDS) $(VENV)/bin/pytest -s -q \
 		tests/app/test_crash.py::test_sigkill_under_writes_loses_nothing_acknowledged \
-		tests/app/test_pg_restart.py
+		tests/app/test_pg_restart.py \
+		tests/app/test_replicas.py::test_three_servers_and_a_worker_one_killed_and_restarted_all_answer_as_sql
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site
