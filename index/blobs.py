@@ -53,7 +53,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from index.snapshots import fsync_dir, write_atomically
@@ -64,6 +65,8 @@ TRASH = ".trash"  # trashed originals: <sha256>.<time trashed, ns since the epoc
 HOLDS = ".holds"  # one file per running backup: no trash is swept while one is live
 TRASH_GRACE_S = 600.0  # trash younger than this is kept even when no backup runs
 LEASE_S = 120.0  # a hold whose heartbeat is older than this is stale (its backup died)
+# Originals of one batch written at once: their fsyncs overlap (the disk queues them).
+PUT_THREADS = 8
 
 
 def _host() -> str:
@@ -89,21 +92,40 @@ class BlobStore:
     @contextlib.contextmanager
     def pinned(self, data: bytes) -> Iterator[str]:
         """Store bytes and keep them from removal until the block (the SQL commit) ends."""
-        digest = hashlib.sha256(data).hexdigest()
-        with self._lock:
-            self._pins[digest] += 1
-        try:
-            self.put(data)
+        with self.pinned_many([data]) as (digest,):
             yield digest
-            # Another process may have trashed the file before this row committed (its pins
+
+    @contextlib.contextmanager
+    def pinned_many(self, datas: Sequence[bytes]) -> Iterator[list[str]]:
+        """``pinned`` for many originals at once: they are written in parallel (each write
+        waits on its own fsyncs), and their digests come back in order."""
+        digests = [hashlib.sha256(data).hexdigest() for data in datas]
+        with self._lock:
+            self._pins.update(digests)
+        try:
+            self._put_all(datas)
+            yield digests
+            # Another process may have trashed a file before this row committed (its pins
             # are not ours): the row is committed now, so the file must be there.
-            if not self.path(digest).exists():
-                self.put(data)
+            self._put_all([d for d, h in zip(datas, digests, strict=True) if not self._has(h)])
         finally:
             with self._lock:
-                self._pins[digest] -= 1
-                if not self._pins[digest]:
-                    del self._pins[digest]
+                self._pins.subtract(digests)
+                for digest in set(digests):
+                    if not self._pins[digest]:
+                        del self._pins[digest]
+
+    def _has(self, digest: str) -> bool:
+        return self.path(digest).exists()
+
+    def _put_all(self, datas: Sequence[bytes]) -> None:
+        unique = list({hashlib.sha256(d).digest(): d for d in datas}.values())
+        if len(unique) <= 1:
+            for data in unique:
+                self.put(data)
+            return
+        with ThreadPoolExecutor(min(PUT_THREADS, len(unique))) as pool:
+            list(pool.map(self.put, unique))
 
     def remove_unused(self, digests: Iterable[str], in_use: Callable[[set[str]], set[str]]) -> int:
         """Trash the files of these digests that are neither pinned nor referenced in SQL."""

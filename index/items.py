@@ -4,8 +4,9 @@ change log, which the indexes of every process follow (index/changes.py)."""
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,9 @@ from index.errors import NotFoundError
 from index.summaries import ItemSummary, read_summaries
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
 from index.wakeup import announce
+
+# Keys per IN (...) list: under SQLite's default bound on a statement's variables (999).
+IN_CHUNK = 500
 
 
 @dataclass
@@ -121,12 +125,45 @@ def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRo
     return row
 
 
-def _write_tags(session: Session, row: ItemRow) -> None:
-    session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
+def _write_tags(session: Session, rows: Sequence[ItemRow], existing: Set[int]) -> None:
+    """The rows' tags from their metadata, in place of those they had (``existing``: the
+    primary keys of rows that may have some)."""
+    old = sorted(existing & {row.pk for row in rows})
+    for start in range(0, len(old), IN_CHUNK):
+        chunk = old[start : start + IN_CHUNK]
+        session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk.in_(chunk)))
     session.add_all(
         ItemTagRow(item_pk=row.pk, key=k, value=v, collection_id=row.collection_id)
+        for row in rows
         for k, v in sorted(tag_pairs(row.meta))
     )
+
+
+def _rows_by_id(session: Session, collection_id: int, ids: Sequence[str]) -> dict[str, ItemRow]:
+    """The collection's items under these client ids (as given), by id."""
+    wanted = list(dict.fromkeys(ids))
+    rows: dict[str, ItemRow] = {}
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
+        stmt = select(ItemRow).where(
+            ItemRow.collection_id == collection_id, ItemRow.external_id.in_(chunk)
+        )
+        rows.update((row.external_id, row) for row in session.scalars(stmt))
+    return rows
+
+
+def _fill(row: ItemRow, draft: ItemDraft, now: datetime) -> None:
+    row.modality = draft.modality
+    row.sha256 = draft.sha256
+    row.content_type = draft.content_type
+    row.size_bytes = draft.size_bytes
+    row.text = draft.text
+    row.meta = draft.metadata
+    row.feature = to_blob(draft.feature)
+    row.vector = to_blob(draft.vector)
+    row.spans = draft.spans
+    row.aligner_version = draft.aligner_version
+    row.updated_at = now
 
 
 class ItemStore:
@@ -156,41 +193,51 @@ class ItemStore:
         with self.sessions() as session:
             return session.get(CollectionRow, collection_id) is not None
 
+    def upsert_many(self, *, collection_id: int, drafts: Sequence[ItemDraft]) -> list[Upserted]:
+        """Insert or replace many items in one transaction (one commit), each as ``upsert``
+        would, in order: a later draft of an id replaces an earlier one of the same batch.
+        NotFoundError when the collection is gone; any other failure commits nothing."""
+        try:
+            return self._upsert_many(collection_id, drafts)
+        except IntegrityError as exc:
+            if not self._collection_exists(collection_id):
+                raise NotFoundError("the collection was deleted during the write") from exc
+            raise
+
     def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
+        return self._upsert_many(collection_id, [draft])[0]
+
+    def _upsert_many(self, collection_id: int, drafts: Sequence[ItemDraft]) -> list[Upserted]:
         now = utcnow()
         with self.sessions.begin() as session:
             _lock_collection(session, collection_id)
-            row = session.scalar(
-                select(ItemRow).where(
-                    ItemRow.collection_id == collection_id,
-                    ItemRow.external_id == draft.external_id,
-                )
-            )
-            created = row is None
-            replaced_sha = None if row is None else row.sha256
-            if row is None:
-                row = ItemRow(collection_id=collection_id, external_id=draft.external_id)
-                row.created_at = now
-                session.add(row)
-            row.modality = draft.modality
-            row.sha256 = draft.sha256
-            row.content_type = draft.content_type
-            row.size_bytes = draft.size_bytes
-            row.text = draft.text
-            row.meta = draft.metadata
-            row.feature = to_blob(draft.feature)
-            row.vector = to_blob(draft.vector)
-            row.spans = draft.spans
-            row.aligner_version = draft.aligner_version
-            row.updated_at = now
+            rows = _rows_by_id(session, collection_id, [d.external_id for d in drafts])
+            existing = {row.pk for row in rows.values()}
+            outcomes = []
+            for draft in drafts:
+                row = rows.get(draft.external_id)
+                outcomes.append((row is None, None if row is None else row.sha256))
+                if row is None:
+                    row = rows[draft.external_id] = ItemRow(
+                        collection_id=collection_id, external_id=draft.external_id
+                    )
+                    row.created_at = now
+                    session.add(row)
+                _fill(row, draft, now)
             session.flush()
-            _write_tags(session, row)
-            change = ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert")
-            session.add(change)
+            _write_tags(session, list(rows.values()), existing)
+            written = [rows[d.external_id] for d in drafts]
+            changes = [
+                ChangeRow(collection_id=collection_id, item_pk=row.pk, op="upsert")
+                for row in written
+            ]
+            session.add_all(changes)
             session.flush()
-            seq = change.seq
             announce(session)
-        return Upserted(row, created, replaced_sha, seq)
+        return [
+            Upserted(row, created, replaced_sha, change.seq)
+            for row, (created, replaced_sha), change in zip(written, outcomes, changes, strict=True)
+        ]
 
     def set_metadata(
         self, *, collection_id: int, external_id: str, metadata: dict[str, Any]
@@ -201,7 +248,7 @@ class ItemStore:
             row = _find_item(session, collection_id, external_id)
             row.meta = metadata
             row.updated_at = utcnow()
-            _write_tags(session, row)
+            _write_tags(session, [row], {row.pk})
         return row
 
     def delete(self, *, collection_id: int, external_id: str) -> Deleted:
@@ -251,8 +298,8 @@ class ItemStore:
         found: set[str] = set()
         ordered = sorted(shas)
         with self.sessions() as session:
-            for start in range(0, len(ordered), 500):
-                chunk = ordered[start : start + 500]
+            for start in range(0, len(ordered), IN_CHUNK):
+                chunk = ordered[start : start + IN_CHUNK]
                 stmt = select(ItemRow.sha256).where(ItemRow.sha256.in_(chunk)).distinct()
                 found.update(session.scalars(stmt))
         return found
@@ -305,10 +352,10 @@ class ItemStore:
         wanted = sorted({e for e in external_ids if storable(e)})
         found: dict[str, int] = {}
         with self.sessions() as session:
-            for start in range(0, len(wanted), 500):
+            for start in range(0, len(wanted), IN_CHUNK):
                 stmt = select(ItemRow.external_id, ItemRow.pk).where(
                     ItemRow.collection_id == collection_id,
-                    ItemRow.external_id.in_(wanted[start : start + 500]),
+                    ItemRow.external_id.in_(wanted[start : start + IN_CHUNK]),
                 )
                 found.update({e: int(pk) for e, pk in session.execute(stmt)})
         return found

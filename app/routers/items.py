@@ -101,15 +101,15 @@ async def add_item(
     else:
         item = await body.json_model(request, TextItemCreate)
         pending = svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
-    [(public, created)] = await run_in_threadpool(
-        svc.add_items,
+    public, created = await run_in_threadpool(
+        svc.add_item,
         collections=collections,
         items=items,
         indexes=indexes,
         embedder=embedder,
         blobs=blobs,
         name=name,
-        pending=[pending],
+        pending=pending,
     )
     return JSONResponse(public.model_dump(mode="json"), status_code=201 if created else 200)
 
@@ -154,19 +154,22 @@ async def add_batch(
 
 
 def _batch_results(
-    entries: list[svc.PendingItem | Exception], written: list[tuple[ItemPublic, bool]]
+    entries: list[svc.PendingItem | Exception],
+    written: list[tuple[ItemPublic, bool] | Exception],
 ) -> list[BatchEntry]:
     """Each entry's outcome at its place: the items written, in order, and the errors of
-    the others with the status and code they would have alone."""
+    the others (refused before the write, or failed in it) with the status and code they
+    would have alone."""
     done = iter(written)
     results = []
     for entry in entries:
-        if isinstance(entry, svc.PendingItem):
-            item, created = next(done)
-            results.append(BatchEntry(status=201 if created else 200, item=item))
-        else:
-            status, code, message = describe_error(entry)
+        outcome = next(done) if isinstance(entry, svc.PendingItem) else entry
+        if isinstance(outcome, Exception):
+            status, code, message = describe_error(outcome)
             results.append(BatchEntry(status=status, error=ErrorDetail(code=code, message=message)))
+        else:
+            item, created = outcome
+            results.append(BatchEntry(status=201 if created else 200, item=item))
     return results
 
 

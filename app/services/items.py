@@ -5,8 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import math
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,8 @@ from index.manager import IndexManager
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
 from models.media.budget import RequestBudget
+
+log = logging.getLogger(__name__)
 
 MAX_METADATA_BYTES = 64 * 1024
 MAX_METADATA_DEPTH = 32  # the object itself is level 1
@@ -144,6 +148,24 @@ def prepare_file(
     )
 
 
+def add_item(
+    *,
+    collections: CollectionStore,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    embedder: Embedder,
+    blobs: BlobStore,
+    name: str,
+    pending: PendingItem,
+) -> tuple[ItemPublic, bool]:
+    """Encode and write one item; (item, created)."""
+    row = collections.get(name)
+    require_space(row, indexes.get(row).aligner, embedder, pending.modality)
+    [encoded] = embedder.encode_mixed([pending.modality], [pending.payload])
+    [written] = _write(items, indexes, blobs, row, [pending], [encoded])
+    return written
+
+
 def add_items(
     *,
     collections: CollectionStore,
@@ -153,17 +175,32 @@ def add_items(
     blobs: BlobStore,
     name: str,
     pending: list[PendingItem],
-) -> list[tuple[ItemPublic, bool]]:
-    """Encode (one forward pass per modality) and write items; (item, created) in order."""
+) -> list[tuple[ItemPublic, bool] | Exception]:
+    """Encode (one forward pass per modality) and write items, all in one transaction;
+    (item, created) in order. When the transaction fails, each item is written alone and an
+    item that fails then has its error in its place (NotFoundError, the collection gone,
+    fails them all)."""
     row = collections.get(name)
     live = indexes.get(row)
     for modality in sorted({p.modality for p in pending}):
         require_space(row, live.aligner, embedder, modality)
     encoded = embedder.encode_mixed([p.modality for p in pending], [p.payload for p in pending])
-    return [
-        _write(items, indexes, blobs, row, item, enc)
-        for item, enc in zip(pending, encoded, strict=True)
-    ]
+    try:
+        return list(_write(items, indexes, blobs, row, pending, encoded))
+    except NotFoundError:
+        raise  # the collection is gone: so it is for every item
+    except Exception:  # whatever sank the batch, each item tries alone
+        log.warning("a batch of %d items failed as a whole: writing them one by one", len(pending))
+    written: list[tuple[ItemPublic, bool] | Exception] = []
+    for item, enc in zip(pending, encoded, strict=True):
+        try:
+            written.extend(_write(items, indexes, blobs, row, [item], [enc]))
+        except NotFoundError:
+            raise
+        except Exception as exc:  # this item's own outcome, in its place
+            log.exception("writing an item of a batch failed")
+            written.append(exc)
+    return written
 
 
 def _write(
@@ -171,35 +208,49 @@ def _write(
     indexes: IndexManager[Aligner],
     blobs: BlobStore,
     row: CollectionRow,
-    item: PendingItem,
-    encoded: Encoded,
-) -> tuple[ItemPublic, bool]:
+    pending: Sequence[PendingItem],
+    encoded: Sequence[Encoded],
+) -> list[tuple[ItemPublic, bool]]:
+    """Write items in one SQL transaction and one index update, (item, created) in order."""
     live = indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    with blobs.pinned(item.data) as sha, indexes.writing(live) as index:
+    with blobs.pinned_many([p.data for p in pending]) as shas, indexes.writing(live) as index:
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.
         aligner = live.aligner
-        vectors = encoded.vectors(aligner)
-        draft = ItemDraft(
-            external_id=item.external_id or uuid.uuid4().hex,
-            modality=item.modality,
-            sha256=sha,
-            content_type=item.content_type,
-            size_bytes=len(item.data),
-            feature=encoded.raw,
-            vector=vectors,
-            aligner_version=aligner.version,
-            text=item.text,
-            metadata=item.metadata,
-            spans=encoded.span_list(),
+        vectors = [enc.vectors(aligner) for enc in encoded]
+        drafts = [
+            ItemDraft(
+                external_id=item.external_id or uuid.uuid4().hex,
+                modality=item.modality,
+                sha256=sha,
+                content_type=item.content_type,
+                size_bytes=len(item.data),
+                feature=enc.raw,
+                vector=vecs,
+                aligner_version=aligner.version,
+                text=item.text,
+                metadata=item.metadata,
+                spans=enc.span_list(),
+            )
+            for item, sha, enc, vecs in zip(pending, shas, encoded, vectors, strict=True)
+        ]
+        done = items.upsert_many(collection_id=row.id, drafts=drafts)
+        # An id written twice in the batch: its last vectors are the ones SQL holds.
+        last = {d.row.pk: n for n, d in enumerate(done)}
+        kept = sorted(last.values())
+        index.upsert(
+            np.array([done[n].row.pk for n in kept], dtype=np.int64),
+            np.concatenate([vectors[n] for n in kept]),
+            np.array([len(vectors[n]) for n in kept]),
         )
-        done = items.upsert(collection_id=row.id, draft=draft)
-        index.upsert(np.array([done.row.pk], dtype=np.int64), vectors, np.array([len(vectors)]))
-        live.wrote(done.seq)
-    if done.replaced_sha is not None and done.replaced_sha != sha:
-        blobs.remove_unused([done.replaced_sha], items.shas_in_use)
-    return item_public(done.row, row.name), done.created
+        for d in done:
+            live.wrote(d.seq)
+    # Originals no row names any more (SQL is asked: another item may share the bytes).
+    replaced = {d.replaced_sha for d in done if d.replaced_sha} - {d.row.sha256 for d in done}
+    if replaced:
+        blobs.remove_unused(replaced, items.shas_in_use)
+    return [(item_public(d.row, row.name), d.created) for d in done]
 
 
 def get_item(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+import index.items as index_items
 from tests.conftest import error_code
 from tests.factories import audio_bytes, image_case
 
@@ -199,6 +201,47 @@ def test_batch_multipart_in_order(client: TestClient, collection: str) -> None:
     assert results[2]["item"]["id"] == "c"
     assert results[2]["item"]["metadata"] == {"src": "upload"}
     assert sizes(client, collection) == (2, 2)
+
+
+def test_a_batch_that_fails_as_a_whole_writes_each_item_alone(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is one transaction; when it fails, each item is written alone, and only the
+    item that fails then gets an error (500, in its place): the others are stored."""
+    real = index_items._write_tags
+
+    def failing(session: Any, rows: Any, existing: Any) -> None:
+        if any(row.meta.get("poison") for row in rows):
+            raise RuntimeError("the disk refused this item")
+        real(session, rows, existing)
+
+    monkeypatch.setattr(index_items, "_write_tags", failing)
+    batch = [
+        {"id": "a", "text": "alpha"},
+        {"id": "p", "text": "poison", "metadata": {"poison": True}},
+        {"id": "c", "text": "gamma"},
+    ]
+    response = client.post(f"{items_url(collection)}/batch", json=batch)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [201, 500, 201]
+    assert results[1]["error"]["code"] == "internal_error"
+    assert sizes(client, collection) == (2, 2)
+    assert client.get(f"{items_url(collection)}/p").status_code == 404
+
+
+def test_a_batch_naming_an_id_twice_ends_with_its_last_entry(
+    client: TestClient, collection: str
+) -> None:
+    batch = [{"id": "x", "text": "first words"}, {"id": "x", "text": "second words"}]
+    response = client.post(f"{items_url(collection)}/batch", json=batch)
+    assert [r["status"] for r in response.json()["results"]] == [201, 200]
+    assert sizes(client, collection) == (1, 1)  # one row, one vector in the index
+    assert client.get(f"{items_url(collection)}/x").json()["text"] == "second words"
+    hits = client.post(
+        f"/v1/collections/{collection}/search", json={"text": "second words", "k": 1}
+    ).json()["results"]
+    assert hits[0]["item"]["id"] == "x" and hits[0]["score"] > 0.999
 
 
 def test_batch_limits(client: TestClient, collection: str) -> None:

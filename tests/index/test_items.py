@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from index.columns import from_blob
+from index.columns import canonical, from_blob
 from index.errors import NotFoundError
 from index.items import ItemDraft
 from index.stores import Stores
@@ -105,3 +106,40 @@ def test_writers_on_separate_connections_racing_on_the_same_ids_all_succeed(
     with stores.sessions() as session:  # one change logged per write that succeeded
         logged = session.scalar(select(func.count()).where(ChangeRow.collection_id == row.id))
     assert logged == len(done)
+
+
+def test_a_batch_writes_in_one_transaction_as_single_writes_would(stores: Stores) -> None:
+    row = new_collection(stores)
+    stores.items.upsert(collection_id=row.id, draft=item_draft("old", {"colour": "red"}))
+    first = dataclasses.replace(item_draft("dup", {"n": 1}), sha256="1" * 64)
+    drafts = [
+        item_draft("new", {"colour": "blue"}),
+        item_draft("old", {"colour": "green"}),
+        first,
+        item_draft("dup", {"n": 2}),  # a later draft of an id replaces the earlier one
+    ]
+    done = stores.items.upsert_many(collection_id=row.id, drafts=drafts)
+    assert [(d.row.external_id, d.created) for d in done] == [
+        ("new", True),
+        ("old", False),
+        ("dup", True),
+        ("dup", False),
+    ]
+    assert done[3].replaced_sha == "1" * 64 and done[1].replaced_sha == "0" * 64
+    seqs = [d.seq for d in done]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4  # one change each, in order
+    live = stores.items.page(collection_id=row.id, after_pk=0, limit=10)
+    assert sorted(r.external_id for r in live) == ["dup", "new", "old"]
+    tags = dict(stores.items.tagged(collection_id=row.id, key="colour"))
+    pks = stores.items.pks_of(collection_id=row.id, external_ids=["new", "old"])
+    assert tags == {pks["new"]: canonical("blue"), pks["old"]: canonical("green")}  # not red
+    assert dict(stores.items.tagged(collection_id=row.id, key="n")) == {
+        done[3].row.pk: canonical(2)
+    }
+
+
+def test_a_batch_into_a_deleted_collection_writes_nothing(stores: Stores) -> None:
+    row = new_collection(stores)
+    stores.collections.delete(row.id)
+    with pytest.raises(NotFoundError):
+        stores.items.upsert_many(collection_id=row.id, drafts=[item_draft("a"), item_draft("b")])
