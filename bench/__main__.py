@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_phase(
     phase: str, cfg: BenchConfig, work: Path, log: Callable[[str], None], results: dict[str, Any]
 ) -> None:
+    from bench.bulk import run_bulk
     from bench.embed import run_embed
     from bench.hostile import run_hostile
     from bench.ingest import run_ingest
@@ -126,6 +127,7 @@ def _run_phase(
         "ingest": run_ingest,
         "hostile": run_hostile,
         "replicas": run_replicas,
+        "bulk": run_bulk,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

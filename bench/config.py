@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("embed", "search", "ingest", "hostile", "replicas")
+PHASES = ("embed", "search", "ingest", "hostile", "replicas", "bulk")
 
 # Index settings per benchmark type name (the collection's ``index`` body).
 INDEX_TYPES: dict[str, dict[str, Any]] = {
@@ -53,11 +53,23 @@ class ReplicasConfig:
     duration_s: float = 20.0  # measured per server setting
     workers: int = 2  # ``mmr serve --workers N`` against one process
     # The lag is measured again on this server (a schema of its own), when it answers.
-    postgres_url: str = field(
-        default_factory=lambda: os.environ.get(
-            "MMR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        )
-    )
+    postgres_url: str = field(default_factory=lambda: _postgres_url())
+
+
+def _postgres_url() -> str:
+    return os.environ.get("MMR_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass
+class BulkConfig:
+    """Batch writes against /v1/embed on one server, SQLite then Postgres (bench/bulk.py)."""
+
+    model: str = "mmr-mini"
+    texts: int = 4096
+    images: int = 512  # distinct small JPEGs (256x224)
+    batch: int = 64  # items per request, both routes
+    clients: int = 2  # concurrent clients: one request encodes while another is stored
+    postgres_url: str = field(default_factory=_postgres_url)
 
 
 @dataclass
@@ -102,6 +114,8 @@ class BenchConfig:
     hostile: HostileConfig = field(default_factory=HostileConfig)
     # -- several server processes
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
+    # -- bulk writes against the encoder
+    bulk: BulkConfig = field(default_factory=BulkConfig)
     # -- plumbing
     ready_timeout_s: float = 1800.0
 
@@ -159,5 +173,6 @@ def quick_config() -> BenchConfig:
             warmup_s=0.3,
             duration_s=1.0,
         ),
+        bulk=BulkConfig(model="random:mmr-tiny", texts=96, images=16, batch=16),
         ready_timeout_s=300.0,
     )

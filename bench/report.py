@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.report_bulk import bulk_md, bulk_targets
 from bench.report_replicas import replicas_md, replicas_targets
 
 NA = "-"  # a cell with no number
@@ -77,6 +78,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out += _hostile_targets(results["hostile"])
     if results.get("replicas"):
         out += replicas_targets(results["replicas"])
+    if results.get("bulk"):
+        out += bulk_targets(results["bulk"])
     decode = results.get("ingest", {}).get("decode")
     if decode:
         out.append(_target("JPEG decode: service / plain Pillow", ">= 2x", decode["speedup"], 2.0))
@@ -180,6 +183,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         lines += _hostile_md(results["hostile"])
     if "replicas" in results:
         lines += replicas_md(results["replicas"], m)
+    if "bulk" in results:
+        lines += bulk_md(results["bulk"], m)
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]

@@ -1,0 +1,205 @@
+"""Bulk writes at encoder speed (issue 22): the batch route against ``/v1/embed`` on one
+server, the same batches from the same concurrent clients, texts and small JPEGs, on SQLite
+and on Postgres. ``/v1/embed`` decodes and encodes and stores nothing: it is the encoder's
+ceiling over HTTP, the baseline of each row. The batch route does the same and then stores
+the originals, commits the batch in one transaction and adds it to the index. Nothing timed
+is asserted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.clients import BOUNDARY, RawHttp
+from bench.config import BenchConfig, BulkConfig
+from bench.data import sentences, small_jpegs
+from bench.server import Server
+
+Log = Callable[[str], None]
+Body = tuple[bytes, str]  # a request body and its content type
+
+
+def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
+    """Each database in turn: one server, texts then images, embed then batch."""
+    b = cfg.bulk
+    texts = sentences(b.texts, seed=cfg.seed)
+    jpegs = small_jpegs(b.images, seed=cfg.seed)
+    rows, skipped = [], []
+    for database, env in _databases(b, log):
+        if env is None:
+            skipped.append(database)
+            continue
+        data_dir = Path(tempfile.mkdtemp(prefix="bulk-", dir=work)) / "data"
+        with (
+            env as extra,
+            Server(
+                data_dir,
+                model=b.model,
+                precision="fp32",
+                ready_timeout_s=cfg.ready_timeout_s,
+                env=extra,
+            ) as srv,
+        ):
+            for kind, items in (("texts", texts), ("images", jpegs)):
+                row = _measure(srv, b, kind, items)
+                rows.append({"database": database, **row})
+                log(
+                    f"bulk {database} {kind}: embed {row['embed_per_s']:.0f}/s, batch write "
+                    f"{row['write_per_s']:.0f}/s ({row['ratio']:.2f}x)"
+                )
+    return {
+        "model": b.model,
+        "precision": "fp32",
+        "batch": b.batch,
+        "clients": b.clients,
+        "rows": rows,
+        "skipped": skipped,
+    }
+
+
+def _databases(b: BulkConfig, log: Log) -> Iterator[tuple[str, Any]]:
+    yield "SQLite", _nothing()
+    yield "Postgres", _postgres_schema(b.postgres_url, log)
+
+
+@contextmanager
+def _nothing() -> Iterator[dict[str, str]]:
+    yield {}
+
+
+def _postgres_schema(url: str, log: Log) -> Any:
+    """A context giving the server's env for a schema of its own (dropped after), or None
+    when the Postgres server does not answer."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    schema = f"bench_bulk_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url)
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except SQLAlchemyError:
+        admin.dispose()
+        log(f"bulk: Postgres at {url} does not answer: SQLite only")
+        return None
+
+    @contextmanager
+    def scoped() -> Iterator[dict[str, str]]:
+        try:
+            yield {"MMR_DATABASE_URL": f"{url}?options=-csearch_path%3D{schema}"}
+        finally:
+            with admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            admin.dispose()
+
+    return scoped()
+
+
+def _measure(srv: Server, b: BulkConfig, kind: str, items: list[Any]) -> dict[str, Any]:
+    """Embed every batch, then write every batch into a fresh collection (same clients)."""
+    collection = f"bulk_{kind}"
+    created = RawHttp(srv.url)
+    try:
+        status, data = created.post_json(
+            "/v1/collections", json.dumps({"name": collection}).encode()
+        )
+        if status != 201:
+            raise RuntimeError(f"creating {collection}: {status} {data[:200]!r}")
+    finally:
+        created.close()
+    batches = [items[i : i + b.batch] for i in range(0, len(items), b.batch)]
+    embed = [_embed_body(kind, batch) for batch in batches]
+    write = [_write_body(kind, batch, n * b.batch) for n, batch in enumerate(batches)]
+    _send(srv.url, "/v1/embed", embed[:1], 1)  # warm-up: the first forward of each shape
+    embed_s, embed_failed = _send(srv.url, "/v1/embed", embed, b.clients)
+    path = f"/v1/collections/{collection}/items/batch"
+    write_s, write_failed = _send(srv.url, path, write, b.clients)
+    return {
+        "kind": kind,
+        "items": len(items),
+        "embed_s": embed_s,
+        "write_s": write_s,
+        "embed_per_s": len(items) / embed_s,
+        "write_per_s": len(items) / write_s,
+        "ratio": embed_s / write_s,
+        "failed": embed_failed + write_failed,
+    }
+
+
+def _embed_body(kind: str, batch: list[Any]) -> Body:
+    if kind == "texts":
+        return json.dumps({"texts": batch}).encode(), "application/json"
+    return _multipart([("file", f"{n}.jpg", data) for n, data in enumerate(batch)])
+
+
+def _write_body(kind: str, batch: list[Any], first: int) -> Body:
+    if kind == "texts":
+        entries = [{"id": f"t{first + n}", "text": t} for n, t in enumerate(batch)]
+        return json.dumps(entries).encode(), "application/json"
+    parts: list[tuple[str, str | None, bytes]] = [
+        ("file", f"{first + n}.jpg", data) for n, data in enumerate(batch)
+    ]
+    parts += [("id", None, f"i{first + n}".encode()) for n in range(len(batch))]
+    return _multipart(parts)
+
+
+def _multipart(parts: list[tuple[str, str | None, bytes]]) -> Body:
+    out = bytearray()
+    for name, filename, data in parts:
+        out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"'.encode()
+        if filename is not None:
+            out += f'; filename="{filename}"\r\nContent-Type: image/jpeg'.encode()
+        out += b"\r\n\r\n" + data + b"\r\n"
+    out += f"--{BOUNDARY}--\r\n".encode()
+    return bytes(out), f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def _send(url: str, path: str, bodies: list[Body], clients: int) -> tuple[float, int]:
+    """Every body once, ``clients`` at a time (each takes the next unsent one); seconds from
+    the first send to the last answer, and how many requests or entries failed."""
+    queue = iter(enumerate(bodies))
+    lock = threading.Lock()
+    failed = [0]
+
+    def client() -> None:
+        raw = RawHttp(url)
+        try:
+            while True:
+                with lock:
+                    nxt = next(queue, None)
+                if nxt is None:
+                    return
+                body, content_type = nxt[1]
+                try:
+                    status, data = raw.post(path, body, content_type)
+                except (OSError, http.client.HTTPException):
+                    status, data = 0, b""
+                bad = status != 200 or _entries_failed(data)
+                with lock:
+                    failed[0] += int(bad)
+        finally:
+            raw.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - t0, failed[0]
+
+
+def _entries_failed(data: bytes) -> bool:
+    results = json.loads(data).get("results")
+    return isinstance(results, list) and any(
+        isinstance(r, dict) and r.get("status") not in (200, 201, None) for r in results
+    )

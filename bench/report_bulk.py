@@ -1,0 +1,44 @@
+"""The bulk phase in the report: batch writes against the encoder's ceiling over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+RATIO = 0.8  # the issue's target: batch writes at 80 % of /v1/embed or more
+
+
+def bulk_targets(bulk: dict[str, Any]) -> list[dict[str, Any]]:
+    """One target per (database, kind): batch write items/s over embed items/s."""
+    return [
+        {
+            "name": f"bulk: {row['database']} {row['kind']}, batch write / embed",
+            "target": f">= {RATIO}",
+            "value": row["ratio"],
+            "pass": row["ratio"] >= RATIO and not row["failed"],
+        }
+        for row in bulk["rows"]
+    ]
+
+
+def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Bulk writes against the encoder",
+        "",
+        f"One server (model {bulk['model']}, {bulk['precision']}) per database; every item "
+        f"sent once in batches of {bulk['batch']} by {bulk['clients']} concurrent clients, "
+        "first to `/v1/embed` (decode and encode, nothing stored: the encoder's ceiling over "
+        "HTTP, the baseline), then to the batch route (the same, then the originals stored, "
+        "the batch committed in one transaction and added to the index). On "
+        f"{machine['cpu']} ({machine['usable_cores']} usable cores, shared with the clients).",
+        "",
+        "| database | items | embed items/s | batch write items/s | write / embed | failed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in bulk["rows"]:
+        lines.append(
+            f"| {row['database']} | {row['items']} {row['kind']} | {row['embed_per_s']:.0f} | "
+            f"{row['write_per_s']:.0f} | {row['ratio']:.2f} | {row['failed']} |"
+        )
+    if bulk["skipped"]:
+        lines += ["", f"Not measured: {', '.join(bulk['skipped'])} (the server did not answer)."]
+    return [*lines, ""]
