@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     back.add_argument("--out", type=Path, required=True, help="a new or empty folder")
     rest = sub.add_parser("restore", help="fill an empty database and data dir from a backup")
     rest.add_argument("--from", dest="source", type=Path, required=True, help="a backup folder")
+    _ingest_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "ingest":
+        return _ingest(args)
     if args.command in ("backup", "restore"):
         return _backup_or_restore(args)
     if args.command == "worker":
@@ -296,6 +299,59 @@ def _summary(manifest: dict[str, Any]) -> str:
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def _ingest_parser(sub: Any) -> None:
+    ing = sub.add_parser(
+        "ingest",
+        help="send a folder's images, audio and .txt files to a running server (resumable)",
+    )
+    ing.add_argument("paths", nargs="+", type=Path, help="files and folders (recursive)")
+    ing.add_argument("--collection", required=True)
+    ing.add_argument(
+        "--server",
+        default=os.environ.get("MMR_SERVER", "http://127.0.0.1:8000"),
+        help="the server's URL (default: MMR_SERVER or http://127.0.0.1:8000)",
+    )
+    ing.add_argument(
+        "--api-key", default=os.environ.get("MMR_API_KEY"), help="a write key (or MMR_API_KEY)"
+    )
+    ing.add_argument("--create", action="store_true", help="create the collection if missing")
+    ing.add_argument("--batch", type=int, default=32, help="items per request (default 32)")
+    ing.add_argument("--concurrency", type=int, default=2, help="requests in flight (default 2)")
+    ing.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="metadata per file: CSV with a 'path' column, or JSON Lines with 'path'",
+    )
+    ing.add_argument(
+        "--failures",
+        type=Path,
+        default=Path("mmr-ingest-failures.csv"),
+        help="where the failed files are listed (path, status, code, message)",
+    )
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from app.ingest.files import IngestError
+    from app.ingest.run import Options, ingest
+
+    opts = Options(
+        server=args.server,
+        collection=args.collection,
+        api_key=args.api_key,
+        create=args.create,
+        batch=max(1, args.batch),
+        concurrency=max(1, args.concurrency),
+        manifest=args.manifest,
+        failures=args.failures,
+    )
+    try:
+        return ingest(args.paths, opts)
+    except IngestError as exc:
+        print(f"mmr ingest: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,294 @@
+"""Send what ``files.walk`` finds to a server's batch route: batches by kind, a few in
+flight at once, retried on 429 (after ``Retry-After``), 5xx and lost connections with
+backoff; files already stored under the same id and sha256 skipped before any upload."""
+
+from __future__ import annotations
+
+import csv
+import json
+import mimetypes
+import random
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from app.ingest.files import Found, IngestError, Loaded, load, read_manifest, walk
+from app.ingest.progress import Progress
+
+PAGE = 1000  # items per listing page (the API's most)
+RETRY_STATUSES = frozenset({429, 502, 503, 504})  # and every other 5xx
+
+
+@dataclass(frozen=True)
+class Options:
+    """How ``mmr ingest`` runs (its flags)."""
+
+    server: str
+    collection: str
+    api_key: str | None = None
+    create: bool = False
+    batch: int = 32  # items per request
+    batch_mb: float = 32.0  # bytes per request, at most (one larger file goes alone)
+    concurrency: int = 2  # requests in flight: one is encoded while the next is sent
+    retries: int = 8
+    manifest: Path | None = None
+    failures: Path = Path("mmr-ingest-failures.csv")
+    timeout_s: float = 300.0
+
+
+@dataclass
+class Failure:
+    path: Path
+    status: int  # 0: no answer, or the file could not be read here
+    code: str
+    message: str
+
+
+@dataclass
+class Tally:
+    """What happened so far (shared by the sending threads)."""
+
+    ingested: int = 0
+    skipped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    files_done: int = 0
+    bytes_done: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def done(self, found: Found, failure: Failure | None = None) -> None:
+        with self.lock:
+            if failure is not None:
+                self.failures.append(failure)
+            self.files_done += 1
+            self.bytes_done += found.size
+
+    def summary(self) -> str:
+        return f"ingested {self.ingested}, skipped {self.skipped}, failed {len(self.failures)}"
+
+
+def ingest(
+    paths: list[Path], opts: Options, out: IO[str] = sys.stdout, err: IO[str] = sys.stderr
+) -> int:
+    """Send every file; the summary line on ``out``, progress on ``err``. 0 when every file
+    was stored or skipped, 1 when some failed (listed in ``opts.failures``)."""
+    headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else {}
+    with httpx.Client(base_url=opts.server, headers=headers, timeout=opts.timeout_s) as client:
+        if opts.create:
+            _create(client, opts.collection)
+        stored = _stored(client, opts)
+        manifest = (
+            read_manifest(opts.manifest, opts.manifest.parent) if opts.manifest is not None else {}
+        )
+        found = list(walk(paths))
+        tally = Tally()
+        progress = Progress(len(found), sum(f.size for f in found), tally, err)
+        with progress:
+            _send_all(client, opts, found, stored, manifest, tally)
+    print(tally.summary(), file=out)
+    if tally.failures:
+        _write_failures(opts.failures, tally.failures)
+        print(f"failures: {opts.failures}", file=out)
+        return 1
+    return 0
+
+
+def _create(client: httpx.Client, name: str) -> None:
+    reply = _call(client, "POST", "/v1/collections", json={"name": name})
+    if reply.status_code not in (201, 409):  # 409: there already
+        raise IngestError(f"creating collection {name!r}: {_said(reply)}")
+
+
+def _stored(client: httpx.Client, opts: Options) -> dict[str, str]:
+    """The collection's items now: sha256 by id (the listing, page by page)."""
+    stored: dict[str, str] = {}
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": PAGE} | ({"cursor": cursor} if cursor else {})
+        reply = _call(client, "GET", f"/v1/collections/{opts.collection}/items", params=params)
+        if reply.status_code == 404:
+            raise IngestError(
+                f"no collection {opts.collection!r} on {opts.server}: create it, or pass --create"
+            )
+        if reply.status_code == 401:
+            raise IngestError("the server asks for an API key: pass --api-key or set MMR_API_KEY")
+        if reply.status_code != 200:
+            raise IngestError(f"listing {opts.collection!r}: {_said(reply)}")
+        page = reply.json()
+        stored.update((item["id"], item["sha256"]) for item in page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return stored
+
+
+def _call(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request, retried while the server is busy or away (a few times, then raise)."""
+    for attempt in range(6):
+        try:
+            reply = client.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            if attempt == 5:
+                raise IngestError(f"no answer from {client.base_url}: {exc}") from exc
+            time.sleep(_backoff(attempt))
+            continue
+        if (reply.status_code < 500 and reply.status_code != 429) or attempt == 5:
+            return reply
+        time.sleep(_wait(reply, attempt))
+    raise AssertionError("unreachable")
+
+
+def _send_all(
+    client: httpx.Client,
+    opts: Options,
+    found: list[Found],
+    stored: dict[str, str],
+    manifest: dict[Path, dict[str, Any]],
+    tally: Tally,
+) -> None:
+    slots = threading.BoundedSemaphore(2 * opts.concurrency)  # batches read ahead, at most
+    with ThreadPoolExecutor(opts.concurrency) as pool:
+        sent: list[Future[None]] = []
+        for batch in _batches(opts, found, stored, manifest, tally):
+            slots.acquire()
+            future = pool.submit(_send, client, opts, batch, tally)
+            future.add_done_callback(lambda _: slots.release())
+            sent.append(future)
+        for future in sent:
+            future.result()
+
+
+def _batches(
+    opts: Options,
+    found: list[Found],
+    stored: dict[str, str],
+    manifest: dict[Path, dict[str, Any]],
+    tally: Tally,
+) -> Iterator[list[Loaded]]:
+    """Files read and grouped by kind; those stored already (same id and sha256) and those
+    that cannot be read are counted here and not sent."""
+    open_batches: dict[str, list[Loaded]] = {"file": [], "text": []}
+    limit = int(opts.batch_mb * 1024 * 1024)
+    for f in found:
+        try:
+            loaded = load(f, manifest)
+        except (OSError, ValueError) as exc:
+            tally.done(f, Failure(f.path, 0, "unreadable", str(exc)))
+            continue
+        if stored.get(f.item_id) == loaded.sha256:
+            with tally.lock:
+                tally.skipped += 1
+            tally.done(f)
+            continue
+        batch = open_batches[f.kind]
+        if batch and (
+            len(batch) >= opts.batch or sum(len(b.data) for b in batch) + len(loaded.data) > limit
+        ):
+            yield batch
+            batch = open_batches[f.kind] = []
+        batch.append(loaded)
+    yield from (batch for batch in open_batches.values() if batch)
+
+
+def _send(client: httpx.Client, opts: Options, batch: list[Loaded], tally: Tally) -> None:
+    """One batch until every item is stored or has failed; 429/5xx answers and lost
+    connections retried with backoff, items answered 429 or 503 inside a batch likewise."""
+    todo = batch
+    last = (0, "no_answer", "no answer")
+    wait = 0.0
+    for attempt in range(opts.retries + 1):
+        if attempt:
+            time.sleep(wait)
+        try:
+            reply = _post(client, opts.collection, todo)
+        except httpx.TransportError as exc:
+            last, wait = (0, "no_answer", f"no answer: {exc}"), _backoff(attempt)
+            continue
+        if reply.status_code == 429 or reply.status_code >= 500:
+            last, wait = _error(reply), _wait(reply, attempt)
+            continue
+        if reply.status_code == 413 and len(todo) > 1:  # too large together: halves
+            half = len(todo) // 2
+            _send(client, opts, todo[:half], tally)
+            _send(client, opts, todo[half:], tally)
+            return
+        if reply.status_code != 200:
+            for loaded in todo:
+                tally.done(loaded.found, Failure(loaded.found.path, *_error(reply)))
+            return
+        again = []
+        for loaded, result in zip(todo, reply.json()["results"], strict=True):
+            status = int(result["status"])
+            if status in (200, 201):
+                with tally.lock:
+                    tally.ingested += 1
+                tally.done(loaded.found)
+            elif status in (429, 503):
+                again.append(loaded)
+                last = (status, result["error"]["code"], result["error"]["message"])
+            else:
+                error = result["error"]
+                failure = Failure(loaded.found.path, status, error["code"], error["message"])
+                tally.done(loaded.found, failure)
+        todo, wait = again, _backoff(attempt)
+        if not todo:
+            return
+    for loaded in todo:
+        tally.done(loaded.found, Failure(loaded.found.path, *last))
+
+
+def _post(client: httpx.Client, collection: str, batch: list[Loaded]) -> httpx.Response:
+    url = f"/v1/collections/{collection}/items/batch"
+    if batch[0].found.kind == "text":
+        entries = [
+            {"id": b.found.item_id, "text": b.data.decode("utf-8"), "metadata": b.metadata}
+            for b in batch
+        ]
+        return client.post(url, json=entries)
+    files = [
+        ("file", (b.found.path.name, b.data, mimetypes.guess_type(b.found.path.name)[0]))
+        for b in batch
+    ]
+    form = {
+        "id": [b.found.item_id for b in batch],
+        "metadata": json.dumps([b.metadata for b in batch]),
+    }
+    return client.post(url, files=files, data=form)
+
+
+def _error(reply: httpx.Response) -> tuple[int, str, str]:
+    try:
+        error = reply.json()["error"]
+        return reply.status_code, str(error["code"]), str(error["message"])
+    except (ValueError, KeyError, TypeError):
+        return reply.status_code, "http_error", reply.text[:200]
+
+
+def _said(reply: httpx.Response) -> str:
+    status, code, message = _error(reply)
+    return f"{status} {code}: {message}"
+
+
+def _backoff(attempt: int) -> float:
+    return min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def _wait(reply: httpx.Response, attempt: int) -> float:
+    """Retry-After when the server names it (seconds), else backoff."""
+    try:
+        return min(60.0, max(0.0, float(reply.headers["retry-after"])))
+    except (KeyError, ValueError):
+        return _backoff(attempt)
+
+
+def _write_failures(path: Path, failures: list[Failure]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "status", "code", "message"])
+        for failure in failures:
+            writer.writerow([failure.path, failure.status, failure.code, failure.message])
