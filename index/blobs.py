@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from index.snapshots import fsync_dir, write_atomically
+from index.snapshots import can_sync_filesystem, fsync_dir, sync_filesystem, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +119,42 @@ class BlobStore:
         return self.path(digest).exists()
 
     def _put_all(self, datas: Sequence[bytes]) -> None:
-        unique = list({hashlib.sha256(d).digest(): d for d in datas}.values())
-        if len(unique) <= 1:
-            for data in unique:
+        """Store many originals durably. Where the kernel can flush one file system at once
+        (Linux ``syncfs``), they are written, flushed together, renamed into place and
+        flushed again: two flushes for the batch instead of two fsyncs a file (64 small
+        files: 26 ms of fsyncs on 8 threads). Elsewhere each is ``put`` on a thread pool."""
+        missing = {
+            digest: data
+            for data in datas
+            if not self.path(digest := hashlib.sha256(data).hexdigest()).exists()
+        }
+        if len(missing) > 1 and can_sync_filesystem():
+            self._put_synced(missing)
+        elif len(missing) > 1:
+            with ThreadPoolExecutor(min(PUT_THREADS, len(missing))) as pool:
+                list(pool.map(self.put, missing.values()))
+        else:
+            for data in missing.values():
                 self.put(data)
-            return
-        with ThreadPoolExecutor(min(PUT_THREADS, len(unique))) as pool:
-            list(pool.map(self.put, unique))
+
+    def _put_synced(self, missing: dict[str, bytes]) -> None:
+        written: list[tuple[Path, Path]] = []
+        try:
+            for digest, data in missing.items():
+                target = self.path(digest)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+                written.append((tmp, target))
+                tmp.write_bytes(data)
+            sync_filesystem(self.root)  # the bytes are on disk before any name points at them
+            for tmp, target in written:
+                os.replace(tmp, target)
+            written.clear()
+            sync_filesystem(self.root)  # and the names
+        finally:
+            for tmp, _ in written:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
     def remove_unused(self, digests: Iterable[str], in_use: Callable[[set[str]], set[str]]) -> int:
         """Trash the files of these digests that are neither pinned nor referenced in SQL."""

@@ -9,9 +9,11 @@ start-up (index.manager) and backups (index.backup) decide by the same rule.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +169,28 @@ def _header(head: bytes) -> tuple[SnapshotHeader, int, str] | None:
         return found, int(fields["size"]), str(fields["sha256"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+_SYNCFS = getattr(_LIBC, "syncfs", None)
+
+
+def can_sync_filesystem() -> bool:
+    """Whether ``sync_filesystem`` is there (Linux)."""
+    return _SYNCFS is not None
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every write of the file system holding ``path`` to disk (Linux ``syncfs``;
+    since Linux 5.8 it reports a write that failed since the file system was opened)."""
+    assert _SYNCFS is not None, "sync_filesystem needs Linux (see can_sync_filesystem)"
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            errno_ = ctypes.get_errno()
+            raise OSError(errno_, os.strerror(errno_), str(path))
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(directory: Path) -> None:

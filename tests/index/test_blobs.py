@@ -11,6 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+import index.blobs as blobs_module
 from index.blobs import HOLDS, LEASE_S, BlobStore, backups_running, find, holding_trash, trashed
 
 
@@ -128,3 +131,32 @@ def test_a_backup_killed_mid_hold_blocks_sweeping_no_longer(tmp_path: Path) -> N
     os.utime(elsewhere, (time.time() - LEASE_S - 1,) * 2)
     assert blobs.sweep() == 1
     assert not elsewhere.exists()
+
+
+@pytest.mark.parametrize("synced", [True, False], ids=["syncfs", "fsync-each"])
+def test_a_batch_of_originals_is_stored_and_pinned_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: bool
+) -> None:
+    if not synced:  # what other systems than Linux do
+        monkeypatch.setattr(blobs_module, "can_sync_filesystem", lambda: False)
+    store = BlobStore(tmp_path / "blobs")
+    datas = [b"one", b"two", b"one", b"three"]
+    with store.pinned_many(datas) as digests:
+        assert digests == [hashlib.sha256(d).hexdigest() for d in datas]
+        assert store.remove_unused(set(digests), lambda _: set()) == 0  # pinned
+        assert [store.get(d) for d in digests] == datas
+    assert store.remove_unused(set(digests), lambda _: set()) == 3  # released after
+
+
+def test_a_batch_whose_write_fails_leaves_no_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(blobs_module.os, "replace", full)
+    with pytest.raises(OSError), store.pinned_many([b"a", b"b", b"c"]):
+        pass
+    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
