@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy import event
-from sqlalchemy.orm import Session
 
 import index.changes as changes_module
 import index.manager as manager_module
@@ -177,11 +176,11 @@ def test_a_write_that_commits_late_is_not_skipped(processes: list[Process]) -> N
     waits for the first one's commit (the collection's row lock), so it cannot commit first."""
     a, b = processes
     held, go = threading.Event(), threading.Event()
-    sessions = a.stores.items.sessions
 
-    @event.listens_for(sessions, "after_flush")
-    def hold(session: Session, _: object) -> None:
-        if threading.current_thread().name == "late" and not held.is_set():
+    @event.listens_for(a.stores.engine, "after_cursor_execute")
+    def hold(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        drew = statement.lstrip().upper().startswith("INSERT INTO CHANGES")
+        if drew and threading.current_thread().name == "late" and not held.is_set():
             held.set()  # this write has drawn its seq and not committed
             go.wait(10)
 
@@ -196,7 +195,7 @@ def test_a_write_that_commits_late_is_not_skipped(processes: list[Process]) -> N
     go.set()
     late.join(10)
     early.join(10)
-    event.remove(sessions, "after_flush", hold)
+    event.remove(a.stores.engine, "after_cursor_execute", hold)
     assert blocked, "the second writer committed while the first held its seq"
     b.indexes.follow_all()
     assert b.held() == sql_pks(b.stores) and len(sql_pks(b.stores)) == 2
