@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -34,6 +36,7 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     texts = sentences(b.texts, seed=cfg.seed)
     jpegs = small_jpegs(b.images, seed=cfg.seed)
     rows, skipped = [], []
+    ingest: dict[str, Any] = {}
     for database, env in _databases(b, log):
         if env is None:
             skipped.append(database)
@@ -49,12 +52,19 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
                 env=extra,
             ) as srv,
         ):
+            measured = {}
             for kind, items in (("texts", texts), ("images", jpegs)):
-                row = _measure(srv, b, kind, items)
+                row = measured[kind] = _measure(srv, b, kind, items)
                 rows.append({"database": database, **row})
                 log(
                     f"bulk {database} {kind}: embed {row['embed_per_s']:.0f}/s, batch write "
                     f"{row['write_per_s']:.0f}/s ({row['ratio']:.2f}x)"
+                )
+            if database == "SQLite":
+                ingest = _ingest_folder(srv, b, work, texts, jpegs, measured)
+                log(
+                    f"bulk: mmr ingest {ingest['files']} files at {ingest['files_per_s']:.0f}/s "
+                    f"({ingest['ratio']:.2f}x the encoder's), resumed in {ingest['resume_s']:.1f} s"
                 )
     return {
         "model": b.model,
@@ -63,7 +73,54 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         "clients": b.clients,
         "rows": rows,
         "skipped": skipped,
+        "ingest": ingest,
     }
+
+
+def _ingest_folder(
+    srv: Server,
+    b: BulkConfig,
+    work: Path,
+    texts: list[str],
+    jpegs: list[bytes],
+    measured: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """``mmr ingest`` on a folder of the same texts (``.txt``) and JPEGs, in subfolders of
+    100, then again (everything skipped). Its ceiling is the time ``/v1/embed`` took for
+    the same items."""
+    folder = Path(tempfile.mkdtemp(prefix="ingest-folder-", dir=work))
+    for n, text in enumerate(texts):
+        (folder / f"t{n // 100}").mkdir(exist_ok=True)
+        (folder / f"t{n // 100}" / f"{n}.txt").write_text(text, encoding="utf-8")
+    for n, data in enumerate(jpegs):
+        (folder / f"i{n // 100}").mkdir(exist_ok=True)
+        (folder / f"i{n // 100}" / f"{n}.jpg").write_bytes(data)
+    argv = [sys.executable, "-m", "app.cli", "ingest", str(folder), "--collection", "folder"]
+    argv += ["--server", srv.url, "--batch", str(b.batch), "--concurrency", str(b.clients)]
+    first_s, first = _timed([*argv, "--create"], work)
+    again_s, again = _timed(argv, work)
+    files = len(texts) + len(jpegs)
+    ceiling_s = measured["texts"]["embed_s"] + measured["images"]["embed_s"]
+    return {
+        "files": files,
+        "seconds": first_s,
+        "files_per_s": files / first_s,
+        "ceiling_s": ceiling_s,
+        "ratio": ceiling_s / first_s,
+        "summary": first,
+        "resume_s": again_s,
+        "resume_summary": again,
+    }
+
+
+def _timed(argv: list[str], cwd: Path) -> tuple[float, str]:
+    """Seconds a command took, and the first line it printed (its summary)."""
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} failed: {done.stdout}{done.stderr[-2000:]}")
+    return seconds, done.stdout.splitlines()[0]
 
 
 def _databases(b: BulkConfig, log: Log) -> Iterator[tuple[str, Any]]:

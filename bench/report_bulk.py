@@ -8,7 +8,8 @@ RATIO = 0.8  # the issue's target: batch writes at 80 % of /v1/embed or more
 
 
 def bulk_targets(bulk: dict[str, Any]) -> list[dict[str, Any]]:
-    """One target per (database, kind): batch write items/s over embed items/s."""
+    """One target per (database, kind): batch write items/s over embed items/s (the folder
+    ingest has no target of its own: its figures are in the section)."""
     return [
         {
             "name": f"bulk: {row['database']} {row['kind']}, batch write / embed",
@@ -39,6 +40,17 @@ def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             f"| {row['database']} | {row['items']} {row['kind']} | {row['embed_per_s']:.0f} | "
             f"{row['write_per_s']:.0f} | {row['ratio']:.2f} | {row['failed']} |"
         )
+    ingest = bulk.get("ingest")
+    if ingest:
+        lines += [
+            "",
+            f"`mmr ingest` on a folder of the same {ingest['files']} files (`.txt` and `.jpg`, "
+            f"in subfolders of 100), on SQLite: {ingest['seconds']:.1f} s, "
+            f"**{ingest['files_per_s']:.0f} files/s**, {ingest['ratio']:.2f}x the encoder's "
+            f"ceiling (the {ingest['ceiling_s']:.1f} s `/v1/embed` took for the same items); "
+            f"`{ingest['summary']}`. Run again: **{ingest['resume_s']:.1f} s** to list the "
+            f"collection, hash every file and skip it (`{ingest['resume_summary']}`).",
+        ]
     if bulk["skipped"]:
         lines += ["", f"Not measured: {', '.join(bulk['skipped'])} (the server did not answer)."]
     return [*lines, ""]

@@ -31,6 +31,10 @@ def test_quick_bulk_run_writes_every_item_beside_the_embed_baseline(tmp_path: Pa
         assert row["failed"] == 0
         assert row["items"] == (cfg.texts if row["kind"] == "texts" else cfg.images)
         assert row["embed_per_s"] > 0 and row["write_per_s"] > 0
+    ingest = bulk["ingest"]  # mmr ingest on a folder of the same files, then resumed
+    assert ingest["files"] == cfg.texts + cfg.images
+    assert ingest["summary"] == f"ingested {ingest['files']}, skipped 0, failed 0"
+    assert ingest["resume_summary"] == f"ingested 0, skipped {ingest['files']}, failed 0"
     names = {t["name"] for t in results["targets"]}
     assert "bulk: SQLite texts, batch write / embed" in names
     assert "## Bulk writes against the encoder" in (tmp_path / "results.md").read_text()
