@@ -10,6 +10,7 @@ asserted.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 import httpx
 
+from bench import wrk
 from bench.clients import RawHttp, closed_loop, latency_summary
 from bench.config import BenchConfig, ReplicasConfig
 from bench.data import TOP_K, Mixture
@@ -368,35 +370,58 @@ class VectorSearches:
 
 
 def _search_load(srv: Server, bodies: list[bytes], r: ReplicasConfig) -> dict[str, Any]:
-    """``clients`` threads for warm-up + duration; CPU of the servers and of this process
-    over the same time, and how the connections were spread over the processes."""
-    searches = VectorSearches(srv.url, bodies)
+    """``clients`` connections for warm-up + duration (wrk where installed, else threads
+    of this process); CPU of the servers and of the load generator over the measured time,
+    and how the connections were spread over the processes."""
     pids = srv.worker_pids()
-    cpu0, own0, t0 = _cpu_s(pids), time.process_time(), time.perf_counter()
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(
-            closed_loop,
-            srv.url,
-            searches.search,
-            clients=r.clients,
-            warmup_s=r.warmup_s,
-            duration_s=r.duration_s,
-        )
-        time.sleep(0.2 + r.warmup_s + r.duration_s / 2)
-        connections = srv.connections()
-        result = running.result()
-    wall = time.perf_counter() - t0
-    server_cpu, own_cpu = _cpu_s(pids) - cpu0, time.process_time() - own0
-    searches.close()
+        if wrk.available():
+            running = pool.submit(_wrk_load, srv, pids, bodies, r)
+            time.sleep(0.5 + r.warmup_s + r.duration_s / 2)
+            connections = srv.connections()
+            summary, server_cpu, client_cpu, wall = running.result()
+        else:
+            running = pool.submit(_thread_load, srv, pids, bodies, r)
+            time.sleep(0.2 + r.warmup_s + r.duration_s / 2)
+            connections = srv.connections()
+            summary, server_cpu, client_cpu, wall = running.result()
     return {
         "processes": srv.workers,
         "argv": "mmr serve" + (f" --workers {srv.workers}" if srv.workers > 1 else ""),
-        "qps": result.per_s,
-        **result.summary(),
+        "qps": summary["per_s"],
+        **summary,
         "connections": sorted(connections.values(), reverse=True),
         "server_cores": server_cpu / wall,
-        "client_cores": own_cpu / wall,
+        "client_cores": client_cpu / wall,
     }
+
+
+Load = tuple[dict[str, Any], float, float, float]  # summary, server and client CPU s, wall s
+
+
+def _wrk_load(srv: Server, pids: list[int], bodies: list[bytes], r: ReplicasConfig) -> Load:
+    load = functools.partial(wrk.post_load, srv.url, SEARCH, bodies, connections=r.clients)
+    load(duration_s=r.warmup_s)  # unmeasured
+    cpu0, t0 = _cpu_s(pids), time.perf_counter()
+    summary = load(duration_s=r.duration_s)
+    wall = time.perf_counter() - t0
+    return summary, _cpu_s(pids) - cpu0, summary["generator_cpu_s"], wall
+
+
+def _thread_load(srv: Server, pids: list[int], bodies: list[bytes], r: ReplicasConfig) -> Load:
+    searches = VectorSearches(srv.url, bodies)
+    cpu0, own0, t0 = _cpu_s(pids), time.process_time(), time.perf_counter()
+    result = closed_loop(
+        srv.url,
+        searches.search,
+        clients=r.clients,
+        warmup_s=r.warmup_s,
+        duration_s=r.duration_s,
+    )
+    wall = time.perf_counter() - t0
+    server_cpu, own_cpu = _cpu_s(pids) - cpu0, time.process_time() - own0
+    searches.close()
+    return {**result.summary(), "generator": "python threads"}, server_cpu, own_cpu, wall
 
 
 def _cpu_s(pids: list[int]) -> float:

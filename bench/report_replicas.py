@@ -105,8 +105,8 @@ def replicas_md(replicas: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     lines += [
         "",
         f"Search throughput: {qps['n']} vectors of dim {qps['dim']} (flat), "
-        f'`{{"vector", "k": {qps["k"]}}}` from {qps["clients"]} closed-loop clients (one '
-        f"keep-alive connection each) in the bench process, on {machine['cpu']} "
+        f'`{{"vector", "k": {qps["k"]}}}` from {qps["clients"]} closed-loop keep-alive '
+        f"connections of {_generator(qps)}, on {machine['cpu']} "
         f"({machine['usable_cores']} usable cores, shared by the servers and the clients). "
         "CPU columns: cores busy on average over the run.",
         "",
@@ -134,3 +134,9 @@ def _lag_rows(lag: dict[str, Any]) -> list[str]:
         f"{_ms(row['max_ms'])} |"
         for label, row in rows
     ]
+
+
+def _generator(qps: dict[str, Any]) -> str:
+    if qps["rows"][0].get("generator") == "wrk":
+        return "`wrk` (one thread, a C load generator: it leaves the cores to the servers)"
+    return "client threads in the bench process"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import wrk
 from bench.config import quick_config
 from bench.replicas import Ledger
 from tests.bench.test_bench import run_bench
@@ -64,3 +65,29 @@ def test_quick_replicas_run_accounts_for_every_item(tmp_path: Path) -> None:
         f"replicas: search QPS, {cfg.workers} processes / 1",
     } <= names
     assert "## Several server processes" in (tmp_path / "results.md").read_text()
+
+
+WRK_REPORT = """Running 15s test @ http://127.0.0.1:40000
+  1 threads and 8 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.80ms    1.10ms  31.10ms   80.00%
+  Latency Distribution
+     50%  812.00us
+     75%    3.29ms
+     90%    4.12ms
+     99%    1.01s
+  43021 requests in 15.00s, 9.92MB read
+  Socket errors: connect 0, read 1, write 0, timeout 2
+  Non-2xx or 3xx responses: 7
+Requests/sec:   2868.07
+Transfer/sec:    677.12KB
+"""
+
+
+def test_a_wrk_report_reads_as_the_python_clients_summary() -> None:
+    summary = wrk.parse(WRK_REPORT, connections=8, duration_s=15.0)
+    assert summary["errors"] == 10 and summary["requests"] == 43011
+    assert summary["per_s"] == pytest.approx(2868.07 * 43011 / 43021)
+    assert summary["p50_ms"] == pytest.approx(0.812) and summary["p99_ms"] == 1010.0
+    with pytest.raises(ValueError):
+        wrk.parse("wrk: connection refused", connections=8, duration_s=1.0)
