@@ -210,9 +210,9 @@ def test_three_servers_and_a_worker_one_killed_and_restarted_all_answer_as_sql(
     """The issue's proof, shortened for CI: three servers and a job worker on one database
     and data directory; writers spread over the live servers; each acknowledged post is
     found through another server within the bound; one server is ``kill -9``-ed midway and
-    restarted (``make soak``: ``SOAK_REPLICA_ROUNDS`` times, each server in turn); a reindex to another index type, run by the worker, swaps every server's
-    index; at the end every server answers with exactly the items SQL holds, which agree
-    with every answer given."""
+    restarted (``make soak``: ``SOAK_REPLICA_ROUNDS`` times, each server in turn); a reindex
+    to another index type, run by the worker, swaps every server's index; at the end every
+    server answers with exactly the items SQL holds, which agree with every answer given."""
     env = {**server_env(tmp_path, database_url), "MMR_WORKER": "off", "MMR_PRECISION": "fp32"}
     ledger = Ledger()
     with ExitStack() as stack:
