@@ -102,7 +102,7 @@ def ingest(
 def _create(client: httpx.Client, name: str) -> None:
     reply = _call(client, "POST", "/v1/collections", json={"name": name})
     if reply.status_code not in (201, 409):  # 409: there already
-        raise IngestError(f"creating collection {name!r}: {_said(reply)}")
+        raise _refused(reply, f"creating collection {name!r}", "--create needs an admin key")
 
 
 def _stored(client: httpx.Client, opts: Options) -> dict[str, str]:
@@ -116,10 +116,8 @@ def _stored(client: httpx.Client, opts: Options) -> dict[str, str]:
             raise IngestError(
                 f"no collection {opts.collection!r} on {opts.server}: create it, or pass --create"
             )
-        if reply.status_code == 401:
-            raise IngestError("the server asks for an API key: pass --api-key or set MMR_API_KEY")
         if reply.status_code != 200:
-            raise IngestError(f"listing {opts.collection!r}: {_said(reply)}")
+            raise _refused(reply, f"listing {opts.collection!r}", "ingesting needs a write key")
         page = reply.json()
         stored.update((item["id"], item["sha256"]) for item in page["items"])
         cursor = page["next_cursor"]
@@ -212,7 +210,9 @@ def _send(client: httpx.Client, opts: Options, batch: list[Loaded], tally: Tally
         if reply.status_code == 429 or reply.status_code >= 500:
             last, wait = _error(reply), _wait(reply, attempt)
             continue
-        if reply.status_code == 413 and len(todo) > 1:  # too large together: halves
+        if reply.status_code in (413, 422) and len(todo) > 1:
+            # Refused as a whole (too large, or more items than the server's
+            # MMR_MAX_BATCH_ITEMS): each half alone, down to single files if need be.
             half = len(todo) // 2
             _send(client, opts, todo[:half], tally)
             _send(client, opts, todo[half:], tally)
@@ -267,6 +267,17 @@ def _error(reply: httpx.Response) -> tuple[int, str, str]:
         return reply.status_code, str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
         return reply.status_code, "http_error", reply.text[:200]
+
+
+def _refused(reply: httpx.Response, doing: str, scope: str) -> IngestError:
+    """What to tell the user when the server refuses before anything is sent."""
+    if reply.status_code == 401:
+        return IngestError(
+            f"{doing}: the server asks for an API key: pass --api-key or set MMR_API_KEY"
+        )
+    if reply.status_code == 403:
+        return IngestError(f"{doing}: this key may not do that ({scope})")
+    return IngestError(f"{doing}: {_said(reply)}")
 
 
 def _said(reply: httpx.Response) -> str:

@@ -123,6 +123,20 @@ def test_a_missing_collection_is_a_clear_error(server: Server, tmp_path: Path) -
     assert "no collection 'absent'" in done.stderr and "--create" in done.stderr
 
 
+def test_a_server_with_keys_takes_the_key_and_says_when_it_is_missing(tmp_path: Path) -> None:
+    env = server_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}") | {
+        "MMR_API_KEYS": "sekrit-admin-key"
+    }
+    (tmp_path / "a.txt").write_text("words")
+    with serve(env, tmp_path / "server.log") as srv:
+        args = (str(tmp_path / "a.txt"), "--collection", "keyed", "--create")
+        refused = run_ingest(srv, tmp_path, *args)
+        assert refused.returncode == 2 and "--api-key" in refused.stderr
+        done = run_ingest(srv, tmp_path, *args, "--api-key", "sekrit-admin-key")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines() == ["ingested 1, skipped 0, failed 0"]
+
+
 def test_ids_keep_the_relative_path_one_to_one() -> None:
     assert item_id(Path("2024/05/cat.jpg")) == "2024%2F05%2Fcat.jpg"
     assert item_id(Path("100%/a.jpg")) == "100%25%2Fa.jpg"  # not the same as "100/a.jpg"
@@ -186,3 +200,16 @@ def test_an_item_still_refused_after_the_retries_is_a_failure(
     tally = Tally()
     _send(client, Options(server="", collection="c", retries=2), texts(1), tally)
     assert tally.ingested == 0 and [f.status for f in tally.failures] == [503]
+
+
+def test_a_batch_refused_as_a_whole_is_sent_in_halves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """413 (too large together) or 422 (over the server's MMR_MAX_BATCH_ITEMS): halves, down
+    to single items; a single item refused so is that item's failure."""
+    monkeypatch.setattr("app.ingest.run.time.sleep", lambda _: None)
+    too_many = httpx.Response(422, json={"error": {"code": "validation_error", "message": "n"}})
+    too_large = httpx.Response(413, json={"error": {"code": "payload_too_large", "message": "l"}})
+    client, seen = scripted([too_many, ok(201, 201), too_large, ok(201), too_large])
+    tally = Tally()
+    _send(client, Options(server="", collection="c"), texts(4), tally)
+    assert [len(json.loads(r.content)) for r in seen] == [4, 2, 2, 1, 1]
+    assert tally.ingested == 3 and [f.status for f in tally.failures] == [413]
