@@ -60,6 +60,17 @@ BATCH_FORM = {
             "description": "a JSON object for every file; or (not declared here) a JSON list of "
             "one object per file. Client ids: an `id` field repeated once per file, in order",
         },
+        "features": {
+            "type": "string",
+            "description": "images encoded elsewhere (docs/ingest.md, Ray): a JSON list with, "
+            "per file, its image features (a list of numbers) or null to encode it here; "
+            "needs `space`",
+        },
+        "space": {
+            "type": "string",
+            "description": 'the space of `features`, a JSON object {"model", "dim", '
+            '"preprocess"}: features of another space than the server\'s are refused (409)',
+        },
     },
 }
 
@@ -196,10 +207,23 @@ def _prepare_files(
     if ids and len(ids) != len(form.files):
         raise InvalidInput(f"{len(ids)} 'id' fields for {len(form.files)} files")
     metadata = _batch_metadata(form.field("metadata"), len(form.files))
+    features = _batch_features(embedder, form, len(form.files))
     budget = request_budget(settings)  # the files' decoded bytes, all together
     entries: list[svc.PendingItem | Exception] = []
     for i, upload in enumerate(form.files):
         try:
+            if features[i] is not None:
+                entries.append(
+                    svc.prepare_encoded_file(
+                        settings=settings,
+                        embedder=embedder,
+                        data=upload,
+                        feature=features[i],
+                        external_id=ids[i] if ids else None,
+                        metadata=metadata[i],
+                    )
+                )
+                continue
             entries.append(
                 svc.prepare_file(
                     settings=settings,
@@ -213,6 +237,23 @@ def _prepare_files(
         except (MediaError, ServiceError) as exc:
             entries.append(exc)  # each entry reports its own error, in place
     return entries
+
+
+def _batch_features(embedder: Embedder, form: body.Form, n: int) -> list[Any]:
+    """Per file, the features that came with it or None; the space they name must be this
+    server's (409 for the whole request otherwise)."""
+    raw, space = form.field("features"), form.field("space")
+    if raw is None:
+        if space is not None:
+            raise InvalidInput("'space' names the space of 'features': send both or neither")
+        return [None] * n
+    if space is None:
+        raise InvalidInput("'features' need 'space': the model, width and preprocessing")
+    svc.check_space(embedder, svc.parse_json_field(space, "space"))
+    features = svc.parse_json_field(raw, "features")
+    if not isinstance(features, list) or len(features) != n:
+        raise InvalidInput(f"'features' must be a JSON list of {n} entries, one per file")
+    return features
 
 
 def _batch_metadata(raw: str | None, n: int) -> list[Any]:

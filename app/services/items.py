@@ -19,7 +19,7 @@ from app.schemas.common import MAX_TEXT_CHARS
 from app.schemas.items import ItemPage, ItemPublic
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
-from app.services.errors import InvalidInput, Malformed, MalformedJson
+from app.services.errors import InvalidInput, Malformed, MalformedJson, SpaceMismatch, TooLarge
 from app.services.media import decode_upload
 from app.services.views import item_public
 from app.settings import Settings
@@ -31,7 +31,9 @@ from index.items import ItemDraft, ItemStore
 from index.manager import IndexManager
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
+from models.errors import UnsupportedMediaError
 from models.media.budget import RequestBudget
+from models.media.image import IMAGE_PREPROCESS, sniff_image
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,73 @@ class PendingItem:
     text: str | None = None
     payload: Any = None  # what the encoder takes: the text, an RGB image or a mono wave
     metadata: dict[str, Any] = field(default_factory=dict)
+    encoded: Encoded | None = None  # features computed elsewhere (feature_space): not encoded
+
+
+def feature_space(embedder: Embedder) -> dict[str, Any]:
+    """The space of the image features this server computes: what features sent with a
+    batch must name (``space``) to be taken instead of decoding and encoding here."""
+    return {
+        "model": embedder.encoder_ids.get("image"),
+        "dim": embedder.dim,
+        "preprocess": IMAGE_PREPROCESS,
+    }
+
+
+def check_space(embedder: Embedder, space: Any) -> None:
+    """Refuse (409) features of another space than this server's: another model, width or
+    preprocessing (a misconfigured cluster must not poison a collection)."""
+    ours = feature_space(embedder)
+    if not isinstance(space, dict) or set(space) != set(ours):
+        raise InvalidInput(f"space must be a JSON object with {', '.join(sorted(ours))}")
+    if space != ours:
+        raise SpaceMismatch(
+            f"the features were computed in the space {json.dumps(space, sort_keys=True)}, "
+            f"but this server computes {json.dumps(ours, sort_keys=True)}: run the encoding "
+            "with the server's model (MMR_MODEL) and this release's preprocessing"
+        )
+
+
+def prepare_encoded_file(
+    *,
+    settings: Settings,
+    embedder: Embedder,
+    data: bytes,
+    feature: Any,
+    external_id: str | None,
+    metadata: dict[str, Any],
+) -> PendingItem:
+    """An image item whose features came with it (``check_space`` passed): the bytes are
+    checked to be an image, not decoded."""
+    if len(data) > settings.max_upload_bytes:
+        raise TooLarge(
+            f"the file is over the {settings.max_upload_mb:g} MB limit (MMR_MAX_UPLOAD_MB)"
+        )
+    mime = sniff_image(data)
+    if mime is None:
+        raise UnsupportedMediaError("features are taken with images only: send this file alone")
+    raw = _feature(feature, embedder.dim)
+    return PendingItem(
+        external_id=external_id,
+        modality="image",
+        content_type=mime,
+        data=data,
+        metadata=check_metadata(metadata),
+        encoded=Encoded("image", raw.reshape(1, -1)),
+    )
+
+
+def _feature(value: Any, dim: int) -> np.ndarray:
+    if (
+        not isinstance(value, list)
+        or len(value) != dim
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise InvalidInput(f"a feature is a list of {dim} numbers")
+    raw = np.asarray(value, dtype=np.float32)
+    if not np.all(np.isfinite(raw)) or not np.any(raw):
+        raise InvalidInput("a feature must be finite and not all zeros")
+    return raw
 
 
 def check_metadata(metadata: Any) -> dict[str, Any]:
@@ -161,7 +230,7 @@ def add_item(
     """Encode and write one item; (item, created)."""
     row = collections.get(name)
     require_space(row, indexes.get(row).aligner, embedder, pending.modality)
-    [encoded] = embedder.encode_mixed([pending.modality], [pending.payload])
+    [encoded] = _encoded(embedder, [pending])
     [written] = _write(items, indexes, blobs, row, [pending], [encoded])
     return written
 
@@ -184,7 +253,7 @@ def add_items(
     live = indexes.get(row)
     for modality in sorted({p.modality for p in pending}):
         require_space(row, live.aligner, embedder, modality)
-    encoded = embedder.encode_mixed([p.modality for p in pending], [p.payload for p in pending])
+    encoded = _encoded(embedder, pending)
     try:
         return list(_write(items, indexes, blobs, row, pending, encoded))
     except NotFoundError:
@@ -201,6 +270,14 @@ def add_items(
             log.exception("writing an item of a batch failed")
             written.append(exc)
     return written
+
+
+def _encoded(embedder: Embedder, pending: Sequence[PendingItem]) -> list[Encoded]:
+    """Each item's features: those that came with it, the others encoded here (one forward
+    pass per modality)."""
+    todo = [p for p in pending if p.encoded is None]
+    done = iter(embedder.encode_mixed([p.modality for p in todo], [p.payload for p in todo]))
+    return [p.encoded if p.encoded is not None else next(done) for p in pending]
 
 
 def _write(

@@ -24,6 +24,11 @@ IMAGE_CONTENT_TYPES: dict[str, str] = {
     "TIFF": "image/tiff",
 }
 
+# How an upload becomes the encoder's input (app/services/media.decode_upload: draft decode,
+# shrink to two to four times the input side, then the model's own transform). Features
+# computed elsewhere (mmr ingest --engine ray) name it, and a server that decodes otherwise
+# refuses them; change it whenever a change here moves the pixels the encoder sees.
+IMAGE_PREPROCESS = "mmr-image-1"
 _ACCEPTED = "accepted types: " + ", ".join(IMAGE_CONTENT_TYPES.values())
 
 # What Pillow raises on files it cannot identify or decode. UnidentifiedImageError is an
