@@ -169,7 +169,7 @@ def quick_config() -> BenchConfig:
             lag_duration_s=2.0,
             vectors=500,
             centres=10,
-            clients=2,
+            clients=8,  # a few per process: a burst of two can land on one process
             warmup_s=0.3,
             duration_s=1.0,
         ),

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
-if TYPE_CHECKING:
-    from app.ingest.run import Tally
+from app.ingest.tally import Tally
 
 TTY_EVERY_S = 0.25
 PLAIN_EVERY_S = 10.0

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,6 +21,7 @@ import httpx
 
 from app.ingest.files import Found, IngestError, Loaded, load, read_manifest, walk
 from app.ingest.progress import Progress
+from app.ingest.tally import Failure, Tally
 
 PAGE = 1000  # items per listing page (the API's most)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})  # and every other 5xx
@@ -41,36 +42,6 @@ class Options:
     manifest: Path | None = None
     failures: Path = Path("mmr-ingest-failures.csv")
     timeout_s: float = 300.0
-
-
-@dataclass
-class Failure:
-    path: Path
-    status: int  # 0: no answer, or the file could not be read here
-    code: str
-    message: str
-
-
-@dataclass
-class Tally:
-    """What happened so far (shared by the sending threads)."""
-
-    ingested: int = 0
-    skipped: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    files_done: int = 0
-    bytes_done: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def done(self, found: Found, failure: Failure | None = None) -> None:
-        with self.lock:
-            if failure is not None:
-                self.failures.append(failure)
-            self.files_done += 1
-            self.bytes_done += found.size
-
-    def summary(self) -> str:
-        return f"ingested {self.ingested}, skipped {self.skipped}, failed {len(self.failures)}"
 
 
 def ingest(
