@@ -326,6 +326,15 @@ def _ingest_parser(sub: Any) -> None:
         help="metadata per file: CSV with a 'path' column, or JSON Lines with 'path'",
     )
     ing.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="ray: decode and encode images on a Ray cluster (pip install 'mmr[ray]')",
+    )
+    ing.add_argument(
+        "--ray-address", default=None, help="the cluster (ray.init's address); local if unset"
+    )
+    ing.add_argument(
         "--failures",
         type=Path,
         default=Path("mmr-ingest-failures.csv"),
@@ -346,6 +355,9 @@ def _ingest(args: argparse.Namespace) -> int:
         concurrency=max(1, args.concurrency),
         manifest=args.manifest,
         failures=args.failures,
+        engine=args.engine,
+        ray_address=args.ray_address,
+        cache_dir=Path(os.environ.get("MMR_DATA_DIR", "data")) / "models",
     )
     try:
         return ingest(args.paths, opts)

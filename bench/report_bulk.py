@@ -51,6 +51,14 @@ def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             f"`{ingest['summary']}`. Run again: **{ingest['resume_s']:.1f} s** to list the "
             f"collection, hash every file and skip it (`{ingest['resume_summary']}`).",
         ]
+    if ingest and "ray_s" in ingest:
+        lines += [
+            "",
+            f"The same folder with `--engine ray` (a Ray cluster started on this machine; its "
+            f"actors decode and encode the images, the server the texts): "
+            f"{ingest['ray_s']:.1f} s against {ingest['seconds']:.1f} s locally "
+            f"(`{ingest['ray_summary']}`).",
+        ]
     if bulk["skipped"]:
         lines += ["", f"Not measured: {', '.join(bulk['skipped'])} (the server did not answer)."]
     return [*lines, ""]

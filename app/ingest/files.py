@@ -41,6 +41,8 @@ class Loaded:
     data: bytes
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    feature: list[float] | None = None  # computed elsewhere (--engine ray), in ``space``
+    space: dict[str, Any] | None = None
 
 
 def item_id(relative: Path) -> str:

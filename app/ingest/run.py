@@ -42,6 +42,9 @@ class Options:
     manifest: Path | None = None
     failures: Path = Path("mmr-ingest-failures.csv")
     timeout_s: float = 300.0
+    engine: str = "local"  # "ray": images decoded and encoded on a Ray cluster
+    ray_address: str | None = None  # ray.init's address; a local cluster when None
+    cache_dir: Path = Path("data/models")  # where Ray actors keep model files
 
 
 def ingest(
@@ -61,7 +64,10 @@ def ingest(
         tally = Tally()
         progress = Progress(len(found), sum(f.size for f in found), tally, err)
         with progress:
-            _send_all(client, opts, found, stored, manifest, tally)
+            if opts.engine == "ray":
+                _send_with_ray(client, opts, found, stored, manifest, tally, err)
+            else:
+                _send_all(client, opts, found, stored, manifest, tally)
     print(tally.summary(), file=out)
     if tally.failures:
         _write_failures(opts.failures, tally.failures)
@@ -119,11 +125,14 @@ def _send_all(
     stored: dict[str, str],
     manifest: dict[Path, dict[str, Any]],
     tally: Tally,
+    *,
+    features: dict[Path, list[float]] | None = None,
+    space: dict[str, Any] | None = None,
 ) -> None:
     slots = threading.BoundedSemaphore(2 * opts.concurrency)  # batches read ahead, at most
     with ThreadPoolExecutor(opts.concurrency) as pool:
         sent: list[Future[None]] = []
-        for batch in _batches(opts, found, stored, manifest, tally):
+        for batch in _batches(opts, found, stored, manifest, tally, features or {}, space):
             slots.acquire()
             future = pool.submit(_send, client, opts, batch, tally)
             future.add_done_callback(lambda _: slots.release())
@@ -132,12 +141,46 @@ def _send_all(
             future.result()
 
 
+def _send_with_ray(
+    client: httpx.Client,
+    opts: Options,
+    found: list[Found],
+    stored: dict[str, str],
+    manifest: dict[Path, dict[str, Any]],
+    tally: Tally,
+    err: IO[str],
+) -> None:
+    """The images not stored yet encoded on the cluster, a pass of ``RAY_CHUNK`` at a time,
+    then sent with their features; everything else as ``_send_all`` sends it."""
+    from app.ingest import ray_engine
+
+    reply = _call(client, "GET", f"/v1/collections/{opts.collection}")
+    if reply.status_code != 200:
+        raise _refused(reply, f"reading {opts.collection!r}", "a read key at least")
+    model = reply.json()["model"]
+    pictures = {f.path for f in ray_engine.images(found)}
+    for start in range(0, len(found), ray_engine.RAY_CHUNK):
+        chunk = found[start : start + ray_engine.RAY_CHUNK]
+        todo = [
+            f.path
+            for f in chunk
+            if f.path in pictures and stored.get(f.item_id) != ray_engine.sha256_of(f.path)
+        ]
+        features, space = ray_engine.encode(
+            todo, model=model, address=opts.ray_address, batch=opts.batch, cache_dir=opts.cache_dir
+        )
+        err.write(f"ray: {len(features)} of {len(todo)} images encoded on the cluster\n")
+        _send_all(client, opts, chunk, stored, manifest, tally, features=features, space=space)
+
+
 def _batches(
     opts: Options,
     found: list[Found],
     stored: dict[str, str],
     manifest: dict[Path, dict[str, Any]],
     tally: Tally,
+    features: dict[Path, list[float]],
+    space: dict[str, Any] | None,
 ) -> Iterator[list[Loaded]]:
     """Files read and grouped by kind; those stored already (same id and sha256) and those
     that cannot be read are counted here and not sent."""
@@ -154,6 +197,8 @@ def _batches(
                 tally.skipped += 1
             tally.done(f)
             continue
+        loaded.feature = features.get(f.path)
+        loaded.space = space if loaded.feature is not None else None
         batch = open_batches[f.kind]
         if batch and (
             len(batch) >= opts.batch or sum(len(b.data) for b in batch) + len(loaded.data) > limit
@@ -229,6 +274,10 @@ def _post(client: httpx.Client, collection: str, batch: list[Loaded]) -> httpx.R
         "id": [b.found.item_id for b in batch],
         "metadata": json.dumps([b.metadata for b in batch]),
     }
+    spaces = [b.space for b in batch if b.feature is not None]
+    if spaces:  # encoded on the cluster: the server checks the space and takes them
+        form["features"] = json.dumps([b.feature for b in batch])
+        form["space"] = json.dumps(spaces[0])
     return client.post(url, files=files, data=form)
 
 
