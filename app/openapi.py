@@ -458,6 +458,23 @@ FORM_JSON_FIELDS: dict[str, dict[str, Any]] = {
         # One schema rather than anyOf of scalar and list (see metadata_value).
         "additionalProperties": {"type": [*SCALARS, "array"], "items": {"type": SCALARS}},
     },
+    "features": {
+        "type": "array",
+        "description": "a JSON list (sent as a JSON string), per file its image features or "
+        "null to encode it here",
+        "items": {"type": ["array", "null"], "items": {"type": "number"}},
+    },
+    "space": {
+        "type": "object",
+        "description": "a JSON object (sent as a JSON string): the space of `features`",
+        "required": ["model", "dim", "preprocess"],
+        "properties": {
+            "model": {"type": ["string", "null"]},
+            "dim": {"type": "integer"},
+            "preprocess": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
 }
 
 

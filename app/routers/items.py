@@ -31,7 +31,7 @@ from app.schemas.items import (
 )
 from app.services import items as svc
 from app.services.embedding import Embedder
-from app.services.errors import InvalidInput, ServiceError
+from app.services.errors import InvalidInput, ServiceError, SpaceMismatch
 from app.services.media import request_budget
 from app.settings import Settings
 from models.errors import MediaError
@@ -211,6 +211,9 @@ def _prepare_files(
     budget = request_budget(settings)  # the files' decoded bytes, all together
     entries: list[svc.PendingItem | Exception] = []
     for i, upload in enumerate(form.files):
+        if isinstance(features[i], Exception):
+            entries.append(features[i])
+            continue
         try:
             if features[i] is not None:
                 entries.append(
@@ -240,19 +243,27 @@ def _prepare_files(
 
 
 def _batch_features(embedder: Embedder, form: body.Form, n: int) -> list[Any]:
-    """Per file, the features that came with it or None; the space they name must be this
-    server's (409 for the whole request otherwise)."""
+    """Per file, the features that came with it, None, or the error that file gets. A
+    ``space`` sent must be this server's (409 for the whole request otherwise), and features
+    need one: features of no named space are of an unknown one (409)."""
     raw, space = form.field("features"), form.field("space")
+    if space is not None:
+        svc.check_space(embedder, svc.parse_json_field(space, "space"))
     if raw is None:
-        if space is not None:
-            raise InvalidInput("'space' names the space of 'features': send both or neither")
         return [None] * n
     if space is None:
-        raise InvalidInput("'features' need 'space': the model, width and preprocessing")
-    svc.check_space(embedder, svc.parse_json_field(space, "space"))
+        raise SpaceMismatch(
+            "'features' name no 'space': send the space they were computed in "
+            '({"model", "dim", "preprocess"}), or leave the features out'
+        )
     features = svc.parse_json_field(raw, "features")
-    if not isinstance(features, list) or len(features) != n:
-        raise InvalidInput(f"'features' must be a JSON list of {n} entries, one per file")
+    if not isinstance(features, list) or not all(
+        f is None or (isinstance(f, list) and all(map(svc.is_number, f))) for f in features
+    ):
+        raise InvalidInput("'features' must be a JSON list of lists of numbers (or nulls)")
+    if len(features) != n:  # each file's own error, as for a bad `metadata`: the call is 200
+        message = f"'features' has {len(features)} entries for {n} files: one per file"
+        return [InvalidInput(message)] * n
     return features
 
 

@@ -70,8 +70,18 @@ def check_space(embedder: Embedder, space: Any) -> None:
     """Refuse (409) features of another space than this server's: another model, width or
     preprocessing (a misconfigured cluster must not poison a collection)."""
     ours = feature_space(embedder)
-    if not isinstance(space, dict) or set(space) != set(ours):
-        raise InvalidInput(f"space must be a JSON object with {', '.join(sorted(ours))}")
+    if (
+        not isinstance(space, dict)
+        or set(space) != set(ours)
+        or not isinstance(space["model"], (str, type(None)))
+        or not isinstance(space["dim"], int)
+        or isinstance(space["dim"], bool)
+        or not isinstance(space["preprocess"], str)
+    ):
+        raise InvalidInput(
+            'space must be a JSON object {"model": string or null, "dim": integer, '
+            '"preprocess": string}'
+        )
     if space != ours:
         raise SpaceMismatch(
             f"the features were computed in the space {json.dumps(space, sort_keys=True)}, "
@@ -109,12 +119,13 @@ def prepare_encoded_file(
     )
 
 
+def is_number(value: Any) -> bool:
+    """A JSON number (true and false are not)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _feature(value: Any, dim: int) -> np.ndarray:
-    if (
-        not isinstance(value, list)
-        or len(value) != dim
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-    ):
+    if not isinstance(value, list) or len(value) != dim or not all(map(is_number, value)):
         raise InvalidInput(f"a feature is a list of {dim} numbers")
     raw = np.asarray(value, dtype=np.float32)
     if not np.all(np.isfinite(raw)) or not np.any(raw):
