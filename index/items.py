@@ -95,9 +95,10 @@ def _lock_collection(session: Session, collection_id: int) -> None:
     database's write lock (waiting up to ``busy_timeout``) before anything is read.
     """
     if session.get_bind().dialect.name == "sqlite":
+        # Matches no row (a key is never NULL): the lock without a page to write.
         session.execute(
             update(CollectionRow)
-            .where(CollectionRow.id == collection_id)
+            .where(CollectionRow.id.is_(None))
             .values(changes_pruned_seq=CollectionRow.changes_pruned_seq)
         )
         return
