@@ -128,7 +128,12 @@ async def add_item(
 @router.post(
     "/batch",
     response_model=BatchResult,
-    responses={409: {"description": "the collection is of another embedding space than the model"}},
+    responses={
+        409: {
+            "description": "the collection is of another embedding space than the model, or "
+            "`features` came from another space (or named none)"
+        }
+    },
     openapi_extra=body.openapi_body(TextBatch.model_json_schema(), BATCH_FORM),
 )
 async def add_batch(
