@@ -177,7 +177,7 @@ def _worker() -> int:
     except KeyboardInterrupt:
         worker.stop()
     finally:
-        services.embedder.close()
+        services.models.close()
         services.engine.dispose()
     return 0
 

@@ -23,6 +23,7 @@ from fastapi import Depends, Request
 from app.auth import principal_of
 from app.errors import NotReady
 from app.services.embedding import Embedder
+from app.services.pool import ModelPool
 from app.settings import Settings
 from app.state import Services
 from index.aligners import AlignerStore
@@ -32,6 +33,7 @@ from index.items import ItemStore
 from index.jobs import JobStore
 from index.keys import KeyStore
 from index.manager import IndexManager
+from index.spaces import SpaceStore
 from index.stores import Stores
 from models.encoders.aligner import Aligner
 
@@ -74,6 +76,11 @@ async def get_job_store(request: Request) -> JobStore:
     return stores_of(request).jobs
 
 
+async def get_space_store(request: Request) -> SpaceStore:
+    """Spaces a migration builds or left, reached through a collection row the key may see."""
+    return stores_of(request).spaces
+
+
 async def get_key_store(request: Request) -> KeyStore:
     """API keys made through /v1/keys."""
     return stores_of(request).keys
@@ -87,6 +94,11 @@ async def get_indexes(request: Request) -> IndexManager[Aligner]:
 async def get_embedder(request: Request) -> Embedder:
     """The encoders of this process and the aligner new collections start from."""
     return running(request).embedder
+
+
+async def get_models(request: Request) -> ModelPool:
+    """Every model this process serves, each collection's loaded on demand."""
+    return running(request).models
 
 
 async def get_blobs(request: Request) -> BlobStore:
@@ -104,8 +116,10 @@ CollectionStoreDep = Annotated[CollectionStore, Depends(get_collection_store)]
 ItemStoreDep = Annotated[ItemStore, Depends(get_item_store)]
 AlignerStoreDep = Annotated[AlignerStore, Depends(get_aligner_store)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+SpaceStoreDep = Annotated[SpaceStore, Depends(get_space_store)]
 KeyStoreDep = Annotated[KeyStore, Depends(get_key_store)]
 IndexesDep = Annotated[IndexManager[Aligner], Depends(get_indexes)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
+ModelsDep = Annotated[ModelPool, Depends(get_models)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 WorkerWakeupDep = Annotated[threading.Event, Depends(get_worker_wakeup)]

@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app.memory import Trimmer
 from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
+from app.services.pool import ModelPool
 from app.settings import Settings
 from app.state import Services
 from app.worker import start_in_process
@@ -57,6 +58,27 @@ def load_encoder(settings: Settings) -> LoadedModel:
             streams=settings.batch_streams,
         ),
     )
+
+
+def embedder_loader(settings: Settings) -> Callable[[str, str], Embedder]:
+    """How the model pool loads a model a collection records: as ``load_encoder`` does for
+    ``MMR_MODEL``, with the audio tower ``audio`` names (as MMR_AUDIO_MODEL would) and the
+    aligner new collections of it start from."""
+
+    def load(model: str, audio: str) -> Embedder:
+        named = settings.model_copy(update={"model": model, "audio_model": audio})
+        loaded = in_thread_with_threads(lambda: load_encoder(named))
+        aligner = in_thread_with_threads(
+            lambda: default_aligner(
+                loaded.encoder,
+                loaded.audio,
+                head_file=None,
+                cache_dir=settings.data_dir / "aligners",
+            )
+        )
+        return Embedder(loaded, aligner)
+
+    return load
 
 
 def settle_precision(settings: Settings) -> None:
@@ -122,13 +144,17 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     )
     if holds_indexes:
         indexes.load_all()
+    embedder = Embedder(loaded, aligner)
     services = Services(
         settings=settings,
         engine=engine,
         stores=stores,
         blobs=BlobStore(settings.data_dir / "blobs"),
         indexes=indexes,
-        embedder=Embedder(loaded, aligner),
+        embedder=embedder,
+        models=ModelPool(
+            embedder, load=embedder_loader(settings), budget_mb=settings.model_memory_mb
+        ),
     )
     if loaded.warning:
         services.warnings.append(loaded.warning)
@@ -227,7 +253,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             worker.stop()
             worker_thread.join()
         app.state.services = None
-        await run_in_threadpool(services.embedder.close)
+        await run_in_threadpool(services.models.close)
         try:
             await run_in_threadpool(services.indexes.snapshot_all)
         except Exception:  # the database or the disk is gone: the change log still covers it

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
         "from; empty = the cached bootstrap head of the pair in `MMR_DATA_DIR/aligners`, "
         "trained at the first start when missing.",
     )
+    model_memory_mb: float = Field(
+        default=4096.0,
+        gt=0,
+        description="Memory budget of the model weights a process keeps loaded. Collections "
+        "record their model; one of another model than `MMR_MODEL` (created with `model`, or "
+        "migrated) loads it on first use; past the budget the least recently used idle "
+        "model is unloaded. `MMR_MODEL` itself is never unloaded. `GET /v1/models` lists "
+        "what is loaded.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto",
         description="`auto`: CUDA when a GPU is visible, else the CPU; `cuda` fails to start "

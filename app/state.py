@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 
 from app.auth import Principal
 from app.services.embedding import Embedder
+from app.services.pool import ModelPool
 from app.settings import Settings
 from index.blobs import BlobStore
 from index.manager import IndexManager
@@ -28,7 +29,10 @@ class Services:
     stores: Stores
     blobs: BlobStore
     indexes: IndexManager[Aligner]
+    # The model this process started with (MMR_MODEL): new collections get it.
     embedder: Embedder
+    # Every model this process serves: the one above and those its collections record.
+    models: ModelPool
     warnings: list[str] = field(default_factory=list)
     # Set when a job is queued: an in-process worker starts on it without waiting a poll.
     worker_wakeup: threading.Event = field(default_factory=threading.Event)

@@ -18,6 +18,7 @@ from typing import Any
 from app.services.errors import ServiceError
 from app.services.finetune import run_finetune, run_reindex
 from app.services.jobs import JobContext
+from app.services.migrate import run_migrate
 from app.state import Services
 from index.errors import ConflictError, NotFoundError
 from index.faults import Retrier
@@ -41,7 +42,11 @@ JOB_ERRORS = (
 
 
 Handler = Callable[[Services, JobContext], dict[str, Any]]
-HANDLERS: dict[str, Handler] = {"finetune": run_finetune, "reindex": run_reindex}
+HANDLERS: dict[str, Handler] = {
+    "finetune": run_finetune,
+    "reindex": run_reindex,
+    "migrate": run_migrate,
+}
 
 
 class Worker:

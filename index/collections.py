@@ -19,6 +19,9 @@ from index.tables import (
     ItemRow,
     ItemTagRow,
     ReplicaPositionRow,
+    SpaceAlignerRow,
+    SpaceRow,
+    SpaceVectorRow,
     utcnow,
 )
 from index.wakeup import announce
@@ -141,11 +144,13 @@ class CollectionStore:
         return row
 
     def delete(self, collection_id: int) -> None:
-        """Remove a collection with its items, tags, aligners and change log (however many:
-        without the statement time limit)."""
+        """Remove a collection with its items, tags, aligners, change log and other spaces
+        (however many: without the statement time limit)."""
         with self.sessions.begin() as session, no_time_limit(session.connection()):
             item_pks = select(ItemRow.pk).where(ItemRow.collection_id == collection_id)
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk.in_(item_pks)))
+            for side in (SpaceVectorRow, SpaceAlignerRow, SpaceRow):
+                session.execute(delete(side).where(side.collection_id == collection_id))
             session.execute(delete(ItemRow).where(ItemRow.collection_id == collection_id))
             session.execute(delete(ChangeRow).where(ChangeRow.collection_id == collection_id))
             session.execute(

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
 from index.db import engine_of
-from index.errors import NotFoundError
+from index.errors import NotFoundError, SpaceChangedError
 from index.summaries import ItemSummary, read_summaries
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
 from index.wakeup import announce
@@ -77,7 +77,7 @@ class Deleted:
     seq: int
 
 
-def _lock_collection(session: Session, collection_id: int) -> None:
+def lock_collection(session: Session, collection_id: int) -> None:
     """Take the collection's write lock first thing in a write transaction: everything the
     transaction reads afterwards (the item under an id, the change-log sequence it draws) stays
     true until its commit, whichever process writes beside it.
@@ -107,6 +107,18 @@ def _lock_collection(session: Session, collection_id: int) -> None:
         .where(CollectionRow.id == collection_id)
         .with_for_update(key_share=True)
     )
+
+
+def _require_model(session: Session, collection_id: int, model: str) -> None:
+    """Refuse features of ``model`` once the collection records another (lock held)."""
+    recorded = session.scalar(select(CollectionRow.model).where(CollectionRow.id == collection_id))
+    if recorded is None:
+        raise NotFoundError("the collection was deleted during the write")
+    if recorded != model:
+        raise SpaceChangedError(
+            f"the collection moved to model {recorded} while this write was encoded with "
+            f"{model}: send it again"
+        )
 
 
 def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
@@ -216,27 +228,35 @@ class ItemStore:
         with self.sessions() as session:
             return session.get(CollectionRow, collection_id) is not None
 
-    def upsert_many(self, *, collection_id: int, drafts: Sequence[ItemDraft]) -> list[Upserted]:
+    def upsert_many(
+        self, *, collection_id: int, drafts: Sequence[ItemDraft], model: str | None = None
+    ) -> list[Upserted]:
         """Insert or replace many items in one transaction (one commit), each as ``upsert``
         would, in order: a later draft of an id replaces an earlier one of the same batch.
-        NotFoundError when the collection is gone; any other failure commits nothing."""
+        NotFoundError when the collection is gone; SpaceChangedError when ``model`` is given
+        and is no longer the collection's (the drafts' features are of another space); any
+        other failure commits nothing."""
         try:
-            return self._upsert_many(collection_id, drafts)
+            return self._upsert_many(collection_id, drafts, model)
         except IntegrityError as exc:
             if not self._collection_exists(collection_id):
                 raise NotFoundError("the collection was deleted during the write") from exc
             raise
 
     def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
-        return self._upsert_many(collection_id, [draft])[0]
+        return self._upsert_many(collection_id, [draft], None)[0]
 
-    def _upsert_many(self, collection_id: int, drafts: Sequence[ItemDraft]) -> list[Upserted]:
+    def _upsert_many(
+        self, collection_id: int, drafts: Sequence[ItemDraft], model: str | None
+    ) -> list[Upserted]:
         """New ids are inserted and the change log appended with one multi-row statement
         each (RETURNING their keys in order): the ORM's unit of work cost more than the
         rest of a batch's write together. Ids already stored are updated through the ORM."""
         now = utcnow()
         with self.sessions.begin() as session:
-            _lock_collection(session, collection_id)
+            lock_collection(session, collection_id)
+            if model is not None:
+                _require_model(session, collection_id, model)
             rows = _rows_by_id(session, collection_id, [d.external_id for d in drafts])
             existing = {row.pk for row in rows.values()}
             # What each draft finds (created, and the sha it replaces); the last draft of an
@@ -279,7 +299,7 @@ class ItemStore:
     ) -> ItemRow:
         """Replace an item's metadata (and its tags) without touching its vector."""
         with self.sessions.begin() as session:
-            _lock_collection(session, collection_id)  # a concurrent delete cannot slip in between
+            lock_collection(session, collection_id)  # a concurrent delete cannot slip in between
             row = _find_item(session, collection_id, external_id)
             row.meta = metadata
             row.updated_at = utcnow()
@@ -289,7 +309,7 @@ class ItemStore:
     def delete(self, *, collection_id: int, external_id: str) -> Deleted:
         """Delete an item and log it; NotFoundError when there is none."""
         with self.sessions.begin() as session:
-            _lock_collection(session, collection_id)
+            lock_collection(session, collection_id)
             row = _find_item(session, collection_id, external_id)
             session.execute(delete(ItemTagRow).where(ItemTagRow.item_pk == row.pk))
             session.delete(row)

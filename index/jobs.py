@@ -103,6 +103,21 @@ class JobStore:
         with self.sessions() as session:
             return int(session.scalar(stmt) or 0)
 
+    def unfinished(self, *, collection_id: int, type: str) -> JobRow | None:
+        """The oldest queued or running job of a type for a collection, or None."""
+        stmt = (
+            select(JobRow)
+            .where(
+                JobRow.collection_id == collection_id,
+                JobRow.type == type,
+                JobRow.status.in_([QUEUED, RUNNING]),
+            )
+            .order_by(JobRow.created_at, JobRow.id)
+            .limit(1)
+        )
+        with self.sessions() as session:
+            return session.scalar(stmt)
+
     def still_running(self, job_id: str, *, worker: str) -> bool:
         """Whether this worker still runs the job (not cancelled, not taken back): asked
         of SQL itself, not of the last heartbeat."""

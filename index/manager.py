@@ -10,7 +10,7 @@ Every process follows SQL (invariant 8): :meth:`IndexManager.follow_all`, called
 fraction of a second, applies the changes other processes committed since the position
 each live index reflects (``LiveIndex.applied``), and swaps in what SQL names. The change
 log cannot skip a write: each collection's writes draw their sequences and commit in one
-order (``index.items._lock_collection``). A process's own writes go to its index at once; the
+order (``index.items.lock_collection``). A process's own writes go to its index at once; the
 follower passes over them (``LiveIndex.own``). When the log was pruned past an index's
 position (another process's snapshot), the index is rebuilt beside the live one.
 

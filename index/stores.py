@@ -19,12 +19,13 @@ from index.db import engine_of
 from index.items import ItemStore
 from index.jobs import JobStore
 from index.keys import KeyStore, ScopedCollections, ScopedJobs
+from index.spaces import SpaceStore
 
 
 @dataclass(frozen=True)
 class Stores:
     """One store per resource: ``collections``, ``items`` (with their tags), ``aligners``,
-    ``changes`` (the change log), ``jobs`` and ``keys``."""
+    ``changes`` (the change log), ``jobs``, ``keys`` and ``spaces`` (migrations)."""
 
     sessions: sessionmaker[Session]
     engine: Engine
@@ -34,6 +35,7 @@ class Stores:
     changes: ChangeLog
     jobs: JobStore
     keys: KeyStore
+    spaces: SpaceStore
 
     @classmethod
     def over(cls, sessions: sessionmaker[Session], *, collection_ttl_s: float = 0.5) -> Stores:
@@ -49,6 +51,7 @@ class Stores:
             changes=ChangeLog(sessions, cache),
             jobs=JobStore(sessions),
             keys=KeyStore(sessions),
+            spaces=SpaceStore(sessions, cache),
         )
 
     def reads_without_waiting(self) -> bool:

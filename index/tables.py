@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -195,6 +196,62 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class SpaceRow(Base):
+    """An embedding space of a collection other than the one it serves: being built by a
+    migrate job (``building``), or the one a migration left (``kept``, for a rollback until
+    an operator confirms the switch). Its vectors are in ``space_vectors``; a kept space's
+    aligner history in ``space_aligners``."""
+
+    __tablename__ = "spaces"
+
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(1100), primary_key=True)
+    model: Mapped[str] = mapped_column(String(512))
+    audio_model: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    dim: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # "building" | "kept"
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SpaceVectorRow(Base):
+    """One item's raw features and vectors in another space (``spaces``), made from the
+    original whose digest it records: an item replaced since is encoded again."""
+
+    __tablename__ = "space_vectors"
+    __table_args__ = (Index("ix_space_vectors_space", "collection_id", "key"),)
+
+    item_pk: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("items.pk", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(1100), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    feature: Mapped[bytes] = mapped_column(LargeBinary)
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    spans: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+    aligner_version: Mapped[int] = mapped_column(Integer)
+
+
+class SpaceAlignerRow(Base):
+    """An aligner version of a kept space, as ``aligners`` held it before the switch."""
+
+    __tablename__ = "space_aligners"
+
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(1100), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=False)
+    sha256: Mapped[str] = mapped_column(String(64))
+    artefact: Mapped[bytes] = mapped_column(LargeBinary)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class KeyRow(Base):

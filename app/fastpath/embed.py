@@ -20,7 +20,9 @@ from app.fastpath import multipart, pool
 from app.routers.body import is_json_type
 from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import StagedImages, embed_decoded, embed_texts, finish, stage_files
+from app.services.pool import ModelKey
 from app.state import Services
+from index.errors import NotFoundError
 
 FILE_FIELD = "file"
 
@@ -39,6 +41,8 @@ async def answer(services: Services, _: re.Match[str], ctype: str, raw: bytes) -
             req = EmbedRequest.model_validate_json(raw)
         except ValidationError:
             return None
+        if not _own_model(services, req.collection):
+            return None
         run = functools.partial(
             embed_texts,
             settings=services.settings,
@@ -56,9 +60,23 @@ async def answer(services: Services, _: re.Match[str], ctype: str, raw: bytes) -
             opts = EmbedOptions.model_validate({k: v[0] for k, v in parts.fields.items()})
         except ValidationError:
             return None
+        if not _own_model(services, opts.collection):
+            return None
         return (await _files(services, parts.files[FILE_FIELD], opts.collection)).encode()
     found: EmbedResponse = await asyncio.get_running_loop().run_in_executor(pool.pool(), run)
     return found.model_dump_json().encode()
+
+
+def _own_model(services: Services, collection: str | None) -> bool:
+    """Whether the collection (if any) is served by this process's own model: one of
+    another model, or none, is the route's (which loads models in a thread)."""
+    if collection is None:
+        return True
+    try:
+        row = services.stores.collections.get(collection)
+    except NotFoundError:
+        return False
+    return ModelKey(row.model, row.audio_model) == services.models.key(services.embedder)
 
 
 async def _files(services: Services, uploads: list[bytes], collection: str | None) -> str:

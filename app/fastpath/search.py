@@ -50,7 +50,7 @@ async def answer(services: Services, matched: re.Match[str], _: str, raw: bytes)
         collections=stores.collections,
         items=stores.items,
         indexes=services.indexes,
-        embedder=services.embedder,
+        models=services.models,
         name=name,
         query=request_query(req),
         constraints=request_constraints(req),

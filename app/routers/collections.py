@@ -10,14 +10,21 @@ from app.deps import (
     AlignerStoreDep,
     BlobsDep,
     CollectionStoreDep,
-    EmbedderDep,
     IndexesDep,
     ItemStoreDep,
+    JobStoreDep,
+    ModelsDep,
+    SettingsDep,
+    SpaceStoreDep,
+    WorkerWakeupDep,
 )
 from app.schemas.aligners import AlignerList
 from app.schemas.collections import CollectionCreate, CollectionList, CollectionPublic
+from app.schemas.jobs import JobPublic, MigrationConfirmed
 from app.services import aligners as aligner_svc
 from app.services import collections as svc
+from app.services import jobs as job_svc
+from app.services import migrate as migrate_svc
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"])
 # A version is a 64-bit row number: a longer one is not a version (422), never a 500.
@@ -28,27 +35,28 @@ Version = Annotated[int, Path(ge=0, le=2**63 - 1, description="an aligner versio
     "",
     status_code=201,
     response_model=CollectionPublic,
-    responses={409: {"description": "a collection with this name exists"}},
+    responses={
+        409: {"description": "a collection with this name exists, or its model cannot be loaded"}
+    },
 )
 def create_collection(
     body: CollectionCreate,
     collections: CollectionStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
+    models: ModelsDep,
 ) -> CollectionPublic:
-    """Create a collection in the active model's embedding space (409 if the name exists)."""
-    return svc.create_collection(
-        collections=collections, indexes=indexes, embedder=embedder, body=body
-    )
+    """Create a collection in the space of the server's model, or of the model the body
+    names (409 if the name exists or the model cannot be loaded)."""
+    return svc.create_collection(collections=collections, indexes=indexes, models=models, body=body)
 
 
 @router.get("", response_model=CollectionList)
 def list_collections(
-    collections: CollectionStoreDep, items: ItemStoreDep, indexes: IndexesDep, embedder: EmbedderDep
+    collections: CollectionStoreDep, items: ItemStoreDep, indexes: IndexesDep, models: ModelsDep
 ) -> CollectionList:
     """Every collection, oldest first."""
     found = svc.list_collections(
-        collections=collections, items=items, indexes=indexes, embedder=embedder
+        collections=collections, items=items, indexes=indexes, models=models
     )
     return CollectionList(collections=found)
 
@@ -59,11 +67,18 @@ def get_collection(
     collections: CollectionStoreDep,
     items: ItemStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
+    models: ModelsDep,
+    spaces: SpaceStoreDep,
 ) -> CollectionPublic:
-    """One collection with its item count and index size."""
+    """One collection with its item count, index size, and the spaces a migration builds
+    or left."""
     return svc.get_collection(
-        collections=collections, items=items, indexes=indexes, embedder=embedder, name=name
+        collections=collections,
+        items=items,
+        indexes=indexes,
+        models=models,
+        spaces=spaces,
+        name=name,
     )
 
 
@@ -102,7 +117,6 @@ def activate_aligner(
     collections: CollectionStoreDep,
     aligners: AlignerStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
 ) -> AlignerList:
     """Make a recorded aligner version the active one (roll forward or back): stored raw
     features are re-projected into a new index built beside the live one, then aligner and
@@ -111,7 +125,44 @@ def activate_aligner(
         collections=collections,
         aligners=aligners,
         indexes=indexes,
-        embedder=embedder,
         name=name,
         version=version,
+    )
+
+
+@router.post(
+    "/{name}/migration/confirm",
+    response_model=MigrationConfirmed,
+    responses={404: {"description": "no collection of that name"}},
+)
+def confirm_migration(
+    name: str, collections: CollectionStoreDep, spaces: SpaceStoreDep, jobs: JobStoreDep
+) -> MigrationConfirmed:
+    """Make a migration final: drop the space it left (kept for a rollback until now) and
+    any space a failed migration left half built; their storage is freed."""
+    return migrate_svc.confirm(collections=collections, spaces=spaces, jobs=jobs, name=name)
+
+
+@router.post(
+    "/{name}/migration/rollback",
+    status_code=202,
+    response_model=JobPublic,
+    responses={
+        404: {"description": "no collection of that name"},
+        409: {"description": "no earlier space is kept, or a migration is queued or running"},
+    },
+)
+def rollback_migration(
+    name: str,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    spaces: SpaceStoreDep,
+    jobs: JobStoreDep,
+    wakeup: WorkerWakeupDep,
+) -> JobPublic:
+    """Move back to the space the last migration left: a migrate job to it, which encodes
+    only the items written or replaced since the switch (the rest kept their vectors)."""
+    body = migrate_svc.rollback_job(collections=collections, spaces=spaces, name=name)
+    return job_svc.create_job(
+        settings=settings, collections=collections, jobs=jobs, wakeup=wakeup, body=body
     )

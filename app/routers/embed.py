@@ -7,10 +7,10 @@ import functools
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, SettingsDep
+from app.deps import CollectionStoreDep, IndexesDep, ModelsDep, SettingsDep
 from app.routers import body
 from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
-from app.services.embed import embed_files, embed_texts
+from app.services.embed import embed_files, embed_texts, with_model
 from app.services.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", tags=["embed"])
@@ -47,7 +47,7 @@ async def embed(
     settings: SettingsDep,
     collections: CollectionStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
+    models: ModelsDep,
 ) -> EmbedResponse:
     """Vectors in the shared space (L2-normalised) for texts or uploaded files."""
     body.require_json_or_multipart(request)
@@ -57,10 +57,17 @@ async def embed(
             raise InvalidInput("send one or more 'file' parts")
         given = {k: form.field(k) for k in form.fields}
         opts = body.validate(EmbedOptions, given)
-        run = functools.partial(embed_files, uploads=form.files, collection=opts.collection)
+        collection = opts.collection
+        run = functools.partial(embed_files, uploads=form.files, collection=collection)
     else:
         req = await body.json_model(request, EmbedRequest)
-        run = functools.partial(embed_texts, texts=req.texts, collection=req.collection)
+        collection = req.collection
+        run = functools.partial(embed_texts, texts=req.texts, collection=collection)
     return await run_in_threadpool(
-        run, settings=settings, collections=collections, indexes=indexes, embedder=embedder
+        with_model,
+        models=models,
+        collections=collections,
+        indexes=indexes,
+        collection=collection,
+        run=functools.partial(run, settings=settings, collections=collections, indexes=indexes),
     )

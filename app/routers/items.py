@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -12,9 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import (
     BlobsDep,
     CollectionStoreDep,
-    EmbedderDep,
     IndexesDep,
     ItemStoreDep,
+    ModelsDep,
     SettingsDep,
 )
 from app.errors import describe_error
@@ -92,35 +94,34 @@ async def add_item(
     collections: CollectionStoreDep,
     items: ItemStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
+    models: ModelsDep,
     blobs: BlobsDep,
 ) -> JSONResponse:
     """Add a text item (JSON) or an image (multipart `file`); the same client `id` replaces."""
     body.require_json_or_multipart(request)
+    prepare: Callable[[Embedder], svc.PendingItem]
     if body.is_multipart(request):
         form = await body.read_form(request)
         if len(form.files) != 1:
             raise InvalidInput("send exactly one 'file' part (use /items/batch for many)")
-        pending = await run_in_threadpool(
-            svc.prepare_file,
-            settings=settings,
-            embedder=embedder,
-            data=form.files[0],
-            external_id=_item_id(form.field("id")),
-            metadata=svc.parse_metadata_field(form.field("metadata")),
+        external_id = _item_id(form.field("id"))
+        metadata = svc.parse_metadata_field(form.field("metadata"))
+        prepare = functools.partial(
+            _prepare_file, settings, form.files[0], external_id=external_id, metadata=metadata
         )
     else:
         item = await body.json_model(request, TextItemCreate)
         pending = svc.prepare_text(text=item.text, external_id=item.id, metadata=item.metadata)
+        prepare = lambda _: pending  # noqa: E731 (a text is the same for every model)
     public, created = await run_in_threadpool(
         svc.add_item,
         collections=collections,
         items=items,
         indexes=indexes,
-        embedder=embedder,
+        models=models,
         blobs=blobs,
         name=name,
-        pending=pending,
+        prepare=prepare,
     )
     return JSONResponse(public.model_dump(mode="json"), status_code=201 if created else 200)
 
@@ -143,30 +144,47 @@ async def add_batch(
     collections: CollectionStoreDep,
     items: ItemStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
+    models: ModelsDep,
     blobs: BlobsDep,
 ) -> BatchResult:
     """Add many items in one call; each gets its own status, in order."""
     body.require_json_or_multipart(request)
+    prepare: Callable[[Embedder], list[svc.PendingItem | Exception]]
     if body.is_multipart(request):
         form = await body.read_form(request)
-        entries = await run_in_threadpool(_prepare_files, settings, embedder, form)
+        _check_batch_size(settings, len(form.files))
+        prepare = functools.partial(_prepare_files, settings, form=form)
     else:
-        entries = _prepare_texts(settings, await body.json_payload(request))
-    good = [e for e in entries if isinstance(e, svc.PendingItem)]
-    written = []
-    if good:  # all refused: each its own error, even for a collection that is not there
-        written = await run_in_threadpool(
-            svc.add_items,
-            collections=collections,
-            items=items,
-            indexes=indexes,
-            embedder=embedder,
-            blobs=blobs,
-            name=name,
-            pending=good,
-        )
+        texts = _prepare_texts(settings, await body.json_payload(request))
+        if not any(isinstance(e, svc.PendingItem) for e in texts):
+            # All refused: each its own error, even for a collection that is not there.
+            return BatchResult(results=_batch_results(texts, []))
+        prepare = lambda _: texts  # noqa: E731 (texts are the same for every model)
+    entries, written = await run_in_threadpool(
+        svc.add_items,
+        collections=collections,
+        items=items,
+        indexes=indexes,
+        models=models,
+        blobs=blobs,
+        name=name,
+        prepare=prepare,
+    )
     return BatchResult(results=_batch_results(entries, written))
+
+
+def _prepare_file(
+    settings: Settings,
+    data: bytes,
+    embedder: Embedder,
+    *,
+    external_id: str | None,
+    metadata: dict[str, Any],
+) -> svc.PendingItem:
+    """One uploaded file decoded for the collection's model."""
+    return svc.prepare_file(
+        settings=settings, embedder=embedder, data=data, external_id=external_id, metadata=metadata
+    )
 
 
 def _batch_results(
@@ -205,9 +223,8 @@ def _prepare_texts(settings: Settings, payload: Any) -> list[svc.PendingItem | E
 
 
 def _prepare_files(
-    settings: Settings, embedder: Embedder, form: body.Form
+    settings: Settings, embedder: Embedder, *, form: body.Form
 ) -> list[svc.PendingItem | Exception]:
-    _check_batch_size(settings, len(form.files))
     ids = [_item_id(v) for v in form.field_list("id")]
     if ids and len(ids) != len(form.files):
         raise InvalidInput(f"{len(ids)} 'id' fields for {len(form.files)} files")

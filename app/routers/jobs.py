@@ -23,6 +23,7 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
     response_model=JobPublic,
     responses={
         404: {"description": "no collection of that name, or no item of a pair"},
+        409: {"description": "a migration of the collection is queued or running"},
         429: {"description": "too many jobs are queued: retry after `Retry-After` seconds"},
     },
 )
@@ -34,8 +35,11 @@ async def create_job(
     wakeup: WorkerWakeupDep,
 ) -> JobPublic:
     """Queue a job: `finetune` (train the collection's aligner heads on pairs of its items,
-    then activate the new version by `activate`) or `reindex` (rebuild the index from SQL).
-    A worker runs it; poll `GET /v1/jobs/{id}` for progress and metrics."""
+    then activate the new version by `activate`), `reindex` (rebuild the index from SQL) or
+    `migrate` (encode every stored original again with another model, beside the live
+    space, then switch the collection to it in one step; the old space is kept until
+    `POST /v1/collections/{name}/migration/confirm`). A worker runs it; poll
+    `GET /v1/jobs/{id}` for progress and metrics."""
     return await run_in_threadpool(
         svc.create_job,
         settings=settings,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from fastapi import APIRouter
 
-from app.deps import EmbedderDep
-from app.schemas.models import AudioModelInfo, ModelInfo, ModelsResponse
+from app.deps import EmbedderDep, ModelsDep
+from app.schemas.models import AudioModelInfo, LoadedModelInfo, ModelInfo, ModelsResponse
 from app.services.embedding import Embedder
 from models.encoders.registry import AUDIO_SYNTAX, list_architectures
 
@@ -56,10 +58,25 @@ def _audio_info(embedder: Embedder) -> AudioModelInfo | None:
 
 
 @router.get("/models", response_model=ModelsResponse)
-def get_models(embedder: EmbedderDep) -> ModelsResponse:
-    """The active model (id, dim, modalities, fallback, precision) and the id syntax."""
+def get_models(embedder: EmbedderDep, models: ModelsDep) -> ModelsResponse:
+    """The active model (id, dim, modalities, fallback, precision), the models loaded for
+    collections that record others, and the id syntax."""
     return ModelsResponse(
         active=model_info(embedder),
+        loaded=[
+            LoadedModelInfo(
+                id=m.model,
+                audio_model=m.audio_model,
+                dim=m.dim,
+                modalities=list(m.modalities),
+                memory_mb=m.memory_mb,
+                default=m.default,
+                in_use=m.in_use,
+                last_used=datetime.fromtimestamp(m.last_used, UTC),
+            )
+            for m in models.loaded()
+        ],
+        memory_budget_mb=round(models.budget_bytes / 2**20, 1),
         syntax=ID_SYNTAX,
         audio_syntax=[s or "(empty: the model's own)" for s in AUDIO_SYNTAX],
         architectures=list_architectures(),

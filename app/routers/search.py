@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.deps import CollectionStoreDep, EmbedderDep, IndexesDep, ItemStoreDep, SettingsDep
+from app.deps import CollectionStoreDep, IndexesDep, ItemStoreDep, ModelsDep, SettingsDep
 from app.routers import body
 from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
@@ -45,7 +45,7 @@ async def search_collection(
     collections: CollectionStoreDep,
     items: ItemStoreDep,
     indexes: IndexesDep,
-    embedder: EmbedderDep,
+    models: ModelsDep,
 ) -> Response:
     """Nearest items to a text, an uploaded file, a stored item or a raw vector."""
     body.require_json_or_multipart(request)
@@ -60,7 +60,7 @@ async def search_collection(
         collections=collections,
         items=items,
         indexes=indexes,
-        embedder=embedder,
+        models=models,
         name=name,
         query=query,
         constraints=constraints,

@@ -77,11 +77,21 @@ class CollectionCreate(BaseModel):
             "examples": [
                 {"name": "photos"},
                 {"name": "archive", "index": {"type": "ivf", "quantizer": "sq8"}},
+                {"name": "sketches", "model": "mmr-mini"},
             ]
         },
     )
     name: CollectionName
     index: IndexSettings = Field(default_factory=IndexSettings)
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="the model of the collection's space (GET /v1/models: syntax), with its "
+        "own audio tower if it has one; omitted: the server's MMR_MODEL. Loaded on demand "
+        "within MMR_MODEL_MEMORY_MB; one that cannot be loaded is refused with 409",
+    )
 
 
 class IndexInfo(BaseModel):
@@ -98,6 +108,19 @@ class IndexInfo(BaseModel):
     bytes: int = Field(0, description="estimated memory of the index")
 
 
+class SpaceInfo(BaseModel):
+    """A space beside the collection's own: one a migrate job builds, or one a migration
+    left (kept for a rollback until the switch is confirmed)."""
+
+    model: str
+    audio_model: str | None
+    dim: int
+    state: Literal["building", "kept"]
+    job_id: str | None = Field(description="the migrate job that builds or left it")
+    items: int = Field(description="items it holds vectors of")
+    created_at: datetime
+
+
 class CollectionPublic(BaseModel):
     """A collection and its embedding space."""
 
@@ -108,8 +131,16 @@ class CollectionPublic(BaseModel):
     audio_model: str | None = Field(None, description="the audio tower behind the audio head")
     count: int
     index: IndexInfo
-    compatible: bool = Field(description="false when the active model is another space")
+    compatible: bool = Field(
+        description="false when this server could not load the collection's model"
+    )
     created_at: datetime
+    other_spaces: list[SpaceInfo] = Field(
+        default_factory=list,
+        description="GET of one collection only: the space a migrate job is building, and "
+        "the one a migration left until it is confirmed (POST .../migration/confirm) or "
+        "rolled back (POST .../migration/rollback)",
+    )
 
 
 class CollectionList(BaseModel):

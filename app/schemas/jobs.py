@@ -1,4 +1,4 @@
-"""Bodies of /v1/jobs: fine-tune and reindex jobs, and where they stand."""
+"""Bodies of /v1/jobs: fine-tune, reindex and migrate jobs, and where they stand."""
 
 from __future__ import annotations
 
@@ -93,7 +93,56 @@ class ReindexJobCreate(BaseModel):
     )
 
 
-JobCreate = Annotated[FinetuneJobCreate | ReindexJobCreate, Field(discriminator="type")]
+class MigrateJobCreate(BaseModel):
+    """A move of a collection to another model: every stored original encoded again into a
+    space built beside the live one, then the collection switched in one step."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "migrate", "collection": "photos", "model": "mmr-mini"},
+                {
+                    "type": "migrate",
+                    "collection": "photos",
+                    "model": "open_clip:ViT-B-32/laion2b_s34b_b79k",
+                    "audio_model": "clap:laion/clap-htsat-unfused",
+                    "index": {"type": "hnsw"},
+                },
+            ]
+        },
+    )
+    type: Literal["migrate"]
+    collection: CollectionName
+    model: str = Field(
+        min_length=1,
+        max_length=512,
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="the model to move to (GET /v1/models: syntax); the dimension may change",
+    )
+    audio_model: str | None = Field(
+        None,
+        max_length=512,
+        pattern=r"^[^\x00-\x1f\x7f]*$",
+        description="its audio tower as MMR_AUDIO_MODEL names it (empty: the model's own, "
+        "none, clap:...); omitted: the model's own if it has one",
+    )
+    index: IndexSettings | None = Field(
+        None, description="index settings of the new space; omitted: the collection's"
+    )
+
+
+class MigrationConfirmed(BaseModel):
+    """POST /v1/collections/{name}/migration/confirm."""
+
+    collection: str
+    model: str = Field(description="the model the collection now uses")
+    dropped: list[str] = Field(description="models of the spaces dropped")
+
+
+JobCreate = Annotated[
+    FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate, Field(discriminator="type")
+]
 
 
 class JobPublic(BaseModel):
@@ -109,7 +158,8 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     metrics: dict[str, Any] = Field(
         description="finetune: recall@1/5/10 before and after on held-out pairs, the new "
-        "aligner version and whether it was activated"
+        "aligner version and whether it was activated; migrate: the models and dimensions "
+        "before and after, items encoded and reused, passes, seconds, items_per_s"
     )
     error: str | None
     attempts: int

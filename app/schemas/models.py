@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -37,10 +38,27 @@ class ModelInfo(BaseModel):
     )
 
 
+class LoadedModelInfo(BaseModel):
+    """A model this process holds: its own, or one a collection records (model pool)."""
+
+    id: str
+    audio_model: str | None
+    dim: int
+    modalities: list[str]
+    memory_mb: float = Field(description="its weights' memory")
+    default: bool = Field(description="MMR_MODEL: never unloaded")
+    in_use: int = Field(description="requests and jobs using it now")
+    last_used: datetime
+
+
 class ModelsResponse(BaseModel):
     """GET /v1/models."""
 
     active: ModelInfo
+    loaded: list[LoadedModelInfo] = Field(
+        default_factory=list, description="models loaded now, most recently used first"
+    )
+    memory_budget_mb: float = Field(0.0, description="MMR_MODEL_MEMORY_MB")
     syntax: list[str]
     audio_syntax: list[str]
     architectures: list[str]

@@ -5,7 +5,6 @@ knows nothing of what they mean)."""
 from __future__ import annotations
 
 from app.schemas.aligners import AlignerList, AlignerPublic
-from app.services.embedding import Embedder
 from app.services.errors import SpaceMismatch
 from app.services.views import aware
 from index.aligners import AlignerStore
@@ -30,10 +29,15 @@ def active_aligner(row: CollectionRow, *, store: AlignerStore) -> Aligner:
 def legacy_aligner(row: CollectionRow) -> Aligner:
     """Collections made before aligners were recorded (version 0): identity heads over
     their model and audio model, implicitly."""
+    return Aligner.identity(row.dim, recorded_encoders(row), legacy=True)
+
+
+def recorded_encoders(row: CollectionRow) -> dict[str, str]:
+    """Per modality, the encoder whose raw features the collection's items hold."""
     encoders = {"image": row.model, "text": row.model}
     if row.audio_model:
         encoders["audio"] = row.audio_model
-    return Aligner.identity(row.dim, encoders, legacy=True)
+    return encoders
 
 
 def decoded(found: AlignerRow) -> Aligner:
@@ -73,7 +77,6 @@ def activate(
     collections: CollectionStore,
     aligners: AlignerStore,
     indexes: IndexManager[Aligner],
-    embedder: Embedder,
     name: str,
     version: int,
 ) -> AlignerList:
@@ -84,12 +87,12 @@ def activate(
     if found is None:
         raise NotFoundError(f"collection {name!r} has no aligner version {version}")
     aligner = decoded(found)
-    running = embedder.encoder_ids
-    foreign = {m: e for m, e in aligner.encoders.items() if running.get(m) != e}
+    recorded = recorded_encoders(row)
+    foreign = {m: e for m, e in aligner.encoders.items() if recorded.get(m) != e}
     if foreign or aligner.dim != row.dim:
         raise SpaceMismatch(
-            f"aligner v{version} takes features of {foreign or aligner.encoders} but this "
-            f"server runs {running}; start it with the model the version was made for"
+            f"aligner v{version} takes features of {foreign or aligner.encoders} but the "
+            f"collection's items come from {recorded}; it cannot be activated"
         )
     fresh = collections.set_space(collection_id=row.id, aligner_version=version)
     _swap_here(indexes, fresh)

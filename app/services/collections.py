@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings
+from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings, SpaceInfo
 from app.services.embedding import Embedder
 from app.services.errors import InvalidInput, SpaceMismatch
-from app.services.views import collection_public
+from app.services.pool import ModelKey, ModelPool
+from app.services.views import aware, collection_public
 from index.blobs import BlobStore
 from index.collections import CollectionStore
 from index.items import ItemStore
 from index.manager import IndexManager
+from index.spaces import SpaceStore
 from index.spec import IndexSpec
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
@@ -18,14 +20,8 @@ from models.encoders.aligner import Aligner
 def space_problem(
     row: CollectionRow, aligner: Aligner, embedder: Embedder, modality: str
 ) -> str | None:
-    """Why this process (its encoders: ``embedder``) cannot put ``modality`` into the
-    collection's space, or None."""
-    if aligner.dim != embedder.dim or row.model != embedder.model_id:
-        return (
-            f"collection {row.name!r} lives in the space of {row.model} (dim {row.dim}) but "
-            f"this server runs {embedder.model_id} (dim {embedder.dim}); start the server with "
-            f"MMR_MODEL={row.model} or use another collection"
-        )
+    """Why ``embedder`` cannot put ``modality`` into the space of the collection's aligner
+    version ``aligner`` (the live index's), or None."""
     wanted = aligner.encoders.get(modality)
     running = embedder.encoder_ids.get(modality)
     if wanted is None:
@@ -33,11 +29,11 @@ def space_problem(
             f"collection {row.name!r} was created without an {modality} model, so its aligner "
             f"v{aligner.version} has no {modality} head; create a new collection for {modality}"
         )
-    if wanted != running:
-        setting = "MMR_AUDIO_MODEL" if modality == "audio" else "MMR_MODEL"
+    if aligner.dim != embedder.dim or wanted != running:
         return (
-            f"collection {row.name!r} takes {modality} from {wanted} but this server runs "
-            f"{running or 'none'}; start the server with {setting}={wanted}"
+            f"collection {row.name!r} takes {modality} from {wanted} (dim {aligner.dim}) but "
+            f"this request was encoded by {running or 'none'} (dim {embedder.dim}): the "
+            "collection moved to another model while the request ran; send it again"
         )
     return None
 
@@ -53,10 +49,23 @@ def create_collection(
     *,
     collections: CollectionStore,
     indexes: IndexManager[Aligner],
+    models: ModelPool,
+    body: CollectionCreate,
+) -> CollectionPublic:
+    """Create an empty collection in the space of the model the body names (loaded now if
+    this process does not have it), else of the process's own model."""
+    if body.model is None:
+        return _create(collections, indexes, models.default, body)
+    with models.use_own(body.model) as embedder:
+        return _create(collections, indexes, embedder, body)
+
+
+def _create(
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
     embedder: Embedder,
     body: CollectionCreate,
 ) -> CollectionPublic:
-    """Create an empty collection in the active model's space."""
     aligner = embedder.default_aligner
     spec = index_spec(body.index, dim=embedder.dim)
     row = collections.create(
@@ -89,11 +98,26 @@ def get_collection(
     collections: CollectionStore,
     items: ItemStore,
     indexes: IndexManager[Aligner],
-    embedder: Embedder,
+    models: ModelPool,
+    spaces: SpaceStore,
     name: str,
 ) -> CollectionPublic:
-    """One collection with its counts."""
-    return describe(collections.get(name), items=items, indexes=indexes, embedder=embedder)
+    """One collection with its counts and the spaces beside its own."""
+    row = collections.get(name)
+    found = describe(row, items=items, indexes=indexes, models=models)
+    found.other_spaces = [
+        SpaceInfo(
+            model=s.model,
+            audio_model=s.audio_model,
+            dim=s.dim,
+            state=s.state,
+            job_id=s.job_id,
+            items=spaces.count(collection_id=row.id, key=s.key),
+            created_at=aware(s.created_at),
+        )
+        for s in spaces.of(row.id)
+    ]
+    return found
 
 
 def list_collections(
@@ -101,11 +125,11 @@ def list_collections(
     collections: CollectionStore,
     items: ItemStore,
     indexes: IndexManager[Aligner],
-    embedder: Embedder,
+    models: ModelPool,
 ) -> list[CollectionPublic]:
     """Every collection, oldest first."""
     return [
-        describe(row, items=items, indexes=indexes, embedder=embedder) for row in collections.list()
+        describe(row, items=items, indexes=indexes, models=models) for row in collections.list()
     ]
 
 
@@ -128,7 +152,7 @@ def delete_collection(
 
 
 def describe(
-    row: CollectionRow, *, items: ItemStore, indexes: IndexManager[Aligner], embedder: Embedder
+    row: CollectionRow, *, items: ItemStore, indexes: IndexManager[Aligner], models: ModelPool
 ) -> CollectionPublic:
     """A collection row with its live numbers."""
     live = indexes.get(row)
@@ -136,5 +160,5 @@ def describe(
         row,
         count=items.count(row.id),
         index=live.space.index.describe(),
-        compatible=space_problem(row, live.aligner, embedder, "text") is None,
+        compatible=ModelKey(row.model, row.audio_model) not in models.failed,
     )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import numpy as np
 from PIL import Image
@@ -14,11 +15,14 @@ from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded, queries
 from app.services.errors import InvalidInput
 from app.services.media import DecodedMedia, decode_upload, request_budget
+from app.services.pool import ModelPool, key_of_aligner
 from app.settings import Settings
 from index.collections import CollectionStore
 from index.manager import IndexManager
 from models.encoders.aligner import Aligner
 from models.runtime.batcher import Pending
+
+T = TypeVar("T")
 
 
 def _check_count(settings: Settings, n: int) -> None:
@@ -26,6 +30,23 @@ def _check_count(settings: Settings, n: int) -> None:
         raise InvalidInput(
             f"{n} inputs; the limit is {settings.max_batch_items} (MMR_MAX_BATCH_ITEMS)"
         )
+
+
+def with_model(
+    *,
+    models: ModelPool,
+    collections: CollectionStore,
+    indexes: IndexManager[Aligner],
+    collection: str | None,
+    run: Callable[..., T],
+) -> T:
+    """``run(embedder=...)`` with the model of the collection's live space, or the
+    process's own model without a collection."""
+    if collection is None:
+        return run(embedder=models.default)
+    row = collections.get(collection)
+    with models.use(*key_of_aligner(indexes.get(row).aligner)) as embedder:
+        return run(embedder=embedder)
 
 
 def embed_texts(

@@ -70,7 +70,6 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
             collections=stores.collections,
             aligners=stores.aligners,
             indexes=services.indexes,
-            embedder=services.embedder,
             name=row.name,
             version=version,
         )

@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,14 +21,15 @@ from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, Malformed, MalformedJson, SpaceMismatch, TooLarge
 from app.services.media import decode_upload
+from app.services.pool import ModelPool, key_of_aligner
 from app.services.views import item_public
 from app.settings import Settings
 from index.blobs import BlobStore
 from index.collections import CollectionStore
 from index.columns import storable
-from index.errors import NotFoundError
+from index.errors import NotFoundError, SpaceChangedError
 from index.items import ItemDraft, ItemStore
-from index.manager import IndexManager
+from index.manager import IndexManager, LiveIndex
 from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
 from models.errors import UnsupportedMediaError
@@ -233,16 +234,20 @@ def add_item(
     collections: CollectionStore,
     items: ItemStore,
     indexes: IndexManager[Aligner],
-    embedder: Embedder,
+    models: ModelPool,
     blobs: BlobStore,
     name: str,
-    pending: PendingItem,
+    prepare: Callable[[Embedder], PendingItem],
 ) -> tuple[ItemPublic, bool]:
-    """Encode and write one item; (item, created)."""
+    """Prepare (decode for the collection's model), encode and write one item; (item,
+    created)."""
     row = collections.get(name)
-    require_space(row, indexes.get(row).aligner, embedder, pending.modality)
-    [encoded] = _encoded(embedder, [pending])
-    [written] = _write(items, indexes, blobs, row, [pending], [encoded])
+    with models.use(row.model, row.audio_model) as embedder:
+        pending = prepare(embedder)
+        live = _live_in_space(indexes, row)
+        require_space(row, live.aligner, embedder, pending.modality)
+        [encoded] = _encoded(embedder, [pending])
+        [written] = _write(items, indexes, blobs, row, [pending], [encoded])
     return written
 
 
@@ -251,31 +256,58 @@ def add_items(
     collections: CollectionStore,
     items: ItemStore,
     indexes: IndexManager[Aligner],
-    embedder: Embedder,
+    models: ModelPool,
     blobs: BlobStore,
     name: str,
-    pending: list[PendingItem],
-) -> list[tuple[ItemPublic, bool] | Exception]:
-    """Encode (one forward pass per modality) and write items, all in one transaction;
-    (item, created) in order. When the transaction fails, each item is written alone and an
-    item that fails then has its error in its place (NotFoundError, the collection gone,
-    fails them all)."""
+    prepare: Callable[[Embedder], list[PendingItem | Exception]],
+) -> tuple[list[PendingItem | Exception], list[tuple[ItemPublic, bool] | Exception]]:
+    """Prepare entries for the collection's model, encode the good ones (one forward pass
+    per modality) and write them, all in one transaction: the entries, and (item, created)
+    for each good one in order. When the transaction fails, each item is written alone and
+    an item that fails then has its error in its place (NotFoundError, the collection gone,
+    fails them all). Entries that are all errors write nothing (not even the collection is
+    looked up by the write)."""
     row = collections.get(name)
+    with models.use(row.model, row.audio_model) as embedder:
+        entries = prepare(embedder)
+        pending = [e for e in entries if isinstance(e, PendingItem)]
+        if not pending:
+            return entries, []
+        live = _live_in_space(indexes, row)
+        for modality in sorted({p.modality for p in pending}):
+            require_space(row, live.aligner, embedder, modality)
+        encoded = _encoded(embedder, pending)
+    return entries, _write_all(items, indexes, blobs, row, pending, encoded)
+
+
+def _live_in_space(indexes: IndexManager[Aligner], row: CollectionRow) -> LiveIndex[Aligner]:
+    """The collection's live index, waited for when this process still serves the space a
+    migration left (the switch reached SQL, not yet this process's index)."""
     live = indexes.get(row)
-    for modality in sorted({p.modality for p in pending}):
-        require_space(row, live.aligner, embedder, modality)
-    encoded = _encoded(embedder, pending)
+    if key_of_aligner(live.aligner) != (row.model, row.audio_model) or live.aligner.dim != row.dim:
+        live = indexes.get(row, wait=True)
+    return live
+
+
+def _write_all(
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    row: CollectionRow,
+    pending: list[PendingItem],
+    encoded: list[Encoded],
+) -> list[tuple[ItemPublic, bool] | Exception]:
     try:
         return list(_write(items, indexes, blobs, row, pending, encoded))
-    except NotFoundError:
-        raise  # the collection is gone: so it is for every item
+    except (NotFoundError, SpaceChangedError):
+        raise  # the collection is gone or moved: so it is for every item
     except Exception:  # whatever sank the batch, each item tries alone
         log.warning("a batch of %d items failed as a whole: writing them one by one", len(pending))
     written: list[tuple[ItemPublic, bool] | Exception] = []
     for item, enc in zip(pending, encoded, strict=True):
         try:
             written.extend(_write(items, indexes, blobs, row, [item], [enc]))
-        except NotFoundError:
+        except (NotFoundError, SpaceChangedError):
             raise
         except Exception as exc:  # this item's own outcome, in its place
             log.exception("writing an item of a batch failed")
@@ -323,7 +355,9 @@ def _write(
             )
             for item, sha, enc, vecs in zip(pending, shas, encoded, vectors, strict=True)
         ]
-        done = items.upsert_many(collection_id=row.id, drafts=drafts)
+        # Refused (409) if a migration switched the collection to another model since
+        # ``row`` was read: these features are of the old one.
+        done = items.upsert_many(collection_id=row.id, drafts=drafts, model=row.model)
         # An id written twice in the batch: its last vectors are the ones SQL holds.
         last = {d.row.pk: n for n, d in enumerate(done)}
         kept = sorted(last.values())

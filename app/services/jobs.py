@@ -7,14 +7,23 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.schemas.jobs import FinetuneJobCreate, JobList, JobPublic, ReindexJobCreate
+from app.schemas.jobs import (
+    FinetuneJobCreate,
+    JobList,
+    JobPublic,
+    MigrateJobCreate,
+    ReindexJobCreate,
+)
 from app.services.collections import index_spec
-from app.services.errors import QueueFull
+from app.services.errors import InvalidInput, QueueFull
 from app.services.views import job_public
 from app.settings import Settings
 from index.collections import CollectionStore
+from index.errors import ConflictError
 from index.jobs import JobStore
 from index.tables import JobRow
+from models.encoders.registry import parse_audio_id, parse_model_id
+from models.errors import UnknownModelError
 
 
 @dataclass
@@ -40,18 +49,34 @@ def create_job(
     collections: CollectionStore,
     jobs: JobStore,
     wakeup: threading.Event,
-    body: FinetuneJobCreate | ReindexJobCreate,
+    body: FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate,
 ) -> JobPublic:
     """Queue a job for an existing collection (404 when there is none, 429 when the queue is
-    full) and set ``wakeup`` (an in-process worker starts on it without waiting a poll)."""
+    full, 409 while a migration of it is queued or running) and set ``wakeup`` (an
+    in-process worker starts on it without waiting a poll)."""
     row = collections.get(body.collection)
     _require_room(settings, jobs, row.id, row.name)
     if isinstance(body, ReindexJobCreate) and body.index is not None:
         index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
+    if isinstance(body, MigrateJobCreate):
+        check_target(body.model, body.audio_model)
+    _require_no_migration(jobs, row.id, row.name)
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
     job = jobs.create(type=body.type, collection_id=row.id, collection=row.name, params=params)
     wakeup.set()
     return job_public(job)
+
+
+def _require_no_migration(jobs: JobStore, collection_id: int, name: str) -> None:
+    """Refuse (409) any job of a collection a migration will move or is moving: a fine-tune
+    or reindex would work on the space about to be left, a second migration on a space
+    about to change."""
+    migrating = jobs.unfinished(collection_id=collection_id, type="migrate")
+    if migrating is not None:
+        raise ConflictError(
+            f"collection {name!r} is being migrated to {migrating.params.get('model')} (job "
+            f"{migrating.id}, {migrating.status}): wait for it to end, or cancel it"
+        )
 
 
 def _require_room(settings: Settings, jobs: JobStore, collection_id: int, name: str) -> None:
@@ -69,6 +94,18 @@ def _require_room(settings: Settings, jobs: JobStore, collection_id: int, name: 
         raise QueueFull(
             "the job queue is full (MMR_MAX_QUEUED_JOBS): retry once queued jobs have run"
         )
+
+
+def check_target(model: str, audio_model: str | None) -> None:
+    """422 for model ids outside the syntax, before a worker spends minutes loading them."""
+    try:
+        parse_model_id(model)
+        if audio_model is not None:
+            parse_audio_id(audio_model)
+    except UnknownModelError as exc:
+        raise InvalidInput(str(exc)) from exc
+    if model == "auto":
+        raise InvalidInput("name the model to migrate to: auto is not one space")
 
 
 def get_job(*, jobs: JobStore, job_id: str) -> JobPublic:

@@ -11,6 +11,7 @@ from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.media import decode_upload
+from app.services.pool import ModelPool, key_of_aligner
 from app.services.views import item_public
 from app.settings import Settings
 from index.collections import CollectionStore
@@ -61,7 +62,7 @@ def search(
     collections: CollectionStore,
     items: ItemStore,
     indexes: IndexManager[Aligner],
-    embedder: Embedder,
+    models: ModelPool,
     name: str,
     query: Query,
     constraints: Constraints,
@@ -77,7 +78,7 @@ def search(
     # even if a swap lands while this search runs.
     space = live.space
     aligner, index = space.aligner, space.index
-    vector, modality = _query_vector(settings, items, embedder, row, aligner, query)
+    vector, modality = _query_vector(settings, items, models, row, aligner, query)
     allowed = None
     if constraints.modalities or constraints.filter:
         # Filters narrow the candidates before the cut, so k results come when k items match.
@@ -110,7 +111,7 @@ def _hit(item: ItemSummary, collection: str, score: float, segment: int) -> Sear
 def _query_vector(
     settings: Settings,
     items: ItemStore,
-    embedder: Embedder,
+    models: ModelPool,
     row: CollectionRow,
     aligner: Aligner,
     query: Query,
@@ -123,10 +124,13 @@ def _query_vector(
         return l2_normalize(pooled(vectors).reshape(1, -1))[0], item.modality
     if query.vector is not None:
         return _raw_vector(row, query.vector), "vector"
-    modality, payload = _decode_query(settings, embedder, query)
-    # Checked before the forward pass: a refused query costs no inference.
-    require_space(row, aligner, embedder, modality)
-    encoded: Encoded = embedder.encode(modality, [payload])[0]
+    # The model that made the index being searched (the collection's, but for the moments
+    # a migration's switch takes to reach this process): the query meets its own space.
+    with models.use(*key_of_aligner(aligner)) as embedder:
+        modality, payload = _decode_query(settings, embedder, query)
+        # Checked before the forward pass: a refused query costs no inference.
+        require_space(row, aligner, embedder, modality)
+        encoded: Encoded = embedder.encode(modality, [payload])[0]
     return encoded.query(aligner), modality
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
+import open_clip
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
+from models.encoders.architectures import register_project_configs
 from tests.conftest import TEST_MODEL, error_code
 
 
@@ -77,24 +81,52 @@ def test_unknown_route_and_method_use_the_error_body(client: TestClient) -> None
     assert error_code(response) == "method_not_allowed"
 
 
-def test_another_model_cannot_mix_spaces(
-    make_settings: Callable[..., Settings], tmp_path: object
+def test_a_collection_of_another_model_is_served_with_its_own_model(
+    make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     with TestClient(create_app(make_settings())) as c:
         c.post("/v1/collections", json={"name": "tiny"})
         c.post("/v1/collections/tiny/items", json={"text": "kept", "id": "k"})
     with TestClient(create_app(make_settings(model="random:RN50"))) as c:
         info = c.get("/v1/collections/tiny").json()
-        assert info["compatible"] is False
-        assert info["model"] == TEST_MODEL
-        for response in (
-            c.post("/v1/collections/tiny/items", json={"text": "new"}),
-            c.post("/v1/collections/tiny/search", json={"text": "kept"}),
-            c.post("/v1/collections/tiny/search", json={"vector": [0.1] * 1024}),
-        ):
-            assert response.status_code == 409, response.text
-            assert error_code(response) == "embedding_space_mismatch"
-        assert c.get("/v1/collections/tiny").json()["count"] == 1
-        # Stored vectors are in the collection's own space: more-like-this still works.
+        assert info["compatible"] is True and (info["model"], info["dim"]) == (TEST_MODEL, 64)
+        assert c.post("/v1/collections/tiny/items", json={"text": "new"}).status_code == 201
+        hits = c.post("/v1/collections/tiny/search", json={"text": "kept", "k": 2})
+        assert hits.status_code == 200 and len(hits.json()["results"]) == 2
+        assert c.post("/v1/collections/tiny/search", json={"vector": [0.1] * 64}).is_success
+        response = c.post("/v1/collections/tiny/search", json={"vector": [0.1] * 1024})
+        assert error_code(response) == "embedding_space_mismatch"
         hits = c.post("/v1/collections/tiny/search", json={"item_id": "k"}).json()["results"]
-        assert [h["item"]["id"] for h in hits] == ["k"]
+        assert hits[0]["item"]["id"] == "k"
+        # A new collection gets the server's model, or the one it names.
+        assert c.post("/v1/collections", json={"name": "big"}).json()["dim"] == 1024
+        named = c.post("/v1/collections", json={"name": "small", "model": TEST_MODEL})
+        assert (named.status_code, named.json()["dim"]) == (201, 64)
+        loaded = {m["id"]: m for m in c.get("/v1/models").json()["loaded"]}
+        assert loaded["random:RN50"]["default"] and not loaded[TEST_MODEL]["default"]
+        assert loaded[TEST_MODEL]["memory_mb"] > 0
+
+
+def test_a_collection_whose_model_cannot_be_loaded_is_refused_with_409(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    register_project_configs()
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model("mmr-tiny").state_dict(), checkpoint)
+    model = f"open_clip:mmr-tiny@{checkpoint}"
+    with TestClient(create_app(make_settings())) as c:
+        assert c.post("/v1/collections", json={"name": "ck", "model": model}).status_code == 201
+        c.post("/v1/collections/ck/items", json={"text": "kept", "id": "k"})
+        missing = c.post("/v1/collections", json={"name": "no", "model": "random:no-such-arch"})
+        assert error_code(missing) == "embedding_space_mismatch"
+        assert "unknown architecture" in missing.json()["error"]["message"]
+        assert c.get("/v1/collections/no").status_code == 404
+    checkpoint.unlink()
+    with TestClient(create_app(make_settings())) as c:
+        response = c.post("/v1/collections/ck/search", json={"text": "kept"})
+        assert error_code(response) == "embedding_space_mismatch"
+        assert "cannot be loaded here" in response.json()["error"]["message"]
+        assert c.get("/v1/collections/ck").json()["compatible"] is False
+        # What needs no model still works: the stored vectors, the items.
+        hits = c.post("/v1/collections/ck/search", json={"item_id": "k"}).json()["results"]
+        assert hits[0]["item"]["id"] == "k"

@@ -1,0 +1,304 @@
+"""Migrate jobs: move a collection to another model by re-encoding its stored originals.
+
+The new space is built beside the live one (index/spaces.py): searches and writes go on in
+the old space; each pass encodes the items the new space lacks (new ones, and ones replaced
+since they were encoded), so an item written during the migration lands in both; a job
+taken back from a dead worker goes on where it stopped. The switch is one transaction;
+then every process rebuilds its index in the new space. The old space is kept until an
+operator confirms the switch (``confirm``) or moves back (``rollback``: a migration to the
+kept space, which re-encodes only what changed since).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from app.schemas.collections import IndexSettings
+from app.schemas.jobs import MigrateJobCreate, MigrationConfirmed
+from app.services.collections import index_spec
+from app.services.embedding import Embedder, Encoded
+from app.services.errors import SpaceMismatch
+from app.services.jobs import JobContext
+from app.services.media import decode_upload
+from app.settings import Settings
+from app.state import Services
+from index.blobs import BlobStore
+from index.collections import CollectionStore
+from index.columns import to_blob
+from index.errors import ConflictError, JobEndedError
+from index.jobs import JobStore
+from index.spaces import KEPT, SpaceStore, SpaceVectors, Switched, ToEncode, space_key
+from index.spec import IndexSpec
+from index.tables import CollectionRow
+from models.encoders.aligner import Aligner
+from models.encoders.registry import NO_AUDIO, parse_audio_id
+from models.errors import MediaError
+from models.training.finetune import Cancelled
+
+log = logging.getLogger("mmr.migrate")
+
+BATCH = 64  # items encoded together (one forward pass per modality) and stored together
+MAX_PASSES = 8  # passes over what is missing before the switch gives up on a busy collection
+
+
+def run_migrate(services: Services, ctx: JobContext) -> dict[str, Any]:
+    """Build the new space, switch the collection to it, report what it took."""
+    params = ctx.job.params
+    stores = services.stores
+    row = stores.collections.get_by_id(ctx.job.collection_id)
+    with _target(services, params) as embedder:
+        spec = _spec(row, params.get("index"), embedder.dim)
+        _check_modalities(stores.spaces.modalities(row.id), embedder, row)
+        fresh = embedder.default_aligner
+        artefact = fresh.to_bytes()
+        space, active = stores.spaces.begin(
+            collection_id=row.id,
+            model=embedder.model_id,
+            audio_model=embedder.audio_model_id,
+            dim=embedder.dim,
+            job_id=ctx.job.id,
+            aligner=(artefact, hashlib.sha256(artefact).hexdigest(), fresh.meta),
+        )
+        heads = Aligner.from_bytes(active.artefact).numbered(active.version)
+        try:
+            return _build_and_switch(services, ctx, row, embedder, heads, spec)
+        except Cancelled:
+            if _cancelled(stores.jobs, ctx) and space.state != KEPT:
+                stores.spaces.drop(collection_id=row.id, key=space.key)
+            raise
+        except Exception:
+            if space.state != KEPT:  # failed: the collection stays as it was, nothing beside
+                stores.spaces.drop(collection_id=row.id, key=space.key)
+            raise
+
+
+def _target(services: Services, params: dict[str, Any]) -> Any:
+    """The model the job names, held from the pool for the job."""
+    audio = params.get("audio_model")
+    if audio is None:
+        return services.models.use_own(params["model"])
+    kind, _ = parse_audio_id(audio)
+    recorded = None if kind == NO_AUDIO else (params["model"] if audio == "" else audio)
+    return services.models.use(params["model"], recorded)
+
+
+def _spec(
+    row: CollectionRow, wanted: dict[str, Any] | None, dim: int
+) -> tuple[str, dict[str, Any]]:
+    """The index settings of the new space: the job's, else the collection's, checked
+    against the new dimension."""
+    if wanted is not None:
+        spec = index_spec(IndexSettings(**wanted), dim=dim)
+        return spec.type, spec.params()
+    spec = IndexSpec.of(row.index_type, row.index_params)
+    try:
+        spec.check(dim)
+    except ValueError as exc:
+        raise ValueError(
+            f"the collection's index settings do not fit the new model's {dim} dimensions "
+            f"({exc}): give the job index settings that do (its 'index' field)"
+        ) from exc
+    return spec.type, spec.params()
+
+
+def _check_modalities(held: set[str], embedder: Embedder, row: CollectionRow) -> None:
+    lacking = sorted(held - set(embedder.modalities))
+    if lacking:
+        raise SpaceMismatch(
+            f"collection {row.name!r} holds {', '.join(lacking)} items but {embedder.model_id} "
+            f"encodes only {', '.join(embedder.modalities)}: give the job an audio_model "
+            "(as MMR_AUDIO_MODEL takes it) or migrate to a model that has one"
+        )
+
+
+def _build_and_switch(
+    services: Services,
+    ctx: JobContext,
+    row: CollectionRow,
+    embedder: Embedder,
+    heads: Aligner,
+    spec: tuple[str, dict[str, Any]],
+) -> dict[str, Any]:
+    stores = services.stores
+    key = space_key(embedder.model_id, embedder.audio_model_id)
+    total = stores.items.count(row.id)
+    reused = total - stores.spaces.count_missing(collection_id=row.id, key=key)
+    started = time.monotonic()
+    encoded = 0
+    for passes in range(1, MAX_PASSES + 1):
+        encoded += _pass(services, ctx, row, embedder, heads, key, started, (encoded, reused))
+        _stop_if_cancelled(stores.jobs, ctx)
+        try:
+            outcome = stores.spaces.switch(
+                collection_id=row.id, key=key, job_id=ctx.job.id, index=spec
+            )
+        except JobEndedError as exc:
+            raise Cancelled from exc
+        if isinstance(outcome, Switched):
+            seconds = time.monotonic() - started
+            log.info("collection %s now in the space of %s", row.name, embedder.model_id)
+            total = stores.items.count(row.id)
+            return _metrics(outcome, row, total, encoded, reused, passes, seconds)
+        log.info("%d items of %s changed during pass %d: another pass", outcome, row.name, passes)
+    raise ConflictError(
+        f"collection {row.name!r} changed faster than the migration could follow in "
+        f"{MAX_PASSES} passes: run the job again when writes slow down"
+    )
+
+
+def _pass(
+    services: Services,
+    ctx: JobContext,
+    row: CollectionRow,
+    embedder: Embedder,
+    heads: Aligner,
+    key: str,
+    started: float,
+    counts: tuple[int, int],
+) -> int:
+    """Encode every item the space lacks, in key order; how many were stored."""
+    stores = services.stores
+    done, reused = counts
+    after = 0
+    stored = 0
+    while True:
+        _stop_if_cancelled(stores.jobs, ctx)  # one query a batch: a cancel stops it at once
+        todo = stores.spaces.missing(collection_id=row.id, key=key, after_pk=after, limit=BATCH)
+        if not todo:
+            return stored
+        after = todo[-1].pk
+        rows = encode_items(services.settings, services.blobs, embedder, heads, todo)
+        stored += stores.spaces.put(collection_id=row.id, key=key, rows=rows)
+        _report(ctx, stores.items.count(row.id), reused + done + stored, done + stored, started)
+
+
+def encode_items(
+    settings: Settings,
+    blobs: BlobStore,
+    embedder: Embedder,
+    heads: Aligner,
+    todo: Sequence[ToEncode],
+) -> list[SpaceVectors]:
+    """Stored items encoded again from their originals (one forward pass per modality) and
+    placed by ``heads``; an original that cannot be read or decoded fails the job (the
+    collection stays as it was) with the item's id."""
+    payloads: list[Any] = []
+    for item in todo:
+        if item.modality == "text":
+            payloads.append(item.text or "")
+            continue
+        try:
+            data = blobs.get(item.sha256)
+            payloads.append(decode_upload(data, settings=settings, embedder=embedder).payload)
+        except (OSError, MediaError) as exc:
+            raise ValueError(
+                f"the original of item #{item.pk} ({item.content_type}) cannot be encoded "
+                f"again: {exc}; delete or replace the item, then run the job again"
+            ) from exc
+    encoded: list[Encoded] = embedder.encode_mixed([t.modality for t in todo], payloads)
+    return [
+        SpaceVectors(
+            pk=item.pk,
+            sha256=item.sha256,
+            feature=to_blob(enc.raw),
+            vector=to_blob(enc.vectors(heads)),
+            spans=enc.span_list(),
+            aligner_version=heads.version,
+        )
+        for item, enc in zip(todo, encoded, strict=True)
+    ]
+
+
+def _report(ctx: JobContext, total: int, ready: int, encoded: int, started: float) -> None:
+    seconds = time.monotonic() - started
+    rate = encoded / seconds if seconds > 0 else 0.0
+    left = max(total - ready, 0)
+    ctx.report(
+        fraction=round(min(ready / total, 1.0) if total else 1.0, 4),
+        items=total,
+        encoded=encoded,
+        items_per_s=round(rate, 1),
+        eta_s=round(left / rate, 1) if rate > 0 else None,
+    )
+
+
+def _metrics(
+    switched: Switched,
+    before: CollectionRow,
+    total: int,
+    encoded: int,
+    reused: int,
+    passes: int,
+    seconds: float,
+) -> dict[str, Any]:
+    row = switched.row
+    return {
+        "model": row.model,
+        "audio_model": row.audio_model,
+        "dim": row.dim,
+        "previous_model": before.model,
+        "previous_audio_model": before.audio_model,
+        "previous_dim": before.dim,
+        "items": total,
+        "encoded": encoded,
+        "reused": reused,
+        "passes": passes,
+        "seconds": round(seconds, 3),
+        "items_per_s": round(encoded / seconds, 1) if seconds > 0 else None,
+        "aligner_version": row.aligner_version,
+        "index_epoch": row.index_epoch,
+        "index": {"type": row.index_type, **row.index_params},
+    }
+
+
+def _cancelled(jobs: JobStore, ctx: JobContext) -> bool:
+    """Whether a client cancelled the job (not the worker stopping: that job goes back
+    to the queue and goes on where it stopped)."""
+    try:
+        return jobs.get(ctx.job.id).status == "cancelled"
+    except Exception:  # the database is gone: keep what was built, the job can go on
+        return False
+
+
+def _stop_if_cancelled(jobs: JobStore, ctx: JobContext) -> None:
+    worker = ctx.job.worker or ""
+    if ctx.should_stop() or not jobs.still_running(ctx.job.id, worker=worker):
+        raise Cancelled
+
+
+def confirm(
+    *, collections: CollectionStore, spaces: SpaceStore, jobs: JobStore, name: str
+) -> MigrationConfirmed:
+    """Drop the spaces a migration left (and builds no job is running on): the switch is
+    final, their storage is freed."""
+    row = collections.get(name)
+    running = jobs.unfinished(collection_id=row.id, type="migrate")
+    dropped = []
+    for space in spaces.of(row.id):
+        if running is not None and space.job_id == running.id:
+            continue
+        spaces.drop(collection_id=row.id, key=space.key)
+        dropped.append(space.model)
+    return MigrationConfirmed(collection=row.name, model=row.model, dropped=dropped)
+
+
+def rollback_job(
+    *, collections: CollectionStore, spaces: SpaceStore, name: str
+) -> MigrateJobCreate:
+    """The migrate job back to the space the last migration left (409 when none is kept)."""
+    row = collections.get(name)
+    kept = [s for s in spaces.of(row.id) if s.state == KEPT]
+    if not kept:
+        raise ConflictError(
+            f"collection {name!r} keeps no earlier space: nothing to roll back to (confirmed, "
+            "or never migrated)"
+        )
+    space = kept[0]
+    audio = None if space.audio_model == space.model else (space.audio_model or NO_AUDIO)
+    return MigrateJobCreate(
+        type="migrate", collection=row.name, model=space.model, audio_model=audio
+    )

@@ -1,0 +1,302 @@
+"""Migrate jobs: a collection moved to another model (another dimension) in place.
+
+The collection starts in the space of random:mmr-tiny (64 dimensions, random weights: its
+text search means nothing) and moves to mmr-mini (128 dimensions, trained on the project's
+world), after which "a red circle" finds the red circle. Writes during the build land in
+both spaces; cancel and failure leave the collection as it was; a job taken back from a
+stopped worker goes on where it stopped; the old space is kept for a rollback that encodes
+only what changed, until the switch is confirmed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.services import migrate
+from app.services.jobs import JobContext
+from app.settings import Settings
+from index.jobs import RUNNING
+from models.synth.world.images import Scene, image_file_bytes, render_scene
+from models.training.finetune import Cancelled
+from tests.conftest import TEST_MODEL, error_code
+from tests.factories import services_of
+
+NAME = "world"
+COLOURS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle")
+
+
+def picture(colour: str, shape: str, seed: int = 0) -> bytes:
+    thing = Scene(
+        objects=({"shape": shape, "colour": colour, "size": "large", "position": "center"},)
+    )
+    rng = np.random.default_rng(seed)
+    return image_file_bytes(render_scene(thing, rng, style="shifted"), rng)[0]
+
+
+def fill(client: TestClient) -> int:
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    files = [
+        ("file", (f"{c}-{s}.png", picture(c, s))) for c, s in itertools.product(COLOURS, SHAPES)
+    ]
+    ids = [f"{c}-{s}" for c, s in itertools.product(COLOURS, SHAPES)]
+    got = client.post(f"/v1/collections/{NAME}/items/batch", files=files, data={"id": ids}).json()[
+        "results"
+    ]
+    assert all(r["status"] == 201 for r in got), got
+    texts = [{"text": f"note {n}", "id": f"note-{n}"} for n in range(4)]
+    got = client.post(f"/v1/collections/{NAME}/items/batch", json={"items": texts}).json()
+    assert all(r["status"] == 201 for r in got["results"]), got
+    return len(ids) + len(texts)
+
+
+def first_hit(client: TestClient, text: str) -> str:
+    body = {"text": text, "k": 1, "modalities": ["image"]}
+    response = client.post(f"/v1/collections/{NAME}/search", json=body)
+    assert response.status_code == 200, response.text
+    hit: str = response.json()["results"][0]["item"]["id"]
+    return hit
+
+
+def right_first_hits(client: TestClient) -> int:
+    return sum(
+        first_hit(client, f"a {c} {s}") == f"{c}-{s}" for c, s in itertools.product(COLOURS, SHAPES)
+    )
+
+
+def wait(client: TestClient, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not end in {timeout} s")
+
+
+def start_migrate(client: TestClient, model: str = "mmr-mini", **extra: Any) -> dict[str, Any]:
+    body = {"type": "migrate", "collection": NAME, "model": model, **extra}
+    response = client.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+@pytest.fixture
+def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(job_poll_s=0.05))) as c:
+        yield c
+
+
+@pytest.fixture
+def idle(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    """A server without a worker: jobs stay queued, or are run by the test itself."""
+    with TestClient(create_app(make_settings(worker="off"))) as c:
+        yield c
+
+
+def test_a_migration_moves_a_collection_to_another_model_and_dimension(
+    client: TestClient,
+) -> None:
+    count = fill(client)
+    before = client.get(f"/v1/collections/{NAME}").json()
+    assert (before["model"], before["dim"]) == (TEST_MODEL, 64)
+    random_right = right_first_hits(client)
+    job = start_migrate(client)
+    done = wait(client, job["id"])
+    assert done["status"] == "succeeded", done
+    metrics = done["metrics"]
+    assert (metrics["previous_model"], metrics["previous_dim"]) == (TEST_MODEL, 64)
+    assert (metrics["model"], metrics["dim"]) == ("mmr-mini", 128)
+    assert metrics["encoded"] == count and metrics["reused"] == 0 and metrics["passes"] == 1
+    assert done["progress"]["fraction"] == 1.0
+    after = client.get(f"/v1/collections/{NAME}").json()
+    assert (after["model"], after["dim"], after["count"]) == ("mmr-mini", 128, count)
+    assert after["audio_model"] == "mmr-mini" and after["aligner_version"] == 1
+    assert after["index"]["size"] == count
+    [kept] = after["other_spaces"]
+    assert (kept["model"], kept["dim"], kept["state"], kept["items"]) == (
+        TEST_MODEL,
+        64,
+        "kept",
+        count,
+    )
+    # The new model means something: random weights found few pictures by name.
+    assert right_first_hits(client) >= 10 > random_right + 3
+    # Stored items and raw vectors follow the new space.
+    hits = client.post(f"/v1/collections/{NAME}/search", json={"item_id": "red-circle", "k": 1})
+    assert hits.json()["results"][0]["item"]["id"] == "red-circle"
+    assert (
+        client.post(f"/v1/collections/{NAME}/search", json={"vector": [0.1] * 128}).status_code
+        == 200
+    )
+    assert (
+        error_code(client.post(f"/v1/collections/{NAME}/search", json={"vector": [0.1] * 64}))
+        == "embedding_space_mismatch"
+    )
+    # The aligner history restarted for the new model.
+    aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
+    assert aligners["active"] == 1 and len(aligners["aligners"]) == 1
+    assert aligners["aligners"][0]["heads"]["text"]["encoder"] == "mmr-mini"
+    # Both models are loaded, each collection served with its own.
+    loaded = {m["id"] for m in client.get("/v1/models").json()["loaded"]}
+    assert {TEST_MODEL, "mmr-mini"} <= loaded
+    added = client.post(
+        f"/v1/collections/{NAME}/items", files={"file": ("p", picture("blue", "square", 7))}
+    )
+    assert added.status_code == 201, added.text
+    # Confirmed: the old space is dropped.
+    confirmed = client.post(f"/v1/collections/{NAME}/migration/confirm").json()
+    assert confirmed == {"collection": NAME, "model": "mmr-mini", "dropped": [TEST_MODEL]}
+    assert client.get(f"/v1/collections/{NAME}").json()["other_spaces"] == []
+    assert error_code(client.post(f"/v1/collections/{NAME}/migration/rollback")) == "conflict"
+
+
+def test_a_rollback_encodes_only_what_changed_since_the_switch(client: TestClient) -> None:
+    count = fill(client)
+    done = wait(client, start_migrate(client)["id"])
+    assert done["status"] == "succeeded", done
+    client.post(f"/v1/collections/{NAME}/items", json={"text": "after the switch", "id": "late"})
+    back = client.post(f"/v1/collections/{NAME}/migration/rollback")
+    assert back.status_code == 202, back.text
+    done = wait(client, back.json()["id"])
+    assert done["status"] == "succeeded", done
+    assert done["metrics"]["encoded"] == 1 and done["metrics"]["reused"] == count
+    info = client.get(f"/v1/collections/{NAME}").json()
+    assert (info["model"], info["dim"], info["count"]) == (TEST_MODEL, 64, count + 1)
+    assert [s["model"] for s in info["other_spaces"]] == ["mmr-mini"]
+    hits = client.post(f"/v1/collections/{NAME}/search", json={"item_id": "late", "k": 1})
+    assert hits.json()["results"][0]["item"]["id"] == "late"
+
+
+def _context(services: Any, job: dict[str, Any]) -> JobContext:
+    """The job claimed as a worker would, to run its handler in the test's thread."""
+    claimed = services.stores.jobs.claim(worker="test", lease_s=60, types=["migrate"])
+    assert claimed is not None and claimed.id == job["id"] and claimed.status == RUNNING
+    return JobContext(claimed)
+
+
+def test_items_written_during_the_build_land_in_both_spaces(
+    idle: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = fill(idle)
+    services = services_of(idle)
+    monkeypatch.setattr(migrate, "BATCH", 4)
+    ctx = _context(services, start_migrate(idle))
+    report = ctx.report
+    writes: list[int] = []
+
+    def write_once(**progress: Any) -> None:
+        report(**progress)
+        if not writes:  # after the first batch: a new item, and a replaced one
+            writes.append(1)
+            for body in (
+                {"text": "written meanwhile", "id": "new"},
+                {"text": "no longer a picture", "id": "red-circle"},
+            ):
+                assert idle.post(f"/v1/collections/{NAME}/items", json=body).is_success
+
+    ctx.report = write_once  # type: ignore[method-assign]
+    metrics = migrate.run_migrate(services, ctx)
+    assert metrics["items"] == count + 1
+    # red-circle twice: encoded in the first batch, replaced, encoded again in a second pass.
+    assert metrics["encoded"] == count + 1 + 1 and metrics["passes"] == 2
+    idle.get(f"/v1/collections/{NAME}")
+    for item_id in ("new", "red-circle"):
+        hits = idle.post(f"/v1/collections/{NAME}/search", json={"item_id": item_id, "k": 1})
+        assert hits.json()["results"][0]["item"]["id"] == item_id
+    found = idle.get(f"/v1/collections/{NAME}/items/red-circle").json()
+    assert found["modality"] == "text"
+    assert idle.get(f"/v1/collections/{NAME}").json()["dim"] == 128
+
+
+def test_a_stopped_worker_s_migration_goes_on_where_it_stopped(
+    idle: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = fill(idle)
+    services = services_of(idle)
+    monkeypatch.setattr(migrate, "BATCH", 4)
+    job = start_migrate(idle)
+    ctx = _context(services, job)
+    report = ctx.report
+
+    def stop_after_first(**progress: Any) -> None:
+        report(**progress)
+        ctx.stop.set()  # the worker shuts down: the job goes back to the queue
+
+    ctx.report = stop_after_first  # type: ignore[method-assign]
+    with pytest.raises(Cancelled):
+        migrate.run_migrate(services, ctx)
+    [building] = idle.get(f"/v1/collections/{NAME}").json()["other_spaces"]
+    assert (building["state"], building["items"]) == ("building", 4)
+    services.stores.jobs.release(job["id"], worker="test")
+    metrics = migrate.run_migrate(services, _context(services, job))
+    assert (metrics["reused"], metrics["encoded"]) == (4, count - 4)
+    assert idle.get(f"/v1/collections/{NAME}").json()["model"] == "mmr-mini"
+
+
+def test_a_cancelled_or_failed_migration_leaves_the_collection_as_it_was(
+    idle: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = fill(idle)
+    services = services_of(idle)
+    monkeypatch.setattr(migrate, "BATCH", 4)
+    job = start_migrate(idle)
+    ctx = _context(services, job)
+    report = ctx.report
+
+    def cancel_after_first(**progress: Any) -> None:
+        report(**progress)
+        assert idle.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+
+    ctx.report = cancel_after_first  # type: ignore[method-assign]
+    with pytest.raises(Cancelled):
+        migrate.run_migrate(services, ctx)
+    info = idle.get(f"/v1/collections/{NAME}").json()
+    assert (info["model"], info["dim"], info["count"], info["other_spaces"]) == (
+        TEST_MODEL,
+        64,
+        count,
+        [],
+    )
+    # A failure: an original gone from the data directory.
+    row = services.stores.collections.get(NAME)
+    item = services.stores.items.get(collection_id=row.id, external_id="green-square")
+    (services.blobs.path(item.sha256)).unlink()
+    job = start_migrate(idle)
+    with pytest.raises(ValueError, match="cannot be encoded again"):
+        migrate.run_migrate(services, _context(services, job))
+    info = idle.get(f"/v1/collections/{NAME}").json()
+    assert (info["model"], info["dim"], info["other_spaces"]) == (TEST_MODEL, 64, [])
+    assert (
+        idle.post(f"/v1/collections/{NAME}/search", json={"text": "a red circle"}).status_code
+        == 200
+    )
+
+
+def test_other_jobs_wait_for_a_migration_and_bad_targets_are_refused(idle: TestClient) -> None:
+    fill(idle)
+    job = start_migrate(idle)
+    for body in (
+        {"type": "finetune", "collection": NAME, "pair_key": "group"},
+        {"type": "reindex", "collection": NAME},
+        {"type": "migrate", "collection": NAME, "model": "mmr-mini"},
+    ):
+        response = idle.post("/v1/jobs", json=body)
+        assert response.status_code == 409, response.text
+        assert job["id"] in response.json()["error"]["message"]
+    assert idle.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    for model in ("nonsense", "auto", "open_clip:"):
+        response = idle.post(
+            "/v1/jobs", json={"type": "migrate", "collection": NAME, "model": model}
+        )
+        assert response.status_code == 422, (model, response.text)
+    assert idle.post("/v1/jobs", json={"type": "reindex", "collection": NAME}).status_code == 202
