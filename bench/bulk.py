@@ -38,6 +38,7 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     jpegs = small_jpegs(b.images, seed=cfg.seed)
     rows, skipped = [], []
     ingest: dict[str, Any] = {}
+    migration: dict[str, Any] = {}
     for database, env in _databases(b, log):
         if env is None:
             skipped.append(database)
@@ -62,6 +63,13 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
                     f"{row['write_per_s']:.0f}/s ({row['ratio']:.2f}x)"
                 )
             if database == "SQLite":
+                migration = _migrate(srv, b, texts, jpegs, measured)
+                log(
+                    f"bulk: migrate {migration['items']} items {migration['source']} -> "
+                    f"{migration['target']} at {migration['items_per_s']:.0f}/s "
+                    f"({migration['ratio']:.2f}x the encoder's), "
+                    f"rollback {migration['rollback_s']:.1f} s"
+                )
                 ingest = _ingest_folder(srv, b, work, texts, jpegs, measured)
                 log(
                     f"bulk: mmr ingest {ingest['files']} files at {ingest['files_per_s']:.0f}/s "
@@ -75,7 +83,76 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         "rows": rows,
         "skipped": skipped,
         "ingest": ingest,
+        "migration": migration,
     }
+
+
+def _migrate(
+    srv: Server,
+    b: BulkConfig,
+    texts: list[str],
+    jpegs: list[bytes],
+    measured: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """A collection of the same texts and JPEGs made with another model, migrated to the
+    bench's model by a migrate job (the server's in-process worker), then rolled back (the
+    kept space: nothing to encode, the switch alone). Its ceiling is the time ``/v1/embed``
+    of the bench's model took for the same items."""
+    source = "mmr-mini" if b.model == "random:mmr-tiny" else "random:mmr-tiny"
+    raw = RawHttp(srv.url)
+    try:
+        status, data = raw.post_json(
+            "/v1/collections", json.dumps({"name": "migrated", "model": source}).encode()
+        )
+        if status != 201:
+            raise RuntimeError(f"creating the migrated collection: {status} {data[:200]!r}")
+        path = "/v1/collections/migrated/items/batch"
+        for kind, items in (("texts", texts), ("images", jpegs)):
+            bodies = [
+                _write_body(kind, items[i : i + b.batch], i) for i in range(0, len(items), b.batch)
+            ]
+            _send(srv.url, path, bodies, b.clients)
+        job = {"type": "migrate", "collection": "migrated", "model": b.model}
+        t0 = time.perf_counter()
+        done = _job(raw, raw.post_json("/v1/jobs", json.dumps(job).encode()))
+        wall_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        back = _job(raw, raw.post_json("/v1/collections/migrated/migration/rollback", b"{}"))
+        rollback_s = time.perf_counter() - t0
+    finally:
+        raw.close()
+    metrics = done["metrics"]
+    ceiling_s = measured["texts"]["embed_s"] + measured["images"]["embed_s"]
+    return {
+        "source": source,
+        "target": b.model,
+        "items": metrics["items"],
+        "seconds": wall_s,
+        "job_seconds": metrics["seconds"],
+        "items_per_s": metrics["items"] / wall_s,
+        "ceiling_s": ceiling_s,
+        "ratio": ceiling_s / wall_s,
+        "rollback_s": rollback_s,
+        "rollback_encoded": back["metrics"]["encoded"],
+    }
+
+
+def _job(raw: RawHttp, created: tuple[int, bytes], timeout_s: float = 1800) -> dict[str, Any]:
+    """Wait for a job the server answered 202 for; its final state (it must succeed)."""
+    status, data = created
+    if status != 202:
+        raise RuntimeError(f"a job was refused: {status} {data[:300]!r}")
+    job_id = json.loads(data)["id"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, data = raw.get(f"/v1/jobs/{job_id}")
+        job: dict[str, Any] = json.loads(data)
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            if job["status"] != "succeeded":
+                raise RuntimeError(f"job {job_id} {job['status']}: {job.get('error')}")
+            return job
+        time.sleep(0.05)
+    raise RuntimeError(f"job {job_id} did not end in {timeout_s:.0f} s")
 
 
 def _ingest_folder(

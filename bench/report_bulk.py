@@ -59,6 +59,18 @@ def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
             f"{ingest['ray_s']:.1f} s against {ingest['seconds']:.1f} s locally "
             f"(`{ingest['ray_summary']}`).",
         ]
+    migration = bulk.get("migration")
+    if migration:
+        lines += [
+            "",
+            f"A migrate job (the server's in-process worker) moving a collection of the same "
+            f"{migration['items']} items from {migration['source']} to {migration['target']}, "
+            f"on SQLite: {migration['seconds']:.1f} s from the request to the switch, "
+            f"**{migration['items_per_s']:.0f} items/s**, {migration['ratio']:.2f}x the "
+            f"encoder's ceiling (the {migration['ceiling_s']:.1f} s `/v1/embed` of "
+            f"{migration['target']} took for the same items). Rolled back to the kept space: "
+            f"{migration['rollback_s']:.1f} s, {migration['rollback_encoded']} items encoded.",
+        ]
     if bulk["skipped"]:
         lines += ["", f"Not measured: {', '.join(bulk['skipped'])} (the server did not answer)."]
     return [*lines, ""]

@@ -35,6 +35,9 @@ def test_quick_bulk_run_writes_every_item_beside_the_embed_baseline(tmp_path: Pa
     assert ingest["files"] == cfg.texts + cfg.images
     assert ingest["summary"] == f"ingested {ingest['files']}, skipped 0, failed 0"
     assert ingest["resume_summary"] == f"ingested 0, skipped {ingest['files']}, failed 0"
+    migration = bulk["migration"]  # the same items moved to the bench's model, then back
+    assert migration["items"] == cfg.texts + cfg.images and migration["target"] == cfg.model
+    assert migration["items_per_s"] > 0 and migration["rollback_encoded"] == 0
     names = {t["name"] for t in results["targets"]}
     assert "bulk: SQLite texts, batch write / embed" in names
     assert "## Bulk writes against the encoder" in (tmp_path / "results.md").read_text()
