@@ -45,6 +45,9 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("POST", "/v1/collections/{name}/aligners/{version}/activate"): WRITE,
     ("POST", "/v1/jobs"): WRITE,
     ("POST", "/v1/jobs/{job_id}/cancel"): WRITE,
+    # A rollback is a migrate job (as POST /v1/jobs); confirming drops the kept space.
+    ("POST", "/v1/collections/{name}/migration/rollback"): WRITE,
+    ("POST", "/v1/collections/{name}/migration/confirm"): ADMIN,
     ("POST", "/v1/collections"): ADMIN,
     ("DELETE", "/v1/collections/{name}"): ADMIN,
     ("GET", "/v1/keys"): ADMIN,

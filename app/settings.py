@@ -176,6 +176,15 @@ class Settings(BaseSettings):
         description="`on`: `mmr serve` runs a job worker in a thread; `off`: jobs wait for "
         "`mmr worker` processes ([workers](workers.md)).",
     )
+    ray_address: str = Field(
+        default="",
+        max_length=512,
+        description="A Ray cluster that decodes and encodes the images of `migrate` jobs "
+        "(needs `pip install 'mmr[ray]'`, and the data directory's `blobs/` at the same path "
+        "on every node): an address as `ray.init` takes it (`auto`, `ray://HOST:10001`), or "
+        "`local` for a Ray started in the worker; empty: the worker encodes everything "
+        "([migrate](migrate.md)).",
+    )
     job_lease_s: float = Field(
         default=30.0,
         gt=0,

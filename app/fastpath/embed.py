@@ -69,13 +69,14 @@ async def answer(services: Services, _: re.Match[str], ctype: str, raw: bytes) -
 
 def _own_model(services: Services, collection: str | None) -> bool:
     """Whether the collection (if any) is served by this process's own model: one of
-    another model, or none, is the route's (which loads models in a thread)."""
+    another model is the route's (which loads models in a thread); a missing one is
+    answered here as the route would (404)."""
     if collection is None:
         return True
     try:
         row = services.stores.collections.get(collection)
     except NotFoundError:
-        return False
+        return True
     return ModelKey(row.model, row.audio_model) == services.models.key(services.embedder)
 
 

@@ -241,13 +241,22 @@ def add_item(
 ) -> tuple[ItemPublic, bool]:
     """Prepare (decode for the collection's model), encode and write one item; (item,
     created)."""
-    row = collections.get(name)
-    with models.use(row.model, row.audio_model) as embedder:
-        pending = prepare(embedder)
-        live = _live_in_space(indexes, row)
-        require_space(row, live.aligner, embedder, pending.modality)
-        [encoded] = _encoded(embedder, [pending])
-        [written] = _write(items, indexes, blobs, row, [pending], [encoded])
+
+    def one(embedder: Embedder) -> list[PendingItem | Exception]:
+        return [prepare(embedder)]
+
+    _, [written] = add_items(
+        collections=collections,
+        items=items,
+        indexes=indexes,
+        models=models,
+        blobs=blobs,
+        name=name,
+        prepare=one,
+        alone=True,
+    )
+    if isinstance(written, Exception):
+        raise written
     return written
 
 
@@ -260,14 +269,32 @@ def add_items(
     blobs: BlobStore,
     name: str,
     prepare: Callable[[Embedder], list[PendingItem | Exception]],
+    alone: bool = False,
 ) -> tuple[list[PendingItem | Exception], list[tuple[ItemPublic, bool] | Exception]]:
     """Prepare entries for the collection's model, encode the good ones (one forward pass
     per modality) and write them, all in one transaction: the entries, and (item, created)
-    for each good one in order. When the transaction fails, each item is written alone and
-    an item that fails then has its error in its place (NotFoundError, the collection gone,
-    fails them all). Entries that are all errors write nothing (not even the collection is
-    looked up by the write)."""
+    for each good one in order. When the transaction fails, each item is written alone
+    (unless ``alone``: the one item's error is raised) and an item that fails then has its
+    error in its place (NotFoundError, the collection gone, fails them all). A migration
+    that switches the collection to another model between the encoding and the commit
+    makes it start again once with the new model."""
     row = collections.get(name)
+    try:
+        return _add(items, indexes, models, blobs, row, prepare, alone)
+    except SpaceChangedError:
+        fresh = collections.get_by_id(row.id)  # SQL as it is now, not a kept row
+        return _add(items, indexes, models, blobs, fresh, prepare, alone)
+
+
+def _add(
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    models: ModelPool,
+    blobs: BlobStore,
+    row: CollectionRow,
+    prepare: Callable[[Embedder], list[PendingItem | Exception]],
+    alone: bool,
+) -> tuple[list[PendingItem | Exception], list[tuple[ItemPublic, bool] | Exception]]:
     with models.use(row.model, row.audio_model) as embedder:
         entries = prepare(embedder)
         pending = [e for e in entries if isinstance(e, PendingItem)]
@@ -277,6 +304,8 @@ def add_items(
         for modality in sorted({p.modality for p in pending}):
             require_space(row, live.aligner, embedder, modality)
         encoded = _encoded(embedder, pending)
+    if alone:
+        return entries, list(_write(items, indexes, blobs, row, pending, encoded))
     return entries, _write_all(items, indexes, blobs, row, pending, encoded)
 
 

@@ -15,13 +15,17 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from app.schemas.collections import IndexSettings
 from app.schemas.jobs import MigrateJobCreate, MigrationConfirmed
 from app.services.collections import index_spec
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import SpaceMismatch
+from app.services.items import feature_space
 from app.services.jobs import JobContext
 from app.services.media import decode_upload
 from app.settings import Settings
@@ -42,6 +46,7 @@ from models.training.finetune import Cancelled
 log = logging.getLogger("mmr.migrate")
 
 BATCH = 64  # items encoded together (one forward pass per modality) and stored together
+RAY_CHUNK = 4096  # items per Ray pass (each pass starts a Ray Data pipeline: seconds)
 MAX_PASSES = 8  # passes over what is missing before the switch gives up on a busy collection
 
 
@@ -128,9 +133,10 @@ def _build_and_switch(
     total = stores.items.count(row.id)
     reused = total - stores.spaces.count_missing(collection_id=row.id, key=key)
     started = time.monotonic()
-    encoded = 0
+    encoded = on_ray = 0
     for passes in range(1, MAX_PASSES + 1):
-        encoded += _pass(services, ctx, row, embedder, heads, key, started, (encoded, reused))
+        stored, there = _pass(services, ctx, row, embedder, heads, key, started, (encoded, reused))
+        encoded, on_ray = encoded + stored, on_ray + there
         _stop_if_cancelled(stores.jobs, ctx)
         try:
             outcome = stores.spaces.switch(
@@ -142,7 +148,8 @@ def _build_and_switch(
             seconds = time.monotonic() - started
             log.info("collection %s now in the space of %s", row.name, embedder.model_id)
             total = stores.items.count(row.id)
-            return _metrics(outcome, row, total, encoded, reused, passes, seconds)
+            metrics = _metrics(outcome, row, total, encoded, reused, passes, seconds)
+            return {**metrics, "encoded_on_ray": on_ray}
         log.info("%d items of %s changed during pass %d: another pass", outcome, row.name, passes)
     raise ConflictError(
         f"collection {row.name!r} changed faster than the migration could follow in "
@@ -159,21 +166,59 @@ def _pass(
     key: str,
     started: float,
     counts: tuple[int, int],
-) -> int:
-    """Encode every item the space lacks, in key order; how many were stored."""
+) -> tuple[int, int]:
+    """Encode every item the space lacks, in key order; how many were stored, and how many
+    of those were encoded on the Ray cluster (configured: the images of each chunk)."""
     stores = services.stores
+    ray = services.settings.ray_address
     done, reused = counts
     after = 0
-    stored = 0
+    stored = on_ray = 0
     while True:
         _stop_if_cancelled(stores.jobs, ctx)  # one query a batch: a cancel stops it at once
-        todo = stores.spaces.missing(collection_id=row.id, key=key, after_pk=after, limit=BATCH)
+        chunk = RAY_CHUNK if ray else BATCH
+        todo = stores.spaces.missing(collection_id=row.id, key=key, after_pk=after, limit=chunk)
         if not todo:
-            return stored
+            return stored, on_ray
         after = todo[-1].pk
-        rows = encode_items(services.settings, services.blobs, embedder, heads, todo)
-        stored += stores.spaces.put(collection_id=row.id, key=key, rows=rows)
-        _report(ctx, stores.items.count(row.id), reused + done + stored, done + stored, started)
+        given = _on_ray(services, embedder, todo) if ray else {}
+        on_ray += len(given)
+        for start in range(0, len(todo), BATCH):
+            _stop_if_cancelled(stores.jobs, ctx)
+            part = todo[start : start + BATCH]
+            rows = encode_items(services.settings, services.blobs, embedder, heads, part, given)
+            stored += stores.spaces.put(collection_id=row.id, key=key, rows=rows)
+            _report(ctx, stores.items.count(row.id), reused + done + stored, done + stored, started)
+
+
+def _on_ray(services: Services, embedder: Embedder, todo: Sequence[ToEncode]) -> dict[int, Any]:
+    """The raw features of the images among ``todo``, by item key, decoded and encoded on the
+    Ray cluster (``MMR_RAY_ADDRESS``) from their originals' paths; the cluster must compute
+    the space this worker does (the same model, width and preprocessing)."""
+    from app.ingest import ray_engine
+
+    images: dict[Path, list[int]] = {}
+    for t in todo:
+        if t.modality == "image":  # items that share their bytes share one encoding
+            images.setdefault(services.blobs.path(t.sha256), []).append(t.pk)
+    if not images:
+        return {}
+    address = services.settings.ray_address
+    features, space = ray_engine.encode(
+        list(images),
+        model=embedder.model_id,
+        address=None if address == "local" else address,
+        batch=BATCH,
+        cache_dir=services.settings.data_dir,
+    )
+    if space is not None and space != feature_space(embedder):
+        raise SpaceMismatch(
+            f"the Ray cluster computed features in the space {space}, this worker "
+            f"{feature_space(embedder)}: run the cluster with the same release and model"
+        )
+    return {
+        pk: np.asarray(f, dtype=np.float32) for path, f in features.items() for pk in images[path]
+    }
 
 
 def encode_items(
@@ -182,12 +227,16 @@ def encode_items(
     embedder: Embedder,
     heads: Aligner,
     todo: Sequence[ToEncode],
+    given: dict[int, Any] | None = None,
 ) -> list[SpaceVectors]:
-    """Stored items encoded again from their originals (one forward pass per modality) and
-    placed by ``heads``; an original that cannot be read or decoded fails the job (the
-    collection stays as it was) with the item's id."""
+    """Stored items encoded again from their originals (one forward pass per modality; the
+    raw features in ``given`` by item key were computed elsewhere) and placed by ``heads``;
+    an original that cannot be read or decoded fails the job (the collection stays as it
+    was) with the item's id."""
+    given = given or {}
+    local = [t for t in todo if t.pk not in given]
     payloads: list[Any] = []
-    for item in todo:
+    for item in local:
         if item.modality == "text":
             payloads.append(item.text or "")
             continue
@@ -199,7 +248,10 @@ def encode_items(
                 f"the original of item #{item.pk} ({item.content_type}) cannot be encoded "
                 f"again: {exc}; delete or replace the item, then run the job again"
             ) from exc
-    encoded: list[Encoded] = embedder.encode_mixed([t.modality for t in todo], payloads)
+    here = iter(embedder.encode_mixed([t.modality for t in local], payloads))
+    encoded: list[Encoded] = [
+        Encoded("image", given[t.pk].reshape(1, -1)) if t.pk in given else next(here) for t in todo
+    ]
     return [
         SpaceVectors(
             pk=item.pk,

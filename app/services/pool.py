@@ -131,7 +131,7 @@ class ModelPool:
         """A model with its own audio tower if it has one (what a new collection of it
         gets), held for the block."""
         keys = [ModelKey(model, model), ModelKey(model, None)]
-        if self.key(self.default) in keys:
+        if model == self.default.model_id:  # MMR_MODEL, with the audio tower it runs
             keys = [self.key(self.default)]
         entry = self._acquire(keys, model, "")
         try:

@@ -94,6 +94,9 @@ def test_a_collection_of_another_model_is_served_with_its_own_model(
         hits = c.post("/v1/collections/tiny/search", json={"text": "kept", "k": 2})
         assert hits.status_code == 200 and len(hits.json()["results"]) == 2
         assert c.post("/v1/collections/tiny/search", json={"vector": [0.1] * 64}).is_success
+        embedded = c.post("/v1/embed", json={"texts": ["kept"], "collection": "tiny"}).json()
+        assert (embedded["model"], embedded["dim"]) == (TEST_MODEL, 64)
+        assert c.post("/v1/embed", json={"texts": ["kept"]}).json()["dim"] == 1024
         response = c.post("/v1/collections/tiny/search", json={"vector": [0.1] * 1024})
         assert error_code(response) == "embedding_space_mismatch"
         hits = c.post("/v1/collections/tiny/search", json={"item_id": "k"}).json()["results"]

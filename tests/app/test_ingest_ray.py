@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from index.columns import from_blob
-from tests.app.test_crash import REPO, Server, serve, server_env
+from tests.app.test_crash import REPO, Server, log_tail, serve, server_env
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra mmr[ray] (make install has it)")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -122,3 +123,46 @@ def test_a_folder_through_ray_is_the_folder_ingested_here(cluster: str, tmp_path
             np.linalg.norm(vector) * np.linalg.norm(remote[item_id])
         )
         assert cosine >= 0.999, (item_id, cosine)
+
+
+def test_a_migration_with_a_ray_address_encodes_its_images_on_the_cluster(
+    cluster: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from app.services.embedding import Embedder
+    from app.services.media import decode_upload
+    from app.settings import Settings
+    from models.encoders.aligner import l2_normalize
+    from models.encoders.registry import load_model
+
+    env = server_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")
+    env.update(MMR_RAY_ADDRESS=cluster, MMR_JOB_POLL_S="0.1", RAY_USAGE_STATS_ENABLED="0")
+    pictures = {f"p{n}": picture(n, "PNG") for n in range(5)}
+    with serve(env, tmp_path / "server.log") as server, httpx.Client(base_url=server.url) as c:
+        assert c.post("/v1/collections", json={"name": "moved"}).status_code == 201
+        files = [("file", (f"{k}.png", data)) for k, data in pictures.items()]
+        got = c.post("/v1/collections/moved/items/batch", files=files, data={"id": list(pictures)})
+        assert all(r["status"] == 201 for r in got.json()["results"]), got.text
+        c.post("/v1/collections/moved/items", json={"text": "a kite", "id": "note"})
+        job = c.post(
+            "/v1/jobs", json={"type": "migrate", "collection": "moved", "model": "mmr-mini"}
+        )
+        assert job.status_code == 202, job.text
+        for _ in range(1200):
+            done = c.get(f"/v1/jobs/{job.json()['id']}").json()
+            if done["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+        assert done["status"] == "succeeded", (done, log_tail(server.log))
+    assert done["metrics"]["encoded"] == 6 and done["metrics"]["encoded_on_ray"] == 5
+    stored = vectors(tmp_path / "db.sqlite", "moved")
+    settings = Settings(data_dir=tmp_path / "here", device="cpu", _env_file=None)
+    embedder = Embedder(load_model("mmr-mini", device="cpu"))
+    try:
+        for item_id, data in pictures.items():
+            media = decode_upload(data, settings=settings, embedder=embedder)
+            here = l2_normalize(embedder.encode("image", [media.payload])[0].raw)[0]
+            assert float(here @ stored[item_id]) >= 0.999, item_id
+    finally:
+        embedder.close()

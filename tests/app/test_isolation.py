@@ -65,6 +65,8 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/jobs"): Route("read", query=lambda c: {"collection": c}, theirs=200),
     ("GET", "/v1/jobs/{job_id}"): Route("read"),
     ("POST", "/v1/jobs/{job_id}/cancel"): Route("write"),
+    ("POST", "/v1/collections/{name}/migration/rollback"): Route("write"),
+    ("POST", "/v1/collections/{name}/migration/confirm"): Route("admin"),
     ("GET", "/v1/keys"): Route(UNLIMITED, theirs=403),
     ("POST", "/v1/keys"): Route(
         UNLIMITED, json=lambda c: {"name": "n", "scope": "read", "collections": [c]}, theirs=403

@@ -23,11 +23,12 @@ from app.main import create_app
 from app.services import migrate
 from app.services.jobs import JobContext
 from app.settings import Settings
+from index.errors import SpaceChangedError
 from index.jobs import RUNNING
 from models.synth.world.images import Scene, image_file_bytes, render_scene
 from models.training.finetune import Cancelled
 from tests.conftest import TEST_MODEL, error_code
-from tests.factories import services_of
+from tests.factories import item_draft, services_of
 
 NAME = "world"
 COLOURS = ("red", "green", "blue", "yellow")
@@ -300,3 +301,25 @@ def test_other_jobs_wait_for_a_migration_and_bad_targets_are_refused(idle: TestC
         )
         assert response.status_code == 422, (model, response.text)
     assert idle.post("/v1/jobs", json={"type": "reindex", "collection": NAME}).status_code == 202
+
+
+def test_a_write_encoded_before_the_switch_is_encoded_again_with_the_new_model(
+    idle: TestClient,
+) -> None:
+    fill(idle)
+    services = services_of(idle)
+    collections = services.stores.collections
+    before = collections.get(NAME)
+    migrate.run_migrate(services, _context(services, start_migrate(idle)))
+    # As another process would still see it for up to the cache's TTL: the old model.
+    collections.cache.keep(NAME, time.monotonic(), before)
+    response = idle.post(f"/v1/collections/{NAME}/items", json={"text": "raced", "id": "raced"})
+    assert response.status_code == 201, response.text
+    row = services.stores.items.get(collection_id=before.id, external_id="raced")
+    assert len(row.vector) == 128 * 4  # one float32 vector of the new space
+    hits = idle.post(f"/v1/collections/{NAME}/search", json={"item_id": "raced", "k": 1})
+    assert hits.json()["results"][0]["item"]["id"] == "raced"
+    with pytest.raises(SpaceChangedError):
+        services.stores.items.upsert_many(
+            collection_id=before.id, drafts=[item_draft("x")], model=TEST_MODEL
+        )
