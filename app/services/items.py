@@ -21,7 +21,7 @@ from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, Malformed, MalformedJson, SpaceMismatch, TooLarge
 from app.services.media import decode_upload
-from app.services.pool import ModelPool, key_of_aligner
+from app.services.pool import ModelPool, in_space
 from app.services.views import item_public
 from app.settings import Settings
 from index.blobs import BlobStore
@@ -313,9 +313,7 @@ def _live_in_space(indexes: IndexManager[Aligner], row: CollectionRow) -> LiveIn
     """The collection's live index, waited for when this process still serves the space a
     migration left (the switch reached SQL, not yet this process's index)."""
     live = indexes.get(row)
-    if key_of_aligner(live.aligner) != (row.model, row.audio_model) or live.aligner.dim != row.dim:
-        live = indexes.get(row, wait=True)
-    return live
+    return live if in_space(live, row) else indexes.get(row, wait=True)
 
 
 def _write_all(

@@ -20,6 +20,8 @@ from typing import NamedTuple
 
 from app.services.embedding import Embedder
 from app.services.errors import SpaceMismatch
+from index.manager import LiveIndex
+from index.tables import CollectionRow
 from models.encoders.aligner import Aligner
 from models.errors import ModelLoadError, UnknownModelError
 
@@ -49,6 +51,13 @@ def key_of_aligner(aligner: Aligner) -> ModelKey:
     encoders = aligner.encoders
     model = encoders.get("text") or encoders.get("image") or ""
     return ModelKey(model, encoders.get("audio"))
+
+
+def in_space(live: LiveIndex[Aligner], row: CollectionRow) -> bool:
+    """Whether a live index is in the space the collection row records (not the one a
+    migration's switch left, before this process swapped)."""
+    aligner = live.space.aligner
+    return key_of_aligner(aligner) == (row.model, row.audio_model) and aligner.dim == row.dim
 
 
 @dataclass

@@ -11,7 +11,7 @@ from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.media import decode_upload
-from app.services.pool import ModelPool, key_of_aligner
+from app.services.pool import ModelPool, in_space, key_of_aligner
 from app.services.views import item_public
 from app.settings import Settings
 from index.collections import CollectionStore
@@ -74,6 +74,13 @@ def search(
     live = indexes.get(row) if wait else indexes.ready(row)
     if live is None:  # to be loaded or brought to a new version first: no waiting here
         raise WouldBlock
+    if (query.item_id is not None or query.vector is not None) and not in_space(live, row):
+        # A migration's switch reached SQL but not yet this index: a stored item's vectors
+        # and a raw vector are in the new space, so they wait for the swap (a text or a
+        # file is encoded by the model of the index being searched, and need not).
+        if not wait:
+            raise WouldBlock
+        live = indexes.get(row, wait=True)
     # One read of the pair: the query is projected by the heads that made the index,
     # even if a swap lands while this search runs.
     space = live.space

@@ -11,6 +11,7 @@ only what changed, until the switch is confirmed.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,9 +23,11 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.services import migrate
 from app.services.jobs import JobContext
+from app.services.search import Constraints, Query, search
 from app.settings import Settings
 from index.errors import SpaceChangedError
 from index.jobs import RUNNING
+from index.locks import WouldBlock
 from models.synth.world.images import Scene, image_file_bytes, render_scene
 from models.training.finetune import Cancelled
 from tests.conftest import TEST_MODEL, error_code
@@ -323,3 +326,42 @@ def test_a_write_encoded_before_the_switch_is_encoded_again_with_the_new_model(
         services.stores.items.upsert_many(
             collection_id=before.id, drafts=[item_draft("x")], model=TEST_MODEL
         )
+
+
+def test_until_this_process_swaps_texts_search_the_old_space_and_stored_vectors_wait(
+    idle: TestClient,
+) -> None:
+    fill(idle)
+    services = services_of(idle)
+    live = services.indexes.get(services.stores.collections.get(NAME))
+    migrate.run_migrate(services, _context(services, start_migrate(idle)))
+    asked: list[Any] = []
+    item_query = {"item_id": "red-circle", "k": 1}
+    waiting = threading.Thread(
+        target=lambda: asked.append(idle.post(f"/v1/collections/{NAME}/search", json=item_query))
+    )
+    assert live.rebuilding.acquire(timeout=5)  # as if another request were rebuilding it
+    try:
+        text = idle.post(f"/v1/collections/{NAME}/search", json={"text": "a red circle"})
+        assert text.status_code == 200 and live.space.aligner.dim == 64  # the old space
+        with pytest.raises(WouldBlock):
+            search(
+                settings=services.settings,
+                collections=services.stores.collections,
+                items=services.stores.items,
+                indexes=services.indexes,
+                models=services.models,
+                name=NAME,
+                query=Query(item_id="red-circle"),
+                constraints=Constraints(k=1),
+                wait=False,
+            )
+        waiting.start()
+        waiting.join(0.5)
+        assert waiting.is_alive()  # waits for the swap rather than mix spaces
+    finally:
+        live.rebuilding.release()
+    waiting.join(60)
+    assert asked[0].status_code == 200, asked[0].text
+    assert asked[0].json()["results"][0]["item"]["id"] == "red-circle"
+    assert live.space.aligner.dim == 128
