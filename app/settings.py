@@ -48,6 +48,15 @@ class Settings(BaseSettings):
         "from; empty = the cached bootstrap head of the pair in `MMR_DATA_DIR/aligners`, "
         "trained at the first start when missing.",
     )
+    allowed_models: str = Field(
+        default="",
+        max_length=8192,
+        description="Comma-separated model ids that collections may be created with "
+        "(`POST /v1/collections` `model`) or migrated to (`migrate` jobs), besides "
+        "`MMR_MODEL` and `mmr-mini`, which always may. A request naming another is refused "
+        "with 422: a key cannot make the server load any architecture it likes. Collections "
+        "keep the model they record whatever this says.",
+    )
     model_memory_mb: float = Field(
         default=4096.0,
         gt=0,
@@ -226,6 +235,11 @@ class Settings(BaseSettings):
         if value <= 0:
             raise ValueError("must be positive")
         return value
+
+    def model_allowed(self, model: str) -> bool:
+        """Whether collections may be created with, or migrated to, ``model``."""
+        allowed = {m.strip() for m in self.allowed_models.split(",") if m.strip()}
+        return model in allowed | {self.model, "mmr-mini"}
 
     @property
     def resolved_database_url(self) -> str:

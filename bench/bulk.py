@@ -28,6 +28,8 @@ from bench.data import sentences, small_jpegs
 from bench.server import Server
 
 Log = Callable[[str], None]
+MIGRATE_FROM = "random:mmr-tiny"  # the migrated collection's first model (random weights)
+MIGRATE_FROM_QUICK = "mmr-mini"  # ... when the bench's own model is that one (--quick)
 Body = tuple[bytes, str]  # a request body and its content type
 
 
@@ -51,7 +53,8 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
                 model=b.model,
                 precision="fp32",
                 ready_timeout_s=cfg.ready_timeout_s,
-                env=extra,
+                # the migration's source collection is made with the other model
+                env={**extra, "MMR_ALLOWED_MODELS": f"{MIGRATE_FROM},{MIGRATE_FROM_QUICK}"},
             ) as srv,
         ):
             measured = {}
@@ -98,7 +101,7 @@ def _migrate(
     bench's model by a migrate job (the server's in-process worker), then rolled back (the
     kept space: nothing to encode, the switch alone). Its ceiling is the time ``/v1/embed``
     of the bench's model took for the same items."""
-    source = "mmr-mini" if b.model == "random:mmr-tiny" else "random:mmr-tiny"
+    source = MIGRATE_FROM_QUICK if b.model == MIGRATE_FROM else MIGRATE_FROM
     raw = RawHttp(srv.url)
     try:
         status, data = raw.post_json(

@@ -41,13 +41,17 @@ Version = Annotated[int, Path(ge=0, le=2**63 - 1, description="an aligner versio
 )
 def create_collection(
     body: CollectionCreate,
+    settings: SettingsDep,
     collections: CollectionStoreDep,
     indexes: IndexesDep,
     models: ModelsDep,
 ) -> CollectionPublic:
     """Create a collection in the space of the server's model, or of the model the body
-    names (409 if the name exists or the model cannot be loaded)."""
-    return svc.create_collection(collections=collections, indexes=indexes, models=models, body=body)
+    names (`MMR_MODEL`, `mmr-mini` or one of `MMR_ALLOWED_MODELS`; 409 if the name exists
+    or the model cannot be loaded)."""
+    return svc.create_collection(
+        settings=settings, collections=collections, indexes=indexes, models=models, body=body
+    )
 
 
 @router.get("", response_model=CollectionList)
@@ -164,5 +168,10 @@ def rollback_migration(
     only the items written or replaced since the switch (the rest kept their vectors)."""
     body = migrate_svc.rollback_job(collections=collections, spaces=spaces, name=name)
     return job_svc.create_job(
-        settings=settings, collections=collections, jobs=jobs, wakeup=wakeup, body=body
+        settings=settings,
+        collections=collections,
+        jobs=jobs,
+        wakeup=wakeup,
+        body=body,
+        rollback=True,
     )

@@ -7,6 +7,7 @@ from app.services.embedding import Embedder
 from app.services.errors import InvalidInput, SpaceMismatch
 from app.services.pool import ModelKey, ModelPool
 from app.services.views import aware, collection_public
+from app.settings import Settings
 from index.blobs import BlobStore
 from index.collections import CollectionStore
 from index.items import ItemStore
@@ -47,17 +48,30 @@ def require_space(row: CollectionRow, aligner: Aligner, embedder: Embedder, moda
 
 def create_collection(
     *,
+    settings: Settings,
     collections: CollectionStore,
     indexes: IndexManager[Aligner],
     models: ModelPool,
     body: CollectionCreate,
 ) -> CollectionPublic:
     """Create an empty collection in the space of the model the body names (loaded now if
-    this process does not have it), else of the process's own model."""
+    this process does not have it; 422 unless MMR_ALLOWED_MODELS allows it), else of the
+    process's own model."""
+    if body.model is not None:
+        require_allowed(settings, body.model)
     if body.model is None:
         return _create(collections, indexes, models.default, body)
     with models.use_own(body.model) as embedder:
         return _create(collections, indexes, embedder, body)
+
+
+def require_allowed(settings: Settings, model: str) -> None:
+    """422 for a model collections may not be created with or migrated to."""
+    if not settings.model_allowed(model):
+        raise InvalidInput(
+            f"model {model!r} is not allowed here: collections may use MMR_MODEL "
+            f"({settings.model}), mmr-mini, or a model listed in MMR_ALLOWED_MODELS"
+        )
 
 
 def _create(

@@ -14,7 +14,7 @@ from app.schemas.jobs import (
     MigrateJobCreate,
     ReindexJobCreate,
 )
-from app.services.collections import index_spec
+from app.services.collections import index_spec, require_allowed
 from app.services.errors import InvalidInput, QueueFull
 from app.services.views import job_public
 from app.settings import Settings
@@ -50,6 +50,7 @@ def create_job(
     jobs: JobStore,
     wakeup: threading.Event,
     body: FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate,
+    rollback: bool = False,
 ) -> JobPublic:
     """Queue a job for an existing collection (404 when there is none, 429 when the queue is
     full, 409 while a migration of it is queued or running) and set ``wakeup`` (an
@@ -60,6 +61,8 @@ def create_job(
         index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
     if isinstance(body, MigrateJobCreate):
         check_target(body.model, body.audio_model)
+        if not rollback:  # back to a space the collection kept is always allowed
+            require_allowed(settings, body.model)
     _require_no_migration(jobs, row.id, row.name)
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
     job = jobs.create(type=body.type, collection_id=row.id, collection=row.name, params=params)

@@ -88,6 +88,10 @@ def test_a_collection_of_another_model_is_served_with_its_own_model(
         c.post("/v1/collections", json={"name": "tiny"})
         c.post("/v1/collections/tiny/items", json={"text": "kept", "id": "k"})
     with TestClient(create_app(make_settings(model="random:RN50"))) as c:
+        # Creating one with another model needs it allowed; the stored one needs nothing.
+        refused = c.post("/v1/collections", json={"name": "small", "model": TEST_MODEL})
+        assert refused.status_code == 422 and "MMR_ALLOWED_MODELS" in refused.text
+    with TestClient(create_app(make_settings(model="random:RN50", allowed_models=TEST_MODEL))) as c:
         info = c.get("/v1/collections/tiny").json()
         assert info["compatible"] is True and (info["model"], info["dim"]) == (TEST_MODEL, 64)
         assert c.post("/v1/collections/tiny/items", json={"text": "new"}).status_code == 201
@@ -117,7 +121,8 @@ def test_a_collection_whose_model_cannot_be_loaded_is_refused_with_409(
     checkpoint = tmp_path / "tiny.pt"
     torch.save(open_clip.create_model("mmr-tiny").state_dict(), checkpoint)
     model = f"open_clip:mmr-tiny@{checkpoint}"
-    with TestClient(create_app(make_settings())) as c:
+    allowed = f"{model},random:no-such-arch"
+    with TestClient(create_app(make_settings(allowed_models=allowed))) as c:
         assert c.post("/v1/collections", json={"name": "ck", "model": model}).status_code == 201
         c.post("/v1/collections/ck/items", json={"text": "kept", "id": "k"})
         missing = c.post("/v1/collections", json={"name": "no", "model": "random:no-such-arch"})

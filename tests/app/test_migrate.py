@@ -298,7 +298,7 @@ def test_other_jobs_wait_for_a_migration_and_bad_targets_are_refused(idle: TestC
         assert response.status_code == 409, response.text
         assert job["id"] in response.json()["error"]["message"]
     assert idle.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
-    for model in ("nonsense", "auto", "open_clip:"):
+    for model in ("nonsense", "auto", "open_clip:", "random:ViT-bigG-14"):
         response = idle.post(
             "/v1/jobs", json={"type": "migrate", "collection": NAME, "model": model}
         )
