@@ -18,6 +18,7 @@ from app.services.errors import (
     InvalidInput,
     Malformed,
     MalformedJson,
+    NotAllowed,
     QueueFull,
     SpaceMismatch,
     TooLarge,
@@ -75,6 +76,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     Malformed: (400, "bad_request"),
     MalformedJson: (400, "malformed_json"),
     SpaceMismatch: (409, "embedding_space_mismatch"),
+    NotAllowed: (403, "forbidden"),
     TooLarge: (413, "payload_too_large"),
     QueueFull: (429, "overloaded"),
 }

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
         description="Comma-separated model ids that collections may be created with "
         "(`POST /v1/collections` `model`) or migrated to (`migrate` jobs), besides "
         "`MMR_MODEL` and `mmr-mini`, which always may. A request naming another is refused "
-        "with 422: a key cannot make the server load any architecture it likes. Collections "
+        "with 403: a key cannot make the server load any architecture it likes. Collections "
         "keep the model they record whatever this says.",
     )
     model_memory_mb: float = Field(

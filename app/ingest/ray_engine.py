@@ -31,10 +31,10 @@ class ImageEncoder:
     whether it decoded, and the space the features are in."""
 
     def __init__(self, model: str, device: str, cache_dir: str) -> None:
-        from app.lifespan import load_encoder
         from app.services.embedding import Embedder
         from app.services.items import feature_space
         from app.settings import Settings
+        from models.encoders.registry import load_model
 
         self.settings = Settings(
             model=model,
@@ -44,7 +44,17 @@ class ImageEncoder:
             data_dir=Path(cache_dir),
             _env_file=None,
         )
-        self.embedder = Embedder(load_encoder(self.settings))
+        # As the server loads it (app.lifespan.load_encoder), without its batching settings:
+        # an actor is handed whole batches.
+        self.embedder = Embedder(
+            load_model(
+                model,
+                audio_model="none",
+                device=device,
+                cache_dir=self.settings.data_dir / "models",
+                precision=self.settings.precision,
+            )
+        )
         self.space = json.dumps(feature_space(self.embedder), sort_keys=True)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.schemas.common import CollectionName, NoBool
+from app.schemas.common import MODEL_ID_PATTERN, CollectionName, NoBool
 from index.spec import TYPE_FIELDS
 
 
@@ -87,7 +87,7 @@ class CollectionCreate(BaseModel):
         None,
         min_length=1,
         max_length=512,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=MODEL_ID_PATTERN,
         description="the model of the collection's space (GET /v1/models: syntax), with its "
         "own audio tower if it has one; omitted: the server's MMR_MODEL. Loaded on demand "
         "within MMR_MODEL_MEMORY_MB; one that cannot be loaded is refused with 409",

@@ -41,3 +41,13 @@ class ErrorDetail(BaseModel):
 
     code: str
     message: str
+
+
+# A model id a collection can record (models.encoders.registry.parse_model_id's syntax, but
+# ``auto``, which is a choice, not one space).
+MODEL_ID_PATTERN = (
+    r"^(mmr-mini|mmr-mini@[^\x00-\x1f\x7f]+|random:[^\x00-\x1f\x7f]+"
+    r"|open_clip:[^\x00-\x1f\x7f/@]+[/@][^\x00-\x1f\x7f]+)$"
+)
+# An audio tower as MMR_AUDIO_MODEL names it (parse_audio_id's syntax).
+AUDIO_ID_PATTERN = r"^(|none|clap:[^\x00-\x1f\x7f]+)$"

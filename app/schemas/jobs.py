@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.collections import IndexSettings
-from app.schemas.common import CollectionName, ItemId, NoBool
+from app.schemas.common import AUDIO_ID_PATTERN, MODEL_ID_PATTERN, CollectionName, ItemId, NoBool
 
 # Explicit fine-tune pairs: a job body is stored in SQL and read by every listing.
 MAX_JOB_PAIRS = 50_000
@@ -117,13 +117,13 @@ class MigrateJobCreate(BaseModel):
     model: str = Field(
         min_length=1,
         max_length=512,
-        pattern=r"^[^\x00-\x1f\x7f]+$",
+        pattern=MODEL_ID_PATTERN,
         description="the model to move to (GET /v1/models: syntax); the dimension may change",
     )
     audio_model: str | None = Field(
         None,
         max_length=512,
-        pattern=r"^[^\x00-\x1f\x7f]*$",
+        pattern=AUDIO_ID_PATTERN,
         description="its audio tower as MMR_AUDIO_MODEL names it (empty: the model's own, "
         "none, clap:...); omitted: the model's own if it has one",
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings, SpaceInfo
 from app.services.embedding import Embedder
-from app.services.errors import InvalidInput, SpaceMismatch
+from app.services.errors import InvalidInput, NotAllowed, SpaceMismatch
 from app.services.pool import ModelKey, ModelPool
 from app.services.views import aware, collection_public
 from app.settings import Settings
@@ -66,9 +66,9 @@ def create_collection(
 
 
 def require_allowed(settings: Settings, model: str) -> None:
-    """422 for a model collections may not be created with or migrated to."""
+    """403 for a model collections may not be created with or migrated to."""
     if not settings.model_allowed(model):
-        raise InvalidInput(
+        raise NotAllowed(
             f"model {model!r} is not allowed here: collections may use MMR_MODEL "
             f"({settings.model}), mmr-mini, or a model listed in MMR_ALLOWED_MODELS"
         )

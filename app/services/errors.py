@@ -36,5 +36,9 @@ class TooLarge(ServiceError):
     """An upload over MMR_MAX_UPLOAD_MB."""
 
 
+class NotAllowed(ServiceError):
+    """What the server's configuration does not allow (a model outside MMR_ALLOWED_MODELS)."""
+
+
 class QueueFull(ServiceError):
     """Too many jobs wait already; retry once some have run."""

@@ -88,10 +88,12 @@ def _decode_audio(
     rate = embedder.audio_rate
     if rate is None:
         raise UnsupportedMediaError(
-            f"this looks like audio ({mime}), but this server has no audio model (it encodes "
-            f"{', '.join(embedder.modalities)} with {embedder.model_id}); enable audio with "
-            "MMR_AUDIO_MODEL=clap:laion/clap-htsat-unfused (a CLAP bridged into this space, "
-            "see docs/models.md, Audio) or run MMR_MODEL=mmr-mini, which has its own"
+            f"this looks like audio ({mime}), but {embedder.model_id} has no audio model here "
+            f"(it encodes {', '.join(embedder.modalities)}); for the server's own model enable "
+            "audio with MMR_AUDIO_MODEL=clap:laion/clap-htsat-unfused (a CLAP bridged into "
+            "this space, see docs/models.md, Audio) or run MMR_MODEL=mmr-mini, which has its "
+            "own; a collection made without audio takes none (make one with audio, or migrate "
+            "it with an audio_model)"
         )
     return decode_audio(
         data,

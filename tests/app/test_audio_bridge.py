@@ -266,7 +266,7 @@ def test_spaces_stay_apart_and_each_is_served_with_its_own_towers(
         assert c.post("/v1/collections", json={"name": NAME}).status_code == 201
         post_file(c, wav(noise(2.0, seed=3)), "kept")
         late = c.post("/v1/collections/earless/items", files={"file": ("a", wav(chirp()))})
-        assert late.status_code == 409 and "without an audio model" in late.text
+        assert late.status_code == 415 and "no audio model" in late.text
         assert c.post("/v1/collections/earless/items", json={"text": "fine"}).status_code == 201
     other = build_tiny_clap(tmp_path / "other-clap", seed=1, sample_rate=RATE)
     with TestClient(create_app(bridged(audio_model=f"clap:{other}", audio_head=None))) as c:

@@ -90,7 +90,7 @@ def test_a_collection_of_another_model_is_served_with_its_own_model(
     with TestClient(create_app(make_settings(model="random:RN50"))) as c:
         # Creating one with another model needs it allowed; the stored one needs nothing.
         refused = c.post("/v1/collections", json={"name": "small", "model": TEST_MODEL})
-        assert refused.status_code == 422 and "MMR_ALLOWED_MODELS" in refused.text
+        assert refused.status_code == 403 and "MMR_ALLOWED_MODELS" in refused.text
     with TestClient(create_app(make_settings(model="random:RN50", allowed_models=TEST_MODEL))) as c:
         info = c.get("/v1/collections/tiny").json()
         assert info["compatible"] is True and (info["model"], info["dim"]) == (TEST_MODEL, 64)

@@ -298,11 +298,15 @@ def test_other_jobs_wait_for_a_migration_and_bad_targets_are_refused(idle: TestC
         assert response.status_code == 409, response.text
         assert job["id"] in response.json()["error"]["message"]
     assert idle.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
-    for model in ("nonsense", "auto", "open_clip:", "random:ViT-bigG-14"):
+    for model in ("nonsense", "auto", "open_clip:"):
         response = idle.post(
             "/v1/jobs", json={"type": "migrate", "collection": NAME, "model": model}
         )
         assert response.status_code == 422, (model, response.text)
+    # Not in MMR_ALLOWED_MODELS: a key cannot make the workers load any architecture.
+    body = {"type": "migrate", "collection": NAME, "model": "random:ViT-bigG-14"}
+    refused = idle.post("/v1/jobs", json=body)
+    assert error_code(refused) == "forbidden" and "MMR_ALLOWED_MODELS" in refused.text
     assert idle.post("/v1/jobs", json={"type": "reindex", "collection": NAME}).status_code == 202
 
 
