@@ -25,19 +25,20 @@ ray = pytest.importorskip("ray", reason="Ray is the optional extra mmr[ray] (mak
 from ray.cluster_utils import Cluster  # noqa: E402
 
 
-@pytest.fixture
-def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
     """A head and a second node, 2 logical CPUs each (docs: one CPU each starves the read
-    task); its workers import this checkout."""
-    monkeypatch.setenv("PYTHONPATH", str(REPO))
-    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-    cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
-    try:
-        yield cluster.address
-    finally:
-        cluster.shutdown()
+    task); its workers import this checkout. One for the module's tests."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", str(REPO))
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+        cluster.add_node(num_cpus=2)
+        cluster.wait_for_nodes()
+        try:
+            yield cluster.address
+        finally:
+            cluster.shutdown()
 
 
 def picture(seed: int, fmt: str) -> bytes:
