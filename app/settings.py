@@ -52,8 +52,9 @@ class Settings(BaseSettings):
         default="",
         max_length=8192,
         description="Comma-separated model ids that collections may be created with "
-        "(`POST /v1/collections` `model`) or migrated to (`migrate` jobs), besides "
-        "`MMR_MODEL` and `mmr-mini`, which always may. A request naming another is refused "
+        "(`POST /v1/collections` `model`) or migrated to (`migrate` jobs: `model`, and an "
+        "`audio_model` such as `clap:ORG/REPO`), besides `MMR_MODEL`, `mmr-mini` and "
+        "`MMR_AUDIO_MODEL`, which always may. A request naming another is refused "
         "with 403: a key cannot make the server load any architecture it likes. Collections "
         "keep the model they record whatever this says.",
     )
@@ -240,6 +241,12 @@ class Settings(BaseSettings):
         """Whether collections may be created with, or migrated to, ``model``."""
         allowed = {m.strip() for m in self.allowed_models.split(",") if m.strip()}
         return model in allowed | {self.model, "mmr-mini"}
+
+    def audio_allowed(self, audio_model: str) -> bool:
+        """Whether a migration may name this audio tower (as MMR_AUDIO_MODEL does): the
+        model's own, none, MMR_AUDIO_MODEL's, or one of MMR_ALLOWED_MODELS."""
+        allowed = {m.strip() for m in self.allowed_models.split(",") if m.strip()}
+        return audio_model in allowed | {"", "none", self.audio_model}
 
     @property
     def resolved_database_url(self) -> str:

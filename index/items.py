@@ -109,15 +109,21 @@ def lock_collection(session: Session, collection_id: int) -> None:
     )
 
 
-def _require_model(session: Session, collection_id: int, model: str) -> None:
-    """Refuse features of ``model`` once the collection records another (lock held)."""
-    recorded = session.scalar(select(CollectionRow.model).where(CollectionRow.id == collection_id))
+def _require_space(
+    session: Session, collection_id: int, space: tuple[str, str | None, int]
+) -> None:
+    """Refuse features of ``space`` (model, audio model, dimension) once the collection
+    records another (lock held)."""
+    stmt = select(CollectionRow.model, CollectionRow.audio_model, CollectionRow.dim).where(
+        CollectionRow.id == collection_id
+    )
+    recorded = session.execute(stmt).first()
     if recorded is None:
         raise NotFoundError("the collection was deleted during the write")
-    if recorded != model:
+    if tuple(recorded) != space:
         raise SpaceChangedError(
-            f"the collection moved to model {recorded} while this write was encoded with "
-            f"{model}: send it again"
+            f"the collection moved to model {recorded[0]} while this write was encoded with "
+            f"{space[0]}: send it again"
         )
 
 
@@ -229,15 +235,19 @@ class ItemStore:
             return session.get(CollectionRow, collection_id) is not None
 
     def upsert_many(
-        self, *, collection_id: int, drafts: Sequence[ItemDraft], model: str | None = None
+        self,
+        *,
+        collection_id: int,
+        drafts: Sequence[ItemDraft],
+        space: tuple[str, str | None, int] | None = None,
     ) -> list[Upserted]:
         """Insert or replace many items in one transaction (one commit), each as ``upsert``
         would, in order: a later draft of an id replaces an earlier one of the same batch.
-        NotFoundError when the collection is gone; SpaceChangedError when ``model`` is given
-        and is no longer the collection's (the drafts' features are of another space); any
-        other failure commits nothing."""
+        NotFoundError when the collection is gone; SpaceChangedError when ``space`` (model,
+        audio model, dimension) is given and is no longer the collection's (the drafts'
+        features are of another space); any other failure commits nothing."""
         try:
-            return self._upsert_many(collection_id, drafts, model)
+            return self._upsert_many(collection_id, drafts, space)
         except IntegrityError as exc:
             if not self._collection_exists(collection_id):
                 raise NotFoundError("the collection was deleted during the write") from exc
@@ -247,7 +257,10 @@ class ItemStore:
         return self._upsert_many(collection_id, [draft], None)[0]
 
     def _upsert_many(
-        self, collection_id: int, drafts: Sequence[ItemDraft], model: str | None
+        self,
+        collection_id: int,
+        drafts: Sequence[ItemDraft],
+        space: tuple[str, str | None, int] | None,
     ) -> list[Upserted]:
         """New ids are inserted and the change log appended with one multi-row statement
         each (RETURNING their keys in order): the ORM's unit of work cost more than the
@@ -255,8 +268,8 @@ class ItemStore:
         now = utcnow()
         with self.sessions.begin() as session:
             lock_collection(session, collection_id)
-            if model is not None:
-                _require_model(session, collection_id, model)
+            if space is not None:
+                _require_space(session, collection_id, space)
             rows = _rows_by_id(session, collection_id, [d.external_id for d in drafts])
             existing = {row.pk for row in rows.values()}
             # What each draft finds (created, and the sha it replaces); the last draft of an

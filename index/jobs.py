@@ -103,18 +103,16 @@ class JobStore:
         with self.sessions() as session:
             return int(session.scalar(stmt) or 0)
 
-    def unfinished(self, *, collection_id: int, type: str) -> JobRow | None:
-        """The oldest queued or running job of a type for a collection, or None."""
+    def unfinished(self, *, collection_id: int, type: str | None = None) -> JobRow | None:
+        """The oldest queued or running job (of a type, or of any) of a collection, or None."""
         stmt = (
             select(JobRow)
-            .where(
-                JobRow.collection_id == collection_id,
-                JobRow.type == type,
-                JobRow.status.in_([QUEUED, RUNNING]),
-            )
+            .where(JobRow.collection_id == collection_id, JobRow.status.in_([QUEUED, RUNNING]))
             .order_by(JobRow.created_at, JobRow.id)
             .limit(1)
         )
+        if type is not None:
+            stmt = stmt.where(JobRow.type == type)
         with self.sessions() as session:
             return session.scalar(stmt)
 

@@ -169,7 +169,21 @@ class SpaceStore:
                 .limit(1)
             )
             if active is None:
-                raise LookupError(f"the space of {model} has no aligner version")
+                # Kept from a collection of the implicit identity heads (aligner version 0):
+                # the new model's identity heads are the same heads, recorded as version 1.
+                artefact, sha, meta = aligner
+                active = SpaceAlignerRow(
+                    collection_id=collection_id,
+                    key=key,
+                    version=1,
+                    active=True,
+                    sha256=sha,
+                    artefact=artefact,
+                    meta=meta,
+                    created_at=utcnow(),
+                )
+                session.add(active)
+                session.flush()
             session.expunge_all()
         return space, active
 
@@ -207,6 +221,14 @@ class SpaceStore:
         inner = _missing_join(collection_id, key).subquery()
         with self.sessions() as session, no_time_limit(session.connection()):
             return int(session.scalar(select(func.count()).select_from(inner)) or 0)
+
+    def holds(self, *, collection_id: int, pk: int, sha256: str) -> bool:
+        """Whether the item still holds the original ``sha256``."""
+        stmt = select(ItemRow.sha256).where(
+            ItemRow.collection_id == collection_id, ItemRow.pk == pk
+        )
+        with self.sessions() as session:
+            return session.scalar(stmt) == sha256
 
     def modalities(self, collection_id: int) -> set[str]:
         """The modalities of the collection's items (what the new model must encode)."""
@@ -291,7 +313,10 @@ class SpaceStore:
             space = session.get(SpaceRow, (collection_id, key))
             if row is None or space is None:
                 raise NotFoundError("the collection or the space was dropped")
-            status = session.scalar(select(JobRow.status).where(JobRow.id == job_id))
+            # Locked until the commit: a cancel waits for the switch, or the switch sees it.
+            status = session.scalar(
+                select(JobRow.status).where(JobRow.id == job_id).with_for_update()
+            )
             if status != "running":  # cancelled meanwhile: the collection stays as it is
                 raise JobEndedError(f"job {job_id} is {status or 'gone'}: no switch")
             inner = _missing_join(collection_id, key).subquery()
@@ -325,6 +350,8 @@ def _keep_current(session: Session, row: CollectionRow, job_id: str) -> SpaceRow
         dim=row.dim,
         state=KEPT,
         job_id=job_id,
+        index_type=row.index_type,
+        index_params=row.index_params,
         created_at=utcnow(),
     )
     session.add(left)

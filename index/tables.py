@@ -215,6 +215,9 @@ class SpaceRow(Base):
     dim: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))  # "building" | "kept"
     job_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # A kept space's index settings (a rollback builds that index again); None: building.
+    index_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    index_params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

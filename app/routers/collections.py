@@ -113,7 +113,12 @@ def list_aligners(
 @router.post(
     "/{name}/aligners/{version}/activate",
     response_model=AlignerList,
-    responses={409: {"description": "the version is of another embedding space"}},
+    responses={
+        409: {
+            "description": "the version is of another embedding space, or a migration of "
+            "the collection is queued or running"
+        }
+    },
 )
 def activate_aligner(
     name: str,
@@ -121,10 +126,13 @@ def activate_aligner(
     collections: CollectionStoreDep,
     aligners: AlignerStoreDep,
     indexes: IndexesDep,
+    jobs: JobStoreDep,
 ) -> AlignerList:
     """Make a recorded aligner version the active one (roll forward or back): stored raw
     features are re-projected into a new index built beside the live one, then aligner and
-    index are swapped together; searches meanwhile answer from the old pair."""
+    index are swapped together; searches meanwhile answer from the old pair. Refused (409)
+    while a migration of the collection is queued or running."""
+    job_svc.require_no_migration(jobs, collections.get(name).id, name)
     return aligner_svc.activate(
         collections=collections,
         aligners=aligners,
@@ -137,7 +145,10 @@ def activate_aligner(
 @router.post(
     "/{name}/migration/confirm",
     response_model=MigrationConfirmed,
-    responses={404: {"description": "no collection of that name"}},
+    responses={
+        404: {"description": "no collection of that name"},
+        409: {"description": "a migration of the collection is queued or running"},
+    },
 )
 def confirm_migration(
     name: str, collections: CollectionStoreDep, spaces: SpaceStoreDep, jobs: JobStoreDep

@@ -365,6 +365,11 @@ def _write(
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.
         aligner = live.aligner
+        if not in_space(live, row):  # swapped to a migration's new space since encoding
+            raise SpaceChangedError(
+                f"collection {row.name!r} moved to another model while this write was "
+                "encoded: send it again"
+            )
         vectors = [enc.vectors(aligner) for enc in encoded]
         drafts = [
             ItemDraft(
@@ -384,7 +389,9 @@ def _write(
         ]
         # Refused (409) if a migration switched the collection to another model since
         # ``row`` was read: these features are of the old one.
-        done = items.upsert_many(collection_id=row.id, drafts=drafts, model=row.model)
+        done = items.upsert_many(
+            collection_id=row.id, drafts=drafts, space=(row.model, row.audio_model, row.dim)
+        )
         # An id written twice in the batch: its last vectors are the ones SQL holds.
         last = {d.row.pk: n for n, d in enumerate(done)}
         kept = sorted(last.values())

@@ -15,7 +15,7 @@ from app.schemas.jobs import (
     ReindexJobCreate,
 )
 from app.services.collections import index_spec, require_allowed
-from app.services.errors import InvalidInput, QueueFull
+from app.services.errors import InvalidInput, NotAllowed, QueueFull
 from app.services.views import job_public
 from app.settings import Settings
 from index.collections import CollectionStore
@@ -63,14 +63,28 @@ def create_job(
         check_target(body.model, body.audio_model)
         if not rollback:  # back to a space the collection kept is always allowed
             require_allowed(settings, body.model)
-    _require_no_migration(jobs, row.id, row.name)
+            if body.audio_model is not None and not settings.audio_allowed(body.audio_model):
+                raise NotAllowed(
+                    f"audio model {body.audio_model!r} is not allowed here: a migration may "
+                    "name the model's own tower (empty), none, MMR_AUDIO_MODEL, or one listed "
+                    "in MMR_ALLOWED_MODELS"
+                )
+    require_no_migration(jobs, row.id, row.name)
+    if isinstance(body, MigrateJobCreate):
+        # A fine-tune or reindex finishing after the switch would write into the new space.
+        busy = jobs.unfinished(collection_id=row.id)
+        if busy is not None:
+            raise ConflictError(
+                f"collection {row.name!r} has a {busy.type} job {busy.status} ({busy.id}): "
+                "a migration starts once it has ended; wait for it, or cancel it"
+            )
     params = body.model_dump(exclude={"type", "collection"}, mode="json")
     job = jobs.create(type=body.type, collection_id=row.id, collection=row.name, params=params)
     wakeup.set()
     return job_public(job)
 
 
-def _require_no_migration(jobs: JobStore, collection_id: int, name: str) -> None:
+def require_no_migration(jobs: JobStore, collection_id: int, name: str) -> None:
     """Refuse (409) any job of a collection a migration will move or is moving: a fine-tune
     or reindex would work on the space about to be left, a second migration on a space
     about to change."""

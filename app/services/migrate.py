@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from app.services.collections import index_spec
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import SpaceMismatch
 from app.services.items import feature_space
-from app.services.jobs import JobContext
+from app.services.jobs import JobContext, require_no_migration
 from app.services.media import decode_upload
 from app.settings import Settings
 from app.state import Services
@@ -37,7 +37,7 @@ from index.errors import ConflictError, JobEndedError
 from index.jobs import JobStore
 from index.spaces import KEPT, SpaceStore, SpaceVectors, Switched, ToEncode, space_key
 from index.spec import IndexSpec
-from index.tables import CollectionRow
+from index.tables import CollectionRow, SpaceRow
 from models.encoders.aligner import Aligner
 from models.encoders.registry import NO_AUDIO, parse_audio_id
 from models.errors import MediaError
@@ -56,7 +56,9 @@ def run_migrate(services: Services, ctx: JobContext) -> dict[str, Any]:
     stores = services.stores
     row = stores.collections.get_by_id(ctx.job.collection_id)
     with _target(services, params) as embedder:
-        spec = _spec(row, params.get("index"), embedder.dim)
+        if _switched_before(stores.spaces, row, embedder, ctx.job.id):
+            # An earlier attempt switched, then its worker died before recording it.
+            return {"model": row.model, "dim": row.dim, "switched_by_an_earlier_attempt": True}
         _check_modalities(stores.spaces.modalities(row.id), embedder, row)
         fresh = embedder.default_aligner
         artefact = fresh.to_bytes()
@@ -70,7 +72,10 @@ def run_migrate(services: Services, ctx: JobContext) -> dict[str, Any]:
         )
         heads = Aligner.from_bytes(active.artefact).numbered(active.version)
         try:
+            spec = _spec(row, space, params.get("index"), embedder.dim)
             return _build_and_switch(services, ctx, row, embedder, heads, spec)
+        except TooBusy:
+            raise  # what was built stays: the job run again goes on from there
         except Cancelled:
             if _cancelled(stores.jobs, ctx) and space.state != KEPT:
                 stores.spaces.drop(collection_id=row.id, key=space.key)
@@ -79,6 +84,20 @@ def run_migrate(services: Services, ctx: JobContext) -> dict[str, Any]:
             if space.state != KEPT:  # failed: the collection stays as it was, nothing beside
                 stores.spaces.drop(collection_id=row.id, key=space.key)
             raise
+
+
+class TooBusy(ConflictError):
+    """The collection changed faster than the passes could follow."""
+
+
+def _switched_before(
+    spaces: SpaceStore, row: CollectionRow, embedder: Embedder, job_id: str
+) -> bool:
+    """Whether this job already moved the collection to the embedder's space."""
+    here = space_key(row.model, row.audio_model)
+    if here != space_key(embedder.model_id, embedder.audio_model_id):
+        return False
+    return any(s.job_id == job_id and s.state == KEPT for s in spaces.of(row.id))
 
 
 def _target(services: Services, params: dict[str, Any]) -> Any:
@@ -92,14 +111,17 @@ def _target(services: Services, params: dict[str, Any]) -> Any:
 
 
 def _spec(
-    row: CollectionRow, wanted: dict[str, Any] | None, dim: int
+    row: CollectionRow, space: SpaceRow, wanted: dict[str, Any] | None, dim: int
 ) -> tuple[str, dict[str, Any]]:
-    """The index settings of the new space: the job's, else the collection's, checked
-    against the new dimension."""
+    """The index settings of the new space: the job's, else those a kept space had (a
+    rollback), else the collection's, checked against the new dimension."""
     if wanted is not None:
         spec = index_spec(IndexSettings(**wanted), dim=dim)
         return spec.type, spec.params()
-    spec = IndexSpec.of(row.index_type, row.index_params)
+    if space.index_type is not None:
+        spec = IndexSpec.of(space.index_type, space.index_params or {})
+    else:
+        spec = IndexSpec.of(row.index_type, row.index_params)
     try:
         spec.check(dim)
     except ValueError as exc:
@@ -151,9 +173,10 @@ def _build_and_switch(
             metrics = _metrics(outcome, row, total, encoded, reused, passes, seconds)
             return {**metrics, "encoded_on_ray": on_ray}
         log.info("%d items of %s changed during pass %d: another pass", outcome, row.name, passes)
-    raise ConflictError(
+    raise TooBusy(
         f"collection {row.name!r} changed faster than the migration could follow in "
-        f"{MAX_PASSES} passes: run the job again when writes slow down"
+        f"{MAX_PASSES} passes: run the job again when writes slow down (it goes on from "
+        "what was built)"
     )
 
 
@@ -174,6 +197,7 @@ def _pass(
     done, reused = counts
     after = 0
     stored = on_ray = 0
+    total = stores.items.count(row.id)  # once a pass: the progress's denominator
     while True:
         _stop_if_cancelled(stores.jobs, ctx)  # one query a batch: a cancel stops it at once
         chunk = RAY_CHUNK if ray else BATCH
@@ -186,9 +210,17 @@ def _pass(
         for start in range(0, len(todo), BATCH):
             _stop_if_cancelled(stores.jobs, ctx)
             part = todo[start : start + BATCH]
-            rows = encode_items(services.settings, services.blobs, embedder, heads, part, given)
+            rows = encode_items(
+                services.settings,
+                services.blobs,
+                embedder,
+                heads,
+                part,
+                given,
+                holds=lambda t: stores.spaces.holds(collection_id=row.id, pk=t.pk, sha256=t.sha256),
+            )
             stored += stores.spaces.put(collection_id=row.id, key=key, rows=rows)
-            _report(ctx, stores.items.count(row.id), reused + done + stored, done + stored, started)
+            _report(ctx, total, reused + done + stored, done + stored, started)
 
 
 def _on_ray(services: Services, embedder: Embedder, todo: Sequence[ToEncode]) -> dict[int, Any]:
@@ -228,26 +260,40 @@ def encode_items(
     heads: Aligner,
     todo: Sequence[ToEncode],
     given: dict[int, Any] | None = None,
+    *,
+    holds: Callable[[ToEncode], bool] = lambda _: True,
 ) -> list[SpaceVectors]:
     """Stored items encoded again from their originals (one forward pass per modality; the
-    raw features in ``given`` by item key were computed elsewhere) and placed by ``heads``;
-    an original that cannot be read or decoded fails the job (the collection stays as it
-    was) with the item's id."""
+    raw features in ``given`` by item key were computed elsewhere) and placed by ``heads``.
+    An item deleted or replaced since it was listed (``holds`` says it no longer holds that
+    original) is left out: its next state is found by the next pass. An original that
+    cannot be read or decoded fails the job (the collection stays as it was) with the
+    item's id."""
     given = given or {}
-    local = [t for t in todo if t.pk not in given]
+    local: list[ToEncode] = []
     payloads: list[Any] = []
-    for item in local:
+    gone: set[int] = set()
+    for item in todo:
+        if item.pk in given:
+            continue
         if item.modality == "text":
+            local.append(item)
             payloads.append(item.text or "")
             continue
         try:
             data = blobs.get(item.sha256)
-            payloads.append(decode_upload(data, settings=settings, embedder=embedder).payload)
+            payload = decode_upload(data, settings=settings, embedder=embedder).payload
         except (OSError, MediaError) as exc:
+            if not holds(item):  # deleted or replaced meanwhile: its bytes went with it
+                gone.add(item.pk)
+                continue
             raise ValueError(
                 f"the original of item #{item.pk} ({item.content_type}) cannot be encoded "
                 f"again: {exc}; delete or replace the item, then run the job again"
             ) from exc
+        local.append(item)
+        payloads.append(payload)
+    todo = [t for t in todo if t.pk not in gone]
     here = iter(embedder.encode_mixed([t.modality for t in local], payloads))
     encoded: list[Encoded] = [
         Encoded("image", given[t.pk].reshape(1, -1)) if t.pk in given else next(here) for t in todo
@@ -325,14 +371,13 @@ def _stop_if_cancelled(jobs: JobStore, ctx: JobContext) -> None:
 def confirm(
     *, collections: CollectionStore, spaces: SpaceStore, jobs: JobStore, name: str
 ) -> MigrationConfirmed:
-    """Drop the spaces a migration left (and builds no job is running on): the switch is
-    final, their storage is freed."""
+    """Drop the spaces a migration left (and one a failed migration left half built): the
+    switch is final, their storage is freed (409 while a migration is queued or running)."""
     row = collections.get(name)
-    running = jobs.unfinished(collection_id=row.id, type="migrate")
+    # A queued rollback needs the kept space, a running migration the one it builds.
+    require_no_migration(jobs, row.id, row.name)
     dropped = []
     for space in spaces.of(row.id):
-        if running is not None and space.job_id == running.id:
-            continue
         spaces.drop(collection_id=row.id, key=space.key)
         dropped.append(space.model)
     return MigrationConfirmed(collection=row.name, model=row.model, dropped=dropped)
@@ -350,7 +395,8 @@ def rollback_job(
             "or never migrated)"
         )
     space = kept[0]
-    audio = None if space.audio_model == space.model else (space.audio_model or NO_AUDIO)
+    # "" names the model's own tower; None would be MMR_AUDIO_MODEL's for MMR_MODEL.
+    audio = "" if space.audio_model == space.model else (space.audio_model or NO_AUDIO)
     return MigrateJobCreate(
         type="migrate", collection=row.name, model=space.model, audio_model=audio
     )

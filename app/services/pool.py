@@ -3,9 +3,9 @@
 Every collection records the model (and audio tower) its vectors come from; a collection
 migrated to another model, or created with one, is served with that model. The pool loads
 such a model on first use and keeps it while it fits the memory budget
-(``MMR_MODEL_MEMORY_MB``), unloading the least recently used idle model to make room for a
-new one; the start-up model (``MMR_MODEL``) is never unloaded. A model in use by a request
-is never closed under it: an unloaded model in use closes when its last user is done.
+(``MMR_MODEL_MEMORY_MB``), unloading the least recently used idle models to make room for a
+new one (or once the models that kept it over the budget are idle again); the start-up
+model (``MMR_MODEL``) and models in use (a request, a migration) are never unloaded.
 """
 
 from __future__ import annotations
@@ -171,10 +171,20 @@ class ModelPool:
                     return entry
             embedder = self._load_now(keys[0], model, audio)
             entry = _Entry(embedder, model_bytes(embedder), users=1)
+            duplicate = None
             with self._lock:
-                self._entries[self.key(embedder)] = entry
                 self._loading.pop(keys[0], None)
-                closing = self._evict(keep=self.key(embedder))
+                kept = self._entries.get(self.key(embedder))
+                if kept is not None:  # asked for under another key and loaded meanwhile
+                    kept.users += 1
+                    kept.last_used = time.time()
+                    entry, duplicate = kept, embedder
+                    closing = []
+                else:
+                    self._entries[self.key(embedder)] = entry
+                    closing = self._evict(keep=self.key(embedder))
+            if duplicate is not None:
+                duplicate.close()
             for old in closing:
                 old.embedder.close()
             return entry
@@ -196,10 +206,10 @@ class ModelPool:
 
     def _evict(self, *, keep: ModelKey) -> list[_Entry]:
         """Drop idle models, least recently used first, until the pool fits the budget;
-        the entries to close (lock held)."""
+        the entries to close (lock held). A model in use stays (its memory is in use)."""
         closing: list[_Entry] = []
         idle = sorted(
-            (e for k, e in self._entries.items() if k != keep and not e.default),
+            (e for k, e in self._entries.items() if k != keep and not e.default and not e.users),
             key=lambda e: e.last_used,
         )
         for entry in idle:
@@ -208,16 +218,21 @@ class ModelPool:
             self._entries.pop(self.key(entry.embedder), None)
             entry.evicted = True
             log.info("unloaded model %s: over MMR_MODEL_MEMORY_MB", entry.embedder.model_id)
-            if entry.users == 0:
-                closing.append(entry)
+            closing.append(entry)
         return closing
 
     def _release(self, entry: _Entry) -> None:
         with self._lock:
             entry.users -= 1
+            entry.last_used = time.time()
             close = entry.evicted and entry.users == 0
+            # Models kept over the budget while in use go once idle (this one stays: it is
+            # the most recently used).
+            closing = [] if entry.evicted else self._evict(keep=self.key(entry.embedder))
         if close:
             entry.embedder.close()
+        for old in closing:
+            old.embedder.close()
 
     def loaded(self) -> list[PooledModel]:
         """What the pool holds, most recently used first."""

@@ -76,6 +76,17 @@ def right_first_hits(client: TestClient) -> int:
     )
 
 
+def served_index(client: TestClient, expected: str, timeout: float = 30) -> str:
+    """The type of the index the collection serves, once it is ``expected`` (the follower
+    may still be building it when the job ends) or the timeout passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served: str = client.get(f"/v1/collections/{NAME}").json()["index"]["type"]
+        if served == expected or time.monotonic() > deadline:
+            return served
+        time.sleep(0.05)
+
+
 def wait(client: TestClient, job_id: str, timeout: float = 180) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -166,8 +177,9 @@ def test_a_migration_moves_a_collection_to_another_model_and_dimension(
 
 def test_a_rollback_encodes_only_what_changed_since_the_switch(client: TestClient) -> None:
     count = fill(client)
-    done = wait(client, start_migrate(client)["id"])
+    done = wait(client, start_migrate(client, index={"type": "hnsw"})["id"])
     assert done["status"] == "succeeded", done
+    assert served_index(client, "hnsw") == "hnsw"
     client.post(f"/v1/collections/{NAME}/items", json={"text": "after the switch", "id": "late"})
     back = client.post(f"/v1/collections/{NAME}/migration/rollback")
     assert back.status_code == 202, back.text
@@ -176,6 +188,7 @@ def test_a_rollback_encodes_only_what_changed_since_the_switch(client: TestClien
     assert done["metrics"]["encoded"] == 1 and done["metrics"]["reused"] == count
     info = client.get(f"/v1/collections/{NAME}").json()
     assert (info["model"], info["dim"], info["count"]) == (TEST_MODEL, 64, count + 1)
+    assert served_index(client, "flat") == "flat"  # the kept space's index comes back
     assert [s["model"] for s in info["other_spaces"]] == ["mmr-mini"]
     hits = client.post(f"/v1/collections/{NAME}/search", json={"item_id": "late", "k": 1})
     assert hits.json()["results"][0]["item"]["id"] == "late"
@@ -328,7 +341,7 @@ def test_a_write_encoded_before_the_switch_is_encoded_again_with_the_new_model(
     assert hits.json()["results"][0]["item"]["id"] == "raced"
     with pytest.raises(SpaceChangedError):
         services.stores.items.upsert_many(
-            collection_id=before.id, drafts=[item_draft("x")], model=TEST_MODEL
+            collection_id=before.id, drafts=[item_draft("x")], space=(TEST_MODEL, None, 64)
         )
 
 
@@ -369,3 +382,47 @@ def test_until_this_process_swaps_texts_search_the_old_space_and_stored_vectors_
     assert asked[0].status_code == 200, asked[0].text
     assert asked[0].json()["results"][0]["item"]["id"] == "red-circle"
     assert live.space.aligner.dim == 128
+
+
+def test_an_item_deleted_during_the_build_is_left_out_not_a_failure(
+    idle: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = fill(idle)
+    services = services_of(idle)
+    monkeypatch.setattr(migrate, "BATCH", 4)
+    listed = services.stores.spaces.missing
+    deleted: list[str] = []
+
+    def listed_then_deleted(**kwargs: Any) -> Any:
+        found = listed(**kwargs)
+        if found and not deleted:  # listed, then deleted (its original with it) before encoding
+            deleted.append("red-square")
+            assert idle.delete(f"/v1/collections/{NAME}/items/red-square").status_code == 204
+        return found
+
+    monkeypatch.setattr(services.stores.spaces, "missing", listed_then_deleted)
+    metrics = migrate.run_migrate(services, _context(services, start_migrate(idle)))
+    assert (metrics["items"], metrics["encoded"]) == (count - 1, count - 1)
+    assert idle.get(f"/v1/collections/{NAME}").json()["model"] == "mmr-mini"
+
+
+def test_a_migration_waits_for_other_jobs_and_holds_off_activations_and_confirms(
+    idle: TestClient,
+) -> None:
+    fill(idle)
+    reindex = idle.post("/v1/jobs", json={"type": "reindex", "collection": NAME}).json()
+    refused = idle.post(
+        "/v1/jobs", json={"type": "migrate", "collection": NAME, "model": "mmr-mini"}
+    )
+    assert refused.status_code == 409 and reindex["id"] in refused.text
+    assert idle.post(f"/v1/jobs/{reindex['id']}/cancel").status_code == 200
+    job = start_migrate(idle)
+    for response in (
+        idle.post(f"/v1/collections/{NAME}/aligners/1/activate"),
+        idle.post(f"/v1/collections/{NAME}/migration/confirm"),
+    ):
+        assert response.status_code == 409 and job["id"] in response.text
+    assert idle.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    body = {"type": "migrate", "collection": NAME, "model": "mmr-mini", "audio_model": "clap:x/y"}
+    assert error_code(idle.post("/v1/jobs", json=body)) == "forbidden"
+    assert idle.post(f"/v1/collections/{NAME}/aligners/1/activate").status_code == 200

@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column("dim", sa.Integer, nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("job_id", sa.String(32), nullable=True),
+        sa.Column("index_type", sa.String(32), nullable=True),
+        sa.Column("index_params", sa.JSON, nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
