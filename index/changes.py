@@ -65,6 +65,13 @@ class ChangeLog:
             stmt = select(CollectionRow.changes_pruned_seq).where(CollectionRow.id == collection_id)
             return int(session.scalar(stmt) or 0)
 
+    def epoch(self, collection_id: int) -> int | None:
+        """The collection's index epoch as SQL holds it now (None: deleted)."""
+        with self.sessions() as session:
+            stmt = select(CollectionRow.index_epoch).where(CollectionRow.id == collection_id)
+            found = session.scalar(stmt)
+            return None if found is None else int(found)
+
     def prune(self, *, collection_id: int, upto_seq: int) -> None:
         """Forget the change log up to a sequence a durable snapshot reflects."""
         with self.sessions.begin() as session:

@@ -415,7 +415,15 @@ class IndexManager(Generic[P]):
         # nothing this read needed).
         if self.changes.pruned_seq(row.id) > live.applied:
             return False
+        if self.changes.epoch(row.id) != live.space.epoch:
+            return True  # a new epoch (a migration's switch): the next pass swaps instead
         self._apply(row, live.index, live.aligner, touched)
+        if self.changes.epoch(row.id) != live.space.epoch:
+            # The epoch moved while the items were read: some may be of the next space (a
+            # migration's vectors). Keep them out of this index; the next pass rebuilds.
+            if touched:
+                live.index.remove(np.fromiter(touched, dtype=np.int64))
+            return True
         live.reached(newest)
         if touched:
             live.dirty += 1

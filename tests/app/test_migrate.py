@@ -10,6 +10,7 @@ only what changed, until the switch is confirmed.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import threading
 import time
@@ -426,3 +427,22 @@ def test_a_migration_waits_for_other_jobs_and_holds_off_activations_and_confirms
     body = {"type": "migrate", "collection": NAME, "model": "mmr-mini", "audio_model": "clap:x/y"}
     assert error_code(idle.post("/v1/jobs", json=body)) == "forbidden"
     assert idle.post(f"/v1/collections/{NAME}/aligners/1/activate").status_code == 200
+
+
+def test_a_follower_keeps_the_next_space_out_of_the_index_it_is_leaving(idle: TestClient) -> None:
+    fill(idle)
+    services = services_of(idle)
+    before = services.stores.collections.get(NAME)
+    live = services.indexes.get(before)
+    migrate.run_migrate(services, _context(services, start_migrate(idle)))
+    # Another process writes in the new space before this one swapped; this follower read
+    # the collection row before the switch (as follow_all does at the start of a pass).
+    vector = np.ones(128, dtype=np.float32) / np.sqrt(128)
+    draft = dataclasses.replace(
+        item_draft("elsewhere"), feature=vector, vector=vector, aligner_version=1
+    )
+    [written] = services.stores.items.upsert_many(collection_id=before.id, drafts=[draft])
+    services.indexes.catch_up(live, before)
+    assert live.space.aligner.dim == 64 and written.row.pk not in set(live.index.ids())
+    services.indexes.follow_all()  # the next pass swaps to the new space, the write in it
+    assert live.space.aligner.dim == 128 and written.row.pk in set(live.index.ids())
