@@ -321,7 +321,8 @@ class IndexManager(Generic[P]):
         row = self.collections.get_by_id(row.id)
         if live.space.matches(row):
             return
-        self._rebuild(live, row)
+        if not self._rebuild(live, row):
+            return
         # Rebuilds are the expensive path: make this one durable now, not at some later
         # tick (a big snapshot then would stall the searches running at that moment).
         self.snapshot(live)
@@ -332,12 +333,18 @@ class IndexManager(Generic[P]):
             row.index_epoch,
         )
 
-    def _rebuild(self, live: LiveIndex[P], row: CollectionRow) -> None:
+    def _rebuild(self, live: LiveIndex[P], row: CollectionRow) -> bool:
         """A new index from SQL beside the live one (searches go on meanwhile), then the
-        changes committed during the build, and the swap."""
+        changes committed during the build, and the swap; False when SQL moved to another
+        epoch during the build (nothing swapped)."""
         aligner = self.aligner_of(row)
         seq = self.changes.last_seq(row.id)
         index = self._build(row, aligner)
+        if self.changes.epoch(row.id) != row.index_epoch:
+            # A new epoch (a migration's switch) landed during the build: what it read may
+            # be partly of the next space. Not swapped in; the next pass builds that epoch.
+            log.info("collection %s moved on during a rebuild: not swapped in", row.name)
+            return False
         with live.writer:
             # Writes that landed during the build, this process's too (they went to the old
             # index, projected by the old heads).
@@ -347,6 +354,7 @@ class IndexManager(Generic[P]):
             live.applied = 0
             live.reached(max(seq, newest))
             live.dirty += 1
+        return True
 
     # -- following SQL (invariant 8) -----------------------------------------------------
     def follow_all(self) -> None:

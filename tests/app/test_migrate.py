@@ -26,13 +26,15 @@ from app.services import migrate
 from app.services.jobs import JobContext
 from app.services.search import Constraints, Query, search
 from app.settings import Settings
+from index.columns import from_blob
 from index.errors import SpaceChangedError
 from index.jobs import RUNNING
 from index.locks import WouldBlock
+from models.encoders.mini.model import SHIPPED_DIR
 from models.synth.world.images import Scene, image_file_bytes, render_scene
 from models.training.finetune import Cancelled
 from tests.conftest import TEST_MODEL, error_code
-from tests.factories import item_draft, services_of
+from tests.factories import audio_bytes, item_draft, samples_bytes, services_of, tone
 
 NAME = "world"
 COLOURS = ("red", "green", "blue", "yellow")
@@ -446,3 +448,66 @@ def test_a_follower_keeps_the_next_space_out_of_the_index_it_is_leaving(idle: Te
     assert live.space.aligner.dim == 64 and written.row.pk not in set(live.index.ids())
     services.indexes.follow_all()  # the next pass swaps to the new space, the write in it
     assert live.space.aligner.dim == 128 and written.row.pk in set(live.index.ids())
+
+
+def test_recordings_are_cut_and_encoded_again_by_the_new_audio_tower(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """mmr-mini to the same weights under another id (its own tower both times): every
+    recording comes back with the same segments, spans and vectors, searchable by sound."""
+    again = f"mmr-mini@{SHIPPED_DIR}"
+    settings = make_settings(model="mmr-mini", allowed_models=again, worker="off")
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/v1/collections", json={"name": NAME}).status_code == 201
+        long = samples_bytes(tone(9.0, freq=330.0), 16000)
+        for item_id, data in (("long", long), ("short", audio_bytes(seconds=1.0, freq=880.0))):
+            response = c.post(
+                f"/v1/collections/{NAME}/items",
+                files={"file": ("a.wav", data)},
+                data={"id": item_id},
+            )
+            assert response.status_code == 201, response.text
+        c.post(f"/v1/collections/{NAME}/items", json={"text": "a low hum", "id": "words"})
+        services = services_of(c)
+        row = services.stores.collections.get(NAME)
+        before = services.stores.items.get(collection_id=row.id, external_id="long")
+        assert before.spans is not None and len(before.spans) > 1
+        metrics = migrate.run_migrate(services, _context(services, start_migrate(c, model=again)))
+        assert metrics["encoded"] == 3 and metrics["audio_model"] == again
+        after = services.stores.items.get(collection_id=row.id, external_id="long")
+        assert after.spans == before.spans
+        old = from_blob(before.vector, row.dim)
+        new = from_blob(after.vector, row.dim)
+        assert old.shape == new.shape and float(np.min(np.sum(old * new, axis=1))) > 0.999
+        form = {"k": "1", "modalities": "audio"}
+        hits = c.post(
+            f"/v1/collections/{NAME}/search", files={"file": ("q.wav", long)}, data=form
+        ).json()["results"]
+        assert hits[0]["item"]["id"] == "long" and hits[0]["start"] is not None
+
+
+def test_a_rebuild_a_switch_overtakes_is_not_swapped_in(
+    idle: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(idle)
+    services = services_of(idle)
+    indexes, collections = services.indexes, services.stores.collections
+    row = collections.get(NAME)
+    live = indexes.get(row)
+    build = indexes._build
+    job = start_migrate(idle)
+
+    def overtaken(at: Any, aligner: Any) -> Any:
+        built = build(at, aligner)  # read in the old space; the switch lands right after
+        migrate.run_migrate(services, _context(services, job))
+        return built
+
+    monkeypatch.setattr(indexes, "_build", overtaken)
+    reindexed = collections.set_space(collection_id=row.id, bump_epoch=True)
+    indexes.get(reindexed, wait=True)
+    assert live.space.epoch == 0 and live.space.aligner.dim == 64  # nothing swapped in
+    monkeypatch.undo()
+    indexes.follow_all()
+    assert live.space.epoch == 2 and live.space.aligner.dim == 128
+    hits = idle.post(f"/v1/collections/{NAME}/search", json={"item_id": "red-circle", "k": 1})
+    assert hits.json()["results"][0]["item"]["id"] == "red-circle"
