@@ -146,19 +146,6 @@ class SpaceStore:
                     created_at=utcnow(),
                 )
                 session.add(space)
-                artefact, sha, meta = aligner
-                session.add(
-                    SpaceAlignerRow(
-                        collection_id=collection_id,
-                        key=key,
-                        version=1,
-                        active=True,
-                        sha256=sha,
-                        artefact=artefact,
-                        meta=meta,
-                        created_at=utcnow(),
-                    )
-                )
             else:
                 space.job_id = job_id
             session.flush()
@@ -169,8 +156,8 @@ class SpaceStore:
                 .limit(1)
             )
             if active is None:
-                # Kept from a collection of the implicit identity heads (aligner version 0):
-                # the new model's identity heads are the same heads, recorded as version 1.
+                # A new space, or one kept from a collection of the implicit identity heads
+                # (aligner version 0: the given identity heads are the same, recorded as 1).
                 artefact, sha, meta = aligner
                 active = SpaceAlignerRow(
                     collection_id=collection_id,
