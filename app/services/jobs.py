@@ -15,15 +15,13 @@ from app.schemas.jobs import (
     ReindexJobCreate,
 )
 from app.services.collections import index_spec, require_allowed
-from app.services.errors import InvalidInput, NotAllowed, QueueFull
+from app.services.errors import NotAllowed, QueueFull
 from app.services.views import job_public
 from app.settings import Settings
 from index.collections import CollectionStore
 from index.errors import ConflictError
 from index.jobs import JobStore
 from index.tables import JobRow
-from models.encoders.registry import parse_audio_id, parse_model_id
-from models.errors import UnknownModelError
 
 
 @dataclass
@@ -59,16 +57,16 @@ def create_job(
     _require_room(settings, jobs, row.id, row.name)
     if isinstance(body, ReindexJobCreate) and body.index is not None:
         index_spec(body.index, dim=row.dim)  # 422 now rather than a failed job later
-    if isinstance(body, MigrateJobCreate):
-        check_target(body.model, body.audio_model)
-        if not rollback:  # back to a space the collection kept is always allowed
-            require_allowed(settings, body.model)
-            if body.audio_model is not None and not settings.audio_allowed(body.audio_model):
-                raise NotAllowed(
-                    f"audio model {body.audio_model!r} is not allowed here: a migration may "
-                    "name the model's own tower (empty), none, MMR_AUDIO_MODEL, or one listed "
-                    "in MMR_ALLOWED_MODELS"
-                )
+    # A model outside the schema's syntax never gets here (422); back to a space the
+    # collection kept (a rollback) is always allowed.
+    if isinstance(body, MigrateJobCreate) and not rollback:
+        require_allowed(settings, body.model)
+        if body.audio_model is not None and not settings.audio_allowed(body.audio_model):
+            raise NotAllowed(
+                f"audio model {body.audio_model!r} is not allowed here: a migration may "
+                "name the model's own tower (empty), none, MMR_AUDIO_MODEL, or one listed "
+                "in MMR_ALLOWED_MODELS"
+            )
     require_no_migration(jobs, row.id, row.name)
     if isinstance(body, MigrateJobCreate):
         # A fine-tune or reindex finishing after the switch would write into the new space.
@@ -111,18 +109,6 @@ def _require_room(settings: Settings, jobs: JobStore, collection_id: int, name: 
         raise QueueFull(
             "the job queue is full (MMR_MAX_QUEUED_JOBS): retry once queued jobs have run"
         )
-
-
-def check_target(model: str, audio_model: str | None) -> None:
-    """422 for model ids outside the syntax, before a worker spends minutes loading them."""
-    try:
-        parse_model_id(model)
-        if audio_model is not None:
-            parse_audio_id(audio_model)
-    except UnknownModelError as exc:
-        raise InvalidInput(str(exc)) from exc
-    if model == "auto":
-        raise InvalidInput("name the model to migrate to: auto is not one space")
 
 
 def get_job(*, jobs: JobStore, job_id: str) -> JobPublic:

@@ -67,7 +67,6 @@ class _Entry:
     default: bool = False
     users: int = 0
     last_used: float = field(default_factory=time.time)
-    evicted: bool = False
 
 
 @dataclass(frozen=True)
@@ -216,7 +215,6 @@ class ModelPool:
             if sum(e.bytes for e in self._entries.values()) <= self.budget_bytes:
                 break
             self._entries.pop(self.key(entry.embedder), None)
-            entry.evicted = True
             log.info("unloaded model %s: over MMR_MODEL_MEMORY_MB", entry.embedder.model_id)
             closing.append(entry)
         return closing
@@ -225,12 +223,9 @@ class ModelPool:
         with self._lock:
             entry.users -= 1
             entry.last_used = time.time()
-            close = entry.evicted and entry.users == 0
             # Models kept over the budget while in use go once idle (this one stays: it is
             # the most recently used).
-            closing = [] if entry.evicted else self._evict(keep=self.key(entry.embedder))
-        if close:
-            entry.embedder.close()
+            closing = self._evict(keep=self.key(entry.embedder))
         for old in closing:
             old.embedder.close()
 
