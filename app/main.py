@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from fastapi import Depends, FastAPI
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import openapi
 from app.auth import (
@@ -24,6 +24,7 @@ from app.metrics import Metrics, MetricsMiddleware
 from app.routers import collections, embed, health, items, jobs, keys, models, search
 from app.settings import Settings, get_settings
 from models.media.budget import DecodeBudget
+from models.runtime.streams import in_flight
 
 DESCRIPTION = """
 Search images and text by each other in one vector space.
@@ -84,9 +85,25 @@ def _serve_hot_routes_first(app: FastAPI) -> None:
             on_refusal=_count_refusal(app),
         )
         # Keys first, in front of everything: no layer reads a body for a caller without one.
-        return Authenticate(limited, fastapi=app)
+        return CountInFlight(Authenticate(limited, fastapi=app))
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
+
+
+class CountInFlight:
+    """Each HTTP request is a unit of the process's work while it is served
+    (``models.runtime.streams.in_flight``): a forward takes every core only while its own
+    request is the only one, so it never spreads over a core another request works on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with in_flight():
+            await self.app(scope, receive, send)
 
 
 def _count_refusal(app: FastAPI) -> Callable[[Scope, int], None]:

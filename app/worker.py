@@ -24,6 +24,7 @@ from index.errors import ConflictError, NotFoundError
 from index.faults import Retrier
 from index.jobs import CANCELLED, FAILED, SUCCEEDED
 from models.errors import MediaError, ModelLoadError
+from models.runtime.streams import in_flight
 from models.runtime.threads import in_thread_with_threads
 from models.training.finetune import Cancelled
 
@@ -126,7 +127,8 @@ class Worker:
             # A thread of its own with every torch thread: its OpenMP team ends with the job
             # (a lasting one would slow every forward, see models.runtime.threads).
             handler = HANDLERS[ctx.job.type]
-            metrics = in_thread_with_threads(lambda: handler(self.services, ctx))
+            with in_flight():  # requests' forwards keep off the cores the job works on
+                metrics = in_thread_with_threads(lambda: handler(self.services, ctx))
         except Cancelled:
             return CANCELLED, {}, "cancelled"
         except JOB_ERRORS as exc:

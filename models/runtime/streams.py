@@ -9,14 +9,18 @@ else waits for the model takes all the slots and runs on the model's wide thread
 threads, which shortens its latency. One thread does every wide forward because GNU OpenMP
 throttles its spinning once more than one thread keeps a team of workers
 (``models.runtime.threads.configure_torch_threads``). Under load each forward takes one slot
-and ``threads // count`` threads in its batcher worker. Towers that run outside torch (int8 in
-ONNX Runtime) follow the same slots with a session per thread count (``models.runtime.onnx``).
+and ``threads // count`` threads in its batcher worker. Other work of the process counts
+as load too (:func:`in_flight`): a wide forward beside another request's write or decode has
+its OpenMP team wait at barriers for a thread that work has preempted. Towers that run
+outside torch (int8 in ONNX Runtime) follow the same slots with a session per thread count
+(``models.runtime.onnx``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -24,6 +28,46 @@ from typing import TypeVar
 from models.runtime.threads import use_torch_threads
 
 T = TypeVar("T")
+
+# A forward takes every core only when its unit of work has run alone for this long: under
+# steady load from several clients, a forward that starts in a gap between two requests
+# would otherwise spread over the cores the next request arrives to work on.
+QUIET_S = 0.25
+
+_units = 0  # units of the process's work running now (in_flight)
+_crowded_at = float("-inf")  # when more than one unit last ran
+_units_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def in_flight() -> Iterator[None]:
+    """Count one unit of the process's work (an HTTP request, a job) while it runs. A forward
+    takes every core only while its own unit has been the only one for ``QUIET_S``
+    (:func:`crowded`).
+
+    Why: a wide forward's OpenMP team waits at every barrier for its slowest thread, and a
+    thread that shares its core with other work (another request's write, decode or answer)
+    is preempted for whole scheduler slices. Measured with the batch write benchmark
+    (``python -m bench --only bulk``, two clients): while one batch was written and the next
+    encoded on a wide forward, the encoder spent about twice the CPU time per text it spends
+    on narrow forwards (docs/performance.md)."""
+    global _units, _crowded_at
+    with _units_lock:
+        _units += 1
+        if _units > 1:
+            _crowded_at = time.monotonic()
+    try:
+        yield
+    finally:
+        with _units_lock:
+            if _units > 1:
+                _crowded_at = time.monotonic()
+            _units -= 1
+
+
+def crowded() -> bool:
+    """Whether more than one :func:`in_flight` unit runs now or did in the last ``QUIET_S``."""
+    return _units > 1 or time.monotonic() - _crowded_at < QUIET_S
 
 
 class Streams:
@@ -51,12 +95,14 @@ class Streams:
         already; a runtime with its own pools picks its session by it). ``alone``: nothing
         else waits for this model, so it may take every slot when all are free; it then
         runs on the model's wide thread with every torch thread (the one thread here that
-        keeps an OpenMP team, see ``models.runtime.threads.configure_torch_threads``). Otherwise it
-        runs in the calling thread on ``threads // count`` threads."""
+        keeps an OpenMP team, see ``models.runtime.threads.configure_torch_threads``), unless
+        other work of the process runs beside it or did a moment ago (:func:`crowded`).
+        Otherwise it runs in the calling thread on ``threads // count`` threads."""
         with self._cond:
             while not self._free:
                 self._cond.wait()
-            take = self.count if alone and self._free == self.count else 1
+            wide = alone and self._free == self.count and not crowded()
+            take = self.count if wide else 1
             self._free -= take
         try:
             if take == self.count and self.threads > 1:

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from models.encoders.registry import load_model
+from models.runtime import streams as streams_module
 from models.runtime import threads as thread_settings
 from models.runtime.batcher import BatchConfig
-from models.runtime.streams import Streams, default_count
+from models.runtime.streams import Streams, crowded, default_count, in_flight
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +23,12 @@ def keep_torch_threads() -> Iterator[None]:
     before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def quiet_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No other request ran a moment ago (another test's units count for nothing here)."""
+    monkeypatch.setattr(streams_module, "_crowded_at", float("-inf"))
 
 
 def _seen(threads: int) -> tuple[str, int]:
@@ -70,6 +77,35 @@ def test_a_forward_beside_another_gets_a_share_though_it_thinks_it_is_alone() ->
         assert pool.submit(streams.run, _seen, alone=True).result(5)[1] == 2
         release.set()
         held.result(5)
+
+
+def test_a_forward_beside_another_request_keeps_to_its_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another unit of work in flight (a request writing, decoding or answering) keeps a lone
+    forward off the cores it works on, and so does one that ran a moment ago; a forward whose
+    own unit has run alone for QUIET_S takes every thread again."""
+    monkeypatch.setattr(streams_module, "QUIET_S", 0.2)
+    streams = Streams(threads=2, count=2)
+    try:
+        with in_flight():  # this forward's own request
+            assert streams.run(_seen, alone=True)[1] == 2
+            with in_flight():  # another request beside it
+                name, threads = streams.run(_seen, alone=True)
+                assert not name.startswith("mmr-wide") and threads == 1
+            assert crowded()  # the other one ended a moment ago
+            assert streams.run(_seen, alone=True)[1] == 1
+            time.sleep(0.25)
+            assert not crowded()
+            assert streams.run(_seen, alone=True)[1] == 2
+    finally:
+        streams.close()
+
+
+def test_units_in_flight_are_counted_whatever_ends_them() -> None:
+    with pytest.raises(RuntimeError), in_flight(), in_flight():
+        raise RuntimeError("a request that failed")
+    assert streams_module._units == 0
 
 
 def test_one_stream_runs_every_forward_on_the_wide_thread() -> None:
