@@ -54,7 +54,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from pathlib import Path
 
 from index.snapshots import can_sync_filesystem, fsync_dir, sync_filesystem, write_atomically
@@ -73,6 +74,20 @@ def _host() -> str:
     return socket.gethostname()
 
 
+@dataclass(frozen=True)
+class Storing:
+    """Originals being written (``BlobStore.storing``): their digests, in order, once
+    ``wait()`` has seen every one durably on disk (it raises the write's error)."""
+
+    digests: list[str]
+    writes: Future[None]
+
+    def wait(self) -> list[str]:
+        """The digests, once the originals are on disk."""
+        self.writes.result()
+        return self.digests
+
+
 class BlobStore:
     """Write-once files named by their sha256: ``blobs/ab/cd/abcd...``.
 
@@ -88,6 +103,7 @@ class BlobStore:
         self.grace_s = TRASH_GRACE_S if grace_s is None else grace_s
         self._lock = threading.Lock()
         self._pins: Counter[str] = Counter()
+        self._writer: ThreadPoolExecutor | None = None  # storing()'s background writes
 
     @contextlib.contextmanager
     def pinned(self, data: bytes) -> Iterator[str]:
@@ -99,16 +115,31 @@ class BlobStore:
     def pinned_many(self, datas: Sequence[bytes]) -> Iterator[list[str]]:
         """``pinned`` for many originals at once: they are written in parallel (each write
         waits on its own fsyncs), and their digests come back in order."""
+        with self.storing(datas) as stored:
+            yield stored.wait()
+
+    @contextlib.contextmanager
+    def storing(self, datas: Sequence[bytes]) -> Iterator[Storing]:
+        """``pinned_many`` whose writes run on a thread of the store while the block goes on
+        (a batch's forward): the block calls ``wait()`` for the digests once the originals
+        are needed on disk, before any row names them. Leaving the block waits for the
+        writes; after a block that ended normally (its rows committed), any original another
+        process trashed meanwhile is written back."""
         digests = [hashlib.sha256(data).hexdigest() for data in datas]
         with self._lock:
             self._pins.update(digests)
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="mmr-blobs")
+            writes = self._writer.submit(self._put_all, datas)
         try:
-            self._put_all(datas)
-            yield digests
+            yield Storing(digests, writes)
+            writes.result()
             # Another process may have trashed a file before this row committed (its pins
             # are not ours): the row is committed now, so the file must be there.
             self._put_all([d for d, h in zip(datas, digests, strict=True) if not self._has(h)])
         finally:
+            with contextlib.suppress(Exception):  # raised to the block already, or above
+                wait([writes])
             with self._lock:
                 self._pins.subtract(digests)
                 for digest in set(digests):

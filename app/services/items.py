@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from app.services.media import decode_upload
 from app.services.pool import ModelPool, in_space
 from app.services.views import item_public
 from app.settings import Settings
-from index.blobs import BlobStore
+from index.blobs import BlobStore, Storing
 from index.collections import CollectionStore
 from index.columns import storable
 from index.errors import NotFoundError, SpaceChangedError
@@ -295,18 +296,22 @@ def _add(
     prepare: Callable[[Embedder], list[PendingItem | Exception]],
     alone: bool,
 ) -> tuple[list[PendingItem | Exception], list[tuple[ItemPublic, bool] | Exception]]:
-    with models.use(row.model, row.audio_model) as embedder:
-        entries = prepare(embedder)
-        pending = [e for e in entries if isinstance(e, PendingItem)]
-        if not pending:
-            return entries, []
-        live = _live_in_space(indexes, row)
-        for modality in sorted({p.modality for p in pending}):
-            require_space(row, live.aligner, embedder, modality)
-        encoded = _encoded(embedder, pending)
-    if alone:
-        return entries, list(_write(items, indexes, blobs, row, pending, encoded))
-    return entries, _write_all(items, indexes, blobs, row, pending, encoded)
+    with contextlib.ExitStack() as stack:
+        with models.use(row.model, row.audio_model) as embedder:
+            entries = prepare(embedder)
+            pending = [e for e in entries if isinstance(e, PendingItem)]
+            if not pending:
+                return entries, []
+            live = _live_in_space(indexes, row)
+            for modality in sorted({p.modality for p in pending}):
+                require_space(row, live.aligner, embedder, modality)
+            # The originals are written while they are encoded: their flushes to disk take
+            # as long as a forward, and the rows wait for them only at the commit.
+            stored = stack.enter_context(blobs.storing([p.data for p in pending]))
+            encoded = _encoded(embedder, pending)
+        if alone:
+            return entries, list(_write(items, indexes, blobs, row, pending, encoded, stored))
+        return entries, _write_all(items, indexes, blobs, row, pending, encoded, stored)
 
 
 def _live_in_space(indexes: IndexManager[Aligner], row: CollectionRow) -> LiveIndex[Aligner]:
@@ -323,17 +328,18 @@ def _write_all(
     row: CollectionRow,
     pending: list[PendingItem],
     encoded: list[Encoded],
+    stored: Storing,
 ) -> list[tuple[ItemPublic, bool] | Exception]:
     try:
-        return list(_write(items, indexes, blobs, row, pending, encoded))
+        return list(_write(items, indexes, blobs, row, pending, encoded, stored))
     except (NotFoundError, SpaceChangedError):
         raise  # the collection is gone or moved: so it is for every item
     except Exception:  # whatever sank the batch, each item tries alone
         log.warning("a batch of %d items failed as a whole: writing them one by one", len(pending))
     written: list[tuple[ItemPublic, bool] | Exception] = []
-    for item, enc in zip(pending, encoded, strict=True):
+    for n, (item, enc) in enumerate(zip(pending, encoded, strict=True)):
         try:
-            written.extend(_write(items, indexes, blobs, row, [item], [enc]))
+            written.extend(_write(items, indexes, blobs, row, [item], [enc], stored, at=n))
         except (NotFoundError, SpaceChangedError):
             raise
         except Exception as exc:  # this item's own outcome, in its place
@@ -357,11 +363,15 @@ def _write(
     row: CollectionRow,
     pending: Sequence[PendingItem],
     encoded: Sequence[Encoded],
+    stored: Storing,
+    at: int = 0,
 ) -> list[tuple[ItemPublic, bool]]:
-    """Write items in one SQL transaction and one index update, (item, created) in order."""
+    """Write items in one SQL transaction and one index update, (item, created) in order;
+    their originals are ``stored``'s from ``at`` on."""
     live = indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    with blobs.pinned_many([p.data for p in pending]) as shas, indexes.writing(live) as index:
+    shas = stored.wait()[at : at + len(pending)]
+    with indexes.writing(live) as index:
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.
         aligner = live.aligner

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,3 +161,48 @@ def test_a_batch_whose_write_fails_leaves_no_temp_files(
     with pytest.raises(OSError), store.pinned_many([b"a", b"b", b"c"]):
         pass
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+
+
+def test_storing_writes_while_the_block_goes_on_and_pins_until_it_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's originals are written on the store's thread while the batch is encoded: the
+    block goes on before they are on disk, wait() returns once they are, and they stay
+    pinned until the block (the commit) ends."""
+    store = BlobStore(tmp_path / "blobs")
+    release = threading.Event()
+    real = store._put_all
+
+    def slow(datas: object) -> None:
+        assert release.wait(5)
+        real(datas)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_put_all", slow)
+    datas = [b"first", b"second"]
+    with store.storing(datas) as stored:
+        assert not stored.writes.done()  # the block runs before the bytes are written
+        assert not any(store.path(d).exists() for d in stored.digests)
+        release.set()
+        assert stored.wait() == [hashlib.sha256(d).hexdigest() for d in datas]
+        assert [store.get(d) for d in stored.digests] == datas
+        assert store.remove_unused(set(stored.digests), lambda _: set()) == 0  # pinned
+    assert store.remove_unused(set(stored.digests), lambda _: set()) == 2  # released after
+
+
+def test_storing_raises_a_failed_write_at_wait_and_releases_its_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+
+    def full(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(blobs_module.os, "replace", full)
+    with pytest.raises(OSError, match="No space"), store.storing([b"a", b"b"]) as stored:
+        stored.wait()
+    assert store._pins == {}
+    # A block that fails on its own (the encoder) still waits for the writes it started.
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError), store.storing([b"c", b"d"]) as stored:
+        raise RuntimeError("the forward failed")
+    assert stored.writes.done() and store._pins == {}
