@@ -240,27 +240,30 @@ class ItemStore:
         collection_id: int,
         drafts: Sequence[ItemDraft],
         space: tuple[str, str | None, int] | None = None,
+        own: bool = False,
     ) -> list[Upserted]:
         """Insert or replace many items in one transaction (one commit), each as ``upsert``
         would, in order: a later draft of an id replaces an earlier one of the same batch.
         NotFoundError when the collection is gone; SpaceChangedError when ``space`` (model,
         audio model, dimension) is given and is no longer the collection's (the drafts'
-        features are of another space); any other failure commits nothing."""
+        features are of another space); any other failure commits nothing. ``own``: the
+        caller puts the items in this process's index itself (``index.wakeup.announce``)."""
         try:
-            return self._upsert_many(collection_id, drafts, space)
+            return self._upsert_many(collection_id, drafts, space, own)
         except IntegrityError as exc:
             if not self._collection_exists(collection_id):
                 raise NotFoundError("the collection was deleted during the write") from exc
             raise
 
     def _upsert(self, collection_id: int, draft: ItemDraft) -> Upserted:
-        return self._upsert_many(collection_id, [draft], None)[0]
+        return self._upsert_many(collection_id, [draft], None, False)[0]
 
     def _upsert_many(
         self,
         collection_id: int,
         drafts: Sequence[ItemDraft],
         space: tuple[str, str | None, int] | None,
+        own: bool,
     ) -> list[Upserted]:
         """New ids are inserted and the change log appended with one multi-row statement
         each (RETURNING their keys in order): the ORM's unit of work cost more than the
@@ -301,7 +304,7 @@ class ItemStore:
                 for d in drafts
             ]
             seqs = session.execute(stmt, changes).scalars().all()
-            announce(session)
+            announce(session, own=own)
         return [
             Upserted(rows[draft.external_id], created, replaced_sha, int(seq))
             for draft, (created, replaced_sha), seq in zip(drafts, outcomes, seqs, strict=True)
@@ -319,8 +322,9 @@ class ItemStore:
             _write_tags(session, [row], {row.pk})
         return row
 
-    def delete(self, *, collection_id: int, external_id: str) -> Deleted:
-        """Delete an item and log it; NotFoundError when there is none."""
+    def delete(self, *, collection_id: int, external_id: str, own: bool = False) -> Deleted:
+        """Delete an item and log it; NotFoundError when there is none. ``own``: the caller
+        takes it out of this process's index itself (``index.wakeup.announce``)."""
         with self.sessions.begin() as session:
             lock_collection(session, collection_id)
             row = _find_item(session, collection_id, external_id)
@@ -330,7 +334,7 @@ class ItemStore:
             session.add(change)
             session.flush()
             seq = change.seq
-            announce(session)
+            announce(session, own=own)
         return Deleted(row, seq)
 
     # -- reads -----------------------------------------------------------------------------

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -23,8 +25,9 @@ from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
-# The one channel of a database: the payload is empty, a follower checks every collection
-# it holds (a notification from another schema or service on the database costs one pass).
+# The one channel of a database: the payload is empty or names the writing process
+# (``sender``); a follower checks every collection it holds (a notification from another
+# schema or service on the database costs one pass).
 CHANNEL = "mmr_changes"
 # A follower woken by notifications runs at most this often: a burst of writes costs one pass
 # per gap, not one per write.
@@ -32,10 +35,25 @@ MIN_GAP_S = 0.02
 STOP_CHECK_S = 0.2  # how soon a pause notices that the process is stopping
 
 
-def announce(session: Session) -> None:
-    """Wake every follower once this transaction commits (Postgres; SQLite: nothing)."""
+def announce(session: Session, *, own: bool = False) -> None:
+    """Wake every follower once this transaction commits (Postgres; SQLite: nothing).
+    ``own``: the writer puts the change in its process's index itself (an item write through
+    the index manager), so that process's follower is not woken for it: under a steady
+    stream of writes it would otherwise run a pass after every one to find nothing new."""
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(select(func.pg_notify(CHANNEL, "")))
+        session.execute(select(func.pg_notify(CHANNEL, sender() if own else "")))
+
+
+_sender: tuple[int, str] | None = None  # (pid, this process's name in notifications)
+
+
+def sender() -> str:
+    """This process's name in the notifications of its own writes: unique per process, made
+    again in a forked child (which has an index of its own)."""
+    global _sender
+    if _sender is None or _sender[0] != os.getpid():
+        _sender = (os.getpid(), uuid.uuid4().hex)
+    return _sender[1]
 
 
 class Wakeup:
@@ -66,14 +84,18 @@ class Wakeup:
         return stop.wait(max(0.0, deadline - time.monotonic()))
 
     def _notified(self, stop: threading.Event, deadline: float) -> bool:
+        """Whether another process (or a write this one did not index itself) announced a
+        change before the deadline."""
         conn = self._listening()
+        mine = sender()
         while not stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if any(True for _ in conn.notifies(timeout=min(left, STOP_CHECK_S), stop_after=1)):
-                for _ in conn.notifies(timeout=0):  # the rest of a burst: one pass covers it
-                    pass
+            got = [n.payload for n in conn.notifies(timeout=min(left, STOP_CHECK_S), stop_after=1)]
+            if got:  # and the rest of a burst: one pass covers it
+                got += [n.payload for n in conn.notifies(timeout=0)]
+            if any(payload != mine for payload in got):
                 return True
         return False
 

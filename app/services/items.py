@@ -400,7 +400,10 @@ def _write(
         # Refused (409) if a migration switched the collection to another model since
         # ``row`` was read: these features are of the old one.
         done = items.upsert_many(
-            collection_id=row.id, drafts=drafts, space=(row.model, row.audio_model, row.dim)
+            collection_id=row.id,
+            drafts=drafts,
+            space=(row.model, row.audio_model, row.dim),
+            own=True,  # in this process's index below: its follower need not look
         )
         # An id written twice in the batch: its last vectors are the ones SQL holds.
         last = {d.row.pk: n for n, d in enumerate(done)}
@@ -472,7 +475,7 @@ def delete_item(
     row = collections.get(name)
     live = indexes.get(row)
     with indexes.writing(live) as index:
-        deleted = items.delete(collection_id=row.id, external_id=item_id)
+        deleted = items.delete(collection_id=row.id, external_id=item_id, own=True)
         index.remove(np.array([deleted.row.pk], dtype=np.int64))
         live.wrote(deleted.seq)
     blobs.remove_unused([deleted.row.sha256], items.shas_in_use)

@@ -3,11 +3,13 @@ back one does not; SQLite, and Postgres out of reach, fall back to the interval.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
 import pytest
 
+from index import wakeup as wakeup_module
 from index.db import make_engine
 from index.stores import Stores
 from index.wakeup import Wakeup, announce
@@ -66,6 +68,44 @@ def test_a_rolled_back_write_wakes_no_one(stores: Stores) -> None:
     finally:
         wakeup.close()
     assert waited >= 1.0 and wakeup.woken == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_write_this_process_indexed_itself_wakes_only_the_others(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item write through this process's index announces its sender: this process's
+    follower sleeps on, another process's (another sender) wakes."""
+    row = new_collection(stores)
+    wakeup = Wakeup(stores.engine)
+    try:
+        wakeup.pause(threading.Event(), 0.01)
+        own = later(
+            0.1,
+            lambda: stores.items.upsert_many(
+                collection_id=row.id, drafts=[item_draft("a")], own=True
+            ),
+        )
+        assert paused_for(wakeup, 1.0) >= 1.0 and wakeup.woken == 0
+        own.join()
+        deleted = later(
+            0.1, lambda: stores.items.delete(collection_id=row.id, external_id="a", own=True)
+        )
+        assert paused_for(wakeup, 1.0) >= 1.0 and wakeup.woken == 0
+        deleted.join()
+
+        # The same write as another process sends it: under a sender that is not ours
+        # (the follower took its own name when its pause began).
+        def as_another_process() -> None:
+            monkeypatch.setattr(wakeup_module, "_sender", (os.getpid(), "another process"))
+            stores.items.upsert_many(collection_id=row.id, drafts=[item_draft("b")], own=True)
+
+        theirs = later(0.3, as_another_process)
+        assert paused_for(wakeup, LONG_S) < LONG_S / 2 and wakeup.woken == 1
+        theirs.join()
+    finally:
+        wakeup.close()
 
 
 def test_stopping_ends_the_pause(stores: Stores) -> None:
