@@ -109,14 +109,19 @@ def lock_collection(session: Session, collection_id: int) -> None:
     )
 
 
-def _require_space(
+def _lock_in_space(
     session: Session, collection_id: int, space: tuple[str, str | None, int]
 ) -> None:
-    """Refuse features of ``space`` (model, audio model, dimension) once the collection
-    records another (lock held)."""
+    """``lock_collection``, then refuse features of ``space`` (model, audio model, dimension)
+    once the collection records another. On Postgres one statement does both (a round trip
+    less for every batch)."""
     stmt = select(CollectionRow.model, CollectionRow.audio_model, CollectionRow.dim).where(
         CollectionRow.id == collection_id
     )
+    if session.get_bind().dialect.name == "sqlite":
+        lock_collection(session, collection_id)
+    else:
+        stmt = stmt.with_for_update(key_share=True)  # what lock_collection takes
     recorded = session.execute(stmt).first()
     if recorded is None:
         raise NotFoundError("the collection was deleted during the write")
@@ -270,9 +275,10 @@ class ItemStore:
         rest of a batch's write together. Ids already stored are updated through the ORM."""
         now = utcnow()
         with self.sessions.begin() as session:
-            lock_collection(session, collection_id)
-            if space is not None:
-                _require_space(session, collection_id, space)
+            if space is None:
+                lock_collection(session, collection_id)
+            else:
+                _lock_in_space(session, collection_id, space)
             rows = _rows_by_id(session, collection_id, [d.external_id for d in drafts])
             existing = {row.pk for row in rows.values()}
             # What each draft finds (created, and the sha it replaces); the last draft of an
