@@ -497,7 +497,14 @@ json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12,
 )
-aware = st.datetimes(timezones=st.timezones()) | st.datetimes(timezones=st.just(UTC))
+# Times that name an instant: a day inside datetime's range on each side (0001-01-01 east of
+# UTC has no UTC time Python can represent) and no local time a clock change skipped.
+aware = st.datetimes(
+    min_value=datetime(1, 1, 2),
+    max_value=datetime(9999, 12, 30),
+    timezones=st.timezones(),
+    allow_imaginary=False,
+) | st.datetimes(timezones=st.just(UTC))
 
 
 @given(blob=st.binary(), stamp=aware, naive=st.datetimes(), meta=json_values)
