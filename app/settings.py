@@ -21,8 +21,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=Path("./data"),
         description="Where the service keeps its files: the SQLite database (`mmr.sqlite3`), "
-        "original uploads (`blobs/`), index snapshots (`indexes/`), audio heads (`aligners/`) "
-        "and the model cache (`models/`: weights, ONNX exports, the precision verdict).",
+        "uploaded files (`blobs/`; a text is kept in its row), index snapshots (`indexes/`), "
+        "audio heads (`aligners/`) and the model cache (`models/`: weights, ONNX exports, "
+        "the precision verdict).",
     )
     database_url: str = Field(
         default="",

@@ -523,12 +523,13 @@ def _dump_table(
 
 
 def _copy_blobs(conn: Connection, engine: Engine, root: Path, files: _Files) -> int:
-    """Copy the originals the snapshot's items refer to, checking each one's sha256.
+    """Copy the originals of the snapshot's files (images, audio), checking each one's
+    sha256; a text's original is its text, which its row holds.
 
     They are listed in a file of their own (checksummed in the manifest): a file's name is
     its digest, so the manifest stays small however many originals there are.
     """
-    stmt = text("SELECT DISTINCT sha256 FROM items ORDER BY sha256")
+    stmt = text("SELECT DISTINCT sha256 FROM items WHERE modality <> 'text' ORDER BY sha256")
     count = 0
     with open(files.target(BLOB_LIST), "w", encoding="utf-8") as listing:
         for rows in conn.execute(stmt.execution_options(yield_per=CHUNK)).partitions():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -56,6 +58,11 @@ class PendingItem:
     payload: Any = None  # what the encoder takes: the text, an RGB image or a mono wave
     metadata: dict[str, Any] = field(default_factory=dict)
     encoded: Encoded | None = None  # features computed elsewhere (feature_space): not encoded
+
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The digest of the original (its name in the blob store, for a file)."""
+        return hashlib.sha256(self.data).hexdigest()
 
 
 def feature_space(embedder: Embedder) -> dict[str, Any]:
@@ -305,9 +312,11 @@ def _add(
             live = _live_in_space(indexes, row)
             for modality in sorted({p.modality for p in pending}):
                 require_space(row, live.aligner, embedder, modality)
-            # The originals are written while they are encoded: their flushes to disk take
-            # as long as a forward, and the rows wait for them only at the commit.
-            stored = stack.enter_context(blobs.storing([p.data for p in pending]))
+            # Files' originals are written while they are encoded: their flushes to disk take
+            # as long as a forward, and the rows wait for them only at the commit. A text's
+            # original is its text, which its row holds.
+            files = [p.data for p in pending if p.text is None]
+            stored = stack.enter_context(blobs.storing(files))
             encoded = _encoded(embedder, pending)
         if alone:
             return entries, list(_write(items, indexes, blobs, row, pending, encoded, stored))
@@ -337,9 +346,9 @@ def _write_all(
     except Exception:  # whatever sank the batch, each item tries alone
         log.warning("a batch of %d items failed as a whole: writing them one by one", len(pending))
     written: list[tuple[ItemPublic, bool] | Exception] = []
-    for n, (item, enc) in enumerate(zip(pending, encoded, strict=True)):
+    for item, enc in zip(pending, encoded, strict=True):
         try:
-            written.extend(_write(items, indexes, blobs, row, [item], [enc], stored, at=n))
+            written.extend(_write(items, indexes, blobs, row, [item], [enc], stored))
         except (NotFoundError, SpaceChangedError):
             raise
         except Exception as exc:  # this item's own outcome, in its place
@@ -364,13 +373,12 @@ def _write(
     pending: Sequence[PendingItem],
     encoded: Sequence[Encoded],
     stored: Storing,
-    at: int = 0,
 ) -> list[tuple[ItemPublic, bool]]:
     """Write items in one SQL transaction and one index update, (item, created) in order;
-    their originals are ``stored``'s from ``at`` on."""
+    the originals of files among them are ``stored``'s."""
     live = indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    shas = stored.wait()[at : at + len(pending)]
+    stored.wait()
     with indexes.writing(live) as index:
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.
@@ -385,7 +393,7 @@ def _write(
             ItemDraft(
                 external_id=item.external_id or uuid.uuid4().hex,
                 modality=item.modality,
-                sha256=sha,
+                sha256=item.sha256,
                 content_type=item.content_type,
                 size_bytes=len(item.data),
                 feature=enc.raw,
@@ -395,7 +403,7 @@ def _write(
                 metadata=item.metadata,
                 spans=enc.span_list(),
             )
-            for item, sha, enc, vecs in zip(pending, shas, encoded, vectors, strict=True)
+            for item, enc, vecs in zip(pending, encoded, vectors, strict=True)
         ]
         # Refused (409) if a migration switched the collection to another model since
         # ``row`` was read: these features are of the old one.
@@ -433,9 +441,12 @@ def get_item(
 def item_content(
     *, collections: CollectionStore, items: ItemStore, blobs: BlobStore, name: str, item_id: str
 ) -> tuple[bytes, str]:
-    """The original bytes of an item and their content type."""
+    """The original bytes of an item and their content type: a text's from its row, a
+    file's from the blob store."""
     row = collections.get(name)
     item = items.get(collection_id=row.id, external_id=item_id)
+    if item.modality == "text" and item.text is not None:
+        return item.text.encode("utf-8"), item.content_type
     try:
         return blobs.get(item.sha256), item.content_type
     except FileNotFoundError as exc:

@@ -130,7 +130,7 @@ def test_a_restore_answers_every_search_as_the_original(
         assert run_cli(monkeypatch, settings, "backup", "--out", str(out)) == 0
     manifest = json.loads((out / "manifest.json").read_text())["manifest"]
     assert manifest["tables"]["items"]["rows"] == 14
-    assert manifest["blobs"] == 14
+    assert manifest["blobs"] == 3  # the images' originals; a text's is its row (answers' content)
     assert run_cli(monkeypatch, target, "restore", "--from", str(out)) == 0
     assert (target.data_dir / "aligners" / "bridge.npz").read_bytes() == head.read_bytes()
     with TestClient(create_app(target)) as client:
@@ -345,28 +345,35 @@ def test_an_item_deleted_during_the_copy_is_copied_from_the_trash(
     assert manifest["tables"]["items"]["rows"] == (13 if gone else 14)
 
 
+def image_of(label: str) -> bytes:
+    """The image a churned item holds under this label: files, whose originals the blob
+    store keeps (a text's original is its row)."""
+    return image_bytes("RGB", seed=int(hashlib.sha256(label.encode()).hexdigest()[:8], 16))
+
+
 class Churn:
-    """Replaces, deletes and re-adds items with new content until stopped, and logs each
+    """Replaces, deletes and re-adds images with new content until stopped, and logs each
     acknowledged write in order: the state after any prefix of the log is known."""
 
     POOL = 24
 
     def __init__(self, client: TestClient) -> None:
         self.client = client
-        self.log: list[tuple[str, str | None]] = []  # (id, its text now; None: deleted)
+        self.log: list[tuple[str, str | None]] = []  # (id, its label now; None: deleted)
         self.stop = threading.Event()
         self.failed: BaseException | None = None
         self.thread = threading.Thread(target=self.run)
 
     def fill(self) -> dict[str, str]:
         assert self.client.post("/v1/collections", json={"name": NAME}).status_code == 201
-        start = {f"p{i}": f"first text of p{i}" for i in range(self.POOL)}
+        start = {f"p{i}": f"first image of p{i}" for i in range(self.POOL)}
         for item, body in start.items():
             self.put(item, body, 201)
         return start
 
-    def put(self, item: str, body: str, status: int) -> None:
-        added = self.client.post(f"/v1/collections/{NAME}/items", json={"id": item, "text": body})
+    def put(self, item: str, label: str, status: int) -> None:
+        files = {"file": (f"{item}.png", image_of(label), "image/png")}
+        added = self.client.post(f"/v1/collections/{NAME}/items", files=files, data={"id": item})
         assert added.status_code == status, added.text
 
     def run(self) -> None:
@@ -446,8 +453,9 @@ def test_a_backup_under_steady_deletes_and_replacements_is_one_point_in_time(
             content = client.get(f"/v1/collections/{NAME}/items/{item}/content")
             assert content.status_code == 200, content.text
             assert hashlib.sha256(content.content).hexdigest() == sha
-            restored[item] = content.content.decode()
-    assert restored in churn.states(start)[3:]
+            restored[item] = content.content
+    states = [{k: image_of(v) for k, v in state.items()} for state in churn.states(start)[3:]]
+    assert restored in states
 
 
 def test_backup_of_a_database_that_is_not_mmr_says_so(tmp_path: Path) -> None:
@@ -571,8 +579,9 @@ def test_the_server_sweeps_deleted_originals_off_the_request_path(
     root = settings.data_dir / "blobs"
     with TestClient(create_app(settings)) as client:
         populate(client)  # deletes two items
-        [(old,)] = sql(settings, "SELECT sha256 FROM items WHERE external_id = 't0'")
-        replaced = client.post(f"/v1/collections/{NAME}/items", json={"id": "t0", "text": "new"})
+        [(old,)] = sql(settings, "SELECT sha256 FROM items WHERE external_id = 'i0'")
+        files = {"file": ("new.png", image_bytes("RGB", seed=99), "image/png")}
+        replaced = client.post(f"/v1/collections/{NAME}/items", files=files, data={"id": "i0"})
         assert replaced.status_code == 200, replaced.text
         assert not blobs.blob_path(root, old).exists()
         deadline = time.monotonic() + 10
@@ -580,4 +589,5 @@ def test_the_server_sweeps_deleted_originals_off_the_request_path(
             time.sleep(0.05)
         assert list(blobs.trashed(root)) == []
         kept = {p.name for p in root.rglob("*") if p.is_file()}
-        assert kept == {sha for (sha,) in sql(settings, "SELECT sha256 FROM items")}
+        files_only = "SELECT sha256 FROM items WHERE modality <> 'text'"  # a text's is its row
+        assert kept == {sha for (sha,) in sql(settings, files_only)}

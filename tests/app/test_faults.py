@@ -110,19 +110,21 @@ def disk() -> Iterator[dict[str, bool]]:
 
 
 def test_a_full_disk_answers_507_and_recovers(client: TestClient, disk: dict[str, bool]) -> None:
+    """The blob store's disk full: a file's original cannot be written (507, no temp file
+    left), reads go on, and writes succeed again once there is room. A text's original is
+    its row, so SQL alone decides a text's write (test_a_full_sqlite_database_answers_507)."""
     data_dir = services_of(client).settings.data_dir
     assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
     assert add(client, "a").status_code == 201
     disk["full"] = True
-    r = add(client, "b")
+    files = {"file": ("b.png", image_bytes("RGB", fmt="PNG"), "image/png")}
+    r = client.post(ITEMS, files=files, data={"id": "f"})
     assert r.status_code == 507, r.text
     assert error_code(r) == "insufficient_storage"
-    files = {"file": ("b.png", image_bytes("RGB", fmt="PNG"), "image/png")}
-    assert client.post(ITEMS, files=files, data={"id": "f"}).status_code == 507
     assert temp_files(data_dir) == []
     # Reads go on.
     assert client.get(f"{ITEMS}/a").status_code == 200
-    assert client.get(f"{ITEMS}/b").status_code == 404
+    assert client.get(f"{ITEMS}/f").status_code == 404
     assert found(client, "a")
     # A snapshot that cannot be written leaves the old one (or none) and no temp file.
     live = services_of(client).indexes.get(services_of(client).stores.collections.get(NAME))
@@ -130,6 +132,7 @@ def test_a_full_disk_answers_507_and_recovers(client: TestClient, disk: dict[str
         services_of(client).indexes.snapshot(live)
     assert temp_files(data_dir) == []
     disk["full"] = False
+    assert client.post(ITEMS, files=files, data={"id": "f"}).status_code == 201
     assert add(client, "b").status_code == 201
     assert found(client, "b")
     services_of(client).indexes.snapshot(live)

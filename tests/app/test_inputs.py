@@ -263,7 +263,9 @@ def test_numbers_of_any_size_in_paths_and_cursors(client: TestClient, number: in
 
 
 def test_a_lost_original_is_404_saying_so(client: TestClient, collection: str) -> None:
-    item = add(client, "a").json()
+    """A file's original gone from the data directory (a text's is its row, never lost so)."""
+    files = {"file": ("a.png", image_bytes("RGB", fmt="PNG"), "image/png")}
+    item = client.post(f"/v1/collections/{NAME}/items", files=files, data={"id": "a"}).json()
     blobs: Path = services_of(client).blobs.path(item["sha256"])
     blobs.unlink()
     r = client.get(f"/v1/collections/{NAME}/items/a/content")
