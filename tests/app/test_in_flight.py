@@ -1,5 +1,6 @@
-"""Each HTTP request counts as a unit of work in flight while it is served, whatever its
-answer: what keeps a forward off the cores other requests work on (models/runtime/streams)."""
+"""Each HTTP request that brings work counts as a unit in flight while it is served, whatever
+its answer: what keeps a forward off the cores other requests work on (models/runtime/streams).
+Reads (GET: a job's progress, health, metrics) do not count."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ def test_a_request_is_in_flight_while_served_and_only_then(
 ) -> None:
     monkeypatch.setattr(streams, "_crowded_at", float("-inf"))  # no earlier test's requests
     app = create_app(make_settings(api_keys="k1"))
-    app.add_api_route("/probe", lambda: {"units": streams._units, "crowded": streams.crowded()})
+    probe = lambda: {"units": streams._units, "crowded": streams.crowded()}  # noqa: E731
+    app.add_api_route("/probe", probe, methods=["GET", "POST"])
     with TestClient(app) as client:
         before = streams._units
-        assert client.get("/probe").json() == {"units": before + 1, "crowded": before > 0}
+        assert client.post("/probe").json() == {"units": before + 1, "crowded": before > 0}
+        assert client.get("/probe").json() == {"units": before, "crowded": before > 1}
         assert streams._units == before
         # Refused in front of everything (no key) or answered by a route: counted and gone.
-        assert client.get("/v1/collections").status_code == 401
-        assert client.get("/v1/collections", headers={"Authorization": "Bearer k1"}).is_success
+        assert client.post("/v1/collections", json={"name": "c"}).status_code == 401
+        key = {"Authorization": "Bearer k1"}
+        assert client.post("/v1/collections", json={"name": "c"}, headers=key).is_success
         assert streams._units == before
