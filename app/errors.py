@@ -25,7 +25,7 @@ from app.services.errors import (
 )
 from index.db import statement_timed_out
 from index.errors import ConflictError, NotFoundError, OutOfScopeError
-from index.faults import DRIVER_ERRORS, database_unavailable, storage_full
+from index.faults import DRIVER_ERRORS, database_busy, database_unavailable, storage_full
 from models.errors import MediaTooLargeError, Overloaded, UnsupportedMediaError
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,14 @@ FAULTS: tuple[tuple[Callable[[BaseException], bool], int, str, str], ...] = (
         503,
         "database_unavailable",
         "the database cannot be reached; nothing was changed by this request, retry later",
+    ),
+    (
+        database_busy,
+        503,
+        "database_busy",
+        "another process held the SQLite database's write lock for longer than this request "
+        "could wait; nothing was changed by this request, retry later (several processes "
+        "writing much at once: move to Postgres, docs/replicas.md)",
     ),
     (
         storage_full,

@@ -119,6 +119,9 @@ def statement_timed_out(exc: BaseException) -> bool:
 
 
 MMAP_BYTES = 1 << 31
+# How long a statement waits for another connection's write lock on the SQLite file before
+# SQLite says "database is locked" (answered 503 ``database_busy``, app/errors.py).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -127,7 +130,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # FULL: a 2xx means the commit reached the disk, not only the OS cache.
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
     # Reads through a memory map instead of a read() per page (SQLite caps it at 2 GiB):
     # a search's 10 hits walk ~30 pages, blobs' overflow pages included; the plain query
     # took 0.10-0.12 ms instead of 0.14-0.17 on a 2-core VM. Writes still go through the WAL.

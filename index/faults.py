@@ -25,6 +25,8 @@ _PG_DISK_FULL = "53100"
 # SQLite's messages for a file it cannot reach at all (not "database is locked").
 _SQLITE_UNREACHABLE = ("unable to open database file", "disk i/o error")
 _SQLITE_FULL = "database or disk is full"
+# SQLite's messages for a lock another connection held past the busy timeout.
+_SQLITE_BUSY = ("database is locked", "database table is locked")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -63,6 +65,13 @@ def database_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def database_busy(exc: BaseException) -> bool:
+    """Whether an error means another connection held SQLite's write lock past the busy
+    timeout: the database is there, and a later try may get the lock."""
+    orig = _driver_error(exc)
+    return isinstance(orig, sqlite3.OperationalError) and str(orig).lower() in _SQLITE_BUSY
+
+
 def storage_full(exc: BaseException) -> bool:
     """Whether an error means the disk (or the quota) is full."""
     if isinstance(exc, OSError):
@@ -75,7 +84,7 @@ def storage_full(exc: BaseException) -> bool:
 
 def is_fault(exc: BaseException) -> bool:
     """A fault a background loop waits out instead of dying of."""
-    return database_unavailable(exc) or storage_full(exc)
+    return database_unavailable(exc) or database_busy(exc) or storage_full(exc)
 
 
 class Retrier:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from sqlalchemy import event
 
 from app.main import create_app
 from app.settings import Settings
+from index import db as db_module
 from index.vector_index import VectorIndex
 from tests.conftest import error_code
 from tests.factories import add_text, found_text, image_bytes, services_of
@@ -162,6 +164,31 @@ def test_a_full_sqlite_database_answers_507(client: TestClient) -> None:
         event.remove(engine, "connect", cap)
         engine.dispose()
     assert client.post(ITEMS, json=big).status_code == 201
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_sqlite_file_locked_past_the_busy_timeout_answers_503(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process holding SQLite's write lock longer than the busy timeout: the write
+    is told to come back (503 ``database_busy`` with Retry-After), not 500, and nothing of it
+    is stored; once the lock is gone the same write succeeds."""
+    monkeypatch.setattr(db_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+    engine = services_of(client).engine
+    engine.dispose()  # new connections take the short timeout
+    other = sqlite3.connect(str(engine.url.database), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # a writer elsewhere that does not let go
+        r = add(client, "a")
+        assert r.status_code == 503, r.text
+        assert error_code(r) == "database_busy" and r.headers["Retry-After"]
+        assert "another process" in r.json()["error"]["message"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert client.get(f"{ITEMS}/a").status_code == 404
+    assert add(client, "a").status_code == 201
 
 
 def test_temp_files_of_killed_writers_are_removed_at_start(
