@@ -149,15 +149,20 @@ def test_a_batch_of_originals_is_stored_and_pinned_together(
     assert store.remove_unused(set(digests), lambda _: set()) == 3  # released after
 
 
-def test_a_batch_whose_write_fails_leaves_no_temp_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    store = BlobStore(tmp_path / "blobs")
+def no_space(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk where a write shows it: putting an original in place fails."""
 
     def full(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(blobs_module.os, "replace", full)
+
+
+def test_a_batch_whose_write_fails_leaves_no_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    no_space(monkeypatch)
     with pytest.raises(OSError), store.pinned_many([b"a", b"b", b"c"]):
         pass
     assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
@@ -193,11 +198,7 @@ def test_storing_raises_a_failed_write_at_wait_and_releases_its_pins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = BlobStore(tmp_path / "blobs")
-
-    def full(*_: object) -> None:
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(blobs_module.os, "replace", full)
+    no_space(monkeypatch)
     with pytest.raises(OSError, match="No space"), store.storing([b"a", b"b"]) as stored:
         stored.wait()
     assert store._pins == {}
