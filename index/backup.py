@@ -33,8 +33,10 @@ from index.snapshots import SnapshotHeader, collection_of, fsync_dir, read_heade
 from index.tables import Base
 
 # Format 2 added index snapshots; a format-1 backup restores with every index rebuilt.
-FORMAT = "mmr-backup 2"
-READABLE = ("mmr-backup 1", FORMAT)
+# 3: texts' originals are their rows, not files (a release that reads 2 at most would restore
+# a 3 without them, then miss them); 2: index snapshots.
+FORMAT = "mmr-backup 3"
+READABLE = ("mmr-backup 1", "mmr-backup 2", FORMAT)
 INDEXES = "indexes"  # the data dir's folder of index snapshots (index.manager)
 MANIFEST = "manifest.json"
 BLOB_LIST = "blobs.jsonl"

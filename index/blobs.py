@@ -55,7 +55,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from index.snapshots import can_sync_filesystem, fsync_dir, sync_filesystem, write_atomically
@@ -81,11 +81,16 @@ class Storing:
 
     digests: list[str]
     writes: Future[None]
+    unused: set[str] = field(default_factory=set)  # digests no row came to name
 
     def wait(self) -> list[str]:
         """The digests, once the originals are on disk."""
         self.writes.result()
         return self.digests
+
+    def failed(self) -> bool:
+        """Whether writing the originals failed (once the writes are over)."""
+        return self.writes.exception() is not None
 
 
 class BlobStore:
@@ -119,32 +124,45 @@ class BlobStore:
             yield stored.wait()
 
     @contextlib.contextmanager
-    def storing(self, datas: Sequence[bytes]) -> Iterator[Storing]:
+    def storing(
+        self,
+        datas: Sequence[bytes],
+        in_use: Callable[[set[str]], set[str]] | None = None,
+    ) -> Iterator[Storing]:
         """``pinned_many`` whose writes run on a thread of the store while the block goes on
         (a batch's forward): the block calls ``wait()`` for the digests once the originals
         are needed on disk, before any row names them. Leaving the block waits for the
         writes; after a block that ended normally (its rows committed), any original another
-        process trashed meanwhile is written back."""
+        process trashed meanwhile is written back. With ``in_use`` (the digests SQL refers
+        to), what no row came to name is trashed once the pins are gone: every original when
+        the block raised, those it marked ``unused`` otherwise (items that failed alone)."""
         digests = [hashlib.sha256(data).hexdigest() for data in datas]
         with self._lock:
             self._pins.update(digests)
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="mmr-blobs")
             writes = self._writer.submit(self._put_all, datas)
+        stored = Storing(digests, writes)
+        ended = False
         try:
-            yield Storing(digests, writes)
-            writes.result()
-            # Another process may have trashed a file before this row committed (its pins
-            # are not ours): the row is committed now, so the file must be there.
-            self._put_all([d for d, h in zip(datas, digests, strict=True) if not self._has(h)])
+            yield stored
+            ended = True
+            if writes.exception() is None:
+                # Another process may have trashed a file before this row committed (its
+                # pins are not ours): the row is committed now, so the file must be there.
+                missing = [d for d, h in zip(datas, digests, strict=True) if not self._has(h)]
+                self._put_all(missing)
         finally:
-            with contextlib.suppress(Exception):  # raised to the block already, or above
-                wait([writes])
+            wait([writes])  # none left running once the block is over
             with self._lock:
                 self._pins.subtract(digests)
                 for digest in set(digests):
                     if not self._pins[digest]:
                         del self._pins[digest]
+            unused = stored.unused if ended else set(digests)
+            if unused and in_use is not None:
+                with contextlib.suppress(Exception):  # a leftover file, not a lost write
+                    self.remove_unused(unused, in_use)
 
     def _has(self, digest: str) -> bool:
         return self.path(digest).exists()

@@ -69,7 +69,8 @@ def database_busy(exc: BaseException) -> bool:
     """Whether an error means another connection held SQLite's write lock past the busy
     timeout: the database is there, and a later try may get the lock."""
     orig = _driver_error(exc)
-    return isinstance(orig, sqlite3.OperationalError) and str(orig).lower() in _SQLITE_BUSY
+    message = str(orig).lower()
+    return isinstance(orig, sqlite3.OperationalError) and message.startswith(_SQLITE_BUSY)
 
 
 def storage_full(exc: BaseException) -> bool:

@@ -35,6 +35,7 @@ from index.changes import ChangeLog
 from index.collections import CollectionStore
 from index.columns import from_blob
 from index.errors import ConflictError, NotFoundError
+from index.faults import database_busy
 from index.items import ItemStore, StoredVectors
 from index.snapshots import (
     IndexSnapshot,
@@ -463,7 +464,9 @@ class IndexManager(Generic[P]):
                 yield live.index
             except (NotFoundError, ConflictError):
                 raise  # refused before any commit
-            except BaseException:
+            except BaseException as exc:
+                if database_busy(exc):
+                    raise  # SQLite's write lock not had: nothing committed
                 # The SQL commit may have landed before the index update failed: a later
                 # snapshot must not prune that change from the log before a replay.
                 live.stale = True

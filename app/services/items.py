@@ -31,6 +31,7 @@ from index.blobs import BlobStore, Storing
 from index.collections import CollectionStore
 from index.columns import storable
 from index.errors import NotFoundError, SpaceChangedError
+from index.faults import is_fault
 from index.items import ItemDraft, ItemStore
 from index.manager import IndexManager, LiveIndex
 from index.tables import CollectionRow
@@ -315,8 +316,9 @@ def _add(
             # Files' originals are written while they are encoded: their flushes to disk take
             # as long as a forward, and the rows wait for them only at the commit. A text's
             # original is its text, which its row holds.
+            # Those no row comes to name (the forward or the write failed) are trashed.
             files = [p.data for p in pending if p.text is None]
-            stored = stack.enter_context(blobs.storing(files))
+            stored = stack.enter_context(blobs.storing(files, items.shas_in_use))
             encoded = _encoded(embedder, pending)
         if alone:
             return entries, list(_write(items, indexes, blobs, row, pending, encoded, stored))
@@ -343,18 +345,39 @@ def _write_all(
         return list(_write(items, indexes, blobs, row, pending, encoded, stored))
     except (NotFoundError, SpaceChangedError):
         raise  # the collection is gone or moved: so it is for every item
-    except Exception:  # whatever sank the batch, each item tries alone
+    except Exception as exc:
+        if is_fault(exc):  # the database or the disk, not an item: each alone would fail too
+            raise
         log.warning("a batch of %d items failed as a whole: writing them one by one", len(pending))
     written: list[tuple[ItemPublic, bool] | Exception] = []
     for item, enc in zip(pending, encoded, strict=True):
         try:
-            written.extend(_write(items, indexes, blobs, row, [item], [enc], stored))
+            written.extend(_write_alone(items, indexes, blobs, row, item, enc, stored))
         except (NotFoundError, SpaceChangedError):
             raise
         except Exception as exc:  # this item's own outcome, in its place
             log.exception("writing an item of a batch failed")
             written.append(exc)
+            if item.text is None:
+                stored.unused.add(item.sha256)
     return written
+
+
+def _write_alone(
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    blobs: BlobStore,
+    row: CollectionRow,
+    item: PendingItem,
+    enc: Encoded,
+    stored: Storing,
+) -> list[tuple[ItemPublic, bool]]:
+    """One item of a batch that failed as a whole: when the batch's originals could not be
+    written, this item's is written again on its own (the failure may have been another's)."""
+    if item.text is not None or not stored.failed():
+        return _write(items, indexes, blobs, row, [item], [enc], stored)
+    with blobs.storing([item.data], items.shas_in_use) as own:
+        return _write(items, indexes, blobs, row, [item], [enc], own)
 
 
 def _encoded(embedder: Embedder, pending: Sequence[PendingItem]) -> list[Encoded]:
@@ -378,7 +401,8 @@ def _write(
     the originals of files among them are ``stored``'s."""
     live = indexes.get(row)
     # Bytes first: a committed row must never point at a file that is not on disk.
-    stored.wait()
+    if any(item.text is None for item in pending):
+        stored.wait()
     with indexes.writing(live) as index:
         # Projected under the writer lock: the aligner cannot change between the vectors
         # and the version number written beside them.

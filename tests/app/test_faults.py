@@ -184,6 +184,10 @@ def test_a_sqlite_file_locked_past_the_busy_timeout_answers_503(
         assert r.status_code == 503, r.text
         assert error_code(r) == "database_busy" and r.headers["Retry-After"]
         assert "another process" in r.json()["error"]["message"]
+        live = services_of(client).indexes.get(services_of(client).stores.collections.get(NAME))
+        assert not live.stale  # nothing was committed: no replay is owed
+        batch = client.post(f"{ITEMS}/batch", json=[{"id": "b", "text": "b"}, {"text": "c"}])
+        assert batch.status_code == 503, batch.text  # at once for the batch, not item by item
     finally:
         other.execute("ROLLBACK")
         other.close()

@@ -10,8 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 import index.items as index_items
+from app.services.embedding import Embedder
+from models.errors import Overloaded
 from tests.conftest import error_code
-from tests.factories import audio_bytes, image_case
+from tests.factories import audio_bytes, image_case, services_of
 
 
 def items_url(name: str) -> str:
@@ -228,6 +230,77 @@ def test_a_batch_that_fails_as_a_whole_writes_each_item_alone(
     assert results[1]["error"]["code"] == "internal_error"
     assert sizes(client, collection) == (2, 2)
     assert client.get(f"{items_url(collection)}/p").status_code == 404
+
+
+def stored_files(client: TestClient) -> set[str]:
+    """The digests of the originals in the blob store (the trash not counted)."""
+    root = services_of(client).blobs.root
+    return {p.name for p in root.rglob("*") if p.is_file() and ".trash" not in p.parts}
+
+
+def test_a_file_of_a_batch_that_fails_alone_leaves_no_original(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Originals are written while the batch is encoded; one whose row is never committed is
+    trashed once the batch is answered, the others stay."""
+    real = index_items._write_tags
+
+    def failing(session: Any, rows: Any, existing: Any) -> None:
+        if any(row.external_id == "p" for row in rows):
+            raise RuntimeError("the disk refused this item")
+        real(session, rows, existing)
+
+    monkeypatch.setattr(index_items, "_write_tags", failing)
+    names = ["a", "p", "c"]
+    files = [
+        ("file", (f"{n}.png", image_case("rgb_png", seed=k), "image/png"))
+        for k, n in enumerate(names)
+    ]
+    response = client.post(f"{items_url(collection)}/batch", files=files, data={"id": names})
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [201, 500, 201], response.text
+    kept = {results[0]["item"]["sha256"], results[2]["item"]["sha256"]}
+    assert stored_files(client) == kept
+
+
+def test_a_failed_forward_leaves_no_original(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(self: Any, *_: Any) -> Any:
+        raise Overloaded("the image encoder has too many inputs waiting")
+
+    monkeypatch.setattr(Embedder, "encode_mixed", refused)
+    files = {"file": ("a.png", image_case("rgb_png"), "image/png")}
+    response = client.post(items_url(collection), files=files, data={"id": "a"})
+    assert response.status_code in (429, 503), response.text
+    assert stored_files(client) == set()
+
+
+def test_a_batch_whose_originals_failed_writes_each_again_alone(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's originals failed to be written once (not a full disk): the text, which
+    needs no file, is stored, and the image writes its own original again."""
+    blobs = services_of(client).blobs
+    real = blobs._put_all
+    calls = [0]
+
+    def once(datas: Any) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise OSError(5, "Input/output error")
+        real(datas)
+
+    monkeypatch.setattr(blobs, "_put_all", once)
+    response = client.post(
+        f"{items_url(collection)}/batch",
+        files=[("file", ("a.png", image_case("rgb_png"), "image/png"))],
+        data={"id": ["a"]},
+    )
+    assert [r["status"] for r in response.json()["results"]] == [201], response.text
+    sha = response.json()["results"][0]["item"]["sha256"]
+    assert stored_files(client) == {sha}
+    assert client.get(f"{items_url(collection)}/a/content").content == image_case("rgb_png")
 
 
 def test_a_batch_naming_an_id_twice_ends_with_its_last_entry(
