@@ -85,7 +85,8 @@ def _serve_hot_routes_first(app: FastAPI) -> None:
             on_refusal=_count_refusal(app),
         )
         # Keys first, in front of everything: no layer reads a body for a caller without one.
-        return CountInFlight(Authenticate(limited, fastapi=app))
+        # A request with a key counts as work in flight from then on (it reads nothing).
+        return Authenticate(CountInFlight(limited), fastapi=app)
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
 

@@ -18,7 +18,7 @@ import app.fastpath.pool as fastpool
 import app.fastpath.search as fastsearch
 from app.auth import Authenticate
 from app.limits import BodySizeLimit
-from app.main import create_app
+from app.main import CountInFlight, create_app
 from app.settings import Settings
 from index.tables import CollectionRow
 from tests.conftest import error_code
@@ -211,12 +211,14 @@ def test_a_big_scan_goes_to_the_pool(
 
 
 def test_the_fast_path_sits_outside_fastapis_own_layers(client: TestClient) -> None:
-    """Only the key check (which reads no body) and the bodies' cap and budget (which count
-    the bytes as the fast path reads them) stand in front of it."""
+    """Only the key check (which reads no body), the count of work in flight (which reads
+    nothing) and the bodies' cap and budget (which count the bytes as the fast path reads
+    them) stand in front of it."""
     stack = client.app.middleware_stack  # type: ignore[attr-defined]
     assert isinstance(stack, Authenticate)
-    assert isinstance(stack.app, BodySizeLimit)
-    assert isinstance(stack.app.app, fastpath.FastPath)
+    assert isinstance(stack.app, CountInFlight)
+    assert isinstance(stack.app.app, BodySizeLimit)
+    assert isinstance(stack.app.app.app, fastpath.FastPath)
 
 
 def test_ready_names_only_an_index_that_needs_no_work(client: TestClient, collection: str) -> None:
