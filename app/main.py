@@ -98,7 +98,7 @@ class CountInFlight:
     request is the only one, so it never spreads over a core another request works on. Reads
     (a job's progress polled every 50 ms, health checks, metrics scrapes) take too little to
     count: counting them kept a migration's forwards on one core while a client watched it
-    (0.53 of the encoder instead of 0.70, `python -m bench --only bulk`)."""
+    (docs/performance.md, Bulk writes)."""
 
     LIGHT = frozenset({"GET", "HEAD", "OPTIONS"})
 
