@@ -128,6 +128,7 @@ class BlobStore:
         self,
         datas: Sequence[bytes],
         in_use: Callable[[set[str]], set[str]] | None = None,
+        digests: Sequence[str] | None = None,
     ) -> Iterator[Storing]:
         """``pinned_many`` whose writes run on a thread of the store while the block goes on
         (a batch's forward): the block calls ``wait()`` for the digests once the originals
@@ -135,13 +136,16 @@ class BlobStore:
         writes; after a block that ended normally (its rows committed), any original another
         process trashed meanwhile is written back. With ``in_use`` (the digests SQL refers
         to), what no row came to name is trashed once the pins are gone: every original when
-        the block raised, those it marked ``unused`` otherwise (items that failed alone)."""
-        digests = [hashlib.sha256(data).hexdigest() for data in datas]
+        the block raised, those it marked ``unused`` otherwise (items that failed alone).
+        ``digests``: the datas' sha256, when the caller has them already."""
+        if digests is None:
+            digests = [hashlib.sha256(data).hexdigest() for data in datas]
+        digests = list(digests)
         with self._lock:
             self._pins.update(digests)
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="mmr-blobs")
-            writes = self._writer.submit(self._put_all, datas)
+            writes = self._writer.submit(self._put_all, datas, digests)
         stored = Storing(digests, writes)
         ended = False
         try:
@@ -150,8 +154,8 @@ class BlobStore:
             if writes.exception() is None:
                 # Another process may have trashed a file before this row committed (its
                 # pins are not ours): the row is committed now, so the file must be there.
-                missing = [d for d, h in zip(datas, digests, strict=True) if not self._has(h)]
-                self._put_all(missing)
+                missing = [(d, h) for d, h in zip(datas, digests, strict=True) if not self._has(h)]
+                self._put_all([d for d, _ in missing], [h for _, h in missing])
         finally:
             wait([writes])  # none left running once the block is over
             with self._lock:
@@ -167,15 +171,15 @@ class BlobStore:
     def _has(self, digest: str) -> bool:
         return self.path(digest).exists()
 
-    def _put_all(self, datas: Sequence[bytes]) -> None:
+    def _put_all(self, datas: Sequence[bytes], digests: Sequence[str]) -> None:
         """Store many originals durably. Where the kernel can flush one file system at once
         (Linux ``syncfs``), they are written, flushed together, renamed into place and
         flushed again: two flushes for the batch instead of two fsyncs a file (64 small
         files: 26 ms of fsyncs on 8 threads). Elsewhere each is ``put`` on a thread pool."""
         missing = {
             digest: data
-            for data in datas
-            if not self.path(digest := hashlib.sha256(data).hexdigest()).exists()
+            for data, digest in zip(datas, digests, strict=True)
+            if not self.path(digest).exists()
         }
         if len(missing) > 1 and can_sync_filesystem():
             self._put_synced(missing)

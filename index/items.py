@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from index.bulk import insert_keyed, insert_rows, one_of
 from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
 from index.db import engine_of
 from index.errors import NotFoundError, SpaceChangedError
@@ -67,6 +68,9 @@ class Upserted:
     created: bool
     replaced_sha: str | None
     seq: int = 0
+    # The collection's newest change-log position before the write (its newest sequence, or
+    # how far its log was pruned): the write's own changes come right after it.
+    after: int = 0
 
 
 @dataclass
@@ -132,6 +136,21 @@ def _lock_in_space(
         )
 
 
+def _log_position(session: Session, collection_id: int) -> int:
+    """The collection's newest change-log sequence, or how far its log was pruned if that is
+    further: read under the collection's lock, so the changes a write appends next are the
+    only ones after it until the commit."""
+    newest = (
+        select(func.max(ChangeRow.seq))
+        .where(ChangeRow.collection_id == collection_id)
+        .scalar_subquery()
+    )
+    found = session.execute(
+        select(newest, CollectionRow.changes_pruned_seq).where(CollectionRow.id == collection_id)
+    ).first()
+    return 0 if found is None else max(int(found[0] or 0), int(found[1] or 0))
+
+
 def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
     """The item under this id as given or, failing that, in NFC: ids are written in NFC
     (app/ids.py), so any spelling of one finds it, and an id stored before that rule keeps
@@ -161,8 +180,7 @@ def _write_tags(session: Session, rows: Sequence[ItemRow], existing: Set[int]) -
         for row in rows
         for k, v in sorted(tag_pairs(row.meta))
     ]
-    if tags:
-        session.execute(insert(ItemTagRow), tags)
+    insert_rows(session, ItemTagRow, tags)
 
 
 def _rows_by_id(session: Session, collection_id: int, ids: Sequence[str]) -> dict[str, ItemRow]:
@@ -172,7 +190,7 @@ def _rows_by_id(session: Session, collection_id: int, ids: Sequence[str]) -> dic
     for start in range(0, len(wanted), IN_CHUNK):
         chunk = wanted[start : start + IN_CHUNK]
         stmt = select(ItemRow).where(
-            ItemRow.collection_id == collection_id, ItemRow.external_id.in_(chunk)
+            ItemRow.collection_id == collection_id, one_of(session, ItemRow.external_id, chunk)
         )
         rows.update((row.external_id, row) for row in session.scalars(stmt))
     return rows
@@ -298,21 +316,20 @@ class ItemStore:
             new = [d for external_id, d in last.items() if external_id not in rows]
             if new:
                 values = [_values(collection_id, d, now) for d in new]
-                stmt = insert(ItemRow).returning(ItemRow.pk, sort_by_parameter_order=True)
-                pks = session.execute(stmt, values).scalars().all()
+                pks = insert_keyed(session, ItemRow, "pk", values)
                 for draft, value, pk in zip(new, values, pks, strict=True):
                     rows[draft.external_id] = ItemRow(pk=pk, **value)
             written = [rows[external_id] for external_id in last]
             _write_tags(session, written, existing)
-            stmt = insert(ChangeRow).returning(ChangeRow.seq, sort_by_parameter_order=True)
+            after = _log_position(session, collection_id)
             changes = [
                 {"collection_id": collection_id, "item_pk": rows[d.external_id].pk, "op": "upsert"}
                 for d in drafts
             ]
-            seqs = session.execute(stmt, changes).scalars().all()
+            seqs = insert_keyed(session, ChangeRow, "seq", changes)
             announce(session, own=own)
         return [
-            Upserted(rows[draft.external_id], created, replaced_sha, int(seq))
+            Upserted(rows[draft.external_id], created, replaced_sha, int(seq), after)
             for draft, (created, replaced_sha), seq in zip(drafts, outcomes, seqs, strict=True)
         ]
 

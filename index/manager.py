@@ -123,9 +123,17 @@ class LiveIndex(Generic[P]):
     own: set[int] = field(default_factory=set)
     caught_up: float = field(default_factory=time.monotonic)  # when it last matched SQL
 
-    def wrote(self, seq: int) -> None:
-        """A write of this process, in the index and logged at ``seq`` (writer lock held)."""
-        self.own.add(seq)
+    def wrote(self, seq: int, *, after: int | None = None) -> None:
+        """A write of this process, in the index and logged at ``seq`` (writer lock held).
+        ``after``: the collection's log position just before the write, read under the
+        collection's SQL lock (``index.items.Upserted.after``), so every change between it
+        and ``seq`` is this write's. When the index held every change up to it, it now holds
+        every change up to ``seq``: its position moves on, and the follower's next pass finds
+        nothing to read (under a stream of writes it would otherwise read back each one)."""
+        if after is not None and after <= self.applied:
+            self.reached(seq)
+        else:
+            self.own.add(seq)
 
     def reached(self, newest: int) -> None:
         """Every change up to ``newest`` is in the index (writer lock held)."""

@@ -317,8 +317,12 @@ def _add(
             # as long as a forward, and the rows wait for them only at the commit. A text's
             # original is its text, which its row holds.
             # Those no row comes to name (the forward or the write failed) are trashed.
-            files = [p.data for p in pending if p.text is None]
-            stored = stack.enter_context(blobs.storing(files, items.shas_in_use))
+            files = [p for p in pending if p.text is None]
+            stored = stack.enter_context(
+                blobs.storing(
+                    [p.data for p in files], items.shas_in_use, digests=[p.sha256 for p in files]
+                )
+            )
             encoded = _encoded(embedder, pending)
         if alone:
             return entries, list(_write(items, indexes, blobs, row, pending, encoded, stored))
@@ -376,7 +380,7 @@ def _write_alone(
     written, this item's is written again on its own (the failure may have been another's)."""
     if item.text is not None or not stored.failed():
         return _write(items, indexes, blobs, row, [item], [enc], stored)
-    with blobs.storing([item.data], items.shas_in_use) as own:
+    with blobs.storing([item.data], items.shas_in_use, digests=[item.sha256]) as own:
         return _write(items, indexes, blobs, row, [item], [enc], own)
 
 
@@ -445,8 +449,8 @@ def _write(
             np.concatenate([vectors[n] for n in kept]),
             np.array([len(vectors[n]) for n in kept]),
         )
-        for d in done:
-            live.wrote(d.seq)
+        for d in done:  # in log order: each one's own changes follow the one before
+            live.wrote(d.seq, after=d.after)
     # Originals no row names any more (SQL is asked: another item may share the bytes).
     replaced = {d.replaced_sha for d in done if d.replaced_sha} - {d.row.sha256 for d in done}
     if replaced:

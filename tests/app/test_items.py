@@ -285,11 +285,11 @@ def test_a_batch_whose_originals_failed_writes_each_again_alone(
     real = blobs._put_all
     calls = [0]
 
-    def once(datas: Any) -> None:
+    def once(datas: Any, digests: Any) -> None:
         calls[0] += 1
         if calls[0] == 1:
             raise OSError(5, "Input/output error")
-        real(datas)
+        real(datas, digests)
 
     monkeypatch.setattr(blobs, "_put_all", once)
     response = client.post(

@@ -178,9 +178,9 @@ def test_storing_writes_while_the_block_goes_on_and_pins_until_it_ends(
     release = threading.Event()
     real = store._put_all
 
-    def slow(datas: object) -> None:
+    def slow(datas: object, digests: object) -> None:
         assert release.wait(5)
-        real(datas)  # type: ignore[arg-type]
+        real(datas, digests)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "_put_all", slow)
     datas = [b"first", b"second"]

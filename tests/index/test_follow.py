@@ -58,7 +58,7 @@ class Process:
         with self.indexes.writing(live) as index:
             done = self.stores.items.upsert(collection_id=row.id, draft=draft)
             index.upsert(np.array([done.row.pk]), vector, np.array([1]))
-            live.wrote(done.seq)
+            live.wrote(done.seq, after=done.after)
         return done.row.pk
 
     def delete(self, external_id: str) -> None:
@@ -123,6 +123,59 @@ def test_a_process_passes_over_its_own_writes(processes: list[Process]) -> None:
     a.indexes.follow_all()
     assert live.index.deleted == dead
     assert live.own == set() and live.applied == a.stores.changes.last_seq(live.collection_id)
+
+
+def test_own_writes_move_the_position_when_nothing_came_between(
+    processes: list[Process], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a stream of its own writes, a process's follower has nothing to read back."""
+    a, _ = processes
+    for n in range(3):
+        a.write(f"x{n}")
+    live = a.live()
+    assert live.own == set() and live.applied == a.stores.changes.last_seq(live.collection_id)
+    read: list[int] = []
+    since = a.stores.changes.since
+    monkeypatch.setattr(
+        a.stores.changes, "since", lambda **kw: read.append(kw["seq"]) or since(**kw)
+    )
+    a.indexes.follow_all()
+    assert read == []
+
+
+def test_a_write_of_another_process_between_keeps_the_position_until_it_is_read(
+    processes: list[Process],
+) -> None:
+    """B's write came between two of A's: A's position may not pass it unread."""
+    a, b = processes
+    a.write("x")
+    y = b.write("y")
+    z = a.write("z")
+    live = a.live()
+    assert y not in a.held()
+    assert live.applied < a.stores.changes.last_seq(live.collection_id)
+    a.indexes.follow_all()
+    assert a.held() == {
+        a.stores.items.pks_of(collection_id=live.collection_id, external_ids=["x"])["x"],
+        y,
+        z,
+    }
+    assert live.applied == a.stores.changes.last_seq(live.collection_id)
+
+
+def test_a_write_after_a_prune_past_the_position_keeps_it(processes: list[Process]) -> None:
+    """B's snapshot pruned the log past A's position: A's next write may not jump the gap
+    (A must rebuild to learn what the pruned changes held)."""
+    a, b = processes
+    a.write("x")
+    y = b.write("y")
+    b.indexes.snapshot(b.live())  # prunes the log up to B's position (A's is behind)
+    a.write("z")
+    live = a.live()
+    assert y not in a.held()
+    assert live.applied < a.stores.changes.last_seq(live.collection_id)
+    a.indexes.follow_all()
+    assert y in a.held()
 
 
 def test_a_snapshot_reflects_what_its_process_applied_not_the_logs_head(
