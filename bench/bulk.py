@@ -37,7 +37,11 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     """Each database in turn: one server, texts then images, embed then batch."""
     b = cfg.bulk
     texts = sentences(b.texts, seed=cfg.seed)
-    jpegs = small_jpegs(b.images, seed=cfg.seed)
+    # Distinct JPEGs for every round, the warm-up and the ingest: an original already on
+    # disk is not written again, and each measurement must pay for writing its own.
+    made = small_jpegs(b.images * (b.rounds + 1) + b.batch, seed=cfg.seed)
+    rounds = [made[n * b.images : (n + 1) * b.images] for n in range(b.rounds + 1)]
+    jpegs, fresh, warm = rounds[0], rounds[-1], made[-b.batch :]
     rows, skipped = [], []
     ingest: dict[str, Any] = {}
     migration: dict[str, Any] = {}
@@ -58,8 +62,11 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
             ) as srv,
         ):
             measured = {}
-            for kind, items in (("texts", texts), ("images", jpegs)):
-                row = measured[kind] = _measure(srv, b, kind, items)
+            for kind, each, first in (
+                ("texts", [texts] * b.rounds, texts[: b.batch]),
+                ("images", rounds[: b.rounds], warm),
+            ):
+                row = measured[kind] = _measure(srv, b, kind, each, first)
                 rows.append({"database": database, **row})
                 log(
                     f"bulk {database} {kind}: embed {row['embed_per_s']:.0f}/s, batch write "
@@ -73,7 +80,7 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
                     f"({migration['ratio']:.2f}x the encoder's), "
                     f"rollback {migration['rollback_s']:.1f} s"
                 )
-                ingest = _ingest_folder(srv, b, work, texts, jpegs, measured)
+                ingest = _ingest_folder(srv, b, work, texts, fresh, measured)
                 log(
                     f"bulk: mmr ingest {ingest['files']} files at {ingest['files_per_s']:.0f}/s "
                     f"({ingest['ratio']:.2f}x the encoder's), resumed in {ingest['resume_s']:.1f} s"
@@ -83,6 +90,7 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         "precision": "fp32",
         "batch": b.batch,
         "clients": b.clients,
+        "rounds": b.rounds,
         "rows": rows,
         "skipped": skipped,
         "ingest": ingest,
@@ -249,9 +257,44 @@ def _postgres_schema(url: str, log: Log) -> Any:
     return scoped()
 
 
-def _measure(srv: Server, b: BulkConfig, kind: str, items: list[Any]) -> dict[str, Any]:
-    """Embed every batch, then write every batch into a fresh collection (same clients)."""
-    collection = f"bulk_{kind}"
+def _measure(
+    srv: Server, b: BulkConfig, kind: str, rounds: list[list[Any]], warm: list[Any]
+) -> dict[str, Any]:
+    """Per round (its own items): embed every batch, then write every batch into a fresh
+    collection (same clients). Seconds are a round's mean; the ratio is of the totals."""
+    # Warm-up, untimed: the first forward of each shape, and the write path's first batch
+    # (its statements compiled and prepared, its threads and connections started).
+    _send(srv.url, "/v1/embed", [_embed_body(kind, warm)], 1)
+    warmed = _batch_path(_create(srv, f"bulk_{kind}_warm"))
+    _send(srv.url, warmed, [_write_body(kind, warm, 0)], 1)
+    embed_s = write_s = 0.0
+    failed = 0
+    ratios = []
+    for n, items in enumerate(rounds):
+        batches = [items[i : i + b.batch] for i in range(0, len(items), b.batch)]
+        embed = [_embed_body(kind, batch) for batch in batches]
+        write = [_write_body(kind, batch, i * b.batch) for i, batch in enumerate(batches)]
+        e_s, e_failed = _send(srv.url, "/v1/embed", embed, b.clients)
+        w_s, w_failed = _send(
+            srv.url, _batch_path(_create(srv, f"bulk_{kind}_{n}")), write, b.clients
+        )
+        embed_s, write_s, failed = embed_s + e_s, write_s + w_s, failed + e_failed + w_failed
+        ratios.append(e_s / w_s)
+    return {
+        "kind": kind,
+        "items": len(rounds[0]),
+        "rounds": len(rounds),
+        "embed_s": embed_s / len(rounds),
+        "write_s": write_s / len(rounds),
+        "embed_per_s": sum(map(len, rounds)) / embed_s,
+        "write_per_s": sum(map(len, rounds)) / write_s,
+        "ratio": embed_s / write_s,
+        "round_ratios": ratios,
+        "failed": failed,
+    }
+
+
+def _create(srv: Server, collection: str) -> str:
     created = RawHttp(srv.url)
     try:
         status, data = created.post_json(
@@ -261,23 +304,11 @@ def _measure(srv: Server, b: BulkConfig, kind: str, items: list[Any]) -> dict[st
             raise RuntimeError(f"creating {collection}: {status} {data[:200]!r}")
     finally:
         created.close()
-    batches = [items[i : i + b.batch] for i in range(0, len(items), b.batch)]
-    embed = [_embed_body(kind, batch) for batch in batches]
-    write = [_write_body(kind, batch, n * b.batch) for n, batch in enumerate(batches)]
-    _send(srv.url, "/v1/embed", embed[:1], 1)  # warm-up: the first forward of each shape
-    embed_s, embed_failed = _send(srv.url, "/v1/embed", embed, b.clients)
-    path = f"/v1/collections/{collection}/items/batch"
-    write_s, write_failed = _send(srv.url, path, write, b.clients)
-    return {
-        "kind": kind,
-        "items": len(items),
-        "embed_s": embed_s,
-        "write_s": write_s,
-        "embed_per_s": len(items) / embed_s,
-        "write_per_s": len(items) / write_s,
-        "ratio": embed_s / write_s,
-        "failed": embed_failed + write_failed,
-    }
+    return collection
+
+
+def _batch_path(collection: str) -> str:
+    return f"/v1/collections/{collection}/items/batch"
 
 
 def _embed_body(kind: str, batch: list[Any]) -> Body:

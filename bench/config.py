@@ -69,6 +69,9 @@ class BulkConfig:
     images: int = 512  # distinct small JPEGs (256x224)
     batch: int = 64  # items per request, both routes
     clients: int = 2  # concurrent clients: one request encodes while another is stored
+    # Embed then write, this many times (a fresh collection each): a shared VM's speed
+    # drifts by more than 10% from one minute to the next.
+    rounds: int = 3
     postgres_url: str = field(default_factory=_postgres_url)
 
 
@@ -173,6 +176,6 @@ def quick_config() -> BenchConfig:
             warmup_s=0.3,
             duration_s=1.0,
         ),
-        bulk=BulkConfig(model="random:mmr-tiny", texts=96, images=16, batch=16),
+        bulk=BulkConfig(model="random:mmr-tiny", texts=96, images=16, batch=16, rounds=1),
         ready_timeout_s=300.0,
     )

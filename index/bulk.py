@@ -1,14 +1,22 @@
-"""Many rows in one statement whose text does not depend on how many rows there are.
+"""A batch's rows in one statement whose text the drivers' statement caches hold.
 
-SQLAlchemy writes a batch as one multi-row ``INSERT ... VALUES (...), (...) RETURNING``. On
-Postgres a batch of 64 items is a statement of about 900 parameters: psycopg parses its text
-again for every batch (its cache takes statements of at most 50 parameters) and the server
-parses and plans it again. There, rows go in as one array per column (``INSERT ... SELECT *
-FROM unnest(...)``): a statement of a dozen parameters, cached by psycopg and prepared by the
-server after a few uses, whatever the batch's size; the keys are drawn from the table's
-sequence first, in one query of their own. (psycopg's ``executemany`` was tried too: one
-insert per row cost more on both sides. docs/performance.md has the figures.) SQLite keeps
-the multi-row statement: its driver caches statements by text, and it has no sequences.
+SQLAlchemy's ORM insert of many rows with their keys back (``RETURNING``) ran one statement
+a row on SQLite, and on Postgres built one multi-row ``VALUES`` statement of about 900
+parameters for 64 items, which psycopg parses again for every batch (its cache takes
+statements of at most 50 parameters) and the server parses and plans again. Here:
+
+- **SQLite**: one ``INSERT ... VALUES (...), (...) RETURNING`` a chunk of rows, in the
+  driver's own parameter style; its text depends only on the batch's size, and the driver
+  caches it.
+- **Postgres**: the keys are drawn from the table's sequence first, in one query, then the
+  rows go in as one array per column (``INSERT ... SELECT * FROM unnest(...)``, binary
+  parameters): a dozen parameters, cached by psycopg and prepared by the server, whatever the
+  batch's size. (psycopg's ``executemany``, one insert a row in a pipeline, cost more on
+  both sides.)
+
+Values are converted by each column type's own bind processor for the dialect, as
+SQLAlchemy converts them for one row, so what is stored is the same either way.
+docs/performance.md has the figures.
 """
 
 from __future__ import annotations
@@ -16,8 +24,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, String, any_, bindparam, func, insert, select
+from sqlalchemy import ARRAY, ColumnElement, Dialect, String, any_, bindparam, func, insert, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
+
+# SQLite: rows a statement (as SQLAlchemy's own batches), and its bound on a statement's
+# variables (32,766 since SQLite 3.32).
+SQLITE_ROWS = 1000
+SQLITE_VARIABLES = 32_766
 
 
 def insert_keyed(
@@ -28,7 +41,10 @@ def insert_keyed(
     order of ``values``: ascending, drawn in the calling transaction."""
     if not values:
         return []
-    if session.get_bind().dialect.name != "postgresql":
+    dialect = session.get_bind().dialect
+    if dialect.name == "sqlite" and dialect.paramstyle == "qmark":
+        return _insert_returning(session, entity, key, values)
+    if dialect.name != "postgresql":
         stmt = insert(entity).returning(getattr(entity, key), sort_by_parameter_order=True)
         return [int(k) for k in session.execute(stmt, list(values)).scalars().all()]
     table = entity.__table__
@@ -51,20 +67,59 @@ def insert_rows(session: Session, entity: type[Any], rows: Sequence[dict[str, An
     _insert_columns(session, entity, rows)
 
 
+def _insert_returning(
+    session: Session, entity: type[Any], key: str, values: Sequence[dict[str, Any]]
+) -> list[int]:
+    """SQLite: ``INSERT INTO t (a, b) VALUES (?, ?), (?, ?) ... RETURNING key``, a chunk of
+    rows a statement. SQLite gives rowids in the order of the VALUES, ascending (its
+    ``AUTOINCREMENT`` never reuses one), so the sorted keys are the rows' in order."""
+    connection = session.connection()
+    names, columns = _converted(connection.dialect, entity, values)
+    table = connection.dialect.identifier_preparer.format_table(entity.__table__)
+    returned = connection.dialect.identifier_preparer.quote(entity.__table__.c[key].name)
+    width = len(names)
+    chunk = max(1, min(SQLITE_ROWS, SQLITE_VARIABLES // width))
+    keys: list[int] = []
+    rows = list(zip(*columns, strict=True))
+    for start in range(0, len(rows), chunk):
+        part = rows[start : start + chunk]
+        one = "(" + ", ".join("?" * width) + ")"
+        sql = (
+            f"INSERT INTO {table} ({', '.join(names)}) VALUES {', '.join([one] * len(part))} "
+            f"RETURNING {returned}"
+        )
+        flat = tuple(value for row in part for value in row)
+        keys.extend(sorted(int(k) for (k,) in connection.exec_driver_sql(sql, flat)))
+    return keys
+
+
+def _converted(
+    dialect: Dialect, entity: type[Any], rows: Sequence[dict[str, Any]]
+) -> tuple[list[str], list[list[Any]]]:
+    """The rows' column names (quoted) and each column's values, converted as SQLAlchemy
+    converts them for one row (its type's bind processor for the dialect)."""
+    mapper = entity.__mapper__
+    names, columns = [], []
+    for attribute in rows[0]:
+        column = mapper.attrs[attribute].columns[0]
+        convert = column.type.dialect_impl(dialect).bind_processor(dialect)
+        values = [row[attribute] for row in rows]
+        columns.append(values if convert is None else list(map(convert, values)))
+        names.append(dialect.identifier_preparer.quote(column.name))
+    return names, columns
+
+
 def _insert_columns(session: Session, entity: type[Any], rows: Sequence[dict[str, Any]]) -> None:
     """Postgres: ``INSERT INTO t (a, b) SELECT * FROM unnest(%(a)s::T[], %(b)s::U[])``, each
     column's values converted as SQLAlchemy converts them for a single row."""
     connection = session.connection()
     dialect = connection.dialect
+    names, columns = _converted(dialect, entity, rows)
     mapper = entity.__mapper__
-    names, casts, params = [], [], {}
-    for n, attribute in enumerate(rows[0]):
-        column = mapper.attrs[attribute].columns[0]
-        kind = column.type.dialect_impl(dialect)
-        convert = kind.bind_processor(dialect)
-        column_values = [row[attribute] for row in rows]
-        params[f"c{n}"] = column_values if convert is None else list(map(convert, column_values))
-        names.append(dialect.identifier_preparer.quote(column.name))
+    casts, params = [], {}
+    for n, (attribute, values) in enumerate(zip(rows[0], columns, strict=True)):
+        kind = mapper.attrs[attribute].columns[0].type.dialect_impl(dialect)
+        params[f"c{n}"] = values
         casts.append(f"%(c{n})b::{kind.compile(dialect=dialect)}[]")
     table = dialect.identifier_preparer.format_table(entity.__table__)
     connection.exec_driver_sql(

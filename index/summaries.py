@@ -34,6 +34,11 @@ class ItemSummary(NamedTuple):
     updated_at: datetime
 
 
+def summary_of(row: ItemRow) -> ItemSummary:
+    """The summary of an item row."""
+    return ItemSummary(*(getattr(row, name) for name in ItemSummary._fields))
+
+
 # The columns of ItemSummary, in its order ("metadata" is the column behind ``meta``).
 _SUMMARY_COLUMNS = ["metadata" if name == "meta" else name for name in ItemSummary._fields]
 

@@ -212,10 +212,10 @@ def test_a_batch_that_fails_as_a_whole_writes_each_item_alone(
     item that fails then gets an error (500, in its place): the others are stored."""
     real = index_items._write_tags
 
-    def failing(session: Any, rows: Any, existing: Any) -> None:
-        if any(row.meta.get("poison") for row in rows):
+    def failing(session: Any, collection_id: int, items: Any, existing: Any) -> None:
+        if any(meta.get("poison") for _, meta in items):
             raise RuntimeError("the disk refused this item")
-        real(session, rows, existing)
+        real(session, collection_id, items, existing)
 
     monkeypatch.setattr(index_items, "_write_tags", failing)
     batch = [
@@ -245,10 +245,10 @@ def test_a_file_of_a_batch_that_fails_alone_leaves_no_original(
     trashed once the batch is answered, the others stay."""
     real = index_items._write_tags
 
-    def failing(session: Any, rows: Any, existing: Any) -> None:
-        if any(row.external_id == "p" for row in rows):
+    def failing(session: Any, collection_id: int, items: Any, existing: Any) -> None:
+        if any(meta.get("poison") for _, meta in items):
             raise RuntimeError("the disk refused this item")
-        real(session, rows, existing)
+        real(session, collection_id, items, existing)
 
     monkeypatch.setattr(index_items, "_write_tags", failing)
     names = ["a", "p", "c"]
@@ -256,7 +256,10 @@ def test_a_file_of_a_batch_that_fails_alone_leaves_no_original(
         ("file", (f"{n}.png", image_case("rgb_png", seed=k), "image/png"))
         for k, n in enumerate(names)
     ]
-    response = client.post(f"{items_url(collection)}/batch", files=files, data={"id": names})
+    metadata = json.dumps([{"poison": n == "p"} for n in names])
+    response = client.post(
+        f"{items_url(collection)}/batch", files=files, data={"id": names, "metadata": metadata}
+    )
     results = response.json()["results"]
     assert [r["status"] for r in results] == [201, 500, 201], response.text
     kept = {results[0]["item"]["sha256"], results[2]["item"]["sha256"]}

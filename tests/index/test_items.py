@@ -45,7 +45,8 @@ def test_a_recording_keeps_one_vector_per_segment(stores: Stores) -> None:
     done = stores.items.upsert(collection_id=row.id, draft=long)
     stores.items.upsert(collection_id=row.id, draft=item_draft("short"))
     assert done.row.spans == spans
-    assert from_blob(done.row.feature, 6).shape == (3, 6)
+    stored = stores.items.get(collection_id=row.id, external_id="long")
+    assert from_blob(stored.feature, 6).shape == (3, 6)
     (chunk,) = list(stores.items.iter_stored(collection_id=row.id))
     assert [s.pk for s in chunk] == [done.row.pk, done.row.pk + 1]
     assert [len(from_blob(s.vector, 4)) for s in chunk] == [3, 1]
