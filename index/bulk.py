@@ -8,11 +8,11 @@ statements of at most 50 parameters) and the server parses and plans again. Here
 - **SQLite**: one ``INSERT ... VALUES (...), (...) RETURNING`` a chunk of rows, in the
   driver's own parameter style; its text depends only on the batch's size, and the driver
   caches it.
-- **Postgres**: the keys are drawn from the table's sequence first, in one query, then the
-  rows go in as one array per column (``INSERT ... SELECT * FROM unnest(...)``, binary
-  parameters): a dozen parameters, cached by psycopg and prepared by the server, whatever the
-  batch's size. (psycopg's ``executemany``, one insert a row in a pipeline, cost more on
-  both sides.)
+- **Postgres**: one array per column (``INSERT ... SELECT ... FROM unnest(...) ... RETURNING``,
+  binary parameters): a dozen parameters, cached by psycopg and prepared by the server,
+  whatever the batch's size. (psycopg's ``executemany``, one insert a row in a pipeline,
+  cost more on both sides; drawing the keys from the sequence in a query of their own cost
+  single writes a round trip.)
 
 Values are converted by each column type's own bind processor for the dialect, as
 SQLAlchemy converts them for one row, so what is stored is the same either way.
@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, ColumnElement, Dialect, String, any_, bindparam, func, insert, select
+from sqlalchemy import ARRAY, ColumnElement, Dialect, String, any_, bindparam, insert
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 # SQLite: rows a statement (as SQLAlchemy's own batches), and its bound on a statement's
@@ -47,14 +47,7 @@ def insert_keyed(
     if dialect.name != "postgresql":
         stmt = insert(entity).returning(getattr(entity, key), sort_by_parameter_order=True)
         return [int(k) for k in session.execute(stmt, list(values)).scalars().all()]
-    table = entity.__table__
-    sequence = func.pg_get_serial_sequence(table.name, table.c[key].name)
-    drawn = session.scalars(
-        select(func.nextval(sequence)).select_from(func.generate_series(1, len(values)))
-    ).all()
-    keys = sorted(int(k) for k in drawn)
-    _insert_columns(session, entity, [{key: k, **v} for k, v in zip(keys, values, strict=True)])
-    return keys
+    return _insert_columns(session, entity, values, key)
 
 
 def insert_rows(session: Session, entity: type[Any], rows: Sequence[dict[str, Any]]) -> None:
@@ -64,7 +57,7 @@ def insert_rows(session: Session, entity: type[Any], rows: Sequence[dict[str, An
     if session.get_bind().dialect.name != "postgresql":
         session.execute(insert(entity), list(rows))
         return
-    _insert_columns(session, entity, rows)
+    _insert_columns(session, entity, rows, None)
 
 
 def _insert_returning(
@@ -109,9 +102,14 @@ def _converted(
     return names, columns
 
 
-def _insert_columns(session: Session, entity: type[Any], rows: Sequence[dict[str, Any]]) -> None:
-    """Postgres: ``INSERT INTO t (a, b) SELECT * FROM unnest(%(a)s::T[], %(b)s::U[])``, each
-    column's values converted as SQLAlchemy converts them for a single row."""
+def _insert_columns(
+    session: Session, entity: type[Any], rows: Sequence[dict[str, Any]], key: str | None
+) -> list[int]:
+    """Postgres: ``INSERT INTO t (a, b) SELECT a, b FROM unnest(%(a)b::T[], %(b)b::U[])
+    WITH ORDINALITY AS u(a, b, n) ORDER BY n [RETURNING key]``, each column's values
+    converted as SQLAlchemy converts them for one row. Rows are inserted in the order the
+    ``SELECT`` gives, and a serial key is drawn as each row is: ascending in the rows' order
+    (what SQLAlchemy's own ordered ``RETURNING`` relies on, for the same statement shape)."""
     connection = session.connection()
     dialect = connection.dialect
     names, columns = _converted(dialect, entity, rows)
@@ -121,11 +119,20 @@ def _insert_columns(session: Session, entity: type[Any], rows: Sequence[dict[str
         kind = mapper.attrs[attribute].columns[0].type.dialect_impl(dialect)
         params[f"c{n}"] = values
         casts.append(f"%(c{n})b::{kind.compile(dialect=dialect)}[]")
+    quote = dialect.identifier_preparer.quote
     table = dialect.identifier_preparer.format_table(entity.__table__)
-    connection.exec_driver_sql(
-        f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({', '.join(casts)})",
-        params,
+    aliases = [f"c{n}" for n in range(len(names))]
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)}) SELECT {', '.join(aliases)} "
+        f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS u({', '.join(aliases)}, n) "
+        "ORDER BY n"
     )
+    if key is None:
+        connection.exec_driver_sql(sql, params)
+        return []
+    returned = quote(entity.__table__.c[key].name)
+    found = connection.exec_driver_sql(f"{sql} RETURNING {returned}", params)
+    return sorted(int(k) for (k,) in found)
 
 
 def one_of(
