@@ -49,10 +49,12 @@ def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     if ingest:
         lines += [
             "",
-            f"`mmr ingest` on a folder of the same {ingest['files']} files (`.txt` and `.jpg`, "
-            f"in subfolders of 100), on SQLite: {ingest['seconds']:.1f} s, "
+            f"`mmr ingest` on a folder of {ingest['files']} files, the same texts as `.txt` "
+            "files and as many JPEGs of their own (no original of them stored yet), in "
+            f"subfolders of 100, on SQLite: {ingest['seconds']:.1f} s, "
             f"**{ingest['files_per_s']:.0f} files/s**, {ingest['ratio']:.2f}x the encoder's "
-            f"ceiling (the {ingest['ceiling_s']:.1f} s `/v1/embed` took for the same items); "
+            f"ceiling (the {ingest['ceiling_s']:.1f} s a round of `/v1/embed` took for as many "
+            "items); "
             f"`{ingest['summary']}`. Run again: **{ingest['resume_s']:.1f} s** to list the "
             f"collection, hash every file and skip it (`{ingest['resume_summary']}`).",
         ]
