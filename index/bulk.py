@@ -21,6 +21,8 @@ docs/performance.md has the figures.
 
 from __future__ import annotations
 
+import re
+import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,9 +30,9 @@ from sqlalchemy import ARRAY, ColumnElement, Dialect, String, any_, bindparam, i
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 # SQLite: rows a statement (as SQLAlchemy's own batches), and its bound on a statement's
-# variables (32,766 since SQLite 3.32).
+# variables (32,766 since SQLite 3.32, 999 before).
 SQLITE_ROWS = 1000
-SQLITE_VARIABLES = 32_766
+SQLITE_VARIABLES = 32_766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 
 
 def insert_keyed(
@@ -118,7 +120,10 @@ def _insert_columns(
     for n, (attribute, values) in enumerate(zip(rows[0], columns, strict=True)):
         kind = mapper.attrs[attribute].columns[0].type.dialect_impl(dialect)
         params[f"c{n}"] = values
-        casts.append(f"%(c{n})b::{kind.compile(dialect=dialect)}[]")
+        # The unbounded type: VARCHAR(255)[] would cut a longer value short, where the
+        # column itself refuses it ("value too long"), as the ORM's insert did.
+        unbounded = re.sub(r"\(\d+\)$", "", kind.compile(dialect=dialect))
+        casts.append(f"%(c{n})b::{unbounded}[]")
     quote = dialect.identifier_preparer.quote
     table = dialect.identifier_preparer.format_table(entity.__table__)
     aliases = [f"c{n}" for n in range(len(names))]

@@ -22,7 +22,8 @@ from index.summaries import ItemSummary, read_summaries, summary_of
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
 from index.wakeup import announce
 
-# Keys per IN (...) list: under SQLite's default bound on a statement's variables (999).
+# Keys per IN (...) list: under the bound on a statement's variables of SQLite before 3.32
+# (999).
 IN_CHUNK = 500
 
 
@@ -69,8 +70,9 @@ class Upserted:
     replaced_sha: str | None
     seq: int = 0
     # The collection's newest change-log position before the write (its newest sequence, or
-    # how far its log was pruned): the write's own changes come right after it.
-    after: int = 0
+    # how far its log was pruned): the write's own changes come right after it. None: not
+    # read (a process's index must then find the write in the log).
+    after: int | None = None
 
 
 @dataclass

@@ -131,15 +131,18 @@ class LiveIndex(Generic[P]):
         every change up to ``seq``: its position moves on, and the follower's next pass finds
         nothing to read (under a stream of writes it would otherwise read back each one)."""
         if after is not None and after <= self.applied:
-            self.reached(seq)
+            self.reached(seq, matched=False)
         else:
             self.own.add(seq)
 
-    def reached(self, newest: int) -> None:
-        """Every change up to ``newest`` is in the index (writer lock held)."""
+    def reached(self, newest: int, *, matched: bool = True) -> None:
+        """Every change up to ``newest`` is in the index (writer lock held). ``matched``: the
+        index matches SQL now, aligner and epoch included (a follower's pass); a process's
+        own write says nothing of those, so it leaves the replication lag's clock alone."""
         self.applied = max(self.applied, newest)
         self.own = {s for s in self.own if s > self.applied}
-        self.caught_up = time.monotonic()
+        if matched:
+            self.caught_up = time.monotonic()
 
     @property
     def aligner(self) -> P:

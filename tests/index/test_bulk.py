@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 import index.bulk as bulk
 from index.bulk import insert_keyed, insert_rows
@@ -94,3 +95,18 @@ def test_rows_without_keys_go_in_whole(stores: Stores) -> None:
     with stores.items.sessions() as session:
         found = session.execute(select(ItemTagRow.key, ItemTagRow.value)).all()
     assert sorted(found) == sorted((t["key"], t["value"]) for t in tags)
+
+
+def test_a_value_too_long_for_its_column_is_refused_not_cut(stores: Stores) -> None:
+    """Postgres checks a column's length: a longer value is an error, as with the ORM (an
+    array cast to VARCHAR(255)[] would have cut it short). SQLite checks no length."""
+    row = new_collection(stores)
+    value = {**item_values(row.id, 1), "content_type": "x" * 300}
+    if stores.items.engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="too long"), stores.items.sessions.begin() as s:
+            insert_keyed(s, ItemRow, "pk", [value])
+        return
+    with stores.items.sessions.begin() as session:
+        [pk] = insert_keyed(session, ItemRow, "pk", [value])
+    with stores.items.sessions() as session:
+        assert session.get(ItemRow, pk).content_type == "x" * 300  # type: ignore[union-attr]

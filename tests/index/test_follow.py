@@ -143,6 +143,19 @@ def test_own_writes_move_the_position_when_nothing_came_between(
     assert read == []
 
 
+def test_own_writes_leave_the_lag_clock_to_the_follower(processes: list[Process]) -> None:
+    """A write says nothing of the aligner or epoch SQL names: only a follower's pass that
+    found the index matching SQL restarts the replication lag's clock."""
+    a, _ = processes
+    a.write("x")
+    live = a.live()
+    live.caught_up = 0.0  # long ago
+    a.write("y")
+    assert live.caught_up == 0.0 and live.own == set()
+    a.indexes.follow_all()
+    assert live.caught_up > 0.0
+
+
 def test_a_write_of_another_process_between_keeps_the_position_until_it_is_read(
     processes: list[Process],
 ) -> None:
