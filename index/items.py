@@ -223,23 +223,6 @@ def _values(collection_id: int, draft: ItemDraft, now: datetime) -> dict[str, An
     }
 
 
-def _summary(pk: int, draft: ItemDraft, now: datetime) -> ItemSummary:
-    """A new row as written, without its blobs."""
-    return ItemSummary(
-        pk=pk,
-        external_id=draft.external_id,
-        modality=draft.modality,
-        meta=draft.metadata,
-        sha256=draft.sha256,
-        content_type=draft.content_type,
-        size_bytes=draft.size_bytes,
-        text=draft.text,
-        spans=draft.spans,
-        created_at=now,
-        updated_at=now,
-    )
-
-
 def _fill(row: ItemRow, draft: ItemDraft, now: datetime) -> None:
     row.modality = draft.modality
     row.sha256 = draft.sha256
@@ -344,10 +327,9 @@ class ItemStore:
             new = [d for external_id, d in last.items() if external_id not in rows]
             if new:
                 values = [_values(collection_id, d, now) for d in new]
-                for draft, pk in zip(
-                    new, insert_keyed(session, ItemRow, "pk", values), strict=True
-                ):
-                    written[draft.external_id] = _summary(pk, draft, now)
+                keys = insert_keyed(session, ItemRow, "pk", values)
+                for draft, value, pk in zip(new, values, keys, strict=True):
+                    written[draft.external_id] = summary_of(value, pk=pk)
             _write_tags(
                 session,
                 collection_id,

@@ -34,8 +34,10 @@ class ItemSummary(NamedTuple):
     updated_at: datetime
 
 
-def summary_of(row: ItemRow) -> ItemSummary:
-    """The summary of an item row."""
+def summary_of(row: ItemRow | dict[str, Any], *, pk: int = 0) -> ItemSummary:
+    """The summary of an item row, or of a new row's values (by attribute name) and key."""
+    if isinstance(row, dict):
+        return ItemSummary(pk, *(row[name] for name in ItemSummary._fields[1:]))
     return ItemSummary(*(getattr(row, name) for name in ItemSummary._fields))
 
 
