@@ -205,11 +205,9 @@ def test_batch_multipart_in_order(client: TestClient, collection: str) -> None:
     assert sizes(client, collection) == (2, 2)
 
 
-def test_a_batch_that_fails_as_a_whole_writes_each_item_alone(
-    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch is one transaction; when it fails, each item is written alone, and only the
-    item that fails then gets an error (500, in its place): the others are stored."""
+def poison_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing an item whose metadata has ``poison`` fails (not as a fault of the database):
+    the transaction it is in fails with it."""
     real = index_items._write_tags
 
     def failing(session: Any, collection_id: int, items: Any, existing: Any) -> None:
@@ -218,6 +216,14 @@ def test_a_batch_that_fails_as_a_whole_writes_each_item_alone(
         real(session, collection_id, items, existing)
 
     monkeypatch.setattr(index_items, "_write_tags", failing)
+
+
+def test_a_batch_that_fails_as_a_whole_writes_each_item_alone(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch is one transaction; when it fails, each item is written alone, and only the
+    item that fails then gets an error (500, in its place): the others are stored."""
+    poison_writes(monkeypatch)
     batch = [
         {"id": "a", "text": "alpha"},
         {"id": "p", "text": "poison", "metadata": {"poison": True}},
@@ -243,14 +249,7 @@ def test_a_file_of_a_batch_that_fails_alone_leaves_no_original(
 ) -> None:
     """Originals are written while the batch is encoded; one whose row is never committed is
     trashed once the batch is answered, the others stay."""
-    real = index_items._write_tags
-
-    def failing(session: Any, collection_id: int, items: Any, existing: Any) -> None:
-        if any(meta.get("poison") for _, meta in items):
-            raise RuntimeError("the disk refused this item")
-        real(session, collection_id, items, existing)
-
-    monkeypatch.setattr(index_items, "_write_tags", failing)
+    poison_writes(monkeypatch)
     names = ["a", "p", "c"]
     files = [
         ("file", (f"{n}.png", image_case("rgb_png", seed=k), "image/png"))
