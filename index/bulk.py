@@ -69,16 +69,16 @@ def _insert_returning(
     rows a statement. SQLite gives rowids in the order of the VALUES, ascending (its
     ``AUTOINCREMENT`` never reuses one), so the sorted keys are the rows' in order."""
     connection = session.connection()
-    names, columns = _converted(connection.dialect, entity, values)
+    names, _, columns = _converted(connection.dialect, entity, values)
     table = connection.dialect.identifier_preparer.format_table(entity.__table__)
     returned = connection.dialect.identifier_preparer.quote(entity.__table__.c[key].name)
     width = len(names)
     chunk = max(1, min(SQLITE_ROWS, SQLITE_VARIABLES // width))
     keys: list[int] = []
     rows = list(zip(*columns, strict=True))
+    one = "(" + ", ".join("?" * width) + ")"
     for start in range(0, len(rows), chunk):
         part = rows[start : start + chunk]
-        one = "(" + ", ".join("?" * width) + ")"
         sql = (
             f"INSERT INTO {table} ({', '.join(names)}) VALUES {', '.join([one] * len(part))} "
             f"RETURNING {returned}"
@@ -90,18 +90,20 @@ def _insert_returning(
 
 def _converted(
     dialect: Dialect, entity: type[Any], rows: Sequence[dict[str, Any]]
-) -> tuple[list[str], list[list[Any]]]:
-    """The rows' column names (quoted) and each column's values, converted as SQLAlchemy
-    converts them for one row (its type's bind processor for the dialect)."""
+) -> tuple[list[str], list[Any], list[list[Any]]]:
+    """The rows' column names (quoted), the columns' types for the dialect, and each column's
+    values, converted as SQLAlchemy converts them for one row (the type's bind processor)."""
     mapper = entity.__mapper__
-    names, columns = [], []
+    names, kinds, columns = [], [], []
     for attribute in rows[0]:
         column = mapper.attrs[attribute].columns[0]
-        convert = column.type.dialect_impl(dialect).bind_processor(dialect)
+        kind = column.type.dialect_impl(dialect)
+        convert = kind.bind_processor(dialect)
         values = [row[attribute] for row in rows]
         columns.append(values if convert is None else list(map(convert, values)))
         names.append(dialect.identifier_preparer.quote(column.name))
-    return names, columns
+        kinds.append(kind)
+    return names, kinds, columns
 
 
 def _insert_columns(
@@ -114,11 +116,9 @@ def _insert_columns(
     (what SQLAlchemy's own ordered ``RETURNING`` relies on, for the same statement shape)."""
     connection = session.connection()
     dialect = connection.dialect
-    names, columns = _converted(dialect, entity, rows)
-    mapper = entity.__mapper__
+    names, kinds, columns = _converted(dialect, entity, rows)
     casts, params = [], {}
-    for n, (attribute, values) in enumerate(zip(rows[0], columns, strict=True)):
-        kind = mapper.attrs[attribute].columns[0].type.dialect_impl(dialect)
+    for n, (kind, values) in enumerate(zip(kinds, columns, strict=True)):
         params[f"c{n}"] = values
         # The unbounded type: VARCHAR(255)[] would cut a longer value short, where the
         # column itself refuses it ("value too long"), as the ORM's insert did.
