@@ -41,6 +41,22 @@ class Encoded:
         return [[round(float(a), 3), round(float(b), 3)] for a, b in self.spans]
 
 
+def all_vectors(aligner: Aligner, encoded: Sequence[Encoded]) -> list[np.ndarray]:
+    """Every input's ``vectors(aligner)``, in order: the rows of each modality projected
+    together (a batch of 64 texts: two numpy calls instead of two per text, under the
+    collection's writer lock and holding the GIL)."""
+    out: list[np.ndarray] = [np.empty((0, aligner.dim), np.float32)] * len(encoded)
+    by_modality: dict[str, list[int]] = {}
+    for i, e in enumerate(encoded):
+        by_modality.setdefault(e.modality, []).append(i)
+    for modality, where in by_modality.items():
+        rows = aligner.project(modality, np.concatenate([encoded[i].raw for i in where]))
+        bounds = np.cumsum([len(encoded[i].raw) for i in where])[:-1]
+        for i, part in zip(where, np.split(rows, bounds), strict=True):
+            out[i] = part
+    return out
+
+
 def queries(aligner: Aligner, encoded: Sequence[Encoded]) -> np.ndarray:
     """Every input's ``query(aligner)``, (n, dim): the one-row inputs of a modality projected
     and normalised together (the same operations; for a request of many texts or images, a

@@ -21,7 +21,7 @@ from app.ids import check_key
 from app.schemas.common import MAX_TEXT_CHARS
 from app.schemas.items import ItemPage, ItemPublic
 from app.services.collections import require_space
-from app.services.embedding import Embedder, Encoded
+from app.services.embedding import Embedder, Encoded, all_vectors
 from app.services.errors import InvalidInput, Malformed, MalformedJson, SpaceMismatch, TooLarge
 from app.services.media import decode_upload
 from app.services.pool import ModelPool, in_space
@@ -416,7 +416,7 @@ def _write(
                 f"collection {row.name!r} moved to another model while this write was "
                 "encoded: send it again"
             )
-        vectors = [enc.vectors(aligner) for enc in encoded]
+        vectors = all_vectors(aligner, encoded)
         drafts = [
             ItemDraft(
                 external_id=item.external_id or uuid.uuid4().hex,

@@ -23,7 +23,7 @@ import numpy as np
 from app.schemas.collections import IndexSettings
 from app.schemas.jobs import MigrateJobCreate, MigrationConfirmed
 from app.services.collections import index_spec
-from app.services.embedding import Embedder, Encoded
+from app.services.embedding import Embedder, Encoded, all_vectors
 from app.services.errors import SpaceMismatch
 from app.services.items import feature_space
 from app.services.jobs import JobContext, require_no_migration
@@ -303,11 +303,11 @@ def encode_items(
             pk=item.pk,
             sha256=item.sha256,
             feature=to_blob(enc.raw),
-            vector=to_blob(enc.vectors(heads)),
+            vector=to_blob(vectors),
             spans=enc.span_list(),
             aligner_version=heads.version,
         )
-        for item, enc in zip(todo, encoded, strict=True)
+        for item, enc, vectors in zip(todo, encoded, all_vectors(heads, encoded), strict=True)
     ]
 
 
