@@ -168,8 +168,8 @@ def _log_upserts(
     dialect = connection.dialect
     if dialect.name != "postgresql":
         after = _log_position(session, collection_id)
-        changes = [{"collection_id": collection_id, "item_pk": pk, "op": "upsert"} for pk in pks]
-        seqs = insert_keyed(session, ChangeRow, "seq", changes)
+        rows = [{"collection_id": collection_id, "item_pk": pk, "op": "upsert"} for pk in pks]
+        seqs = insert_keyed(session, ChangeRow, "seq", rows)
         announce(session, own=own)
         return after, seqs
     changes = dialect.identifier_preparer.format_table(ChangeRow.__table__)
@@ -191,9 +191,9 @@ def _log_upserts(
         "sender": sender() if own else "",
         "pks": list(pks),
     }
-    rows = connection.exec_driver_sql(sql, params).all()
-    after = int(rows[0][1]) if rows else _log_position(session, collection_id)
-    return after, sorted(int(seq) for seq, _ in rows)
+    found = connection.exec_driver_sql(sql, params).all()
+    after = int(found[0][1]) if found else _log_position(session, collection_id)
+    return after, sorted(int(seq) for seq, _ in found)
 
 
 def _find_item(session: Session, collection_id: int, external_id: str) -> ItemRow:
