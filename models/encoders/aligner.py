@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from models.encoders.openclip import Encoder
 
 FORMAT = "mmr-aligner/1"
-HEAD_KINDS = ("identity", "linear", "lowrank")
+HEAD_KINDS = ("identity", "linear", "lowrank", "residual")
 MODALITIES = ("image", "text", "audio")
 
 
@@ -83,6 +83,36 @@ class AlignerHead:
         head.check()
         return head
 
+    @classmethod
+    def residual(
+        cls,
+        base: AlignerHead,
+        down: np.ndarray,
+        down_bias: np.ndarray,
+        up: np.ndarray,
+    ) -> AlignerHead:
+        """``y = x W^T + b + relu(x D^T + c) U^T``: a head's affine map (``base``, kept as
+        it is) plus a small non-linear residual, ``down`` (hidden, in_dim), ``down_bias``
+        (hidden,), ``up`` (out_dim, hidden). With ``up`` zero it is ``base`` exactly. A
+        fine-tune learns the residual alone: unlike a change of the affine map, which moves
+        every input alike, it can move the inputs the pairs are about (new words) and leave
+        the others (the old vocabulary, held in place by anchors) where they were."""
+        w, b = base.affine() if base.kind != "residual" else base.base()
+        tensors = {
+            "weight": np.ascontiguousarray(w, dtype=np.float32),
+            "bias": np.ascontiguousarray(b, dtype=np.float32),
+            "down": np.ascontiguousarray(down, dtype=np.float32),
+            "down_bias": np.ascontiguousarray(down_bias, dtype=np.float32),
+            "up": np.ascontiguousarray(up, dtype=np.float32),
+        }
+        head = cls("residual", base.in_dim, base.out_dim, tensors)
+        head.check()
+        return head
+
+    def base(self) -> tuple[np.ndarray, np.ndarray]:
+        """A residual head's affine part ``(W, b)`` (its residual left out)."""
+        return self.tensors["weight"], self.tensors["bias"]
+
     def check(self) -> None:
         """Raise AlignerFormatError unless kind, dims and tensor shapes agree."""
         shapes: dict[str, tuple[int, ...]]
@@ -101,6 +131,15 @@ class AlignerHead:
                 "up": (self.out_dim, rank),
                 "bias": (self.out_dim,),
             }
+        elif self.kind == "residual":
+            hidden = self.tensors["down"].shape[0] if "down" in self.tensors else -1
+            shapes = {
+                "weight": (self.out_dim, self.in_dim),
+                "bias": (self.out_dim,),
+                "down": (hidden, self.in_dim),
+                "down_bias": (hidden,),
+                "up": (self.out_dim, hidden),
+            }
         else:
             raise AlignerFormatError(f"unknown head kind {self.kind!r}; one of {HEAD_KINDS}")
         got = {name: tuple(t.shape) for name, t in self.tensors.items()}
@@ -117,6 +156,8 @@ class AlignerHead:
             return np.eye(self.out_dim, dtype=np.float32), np.zeros(self.out_dim, np.float32)
         if self.kind == "linear":
             return self.tensors["weight"], self.tensors["bias"]
+        if self.kind == "residual":
+            raise ValueError("a residual head is not one affine map (its base() is)")
         eye = np.eye(self.out_dim, dtype=np.float32)
         return eye + self.tensors["up"] @ self.tensors["down"], self.tensors["bias"]
 
@@ -129,6 +170,10 @@ class AlignerHead:
             x = x @ self.tensors["weight"].T + self.tensors["bias"]
         elif self.kind == "lowrank":
             x = x + (x @ self.tensors["down"].T) @ self.tensors["up"].T + self.tensors["bias"]
+        elif self.kind == "residual":
+            t = self.tensors
+            hidden = np.maximum(x @ t["down"].T + t["down_bias"], 0.0)
+            x = x @ t["weight"].T + t["bias"] + hidden @ t["up"].T
         return l2_normalize(x)
 
 

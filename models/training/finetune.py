@@ -2,18 +2,25 @@
 
 A collection's users pair items of two modalities (a caption and its image, a recording and
 its description); :func:`finetune` moves the heads so each pair lands closer together in the
-shared space. Heads start from their current affine map and train with symmetric InfoNCE plus
-``stay * ||W - W0||^2``: the pull toward the start is what keeps the model's old vocabulary
-(English captions still find their images after learning French ones). The training loop
-(:mod:`models.training.loop`) keeps the best held-out state, so a fine-tune that cannot help
-returns the heads it was given.
+shared space. By default a learning head keeps its current map and learns a small non-linear
+residual on top of it, started at zero (``AlignerHead.residual``), with symmetric InfoNCE on
+the pairs plus ``keep`` times the distance anchors move from where the current head puts
+them (distillation): anchors are inputs the pairs say nothing about (the old vocabulary), so
+what the model knew stays where it was. Without anchors, ``stay`` pulls the parameters back
+toward their start instead.
+
+An :class:`AnchorCheck` measures what the pull is for: retrieval on anchors the training never
+sees, before and after. The training loop (:mod:`models.training.loop`) keeps the best
+held-out state among those whose anchor retrieval stays within ``tolerance`` of the start
+(early stopping on both criteria), so a fine-tune that cannot help without forgetting returns
+the heads it was given. ``bench/finetune.py`` measured the choices (docs/teach-a-vocabulary.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,9 +43,19 @@ from models.training.validation import (
     split_pairs,
 )
 
-__all__ = ["Cancelled", "FinetuneConfig", "FinetuneReport", "Pairs", "Progress", "finetune"]
+__all__ = [
+    "AnchorCheck",
+    "Cancelled",
+    "FinetuneConfig",
+    "FinetuneReport",
+    "Pairs",
+    "Progress",
+    "finetune",
+]
 
 TRAIN_CHOICES = ("auto", "a", "b", "both")
+FORMS = ("residual", "affine")
+CHECK_K = 5  # the anchor check's recall@k
 _DIRECTIONS = {"source_to_target": "a_to_b", "target_to_source": "b_to_a"}
 
 
@@ -51,7 +68,7 @@ class FinetuneConfig:
     max_pairs: int = 50_000
     max_epochs: int = 200
     max_seconds: float = 900.0
-    batch: int = 256
+    batch: int = 64  # a few hundred pairs: several steps an epoch (256 made one)
     lr: float = 3e-3
     patience: int = 30
     # Pull toward the current heads of a head without anchors. 0.1 let a French fine-tune of
@@ -61,6 +78,31 @@ class FinetuneConfig:
     # Which heads learn: "a", "b", "both", or "auto": the text head when exactly one side is
     # text (new words live in the text tower's features), else both.
     train: str = "auto"
+    # What a learning head learns: "residual" (its map kept, a ReLU residual of ``hidden``
+    # units learned on top, started at zero) or "affine" (its map itself, as one linear map).
+    form: str = "residual"
+    hidden: int = 256
+    # How far the anchor check's recall@5 may fall below the start's for a state to be kept.
+    tolerance: float = 0.02
+
+
+@dataclass(frozen=True)
+class AnchorCheck:
+    """Retrieval on anchors the training does not see: ``queries`` (raw features of
+    ``query_modality``) against a ``gallery`` (raw features of ``gallery_modality``), both
+    through the heads. ``relevant[i, j]`` says gallery row j answers query i; None: the
+    answer to keep is the one the starting heads rank first (what the model found before)."""
+
+    query_modality: str
+    queries: np.ndarray
+    gallery_modality: str
+    gallery: np.ndarray
+    relevant: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        """The metric's name in a report, e.g. ``text_to_image@5``."""
+        return f"{self.query_modality}_to_{self.gallery_modality}@{CHECK_K}"
 
 
 @dataclass(frozen=True)
@@ -71,9 +113,10 @@ class Pairs:
     modality_b: str
     raw_a: np.ndarray  # (n, da), one row per item (a recording's rows already averaged)
     raw_b: np.ndarray  # (n, db)
-    # Per modality, raw features of stored items outside the pairs: a learning head must
-    # keep placing them where the current head does (what the collection already knew).
+    # Per modality, raw features of inputs outside the pairs (stored items, the model's own
+    # caption corpus): a learning head must keep placing them where the current head does.
     anchors: dict[str, np.ndarray] = field(default_factory=dict)
+    check: AnchorCheck | None = None  # how well the anchors retrieve, before and after
 
 
 @dataclass(frozen=True)
@@ -101,17 +144,33 @@ class FinetuneReport:
     after: dict[str, float]
     trained: list[str] = field(default_factory=list)
     temperature: float = 0.07
+    # The anchor check's recall, before and after ({} without a check), and its tolerance.
+    anchors_before: dict[str, float] = field(default_factory=dict)
+    anchors_after: dict[str, float] = field(default_factory=dict)
+    tolerance: float = 0.02
 
     def as_meta(self) -> dict[str, Any]:
         """JSON-able summary for the aligner artefact's metadata."""
-        return rounded_report(asdict(self), ("before", "after"))
+        meta = rounded_report(asdict(self), ("before", "after", "anchors_before", "anchors_after"))
+        meta["kept"] = self.kept
+        return meta
+
+    @property
+    def kept(self) -> bool:
+        """True when retrieval on the anchors stayed within the tolerance (or was not checked)."""
+        return all(
+            self.anchors_after[k] >= v - self.tolerance - 1e-9
+            for k, v in self.anchors_before.items()
+        )
 
     @property
     def improved(self) -> bool:
-        """True when the mean held-out recall went up."""
-        return float(np.mean(list(self.after.values()))) > float(
+        """True when the mean held-out recall went up and the anchors kept their retrieval:
+        what ``activate: if_better`` asks."""
+        gained = float(np.mean(list(self.after.values()))) > float(
             np.mean(list(self.before.values()))
         )
+        return gained and self.kept
 
 
 def finetune(
@@ -136,7 +195,8 @@ def finetune(
     train, held = split_pairs(len(xa), cfg.holdout, cfg.seed)
     learn = _learners(cfg.train, pairs.modality_a, pairs.modality_b)
     heads = {m: aligner.heads[m] for m in (pairs.modality_a, pairs.modality_b)}
-    trainable = _Heads(heads, learn, (xa, xb), (train, held), cfg, _anchors(aligner, pairs))
+    check = _check(aligner, pairs.check)
+    trainable = _Heads(heads, learn, (xa, xb), (train, held), cfg, _anchors(aligner, pairs), check)
     before = _recall(heads, pairs, xa[held], xb[held])
     best, outcome = _train(trainable, budget, progress, should_stop)
     # A head whose best state is its start never changed: it keeps its kind and bytes.
@@ -155,9 +215,42 @@ def finetune(
         after=_recall({**heads, **changed}, pairs, xa[held], xb[held]),
         trained=[m for m in heads if m in changed],
         temperature=math.exp(-min(best.log_scale, MAX_LOGIT_SCALE)),
+        anchors_before={} if check is None else {check.name: trainable.check_start},
+        anchors_after={} if check is None else {check.name: best.anchors},
+        tolerance=cfg.tolerance,
     )
     meta = {**aligner.meta, "kind": "finetune", "finetune": report.as_meta()}
     return Aligner(aligner.dim, result.heads, result.encoders, meta), report
+
+
+def _check(aligner: Aligner, check: AnchorCheck | None) -> AnchorCheck | None:
+    """The check with finite unit rows of the heads' widths, or None when it has no rows."""
+    if check is None:
+        return None
+    sides = []
+    for modality, raw in (
+        (check.query_modality, check.queries),
+        (check.gallery_modality, check.gallery),
+    ):
+        head = aligner.heads.get(modality)
+        rows = np.asarray(raw, dtype=np.float32)
+        if head is None or rows.ndim != 2 or rows.shape[1] != head.in_dim:
+            raise ValueError(f"the anchor check's {modality} rows must be of the head's width")
+        sides.append(rows)
+    queries, gallery = sides
+    relevant = check.relevant
+    if relevant is not None:
+        relevant = np.asarray(relevant, dtype=bool)
+        if relevant.shape != (len(queries), len(gallery)):
+            raise ValueError("the anchor check's relevance must be (queries, gallery)")
+    finite_q = np.all(np.isfinite(queries), axis=1)
+    finite_g = np.all(np.isfinite(gallery), axis=1)
+    if relevant is not None:
+        relevant = relevant[finite_q][:, finite_g]
+    queries, gallery = queries[finite_q], gallery[finite_g]
+    if not len(queries) or len(gallery) < CHECK_K:
+        return None
+    return AnchorCheck(check.query_modality, queries, check.gallery_modality, gallery, relevant)
 
 
 def _anchors(aligner: Aligner, pairs: Pairs) -> dict[str, np.ndarray]:
@@ -179,6 +272,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise ValueError("batch must be >= 2, max_pairs >= 10 and max_epochs >= 1")
     if cfg.lr <= 0 or cfg.stay < 0 or cfg.patience < 1 or cfg.max_seconds <= 0:
         raise ValueError("lr and max_seconds must be positive, stay >= 0, patience >= 1")
+    if cfg.form not in FORMS or cfg.hidden < 1 or not 0.0 <= cfg.tolerance <= 1.0:
+        raise ValueError(f"form must be one of {FORMS}, hidden >= 1 and tolerance in [0, 1]")
 
 
 def _checked(aligner: Aligner, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
@@ -238,23 +333,37 @@ def _renamed(recall: dict[str, float]) -> dict[str, float]:
     return out
 
 
+Maps = dict[str, "tuple[np.ndarray, ...] | AlignerHead"]
+
+
 @dataclass(frozen=True)
 class _State:
-    """A snapshot of the trainable maps and their held-out score."""
+    """A snapshot of the trainable maps, its held-out score and its anchor check's recall."""
 
-    maps: dict[str, tuple[np.ndarray, np.ndarray] | AlignerHead]
+    maps: Maps
     log_scale: float
     score: Score
+    anchors: float = 1.0
+    bases: dict[str, AlignerHead] = field(default_factory=dict)  # residual maps' starts
 
     def heads(self) -> dict[str, AlignerHead]:
-        return {
-            m: v if isinstance(v, AlignerHead) else AlignerHead.linear(*v)
-            for m, v in self.maps.items()
-        }
+        out = {}
+        for m, v in self.maps.items():
+            if isinstance(v, AlignerHead):
+                out[m] = v
+            elif len(v) == 2:
+                out[m] = AlignerHead.linear(*v)
+            else:
+                out[m] = AlignerHead.residual(self.bases[m], *v)
+        return out
 
 
 class _Heads:
-    """The heads being fine-tuned: one side or both learn, the other side's vectors are fixed."""
+    """The heads being fine-tuned: one side or both learn, the other side's vectors are fixed.
+
+    A learning head's parameters: its affine map (form "affine"), or a residual's
+    ``down``, ``down_bias`` and ``up`` on top of its frozen current map (form "residual"; a
+    head that already has a residual goes on from it)."""
 
     def __init__(
         self,
@@ -264,20 +373,23 @@ class _Heads:
         split: tuple[np.ndarray, np.ndarray],
         cfg: FinetuneConfig,
         anchors: dict[str, np.ndarray],
+        check: AnchorCheck | None,
     ) -> None:
         self.heads, self.cfg = heads, cfg
         self.names = list(heads)
         self.x = [torch.from_numpy(np.ascontiguousarray(x)) for x in xs]
         self.train, self.held = (torch.from_numpy(s) for s in split)
-        self.start: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.params: dict[str, tuple[torch.nn.Parameter, torch.nn.Parameter]] = {}
+        self.start: dict[str, tuple[torch.Tensor, ...]] = {}
+        self.params: dict[str, tuple[torch.nn.Parameter, ...]] = {}
+        self.frozen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # residuals' maps
         self.fixed: dict[str, torch.Tensor] = {}
+        gen = torch.Generator().manual_seed(cfg.seed)
         for name, x, learns in zip(self.names, self.x, learn, strict=True):
             head = heads[name]
             if learns:
-                w0, b0 = (torch.from_numpy(np.array(t, np.float32)) for t in head.affine())
-                self.start[name] = (w0, b0)
-                self.params[name] = (torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone()))
+                start = self._start(name, head, gen)
+                self.start[name] = start
+                self.params[name] = tuple(torch.nn.Parameter(t.clone()) for t in start)
             else:
                 self.fixed[name] = torch.from_numpy(head.project(x.numpy()))
         self.scale = torch.nn.Parameter(torch.tensor(INIT_SCALE))
@@ -287,15 +399,58 @@ class _Heads:
             for name, raw in anchors.items()
             if name in self.params and len(raw)
         }
+        self.check = check
+        self.check_start = 1.0 if check is None else self._check_recall(None)
+        if check is not None and check.relevant is None:
+            # What the starting heads rank first is the answer to keep.
+            scores = heads[check.query_modality].project(check.queries) @ (
+                heads[check.gallery_modality].project(check.gallery).T
+            )
+            relevant = np.zeros(scores.shape, dtype=bool)
+            relevant[np.arange(len(scores)), scores.argmax(axis=1)] = True
+            self.check = replace(check, relevant=relevant)
+            self.check_start = self._check_recall(None)
+
+    def _start(
+        self, name: str, head: AlignerHead, gen: torch.Generator
+    ) -> tuple[torch.Tensor, ...]:
+        """A learning head's starting parameters (and, for a residual, its frozen map)."""
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(a, np.float32))
+
+        if self.cfg.form == "affine":
+            if head.kind == "residual":
+                raise ValueError("a residual head can only go on learning as a residual")
+            return tuple(tensor(t) for t in head.affine())
+        if head.kind == "residual":
+            w, b = head.base()
+            t = head.tensors
+            start = (tensor(t["down"]), tensor(t["down_bias"]), tensor(t["up"]))
+        else:
+            w, b = head.affine()
+            hidden, width = self.cfg.hidden, head.in_dim
+            down = torch.randn(hidden, width, generator=gen) / math.sqrt(width)
+            start = (down, torch.zeros(hidden), torch.zeros(head.out_dim, hidden))
+        self.frozen[name] = (tensor(w), tensor(b))
+        return start
+
+    def _map(self, name: str, x: torch.Tensor, params: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """A learning head's (unnormalised) output for unit rows ``x``."""
+        if len(params) == 2:
+            w, b = params
+            return x @ w.T + b
+        down, down_bias, up = params
+        w, b = self.frozen[name]
+        return x @ w.T + b + torch.relu(x @ down.T + down_bias) @ up.T
 
     def kept(self, gen: torch.Generator) -> torch.Tensor:
         """How far a batch of anchors moved from where the starting heads placed them."""
         total = torch.zeros(())
         for name, (raw, target) in self.anchors.items():
-            rows = torch.randint(len(raw), (self.cfg.batch,), generator=gen)
-            w, b = self.params[name]
-            moved = F.normalize(raw[rows] @ w.T + b, dim=-1) - target[rows]
-            total = total + moved.square().sum(dim=1).mean()
+            rows = torch.randint(len(raw), (256,), generator=gen)
+            moved = F.normalize(self._map(name, raw[rows], self.params[name]), dim=-1)
+            total = total + (moved - target[rows]).square().sum(dim=1).mean()
         return total
 
     def side(self, i: int, rows: torch.Tensor) -> torch.Tensor:
@@ -303,20 +458,40 @@ class _Heads:
         name = self.names[i]
         if name in self.fixed:
             return self.fixed[name][rows]
-        w, b = self.params[name]
-        return self.x[i][rows] @ w.T + b
+        return self._map(name, self.x[i][rows], self.params[name])
 
     def pull(self) -> torch.Tensor:
         """Squared distance of the learning heads from where they started."""
         total = torch.zeros(())
-        for name, (w, b) in self.params.items():
+        for name, params in self.params.items():
             if name in self.anchors:
                 continue  # anchors say precisely what to keep; a blanket pull only slows it
-            w0, b0 = self.start[name]
-            total = total + (w - w0).square().sum() + (b - b0).square().sum()
+            for p, p0 in zip(params, self.start[name], strict=True):
+                total = total + (p - p0).square().sum()
         return total
 
-    def evaluate(self, maps: dict[str, Any] | None) -> _State:
+    def _project(self, modality: str, raw: np.ndarray, maps: Maps | None) -> np.ndarray:
+        """Unit vectors of raw rows through the current parameters (``maps=None``: the start)."""
+        learnt = None if maps is None else maps.get(modality)
+        if learnt is None or isinstance(learnt, AlignerHead):
+            return self.heads[modality].project(raw)
+        x = torch.from_numpy(l2_normalize(raw))
+        params = tuple(torch.from_numpy(np.asarray(t)) for t in learnt)
+        with torch.no_grad():
+            return F.normalize(self._map(modality, x, params), dim=-1).numpy()
+
+    def _check_recall(self, maps: Maps | None) -> float:
+        """The anchor check's recall@k: the share of queries with a relevant row in their top k."""
+        check = self.check
+        if check is None or check.relevant is None:
+            return 1.0
+        q = self._project(check.query_modality, check.queries, maps)
+        g = self._project(check.gallery_modality, check.gallery, maps)
+        scores = q @ g.T
+        top = np.argpartition(-scores, CHECK_K - 1, axis=1)[:, :CHECK_K]
+        return float(np.take_along_axis(check.relevant, top, axis=1).any(axis=1).mean())
+
+    def evaluate(self, maps: Maps | None) -> _State:
         """Held-out recall of the current parameters (or, with ``maps=None``, the start heads)."""
         with torch.no_grad():
             if maps is None:
@@ -324,15 +499,21 @@ class _Heads:
                     torch.from_numpy(self.heads[n].project(x[self.held].numpy()))
                     for n, x in zip(self.names, self.x, strict=True)
                 )
-                maps = dict(self.heads)
-            else:
-                a, b = (F.normalize(self.side(i, self.held), dim=-1) for i in (0, 1))
-        return _State(maps, self.scale.item(), held_out_score(a, b))
+                return _State(
+                    dict(self.heads), self.scale.item(), held_out_score(a, b), self.check_start
+                )
+            a, b = (F.normalize(self.side(i, self.held), dim=-1) for i in (0, 1))
+        anchors = self._check_recall(maps)
+        score = held_out_score(a, b)
+        if anchors < self.check_start - self.cfg.tolerance - 1e-9:
+            # Forgets more than the tolerance: never the state a fine-tune hands back.
+            score = Score(-math.inf, math.inf)
+        bases = {n: self.heads[n] for n in self.params}
+        return _State(maps, self.scale.item(), score, anchors, bases)
 
     def snapshot(self) -> _State:
-        maps: dict[str, Any] = {
-            n: (w.detach().numpy().copy(), b.detach().numpy().copy())
-            for n, (w, b) in self.params.items()
+        maps: Maps = {
+            n: tuple(p.detach().numpy().copy() for p in params) for n, params in self.params.items()
         }
         maps |= {n: self.heads[n] for n in self.fixed}
         return self.evaluate(maps)
@@ -355,7 +536,7 @@ def _train(
 ) -> tuple[_State, Outcome]:
     """Train the heads; return the best held-out state and how training ended."""
     cfg = heads.cfg
-    params = [p for pair in heads.params.values() for p in pair] + [heads.scale]
+    params = [p for group in heads.params.values() for p in group] + [heads.scale]
     # One generator shuffles the chunks and draws the anchors, in that order each epoch.
     gen = torch.Generator().manual_seed(cfg.seed)
     chunks = ShuffledChunks(len(heads.train), cfg.batch, gen)

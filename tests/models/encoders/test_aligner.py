@@ -118,3 +118,31 @@ def test_a_recording_has_one_span_per_feature() -> None:
     with pytest.raises(ValueError):
         AudioSegments(np.zeros((0, 4)), np.zeros((0, 2)))
     np.testing.assert_allclose(pooled(np.array([[1.0, 0.0], [0.0, 1.0]])), [0.5, 0.5])
+
+
+def test_a_residual_head_is_its_base_plus_a_relu_correction() -> None:
+    rng = np.random.default_rng(4)
+    base = AlignerHead.linear(rng.normal(size=(8, 5)), rng.normal(size=8))
+    down, bias, up = rng.normal(size=(6, 5)), rng.normal(size=6), rng.normal(size=(8, 6))
+    head = AlignerHead.residual(base, down, bias, up)
+    raw = rows(4, 5)
+    x = l2_normalize(raw)
+    w, b = base.affine()
+    want = l2_normalize(x @ w.T + b + np.maximum(x @ down.T + bias, 0) @ up.T)
+    np.testing.assert_allclose(head.project(raw), want, atol=1e-5)
+    # With no correction it is its base exactly; a residual of a residual keeps the base.
+    silent = AlignerHead.residual(base, down, bias, np.zeros((8, 6)))
+    np.testing.assert_allclose(silent.project(raw), base.project(raw), atol=1e-6)
+    again = AlignerHead.residual(head, down, bias, np.zeros((8, 6)))
+    np.testing.assert_array_equal(again.base()[0], head.base()[0])
+    with pytest.raises(ValueError, match="not one affine map"):
+        head.affine()
+    # It round-trips through the artefact, and a wrong shape is refused there.
+    aligner = Aligner(
+        8, {"image": AlignerHead.identity(8), "audio": head}, {"image": "c", "audio": "a"}
+    )
+    back = Aligner.from_bytes(aligner.to_bytes())
+    np.testing.assert_allclose(back.project("audio", raw), head.project(raw), atol=1e-6)
+    broken = AlignerHead("residual", 5, 8, {**head.tensors, "up": np.zeros((8, 3), np.float32)})
+    with pytest.raises(AlignerFormatError, match="residual head"):
+        broken.check()

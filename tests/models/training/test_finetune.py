@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from models.encoders.aligner import Aligner, l2_normalize
 from models.training.finetune import (
+    AnchorCheck,
     Cancelled,
     FinetuneConfig,
     Pairs,
@@ -19,13 +22,14 @@ DIM = 24
 
 def spaces(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Image features, and two kinds of text about them: one the text head already reads
-    right (the old vocabulary) and one through an unknown mixing (a new vocabulary)."""
+    right (the old vocabulary) and one through an unknown mixing (a new vocabulary), whose
+    features lie apart from the old ones (new words are other tokens to the text tower)."""
     rng = np.random.default_rng(seed)
     images = rng.normal(size=(n, DIM)).astype(np.float32)
     old = images + 0.1 * rng.normal(size=(n, DIM)).astype(np.float32)
     mixing = np.random.default_rng(99).normal(size=(DIM, DIM)).astype(np.float32)
     new = images @ mixing + 0.1 * rng.normal(size=(n, DIM)).astype(np.float32)
-    return images, old, new
+    return images, old, new + 2.0 * np.sqrt(DIM) * np.eye(DIM, dtype=np.float32)[0]
 
 
 def base() -> Aligner:
@@ -41,19 +45,21 @@ def recall_at_5(aligner: Aligner, text: np.ndarray, images: np.ndarray) -> float
 CFG = FinetuneConfig(max_epochs=40, patience=40, lr=1e-2)
 
 
-def test_a_new_vocabulary_is_learnt_and_the_old_one_kept_by_anchors() -> None:
+@pytest.mark.parametrize("form", ["residual", "affine"])
+def test_a_new_vocabulary_is_learnt_and_the_old_one_kept_by_anchors(form: str) -> None:
     images, _, new = spaces(300)
     probe_images, probe_old, probe_new = spaces(200, seed=1)
     pairs = Pairs("text", "image", new, images, anchors={"text": probe_old[:100]})
-    tuned, report = finetune(base(), pairs, CFG)
+    tuned, report = finetune(base(), pairs, replace(CFG, form=form))
     assert report.trained == ["text"] and report.improved
     assert report.after["a_to_b@5"] - report.before["a_to_b@5"] > 0.5
     assert recall_at_5(tuned, probe_new[100:], probe_images[100:]) > 0.6  # chance: 0.05
     kept = recall_at_5(tuned, probe_old[100:], probe_images[100:])
     assert kept >= recall_at_5(base(), probe_old[100:], probe_images[100:]) - 0.05
-    # Heads that did not learn are the very same heads; the new one is linear.
+    # Heads that did not learn are the very same heads; the new one is of the form asked.
     assert tuned.heads["image"] is base().heads["image"] or tuned.heads["image"].kind == "identity"
-    assert tuned.heads["audio"].kind == "identity" and tuned.heads["text"].kind == "linear"
+    kind = {"residual": "residual", "affine": "linear"}[form]
+    assert tuned.heads["audio"].kind == "identity" and tuned.heads["text"].kind == kind
     assert tuned.version == 0 and tuned.meta["kind"] == "finetune"
 
 
@@ -115,3 +121,33 @@ def test_identity_heads_stay_exactly_where_they_were_when_nothing_improves() -> 
     np.testing.assert_allclose(
         l2_normalize(noise.raw_b), tuned.project("image", noise.raw_b), atol=1e-6
     )
+
+
+def test_no_state_that_forgets_past_the_tolerance_is_handed_back() -> None:
+    """The anchor check (retrieval on old-vocabulary probes the training never sees) picks
+    the kept state with the pairs' score: without anchors or pull, a fine-tune that may
+    forget freely trades the old vocabulary away, one held to 2 points does not."""
+    images, _, new = spaces(300)
+    probe_images, probe_old, _ = spaces(200, seed=1)
+    check = AnchorCheck("text", probe_old, "image", probe_images, np.eye(200, dtype=bool))
+    pairs = Pairs("text", "image", new, images, check=check)
+    cfg = replace(CFG, form="affine", stay=0.0)
+    _, free = finetune(base(), pairs, replace(cfg, tolerance=1.0))
+    _, held = finetune(base(), pairs, cfg)
+    name = "text_to_image@5"
+    assert free.anchors_before == held.anchors_before and held.tolerance == 0.02
+    assert free.anchors_after[name] < free.anchors_before[name] - 0.02
+    assert free.improved  # within its tolerance of 1; held to 2 points, it would not be:
+    strict = replace(free, tolerance=0.02)
+    assert not strict.kept and not strict.improved and strict.after == free.after
+    assert held.anchors_after[name] >= held.anchors_before[name] - 0.02 and held.kept
+    assert held.as_meta()["anchors_after"] == {name: round(held.anchors_after[name], 4)}
+
+
+def test_without_relevance_the_check_keeps_what_the_start_found_first() -> None:
+    images, old, _ = spaces(100)
+    check = AnchorCheck("text", old, "image", images)
+    pairs = Pairs("text", "image", old, images, check=check)
+    _, report = finetune(base(), pairs, replace(CFG, max_epochs=2))
+    assert report.anchors_before == {"text_to_image@5": 1.0}
+    assert report.anchors_after["text_to_image@5"] >= 0.98
