@@ -48,7 +48,9 @@ class FinetuneJobCreate(BaseModel):
         f"{MAX_JOB_PAIRS_CHARS:,} characters of ids in all); listings show their count",
     )
     activate: Literal["if_better", "always", "never"] = Field(
-        "if_better", description="swap the new version in when its held-out recall is better"
+        "if_better",
+        description="`if_better`: swap the new version in when its held-out recall on the "
+        "pairs is better and retrieval on the anchors stayed within `anchor_tolerance`",
     )
     holdout: Annotated[float, NoBool] = Field(
         0.2, gt=0.0, lt=0.9, description="share of pairs held out"
@@ -60,6 +62,14 @@ class FinetuneJobCreate(BaseModel):
         30, ge=1, le=10_000, description="epochs without held-out improvement before stopping"
     )
     seed: Annotated[int, NoBool] = Field(0, ge=0, le=2**32 - 1)
+    anchor_tolerance: Annotated[float, NoBool] = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="how much recall@5 retrieval on the anchors (what the model already "
+        "knew) may lose: no training state that loses more is kept, and `if_better` "
+        "activates only within it",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> FinetuneJobCreate:

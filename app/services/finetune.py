@@ -13,6 +13,7 @@ import itertools
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from app.schemas.collections import IndexSettings
 from app.services import aligners as aligner_svc
 from app.services.collections import index_spec
+from app.services.embedding import Embedder
 from app.services.jobs import JobContext
 from app.state import Services
 from index.aligners import AlignerStore
@@ -27,10 +29,25 @@ from index.columns import from_blob
 from index.items import ItemStore, StoredVectors
 from index.jobs import JobStore
 from index.tables import CollectionRow
-from models.training.finetune import Cancelled, FinetuneConfig, Pairs, Progress, finetune
+from models.training.anchors import anchor_captions, is_mini, mini_scenes
+from models.training.finetune import (
+    AnchorCheck,
+    Cancelled,
+    FinetuneConfig,
+    Pairs,
+    Progress,
+    finetune,
+    learners,
+)
 
 PER_GROUP = 64  # pairs one metadata value may contribute: one huge group must not dominate
 ANCHORS = 4096  # stored items per modality the fine-tune keeps in place
+# Texts of what the model knew that a job brings when the collection holds fewer text
+# anchors than this (its learning text head keeps them in place), and how many more it
+# holds out to check retrieval on; mmr-mini's check is on generated scenes instead.
+BROUGHT_TEXTS = 2048
+CHECK_QUERIES = 512
+CHECK_GALLERY = 2048
 
 
 def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
@@ -47,7 +64,11 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
         max_epochs=params["max_epochs"],
         max_seconds=params["max_seconds"],
         patience=params["patience"],
+        tolerance=params.get("anchor_tolerance", FinetuneConfig.tolerance),
     )
+    with services.models.use(row.model, row.audio_model) as embedder:
+        pairs, brought = with_model_anchors(pairs, embedder, row, cfg)
+    found |= brought
 
     def progress(p: Progress) -> None:
         ctx.report(
@@ -147,6 +168,83 @@ def collect_pairs(
     anchors = {m: _anchors(items, aligners, row, m, paired) for m in {ma, mb}}
     found["anchors"] = {m: len(a) for m, a in anchors.items()}
     return Pairs(ma, mb, raw_a, raw_b, anchors), found
+
+
+def with_model_anchors(
+    pairs: Pairs,
+    embedder: Embedder,
+    row: CollectionRow,
+    cfg: FinetuneConfig,
+) -> tuple[Pairs, dict[str, Any]]:
+    """The pairs with the anchors the model brings (``models.training.anchors``) and the
+    anchor check, and what was added (for the job's metrics).
+
+    A learning text head with fewer than ``BROUGHT_TEXTS`` stored text anchors gets the
+    model's own captions up to that many, encoded by its frozen text tower. The check asks
+    whether the first learning modality still retrieves what it did: for mmr-mini's text
+    head, generated captions against their renders (exact labels); otherwise held-out anchors
+    of that modality against stored items of the other one, the answer to keep being the
+    starting heads' first (none when the collection holds no anchors to check with)."""
+    learn = learners(cfg.train, pairs.modality_a, pairs.modality_b)
+    learning = [
+        m for m, yes in zip((pairs.modality_a, pairs.modality_b), learn, strict=True) if yes
+    ]
+    anchors = dict(pairs.anchors)
+    brought: dict[str, Any] = {}
+    checked: np.ndarray | None = None  # text anchors held out for the check
+    if "text" in learning:
+        stored = anchors.get("text")
+        have = 0 if stored is None else len(stored)
+        want = max(0, BROUGHT_TEXTS - have)
+        held = 0 if is_mini(row.model) else CHECK_QUERIES
+        texts = anchor_captions(row.model, want + held, seed=cfg.seed)
+        if texts:
+            raw = embedder.encoder.encode_texts(texts)
+            # The check's queries first (a fifth of a short corpus), never trained on.
+            cut = held if len(raw) > held + want // 2 else len(raw) // 5 if held else 0
+            checked, raw = raw[:cut], raw[cut:]
+            if len(raw):
+                anchors["text"] = raw if not have else np.concatenate([stored, raw])
+            brought["anchors_brought"] = {"text": len(raw)}
+    query = learning[0]
+    other = pairs.modality_b if query == pairs.modality_a else pairs.modality_a
+    check = _check(pairs, row, embedder, query, other, anchors, checked, cfg.seed)
+    if check is not None:
+        brought["anchor_check"] = {
+            "queries": len(check.queries),
+            "gallery": len(check.gallery),
+            "labelled": check.relevant is not None,
+        }
+    return replace(pairs, anchors=anchors, check=check), brought
+
+
+def _check(
+    pairs: Pairs,
+    row: CollectionRow,
+    embedder: Embedder,
+    query: str,
+    other: str,
+    anchors: dict[str, np.ndarray],
+    checked: np.ndarray | None,
+    seed: int,
+) -> AnchorCheck | None:
+    if query == "text" and other == "image" and is_mini(row.model):
+        scenes = mini_scenes(CHECK_QUERIES, seed=seed)
+        return AnchorCheck(
+            "text",
+            embedder.encoder.encode_texts(scenes.captions),
+            "image",
+            embedder.encoder.encode_images(scenes.images),
+            scenes.relevant,
+        )
+    queries = checked
+    if queries is None or not len(queries):
+        return None
+    gallery = pairs.raw_b if other == pairs.modality_b else pairs.raw_a
+    stored = anchors.get(other)
+    if stored is not None and len(stored):
+        gallery = np.concatenate([stored[:CHECK_GALLERY], gallery])[:CHECK_GALLERY]
+    return AnchorCheck(query, queries, other, gallery)
 
 
 def _anchors(

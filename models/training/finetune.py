@@ -51,6 +51,7 @@ __all__ = [
     "Pairs",
     "Progress",
     "finetune",
+    "learners",
 ]
 
 TRAIN_CHOICES = ("auto", "a", "b", "both")
@@ -193,7 +194,7 @@ def finetune(
     keep = _subsample(len(xa), cfg.max_pairs, cfg.seed)
     xa, xb = xa[keep], xb[keep]
     train, held = split_pairs(len(xa), cfg.holdout, cfg.seed)
-    learn = _learners(cfg.train, pairs.modality_a, pairs.modality_b)
+    learn = learners(cfg.train, pairs.modality_a, pairs.modality_b)
     heads = {m: aligner.heads[m] for m in (pairs.modality_a, pairs.modality_b)}
     check = _check(aligner, pairs.check)
     trainable = _Heads(heads, learn, (xa, xb), (train, held), cfg, _anchors(aligner, pairs), check)
@@ -305,7 +306,7 @@ def _subsample(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def _learners(train: str, a: str, b: str) -> tuple[bool, bool]:
+def learners(train: str, a: str, b: str) -> tuple[bool, bool]:
     """Whether side a and side b learn."""
     if train == "auto":
         # New words reach the text tower as features it never learned to place; moving the
