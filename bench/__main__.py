@@ -116,6 +116,7 @@ def _run_phase(
 ) -> None:
     from bench.bulk import run_bulk
     from bench.embed import run_embed
+    from bench.finetune import run_finetune
     from bench.hostile import run_hostile
     from bench.ingest import run_ingest
     from bench.replicas import run_replicas
@@ -128,6 +129,7 @@ def _run_phase(
         "hostile": run_hostile,
         "replicas": run_replicas,
         "bulk": run_bulk,
+        "finetune": run_finetune,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("embed", "search", "ingest", "hostile", "replicas", "bulk")
+PHASES = ("embed", "search", "ingest", "hostile", "replicas", "bulk", "finetune")
 
 # Index settings per benchmark type name (the collection's ``index`` body).
 INDEX_TYPES: dict[str, dict[str, Any]] = {
@@ -76,6 +76,15 @@ class BulkConfig:
 
 
 @dataclass
+class FinetuneBenchConfig:
+    """Teaching mmr-mini a new vocabulary from its pairs alone (bench/finetune.py)."""
+
+    model: str = "mmr-mini"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: int = 8  # renders of each colour and shape: 192 pictures
+
+
+@dataclass
 class BenchConfig:
     """Every knob of a run; recorded in results.json."""
 
@@ -119,6 +128,8 @@ class BenchConfig:
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
     # -- bulk writes against the encoder
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    # -- teaching a vocabulary
+    finetune: FinetuneBenchConfig = field(default_factory=FinetuneBenchConfig)
     # -- plumbing
     ready_timeout_s: float = 1800.0
 
@@ -177,5 +188,6 @@ def quick_config() -> BenchConfig:
             duration_s=1.0,
         ),
         bulk=BulkConfig(model="random:mmr-tiny", texts=96, images=16, batch=16, rounds=1),
+        finetune=FinetuneBenchConfig(seeds=(0,), variants=2),
         ready_timeout_s=300.0,
     )
