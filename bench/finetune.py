@@ -112,26 +112,12 @@ def run_finetune(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
 # -- the variants, in this process ------------------------------------------------------------
 
 
-def _variants(model: str, scenes: list[Scenario], log: Log) -> list[dict[str, Any]]:
-    from models.encoders.aligner import Aligner
-    from models.encoders.registry import load_model
-    from models.training.anchors import anchor_captions, mini_scenes
-    from models.training.finetune import AnchorCheck, FinetuneConfig, Pairs, finetune
+Setting = tuple[str, Any, bool, bool]  # name, FinetuneConfig, anchors, image anchors too
 
-    encoder = load_model(model, device="cpu").encoder
-    base = Aligner.identity(encoder.dim, {"image": encoder.model_id, "text": encoder.model_id})
-    default = FinetuneConfig()
-    texts = encoder.encode_texts(anchor_captions(model, 2048))
-    checked = mini_scenes(512)
-    check = AnchorCheck(
-        "text",
-        encoder.encode_texts(checked.captions),
-        "image",
-        encoder.encode_images(checked.images),
-        checked.relevant,
-    )
-    image_anchors = encoder.encode_images(mini_scenes(1024, seed=1).images)
-    settings: list[tuple[str, FinetuneConfig, bool, bool]] = [
+
+def variant_settings(default: Any) -> list[Setting]:
+    """The study's rows: (name, config, with the job's anchors, with image anchors too)."""
+    return [
         (
             "release before: affine head, batch 256, no anchors",
             replace(default, form="affine", batch=256),
@@ -153,6 +139,30 @@ def _variants(model: str, scenes: list[Scenario], log: Log) -> list[dict[str, An
             False,
         ),
     ]
+
+
+def _variants(
+    model: str, scenes: list[Scenario], log: Log, settings: list[Setting] | None = None
+) -> list[dict[str, Any]]:
+    from models.encoders.aligner import Aligner
+    from models.encoders.registry import load_model
+    from models.training.anchors import anchor_captions, mini_scenes
+    from models.training.finetune import AnchorCheck, FinetuneConfig, Pairs, finetune
+
+    encoder = load_model(model, device="cpu").encoder
+    base = Aligner.identity(encoder.dim, {"image": encoder.model_id, "text": encoder.model_id})
+    default = FinetuneConfig()
+    texts = encoder.encode_texts(anchor_captions(model, 2048))
+    checked = mini_scenes(512)
+    check = AnchorCheck(
+        "text",
+        encoder.encode_texts(checked.captions),
+        "image",
+        encoder.encode_images(checked.images),
+        checked.relevant,
+    )
+    image_anchors = encoder.encode_images(mini_scenes(1024, seed=1).images)
+    settings = settings or variant_settings(default)
     encoded = [
         (
             s,
