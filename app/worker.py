@@ -30,6 +30,7 @@ from models.training.finetune import Cancelled
 
 log = logging.getLogger("mmr.worker")
 
+COLLECTION_DELETED = "cancelled: its collection was deleted while the job ran"
 # What a job can fail with that is about the job (its pairs, its collection), not a bug.
 JOB_ERRORS = (
     ValueError,
@@ -129,15 +130,30 @@ class Worker:
             handler = HANDLERS[ctx.job.type]
             with in_flight():  # requests' forwards keep off the cores the job works on
                 metrics = in_thread_with_threads(lambda: handler(self.services, ctx))
-        except Cancelled:
-            return CANCELLED, {}, "cancelled"
-        except JOB_ERRORS as exc:
-            return FAILED, {}, str(exc)
-        except Exception as exc:  # a bad job must not take the worker down with it
+        except Exception as exc:
+            # Whatever a job ran into once its collection was deleted (a row gone, a
+            # version it cannot record), the cause is the delete: nothing is left to do.
+            if self._collection_gone(ctx):
+                return CANCELLED, {}, COLLECTION_DELETED
+            if isinstance(exc, Cancelled):
+                return CANCELLED, {}, "cancelled"
+            if isinstance(exc, JOB_ERRORS):
+                return FAILED, {}, str(exc)
+            # A bad job must not take the worker down with it.
             log.exception("job %s crashed", ctx.job.id)
             return FAILED, {}, f"internal error ({type(exc).__name__}): {exc}"
         ctx.report(fraction=1.0, eta_s=0.0)
         return SUCCEEDED, metrics, None
+
+    def _collection_gone(self, ctx: JobContext) -> bool:
+        """Whether the job's collection was deleted (False when SQL cannot say)."""
+        try:
+            self.services.stores.collections.get_by_id(ctx.job.collection_id)
+        except NotFoundError:
+            return True
+        except Exception:  # the database away: the job's own error stands
+            return False
+        return False
 
     def _record(self, write: Callable[[], bool]) -> bool:
         """A job's outcome written to SQL, retried through an outage (a job that ran for an
@@ -173,8 +189,10 @@ class Worker:
                 retrier.failed(exc)
                 continue
             retrier.succeeded()
-            if not mine:
-                ctx.stop.set()  # cancelled by a client, or taken back after a stall
+            if not mine or self._collection_gone(ctx):
+                # Cancelled by a client, taken back after a stall, or its collection deleted
+                # (``_run`` then ends it cancelled, saying so).
+                ctx.stop.set()
 
 
 def start_in_process(services: Services) -> tuple[Worker, threading.Thread]:

@@ -256,3 +256,37 @@ def test_a_cancel_after_training_keeps_the_new_version_out(
     assert done["status"] == "cancelled", done
     aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
     assert aligners["active"] == 1 and len(aligners["aligners"]) == 1
+
+
+@pytest.mark.parametrize("type_", ["finetune", "reindex"])
+def test_a_job_whose_collection_is_deleted_ends_cancelled_saying_why(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, type_: str
+) -> None:
+    """Deleted while the job runs (here: while it trains, or before it rebuilds): the job
+    ends ``cancelled`` with the reason, not failed with an internal error."""
+    from app.services import finetune as handlers
+
+    fill(client, groups=20)
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    running = threading.Event()
+    gone = threading.Event()
+    real = {"finetune": handlers.finetune, "reindex": handlers.aligner_svc.rebuild}[type_]
+
+    def deleted_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        running.set()
+        assert gone.wait(30)
+        return real(*args, **kwargs)
+
+    if type_ == "finetune":
+        monkeypatch.setattr(handlers, "finetune", deleted_meanwhile)
+    else:
+        monkeypatch.setattr(handlers.aligner_svc, "rebuild", deleted_meanwhile)
+    extra = {"pair_key": "group", "max_epochs": 3} if type_ == "finetune" else {}
+    job = start(client, type=type_, **extra)
+    assert running.wait(30)
+    assert client.delete(f"/v1/collections/{NAME}").status_code == 204
+    gone.set()
+    done = wait(client, job["id"])
+    assert done["status"] == "cancelled", done
+    assert done["error"] == "cancelled: its collection was deleted while the job ran"
+    assert services.stores.jobs.get(job["id"]).status == "cancelled"
