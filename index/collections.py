@@ -11,13 +11,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from index.columns import storable
 from index.db import no_time_limit
-from index.errors import ConflictError, NotFoundError
+from index.errors import ConflictError, JobEndedError, NotFoundError
+from index.items import lock_collection
 from index.tables import (
     AlignerRow,
     ChangeRow,
     CollectionRow,
     ItemRow,
     ItemTagRow,
+    JobRow,
     ReplicaPositionRow,
     SpaceAlignerRow,
     SpaceRow,
@@ -126,10 +128,20 @@ class CollectionStore:
         aligner_version: int | None = None,
         bump_epoch: bool = False,
         index: tuple[str, dict[str, Any]] | None = None,
+        job_id: str | None = None,
     ) -> CollectionRow:
         """Name another active aligner version and/or a new index epoch, with new index
-        settings (type, params) if given (a swap follows)."""
+        settings (type, params) if given (a swap follows). ``job_id``: only while that job
+        is still running, asked under the collection's lock in the same transaction, so a
+        cancel either lands first (JobEndedError, nothing changes) or waits for this one."""
         with self.sessions.begin() as session:
+            if job_id is not None:
+                lock_collection(session, collection_id)
+                status = session.scalar(
+                    select(JobRow.status).where(JobRow.id == job_id).with_for_update()
+                )
+                if status != "running":
+                    raise JobEndedError(f"job {job_id} is {status or 'gone'}: nothing activated")
             row = session.get(CollectionRow, collection_id)
             if row is None:
                 raise NotFoundError("the collection was deleted")

@@ -26,6 +26,7 @@ from app.services.jobs import JobContext
 from app.state import Services
 from index.aligners import AlignerStore
 from index.columns import from_blob
+from index.errors import JobEndedError
 from index.items import ItemStore, StoredVectors
 from index.jobs import JobStore
 from index.tables import CollectionRow
@@ -87,13 +88,17 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
     activate = policy == "always" or (policy == "if_better" and report.improved)
     if activate:
         _stop_if_cancelled(stores.jobs, ctx)
-        aligner_svc.activate(
-            collections=stores.collections,
-            aligners=stores.aligners,
-            indexes=services.indexes,
-            name=row.name,
-            version=version,
-        )
+        try:
+            aligner_svc.activate(
+                collections=stores.collections,
+                aligners=stores.aligners,
+                indexes=services.indexes,
+                name=row.name,
+                version=version,
+                job_id=ctx.job.id,  # a cancel landing meanwhile is seen in its transaction
+            )
+        except JobEndedError as exc:
+            raise Cancelled from exc
     return {
         "aligner_version": version,
         "base_version": base.version,

@@ -290,3 +290,26 @@ def test_a_job_whose_collection_is_deleted_ends_cancelled_saying_why(
     assert done["status"] == "cancelled", done
     assert done["error"] == "cancelled: its collection was deleted while the job ran"
     assert services.stores.jobs.get(job["id"]).status == "cancelled"
+
+
+def test_a_cancel_that_lands_as_the_activation_begins_is_honoured(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cancel comes after the job's last look at its status and before the activation
+    commits: the activation sees it in its own transaction, and nothing is activated."""
+    from app.services import finetune as handlers
+
+    fill(client, groups=20)
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    activate = handlers.aligner_svc.activate
+
+    def cancelled_on_the_way(**kwargs: Any) -> Any:
+        services.stores.jobs.cancel(kwargs["job_id"])
+        return activate(**kwargs)
+
+    monkeypatch.setattr(handlers.aligner_svc, "activate", cancelled_on_the_way)
+    job = start(client, type="finetune", pair_key="group", activate="always", max_epochs=3)
+    done = wait(client, job["id"])
+    assert done["status"] == "cancelled", done
+    aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
+    assert aligners["active"] == 1  # the version trained is recorded, never activated
