@@ -52,6 +52,21 @@ class JobStore:
 
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        bind = sessions.kw.get("bind")
+        self._db_clock = bind is not None and bind.dialect.name == "postgresql"
+
+    # -- the clock: the database's ----------------------------------------------------------
+    # Workers on several hosts compare leases and order jobs by these times: on Postgres
+    # they are the database's (its transaction time), so a worker whose clock runs an hour
+    # behind neither loses its lease at once nor keeps a dead one's. SQLite is opened by
+    # one host only: its clock is this one.
+    def _now(self) -> Any:
+        """Now, as an SQL expression on Postgres (``now()``), else this host's time."""
+        return func.now() if self._db_clock else utcnow()
+
+    def _in(self, seconds: float) -> Any:
+        """``seconds`` from now, by the same clock."""
+        return self._now() + timedelta(seconds=seconds)
 
     def create(
         self, *, type: str, collection_id: int, collection: str, params: dict[str, Any]
@@ -70,6 +85,8 @@ class JobStore:
             created_at=utcnow(),
         )
         with self.sessions.begin() as session:
+            if self._db_clock:
+                row.created_at = session.scalar(select(func.now()))
             session.add(row)
         return row
 
@@ -136,7 +153,7 @@ class JobStore:
                 .values(
                     status=CANCELLED,
                     error="cancelled by a client",
-                    finished_at=utcnow(),
+                    finished_at=self._now(),
                     lease_expires_at=None,
                 )
             )
@@ -162,7 +179,7 @@ class JobStore:
         )
         if types is not None:
             stmt = stmt.where(JobRow.type.in_(list(types)))
-        now = utcnow()
+        now = self._now()
         try:
             with self.sessions.begin() as session:
                 job_id = session.scalar(stmt)
@@ -175,7 +192,7 @@ class JobStore:
                         status=RUNNING,
                         worker=worker,
                         attempts=JobRow.attempts + 1,
-                        lease_expires_at=now + timedelta(seconds=lease_s),
+                        lease_expires_at=self._in(lease_s),
                         started_at=now,
                     )
                 )
@@ -191,7 +208,7 @@ class JobStore:
     ) -> bool:
         """Extend the lease (and record progress); False when the job is no longer this
         worker's to run (cancelled, or taken back after the lease ran out)."""
-        values: dict[str, Any] = {"lease_expires_at": utcnow() + timedelta(seconds=lease_s)}
+        values: dict[str, Any] = {"lease_expires_at": self._in(lease_s)}
         if progress is not None:
             values["progress"] = progress
         return self._while_mine(job_id, worker, values)
@@ -210,7 +227,7 @@ class JobStore:
         values: dict[str, Any] = {
             "status": status,
             "error": error,
-            "finished_at": utcnow(),
+            "finished_at": self._now(),
             "lease_expires_at": None,
         }
         if metrics is not None:
@@ -243,7 +260,7 @@ class JobStore:
     def reap(self, *, max_attempts: int) -> int:
         """Jobs whose worker stopped heartbeating: queued again, or failed after
         ``max_attempts``; how many were touched."""
-        now = utcnow()
+        now = self._now()
         expired = (JobRow.status == RUNNING, JobRow.lease_expires_at < now)
         with self.sessions.begin() as session:
             failed = session.execute(

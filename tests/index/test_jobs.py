@@ -5,12 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 
 from index.db import make_engine, make_sessionmaker, migrate
 from index.errors import ConflictError, NotFoundError
 from index.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from tests.postgres_gate import POSTGRES
 
 
 @pytest.fixture
@@ -115,3 +117,29 @@ def test_a_live_lease_is_not_reaped_and_release_requeues(jobs: JobStore) -> None
     assert jobs.release(job_id, worker="w")
     assert jobs.get(job_id).status == QUEUED
     assert [j.id for j in jobs.list(collection="c")] == [job_id]
+
+
+@pytest.mark.parametrize("database_url", [POSTGRES], indirect=True)
+def test_leases_and_times_are_the_databases_not_a_workers_clock(
+    jobs: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose clock runs an hour behind claims a job for 30 s: the lease is 30 s of
+    the database's time, so a worker with a right clock does not take the job back at once
+    (and the times a client reads are the database's)."""
+    import index.jobs
+    import index.tables
+
+    real = index.tables.utcnow
+    monkeypatch.setattr(index.jobs, "utcnow", lambda: real() - timedelta(hours=1))
+    job_id = queue(jobs)
+    claimed = jobs.claim(worker="slow", lease_s=30)
+    assert claimed is not None and claimed.lease_expires_at is not None
+    monkeypatch.setattr(index.jobs, "utcnow", real)
+    assert jobs.reap(max_attempts=3) == 0
+    assert jobs.get(job_id).status == RUNNING
+    for stamp in (claimed.created_at, claimed.started_at):
+        assert stamp is not None and abs((stamp - real()).total_seconds()) < 60
+    assert 0 < (claimed.lease_expires_at - real()).total_seconds() <= 31
+    assert jobs.finish(job_id, worker="slow", status=SUCCEEDED)
+    finished = jobs.get(job_id).finished_at
+    assert finished is not None and abs((finished - real()).total_seconds()) < 60
