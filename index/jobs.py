@@ -86,7 +86,7 @@ class JobStore:
         )
         with self.sessions.begin() as session:
             if self._db_clock:
-                row.created_at = session.scalar(select(func.now()))
+                row.created_at = session.execute(select(func.now())).scalar_one()
             session.add(row)
         return row
 
