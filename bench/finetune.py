@@ -98,6 +98,7 @@ def run_finetune(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     f = cfg.finetune
     scenes = [scenario(lang, seed, f.variants) for lang in LANGUAGES for seed in f.seeds]
     variants = _variants(f.model, scenes, log)
+    counts = _pair_counts(f.model, f.seeds, log)
     jobs = _jobs(cfg, f.model, scenes, work, log)
     return {
         "model": f.model,
@@ -105,6 +106,7 @@ def run_finetune(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         "variants_per_object": f.variants,
         "pictures": len(scenes[0].images),
         "study": variants,
+        "pair_counts": counts,
         "jobs": jobs,
     }
 
@@ -144,25 +146,12 @@ def variant_settings(default: Any) -> list[Setting]:
 def _variants(
     model: str, scenes: list[Scenario], log: Log, settings: list[Setting] | None = None
 ) -> list[dict[str, Any]]:
-    from models.encoders.aligner import Aligner
-    from models.encoders.registry import load_model
-    from models.training.anchors import anchor_captions, mini_scenes
-    from models.training.finetune import AnchorCheck, FinetuneConfig, Pairs, finetune
+    from models.training.anchors import mini_scenes
+    from models.training.finetune import FinetuneConfig, Pairs, finetune
 
-    encoder = load_model(model, device="cpu").encoder
-    base = Aligner.identity(encoder.dim, {"image": encoder.model_id, "text": encoder.model_id})
-    default = FinetuneConfig()
-    texts = encoder.encode_texts(anchor_captions(model, 2048))
-    checked = mini_scenes(512)
-    check = AnchorCheck(
-        "text",
-        encoder.encode_texts(checked.captions),
-        "image",
-        encoder.encode_images(checked.images),
-        checked.relevant,
-    )
+    encoder, base, texts, check = _setup(model)
     image_anchors = encoder.encode_images(mini_scenes(1024, seed=1).images)
-    settings = settings or variant_settings(default)
+    settings = settings or variant_settings(FinetuneConfig())
     encoded = [
         (
             s,
@@ -222,6 +211,79 @@ def _variants(
                 f"{v['english_after'] - v['english_before']:+.2f}"
                 for lang, v in row.items()
                 if lang != "name"
+            )
+        )
+    return rows
+
+
+def _setup(model: str) -> tuple[Any, Any, np.ndarray, Any]:
+    """The encoder, its identity aligner, the job's text anchors and its anchor check."""
+    from models.encoders.aligner import Aligner
+    from models.encoders.registry import load_model
+    from models.training.anchors import anchor_captions, mini_scenes
+    from models.training.finetune import AnchorCheck
+
+    encoder = load_model(model, device="cpu").encoder
+    base = Aligner.identity(encoder.dim, {"image": encoder.model_id, "text": encoder.model_id})
+    texts = encoder.encode_texts(anchor_captions(model, 2048))
+    checked = mini_scenes(512)
+    check = AnchorCheck(
+        "text",
+        encoder.encode_texts(checked.captions),
+        "image",
+        encoder.encode_images(checked.images),
+        checked.relevant,
+    )
+    return encoder, base, texts, check
+
+
+PAIRED = (1, 2, 4, 8, 16)  # captioned pictures of each colour and shape, of 16 stored
+
+
+def _pair_counts(model: str, seeds: tuple[int, ...], log: Log) -> list[dict[str, Any]]:
+    """The default fine-tune with fewer or more pairs: 16 pictures of every colour and shape
+    stored (384), of which 1 to 16 of each have a caption (24 to 384 pairs)."""
+    from models.training.finetune import Pairs, finetune
+
+    encoder, base, texts, check = _setup(model)
+    rows = []
+    scenes = [scenario(lang, seed, max(PAIRED)) for lang in LANGUAGES for seed in seeds]
+    encoded = [
+        (
+            s,
+            encoder.encode_images(s.images),
+            encoder.encode_texts(s.captions),
+            encoder.encode_texts(s.asked_new),
+            encoder.encode_texts(s.asked_english),
+        )
+        for s in scenes
+    ]
+    for paired in PAIRED:
+        per: dict[str, list[tuple[float, float]]] = {}
+        for scene, images, captions, new, english in encoded:
+            rows_of = np.array([i % max(PAIRED) < paired for i in range(len(images))])
+            pairs = Pairs(
+                "image", "text", images[rows_of], captions[rows_of], {"text": texts}, check
+            )
+            tuned, _ = finetune(base, pairs)
+            gallery, old = tuned.project("image", images), base.project("image", images)
+            per.setdefault(scene.language, []).append(
+                (
+                    _p3(tuned, new, gallery, scene) - _p3(base, new, old, scene),
+                    _p3(tuned, english, gallery, scene) - _p3(base, english, old, scene),
+                )
+            )
+        row: dict[str, Any] = {"pairs": paired * 24}
+        for language, results in per.items():
+            r = np.array(results)
+            row[language] = {"new": float(r[:, 0].mean()), "english": float(r[:, 1].mean())}
+        rows.append(row)
+        log(
+            f"finetune with {paired * 24} pairs: "
+            + "; ".join(
+                f"{lang} new {v['new']:+.2f}, english {v['english']:+.2f}"
+                for lang, v in row.items()
+                if lang != "pairs"
             )
         )
     return rows
