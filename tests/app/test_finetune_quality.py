@@ -20,9 +20,16 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from models.synth.world.french import to_french
-from models.synth.world.images import image_file_bytes
+from models.synth.world.images import (
+    Scene,
+    caption_scene,
+    image_file_bytes,
+    render_scene,
+    sample_scene,
+)
+from models.synth.world.invented import translator
 from models.synth.world.pairs import ImagePair, image_pairs
-from models.synth.world.vocabulary import describes
+from models.synth.world.vocabulary import COLOURS, SHAPES, describes
 
 NAME = "francais"
 TRAIN, HELD, KNOWN = 600, 100, 300
@@ -107,3 +114,63 @@ def test_one_job_teaches_french_without_forgetting_english(client: TestClient) -
     assert metrics["after"]["a_to_b@5"] - metrics["before"]["a_to_b@5"] >= 0.2
     assert fr_after - fr_before >= 0.30, (fr_before, fr_after)
     assert en_before - en_after <= 0.05, (en_before, en_after)
+
+
+def test_a_collection_of_nothing_but_pairs_learns_without_forgetting(client: TestClient) -> None:
+    """Issue 23's scenario: every colour and shape eight times, each picture paired with a
+    caption in an invented language, nothing else stored. The job brings mmr-mini's own
+    captions as anchors: the new words find their pictures, English still does."""
+    name, translate, rng = "invented", translator(0), np.random.default_rng(23)
+    assert client.post("/v1/collections", json={"name": name}).status_code == 201
+    objects = [(c, s) for c in COLOURS for s in SHAPES for _ in range(8)]
+    for start in range(0, len(objects), 64):
+        chunk = list(enumerate(objects[start : start + 64], start))
+        files, texts = [], []
+        for i, (colour, shape) in chunk:
+            drawn = dict(sample_scene(rng, two_shapes=0.0).objects[0]) | {
+                "colour": colour,
+                "shape": shape,
+            }
+            scene = Scene(objects=(drawn,))
+            picture = render_scene(scene, np.random.default_rng([24, i]), style="shifted")
+            files.append(("file", (f"p{i}", image_file_bytes(picture, rng)[0])))
+            caption = caption_scene(scene, np.random.default_rng([25, i])).text
+            texts.append({"text": translate(caption), "id": f"c{i}", "metadata": {"group": i}})
+        form = {
+            "id": [f"p{i}" for i, _ in chunk],
+            "metadata": json.dumps([{"group": i} for i, _ in chunk]),
+        }
+        response = client.post(f"/v1/collections/{name}/items/batch", files=files, data=form)
+        assert response.status_code == 200, response.text
+        response = client.post(f"/v1/collections/{name}/items/batch", json=texts)
+        assert response.status_code == 200, response.text
+
+    def precision_at_3(english: bool) -> float:
+        shares = []
+        for colour, shape in dict.fromkeys(objects):
+            text = f"a {colour} {shape}"
+            body = {"text": text if english else translate(text), "k": 3, "modalities": ["image"]}
+            found = client.post(f"/v1/collections/{name}/search", json=body).json()["results"]
+            shares.append(
+                np.mean([objects[int(r["item"]["id"][1:])] == (colour, shape) for r in found])
+            )
+        return float(np.mean(shares))
+
+    new_before, english_before = precision_at_3(False), precision_at_3(True)
+    job = client.post(
+        "/v1/jobs", json={"type": "finetune", "collection": name, "pair_key": "group"}
+    )
+    job_id = job.json()["id"]
+    deadline = time.monotonic() + 600
+    while (done := client.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, done
+        time.sleep(0.1)
+    assert done["status"] == "succeeded", done
+    metrics = done["metrics"]
+    assert metrics["activated"] is True and metrics["kept"] is True
+    assert metrics["anchors_brought"] == {"text": 2048}
+    assert metrics["anchor_check"] == {"queries": 512, "gallery": 512, "labelled": True}
+    gained = precision_at_3(False) - new_before
+    kept = precision_at_3(True) - english_before
+    assert gained >= 0.30, (new_before, gained)
+    assert kept >= -0.05, (english_before, kept)

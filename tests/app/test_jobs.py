@@ -72,11 +72,19 @@ def test_a_finetune_records_a_version_activates_it_and_rolls_back(client: TestCl
     assert sorted(metrics["modalities"]) == ["image", "text"] and metrics["pairs_used"] == 40
     for stage in ("before", "after"):
         assert {"a_to_b@1", "a_to_b@5", "a_to_b@10", "b_to_a@5"} <= set(metrics[stage])
+    # Few texts outside the pairs: the job brought the model's own captions (a model other
+    # than mmr-mini: the general list), and checked what the old heads found first.
+    assert metrics["anchors_brought"]["text"] > 1000
+    assert metrics["anchor_check"] == {"queries": 512, "gallery": 40, "labelled": False}
+    assert metrics["anchors_before"] == {"text_to_image@5": 1.0}
+    assert metrics["anchors_after"]["text_to_image@5"] >= 0.98 and metrics["kept"] is True
+    assert metrics["tolerance"] == 0.02 and done["params"]["anchor_tolerance"] == 0.02
     assert done["progress"]["fraction"] == 1.0 and done["attempts"] == 1
     aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
     assert aligners["active"] == 2
     v2 = aligners["aligners"][1]
     assert v2["meta"]["kind"] == "finetune" and v2["meta"]["job"] == job["id"]
+    assert v2["meta"]["finetune"]["anchors_after"] == metrics["anchors_after"]
     hits = client.post(f"/v1/collections/{NAME}/search", json={"text": "caption of picture 3"})
     assert hits.json()["aligner_version"] == 2
     # Stored items now carry v2 vectors in the index: more-like-this of an item finds itself.
