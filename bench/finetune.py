@@ -135,6 +135,24 @@ def variant_settings(default: Any) -> list[Setting]:
         ("residual head, anchors, hidden 64", replace(default, hidden=64), True, False),
         ("residual head, anchors, both heads learn", replace(default, train="both"), True, True),
         (
+            "residual head, anchors, noise 0.05 on inputs",
+            replace(default, augment=0.05),
+            True,
+            False,
+        ),
+        (
+            "residual head, anchors, temperature fixed 0.07",
+            replace(default, temperature=0.07),
+            True,
+            False,
+        ),
+        (
+            "residual head, anchors, temperature fixed 0.02",
+            replace(default, temperature=0.02),
+            True,
+            False,
+        ),
+        (
             "residual head, anchors, no tolerance check",
             replace(default, tolerance=1.0),
             True,

@@ -47,6 +47,7 @@ ANCHORS = 4096  # stored items per modality the fine-tune keeps in place
 # anchors than this (its learning text head keeps them in place), and how many more it
 # holds out to check retrieval on; mmr-mini's check is on generated scenes instead.
 BROUGHT_TEXTS = 2048
+BROUGHT_IMAGES = 1024  # mmr-mini's generated pictures, for a learning image head
 CHECK_QUERIES = 512
 CHECK_GALLERY = 2048
 
@@ -205,12 +206,22 @@ def with_model_anchors(
         texts = anchor_captions(row.model, want + held, seed=cfg.seed)
         if texts:
             raw = embedder.encoder.encode_texts(texts)
-            # The check's queries first (a fifth of a short corpus), never trained on.
-            cut = held if len(raw) > held + want // 2 else len(raw) // 5 if held else 0
+            # The check's queries first (a fifth of a corpus too short for both), never
+            # trained on.
+            cut = held if len(raw) >= want + held else min(held, len(raw) // 5)
             checked, raw = raw[:cut], raw[cut:]
             if len(raw):
                 anchors["text"] = raw if not have else np.concatenate([stored, raw])
-            brought["anchors_brought"] = {"text": len(raw)}
+            brought.setdefault("anchors_brought", {})["text"] = len(raw)
+    if "image" in learning and is_mini(row.model):
+        # A learning image head of mmr-mini keeps generated pictures of its world in place.
+        stored = anchors.get("image")
+        have = 0 if stored is None else len(stored)
+        if have < BROUGHT_IMAGES:
+            scenes = mini_scenes(BROUGHT_IMAGES - have, seed=cfg.seed + 1)
+            raw = embedder.encoder.encode_images(scenes.images)
+            anchors["image"] = raw if not have else np.concatenate([stored, raw])
+            brought.setdefault("anchors_brought", {})["image"] = len(raw)
     query = learning[0]
     other = pairs.modality_b if query == pairs.modality_a else pairs.modality_a
     check = _check(pairs, row, embedder, query, other, anchors, checked, cfg.seed)

@@ -85,6 +85,10 @@ class FinetuneConfig:
     hidden: int = 256
     # How far the anchor check's recall@5 may fall below the start's for a state to be kept.
     tolerance: float = 0.02
+    # Studied, off by default (bench/finetune.py): Gaussian noise of this size on a learning
+    # side's unit inputs at every step, and a fixed temperature instead of a learnt one.
+    augment: float = 0.0
+    temperature: float | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise ValueError("lr and max_seconds must be positive, stay >= 0, patience >= 1")
     if cfg.form not in FORMS or cfg.hidden < 1 or not 0.0 <= cfg.tolerance <= 1.0:
         raise ValueError(f"form must be one of {FORMS}, hidden >= 1 and tolerance in [0, 1]")
+    if cfg.augment < 0 or (cfg.temperature is not None and not 0 < cfg.temperature <= 1):
+        raise ValueError("augment must be >= 0 and a fixed temperature in (0, 1]")
 
 
 def _checked(aligner: Aligner, pairs: Pairs) -> tuple[np.ndarray, np.ndarray]:
@@ -393,7 +399,11 @@ class _Heads:
                 self.params[name] = tuple(torch.nn.Parameter(t.clone()) for t in start)
             else:
                 self.fixed[name] = torch.from_numpy(head.project(x.numpy()))
-        self.scale = torch.nn.Parameter(torch.tensor(INIT_SCALE))
+        fixed_scale = None if cfg.temperature is None else math.log(1 / cfg.temperature)
+        self.scale = torch.nn.Parameter(
+            torch.tensor(INIT_SCALE if fixed_scale is None else fixed_scale),
+            requires_grad=fixed_scale is None,
+        )
         # Anchors: (raw rows, where the starting head puts them) per learning head.
         self.anchors = {
             name: (torch.from_numpy(l2_normalize(raw)), torch.from_numpy(heads[name].project(raw)))
@@ -454,12 +464,16 @@ class _Heads:
             total = total + (moved - target[rows]).square().sum(dim=1).mean()
         return total
 
-    def side(self, i: int, rows: torch.Tensor) -> torch.Tensor:
-        """Side i's (unnormalised) vectors for the given rows."""
+    def side(self, i: int, rows: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """Side i's (unnormalised) vectors for the given rows; with ``gen``, a learning
+        side's inputs get the configured noise (``augment``)."""
         name = self.names[i]
         if name in self.fixed:
             return self.fixed[name][rows]
-        return self._map(name, self.x[i][rows], self.params[name])
+        x = self.x[i][rows]
+        if gen is not None and self.cfg.augment > 0:
+            x = F.normalize(x + self.cfg.augment * torch.randn(x.shape, generator=gen), dim=-1)
+        return self._map(name, x, self.params[name])
 
     def pull(self) -> torch.Tensor:
         """Squared distance of the learning heads from where they started."""
@@ -522,7 +536,7 @@ class _Heads:
     def loss(self, chunk: torch.Tensor, gen: torch.Generator) -> StepLoss:
         """InfoNCE on the chunk's training rows, plus the pulls toward the start and anchors."""
         rows = self.train[chunk]
-        fit = contrastive_loss(self.side(0, rows), self.side(1, rows), self.scale)
+        fit = contrastive_loss(self.side(0, rows, gen), self.side(1, rows, gen), self.scale)
         cfg = self.cfg
         return StepLoss(
             minimise=fit + cfg.stay * self.pull() + cfg.keep * self.kept(gen), report=fit
@@ -537,7 +551,8 @@ def _train(
 ) -> tuple[_State, Outcome]:
     """Train the heads; return the best held-out state and how training ended."""
     cfg = heads.cfg
-    params = [p for group in heads.params.values() for p in group] + [heads.scale]
+    params = [p for group in heads.params.values() for p in group]
+    params += [heads.scale] if heads.scale.requires_grad else []
     # One generator shuffles the chunks and draws the anchors, in that order each epoch.
     gen = torch.Generator().manual_seed(cfg.seed)
     chunks = ShuffledChunks(len(heads.train), cfg.batch, gen)

@@ -151,3 +151,18 @@ def test_without_relevance_the_check_keeps_what_the_start_found_first() -> None:
     _, report = finetune(base(), pairs, replace(CFG, max_epochs=2))
     assert report.anchors_before == {"text_to_image@5": 1.0}
     assert report.anchors_after["text_to_image@5"] >= 0.98
+
+
+def test_a_fixed_temperature_stays_and_noise_is_seeded() -> None:
+    images, _, new = spaces(200)
+    pairs = Pairs("text", "image", new, images)
+    cfg = FinetuneConfig(max_epochs=3, patience=10)
+    _, fixed = finetune(base(), pairs, replace(cfg, temperature=0.05))
+    assert fixed.temperature == pytest.approx(0.05)
+    noisy = [finetune(base(), pairs, replace(cfg, augment=0.1))[0] for _ in range(2)]
+    plain = finetune(base(), pairs, cfg)[0]
+    w = [a.heads["text"].tensors["up"] for a in (*noisy, plain)]
+    np.testing.assert_array_equal(w[0], w[1])  # the same noise for the same seed
+    assert not np.array_equal(w[0], w[2])  # and it changed what was learnt
+    with pytest.raises(ValueError, match="temperature"):
+        finetune(base(), pairs, replace(cfg, temperature=0.0))
