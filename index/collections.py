@@ -129,18 +129,23 @@ class CollectionStore:
         bump_epoch: bool = False,
         index: tuple[str, dict[str, Any]] | None = None,
         job_id: str | None = None,
+        worker: str | None = None,
     ) -> CollectionRow:
         """Name another active aligner version and/or a new index epoch, with new index
         settings (type, params) if given (a swap follows). ``job_id``: only while that job
-        is still running, asked under the collection's lock in the same transaction, so a
-        cancel either lands first (JobEndedError, nothing changes) or waits for this one."""
+        is still running (by ``worker``, when given), asked under the collection's lock in
+        the same transaction, so a cancel either lands first (JobEndedError, nothing
+        changes) or waits for this one."""
         with self.sessions.begin() as session:
             if job_id is not None:
                 lock_collection(session, collection_id)
-                status = session.scalar(
-                    select(JobRow.status).where(JobRow.id == job_id).with_for_update()
-                )
-                if status != "running":
+                found = session.execute(
+                    select(JobRow.status, JobRow.worker)
+                    .where(JobRow.id == job_id)
+                    .with_for_update()
+                ).first()
+                status, runner = (None, None) if found is None else tuple(found)
+                if status != "running" or (worker is not None and runner != worker):
                     raise JobEndedError(f"job {job_id} is {status or 'gone'}: nothing activated")
             row = session.get(CollectionRow, collection_id)
             if row is None:

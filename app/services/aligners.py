@@ -80,10 +80,12 @@ def activate(
     name: str,
     version: int,
     job_id: str | None = None,
+    worker: str | None = None,
 ) -> AlignerList:
     """Make a recorded version the active one: SQL names it, then (in the process that
     holds the index) a new index is built beside the live one and swapped in. ``job_id``:
-    only while that job still runs (JobEndedError otherwise, nothing changed)."""
+    only while that job still runs, by ``worker`` when given (JobEndedError otherwise,
+    nothing changed)."""
     row = collections.get(name)
     found = aligners.get(collection_id=row.id, version=version)
     if found is None:
@@ -96,7 +98,9 @@ def activate(
             f"aligner v{version} takes features of {foreign or aligner.encoders} but the "
             f"collection's items come from {recorded}; it cannot be activated"
         )
-    fresh = collections.set_space(collection_id=row.id, aligner_version=version, job_id=job_id)
+    fresh = collections.set_space(
+        collection_id=row.id, aligner_version=version, job_id=job_id, worker=worker
+    )
     _swap_here(indexes, fresh)
     return list_aligners(collections=collections, aligners=aligners, name=name)
 

@@ -97,6 +97,7 @@ def run_finetune(services: Services, ctx: JobContext) -> dict[str, Any]:
                 name=row.name,
                 version=version,
                 job_id=ctx.job.id,  # a cancel landing meanwhile is seen in its transaction
+                worker=ctx.job.worker,
             )
         except JobEndedError as exc:
             raise Cancelled from exc
@@ -186,11 +187,13 @@ def with_model_anchors(
     anchor check, and what was added (for the job's metrics).
 
     A learning text head with fewer than ``BROUGHT_TEXTS`` stored text anchors gets the
-    model's own captions up to that many, encoded by its frozen text tower. The check asks
-    whether the first learning modality still retrieves what it did: for mmr-mini's text
-    head, generated captions against their renders (exact labels); otherwise held-out anchors
-    of that modality against stored items of the other one, the answer to keep being the
-    starting heads' first (none when the collection holds no anchors to check with)."""
+    model's own captions up to that many, encoded by its frozen text tower; a learning image
+    head of mmr-mini, generated pictures up to ``BROUGHT_IMAGES``. The check asks whether a
+    learning text head still retrieves what it did: for mmr-mini (against images), generated
+    captions against their renders (exact labels); otherwise ``CHECK_QUERIES`` more of the
+    model's captions against the collection's items of the other modality, the answer to
+    keep being the starting heads' first. Check captions are never among the anchors. Pairs
+    with no text side (image and audio) are not checked."""
     learn = learners(cfg.train, pairs.modality_a, pairs.modality_b)
     learning = [
         m for m, yes in zip((pairs.modality_a, pairs.modality_b), learn, strict=True) if yes
@@ -203,7 +206,10 @@ def with_model_anchors(
         have = 0 if stored is None else len(stored)
         want = max(0, BROUGHT_TEXTS - have)
         held = 0 if is_mini(row.model) else CHECK_QUERIES
-        texts = anchor_captions(row.model, want + held, seed=cfg.seed)
+        # mmr-mini's check captions (its generated scenes') are never trained on either.
+        checking = set(mini_scenes(CHECK_QUERIES, seed=cfg.seed).captions) if not held else set()
+        texts = anchor_captions(row.model, want + held + len(checking), seed=cfg.seed)
+        texts = [t for t in texts if t not in checking][: want + held]
         if texts:
             raw = embedder.encoder.encode_texts(texts)
             # The check's queries first (a fifth of a corpus too short for both), never
@@ -259,8 +265,8 @@ def _check(
     gallery = pairs.raw_b if other == pairs.modality_b else pairs.raw_a
     stored = anchors.get(other)
     if stored is not None and len(stored):
-        gallery = np.concatenate([stored[:CHECK_GALLERY], gallery])[:CHECK_GALLERY]
-    return AnchorCheck(query, queries, other, gallery)
+        gallery = np.concatenate([stored[:CHECK_GALLERY], gallery])
+    return AnchorCheck(query, queries, other, gallery[:CHECK_GALLERY])
 
 
 def _anchors(

@@ -7,6 +7,8 @@ collection's space and normalises the result. Kinds:
 - ``linear``    ``y = x W^T + b``, any input width (CLAP audio -> CLIP, 512 -> 512 or not)
 - ``lowrank``   ``y = x + (x D^T) U^T + b``, a low-rank residual on an identity start,
                 for fine-tuning a head whose input already lives in the space
+- ``residual``  ``y = x W^T + b + relu(x D^T + c) U^T``, a head's affine map plus a small
+                non-linear correction: what a fine-tune learns (``AlignerHead.residual``)
 
 An :class:`Aligner` is one head per modality plus the encoder ids whose features the heads
 take, the shared dimension and free-form training metadata. It serialises to one safetensors

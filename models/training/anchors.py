@@ -47,8 +47,9 @@ def anchor_captions(model_id: str, n: int, *, seed: int = 0) -> list[str]:
                 break
         return list(found)
     corpus = general_captions()
+    # In the permutation's order: any prefix is a sample of the whole list (photos and sounds).
     picked = np.random.default_rng([seed, 2]).permutation(len(corpus))[:n]
-    return [corpus[i] for i in sorted(picked)]
+    return [corpus[i] for i in picked]
 
 
 def general_captions() -> list[str]:

@@ -188,7 +188,8 @@ def finetune(
 ) -> tuple[Aligner, FinetuneReport]:
     """Train the chosen heads of ``aligner`` on ``pairs``; return a new aligner and a report.
 
-    Untouched heads are kept as they are; trained ones become linear heads. The result is
+    Untouched heads are kept as they are; trained ones become residual heads (``form``
+    "residual") or linear ones ("affine"). The result is
     version 0 (the caller numbers it). The same inputs and config give the same bytes.
     Raises ValueError for unusable inputs and :class:`Cancelled` when ``should_stop()``.
     """

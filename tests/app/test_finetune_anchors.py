@@ -57,6 +57,8 @@ def test_mmr_mini_brings_its_captions_and_checks_on_its_scenes() -> None:
     assert (
         len(towers.texts) == BROUGHT_TEXTS - 48 + CHECK_QUERIES and towers.images == CHECK_QUERIES
     )
+    trained, checked = towers.texts[: BROUGHT_TEXTS - 48], towers.texts[BROUGHT_TEXTS - 48 :]
+    assert not set(trained) & set(checked)  # the check's captions are never trained on
 
 
 def test_another_model_holds_out_general_captions_for_the_check() -> None:

@@ -27,6 +27,8 @@ def test_other_models_bring_the_general_list() -> None:
     assert general[: len(photos)] == photos and len(general) > len(photos) + 2000
     picked = anchor_captions("open_clip:ViT-B-32/laion2b_s34b_b79k", 300)
     assert len(set(picked)) == 300 and set(picked) <= set(general)
+    # Any prefix samples the whole list: photo captions and sound captions both.
+    assert set(picked[:100]) & set(photos) and set(picked[:100]) - set(photos)
     assert len(anchor_captions("open_clip:x", 10**6)) == len(general)  # all of it, no more
 
 
