@@ -57,6 +57,7 @@ __all__ = [
 TRAIN_CHOICES = ("auto", "a", "b", "both")
 FORMS = ("residual", "affine")
 CHECK_K = 5  # the anchor check's recall@k
+HARD_MAX = 10_000  # training pairs up to which hard batches are made (their cost is n^2)
 _DIRECTIONS = {"source_to_target": "a_to_b", "target_to_source": "b_to_a"}
 
 
@@ -89,6 +90,9 @@ class FinetuneConfig:
     # side's unit inputs at every step, and a fixed temperature instead of a learnt one.
     augment: float = 0.0
     temperature: float | None = None
+    # Hard negatives: each batch a random pair and the pairs nearest to it (by the first
+    # side's raw features) instead of a random draw; for at most HARD_MAX training pairs.
+    hard: bool = False
 
 
 @dataclass(frozen=True)
@@ -544,6 +548,34 @@ class _Heads:
         )
 
 
+class _NearChunks:
+    """Batches of near neighbours: every epoch, in a random order of seed rows, each batch is
+    a seed and the rows not yet drawn that are nearest to it (in-batch negatives that are
+    hard to tell apart), as row indices of the training pairs."""
+
+    def __init__(self, x: torch.Tensor, batch: int, generator: torch.Generator) -> None:
+        unit = F.normalize(x, dim=-1)
+        self.similar = unit @ unit.T
+        self.rows, self.batch, self.generator = len(x), batch, generator
+
+    @property
+    def per_epoch(self) -> int:
+        return max(1, math.ceil(self.rows / self.batch))
+
+    def epoch(self) -> list[torch.Tensor]:
+        left = torch.ones(self.rows, dtype=torch.bool)
+        out = []
+        for seed in torch.randperm(self.rows, generator=self.generator).tolist():
+            if not left[seed]:
+                continue
+            scores = self.similar[seed].masked_fill(~left, -math.inf)
+            take = min(self.batch, int(left.sum()))
+            chunk = scores.topk(take).indices
+            left[chunk] = False
+            out.append(chunk)
+        return out
+
+
 def _train(
     heads: _Heads,
     budget: Budget,
@@ -556,7 +588,9 @@ def _train(
     params += [heads.scale] if heads.scale.requires_grad else []
     # One generator shuffles the chunks and draws the anchors, in that order each epoch.
     gen = torch.Generator().manual_seed(cfg.seed)
-    chunks = ShuffledChunks(len(heads.train), cfg.batch, gen)
+    chunks: ShuffledChunks | _NearChunks = ShuffledChunks(len(heads.train), cfg.batch, gen)
+    if cfg.hard and len(heads.train) <= HARD_MAX:
+        chunks = _NearChunks(heads.x[0][heads.train], cfg.batch, gen)
     schedule = epoch_schedule(cfg.lr, epochs=cfg.max_epochs, per_epoch=chunks.per_epoch)
     early = EarlyStop(heads.evaluate(None), validate=heads.snapshot, patience=cfg.patience)
     outcome = train_epochs(

@@ -166,3 +166,27 @@ def test_a_fixed_temperature_stays_and_noise_is_seeded() -> None:
     assert not np.array_equal(w[0], w[2])  # and it changed what was learnt
     with pytest.raises(ValueError, match="temperature"):
         finetune(base(), pairs, replace(cfg, temperature=0.0))
+
+
+def test_hard_batches_hold_near_neighbours_and_cover_every_pair_once() -> None:
+    import torch
+
+    from models.training.finetune import _NearChunks
+
+    # Two far-apart clusters of 8: a batch of 8 is one cluster.
+    rng = np.random.default_rng(0)
+    centres = np.stack([np.eye(DIM)[0], -np.eye(DIM)[0]])
+    x = np.concatenate([c + 0.01 * rng.normal(size=(8, DIM)) for c in centres]).astype(np.float32)
+    chunks = _NearChunks(torch.from_numpy(x), 8, torch.Generator().manual_seed(0))
+    batches = chunks.epoch()
+    assert chunks.per_epoch == 2 and len(batches) == 2
+    assert sorted(torch.cat(batches).tolist()) == list(range(16))
+    assert {frozenset(b.tolist()) for b in batches} == {
+        frozenset(range(8)),
+        frozenset(range(8, 16)),
+    }
+    images, _, new = spaces(200)
+    _, report = finetune(
+        base(), Pairs("text", "image", new, images), FinetuneConfig(max_epochs=2, hard=True)
+    )
+    assert report.epochs == 2
