@@ -170,16 +170,7 @@ def _variants(
     encoder, base, texts, check = _setup(model)
     image_anchors = encoder.encode_images(mini_scenes(1024, seed=1).images)
     settings = settings or variant_settings(FinetuneConfig())
-    encoded = [
-        (
-            s,
-            encoder.encode_images(s.images),
-            encoder.encode_texts(s.captions),
-            encoder.encode_texts(s.asked_new),
-            encoder.encode_texts(s.asked_english),
-        )
-        for s in scenes
-    ]
+    encoded = _encoded(encoder, scenes)
     rows = []
     for name, config, anchored, both in settings:
         per: dict[str, list[tuple[float, float, float, float, float]]] = {}
@@ -269,16 +260,7 @@ def _pair_counts(model: str, seeds: tuple[int, ...], log: Log) -> list[dict[str,
     encoder, base, texts, check = _setup(model)
     rows = []
     scenes = [scenario(lang, seed, max(PAIRED)) for lang in LANGUAGES for seed in seeds]
-    encoded = [
-        (
-            s,
-            encoder.encode_images(s.images),
-            encoder.encode_texts(s.captions),
-            encoder.encode_texts(s.asked_new),
-            encoder.encode_texts(s.asked_english),
-        )
-        for s in scenes
-    ]
+    encoded = _encoded(encoder, scenes)
     for paired in PAIRED:
         per: dict[str, list[tuple[float, float]]] = {}
         for scene, images, captions, new, english in encoded:
@@ -308,6 +290,20 @@ def _pair_counts(model: str, seeds: tuple[int, ...], log: Log) -> list[dict[str,
             )
         )
     return rows
+
+
+def _encoded(encoder: Any, scenes: list[Scenario]) -> list[tuple[Scenario, Any, Any, Any, Any]]:
+    """Each scenario with the raw features of its pictures, captions and both query sets."""
+    return [
+        (
+            s,
+            encoder.encode_images(s.images),
+            encoder.encode_texts(s.captions),
+            encoder.encode_texts(s.asked_new),
+            encoder.encode_texts(s.asked_english),
+        )
+        for s in scenes
+    ]
 
 
 def _p3(aligner: Any, asked: np.ndarray, pictures: np.ndarray, scene: Scenario) -> float:
