@@ -134,6 +134,7 @@ def variant_settings(default: Any) -> list[Setting]:
         ("residual head, anchors, batch 256", replace(default, batch=256), True, False),
         ("residual head, anchors, hidden 64", replace(default, hidden=64), True, False),
         ("residual head, anchors, both heads learn", replace(default, train="both"), True, True),
+        ("residual head, anchors, hard negatives", replace(default, hard=True), True, False),
         (
             "residual head, anchors, noise 0.05 on inputs",
             replace(default, augment=0.05),
