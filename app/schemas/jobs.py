@@ -25,6 +25,12 @@ class FinetuneJobCreate(BaseModel):
                 {"type": "finetune", "collection": "photos", "pair_key": "group"},
                 {
                     "type": "finetune",
+                    "collection": "francais",
+                    "pair_key": "group",
+                    "anchor_tolerance": 0.05,
+                },
+                {
+                    "type": "finetune",
                     "collection": "photos",
                     "pairs": [["cat-1.jpg", "cat-1-caption"], ["dog-7.jpg", "dog-7-caption"]],
                     "activate": "always",
