@@ -30,7 +30,7 @@ from index.errors import JobEndedError
 from index.items import ItemStore, StoredVectors
 from index.jobs import JobStore
 from index.tables import CollectionRow
-from models.training.anchors import anchor_captions, is_mini, mini_scenes
+from models.training.anchors import Scenes, anchor_captions, is_mini, mini_scenes
 from models.training.finetune import (
     AnchorCheck,
     Cancelled,
@@ -191,13 +191,19 @@ def with_model_anchors(
     head of mmr-mini, generated pictures up to ``BROUGHT_IMAGES``. The check asks whether a
     learning text head still retrieves what it did: for mmr-mini (against images), generated
     captions against their renders (exact labels); otherwise ``CHECK_QUERIES`` more of the
-    model's captions against the collection's items of the other modality, the answer to
+    model's captions against the collection's items of the other modality (mmr-mini's text
+    against sounds included), the answer to
     keep being the starting heads' first. Check captions are never among the anchors. Pairs
     with no text side (image and audio) are not checked."""
     learn = learners(cfg.train, pairs.modality_a, pairs.modality_b)
     learning = [
         m for m, yes in zip((pairs.modality_a, pairs.modality_b), learn, strict=True) if yes
     ]
+    query = learning[0]
+    other = pairs.modality_b if query == pairs.modality_a else pairs.modality_a
+    # mmr-mini's text head against images is checked on generated, labelled scenes, made once.
+    labelled = query == "text" and other == "image" and is_mini(row.model)
+    scenes = mini_scenes(CHECK_QUERIES, seed=cfg.seed) if labelled else None
     anchors = dict(pairs.anchors)
     brought: dict[str, Any] = {}
     checked: np.ndarray | None = None  # text anchors held out for the check
@@ -205,9 +211,9 @@ def with_model_anchors(
         stored = anchors.get("text")
         have = 0 if stored is None else len(stored)
         want = max(0, BROUGHT_TEXTS - have)
-        held = 0 if is_mini(row.model) else CHECK_QUERIES
-        # mmr-mini's check captions (its generated scenes') are never trained on either.
-        checking = set(mini_scenes(CHECK_QUERIES, seed=cfg.seed).captions) if not held else set()
+        held = 0 if labelled else CHECK_QUERIES
+        # The labelled check's captions are never trained on either.
+        checking = set() if scenes is None else set(scenes.captions)
         texts = anchor_captions(row.model, want + held + len(checking), seed=cfg.seed)
         texts = [t for t in texts if t not in checking][: want + held]
         if texts:
@@ -224,13 +230,11 @@ def with_model_anchors(
         stored = anchors.get("image")
         have = 0 if stored is None else len(stored)
         if have < BROUGHT_IMAGES:
-            scenes = mini_scenes(BROUGHT_IMAGES - have, seed=cfg.seed + 1)
-            raw = embedder.encoder.encode_images(scenes.images)
+            pictures = mini_scenes(BROUGHT_IMAGES - have, seed=cfg.seed + 1).images
+            raw = embedder.encoder.encode_images(pictures)
             anchors["image"] = raw if not have else np.concatenate([stored, raw])
             brought.setdefault("anchors_brought", {})["image"] = len(raw)
-    query = learning[0]
-    other = pairs.modality_b if query == pairs.modality_a else pairs.modality_a
-    check = _check(pairs, row, embedder, query, other, anchors, checked, cfg.seed)
+    check = _check(pairs, embedder, query, other, anchors, checked, scenes)
     if check is not None:
         brought["anchor_check"] = {
             "queries": len(check.queries),
@@ -242,16 +246,14 @@ def with_model_anchors(
 
 def _check(
     pairs: Pairs,
-    row: CollectionRow,
     embedder: Embedder,
     query: str,
     other: str,
     anchors: dict[str, np.ndarray],
     checked: np.ndarray | None,
-    seed: int,
+    scenes: Scenes | None,
 ) -> AnchorCheck | None:
-    if query == "text" and other == "image" and is_mini(row.model):
-        scenes = mini_scenes(CHECK_QUERIES, seed=seed)
+    if scenes is not None:
         return AnchorCheck(
             "text",
             embedder.encoder.encode_texts(scenes.captions),

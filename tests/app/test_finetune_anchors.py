@@ -81,3 +81,11 @@ def test_a_learning_image_head_of_mmr_mini_gets_generated_pictures() -> None:
     assert brought["anchors_brought"] == {"image": BROUGHT_IMAGES - 24}
     assert towers.images == BROUGHT_IMAGES - 24 and len(pairs.anchors["image"]) == BROUGHT_IMAGES
     assert not towers.texts  # no text head learns
+
+
+def test_mmr_minis_text_against_sounds_is_checked_on_held_out_captions() -> None:
+    pairs, brought, towers = run("mmr-mini", "audio", "text", {"audio": 50})
+    check = pairs.check
+    assert check is not None and check.relevant is None and check.gallery_modality == "audio"
+    assert len(check.queries) == CHECK_QUERIES and brought["anchors_brought"] == {"text": 2048}
+    assert towers.images == 0  # no scenes rendered: this check needs none
