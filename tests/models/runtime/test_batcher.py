@@ -126,23 +126,29 @@ def test_a_full_queue_refuses_at_once_and_keeps_what_it_accepted(make_batcher) -
 def test_a_forward_error_reaches_every_caller_of_its_batch_and_the_worker_goes_on(
     make_batcher,
 ) -> None:
-    batcher, tower = make_batcher(max_batch=64, max_wait_ms=50.0, max_queue=512)
+    batcher, tower = make_batcher(max_batch=64, max_wait_ms=1.0, max_queue=512)
     tower.fail_on = 30.0
+    tower.gate.clear()  # the worker is held in a first forward while the others queue
     inputs = [rows(10 * i, 2) for i in range(6)]  # the request holding 30 poisons its batch
-    start = threading.Barrier(len(inputs))
 
     def one(batch: torch.Tensor) -> BaseException | np.ndarray:
-        start.wait()
         try:
             return batcher.submit(batch)
         except ValueError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=len(inputs)) as pool:
-        outcomes = list(pool.map(one, inputs))
-    assert isinstance(outcomes[3], ValueError)
-    assert len(tower.sizes) < len(inputs)  # some shared the failing forward ...
-    assert sum(isinstance(o, ValueError) for o in outcomes) > 1  # ... and heard of it
+    with ThreadPoolExecutor(max_workers=len(inputs) + 1) as pool:
+        first = pool.submit(one, rows(100, 1))
+        while not batcher.busy:
+            time.sleep(0.001)
+        queued = [pool.submit(one, batch) for batch in inputs]
+        while batcher.waiting_rows < 2 * len(inputs):
+            time.sleep(0.001)
+        tower.gate.set()
+        np.testing.assert_allclose(first.result(5), raw(rows(100, 1)))
+        outcomes = [future.result(5) for future in queued]
+    assert tower.sizes == [1, 2 * len(inputs)]  # all six shared the failing forward ...
+    assert all(isinstance(o, ValueError) for o in outcomes)  # ... and every caller heard
     tower.fail_on = None
     np.testing.assert_allclose(batcher.submit(rows(0, 2)), raw(rows(0, 2)))
 
