@@ -16,7 +16,8 @@ import re
 
 from pydantic import ValidationError
 
-from app.fastpath import multipart, pool
+from app import multipart
+from app.fastpath import pool
 from app.routers.body import is_json_type
 from app.schemas.embed import EmbedOptions, EmbedRequest, EmbedResponse
 from app.services.embed import StagedImages, embed_decoded, embed_texts, finish, stage_files

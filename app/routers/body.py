@@ -10,7 +10,10 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
+from app import multipart
 from app.errors import ApiError
 from app.services.errors import InvalidInput, Malformed, MalformedJson
 
@@ -99,9 +102,61 @@ class Form:
 
 
 async def read_form(request: Request, file_field: str = "file") -> Form:
-    """Parse a multipart body, read its files and release the spooled temp files: each one
-    as soon as its bytes are read, so that the files are held about once (the body budget,
-    ``app.limits``, counts them once), not as spooled copies and bytes both."""
+    """Read a multipart body's files and text fields, holding the files about once (the body
+    budget, ``app.limits``, counts them once). A body in the plain shape that clients send is
+    read as it arrives by the strict reader (``app.multipart``); any other goes, as read so
+    far and then the rest, to Starlette's parser, which has the last word on odd bodies."""
+    boundary = multipart.boundary_of(request.headers.get("content-type", ""))
+    if boundary is None:
+        return await _starlette_form(request, file_field)
+    reader = multipart.PartReader(boundary)
+    more = True
+    while more and reader.plain:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        reader.feed(message.get("body", b""))
+        more = message.get("more_body", False)
+    parts = reader.finish() if not more else None
+    if parts is not None:
+        return _form_of(parts, file_field)
+    # The bytes read, and nothing else of the reader's: each is let go once replayed.
+    spent = list(reader.spent())
+    del reader
+    return await _starlette_form(
+        Request(request.scope, _replay(spent, request, more=more)), file_field
+    )
+
+
+def _form_of(parts: multipart.Parts, file_field: str) -> Form:
+    """The form of a plain body's parts, refused as Starlette's reading of it would be."""
+    for is_file, key in parts.order:
+        if is_file and key != file_field:
+            raise InvalidInput(f"unexpected file field {key!r}; use {file_field!r}")
+        if not is_file and key == file_field:
+            raise InvalidInput(f"{file_field} must be a file upload, not a text field")
+    return Form(parts.files.get(file_field, []), parts.fields)
+
+
+def _replay(spent: list[bytes], request: Request, *, more: bool) -> Receive:
+    """A receive that gives back the bytes a reader spent (the list let go of each as it is
+    given), then the rest of the body."""
+    spent.reverse()
+
+    async def receive() -> Message:
+        if spent:
+            return {"type": "http.request", "body": spent.pop(), "more_body": bool(spent) or more}
+        if more:
+            return await request.receive()
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    return receive
+
+
+async def _starlette_form(request: Request, file_field: str) -> Form:
+    """Starlette's parser: it spools every part to a temporary file; each is given back as
+    soon as its bytes are read, so that the files are held about once, not as spooled copies
+    and bytes both."""
     try:
         data = await request.form(max_files=1000, max_fields=1000)
     except MultiPartException as exc:
