@@ -66,7 +66,7 @@ class BulkConfig:
 
     model: str = "mmr-mini"
     texts: int = 4096
-    images: int = 512  # distinct small JPEGs (256x224)
+    images: int = 1024  # distinct small JPEGs (256x224): a round of a second or more
     batch: int = 64  # items per request, both routes
     clients: int = 2  # concurrent clients: one request encodes while another is stored
     # Embed then write, this many times (a fresh collection each): a shared VM's speed

@@ -100,10 +100,21 @@ def _converted(
         kind = column.type.dialect_impl(dialect)
         convert = kind.bind_processor(dialect)
         values = [row[attribute] for row in rows]
-        columns.append(values if convert is None else list(map(convert, values)))
+        if convert is not None:
+            values = _each_converted(convert, values)
+        columns.append(values)
         names.append(dialect.identifier_preparer.quote(column.name))
         kinds.append(kind)
     return names, kinds, columns
+
+
+def _each_converted(convert: Any, values: list[Any]) -> list[Any]:
+    """Each value converted; one object given for every row (a batch's time, its
+    collection) is converted once (SQLite's DATETIME formats a string each time)."""
+    first = values[0]
+    if all(value is first for value in values):
+        return [convert(first)] * len(values)
+    return list(map(convert, values))
 
 
 def _insert_columns(
