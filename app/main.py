@@ -8,7 +8,7 @@ from collections.abc import Callable
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import openapi
+from app import openapi, ui
 from app.auth import (
     Authenticate,
     RouteTemplate,
@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (models, collections, items, search, embed, jobs, keys):
         app.include_router(module.router, dependencies=secured)
     openapi.install(app)
+    ui.install(app)
     # Answers, in place, a body refused while a route reads it (the outer one counts them).
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, budget=app.state.bodies)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -19,7 +19,7 @@ from app.deps import (
     ModelsDep,
     SettingsDep,
 )
-from app.errors import describe_error
+from app.errors import describe_error, error_body
 from app.routers import body
 from app.schemas.common import ErrorDetail, ItemId
 from app.schemas.items import (
@@ -35,6 +35,8 @@ from app.services import items as svc
 from app.services.embedding import Embedder
 from app.services.errors import InvalidInput, ServiceError, SpaceMismatch
 from app.services.media import request_budget
+from app.services.thumbnails import SIDE as THUMB_SIDE
+from app.services.thumbnails import thumbnail
 from app.settings import Settings
 from models.errors import MediaError
 
@@ -389,17 +391,101 @@ def delete_item(
 @router.get(
     "/{item_id}/content",
     response_class=Response,
-    responses={200: {"content": {"image/*": {}, "text/plain": {}}}},
+    responses={
+        200: {"content": {"image/*": {}, "audio/*": {}, "text/plain": {}}},
+        206: {"description": "the part a `Range: bytes=START-END` header asked for"},
+        304: {"description": "unchanged since the `ETag` sent in `If-None-Match`"},
+        416: {"description": "the range starts past the end of the original"},
+    },
 )
 def item_content(
     name: str,
     item_id: str,
+    request: Request,
     collections: CollectionStoreDep,
     items: ItemStoreDep,
     blobs: BlobsDep,
 ) -> Response:
-    """The original bytes, with their content type."""
-    data, content_type = svc.item_content(
+    """The original bytes, with their content type. Answers a single `Range: bytes=...`
+    (206; an audio player seeks with it) and `If-None-Match` with the `ETag` it gives (the
+    content's sha256)."""
+    data, content_type, sha256 = svc.item_content_tagged(
         collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
     )
-    return Response(content=data, media_type=content_type)
+    return ranged(request, data, content_type, etag=f'"{sha256}"')
+
+
+@router.get(
+    "/{item_id}/thumbnail",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/jpeg": {}}, "description": "a JPEG at most 256 pixels a side"},
+        304: {"description": "unchanged since the `ETag` sent in `If-None-Match`"},
+        404: {"description": "no such item, or an item that is not an image"},
+    },
+)
+def item_thumbnail(
+    name: str,
+    item_id: str,
+    request: Request,
+    settings: SettingsDep,
+    collections: CollectionStoreDep,
+    items: ItemStoreDep,
+    blobs: BlobsDep,
+) -> Response:
+    """A small JPEG of an image item (at most 256 pixels a side), for result grids. Its
+    `ETag` is the original's sha256: a browser that sends it back in `If-None-Match` gets
+    304."""
+    jpeg, sha256 = thumbnail(
+        settings=settings,
+        collections=collections,
+        items=items,
+        blobs=blobs,
+        name=name,
+        item_id=item_id,
+    )
+    return ranged(request, jpeg, "image/jpeg", etag=f'"{sha256}-{THUMB_SIDE}"')
+
+
+def ranged(request: Request, data: bytes, content_type: str, *, etag: str) -> Response:
+    """The bytes, or the one range a ``Range`` header names (206), or 304 for a matching
+    ``If-None-Match``. Revalidated on every use (``no-cache``): an id posted again may name
+    other bytes. A Range that is not one plain ``bytes=`` range is ignored (RFC 9110)."""
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Accept-Ranges": "bytes"}
+    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+        return Response(status_code=304, headers=headers)
+    wanted = _one_range(request.headers.get("range", ""), len(data))
+    if wanted is None:
+        return Response(content=data, media_type=content_type, headers=headers)
+    first, last = wanted
+    if first >= len(data):
+        return error_body(
+            416,
+            "range_not_satisfiable",
+            f"the range starts at byte {first}, past the end of the {len(data)} bytes; ask "
+            "for a range within them, or for the whole without a Range header",
+            headers={"Content-Range": f"bytes */{len(data)}"},
+        )
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+    return Response(
+        content=data[first : last + 1], status_code=206, media_type=content_type, headers=headers
+    )
+
+
+def _one_range(value: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` range,
+    ``last`` cut to the data; None for no Range, a malformed one or several."""
+    unit, _, spec = value.strip().partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first_s, dash, last_s = spec.strip().partition("-")
+    if not dash or not (first_s.isdigit() or last_s.isdigit()):
+        return None
+    if not first_s:  # the last n bytes
+        n = int(last_s)
+        return (max(0, size - n), size - 1) if n else None
+    if last_s and not last_s.isdigit():
+        return None
+    first = int(first_s)
+    last = min(int(last_s), size - 1) if last_s else size - 1
+    return None if last_s and int(last_s) < first else (first, last)

@@ -471,12 +471,22 @@ def item_content(
 ) -> tuple[bytes, str]:
     """The original bytes of an item and their content type: a text's from its row, a
     file's from the blob store."""
+    data, content_type, _ = item_content_tagged(
+        collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
+    )
+    return data, content_type
+
+
+def item_content_tagged(
+    *, collections: CollectionStore, items: ItemStore, blobs: BlobStore, name: str, item_id: str
+) -> tuple[bytes, str, str]:
+    """``item_content`` and the sha256 of the bytes."""
     row = collections.get(name)
     item = items.get(collection_id=row.id, external_id=item_id)
     if item.modality == "text" and item.text is not None:
-        return item.text.encode("utf-8"), item.content_type
+        return item.text.encode("utf-8"), item.content_type, item.sha256
     try:
-        return blobs.get(item.sha256), item.content_type
+        return blobs.get(item.sha256), item.content_type, item.sha256
     except FileNotFoundError as exc:
         # The row is there but its file is not (deleted or lost outside the service).
         raise NotFoundError(

@@ -1,0 +1,97 @@
+"""Small JPEGs of image items for the web page's result grid (``GET .../thumbnail``).
+
+Made from the stored original on first request (a JPEG decoded at a reduced DCT scale, so a
+12-megapixel photo costs a fraction of a full decode) and kept in a small in-process cache
+by content (sha256): a grid of results asks for the same few dozen again and again. The
+browser caches them too (``ETag`` is the content's digest, ``app.routers.items``).
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections import OrderedDict
+
+from PIL import Image
+
+from app.services.items import item_content
+from app.services.media import request_budget
+from app.settings import Settings
+from index.blobs import BlobStore
+from index.collections import CollectionStore
+from index.errors import NotFoundError
+from index.items import ItemStore
+from models.media.image import decode_image
+
+SIDE = 256  # the longer side of a thumbnail, pixels
+QUALITY = 80
+CACHE_BYTES = 16 * 1024 * 1024  # about 1,000 thumbnails
+
+
+class ThumbnailCache:
+    """Thumbnails by the digest of their original, least recently used dropped past a size."""
+
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._held = 0
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha256: str) -> bytes | None:
+        with self._lock:
+            found = self._entries.get(sha256)
+            if found is not None:
+                self._entries.move_to_end(sha256)
+            return found
+
+    def put(self, sha256: str, jpeg: bytes) -> None:
+        with self._lock:
+            if sha256 in self._entries or len(jpeg) > self.max_bytes:
+                return
+            self._entries[sha256] = jpeg
+            self._held += len(jpeg)
+            while self._held > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self._held -= len(dropped)
+
+
+_cache = ThumbnailCache()
+
+
+def thumbnail(
+    *,
+    settings: Settings,
+    collections: CollectionStore,
+    items: ItemStore,
+    blobs: BlobStore,
+    name: str,
+    item_id: str,
+) -> tuple[bytes, str]:
+    """A JPEG of the item at most ``SIDE`` pixels on its longer side, and the digest of its
+    original; NotFoundError for an item that is not an image."""
+    row = collections.get(name)
+    item = items.get(collection_id=row.id, external_id=item_id)
+    if item.modality != "image":
+        raise NotFoundError(
+            f"item {item_id!r} is {item.modality}: only image items have a thumbnail "
+            "(GET .../content gives the original)"
+        )
+    cached = _cache.get(item.sha256)
+    if cached is not None:
+        return cached, item.sha256
+    data, _ = item_content(
+        collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
+    )
+    image = decode_image(
+        data,
+        max_pixels=settings.max_image_pixels,
+        min_side=SIDE,
+        shrink_to=SIDE,
+        budget=request_budget(settings),
+    )
+    image.thumbnail((SIDE, SIDE), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    image.save(out, format="JPEG", quality=QUALITY, optimize=True)
+    jpeg = out.getvalue()
+    _cache.put(item.sha256, jpeg)
+    return jpeg, item.sha256
