@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -475,17 +476,17 @@ def ranged(request: Request, data: bytes, content_type: str, *, etag: str) -> Re
 def _one_range(value: str, size: int) -> tuple[int, int] | None:
     """(first, last) byte of a single ``bytes=a-b``, ``bytes=a-`` or ``bytes=-n`` range,
     ``last`` cut to the data; None for no Range, a malformed one or several."""
-    unit, _, spec = value.strip().partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    found = _RANGE.fullmatch(value.strip())
+    if found is None or not (found.group(1) or found.group(2)):
         return None
-    first_s, dash, last_s = spec.strip().partition("-")
-    if not dash or not (first_s.isdigit() or last_s.isdigit()):
-        return None
+    first_s, last_s = found.group(1), found.group(2)
     if not first_s:  # the last n bytes
         n = int(last_s)
-        return (max(0, size - n), size - 1) if n else None
-    if last_s and not last_s.isdigit():
-        return None
+        return (max(0, size - n), size - 1) if n and size else None
     first = int(first_s)
-    last = min(int(last_s), size - 1) if last_s else size - 1
-    return None if last_s and int(last_s) < first else (first, last)
+    if last_s and int(last_s) < first:
+        return None
+    return first, min(int(last_s), size - 1) if last_s else size - 1
+
+
+_RANGE = re.compile(r"(?i:bytes)=\s*([0-9]*)-([0-9]*)\s*")
