@@ -34,7 +34,15 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+# The browser tests' axe-core, pinned in tests/ui/package-lock.json, where npm is installed;
+# without it (or without Chromium) those tests are skipped and say so. CI never skips them.
+UI_DEPS := tests/ui/node_modules/.installed
+$(UI_DEPS): tests/ui/package-lock.json
+	@if command -v npm >/dev/null; then \
+		npm ci --prefix tests/ui --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the search page's accessibility scan (tests/ui) is skipped"; fi
+
+pytest: install $(UI_DEPS)
 	$(VENV)/bin/pytest
 
 # The manual (docs/, mkdocs.yml) into site/: strict, so a broken link or anchor fails.
@@ -70,4 +78,4 @@ soak: install
 		tests/app/test_replicas.py::test_three_servers_and_a_worker_one_killed_and_restarted_all_answer_as_sql
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site tests/ui/node_modules

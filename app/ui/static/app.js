@@ -597,7 +597,13 @@ function drawChart(metrics) {
     figure.hidden = true;
     return;
   }
-  const keys = Object.keys(after).filter((k) => k in before);
+  // recall@5 each way when the job measured it (a_to_b@5: the first modality finds the
+  // second), else every figure it gave.
+  const all = Object.keys(after).filter((k) => k in before);
+  const fives = all.filter((k) => k.endsWith("@5"));
+  const keys = fives.length ? fives : all;
+  const [a, b] = metrics.modalities || ["a", "b"];
+  const nameOf = (key) => key.replace("a_to_b", `${a}→${b}`).replace("b_to_a", `${b}→${a}`);
   const svg = $("#chart");
   const ns = "http://www.w3.org/2000/svg";
   const width = 320;
@@ -624,7 +630,7 @@ function drawChart(metrics) {
     const name = document.createElementNS(ns, "text");
     name.setAttribute("x", String(30 + n * group));
     name.setAttribute("y", String(base + 16));
-    name.textContent = key;
+    name.textContent = nameOf(key);
     shapes.push(name);
   });
   const legend = document.createElementNS(ns, "text");
@@ -635,7 +641,7 @@ function drawChart(metrics) {
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   svg.replaceChildren(...shapes);
   $("#chart-text").textContent = keys
-    .map((k) => `${k}: ${percent(before[k])} before, ${percent(after[k])} after`).join("; ");
+    .map((k) => `${nameOf(k)}: ${percent(before[k])} before, ${percent(after[k])} after`).join("; ");
   figure.hidden = false;
 }
 
@@ -666,8 +672,8 @@ async function loadVersions() {
     const tr = document.createElement("tr");
     const cells = [
       `${a.version}${a.active ? " (active)" : ""}`,
-      a.meta && a.meta.job ? `fine-tune (job ${String(a.meta.job).slice(0, 8)})` : (a.version === 0 ? "the model" : "imported"),
-      a.meta && a.meta.after && a.meta.after["recall@5"] != null ? percent(a.meta.after["recall@5"]) : "–",
+      a.meta && a.meta.job ? `fine-tune (job ${String(a.meta.job).slice(0, 8)})` : "the model's own heads",
+      new Date(a.created_at).toLocaleString(),
     ].map((text) => {
       const td = document.createElement("td");
       td.textContent = text;
