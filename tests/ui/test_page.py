@@ -321,3 +321,32 @@ def test_no_serious_accessibility_violations(
         assert serious == []
     finally:
         page.context.close()
+
+
+def test_an_upload_refused_as_busy_waits_and_goes_in(page: Any, site: Site, tmp_path: Path) -> None:
+    """A 429 (the server's upload budget full) is waited out for its Retry-After, then sent
+    again: the file goes in, and the row said it was waiting."""
+    page.watch.allowed.append("status of 429")
+    path = tmp_path / "later.png"
+    Image.fromarray(np.full((30, 30, 3), 200, dtype=np.uint8)).save(path)
+    calls: list[float] = []
+
+    def busy_once(route: Any) -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            route.fulfill(
+                status=429,
+                headers={"Retry-After": "1", "Content-Type": "application/json"},
+                body='{"error": {"code": "overloaded", "message": "busy"}}',
+            )
+        else:
+            route.continue_()
+
+    page.route(f"{site.url}/v1/collections/{COLLECTION}/items", busy_once)
+    page.click('button[aria-controls="add-section"]')
+    page.set_input_files("#add-files", [str(path)])
+    page.wait_for_selector('#uploads li .status:has-text("server busy, waiting")')
+    page.wait_for_selector('#uploads li .status:has-text("added")', timeout=15_000)
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.9
+    got = httpx.get(f"{site.url}/v1/collections/{COLLECTION}/items/later.png")
+    assert got.status_code == 200 and got.json()["modality"] == "image"
