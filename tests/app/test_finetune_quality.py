@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,13 @@ NAME = "francais"
 TRAIN, HELD, KNOWN = 600, 100, 300
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def database_url(tmp_path: Path) -> Iterator[str]:
+    """SQLite only: what is measured here is learning, which no database changes (the jobs'
+    SQL runs on both in tests/app/test_jobs.py); on both it cost two minutes more a run."""
+    yield f"sqlite:///{tmp_path / 'mmr.sqlite3'}"
 
 
 def world(n: int, seed: int) -> list[ImagePair]:
