@@ -8,6 +8,7 @@ import io
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -350,3 +351,43 @@ def test_an_upload_refused_as_busy_waits_and_goes_in(page: Any, site: Site, tmp_
     assert len(calls) == 2 and calls[1] - calls[0] >= 0.9
     got = httpx.get(f"{site.url}/v1/collections/{COLLECTION}/items/later.png")
     assert got.status_code == 200 and got.json()["modality"] == "image"
+
+
+def test_a_chosen_folder_goes_in_with_its_paths_as_ids(
+    page: Any, site: Site, tmp_path: Path
+) -> None:
+    """Ids are the files' paths within the folder, as ``mmr ingest`` makes them ("/" as %2F):
+    the same folder sent again replaces its items."""
+    folder = tmp_path / "album"
+    (folder / "day one").mkdir(parents=True)
+    Image.fromarray(np.full((30, 40, 3), 90, dtype=np.uint8)).save(folder / "day one" / "a.png")
+    (folder / "b.txt").write_text("a small green circle", encoding="utf-8")
+    page.click('button[aria-controls="add-section"]')
+    page.set_input_files("#add-folder", str(folder))
+    page.wait_for_selector('#add-summary:has-text("2 of 2 added")', timeout=30_000)
+    for item_id in ("album%2Fday one%2Fa.png", "album%2Fb.txt"):
+        url = f"{site.url}/v1/collections/{COLLECTION}/items/{quote(item_id, safe='')}"
+        assert httpx.get(url).status_code == 200, item_id
+
+
+def test_a_pasted_picture_searches_by_it(page: Any, site: Site) -> None:
+    only(page, "image")
+    scene = ({"shape": "square", "colour": "red", "size": "large", "position": "center"},)
+    red = picture_of(scene, 3)
+    page.evaluate(
+        """(bytes) => {
+            const transfer = new DataTransfer();
+            const file = new File([new Uint8Array(bytes)], "pasted.jpg", {type: "image/jpeg"});
+            transfer.items.add(file);
+            document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: transfer}));
+        }""",
+        list(red),
+    )
+    wait_for_count(page, "for the file pasted.jpg")
+    expected = httpx.post(
+        site.url + SEARCH,
+        files={"file": ("pasted.jpg", red, "image/jpeg")},
+        data={"k": "24", "modalities": "image"},
+        timeout=30,
+    ).json()
+    assert shown_ids(page) == [hit["item"]["id"] for hit in expected["results"]]
