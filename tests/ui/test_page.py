@@ -391,3 +391,14 @@ def test_a_pasted_picture_searches_by_it(page: Any, site: Site) -> None:
         timeout=30,
     ).json()
     assert shown_ids(page) == [hit["item"]["id"] for hit in expected["results"]]
+
+
+def test_a_reindex_job_from_the_form(page: Any, site: Site) -> None:
+    page.click('button[aria-controls="jobs-section"]')
+    page.select_option("#job-type", "reindex")
+    assert not page.is_visible("#pair-key")
+    page.click('#job-form button[type="submit"]')
+    page.wait_for_selector('#job-status:has-text("reindex: succeeded")', timeout=120_000)
+    assert page.eval_on_selector("#job-progress", "p => p.value") == 1
+    jobs = httpx.get(f"{site.url}/v1/jobs", params={"collection": COLLECTION}).json()["jobs"]
+    assert jobs[0]["type"] == "reindex" and jobs[0]["status"] == "succeeded"
