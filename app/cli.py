@@ -11,9 +11,12 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(host: str, port: int) -> int:
     from app.main import create_app
 
-    app = create_app()
-    config = uvicorn.Config(app, host=host, port=port, log_level=app.state.settings.log_level)
+    app = create_app()  # configures the log (app.logs)
+    config = uvicorn.Config(app, host=host, port=port, **_uvicorn_logging(app.state.settings))
     server = uvicorn.Server(config)
     server.run()
     # uvicorn returns normally when start-up fails (e.g. a strict model id that cannot load).
@@ -107,16 +110,24 @@ def _serve_many(host: str, port: int, workers: int) -> int:
     that dies), each following SQL (docs/replicas.md). Torch threads are shared out between
     them unless MMR_TORCH_THREADS says otherwise, and the precision probe runs once first."""
     from app.lifespan import settle_precision
+    from app.logs import configure_logging
     from app.settings import Settings
 
     settings = Settings()
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     if settings.torch_threads == 0:
         threads = max(1, (os.cpu_count() or 1) // workers)
         os.environ["MMR_TORCH_THREADS"] = str(threads)
         settings = Settings()
     settle_precision(settings)
-    uvicorn.run("app.main:app", host=host, port=port, workers=workers, log_level=settings.log_level)
+    uvicorn.run("app.main:app", host=host, port=port, workers=workers, **_uvicorn_logging(settings))
     return 0
+
+
+def _uvicorn_logging(settings: Settings) -> dict[str, Any]:
+    """uvicorn logs through the app's handler and format (app.logs), at MMR_LOG_LEVEL, and
+    leaves the access log to app.access (one line a request, with its id)."""
+    return {"log_config": None, "log_level": settings.log_level, "access_log": False}
 
 
 def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int:
@@ -154,22 +165,23 @@ def _eval(model_id: str, pairs: int, seed: int) -> int:
 
 
 def _worker() -> int:
-    import logging
     import signal
 
-    from app.lifespan import build_services
+    from app.lifespan import build_services, log_start
+    from app.logs import configure_logging
     from app.settings import get_settings
     from app.worker import Worker
     from models.errors import ModelLoadError
 
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     try:
         services = build_services(settings, holds_indexes=False)
     except ModelLoadError as exc:
         _say(f"mmr worker: {exc}")
         return 1
     worker = Worker(services)
+    log_start(services, jobs=f"run by this worker, {worker.name}")
     # SIGTERM (docker stop) ends the loop; a running job goes back to the queue.
     signal.signal(signal.SIGTERM, lambda *_: worker.stop())
     try:

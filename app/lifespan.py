@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from app.logs import mask_url
 from app.memory import Trimmer
 from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
@@ -158,14 +159,34 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
     )
     if loaded.warning:
         services.warnings.append(loaded.warning)
-    log.info(
-        "ready: model %s (dim %d, %s), audio %s",
-        loaded.encoder.model_id,
-        loaded.encoder.dim,
-        loaded.precision.name,
-        loaded.audio.model_id if loaded.audio else "none",
-    )
     return services
+
+
+def log_start(services: Services, *, jobs: str) -> None:
+    """The start-up block: what this process serves and where its state lives, then any
+    warnings (uvicorn's own line with the listening address follows when it serves)."""
+    settings, embedder = services.settings, services.embedder
+    loaded, encoder = embedder.loaded, embedder.encoder
+    audio = embedder.audio_model_id or "none"
+    model = (
+        f"{encoder.model_id} (dim {encoder.dim}; {', '.join(embedder.modalities)}; audio {audio})"
+    )
+    if loaded.fallback:
+        model += f": the offline fallback of MMR_MODEL={loaded.requested}"
+    precision = loaded.precision
+    log.info("model      %s", model)
+    log.info(
+        "precision  %s (MMR_PRECISION=%s: %s)",
+        precision.name,
+        precision.requested,
+        precision.reason,
+    )
+    log.info("device     %s", encoder.device)
+    log.info("database   %s", mask_url(settings.resolved_database_url))
+    log.info("data dir   %s", settings.data_dir.resolve())
+    log.info("jobs       %s", jobs)
+    for warning in services.warnings:
+        log.warning("%s", warning)
 
 
 def _snapshot_loop(services: Services, stop: threading.Event) -> None:
@@ -220,6 +241,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Build services off the event loop; on shutdown stop the snapshotter and snapshot."""
     settings: Settings = app.state.settings
     services = await run_in_threadpool(build_services, settings)
+    log_start(
+        services,
+        jobs="run in this process (MMR_WORKER=on)"
+        if settings.worker == "on"
+        else "left to `mmr worker` processes (MMR_WORKER=off)",
+    )
     app.state.services = services
     stop = threading.Event()
     snapshotter = threading.Thread(

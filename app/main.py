@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 
 from fastapi import Depends, FastAPI
@@ -20,6 +19,7 @@ from app.errors import install_error_handlers
 from app.fastpath import FastPath
 from app.lifespan import lifespan
 from app.limits import BODY_WAIT_S, BodySizeLimit
+from app.logs import configure_logging
 from app.metrics import Metrics, MetricsMiddleware
 from app.routers import collections, embed, health, items, jobs, keys, models, search
 from app.settings import Settings, get_settings
@@ -38,7 +38,7 @@ text, by file, by a stored item or by a raw vector. When `MMR_API_KEYS` is set, 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for these settings (the environment's when none are given)."""
     settings = settings or get_settings()
-    logging.basicConfig(level=settings.log_level.upper())
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
     app = FastAPI(
         title="mmr: multimodal retrieval",
         version="0.1.0",

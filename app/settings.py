@@ -229,7 +229,19 @@ class Settings(BaseSettings):
         "gets 503 `query_timeout`. `0` = no limit. Migrations, deleting a collection and "
         "`mmr backup` / `mmr restore` run without it ([limits](security.md#limits)).",
     )
-    log_level: str = Field(default="info", description="`debug`, `info`, `warning` or `error`.")
+    log_level: str = Field(
+        default="info",
+        description="`debug`, `info`, `warning` or `error`: the level of the service's own "
+        "log and uvicorn's; the libraries it loads log their warnings only "
+        "([logging](monitoring.md#logs)).",
+    )
+    log_format: Literal["auto", "text", "json"] = Field(
+        default="auto",
+        description="`text`: a line for people; `json`: one JSON object a line (`time`, "
+        "`level`, `logger`, `message`, and `request_id`, `method`, `route`, `status`, "
+        "`duration_ms` where they apply) for log shippers; `auto`: `text` when stderr is a "
+        "terminal, else `json` ([logging](monitoring.md#logs)).",
+    )
 
     @field_validator("max_upload_mb")
     @classmethod

@@ -66,7 +66,7 @@ class Worker:
         An error (the database gone, most likely) never ends the loop: it retries with
         backoff, so jobs queued during an outage run once the database is back.
         """
-        log.info("worker %s polling for jobs", self.name)
+        log.debug("worker %s polling for jobs", self.name)
         retrier = Retrier(f"worker {self.name}", cap=max(self.settings.job_poll_s, 5.0))
         while not self.stopping.is_set():
             try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from models.encoders.mini.model import CARD_FILE, SHIPPED_DIR, load_mini
 from models.encoders.openclip import Encoder, OpenClipEncoder
 from models.errors import ModelLoadError, UnknownModelError
 from models.runtime.batcher import BatchConfig
+from models.runtime.notices import without_notice
 from models.runtime.precision import FP32, PrecisionChoice, Probe, choose_precision
 
 log = logging.getLogger(__name__)
@@ -268,17 +270,20 @@ def _load_spec(
         if not spec.checkpoint.is_file():
             raise ModelLoadError(f"{model_id}: checkpoint file {spec.checkpoint} does not exist")
         pretrained = str(spec.checkpoint)
+    # random: asks for random weights: open_clip's warning that it made them tells nothing.
+    quiet = without_notice("initialized randomly") if spec.kind == "random" else nullcontext()
     if spec.kind == "random":
         # Seeded so that a restart gives the same space: stored vectors stay comparable.
         torch.manual_seed(RANDOM_SEED)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            spec.arch,
-            pretrained=pretrained,
-            device=device,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            pretrained_text=False,
-        )
+        with quiet:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch,
+                pretrained=pretrained,
+                device=device,
+                cache_dir=str(cache_dir) if cache_dir else None,
+                pretrained_text=False,
+            )
     except CHECKPOINT_ERRORS as exc:
         raise ModelLoadError(f"{model_id}: could not load the weights: {exc}") from exc
     tokenizer = open_clip.get_tokenizer(spec.arch)

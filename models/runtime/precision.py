@@ -455,7 +455,8 @@ def _chosen(encoder: Any, choice: PrecisionChoice) -> PrecisionChoice:
         if choice.probe_min_cosine is None
         else f", probe min cosine {choice.probe_min_cosine:.5f}"
     )
-    log.info(
+    # The start-up block says it (app.lifespan); here for a model loaded later, at debug.
+    log.debug(
         "%s runs in %s (MMR_PRECISION=%s: %s%s)",
         encoder.model_id,
         choice.name,
