@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.logs import request_id
 from app.services.errors import (
     InvalidInput,
     Malformed,
@@ -150,10 +151,11 @@ def describe_error(exc: Exception) -> tuple[int, str, str]:
 def error_body(
     status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """The one error shape of API.md, with the status's headers and any given."""
+    """The one error shape of API.md, with the status's headers and any given, and the id
+    of the request it answers (the X-Request-ID header's, app.access)."""
     return JSONResponse(
         status_code=status,
-        content={"error": {"code": code, "message": message}},
+        content={"error": {"code": code, "message": message, "request_id": request_id.get()}},
         headers={**STATUS_HEADERS.get(status, {}), **(headers or {})} or None,
     )
 

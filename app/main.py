@@ -8,6 +8,7 @@ from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app import openapi, ui
+from app.access import AccessLog
 from app.auth import (
     Authenticate,
     RouteTemplate,
@@ -87,7 +88,8 @@ def _serve_hot_routes_first(app: FastAPI) -> None:
         )
         # Keys first, in front of everything: no layer reads a body for a caller without one.
         # A request with a key counts as work in flight from then on (it reads nothing).
-        return Authenticate(CountInFlight(limited), fastapi=app)
+        # Around it all, the request id and the access line: every answer carries the id.
+        return AccessLog(Authenticate(CountInFlight(limited), fastapi=app))
 
     app.build_middleware_stack = build_stack  # type: ignore[method-assign]
 

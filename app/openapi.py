@@ -38,14 +38,32 @@ WRITE_METHODS = frozenset({"post", "put", "patch", "delete"})
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 ERROR_BODY = {
     "title": "ErrorBody",
-    "description": "Every non-2xx answer: what went wrong (`code`) and what to do (`message`).",
+    "description": "Every non-2xx answer: what went wrong (`code`), what to do (`message`) "
+    "and the request's id, as in its `X-Request-ID` header and the server's log.",
     "type": "object",
     "required": ["error"],
-    "properties": {"error": {"$ref": "#/components/schemas/ErrorDetail"}},
+    "properties": {"error": {"$ref": "#/components/schemas/RequestError"}},
 }
+REQUEST_ERROR = {
+    "title": "RequestError",
+    "description": "The error of a failed call.",
+    "type": "object",
+    "required": ["code", "message", "request_id"],
+    "properties": {
+        "code": {"type": "string", "title": "Code", "description": "snake_case, stable"},
+        "message": {"type": "string", "title": "Message", "description": "for people"},
+        "request_id": {
+            "type": "string",
+            "title": "Request Id",
+            "description": "the X-Request-ID of the answer: the client's when it sent a sane "
+            "one, else one the server made; the server's log lines of the request carry it",
+        },
+    },
+}
+EXAMPLE_REQUEST_ID = "5f0c6d1e8a2b4c7d9e1f2a3b4c5d6e7f"
 ERROR_DETAIL = {
     "title": "ErrorDetail",
-    "description": "The error of a failed call or batch entry.",
+    "description": "The error of one entry of a batch (a failed call's is RequestError).",
     "type": "object",
     "required": ["code", "message"],
     "properties": {
@@ -174,6 +192,7 @@ def complete(
     (``dim``: the active model's, which a pq index's ``pq_m`` must divide)."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components["ErrorBody"] = ERROR_BODY
+    components["RequestError"] = REQUEST_ERROR
     components["ErrorDetail"] = ERROR_DETAIL
     components["MetadataValue"] = metadata_value()
     for name in ("HTTPValidationError", "ValidationError"):
@@ -271,6 +290,7 @@ def _document_errors(path: str, method: str, operation: dict[str, Any]) -> None:
         described, code, message = STATUSES.get(status, ("Error", "error", "what went wrong"))
         declared = responses.get(str(status), {})
         example = declared.pop("x-example", {"code": code, "message": message})
+        example = {**example, "request_id": EXAMPLE_REQUEST_ID}
         description = declared.get("description")
         if not description or description == "Validation Error":
             description = described

@@ -100,7 +100,8 @@ def error_code(response: Any) -> str:
     """The API error code of a non-2xx response (and checks its shape)."""
     body = response.json()
     assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"code", "message"}, body
+    assert set(body["error"]) == {"code", "message", "request_id"}, body
     assert body["error"]["message"], body
+    assert body["error"]["request_id"] == response.headers["x-request-id"], body
     code: str = body["error"]["code"]
     return code

@@ -33,6 +33,7 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access import ROUTE
 from app.auth import principal_of_scope
 from app.errors import describe_error, error_body
 from app.fastpath import embed, search
@@ -82,6 +83,7 @@ class FastPath:
         if route is None or matched is None or services is None or principal is None:
             await self.app(scope, receive, send)
             return
+        scope[ROUTE] = route.template  # the access log's route (app.access)
         # The stores as the key sees them: embed's `collection` is in the body.
         services = services.seen_by(principal)
         headers = Headers(scope=scope)

@@ -37,7 +37,7 @@ NoBool = BeforeValidator(_not_a_bool)
 
 
 class ErrorDetail(BaseModel):
-    """The error of a failed call or batch entry."""
+    """The error of one entry of a batch (a failed call's body is app.errors.error_body)."""
 
     code: str
     message: str

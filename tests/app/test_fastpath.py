@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 import app.fastpath as fastpath
 import app.fastpath.pool as fastpool
 import app.fastpath.search as fastsearch
+from app.access import AccessLog
 from app.auth import Authenticate
 from app.limits import BodySizeLimit
 from app.main import CountInFlight, create_app
@@ -96,11 +97,12 @@ def test_errors_are_answered_as_the_route_answers_them(
 def test_a_search_error_is_answered_in_place_with_the_routes_body(
     client: TestClient, served: list[str]
 ) -> None:
-    fast = client.post(PATH.format("missing"), json={"text": "x"})
+    same = {"x-request-id": "same-request"}  # an error body repeats the request's id
+    fast = client.post(PATH.format("missing"), json={"text": "x"}, headers=same)
     routed = client.post(
         PATH.format("missing"),
         content=chunked(b'{"text": "x"}'),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **same},
     )
     assert fast.status_code == routed.status_code == 404
     assert fast.json() == routed.json() and error_code(fast) == "not_found"
@@ -211,10 +213,12 @@ def test_a_big_scan_goes_to_the_pool(
 
 
 def test_the_fast_path_sits_outside_fastapis_own_layers(client: TestClient) -> None:
-    """Only the key check (which reads no body), the count of work in flight (which reads
-    nothing) and the bodies' cap and budget (which count the bytes as the fast path reads
-    them) stand in front of it."""
-    stack = client.app.middleware_stack  # type: ignore[attr-defined]
+    """Only the request id and access line (which read headers), the key check (which reads
+    no body), the count of work in flight (which reads nothing) and the bodies' cap and
+    budget (which count the bytes as the fast path reads them) stand in front of it."""
+    outermost = client.app.middleware_stack  # type: ignore[attr-defined]
+    assert isinstance(outermost, AccessLog)
+    stack = outermost.app
     assert isinstance(stack, Authenticate)
     assert isinstance(stack.app, CountInFlight)
     assert isinstance(stack.app.app, BodySizeLimit)

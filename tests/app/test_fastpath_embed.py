@@ -54,9 +54,11 @@ def chunked(body: bytes) -> Iterator[bytes]:
 
 
 def both(client: TestClient, body: bytes, ctype: str) -> tuple[Any, Any]:
-    """The same request answered by the fast path and by the route."""
-    fast = client.post("/v1/embed", content=body, headers={"content-type": ctype})
-    routed = client.post("/v1/embed", content=chunked(body), headers={"content-type": ctype})
+    """The same request answered by the fast path and by the route (with one request id,
+    which an error body repeats)."""
+    headers = {"content-type": ctype, "x-request-id": "same-request"}
+    fast = client.post("/v1/embed", content=body, headers=headers)
+    routed = client.post("/v1/embed", content=chunked(body), headers=headers)
     return fast, routed
 
 

@@ -94,7 +94,8 @@ class World:
             self.path(template, c),
             json=route.json(c) if route.json else None,
             params=route.query(c) if route.query else None,
-            headers=self.keys[scope],
+            # One request id for all: an error body repeats it, and answers are compared.
+            headers={**self.keys[scope], "X-Request-ID": "isolation"},
         )
 
 
@@ -187,8 +188,9 @@ def test_listings_show_only_its_collections(world: World) -> None:
 
 def test_search_reaches_only_its_own_items(world: World) -> None:
     reader, c = world.keys["read"], f"/v1/collections/{MINE}/search"
-    by_theirs = world.client.post(c, json={"item_id": f"doc-{THEIRS}"}, headers=reader)
-    by_nobodys = world.client.post(c, json={"item_id": f"doc-{NOBODYS}"}, headers=reader)
+    same = {**reader, "X-Request-ID": "same-request"}  # the error body repeats the id
+    by_theirs = world.client.post(c, json={"item_id": f"doc-{THEIRS}"}, headers=same)
+    by_nobodys = world.client.post(c, json={"item_id": f"doc-{NOBODYS}"}, headers=same)
     assert by_theirs.status_code == by_nobodys.status_code == 404
     assert by_theirs.text.replace(THEIRS, NOBODYS) == by_nobodys.text
     dim = world.client.get(f"/v1/collections/{MINE}", headers=reader).json()["dim"]

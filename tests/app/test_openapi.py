@@ -91,7 +91,10 @@ def test_every_error_answer_has_the_error_body_and_an_example(doc: dict[str, Any
                 continue
             media = response["content"]["application/json"]
             assert media["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
-            assert set(media["example"]["error"]) == {"code", "message"}, (path, status)
+            assert set(media["example"]["error"]) == {"code", "message", "request_id"}, (
+                path,
+                status,
+            )
             if status in ("429", "503"):
                 assert "Retry-After" in response["headers"]
 
