@@ -131,6 +131,7 @@ def _uvicorn_logging(settings: Settings) -> dict[str, Any]:
 
 
 def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int:
+    from app.progress import Stages
     from models.encoders.mini.encoder import MiniEncoder
     from models.encoders.mini.model import CARD_FILE, load_mini, read_card
     from models.training.evaluate import as_card, evaluate, format_table
@@ -139,9 +140,10 @@ def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int
     cfg = TrainConfig(seed=seed)
     if steps is not None:
         cfg = dataclasses.replace(cfg, steps=steps)
-    train_mini(cfg, out, log=_say)
-    encoder = MiniEncoder(model_id=f"mmr-mini@{out}", model=load_mini(out), device="cpu")
-    results = evaluate(encoder, audio=encoder.audio, pairs=eval_pairs)
+    with Stages() as stages:
+        train_mini(cfg, out, log=stages.say, progress=stages)
+        encoder = MiniEncoder(model_id=f"mmr-mini@{out}", model=load_mini(out), device="cpu")
+        results = evaluate(encoder, audio=encoder.audio, pairs=eval_pairs, progress=stages)
     card = read_card(out)
     card["evaluation"] = as_card(results, pairs=eval_pairs)
     (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
@@ -151,6 +153,7 @@ def _train_mini(out: Path, steps: int | None, seed: int, eval_pairs: int) -> int
 
 
 def _eval(model_id: str, pairs: int, seed: int) -> int:
+    from app.progress import Stages
     from models.encoders.registry import load_model
     from models.errors import ModelLoadError
     from models.training.evaluate import evaluate, format_table
@@ -160,7 +163,11 @@ def _eval(model_id: str, pairs: int, seed: int) -> int:
     except ModelLoadError as exc:
         _say(f"mmr eval: {exc}")
         return 1
-    _say(format_table(evaluate(loaded.encoder, audio=loaded.audio, pairs=pairs, seed=seed)))
+    with Stages() as stages:
+        results = evaluate(
+            loaded.encoder, audio=loaded.audio, pairs=pairs, seed=seed, progress=stages
+        )
+    _say(format_table(results))
     return 0
 
 
@@ -195,6 +202,7 @@ def _worker() -> int:
 
 
 def _bootstrap_audio(args: argparse.Namespace) -> int:
+    from app.progress import Stages
     from app.settings import get_settings
     from models.encoders.aligner import needs_bridge
     from models.encoders.registry import load_model
@@ -222,9 +230,15 @@ def _bootstrap_audio(args: argparse.Namespace) -> int:
     corpus = args.corpus.name if args.corpus else SHIPPED_CAPTIONS.name
     cfg = FitConfig(holdout=args.holdout, seed=args.seed)
     _say(f"embedding {len(captions)} captions with both text towers, then fitting the head")
-    aligner = build_bridge(
-        loaded.encoder, loaded.audio, captions=captions, cfg=cfg, corpus_name=corpus
-    )
+    with Stages() as stages:
+        aligner = build_bridge(
+            loaded.encoder,
+            loaded.audio,
+            captions=captions,
+            cfg=cfg,
+            corpus_name=corpus,
+            progress=stages,
+        )
     out = args.out or bridge_file(
         settings.data_dir / "aligners", loaded.encoder, loaded.audio, captions
     )
@@ -262,9 +276,13 @@ def _tiny_clap(out: Path, seed: int) -> int:
 
 
 def _world(out: Path, images: int, sounds: int, seed: int, style: str) -> int:
+    from app.progress import Stages
     from models.synth.world.pairs import write_demo_set
 
-    manifest = write_demo_set(out, n_images=images, n_sounds=sounds, seed=seed, style=style)
+    with Stages() as stages:
+        manifest = write_demo_set(
+            out, n_images=images, n_sounds=sounds, seed=seed, style=style, progress=stages
+        )
     _say(f"wrote {images} images and {sounds} sounds; captions in {manifest}")
     return 0
 

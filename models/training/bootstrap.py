@@ -23,7 +23,7 @@ from models.training.batches import ShuffledChunks
 from models.training.budget import Budget
 from models.training.contrastive import INIT_SCALE, MAX_LOGIT_SCALE, contrastive_loss
 from models.training.early_stop import EarlyStop
-from models.training.loop import Outcome, StepLoss, train_epochs
+from models.training.loop import EpochEnd, Outcome, Progress, StepLoss, train_epochs
 from models.training.optimiser import Stepper, epoch_schedule
 from models.training.validation import (
     KS,
@@ -110,13 +110,15 @@ def fit_linear_head(
     *,
     cfg: FitConfig = FitConfig(),
     start: AlignerHead | None = None,
+    progress: Progress | None = None,
 ) -> tuple[AlignerHead, FitReport]:
     """Fit a linear head taking ``source`` rows onto the paired ``target`` rows.
 
     ``before`` is the held-out recall of ``start`` or, without one, chance (k / held-out).
     ``init`` follows the ridge initialisation (or ``start`` itself); ``after`` is the best
     held-out state seen while training, so it never falls below ``init`` on mean recall.
-    The same inputs and seed give the same head bytes.
+    The same inputs and seed give the same head bytes. ``progress`` hears of each epoch
+    (training may stop early, short of ``cfg.max_epochs``).
     """
     budget = Budget.start(cfg.max_seconds)
     x, y = _checked(source, target)
@@ -134,7 +136,7 @@ def fit_linear_head(
         before = _chance(len(held))
         w0, b0 = _ridge(x[train], y[train], cfg.ridge)
     init = pair_recall(AlignerHead.linear(w0, b0).project(x[held]), y[held])
-    state, outcome = _train(x[train], y[train], x[held], y[held], (w0, b0), cfg, budget)
+    state, outcome = _train(x[train], y[train], x[held], y[held], (w0, b0), cfg, budget, progress)
     head = AlignerHead.linear(state.w.numpy(), state.b.numpy())
     report = FitReport(
         pairs=len(x),
@@ -190,6 +192,7 @@ def _train(
     init: tuple[np.ndarray, np.ndarray],
     cfg: FitConfig,
     budget: Budget,
+    progress: Progress | None = None,
 ) -> tuple[_State, Outcome]:
     """Contrastive fine-tuning from ``init``; returns the best state and how training ended."""
     xt, yt, xht, yht = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, xh, yh))
@@ -212,8 +215,13 @@ def _train(
         max_epochs=cfg.max_epochs,
         budget=budget,
         early_stop=early,
+        on_epoch=None if progress is None else _epochs(progress, cfg.max_epochs),
     )
     return early.best, outcome
+
+
+def _epochs(progress: Progress, total: int) -> Callable[[EpochEnd], None]:
+    return lambda end: progress("fitting the head", end.epoch, total)
 
 
 def bootstrap_audio_head(
@@ -223,6 +231,7 @@ def bootstrap_audio_head(
     target_text: Callable[[list[str]], np.ndarray],
     cfg: FitConfig = FitConfig(),
     batch: int = 64,
+    progress: Progress | None = None,
 ) -> tuple[AlignerHead, FitReport]:
     """Fit the CLAP-audio -> CLIP head from text alone.
 
@@ -235,14 +244,24 @@ def bootstrap_audio_head(
     texts = list(dict.fromkeys(c.strip() for c in captions if c.strip()))
     if len(texts) < MIN_PAIRS:
         raise ValueError(f"need at least {MIN_PAIRS} distinct captions, got {len(texts)}")
-    source = _embed(source_text, texts, batch)
-    target = _embed(target_text, texts, batch)
-    head, report = fit_linear_head(source, target, cfg=cfg)
+    said = progress or _silent
+    source = _embed(
+        source_text, texts, batch, lambda n: said("captions, audio model", n, len(texts))
+    )
+    target = _embed(
+        target_text, texts, batch, lambda n: said("captions, image model", n, len(texts))
+    )
+    head, report = fit_linear_head(source, target, cfg=cfg, progress=progress)
     extra = {**report.extra, "captions": len(captions), "distinct_captions": len(texts)}
     return head, replace(report, extra=extra)
 
 
-def _embed(fn: Callable[[list[str]], np.ndarray], texts: list[str], batch: int) -> np.ndarray:
+def _embed(
+    fn: Callable[[list[str]], np.ndarray],
+    texts: list[str],
+    batch: int,
+    done: Callable[[int], None],
+) -> np.ndarray:
     """Embed in batches, checking each batch returns one row per text."""
     parts = []
     for i in range(0, len(texts), batch):
@@ -251,4 +270,9 @@ def _embed(fn: Callable[[list[str]], np.ndarray], texts: list[str], batch: int) 
         if out.ndim != 2 or len(out) != len(chunk):
             raise ValueError(f"text embedder returned {out.shape} for {len(chunk)} captions")
         parts.append(out)
+        done(i + len(chunk))
     return np.concatenate(parts)
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    pass

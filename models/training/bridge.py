@@ -34,6 +34,7 @@ from models.encoders.openclip import Encoder
 from models.errors import ModelLoadError
 from models.synth.captions.sound_captions import SHIPPED_CAPTIONS, load_sound_captions
 from models.training.bootstrap import FitConfig, bootstrap_audio_head
+from models.training.loop import Progress
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,18 @@ def build_bridge(
     captions: Sequence[str],
     cfg: FitConfig = FitConfig(),
     corpus_name: str = "shipped",
+    progress: Progress | None = None,
 ) -> Aligner:
-    """Identity image and text heads plus an audio head bootstrapped from captions."""
+    """Identity image and text heads plus an audio head bootstrapped from captions
+    (``progress`` hears of the captions embedded and the epochs fitted)."""
     tower = _text_tower(audio)
     started = time.monotonic()
     head, report = bootstrap_audio_head(
-        captions=captions, source_text=tower, target_text=encoder.encode_texts, cfg=cfg
+        captions=captions,
+        source_text=tower,
+        target_text=encoder.encode_texts,
+        cfg=cfg,
+        progress=progress,
     )
     base = identity_aligner(encoder, None)
     return base.with_head(

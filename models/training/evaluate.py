@@ -22,6 +22,7 @@ from models.synth.world.images import image_file_bytes
 from models.synth.world.pairs import audio_pairs, image_pairs
 from models.synth.world.sounds import audio_file_bytes
 from models.synth.world.vocabulary import Caption, Thing, describes
+from models.training.loop import Progress
 
 KS = (1, 5, 10)
 SETS = {"held-out": "train", "shifted": "shifted"}
@@ -60,10 +61,10 @@ def _both_ways(
 ) -> list[Recall]:
     """text->media with every caption as a query, and media->text over the distinct captions
     (a gallery of repeated texts would fill the top k with copies of one answer)."""
-    texts = _embed(encoder.encode_texts, [c.text for c in captions])
+    texts = _embed(encoder.encode_texts, [c.text for c in captions], _unsaid)
     rel = relevance(captions, things)
     distinct = list({c.text: c for c in captions}.values())
-    gallery = _embed(encoder.encode_texts, [c.text for c in distinct])
+    gallery = _embed(encoder.encode_texts, [c.text for c in distinct], _unsaid)
     rel_back = relevance(distinct, things).T
     out = []
     for label, rows in (("all", np.ones(len(things), dtype=bool)), ("two shapes", subset)):
@@ -78,31 +79,53 @@ def _both_ways(
 
 
 def evaluate(
-    encoder: Encoder, *, audio: AudioEncoder | None = None, pairs: int = 600, seed: int = 1000
+    encoder: Encoder,
+    *,
+    audio: AudioEncoder | None = None,
+    pairs: int = 600,
+    seed: int = 1000,
+    progress: Progress | None = None,
 ) -> dict[str, list[Recall]]:
     """Recall tables per evaluation set ("held-out": training renderer, new seed;
-    "shifted": the other renderer and synthesiser)."""
+    "shifted": the other renderer and synthesiser). ``progress(stage, done, total)`` hears
+    of each batch of media encoded."""
     results: dict[str, list[Recall]] = {}
     for offset, (set_name, style) in enumerate(SETS.items()):
         base = seed + 100 * offset
-        results[set_name] = _image_recalls(encoder, pairs, base, style)
+        said = _stage(progress, f"encoding {set_name} images")
+        results[set_name] = _image_recalls(encoder, pairs, base, style, said)
         if audio is not None:
-            results[set_name] += _audio_recalls(encoder, audio, pairs, base + 1, style)
+            said = _stage(progress, f"encoding {set_name} sounds")
+            results[set_name] += _audio_recalls(encoder, audio, pairs, base + 1, style, said)
     return results
 
 
-def _image_recalls(encoder: Encoder, n: int, seed: int, style: str) -> list[Recall]:
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None]:
+    """``(done, total)`` of one stage, told to ``progress`` (or to nobody)."""
+    if progress is None:
+        return _unsaid
+    return lambda done, total: progress(stage, done, total)
+
+
+def _image_recalls(
+    encoder: Encoder, n: int, seed: int, style: str, said: Callable[[int, int], None]
+) -> list[Recall]:
     pairs = image_pairs(n, seed=seed, style=style)
     rng = np.random.default_rng(seed)
     images = [decode_image(image_file_bytes(p.image, rng)[0], max_pixels=MAX_PIXELS) for p in pairs]
-    media = _embed(encoder.encode_images, images)
+    media = _embed(encoder.encode_images, images, said)
     two = np.array([len(p.scene.objects) == 2 for p in pairs])
     captions, scenes = [p.caption for p in pairs], [p.scene for p in pairs]
     return _both_ways(encoder, "image", media, captions, scenes, two)
 
 
 def _audio_recalls(
-    encoder: Encoder, audio: AudioEncoder, n: int, seed: int, style: str
+    encoder: Encoder,
+    audio: AudioEncoder,
+    n: int,
+    seed: int,
+    style: str,
+    said: Callable[[int, int], None],
 ) -> list[Recall]:
     """Audio against captions; a clip is the mean of its segments, as a search query is."""
     pairs = audio_pairs(n, seed=seed, style=style)
@@ -114,7 +137,7 @@ def _audio_recalls(
         )
         for p in pairs
     ]
-    media = _embed(lambda batch: _clips(audio.encode_audio(batch)), waves)
+    media = _embed(lambda batch: _clips(audio.encode_audio(batch)), waves, said)
     captions, sounds = [p.caption for p in pairs], [p.sound for p in pairs]
     return _both_ways(encoder, "audio", media, captions, sounds, None)
 
@@ -123,8 +146,19 @@ def _clips(recordings: Sequence[AudioSegments]) -> np.ndarray:
     return np.stack([pooled(l2_normalize(r.features)) for r in recordings])
 
 
-def _embed(fn: Callable[[Sequence[Any]], np.ndarray], items: Sequence[Any]) -> np.ndarray:
-    parts = [fn(items[i : i + 128]) for i in range(0, len(items), 128)]
+def _unsaid(done: int, total: int) -> None:
+    pass
+
+
+def _embed(
+    fn: Callable[[Sequence[Any]], np.ndarray],
+    items: Sequence[Any],
+    said: Callable[[int, int], None],
+) -> np.ndarray:
+    parts = []
+    for i in range(0, len(items), 128):
+        parts.append(fn(items[i : i + 128]))
+        said(min(i + 128, len(items)), len(items))
     return l2_normalize(np.concatenate(parts))
 
 

@@ -30,6 +30,9 @@ from models.training.early_stop import EarlyStop
 from models.training.optimiser import Stepper
 
 B = TypeVar("B")
+# (stage, done, total): how far a long run is, told to whoever runs it (the command line
+# shows it as a bar or as plain lines, app.progress).
+Progress = Callable[[str, int, int], None]
 
 
 class Cancelled(Exception):

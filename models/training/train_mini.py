@@ -18,7 +18,7 @@ import functools
 import multiprocessing
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ from models.synth.world.vocabulary import (
 from models.training.batches import Steps
 from models.training.budget import Budget
 from models.training.contrastive import contrastive_loss, cosine_lr
-from models.training.loop import StepLoss, train_epochs
+from models.training.loop import Progress, StepLoss, train_epochs
 from models.training.optimiser import Stepper
 
 Log = Callable[[str], None]
@@ -82,7 +82,9 @@ class Pool:
     caption: Callable[[Thing, random.Random], Caption]
 
 
-def build_image_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
+def build_image_pool(
+    cfg: TrainConfig, model: MiniModel, log: Log, progress: Progress | None = None
+) -> Pool:
     """Render, preprocess and stack the training images (float16 to halve the memory).
 
     Items 2i and 2i+1 are a scene and its sibling (one attribute changed, ``vary_scene``).
@@ -97,6 +99,8 @@ def build_image_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
         for scene, image in chunk:
             scenes.append(scene)
             pixels.append(model.preprocess(image).half())
+        if progress is not None:
+            progress("rendering images", len(scenes), 2 * (cfg.image_pool // 2))
     log(f"image pool: {len(scenes)} renders in {time.monotonic() - start:.0f} s")
     return Pool(torch.stack(pixels), scenes, _recaption_image)
 
@@ -112,7 +116,9 @@ def _render_chunk(job: tuple[int, int, int, float]) -> list[tuple[Scene, Image.I
     return out
 
 
-def build_audio_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
+def build_audio_pool(
+    cfg: TrainConfig, model: MiniModel, log: Log, progress: Progress | None = None
+) -> Pool:
     """Synthesise clips, resample them to the tower's rate and precompute log-mels."""
     start = time.monotonic()
     rate = model.audio_cfg.sample_rate
@@ -125,6 +131,8 @@ def build_audio_pool(cfg: TrainConfig, model: MiniModel, log: Log) -> Pool:
         for sound, wave in chunk:
             sounds.append(sound)
             waves.append(pad_window(wave, model.audio_cfg))
+        if progress is not None:
+            progress("synthesising sounds", len(sounds), cfg.audio_pool)
     mels = []
     with torch.inference_mode():
         for i in range(0, len(waves), 256):
@@ -142,14 +150,16 @@ def _synth_chunk(job: tuple[int, int, int, int]) -> list[tuple[Sound, np.ndarray
     return out
 
 
-def _parallel(fn: Callable[[Any], list[Any]], jobs: list[Any], workers: int) -> list[list[Any]]:
+def _parallel(fn: Callable[[Any], list[Any]], jobs: list[Any], workers: int) -> Iterator[list[Any]]:
     """Generation is pure numpy/Pillow work: spread it over processes (spawned, so no
-    process inherits torch's thread pools)."""
+    process inherits torch's thread pools). Results come in the jobs' order, each as soon as
+    it and those before it are done."""
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(job) for job in jobs]
+        yield from (fn(job) for job in jobs)
+        return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        return list(pool.map(fn, jobs))
+        yield from pool.map(fn, jobs)
 
 
 def _resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -294,15 +304,18 @@ class _Objective:
         return StepLoss(minimise=loss, report=loss_img)
 
 
-def train_mini(cfg: TrainConfig, out_dir: Path, *, log: Log = print) -> dict[str, Any]:
-    """Train from scratch and write ``out_dir``; returns the model card (without evaluation)."""
+def train_mini(
+    cfg: TrainConfig, out_dir: Path, *, log: Log = print, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train from scratch and write ``out_dir``; returns the model card (without evaluation).
+    ``log`` hears the losses every 25 steps, ``progress(stage, done, total)`` every step."""
     torch.set_num_threads(cfg.threads)
     torch.set_flush_denormal(True)  # denormal floats slow CPU kernels down by orders of magnitude
     torch.manual_seed(cfg.seed)
     budget = Budget.start()
     model = MiniModel()
-    images = build_image_pool(cfg, model, log)
-    sounds = build_audio_pool(cfg, model, log)
+    images = build_image_pool(cfg, model, log, progress)
+    sounds = build_audio_pool(cfg, model, log, progress)
     heads = AttributeHeads(model.audio.proj.out_features, IMAGE_FACTS)
     model.train()
     named = [*model.named_parameters(), *heads.named_parameters(prefix="heads")]
@@ -316,6 +329,8 @@ def train_mini(cfg: TrainConfig, out_dir: Path, *, log: Log = print) -> dict[str
     objective = _Objective(model, images, sounds, heads, cfg)
 
     def log_step(step: int, loss: StepLoss) -> None:
+        if progress is not None:
+            progress("training", step + 1, cfg.steps)
         if step % 25 == 0 or step == cfg.steps - 1:
             log(
                 f"step {step:4d}/{cfg.steps}  image-text (+ probes) {loss.report.item():.3f}  "

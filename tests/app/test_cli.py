@@ -77,8 +77,12 @@ def test_tiny_clap_then_bootstrap_audio_writes_a_head_the_server_reads(
         assert main([*argv, "--audio-model", f"clap:{tmp_path / 'clap'}"]) == 0
     finally:
         get_settings.cache_clear()
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "| contrastive |" in out and "MMR_AUDIO_HEAD=" in out
+    # Progress, as plain lines away from a terminal: both towers' captions, then the epochs.
+    assert "captions, audio model: 200/200 (100%)" in err
+    assert "captions, image model: 200/200 (100%)" in err
+    assert "fitting the head: " in err
     (written,) = (tmp_path / "data" / "aligners").glob("*.safetensors")
     aligner = Aligner.load(written)
     assert aligner.meta["corpus"] == "captions.txt" and aligner.heads["audio"].kind == "linear"

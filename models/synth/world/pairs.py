@@ -8,6 +8,7 @@ changing the caption detail or the rendering style leaves the rest of the item u
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from models.synth.world.sounds import (
 from models.synth.world.vocabulary import Caption
 
 _IMAGE, _AUDIO = 0, 1  # stream tags: a seed's images and sounds are independent
+# (stage, done, total): how a long run says how far it is (the command line shows it).
+Progress = Callable[[str, int, int], None]
 _EXTENSIONS = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -119,23 +122,39 @@ def audio_pairs(
 
 
 def write_demo_set(
-    out_dir: Path, *, n_images: int, n_sounds: int, seed: int, style: str = "train"
+    out_dir: Path,
+    *,
+    n_images: int,
+    n_sounds: int,
+    seed: int,
+    style: str = "train",
+    progress: Progress | None = None,
 ) -> Path:
-    """Write image and audio files plus manifest.jsonl into out_dir; return the manifest path."""
+    """Write image and audio files plus manifest.jsonl into out_dir; return the manifest path.
+    ``progress(stage, done, total)`` hears of each file written."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    report = progress or _silent
     records = []
-    for i, pair in enumerate(image_pairs(n_images, seed=seed, style=style)):
+    for i in range(n_images):  # made one at a time (as image_pairs does), so each is reported
+        pair = image_pair(seed, i, style=style)
         data, mime = image_file_bytes(pair.image, item_rngs(seed, _IMAGE, i)[3])
         name = f"image_{i:05d}_{_slug(pair.scene)}{_EXTENSIONS[mime]}"
         records.append(_record(out_dir / name, data, "image", pair.caption, pair.scene))
-    for i, sound_pair in enumerate(audio_pairs(n_sounds, seed=seed, style=style)):
+        report("writing images", i + 1, n_images)
+    for i in range(n_sounds):
+        sound_pair = audio_pair(seed, i, style=style)
         encoding = item_rngs(seed, _AUDIO, i)[3]
         data, mime = audio_file_bytes(sound_pair.wave, sound_pair.sample_rate, encoding)
         name = f"audio_{i:05d}_{_slug(sound_pair.sound)}{_EXTENSIONS[mime]}"
         records.append(_record(out_dir / name, data, "audio", sound_pair.caption, sound_pair.sound))
+        report("writing sounds", i + 1, n_sounds)
     manifest = out_dir / "manifest.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return manifest
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    pass
 
 
 def _slug(thing: Scene | Sound) -> str:
