@@ -39,6 +39,7 @@ _CONTENT_TYPE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+/[!#$%&'*+.^_`|~0-9A-Za
 MAX_PARTS = 1000
 MAX_FIELD_BYTES = 1024 * 1024
 MAX_HEAD_BYTES = 16 * 1024
+MAX_HEAD_LINE = 4096  # python-multipart refuses a header line over 4,224 bytes
 SPILL_BYTES = 256 * 1024  # a part's bytes kept in the read buffer before they move out
 _CRLF, _HEAD_END, _CLOSE = b"\r\n", b"\r\n\r\n", b"--"
 _OPEN, _HEAD, _BODY, _END = range(4)  # where a reader is in the body
@@ -60,7 +61,7 @@ def boundary_of(content_type: str) -> bytes | None:
     media, _, params = content_type.partition(";")
     if media != "multipart/form-data":  # exactly as the route tells it (app.routers.body)
         return None
-    found = _BOUNDARY.fullmatch(params.strip())
+    found = _BOUNDARY.fullmatch(params.strip(" \t"))  # only what python-multipart strips
     if found is None:
         return None
     return (found.group(1) or found.group(2)).encode("ascii")
@@ -138,12 +139,16 @@ class PartReader:
                     self._refuse()
                     return
                 self._take(len(opening), opening)
-                self._state = _HEAD
+                self._state, self._scan = _HEAD, self._pos
             elif self._state == _HEAD:
-                end = buf.find(_HEAD_END, self._pos, self._pos + MAX_HEAD_BYTES + len(_HEAD_END))
+                # From where the last chunk's search stopped: a head fed a byte at a time is
+                # not searched again from its start each time.
+                since = max(self._pos, self._scan)
+                end = buf.find(_HEAD_END, since, self._pos + MAX_HEAD_BYTES + len(_HEAD_END))
                 if end < 0:
                     if left >= MAX_HEAD_BYTES + len(_HEAD_END):
                         self._refuse()
+                    self._scan = max(self._pos, len(buf) - len(_HEAD_END) + 1)
                     return
                 head = bytes(buf[self._pos : end])
                 part = _read_head(head)
@@ -194,7 +199,7 @@ class PartReader:
             return False
         self._take(found - self._pos, content)
         self._take(len(delimiter) + 2, delimiter + after)
-        self._state = _HEAD if after == _CRLF else _END
+        self._state, self._scan = (_HEAD if after == _CRLF else _END), self._pos
         return True
 
     def _keep(self, content: bytes) -> bool:
@@ -225,7 +230,9 @@ def _read_head(head: bytes) -> tuple[str, str | None] | None:
         name, colon, value = line.partition(b":")
         if not colon or b"\r" in line or b"\n" in line:  # a lone CR or LF: not plain
             return None
-        name, value = name.lower(), value.strip()
+        if len(line) > MAX_HEAD_LINE:  # python-multipart refuses a longer one
+            return None
+        name, value = name.lower(), value.strip(b" \t")  # python-multipart's white space
         if name == b"content-disposition" and disposition is None:
             disposition = _DISPOSITION.fullmatch(value)
             if disposition is None:

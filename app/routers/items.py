@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, BinaryIO
 
 from fastapi import APIRouter, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -410,10 +410,11 @@ def item_content(
     """The original bytes, with their content type. Answers a single `Range: bytes=...`
     (206; an audio player seeks with it) and `If-None-Match` with the `ETag` it gives (the
     content's sha256)."""
-    data, content_type, sha256 = svc.item_content_tagged(
+    original = svc.open_original(
         collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
     )
-    return ranged(request, data, content_type, etag=f'"{sha256}"')
+    body = original.data if original.file is None else original.file
+    return ranged(request, body, original.size, original.content_type, etag=f'"{original.sha256}"')
 
 
 @router.get(
@@ -445,32 +446,66 @@ def item_thumbnail(
         name=name,
         item_id=item_id,
     )
-    return ranged(request, jpeg, "image/jpeg", etag=f'"{sha256}-{THUMB_SIDE}"')
+    return ranged(request, jpeg, len(jpeg), "image/jpeg", etag=f'"{sha256}-{THUMB_SIDE}"')
 
 
-def ranged(request: Request, data: bytes, content_type: str, *, etag: str) -> Response:
-    """The bytes, or the one range a ``Range`` header names (206), or 304 for a matching
-    ``If-None-Match``. Revalidated on every use (``no-cache``): an id posted again may name
-    other bytes. A Range that is not one plain ``bytes=`` range is ignored (RFC 9110)."""
+def ranged(
+    request: Request, body: bytes | BinaryIO, size: int, content_type: str, *, etag: str
+) -> Response:
+    """The body (bytes, or an open file sent as it is read and then closed), or the one range
+    a ``Range`` header names (206), or 304 for an ``If-None-Match`` that names its ``ETag``.
+    Revalidated on every use (``no-cache``): an id posted again may name other bytes, which is
+    also why a Range whose ``If-Range`` names another ETag gets the whole. A Range that is not
+    one plain ``bytes=`` range is ignored (RFC 9110)."""
     headers = {"ETag": etag, "Cache-Control": "private, no-cache", "Accept-Ranges": "bytes"}
-    if etag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
+    if _names(request.headers.get("if-none-match", ""), etag):
+        _close(body)
         return Response(status_code=304, headers=headers)
-    wanted = _one_range(request.headers.get("range", ""), len(data))
-    if wanted is None:
-        return Response(content=data, media_type=content_type, headers=headers)
-    first, last = wanted
-    if first >= len(data):
-        return error_body(
-            416,
-            "range_not_satisfiable",
-            f"the range starts at byte {first}, past the end of the {len(data)} bytes; ask "
-            "for a range within them, or for the whole without a Range header",
-            headers={"Content-Range": f"bytes */{len(data)}"},
-        )
-    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
-    return Response(
-        content=data[first : last + 1], status_code=206, media_type=content_type, headers=headers
-    )
+    if_range = request.headers.get("if-range")
+    wanted = None
+    if if_range is None or if_range.strip() == etag:
+        wanted = _one_range(request.headers.get("range", ""), size)
+    status, first, last = 200, 0, size - 1
+    if wanted is not None:
+        status, (first, last) = 206, wanted
+        if first >= size:
+            _close(body)
+            return error_body(
+                416,
+                "range_not_satisfiable",
+                f"the range starts at byte {first}, past the end of the {size} bytes; ask "
+                "for a range within them, or for the whole without a Range header",
+                headers={"Content-Range": f"bytes */{size}"},
+            )
+        headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    if isinstance(body, bytes):
+        return Response(body[first : last + 1], status, headers, media_type=content_type)
+    headers["Content-Length"] = str(last + 1 - first)
+    chunks = _file_chunks(body, first, last + 1 - first)
+    return StreamingResponse(chunks, status, headers, media_type=content_type)
+
+
+def _names(header: str, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names the ETag (weak comparison, or ``*``)."""
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+def _close(body: bytes | BinaryIO) -> None:
+    if not isinstance(body, bytes):
+        body.close()
+
+
+def _file_chunks(file: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes of an open file from ``start``, a chunk at a time; closes it."""
+    with file:
+        file.seek(start)
+        while length > 0:
+            chunk = file.read(min(length, 256 * 1024))
+            if not chunk:
+                return
+            length -= len(chunk)
+            yield chunk
 
 
 def _one_range(value: str, size: int) -> tuple[int, int] | None:
@@ -489,4 +524,5 @@ def _one_range(value: str, size: int) -> tuple[int, int] | None:
     return first, min(int(last_s), size - 1) if last_s else size - 1
 
 
-_RANGE = re.compile(r"(?i:bytes)=\s*([0-9]*)-([0-9]*)\s*")
+# At most 19 digits: a byte position of any file there can be (and int() refuses 4,300).
+_RANGE = re.compile(r"(?i:bytes)=\s*([0-9]{0,19})-([0-9]{0,19})\s*")

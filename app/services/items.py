@@ -10,10 +10,11 @@ import hashlib
 import json
 import logging
 import math
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -471,28 +472,46 @@ def item_content(
 ) -> tuple[bytes, str]:
     """The original bytes of an item and their content type: a text's from its row, a
     file's from the blob store."""
-    data, content_type, _ = item_content_tagged(
+    original = open_original(
         collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
     )
-    return data, content_type
+    if original.file is None:
+        return original.data, original.content_type
+    with original.file:
+        return original.file.read(), original.content_type
 
 
-def item_content_tagged(
+@dataclass
+class Original:
+    """An item's original as the content route sends it: a text's bytes, or a file's open
+    file (read as it is sent, never whole in memory); its size and sha256 either way."""
+
+    content_type: str
+    sha256: str
+    size: int
+    data: bytes = b""
+    file: BinaryIO | None = None
+
+
+def open_original(
     *, collections: CollectionStore, items: ItemStore, blobs: BlobStore, name: str, item_id: str
-) -> tuple[bytes, str, str]:
-    """``item_content`` and the sha256 of the bytes."""
+) -> Original:
+    """An item's original: the caller closes its file. Once open, the file stays readable
+    whatever removes its name meanwhile."""
     row = collections.get(name)
     item = items.get(collection_id=row.id, external_id=item_id)
     if item.modality == "text" and item.text is not None:
-        return item.text.encode("utf-8"), item.content_type, item.sha256
+        data = item.text.encode("utf-8")
+        return Original(item.content_type, item.sha256, len(data), data=data)
     try:
-        return blobs.get(item.sha256), item.content_type, item.sha256
+        file = blobs.path(item.sha256).open("rb")
     except FileNotFoundError as exc:
         # The row is there but its file is not (deleted or lost outside the service).
         raise NotFoundError(
             f"the original bytes of item {item_id!r} are missing from the server's data "
             "directory; upload the item again (or restore the data directory from a backup)"
         ) from exc
+    return Original(item.content_type, item.sha256, os.fstat(file.fileno()).st_size, file=file)
 
 
 def patch_item(

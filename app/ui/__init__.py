@@ -26,6 +26,9 @@ HEADERS = [
     (b"content-security-policy", POLICY.encode()),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
+    # Asked again on every load (a 304 while unchanged): after an upgrade, no old script
+    # runs against the new page and API.
+    (b"cache-control", b"no-cache"),
 ]
 
 

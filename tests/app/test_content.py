@@ -82,7 +82,10 @@ def test_a_range_past_the_end_is_416_in_the_apis_shape(client: TestClient, colle
     assert response.headers["content-range"] == f"bytes */{len(data)}"
 
 
-@pytest.mark.parametrize("header", ["bytes=5-2", "bytes=0-1,4-5", "items=0-3", "bytes=x-", "bytes"])
+@pytest.mark.parametrize(
+    "header",
+    ["bytes=5-2", "bytes=0-1,4-5", "items=0-3", "bytes=x-", "bytes", "bytes=0-" + "9" * 4301],
+)
 def test_a_range_it_does_not_take_gets_the_whole(
     client: TestClient, collection: str, header: str
 ) -> None:
@@ -102,3 +105,35 @@ def test_a_range_read_is_always_within_the_data(size: int, spec: str) -> None:
         if found is not None:
             first, last = found
             assert 0 <= first <= last <= max(size - 1, 0) or first >= size
+
+
+def test_validators_compare_weakly_and_if_range_guards_a_range(
+    client: TestClient, collection: str
+) -> None:
+    item_id, data = add_image(client, collection, (64, 48))
+    url = f"/v1/collections/{collection}/items/{item_id}/content"
+    etag = client.get(url).headers["etag"]
+    assert client.get(url, headers={"If-None-Match": f"W/{etag}"}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": '"other", *'}).status_code == 304
+    assert client.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+    # A range of the bytes the client has (its If-Range names them): the part.
+    same = client.get(url, headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert same.status_code == 206 and same.content == data[:10]
+    # Other bytes under the id since: the whole, never a part spliced onto old bytes.
+    other = client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"stale"'})
+    assert other.status_code == 200 and other.content == data
+
+
+def test_a_large_original_is_sent_in_full_and_in_part(client: TestClient, collection: str) -> None:
+    """Read from its file as it is sent, in chunks of 256 KiB: every byte of an original of
+    several chunks, and of a range across them."""
+    data = image_bytes("RGB", size=(1400, 1000), fmt="PNG")
+    assert len(data) > 256 * 1024
+    client.post(
+        f"/v1/collections/{collection}/items", files={"file": ("a.png", data)}, data={"id": "big"}
+    )
+    url = f"/v1/collections/{collection}/items/big/content"
+    whole = client.get(url)
+    assert whole.content == data and whole.headers["content-length"] == str(len(data))
+    part = client.get(url, headers={"Range": "bytes=100000-290000"})
+    assert part.status_code == 206 and part.content == data[100_000:290_001]

@@ -160,6 +160,12 @@ def test_a_plain_body_is_read() -> None:
         body_of([("note", None, b"x" * (1024 * 1024 + 1), None)], BOUNDARY),  # over 1 MiB
         body_of([("file", "a", b"x", None)] * 1001, BOUNDARY),  # over 1000 parts
         b"--" + BOUNDARY + b"--\r\n",  # no part at all
+        # White space python-multipart keeps (vertical tab, form feed) after a value.
+        body_of([("file", "a", b"x", None)], BOUNDARY).replace(
+            b'filename="a"', b'filename="a"\x0b'
+        ),
+        body_of([("file", "a", b"x", None)], BOUNDARY).replace(b'name="file"', b'name="file"\x0c'),
+        body_of([("file", "a" * 4300, b"x", None)], BOUNDARY),  # a header line it refuses
     ],
 )
 def test_an_unusual_body_is_left_to_the_route(body: bytes) -> None:
@@ -178,6 +184,9 @@ def test_an_unusual_body_is_left_to_the_route(body: bytes) -> None:
         ("multipart/form-data; boundary=abc; charset=latin-1", None),  # the route decodes by it
         ("Multipart/Form-Data; boundary=abc", None),  # the route answers 415
         ("multipart/form-data", None),
+        ("multipart/form-data; boundary=abc\xa0", None),  # white space python-multipart keeps
+        ("multipart/form-data;\x0cboundary=abc", None),
+        ("multipart/form-data;\tboundary=abc ", b"abc"),
         ("multipart/mixed; boundary=abc", None),
         ("application/json", None),
     ],

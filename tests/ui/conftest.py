@@ -32,9 +32,11 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium for a module. Not for the session: Playwright's sync API keeps
+    an event loop running in this thread while it is started, and tests elsewhere that call
+    ``asyncio.run`` would find it."""
     executable = os.environ.get("MMR_CHROMIUM") or shutil.which("chromium")
     if executable is None:
         _missing("Chromium: apt-get install chromium (or MMR_CHROMIUM=/path/to/chrome)")

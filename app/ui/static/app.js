@@ -42,7 +42,7 @@ async function errorOf(response) {
 }
 
 // fetch with the key; a 401 asks for a key and tries again.
-async function call(path, { method = "GET", json, form, accept = "json" } = {}) {
+async function call(path, { method = "GET", json, form, accept = "json", signal } = {}) {
   for (;;) {
     const headers = authHeaders();
     let body;
@@ -52,7 +52,7 @@ async function call(path, { method = "GET", json, form, accept = "json" } = {}) 
     } else if (form) {
       body = form;
     }
-    const response = await fetch(path, { method, headers, body });
+    const response = await fetch(path, { method, headers, body, signal });
     if (response.status === 401) {
       const error = await errorOf(response);
       await askForKey(state.key ? `The key was refused: ${error.message}` : error.message);
@@ -82,9 +82,12 @@ function askForKey(reason) {
 }
 
 function setUpKey() {
-  $("#key-form").addEventListener("submit", () => {
+  $("#key-form").addEventListener("submit", (event) => {
     const key = $("#key-input").value.trim();
-    if (!key) return;
+    if (!key) { // spaces only: no key yet, the prompt stays
+      event.preventDefault();
+      return;
+    }
     state.key = key;
     sessionStorage.setItem(KEY_STORE, key);
     $("#key-button").hidden = false;
@@ -93,6 +96,11 @@ function setUpKey() {
     waiting.forEach((resolve) => resolve());
   });
   $("#key-dialog").addEventListener("cancel", (event) => event.preventDefault());
+  // Closed without a key (a second Escape closes a modal whatever cancel says): calls that
+  // wait for one would wait forever, so it opens again.
+  $("#key-dialog").addEventListener("close", () => {
+    if (keyWaiters) $("#key-dialog").showModal();
+  });
   $("#key-button").hidden = !state.key;
   $("#key-button").addEventListener("click", async () => {
     await askForKey("Enter another key.");
@@ -241,8 +249,27 @@ function itemPath(item, what) {
   return `/v1/collections/${encodeURIComponent(item.collection)}/items/${encodeURIComponent(item.id)}/${what}`;
 }
 
+// Thumbnails and sounds are fetched (with the key) only once they come near the screen, and
+// the fetches of results that were replaced are abandoned: "More results" up to 1,000 does
+// not download a thousand originals.
+let mediaLoads = new AbortController();
+const loaders = new WeakMap();
+const nearScreen = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    nearScreen.unobserve(entry.target);
+    const load = loaders.get(entry.target);
+    if (load) load();
+  }
+}, { rootMargin: "400px" });
+
+function whenNear(element, load) {
+  loaders.set(element, load);
+  nearScreen.observe(element);
+}
+
 async function blobUrl(path) {
-  const blob = await call(path, { accept: "blob" });
+  const blob = await call(path, { accept: "blob", signal: mediaLoads.signal });
   const url = URL.createObjectURL(blob);
   state.blobUrls.push(url);
   return url;
@@ -259,9 +286,9 @@ function mediaOf(hit) {
     img.alt = `${item.modality === "video" ? "Video" : "Picture"} ${item.id}`;
     img.decoding = "async";
     const at = item.modality === "video" && hit.start != null ? `?t=${hit.start}` : "";
-    blobUrl(itemPath(item, "thumbnail") + at)
+    whenNear(img, () => blobUrl(itemPath(item, "thumbnail") + at)
       .then((url) => { img.src = url; })
-      .catch(() => { img.alt = `${img.alt} (no thumbnail)`; });
+      .catch((error) => { if (error.name !== "AbortError") img.alt = `${img.alt} (no thumbnail)`; }));
     return img;
   }
   if (item.modality === "audio") {
@@ -272,7 +299,7 @@ function mediaOf(hit) {
     audio.setAttribute("aria-label", `Sound ${item.id}, from ${seconds(start)}`);
     audio.dataset.start = String(start);
     audio.addEventListener("loadedmetadata", () => { audio.currentTime = start; }, { once: true });
-    blobUrl(itemPath(item, "content")).then((url) => { audio.src = url; }).catch(() => {});
+    whenNear(audio, () => blobUrl(itemPath(item, "content")).then((url) => { audio.src = url; }).catch(() => {}));
     return audio;
   }
   const text = document.createElement("p");
@@ -284,6 +311,15 @@ function mediaOf(hit) {
 
 function showResults(results, run) {
   if (run !== state.searchRun) return;
+  mediaLoads.abort();
+  mediaLoads = new AbortController();
+  nearScreen.disconnect();
+  // The old players and pictures let go of their blob: URLs before these are revoked (a
+  // player still reading one would log a failed load).
+  for (const media of $("#results").querySelectorAll("audio, img")) {
+    media.removeAttribute("src");
+    if (media.load) media.load();
+  }
   state.blobUrls.forEach((url) => URL.revokeObjectURL(url));
   state.blobUrls = [];
   const list = $("#results");
@@ -495,7 +531,12 @@ async function pump() {
   while (uploads.running < UPLOADS_AT_ONCE && uploads.queue.length) {
     const task = uploads.queue.shift();
     uploads.running += 1;
-    uploadOne(task).finally(() => {
+    uploadOne(task).catch((error) => {
+      task.row.status.textContent = `failed: ${error.message}`;
+      task.row.status.className = "status failed";
+      uploads.failed += 1;
+      uploads.sent.set(task, task.file.size);
+    }).finally(() => {
       uploads.running -= 1;
       overall();
       if (!uploads.running && !uploads.queue.length) refreshCollection().catch(() => {});
@@ -570,6 +611,7 @@ function setUpAdding() {
 // ---- jobs --------------------------------------------------------------------------------
 
 let polling = null;
+let watched = 0; // the newest watchJob; an older one's answers are dropped
 
 function percent(x) {
   return `${Math.round(100 * x)}%`;
@@ -645,16 +687,17 @@ function drawChart(metrics) {
   figure.hidden = false;
 }
 
-async function watchJob(id) {
+async function watchJob(id, run = ++watched) {
   clearTimeout(polling);
   const job = await call(`/v1/jobs/${encodeURIComponent(id)}`);
+  if (run !== watched) return;
   $("#job").hidden = false;
   $("#job-title").textContent = `Job ${job.id}`;
   const p = job.progress || {};
   $("#job-progress").value = job.status === "succeeded" ? 1 : Number(p.fraction || 0);
   $("#job-status").textContent = progressText(job);
   if (["queued", "running"].includes(job.status)) {
-    polling = setTimeout(() => watchJob(id).catch(() => {}), 1000);
+    polling = setTimeout(() => watchJob(id, run).catch(() => {}), 1000);
     return;
   }
   if (job.type === "finetune") drawChart(job.metrics);
