@@ -2,8 +2,8 @@
 reader (``app.routers.body.read_form``) and the fast paths' (``app.fastpath``).
 
 Starlette's form parser (python-multipart under it) streams every part through callbacks
-into a spooled temporary file: general, and about 20 µs of Python a part, 2.5 ms for a batch
-of 64 files and their ids. A body in the plain shape needs less: find the boundaries, read
+into a spooled temporary file: general, and several Python calls a part (docs/performance.md,
+Bulk writes, has the profile). A body in the plain shape needs less: find the boundaries, read
 each part's two headers. This reader accepts only the plain shape that curl, requests, httpx,
 browsers and the bench send (CRLF line ends, ``Content-Disposition: form-data`` with a quoted
 name and an optional quoted filename, an optional ``Content-Type``) and says so as soon as a
