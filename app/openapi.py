@@ -329,12 +329,19 @@ def _titled(node: Any) -> Iterator[dict[str, Any]]:
 
 
 def _exactly_one_query(search: dict[str, Any]) -> None:
-    """A search takes exactly one of text, item_id or vector."""
-    fields = [f for f in ("text", "item_id", "vector") if f in search.get("properties", {})]
+    """A search takes exactly one of text, item_id, vector or query (its parts)."""
+    names = ("text", "item_id", "vector", "query")
+    fields = [f for f in names if f in search.get("properties", {})]
     search["oneOf"] = [_only(f, [o for o in fields if o != f]) for f in fields]
     search["description"] = (
         search.get("description", "") + "\n\nGive exactly one of " + ", ".join(fields) + "."
     )
+
+
+def _one_part_source(part: dict[str, Any]) -> None:
+    """A query part is exactly one of text, item_id, vector or data."""
+    fields = [f for f in ("text", "item_id", "vector", "data") if f in part.get("properties", {})]
+    part["oneOf"] = [_only(f, [o for o in fields if o != f]) for f in fields]
 
 
 def _one_pair_source(finetune: dict[str, Any]) -> None:
@@ -368,6 +375,7 @@ def _stored_text(item: dict[str, Any]) -> None:
 BODY_RULES = {
     "TextItemCreate": _stored_text,
     "SearchRequest": _exactly_one_query,
+    "QueryPart": _one_part_source,
     "FinetuneJobCreate": _one_pair_source,
     "IndexSettings": _index_settings_per_type,
 }

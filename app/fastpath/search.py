@@ -69,7 +69,7 @@ def _in_place(services: Services, name: str, req: SearchRequest) -> bool:
     """Whether this search is cheap enough to run on the event loop (see IN_PLACE_WORK):
     a raw vector, no filter, a short list, the embedded database with a free connection,
     a loaded index whose first pass scans little."""
-    if req.vector is None or req.filter or req.modalities or req.k > IN_PLACE_K:
+    if req.vector is None or req.filter or req.modalities or req.k + req.offset > IN_PLACE_K:
         return False
     if not services.stores.reads_without_waiting():
         return False

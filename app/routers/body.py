@@ -188,13 +188,33 @@ def require_json_or_multipart(request: Request) -> None:
 
 
 def openapi_body(json_schema: dict[str, Any], form_schema: dict[str, Any]) -> dict[str, Any]:
-    """Document a route that takes JSON or multipart."""
+    """Document a route that takes JSON or multipart. A model's schema names its nested
+    models in its own ``$defs``, which nothing resolves once it sits inside the OpenAPI
+    document: they are written in place."""
     return {
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": json_schema},
+                "application/json": {"schema": _inlined(json_schema)},
                 "multipart/form-data": {"schema": form_schema},
             },
         }
     }
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema with every ``#/$defs/...`` reference replaced by its definition."""
+    defs = schema.get("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = walk(schema)
+    return inlined

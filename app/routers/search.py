@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CollectionStoreDep, IndexesDep, ItemStoreDep, ModelsDep, SettingsDep
 from app.routers import body
+from app.schemas.common import MAX_TEXT_CHARS, InputText
 from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
 from app.services import items as item_svc
 from app.services.errors import InvalidInput
@@ -22,10 +24,23 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
 
 SEARCH_FORM = {
     "type": "object",
-    "required": ["file"],
+    "anyOf": [{"required": ["file"]}, {"required": ["text"]}],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "an image query"},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "an image or sound query",
+        },
+        "text": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_TEXT_CHARS,
+            "description": "a text query; with a file too, the two are searched together "
+            "(the sum of their vectors, as a `query` of two parts of weight 1)",
+        },
         "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
+        "offset": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_K - 1},
+        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
         "modalities": {"type": "string", "description": "comma separated, e.g. image,text"},
         "filter": {"type": "string", "description": 'a JSON object, e.g. {"album": "2024"}'},
     },
@@ -71,14 +86,28 @@ async def search_collection(
 
 async def _from_form(request: Request) -> tuple[Query, Constraints]:
     form = await body.read_form(request)
-    if len(form.files) != 1:
-        raise InvalidInput("send exactly one 'file' part as the query")
+    text = form.field("text")
+    if len(form.files) > 1 or (not form.files and text is None):
+        raise InvalidInput("send one 'file' part, a 'text' field, or both, as the query")
     fields: dict[str, object] = {}
-    if (k := form.field("k")) is not None:
-        fields["k"] = k
+    for name in ("k", "offset", "min_score"):
+        if (value := form.field(name)) is not None:
+            fields[name] = value
     if modalities := form.field("modalities"):
         fields["modalities"] = [m.strip() for m in modalities.split(",") if m.strip()]
     if raw_filter := form.field("filter"):
         fields["filter"] = item_svc.parse_json_field(raw_filter, "filter")
     req = body.validate(SearchOptions, fields)
-    return Query(data=form.files[0]), request_constraints(req)
+    constraints = request_constraints(req)
+    if text is not None:
+        words = Query(text=body.validate(FormText, {"text": text}).text)
+        if not form.files:
+            return words, constraints
+        return Query(parts=[(Query(data=form.files[0]), 1.0), (words, 1.0)]), constraints
+    return Query(data=form.files[0]), constraints
+
+
+class FormText(BaseModel):
+    """A form's ``text`` query, held to the rules of a JSON one."""
+
+    text: InputText

@@ -21,11 +21,25 @@ MAX_FILTER_VALUES_TOTAL = 4000
 MAX_FILTER_VALUE_CHARS = 1024
 
 
+MAX_QUERY_PARTS = 16
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+
+
 class SearchOptions(BaseModel):
     """How many and which items a search may return (JSON fields or multipart form fields)."""
 
     model_config = ConfigDict(extra="forbid")
     k: Annotated[int, NoBool] = Field(10, ge=1, le=MAX_K)
+    offset: Annotated[int, NoBool] = Field(
+        0,
+        ge=0,
+        le=MAX_K - 1,
+        description=f"skip this many of the best results (pages); results go {MAX_K} deep, "
+        "so a page reaching past that has fewer than k",
+    )
+    min_score: Annotated[float, Field(ge=-1.0, le=1.0), NoBool] | None = Field(
+        None, description="no result scored below this (cosine, -1 to 1)"
+    )
     modalities: list[Modality] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = Field(
         None,
@@ -42,6 +56,32 @@ class SearchOptions(BaseModel):
         return None if value is None else check_filter(value)
 
 
+class QueryPart(BaseModel):
+    """One part of a composed query: a text, a stored item, a vector or a file (base64),
+    and its weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: InputText | None = None
+    item_id: ItemId | None = None
+    vector: list[float] | None = None
+    data: str | None = Field(
+        None,
+        description="a file (image or sound), base64-encoded",
+        # Documented for clients; the service checks it and says what is wrong in words.
+        json_schema_extra={"contentEncoding": "base64", "pattern": BASE64},
+    )
+    weight: Annotated[float, NoBool] = Field(
+        1.0, ge=-1e6, le=1e6, description="may be negative: away from this part"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> QueryPart:
+        given = [f for f in ("text", "item_id", "vector", "data") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("each query part gives exactly one of text, item_id, vector or data")
+        return self
+
+
 class SearchRequest(SearchOptions):
     """A search by text, by stored item, or by raw vector."""
 
@@ -51,18 +91,34 @@ class SearchRequest(SearchOptions):
             "examples": [
                 {"text": "a dog in the rain", "k": 5, "modalities": ["image"]},
                 {"item_id": "photo-42", "k": 10, "filter": {"album": ["2024", "2025"]}},
+                {"text": "a dog in the rain", "k": 10, "offset": 10, "min_score": 0.2},
+                {
+                    "query": [
+                        {"text": "a beach", "weight": 1.0},
+                        {"item_id": "photo-42", "weight": 0.5},
+                        {"text": "people", "weight": -0.5},
+                    ],
+                    "k": 5,
+                },
             ]
         },
     )
     text: InputText | None = None
     item_id: ItemId | None = None
     vector: list[float] | None = None
+    query: list[QueryPart] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_QUERY_PARTS,
+        description="a weighted sum of parts in the collection's space, instead of one text, "
+        "item or vector",
+    )
 
     @model_validator(mode="after")
     def _one_query(self) -> SearchRequest:
-        given = [f for f in ("text", "item_id", "vector") if getattr(self, f) is not None]
+        given = [f for f in ("text", "item_id", "vector", "query") if getattr(self, f) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of text, item_id or vector")
+            raise ValueError("give exactly one of text, item_id, vector or query")
         return self
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.schemas.search import SearchHit, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import MAX_K, SearchHit, SearchOptions, SearchRequest, SearchResponse
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, SpaceMismatch
@@ -27,12 +30,20 @@ from models.encoders.audio import pooled
 
 @dataclass
 class Query:
-    """What to search with: exactly one of text, file bytes, item id, vector."""
+    """What to search with: exactly one of text, file bytes, item id, vector, or weighted
+    parts (each a query of one of the others)."""
 
     text: str | None = None
     data: bytes | None = None
     item_id: str | None = None
     vector: list[float] | None = None
+    parts: list[tuple[Query, float]] | None = None
+
+    def names_stored_vectors(self) -> bool:
+        """Whether it holds a stored item or a raw vector (of the collection's space)."""
+        if self.parts is not None:
+            return any(part.names_stored_vectors() for part, _ in self.parts)
+        return self.item_id is not None or self.vector is not None
 
 
 @dataclass
@@ -42,17 +53,38 @@ class Constraints:
     k: int = 10
     modalities: list[str] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = None
+    offset: int = 0
+    min_score: float | None = None
 
 
 def request_query(req: SearchRequest) -> Query:
-    """The query of a JSON search body."""
-    return Query(text=req.text, item_id=req.item_id, vector=req.vector)
+    """The query of a JSON search body (a part's file decoded from base64)."""
+    if req.query is None:
+        return Query(text=req.text, item_id=req.item_id, vector=req.vector)
+    parts = []
+    for n, part in enumerate(req.query):
+        data = None
+        if part.data is not None:
+            try:
+                data = base64.b64decode(part.data, validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidInput(
+                    f"query part {n}: 'data' is not base64 ({exc}); send the file's bytes "
+                    "base64-encoded, or search by the file in a multipart body"
+                ) from exc
+        query = Query(text=part.text, item_id=part.item_id, vector=part.vector, data=data)
+        parts.append((query, part.weight))
+    return Query(parts=parts)
 
 
 def request_constraints(req: SearchOptions) -> Constraints:
     """The constraints of a search body (JSON, or a form's fields)."""
     return Constraints(
-        k=req.k, modalities=list(req.modalities or []), filter=dict(req.filter or {})
+        k=req.k,
+        modalities=list(req.modalities or []),
+        filter=dict(req.filter or {}),
+        offset=req.offset,
+        min_score=req.min_score,
     )
 
 
@@ -74,7 +106,7 @@ def search(
     live = indexes.get(row) if wait else indexes.ready(row)
     if live is None:  # to be loaded or brought to a new version first: no waiting here
         raise WouldBlock
-    if (query.item_id is not None or query.vector is not None) and not in_space(live, row):
+    if query.names_stored_vectors() and not in_space(live, row):
         # A migration's switch reached SQL but not yet this index: a stored item's vectors
         # and a raw vector are in the new space, so they wait for the swap (a text or a
         # file is encoded by the model of the index being searched, and need not).
@@ -94,7 +126,13 @@ def search(
             modalities=constraints.modalities,
             filters=constraints.filter,
         )
-    hits = index.search(vector, constraints.k, allowed, wait=wait)
+    # A page: the best offset + k (MAX_K deep at most), less the first offset; none below
+    # min_score.
+    depth = min(constraints.offset + constraints.k, MAX_K)
+    hits = index.search(vector, depth, allowed, wait=wait)
+    hits = hits[constraints.offset :]
+    if constraints.min_score is not None:
+        hits = [h for h in hits if h.score >= constraints.min_score]
     found = items.summaries(collection_id=row.id, pks=[h.pk for h in hits])
     results = [
         _hit(found[h.pk], row.name, h.score, h.segment)
@@ -123,6 +161,8 @@ def _query_vector(
     aligner: Aligner,
     query: Query,
 ) -> tuple[np.ndarray, str]:
+    if query.parts is not None:
+        return _composed(settings, items, models, row, aligner, query.parts), "composed"
     if query.item_id is not None:
         # A stored item is already in the collection's space, whatever model runs now;
         # a recording stands for itself as the mean of its segments.
@@ -139,6 +179,29 @@ def _query_vector(
         require_space(row, aligner, embedder, modality)
         encoded: Encoded = embedder.encode(modality, [payload])[0]
     return encoded.query(aligner), modality
+
+
+def _composed(
+    settings: Settings,
+    items: ItemStore,
+    models: ModelPool,
+    row: CollectionRow,
+    aligner: Aligner,
+    parts: list[tuple[Query, float]],
+) -> np.ndarray:
+    """The weighted sum of the parts' unit vectors in the collection's space, at unit
+    length: each part counts by its weight whatever its modality's typical scale."""
+    total = np.zeros(row.dim, dtype=np.float64)
+    for part, weight in parts:
+        vector, _ = _query_vector(settings, items, models, row, aligner, part)
+        total += weight * vector.astype(np.float64)
+    norm = float(np.linalg.norm(total))
+    if not math.isfinite(norm) or norm < 1e-6:
+        raise InvalidInput(
+            "the query's weighted parts cancel out (their sum is zero): change a weight, or "
+            "leave out a part"
+        )
+    return (total / norm).astype(np.float32)
 
 
 def _decode_query(settings: Settings, embedder: Embedder, query: Query) -> tuple[str, object]:

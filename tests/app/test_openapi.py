@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -143,8 +144,13 @@ def _search_body(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_search_says_exactly_one_query(doc: dict[str, Any]) -> None:
-    branches = _search_body(doc)["oneOf"]
-    assert sorted(b["required"][0] for b in branches) == ["item_id", "text", "vector"]
+    body = _search_body(doc)
+    branches = body["oneOf"]
+    assert sorted(b["required"][0] for b in branches) == ["item_id", "query", "text", "vector"]
+    # A composed query's parts, written in place (no $defs left to resolve), one source each.
+    assert "$defs" not in json.dumps(body)
+    part = body["properties"]["query"]["anyOf"][0]["items"]
+    assert sorted(b["required"][0] for b in part["oneOf"]) == ["data", "item_id", "text", "vector"]
 
 
 def test_a_finetune_takes_pair_key_or_pairs(doc: dict[str, Any]) -> None:
