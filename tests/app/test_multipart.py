@@ -217,21 +217,26 @@ def fed(body: bytes, boundary: bytes, cuts: list[int]) -> tuple[Parts | None, by
     return reader.finish(), b"".join(reader.spent()) + b"".join(chunks[taken:])
 
 
+def request_of(chunks: list[bytes]) -> Request:
+    """A multipart request whose body arrives in these chunks (then the client is gone)."""
+    left = list(chunks)
+
+    async def receive() -> dict[str, object]:
+        if not left:
+            return {"type": "http.disconnect"}
+        chunk = left.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(left)}
+
+    headers = [(b"content-type", CTYPE.encode("latin-1"))]
+    return Request({"type": "http", "method": "POST", "headers": headers}, receive)
+
+
 def form_of(body: bytes, cuts: list[int], *, strict: bool = True) -> Form | str:
     """``read_form`` of the body arriving in chunks (``strict``), or Starlette's parser alone:
     the form, or the error's class and message."""
 
     async def read() -> Form | str:
-        left = chunked(body, cuts) or [b""]
-
-        async def receive() -> dict[str, object]:
-            if not left:
-                return {"type": "http.disconnect"}
-            chunk = left.pop(0)
-            return {"type": "http.request", "body": chunk, "more_body": bool(left)}
-
-        headers = [(b"content-type", CTYPE.encode("latin-1"))]
-        request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+        request = request_of(chunked(body, cuts) or [b""])
         try:
             if strict:
                 return await read_form(request)
@@ -294,16 +299,7 @@ def peak_of_read_form(body: bytes) -> tuple[Form, int]:
     chunks = [body[i : i + 65_536] for i in range(0, len(body), 65_536)]
 
     async def read() -> tuple[Form, int]:
-        left = list(chunks)
-
-        async def receive() -> dict[str, object]:
-            if not left:
-                return {"type": "http.disconnect"}
-            chunk = left.pop(0)
-            return {"type": "http.request", "body": chunk, "more_body": bool(left)}
-
-        headers = [(b"content-type", CTYPE.encode("latin-1"))]
-        request = Request({"type": "http", "method": "POST", "headers": headers}, receive)
+        request = request_of(chunks)
         tracemalloc.start()
         try:
             form = await read_form(request)
