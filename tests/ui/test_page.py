@@ -280,6 +280,11 @@ def test_fits_a_phone_width_screen(chromium: Any, site: Site) -> None:
         wait_for_count(page, "for “a green circle”")
         for section in ("search-section", "add-section", "jobs-section"):
             page.click(f'button[aria-controls="{section}"]')
+            if section == "jobs-section":  # a job's long id and the versions table shown
+                page.select_option("#job-type", "reindex")
+                page.click('#job-form button[type="submit"]')
+                page.wait_for_selector('#job-status:has-text("reindex: succeeded")')
+                page.wait_for_selector("#versions tbody tr")
             overflow = page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
