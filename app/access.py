@@ -5,7 +5,8 @@ Every HTTP response carries ``X-Request-ID``: the client's own when it sent a sa
 is served the id is in ``app.logs.request_id``, so every log record of the request carries
 it, and so does an error body (``app.errors.error_body``). When the response has gone, one
 INFO line on the ``mmr.access`` logger says the method, the route template (the path when
-no route matched), the status and the time taken.
+no route matched), the status and the time taken; for a probe that passed (``PROBES``) the
+line is at DEBUG.
 
 It sits outside everything, the fast path and the key check included, so their answers
 carry the id too. Its cost is a header scan, a uuid and one log record a request.
@@ -23,6 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.logs import request_id
 
 log = logging.getLogger("mmr.access")
+# Polled by load balancers, orchestrators and Prometheus every few seconds: a probe that
+# passes is logged at DEBUG (MMR_LOG_LEVEL=debug shows it), one that fails at INFO.
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 HEADER = b"x-request-id"
 SANE_ID = re.compile(rb"[\x21-\x7e]{1,128}")
@@ -57,8 +61,9 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if log.isEnabledFor(logging.INFO):
-                _log_access(scope, status, (time.perf_counter() - start) * 1000.0)
+            level = logging.DEBUG if status < 400 and scope["path"] in PROBES else logging.INFO
+            if log.isEnabledFor(level):
+                _log_access(scope, status, (time.perf_counter() - start) * 1000.0, level)
             request_id.reset(token)
 
 
@@ -79,9 +84,10 @@ def route_of(scope: Scope) -> str:
     return repr(scope["path"])[1:-1]
 
 
-def _log_access(scope: Scope, status: int, duration_ms: float) -> None:
+def _log_access(scope: Scope, status: int, duration_ms: float, level: int) -> None:
     method, route = scope["method"], route_of(scope)
-    log.info(
+    log.log(
+        level,
         "%s %s %d %.1f ms",
         method,
         route,

@@ -91,6 +91,26 @@ def test_an_unmatched_path_is_logged_as_sent_without_line_breaks(
     assert "\n" not in line.getMessage()
 
 
+def test_probes_that_pass_are_logged_at_debug_and_failures_at_info(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer polls /readyz every few seconds and Prometheus scrapes /metrics: their
+    successes would bury every other line at INFO. A probe that fails is still news."""
+    with caplog.at_level(logging.DEBUG, logger="mmr.access"):
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 200
+        assert client.post("/healthz").status_code == 405
+        assert client.get("/v1/collections").status_code == 200
+    said = {(r.route, r.levelno) for r in access_records(caplog)}  # type: ignore[attr-defined]
+    assert said == {
+        ("/healthz", logging.DEBUG),
+        ("/readyz", logging.DEBUG),
+        ("/metrics", logging.DEBUG),
+        ("/healthz", logging.INFO),
+        ("/v1/collections", logging.INFO),
+    }
+
+
 def test_every_line_logged_while_serving_carries_the_id(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
