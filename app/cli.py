@@ -94,13 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+INTERRUPTED = 130  # the shell's exit code for a process stopped by Ctrl-C (128 + SIGINT)
+
+
 def _serve(host: str, port: int) -> int:
     from app.main import create_app
 
     app = create_app()  # configures the log (app.logs)
     config = uvicorn.Config(app, host=host, port=port, **_uvicorn_logging(app.state.settings))
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn shut down gracefully on Ctrl-C and then raises it again: end here.
+        return INTERRUPTED
     # uvicorn returns normally when start-up fails (e.g. a strict model id that cannot load).
     return 0 if server.started else 1
 
@@ -120,7 +127,12 @@ def _serve_many(host: str, port: int, workers: int) -> int:
         os.environ["MMR_TORCH_THREADS"] = str(threads)
         settings = Settings()
     settle_precision(settings)
-    uvicorn.run("app.main:app", host=host, port=port, workers=workers, **_uvicorn_logging(settings))
+    try:
+        uvicorn.run(
+            "app.main:app", host=host, port=port, workers=workers, **_uvicorn_logging(settings)
+        )
+    except KeyboardInterrupt:
+        return INTERRUPTED
     return 0
 
 
@@ -163,6 +175,8 @@ def _eval(model_id: str, pairs: int, seed: int) -> int:
     except ModelLoadError as exc:
         _say(f"mmr eval: {exc}")
         return 1
+    if loaded.warning:
+        _say(f"mmr eval: {loaded.warning}")
     with Stages() as stages:
         results = evaluate(
             loaded.encoder, audio=loaded.audio, pairs=pairs, seed=seed, progress=stages
@@ -223,6 +237,8 @@ def _bootstrap_audio(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         _say(f"mmr bootstrap-audio: {exc}")
         return 1
+    if loaded.warning:
+        _say(f"mmr bootstrap-audio: {loaded.warning}")
     if loaded.audio is None or not needs_bridge(loaded.encoder, loaded.audio):
         _say("mmr bootstrap-audio: nothing to bridge: set --audio-model clap:... (a CLAP tower)")
         return 1

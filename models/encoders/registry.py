@@ -220,7 +220,9 @@ def _load_main(
             "model that only knows the project's synthetic shapes and sounds, not photos. "
             "Give the server network access or a cached checkpoint, or set MMR_MODEL."
         )
-        log.warning(warning)
+        # The warning is the caller's to say where it is seen (the server's start-up block
+        # ends with it; the CLI prints it): said here too, it was printed twice.
+        log.info("MMR_MODEL=auto: loading the offline fallback %s (%s)", OFFLINE_FALLBACK, exc)
         fallback = parse_model_id(OFFLINE_FALLBACK)
         enc = _load_spec(OFFLINE_FALLBACK, fallback, dev, cache_dir, batching)
         return LoadedModel(enc, model_id, fallback=True, warning=warning)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,6 +44,39 @@ def test_serve_exits_when_an_explicit_model_cannot_load(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "missing.pt does not exist" in done.stderr
     assert "cannot start" in done.stderr
+
+
+def test_ctrl_c_stops_serve_cleanly_without_a_traceback(tmp_path: Path) -> None:
+    """uvicorn shuts down gracefully on SIGINT, then raises KeyboardInterrupt again: the
+    command ends there with the shell's code for an interrupt (130), not a traceback."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {
+        "MMR_DATA_DIR": str(tmp_path / "data"),
+        "MMR_MODEL": "mmr-mini",
+        "MMR_PRECISION": "fp32",
+        "MMR_DEVICE": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "mmr serve never served"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    said = out.decode()
+    assert proc.returncode == 130, said
+    assert "Traceback" not in said and "Application shutdown complete" in said
 
 
 def test_unknown_model_syntax_exits_too(tmp_path: Path) -> None:

@@ -81,4 +81,5 @@ def test_a_fallback_is_said_in_the_block_and_warned_last(tmp_path: Path) -> None
     # The warning is the block's last word, just before the address.
     level, logger, message = said[-2]
     assert (level, logger) == ("WARNING", "mmr") and "could not be loaded" in message
+    assert sum("could not be loaded" in m for _, _, m in said) == 1  # said once, not twice
     assert all(e["time"].endswith("Z") for e in entries)
