@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive
@@ -160,7 +161,11 @@ async def _starlette_form(request: Request, file_field: str) -> Form:
     try:
         data = await request.form(max_files=1000, max_fields=1000)
     except MultiPartException as exc:
-        raise Malformed(f"the multipart body could not be parsed: {exc.message}") from exc
+        raise _unparsed(exc.message) from exc
+    except HTTPException as exc:  # what Starlette makes of the above inside an app
+        if exc.status_code != 400:
+            raise
+        raise _unparsed(exc.detail) from exc
     try:
         files: list[bytes] = []
         fields: dict[str, list[str]] = {}
@@ -177,6 +182,14 @@ async def _starlette_form(request: Request, file_field: str) -> Form:
         return Form(files, fields)
     finally:
         await data.close()
+
+
+def _unparsed(why: str) -> Malformed:
+    return Malformed(
+        f"the multipart body could not be parsed ({why}): send multipart/form-data with a "
+        "boundary in its Content-Type, each part opened by --BOUNDARY and the body closed by "
+        "--BOUNDARY-- (curl -F does this)"
+    )
 
 
 def require_json_or_multipart(request: Request) -> None:

@@ -8,6 +8,7 @@ import itertools
 import tracemalloc
 
 import pytest
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.datastructures import UploadFile
@@ -18,6 +19,7 @@ from app import multipart
 from app.multipart import SPILL_BYTES, PartReader, Parts, boundary_of, read_parts
 from app.routers.body import Form, _starlette_form, read_form
 from app.services.errors import ServiceError
+from tests.conftest import error_code
 
 BOUNDARY = b"b0undary-x7"
 CTYPE = "multipart/form-data; boundary=" + BOUNDARY.decode()
@@ -332,3 +334,31 @@ def test_the_routes_form_reader_holds_one_copy_of_the_files(files: list[bytes]) 
     assert form.files == files
     held = sum(map(len, files))
     assert peak < 1.3 * held, f"read_form held {peak / held:.2f} times the files at its peak"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"--x\r\n"),  # no boundary
+        (  # a header line past the strict reader's bound, then a body cut short
+            "multipart/form-data; boundary=x",
+            b'--x\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n'
+            + b"X-Long: "
+            + b"a" * 5000
+            + b"\r\n\r\nabc\r\n--x",
+        ),
+    ],
+    ids=["no-boundary", "long-header-cut-short"],
+)
+def test_a_body_starlette_cannot_parse_gets_our_message_through_the_app(
+    client: TestClient, collection: str, content_type: str, body: bytes
+) -> None:
+    """In the app, Starlette raises its parse errors as HTTPException(400) with its own
+    terse words ("Invalid multipart data."); the answer still says what to send."""
+    for path in (f"/v1/collections/{collection}/search", f"/v1/collections/{collection}/items"):
+        response = client.post(path, content=body, headers={"content-type": content_type})
+        assert response.status_code == 400 and error_code(response) == "bad_request"
+        message = response.json()["error"]["message"]
+        assert message.startswith("the multipart body could not be parsed"), message
+        assert "send multipart/form-data" in message, message
+    assert client.get(f"/v1/collections/{collection}").json()["count"] == 0
