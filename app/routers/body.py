@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ from starlette.types import Message, Receive
 from app import multipart
 from app.errors import ApiError
 from app.services.errors import InvalidInput, Malformed, MalformedJson
+from app.services.items import loads
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -46,7 +46,7 @@ async def json_payload(request: Request) -> Any:
     """The decoded JSON body; 400 when it is not JSON."""
     raw = await request.body()
     try:
-        return json.loads(raw)
+        return loads(raw)
     except RecursionError as exc:  # Python's parser recurses once per nesting level
         raise MalformedJson("the body is nested too deeply to parse") from exc
     except ValueError as exc:

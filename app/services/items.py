@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -178,10 +179,46 @@ def _checked_value(value: Any, *, depth: int) -> Any:
     return value
 
 
+# A \uD800-\uDFFF escape: half of a UTF-16 pair, which Python's parser may leave alone.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
+
+def loads(raw: str | bytes) -> Any:
+    """``json.loads``, and ValueError for a string (or key) holding half of a UTF-16
+    surrogate pair: JSON may escape one alone (``"\\ud800"``), Python's parser gives a str
+    no UTF-8 can hold, and such a value fails every later answer that carries it. Only a
+    text holding such an escape is walked."""
+    value = json.loads(raw)
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    if _SURROGATE_ESCAPE.search(data):
+        _no_lone_surrogate(value)
+    return value
+
+
+def _no_lone_surrogate(value: Any) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(
+                    "a string holds half of a UTF-16 surrogate pair (an escape such as "
+                    "\\ud800 without its other half): escape characters beyond U+FFFF as a "
+                    "full pair, or send them as UTF-8"
+                ) from None
+
+
 def parse_json_field(raw: str, field: str) -> Any:
     """A multipart field that carries JSON as a string; 400 when it is not JSON."""
     try:
-        return json.loads(raw)
+        return loads(raw)
     except RecursionError as exc:  # Python's parser recurses per nesting level
         raise MalformedJson(
             f"{field} is nested too deeply to parse; metadata and filters nest at most "

@@ -176,6 +176,45 @@ def test_non_finite_metadata_is_422_everywhere_and_stores_nothing(
     assert client.get(f"/v1/collections/{NAME}/items/kept").json()["metadata"] == {"n": 1}
 
 
+@pytest.mark.parametrize(
+    "lone",
+    ['{"k": "\\ud800"}', '{"\\udfff": 1}', '{"k": ["ok", {"x": "a\\udc80b"}]}'],
+    ids=["value", "key", "deep"],
+)
+def test_a_lone_surrogate_in_json_of_a_form_field_is_400_and_stores_nothing(
+    client: TestClient, collection: str, lone: str
+) -> None:
+    """JSON may escape half of a UTF-16 pair (``"\\ud800"``); Python's parser gives a string
+    no UTF-8 can hold: stored, it made every later listing of the collection a 500. JSON
+    bodies are refused by their parser; the form's JSON fields are refused alike."""
+    png = image_bytes("RGB", fmt="PNG")
+    file = {"file": ("a.png", png, "image/png")}
+    answers = [
+        client.post(f"/v1/collections/{NAME}/items", files=file, data={"metadata": lone}),
+        client.post(
+            f"/v1/collections/{NAME}/items/batch",
+            files=[("file", ("a.png", png, "image/png"))],
+            data={"metadata": f"[{lone}]"},
+        ),
+        client.post(f"/v1/collections/{NAME}/search", files=file, data={"filter": lone}),
+        client.post(
+            f"/v1/collections/{NAME}/items/batch",
+            content=f'[{{"text": "x", "id": "new", "metadata": {lone}}}]'.encode(),
+            headers={"content-type": "application/json"},
+        ),
+    ]
+    for r in answers:
+        assert r.status_code == 400 and error_code(r) == "malformed_json", r.text
+        assert "surrogate" in r.json()["error"]["message"]
+    listed = client.get(f"/v1/collections/{NAME}/items")
+    assert listed.status_code == 200 and listed.json()["items"] == []
+    # A proper pair (an emoji escaped as two halves) is one character, and welcome.
+    ok = client.post(
+        f"/v1/collections/{NAME}/items", files=file, data={"metadata": '{"k": "\\ud83d\\ude00"}'}
+    )
+    assert ok.status_code == 201 and ok.json()["metadata"] == {"k": "\U0001f600"}
+
+
 def test_a_bad_entry_of_a_multipart_batch_metadata_list_sinks_only_itself(
     client: TestClient, collection: str
 ) -> None:
