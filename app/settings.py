@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         description="Decoded media the inputs of one request keep together, in MB; past it "
         "413 `media_too_large` (in a batch, for the entries past it).",
     )
+    duplicates_exact_max: int = Field(
+        default=20_000,
+        ge=0,
+        description="Collections of at most this many items have their duplicates listed "
+        "exactly (every pair compared, in blocks); larger ones through their index, with "
+        "work bounded at ten times this size's exact work ([duplicates](duplicates.md)).",
+    )
     max_batch_items: int = Field(
         default=256,
         description="Most items in one batch call, or inputs in one `/v1/embed` call; more get "
