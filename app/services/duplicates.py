@@ -145,7 +145,7 @@ def _compute(
     if count <= exact_max:
         return _exact(items, row, aligner, listing)
     work = count * index.scan_size(NEIGHBOURS + 1)
-    budget = MAX_WORK * exact_max * exact_max // 2
+    budget = MAX_WORK * max(exact_max, 1) ** 2 // 2
     if work > budget:
         raise InvalidInput(
             f"collection {row.name!r} holds {count} items in a {index.spec.type} index: "
@@ -153,7 +153,7 @@ def _compute(
             f"server allows ({budget:.2g}); reindex it as hnsw or ivf (a reindex job with "
             "index settings), or ask the operator to raise MMR_DUPLICATES_EXACT_MAX"
         )
-    return _through_index(items, row, aligner, index, exact_max, listing)
+    return _through_index(items, row, aligner, index, budget, listing)
 
 
 def _stored(
@@ -221,7 +221,7 @@ def _through_index(
     row: CollectionRow,
     aligner: Aligner,
     index: VectorIndex,
-    exact_max: int,
+    budget: int,
     listing: Listing,
 ) -> Pairs:
     """Each single-vector item's nearest items in the index; recordings exactly, as wholes."""
@@ -255,11 +255,11 @@ def _through_index(
             hits, held = [], 0
     found = _fold(found, hits, listing.threshold)
     recordings = {pk for g in clips.values() for pk in g.pks}
-    if sum(len(g.pks) for g in clips.values()) > exact_max:
+    if sum(len(g.pks) ** 2 // 2 for g in clips.values()) > budget:
         raise InvalidInput(
-            f"collection {row.name!r} holds more than {exact_max} recordings of several "
-            "segments: too many to compare as whole clips on this server; ask for another "
-            "modality (modality=image), or ask the operator to raise MMR_DUPLICATES_EXACT_MAX"
+            f"collection {row.name!r} holds too many recordings of several segments to "
+            "compare them all as whole clips on this server; ask for another modality "
+            "(modality=image), or ask the operator to raise MMR_DUPLICATES_EXACT_MAX"
         )
     if recordings:  # a single vector's hit on a segment of a recording is not a pair
         mixed = np.isin(found.left, list(recordings)) | np.isin(found.right, list(recordings))
