@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_THRESHOLD = 0.95
+DEFAULT_THRESHOLD = 0.98  # bench/duplicates.py: fewest errors, copies vs look-alikes
 MAX_LIMIT = 1000
 
 

@@ -244,9 +244,10 @@ def _through_index(
                 allowed[modality] = items.matching_pks(
                     collection_id=row.id, modalities=[modality], filters=None
                 )
-            keys, scores = index.search_many(
-                group.matrix(row.dim), NEIGHBOURS + 1, allowed[modality]
-            )
+            # One modality only: a filter, unless it is all of them (a graph walk through
+            # a filter costs more than one without).
+            only = allowed[modality] if len(allowed[modality]) < index.size else None
+            keys, scores = index.search_many(group.matrix(row.dim), NEIGHBOURS + 1, only)
             own = np.repeat(np.array(group.pks, dtype=np.int64), keys.shape[1])
             hits.append((own, keys.ravel(), scores.ravel()))
             held += keys.size
