@@ -440,8 +440,12 @@ def test_finds_duplicates_page_by_page(page: Any, site: Site) -> None:
     httpx.post(
         site.url + "/v1/collections", json={"name": name}, headers=headers
     ).raise_for_status()
-    copy = picture_of(({"shape": "circle", "colour": "red"},), seed=5)
-    other = picture_of(({"shape": "square", "colour": "blue"},), seed=6)
+    copy = picture_of(
+        ({"shape": "circle", "colour": "red", "size": "large", "position": "center"},), seed=5
+    )
+    other = picture_of(
+        ({"shape": "square", "colour": "blue", "size": "small", "position": "left"},), seed=6
+    )
     for item, data in (("one", copy), ("two", copy), ("three", copy), ("other", other)):
         stored = httpx.post(
             f"{site.url}/v1/collections/{name}/items",
