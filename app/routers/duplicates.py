@@ -43,11 +43,21 @@ def list_duplicates(
             allow_inf_nan=False,
             description="the least cosine similarity of a pair; near-copies of a photo "
             "(re-saved, resized, cropped a little) score above the default",
+            examples=[0.98],
         ),
     ] = DEFAULT_THRESHOLD,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
-    modality: Annotated[Modality | None, Query(description="only items of this modality")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, examples=[100])] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            description="the `next_cursor` of the page before",
+            examples=["eyJzIjogMC45NjIsICJhIjogNCwgImIiOiA5fQ"],
+        ),
+    ] = None,
+    modality: Annotated[
+        Modality | None, Query(description="only items of this modality", examples=["image"])
+    ] = None,
 ) -> DuplicatePage:
     """Pairs of stored items at least `threshold` alike, best first; pass `next_cursor`
     back as `cursor` for the next page."""
