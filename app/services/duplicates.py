@@ -112,10 +112,13 @@ def duplicates(
     live = indexes.get(row)
     space = live.space
     # The change-log head before reading: a write meanwhile makes the next request's key
-    # differ, so a listing is never kept for a state it does not reflect.
+    # differ, so a listing is never kept for a state it does not reflect. Through the index,
+    # the index's own position too: one computed while it lagged SQL is not kept past it.
     head = indexes.changes.last_seq(row.id)
+    followed = live.applied if space.index.size > exact_max else 0
     threshold = float(np.float32(listing.threshold))
-    key = (row.id, space.epoch, space.aligner.version, head, exact_max, threshold, listing.modality)
+    key: tuple[object, ...] = (row.id, space.epoch, space.aligner.version, head, followed)
+    key += (exact_max, threshold, listing.modality)
     pairs = finder.cached(key)
     if pairs is None:
         if not finder.gate.acquire(timeout=BUSY_WAIT_S):

@@ -6,6 +6,7 @@ their collections; the work per request is bounded."""
 from __future__ import annotations
 
 import itertools
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -267,6 +268,30 @@ def test_every_process_lists_what_another_wrote(
         assert first.post(f"/v1/collections/{name}/items", json=body).status_code == 201
         assert [(p["a"], p["b"]) for p in listing(second, name)] == [("i0", "again")]
         assert first.delete(f"/v1/collections/{name}/items/i0").status_code == 204
+        assert listing(second, name) == []
+
+
+def test_through_the_index_a_process_lists_what_another_wrote_once_it_follows(
+    make_settings: Callable[..., Settings], tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second process answers from its own index: what it lists while its index lags a
+    write is not kept once the index follows."""
+    monkeypatch.setattr(service, "MAX_WORK", 10**12)
+    one = make_settings()
+    two = make_settings(data_dir=tmp_path / "two", duplicates_exact_max=0)
+    with TestClient(create_app(one)) as first, TestClient(create_app(two)) as second:
+        name = fill(first, ["a dog", "a dog"])
+        assert [(p["a"], p["b"]) for p in listing(second, name)] == [("i0", "i1")]
+        indexes = services_of(second).indexes
+        with monkeypatch.context() as paused:  # the second's follower falls behind
+            paused.setattr(indexes, "catch_up", lambda live, row: None)
+            body = {"id": "i1", "text": "a cat"}  # i1 is no longer a copy of i0
+            assert first.post(f"/v1/collections/{name}/items", json=body).status_code == 200
+            lagging = [(p["a"], p["b"]) for p in listing(second, name)]
+            assert lagging == [("i0", "i1")], "its index still holds i1 as it was"
+        deadline = time.monotonic() + 10
+        while listing(second, name) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert listing(second, name) == []
 
 
