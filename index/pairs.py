@@ -17,11 +17,13 @@ BLOCK = 1024  # rows x columns of one block of scores: 4 MiB of float32, whateve
 
 @dataclass(frozen=True)
 class Pairs:
-    """Pairs of rows (``left < right``) with their scores, best first."""
+    """Pairs of rows (``left < right``) with their scores, best first; ``truncated`` when
+    more pairs met the threshold than the cap kept."""
 
     left: np.ndarray  # int64
     right: np.ndarray  # int64
     scores: np.ndarray  # float32
+    truncated: bool = False
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -35,7 +37,11 @@ class Pairs:
     def keyed(self, keys: np.ndarray) -> Pairs:
         """The same pairs with each row replaced by ``keys[row]`` (ascending keys keep the
         order)."""
-        return Pairs(keys[self.left], keys[self.right], self.scores)
+        return Pairs(keys[self.left], keys[self.right], self.scores, self.truncated)
+
+    def where(self, keep: np.ndarray) -> Pairs:
+        """The pairs where ``keep`` is true (still truncated if these were)."""
+        return Pairs(self.left[keep], self.right[keep], self.scores[keep], self.truncated)
 
     def after(self, score: float, left: int, right: int) -> int:
         """Where the pairs strictly after ``(score, left, right)`` in the order begin."""
@@ -47,15 +53,19 @@ class Pairs:
         return int(found[0]) if len(found) else len(self)
 
 
-def ordered(left: np.ndarray, right: np.ndarray, scores: np.ndarray, cap: int) -> Pairs:
+def ordered(
+    left: np.ndarray, right: np.ndarray, scores: np.ndarray, cap: int, *, truncated: bool = False
+) -> Pairs:
     """The best ``cap`` pairs, best first, ties by left then right row; scores at most 1
-    (float32 rounding puts a vector's product with itself a little above)."""
+    (float32 rounding puts a vector's product with itself a little above). Truncated if
+    more than ``cap`` were given, or ``truncated`` says some were dropped before."""
     scores = np.minimum(scores, np.float32(1.0))
     order = np.lexsort((right, left, -scores.astype(np.float64)))[:cap]
     return Pairs(
         left[order].astype(np.int64),
         right[order].astype(np.int64),
         scores[order].astype(np.float32),
+        truncated or len(scores) > cap,
     )
 
 
@@ -68,6 +78,7 @@ class _Keeper:
         self.cap = cap
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.held = 0
+        self.dropped = False
 
     def add(self, left: np.ndarray, right: np.ndarray, scores: np.ndarray) -> None:
         if not len(scores):
@@ -76,6 +87,7 @@ class _Keeper:
         self.held += len(scores)
         if self.held > 2 * self.cap:
             best = self.result()
+            self.dropped = self.dropped or best.truncated
             self.parts = [(best.left, best.right, best.scores)]
             self.held = len(best)
             if len(best) >= self.cap:
@@ -85,7 +97,7 @@ class _Keeper:
         if not self.parts:
             return Pairs.empty()
         left, right, scores = (np.concatenate(p) for p in zip(*self.parts, strict=True))
-        return ordered(left, right, scores, self.cap)
+        return ordered(left, right, scores, self.cap, truncated=self.dropped)
 
 
 def all_pairs(vectors: np.ndarray, threshold: float, *, cap: int, block: int = BLOCK) -> Pairs:
@@ -106,7 +118,13 @@ def all_pairs(vectors: np.ndarray, threshold: float, *, cap: int, block: int = B
 
 
 def candidate_pairs(
-    left: np.ndarray, right: np.ndarray, scores: np.ndarray, threshold: float, *, cap: int
+    left: np.ndarray,
+    right: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    *,
+    cap: int,
+    truncated: bool = False,
 ) -> Pairs:
     """Pairs from k-NN hits (query row, hit row, score): self hits dropped, each pair once
     (rows swapped so that left < right) with its best score, at least ``threshold``."""
@@ -117,10 +135,10 @@ def candidate_pairs(
     a, b, s = a[keep], b[keep], s[keep]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     if not len(s):
-        return Pairs.empty()
+        return Pairs.empty() if not truncated else ordered(a, b, s, cap, truncated=True)
     # Group equal pairs, best score first in each group, then take each group's first.
     order = np.lexsort((-s.astype(np.float64), hi, lo))
     lo, hi, s = lo[order], hi[order], s[order]
     first = np.ones(len(s), dtype=bool)
     first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
-    return ordered(lo[first], hi[first], s[first], cap)
+    return ordered(lo[first], hi[first], s[first], cap, truncated=truncated)

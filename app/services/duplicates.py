@@ -133,6 +133,12 @@ def duplicates(
                 finder.keep(key, pairs)
         finally:
             finder.gate.release()
+    if pairs.truncated:  # a last page of a cut listing would look complete
+        raise InvalidInput(
+            f"more than {MAX_PAIRS} pairs in collection {row.name!r} are at least "
+            f"{listing.threshold} alike, more than one listing holds: raise the threshold "
+            "(duplicates score above the default, 0.98), or ask for one modality"
+        )
     return _page(items, row, pairs, after, listing.limit)
 
 
@@ -201,7 +207,7 @@ def _clip_pairs(items: ItemStore, row: CollectionRow, group: _Group, threshold: 
     short = np.minimum(_at(durations, pairs.left), _at(durations, pairs.right))
     long = np.maximum(_at(durations, pairs.left), _at(durations, pairs.right))
     agree = short >= (1.0 - DURATION_TOLERANCE) * long
-    return Pairs(pairs.left[agree], pairs.right[agree], pairs.scores[agree])
+    return pairs.where(agree)
 
 
 def _durations(items: ItemStore, row: CollectionRow, pks: list[int]) -> dict[int, float]:
@@ -267,7 +273,7 @@ def _through_index(
         )
     if recordings:  # a single vector's hit on a segment of a recording is not a pair
         mixed = np.isin(found.left, list(recordings)) | np.isin(found.right, list(recordings))
-        found = Pairs(found.left[~mixed], found.right[~mixed], found.scores[~mixed])
+        found = found.where(~mixed)
     return _merged(
         [found] + [_clip_pairs(items, row, g, listing.threshold) for g in clips.values()]
     )
@@ -279,7 +285,9 @@ def _fold(
     parts = [(found.left, found.right, found.scores), *hits]
     left, right, scores = (np.concatenate(p) for p in zip(*parts, strict=True))
     real = right >= 0
-    return candidate_pairs(left[real], right[real], scores[real], threshold, cap=MAX_PAIRS)
+    return candidate_pairs(
+        left[real], right[real], scores[real], threshold, cap=MAX_PAIRS, truncated=found.truncated
+    )
 
 
 def _merged(parts: list[Pairs]) -> Pairs:
@@ -289,7 +297,7 @@ def _merged(parts: list[Pairs]) -> Pairs:
     left, right, scores = (
         np.concatenate(p) for p in zip(*[(p.left, p.right, p.scores) for p in parts], strict=True)
     )
-    return ordered(left, right, scores, MAX_PAIRS)
+    return ordered(left, right, scores, MAX_PAIRS, truncated=any(p.truncated for p in parts))
 
 
 def _page(

@@ -226,6 +226,23 @@ def test_one_computation_at_a_time_and_the_next_gets_429(
     assert client.get(url(name)).status_code == 200
 
 
+def test_a_listing_past_max_pairs_is_refused_never_cut(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More pairs at the threshold than one listing holds: 422 saying to raise the
+    threshold, never a last page that looks complete; exactly MAX_PAIRS is listed whole."""
+    monkeypatch.setattr(service, "MAX_PAIRS", 3)
+    name = fill(client, ["a dog", "a dog", "a dog", "a cat"])  # 3 pairs
+    assert len(listing(client, name, limit=1)) == 3
+    body = {"id": "i9", "text": "a dog"}  # 6 pairs now
+    assert client.post(f"/v1/collections/{name}/items", json=body).status_code == 201
+    for params in ({"limit": 1}, {"limit": 1000}):
+        response = client.get(url(name), params=params)
+        assert response.status_code == 422, response.text
+        assert error_code(response) == "validation_error"
+        assert "raise the threshold" in response.json()["error"]["message"]
+
+
 @pytest.mark.parametrize("exact_max", [1])
 def test_work_past_the_bound_is_refused_with_what_to_do(
     make_settings: Callable[..., Settings], exact_max: int

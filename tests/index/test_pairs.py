@@ -77,6 +77,16 @@ def test_a_cap_keeps_the_best_pairs(seed: int, cap: int, block: int) -> None:
     assert len(found) == cap
     scores = np.sort(np.array(list(brute(rows, -1.0).values()), dtype=np.float32))[::-1]
     np.testing.assert_allclose(found.scores, np.minimum(scores[:cap], 1.0), atol=1e-5)
+    assert found.truncated == (cap < len(scores)), "a cut list says so"
+    assert not all_pairs(rows, -1.0, cap=len(scores), block=block).truncated
+
+
+def test_candidates_say_when_the_cap_cut_them() -> None:
+    left, right = np.array([0, 0, 1, 1]), np.array([1, 2, 2, 0])
+    scores = np.array([0.9, 0.8, 0.7, 0.9], dtype=np.float32)
+    assert not candidate_pairs(left, right, scores, 0.5, cap=3).truncated
+    assert candidate_pairs(left, right, scores, 0.5, cap=2).truncated
+    assert candidate_pairs(left, right, scores, 0.95, cap=3, truncated=True).truncated
 
 
 def test_an_item_never_pairs_with_itself_and_scores_stop_at_one() -> None:
