@@ -46,7 +46,6 @@ MAX_PAIRS = 100_000  # pairs one listing holds (the best): 2 MB
 NEIGHBOURS = 16  # index path: nearest items asked of each item
 MAX_WORK = 10  # index path: comparisons, in exact path's largest (exact_max^2 / 2)
 DURATION_TOLERANCE = 0.1  # recordings pair when the shorter is within 10 % of the longer
-BUSY_WAIT_S = 10.0  # a request waits this long for another's computation, then 429
 CACHED = 8  # listings kept per process (collection state x threshold x modality)
 CHUNK = 1024  # items read from SQL, and searched in the index, at a time
 
@@ -121,7 +120,9 @@ def duplicates(
     key += (exact_max, threshold, listing.modality)
     pairs = finder.cached(key)
     if pairs is None:
-        if not finder.gate.acquire(timeout=BUSY_WAIT_S):
+        # Never wait for the gate: a waiting request holds a thread of the server's pool
+        # (the route is sync), and enough of them would stall every other sync route.
+        if not finder.gate.acquire(blocking=False):
             raise QueueFull(
                 "another duplicates listing is being computed on this server; retry shortly "
                 "(pages of a listing already computed are answered at once)"

@@ -6,9 +6,11 @@ their collections; the work per request is bounded."""
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -209,11 +211,8 @@ def test_a_listing_is_computed_once_per_collection_state(
     assert len(computed) == 2
 
 
-def test_one_computation_at_a_time_and_the_next_gets_429(
-    client: TestClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_computation_at_a_time_and_the_next_gets_429(client: TestClient) -> None:
     name = fill(client, ["a dog", "a dog"])
-    monkeypatch.setattr(service, "BUSY_WAIT_S", 0.05)
     finder = services_of(client).duplicates
     assert finder.gate.acquire(timeout=1)
     try:
@@ -224,6 +223,41 @@ def test_one_computation_at_a_time_and_the_next_gets_429(
     finally:
         finder.gate.release()
     assert client.get(url(name)).status_code == 200
+
+
+def test_listings_beyond_the_gate_get_429_at_once_while_other_routes_answer(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one listing computes, more listings than the server has threads get 429 at
+    once (none waits in a thread), and another route still answers."""
+    name = fill(client, ["a dog", "a dog"])
+    started, release = threading.Event(), threading.Event()
+    compute = service._compute
+
+    def slow(*args: Any) -> Any:
+        started.set()
+        release.wait(30)
+        return compute(*args)
+
+    monkeypatch.setattr(service, "_compute", slow)
+    with ThreadPoolExecutor(50) as pool:
+        first = pool.submit(client.get, url(name))
+        try:
+            assert started.wait(10)
+            begun = time.monotonic()
+            more = [
+                pool.submit(client.get, url(name), params={"threshold": 0.5 + n / 100})
+                for n in range(45)
+            ]
+            statuses = [f.result(timeout=60).status_code for f in more]
+            other = client.get(f"/v1/collections/{name}")
+            elapsed = time.monotonic() - begun
+        finally:
+            release.set()
+        assert first.result(timeout=30).status_code == 200
+    assert statuses == [429] * 45
+    assert other.status_code == 200
+    assert elapsed < 5, f"the refusals and the other route took {elapsed:.1f} s"
 
 
 def test_a_listing_past_max_pairs_is_refused_never_cut(
