@@ -60,6 +60,7 @@ OTHER = "look-alike (other size, place)"
 SWEEP = tuple(round(0.9 + 0.005 * n, 3) for n in range(20))
 RUNS = 3  # timings are the fastest of this many
 THRESHOLD = 0.95  # of the timing runs (planted copies score about 0.99)
+UNBOUNDED = {"duplicates_deadline_s": 3600.0}  # timed at every size, past the route's deadline
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -298,7 +299,7 @@ def _time_size(root: Path, vectors: np.ndarray) -> dict[str, Any]:
     model = "random:ViT-B-32"  # 512 dimensions; the route never encodes here
     params = {"threshold": THRESHOLD, "limit": 100}
     url = "/v1/collections/t/duplicates"
-    with _server(root, model=model, duplicates_exact_max=10**9) as client:
+    with _server(root, model=model, duplicates_exact_max=10**9, **UNBOUNDED) as client:
         _fill(client, "t", vectors)
         time.sleep(5.0)  # the follower's snapshot of the new index, off the clock
         exact_s, _ = _best(_cold(client, url, params))
@@ -307,7 +308,7 @@ def _time_size(root: Path, vectors: np.ndarray) -> dict[str, Any]:
     before = service.MAX_WORK
     service.MAX_WORK = 10**12  # the bound lifted: measured at every size
     try:
-        with _server(root, model=model, duplicates_exact_max=0) as client:
+        with _server(root, model=model, duplicates_exact_max=0, **UNBOUNDED) as client:
             services = client.app.state.services  # type: ignore[attr-defined]
             services.indexes.get(services.stores.collections.get("t"))
             index_s, _ = _best(_cold(client, url, params))

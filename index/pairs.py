@@ -8,6 +8,7 @@ order, so a page can start strictly after any pair (a keyset cursor).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,9 +101,17 @@ class _Keeper:
         return ordered(left, right, scores, self.cap, truncated=self.dropped)
 
 
-def all_pairs(vectors: np.ndarray, threshold: float, *, cap: int, block: int = BLOCK) -> Pairs:
+def all_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    cap: int,
+    block: int = BLOCK,
+    between: Callable[[], None] | None = None,
+) -> Pairs:
     """Every pair of rows whose inner product is at least ``threshold`` (the best ``cap``),
-    computed a block of rows against a block of columns at a time: never an n x n matrix."""
+    computed a block of rows against a block of columns at a time: never an n x n matrix.
+    ``between`` is called after each block (a deadline raises there to stop the work)."""
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(matrix)
     keep = _Keeper(threshold, cap)
@@ -114,6 +123,8 @@ def all_pairs(vectors: np.ndarray, threshold: float, *, cap: int, block: int = B
                 scores[np.tril_indices(len(rows), m=scores.shape[1])] = -np.inf
             i, j = np.nonzero(scores >= keep.floor)
             keep.add(i + top, j + first, scores[i, j])
+            if between is not None:
+                between()
     return keep.result()
 
 

@@ -67,6 +67,7 @@ def list_duplicates(
         items=items,
         indexes=indexes,
         exact_max=settings.duplicates_exact_max,
+        deadline_s=settings.duplicates_deadline_s,
         name=name,
         listing=Listing(threshold=threshold, limit=limit, cursor=cursor, modality=modality),
     )

@@ -9,8 +9,9 @@ whole clip, never with an image or one segment.
 How: a collection of at most ``MMR_DUPLICATES_EXACT_MAX`` items is compared exactly, all
 pairs in blocks (index.pairs.all_pairs); a larger one through its index, each item with
 its NEIGHBOURS nearest, the index's scores (approximate where the index is). The work is
-bounded: the exact path by that size, the index path by MAX_WORK times the exact path's
-largest work, refused (422) past it; one computation runs per process at a time, and its
+bounded: the exact path by that size, the index path by the exact path's largest work
+(MAX_WORK), refused (422) past it, and both by a deadline checked between blocks of work
+(422 past it); one computation runs per process at a time, and its
 result is kept for the collection's state (its change-log head), so the pages of one
 listing cost one computation.
 
@@ -26,8 +27,9 @@ import base64
 import binascii
 import json
 import threading
+import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +46,10 @@ from models.encoders.aligner import Aligner, l2_normalize
 
 MAX_PAIRS = 100_000  # pairs one listing holds (the best): 2 MB
 NEIGHBOURS = 16  # index path: nearest items asked of each item
-MAX_WORK = 10  # index path: comparisons, in exact path's largest (exact_max^2 / 2)
+# Index path: comparisons, in the exact path's largest work (exact_max^2 / 2). One through
+# an index costs about four exact ones (bench/results/amd-epyc/duplicates: hnsw vs blocked
+# numpy), so no listing through the index costs more than the largest exact one.
+MAX_WORK = 0.25
 DURATION_TOLERANCE = 0.1  # recordings pair when the shorter is within 10 % of the longer
 CACHED = 8  # listings kept per process (collection state x threshold x modality)
 CHUNK = 1024  # items read from SQL, and searched in the index, at a time
@@ -102,6 +107,7 @@ def duplicates(
     items: ItemStore,
     indexes: IndexManager[Aligner],
     exact_max: int,
+    deadline_s: float,
     name: str,
     listing: Listing,
 ) -> DuplicatePage:
@@ -130,7 +136,10 @@ def duplicates(
         try:
             pairs = finder.cached(key)
             if pairs is None:
-                pairs = _compute(items, row, space.aligner, space.index, exact_max, listing)
+                clock = _Deadline(row.name, deadline_s, time.monotonic() + deadline_s)
+                pairs = _compute(
+                    items, row, space.aligner, space.index, exact_max, listing, clock.check
+                )
                 finder.keep(key, pairs)
         finally:
             finder.gate.release()
@@ -143,6 +152,24 @@ def duplicates(
     return _page(items, row, pairs, after, listing.limit)
 
 
+@dataclass(frozen=True)
+class _Deadline:
+    """When a listing must stop; checked between blocks of its work."""
+
+    name: str
+    seconds: float
+    ends: float
+
+    def check(self) -> None:
+        if time.monotonic() > self.ends:
+            raise InvalidInput(
+                f"listing the duplicates of collection {self.name!r} took more than "
+                f"{self.seconds:g} s, the most this server gives one listing: ask for one "
+                "modality (modality=image) if it holds several, or ask the operator to raise "
+                "MMR_DUPLICATES_DEADLINE_S"
+            )
+
+
 def _compute(
     items: ItemStore,
     row: CollectionRow,
@@ -150,27 +177,39 @@ def _compute(
     index: VectorIndex,
     exact_max: int,
     listing: Listing,
+    check: Callable[[], None],
 ) -> Pairs:
     count = index.size
-    if count <= exact_max:
-        return _exact(items, row, aligner, listing)
-    work = count * index.scan_size(NEIGHBOURS + 1)
-    budget = MAX_WORK * max(exact_max, 1) ** 2 // 2
-    if work > budget:
-        raise InvalidInput(
-            f"collection {row.name!r} holds {count} items in a {index.spec.type} index: "
-            f"listing its duplicates would take about {work:.2g} comparisons, more than this "
-            f"server allows ({budget:.2g}); reindex it as hnsw or ivf (a reindex job with "
-            "index settings), or ask the operator to raise MMR_DUPLICATES_EXACT_MAX"
+    if listing.modality is not None:  # only its items are compared
+        count = len(
+            items.matching_pks(collection_id=row.id, modalities=[listing.modality], filters=None)
         )
-    return _through_index(items, row, aligner, index, budget, listing)
+    exact_work = max(exact_max, 1) ** 2 / 2
+    if count <= exact_max:
+        return _exact(items, row, aligner, listing, check)
+    work = count * index.scan_size(NEIGHBOURS + 1)
+    budget = MAX_WORK * exact_work
+    if work > budget:
+        flat = ", or reindex it as hnsw or ivf" if index.spec.type == "flat" else ""
+        raise InvalidInput(
+            f"collection {row.name!r} holds {count} vectors to compare in a "
+            f"{index.spec.type} index: listing their duplicates would take about {work:.2g} "
+            f"comparisons, more than this server gives one listing ({budget:.2g}): ask for "
+            f"one modality (modality=image) if it holds several{flat}"
+        )
+    return _through_index(items, row, aligner, index, budget, listing, check)
 
 
 def _stored(
-    items: ItemStore, row: CollectionRow, aligner: Aligner, modality: str | None
+    items: ItemStore,
+    row: CollectionRow,
+    aligner: Aligner,
+    modality: str | None,
+    check: Callable[[], None],
 ) -> Iterator[tuple[list[StoredVectors], list[np.ndarray]]]:
     """The collection's items in key order, a chunk at a time, with their current vectors."""
     for chunk in items.iter_stored(collection_id=row.id, modality=modality, chunk=CHUNK):
+        check()
         yield chunk, [current_vectors(s, aligner, row.dim) for s in chunk]
 
 
@@ -180,28 +219,37 @@ def _whole(vectors: np.ndarray) -> np.ndarray:
     return l2_normalize(mean.astype(np.float32))[0]
 
 
-def _exact(items: ItemStore, row: CollectionRow, aligner: Aligner, listing: Listing) -> Pairs:
+def _exact(
+    items: ItemStore,
+    row: CollectionRow,
+    aligner: Aligner,
+    listing: Listing,
+    check: Callable[[], None],
+) -> Pairs:
     singles: dict[str, _Group] = defaultdict(_Group)
     clips: dict[str, _Group] = defaultdict(_Group)
-    for chunk, vectors in _stored(items, row, aligner, listing.modality):
+    for chunk, vectors in _stored(items, row, aligner, listing.modality, check):
         for stored, matrix in zip(chunk, vectors, strict=True):
             group = singles if len(matrix) == 1 else clips
             group[stored.modality].pks.append(stored.pk)
             group[stored.modality].vectors.append(matrix[0] if len(matrix) == 1 else _whole(matrix))
     found = [
-        all_pairs(g.matrix(row.dim), listing.threshold, cap=MAX_PAIRS).keyed(
+        all_pairs(g.matrix(row.dim), listing.threshold, cap=MAX_PAIRS, between=check).keyed(
             np.array(g.pks, dtype=np.int64)
         )
         for g in singles.values()
     ]
-    found += [_clip_pairs(items, row, g, listing.threshold) for g in clips.values()]
+    found += [_clip_pairs(items, row, g, listing.threshold, check) for g in clips.values()]
     return _merged(found)
 
 
-def _clip_pairs(items: ItemStore, row: CollectionRow, group: _Group, threshold: float) -> Pairs:
+def _clip_pairs(
+    items: ItemStore, row: CollectionRow, group: _Group, threshold: float, check: Callable[[], None]
+) -> Pairs:
     """Recordings' pairs: alike as wholes, and of durations that agree."""
     keys = np.array(group.pks, dtype=np.int64)
-    pairs = all_pairs(group.matrix(row.dim), threshold, cap=MAX_PAIRS).keyed(keys)
+    pairs = all_pairs(group.matrix(row.dim), threshold, cap=MAX_PAIRS, between=check)
+    pairs = pairs.keyed(keys)
     if not len(pairs):
         return pairs
     durations = _durations(items, row, group.pks)
@@ -231,8 +279,9 @@ def _through_index(
     row: CollectionRow,
     aligner: Aligner,
     index: VectorIndex,
-    budget: int,
+    budget: float,
     listing: Listing,
+    check: Callable[[], None],
 ) -> Pairs:
     """Each single-vector item's nearest items in the index; recordings exactly, as wholes."""
     clips: dict[str, _Group] = defaultdict(_Group)
@@ -240,7 +289,7 @@ def _through_index(
     hits: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     held = 0
     found = Pairs.empty()
-    for chunk, vectors in _stored(items, row, aligner, listing.modality):
+    for chunk, vectors in _stored(items, row, aligner, listing.modality, check):
         queries: dict[str, _Group] = defaultdict(_Group)
         for stored, matrix in zip(chunk, vectors, strict=True):
             if len(matrix) > 1:
@@ -261,6 +310,7 @@ def _through_index(
             own = np.repeat(np.array(group.pks, dtype=np.int64), keys.shape[1])
             hits.append((own, keys.ravel(), scores.ravel()))
             held += keys.size
+            check()
         if held > 4 * MAX_PAIRS:  # fold what is held into the best pairs so far
             found = _fold(found, hits, listing.threshold)
             hits, held = [], 0
@@ -276,7 +326,7 @@ def _through_index(
         mixed = np.isin(found.left, list(recordings)) | np.isin(found.right, list(recordings))
         found = found.where(~mixed)
     return _merged(
-        [found] + [_clip_pairs(items, row, g, listing.threshold) for g in clips.values()]
+        [found] + [_clip_pairs(items, row, g, listing.threshold, check) for g in clips.values()]
     )
 
 

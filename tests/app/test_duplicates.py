@@ -281,14 +281,54 @@ def test_a_listing_past_max_pairs_is_refused_never_cut(
 def test_work_past_the_bound_is_refused_with_what_to_do(
     make_settings: Callable[..., Settings], exact_max: int
 ) -> None:
-    """A flat index of 4 items compares 16 vectors through the index: more than ten times
-    the exact work of 1 item (0): refused, naming the way out."""
+    """A flat index of 4 items compares 16 vectors through the index: more than the exact
+    work of 1 item allows: refused, naming the way out."""
     with TestClient(create_app(make_settings(duplicates_exact_max=exact_max))) as c:
         name = fill(c, ["a dog", "a dog", "a cat", "a cat"])
         response = c.get(url(name))
         assert response.status_code == 422, response.text
         assert error_code(response) == "validation_error"
         assert "reindex" in response.json()["error"]["message"]
+
+
+def test_the_index_path_does_no_more_work_than_the_largest_exact_listing(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """6 items over an exact bound of 5 go through a flat index: 36 comparisons, each
+    costing more than an exact one, against 12 for the largest exact listing: refused."""
+    with TestClient(create_app(make_settings(duplicates_exact_max=5))) as c:
+        name = fill(c, ["a dog"] * 6)
+        response = c.get(url(name))
+        assert response.status_code == 422, response.text
+        assert "modality" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("exact_max", [20_000, 0])
+def test_a_listing_past_its_deadline_stops_and_frees_the_server(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, exact_max: int
+) -> None:
+    """The deadline is checked between blocks of work: past it the listing stops with 422
+    and what to do, the gate is free again, and nothing is kept."""
+    monkeypatch.setattr(service, "MAX_WORK", 10**12)
+    settings = make_settings(duplicates_exact_max=exact_max, duplicates_deadline_s=0.001)
+    with TestClient(create_app(settings)) as c:
+        name = fill(c, ["a dog", "a dog", "a cat"])
+        slow = service._stored
+
+        def stored(*args: Any) -> Iterator[Any]:
+            for chunk in slow(*args):
+                time.sleep(0.01)
+                yield chunk
+
+        monkeypatch.setattr(service, "_stored", stored)
+        response = c.get(url(name))
+        assert response.status_code == 422, response.text
+        message = response.json()["error"]["message"]
+        assert "MMR_DUPLICATES_DEADLINE_S" in message and "modality" in message
+        finder = services_of(c).duplicates
+        assert not finder.cache
+        assert finder.gate.acquire(blocking=False)
+        finder.gate.release()
 
 
 def test_a_key_sees_only_its_collections(make_settings: Callable[..., Settings]) -> None:

@@ -4,6 +4,7 @@ matrix, k-NN candidates folded into pairs, the order and the keyset position."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -79,6 +80,23 @@ def test_a_cap_keeps_the_best_pairs(seed: int, cap: int, block: int) -> None:
     np.testing.assert_allclose(found.scores, np.minimum(scores[:cap], 1.0), atol=1e-5)
     assert found.truncated == (cap < len(scores)), "a cut list says so"
     assert not all_pairs(rows, -1.0, cap=len(scores), block=block).truncated
+
+
+def test_all_pairs_calls_between_after_each_block_and_stops_when_it_raises() -> None:
+    rows = unit_rows(7, 10, 3)
+    calls: list[int] = []
+    all_pairs(rows, 0.5, cap=100, block=4, between=lambda: calls.append(1))
+    assert len(calls) == 3 + 2 + 1  # blocks of rows x blocks of columns from the diagonal
+
+    def stop() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise TimeoutError
+
+    calls.clear()
+    with pytest.raises(TimeoutError):
+        all_pairs(rows, 0.5, cap=100, block=4, between=stop)
+    assert len(calls) == 2
 
 
 def test_candidates_say_when_the_cap_cut_them() -> None:
