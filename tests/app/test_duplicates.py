@@ -303,6 +303,27 @@ def test_the_index_path_does_no_more_work_than_the_largest_exact_listing(
         assert "modality" in response.json()["error"]["message"]
 
 
+def test_one_modality_counts_only_its_items_against_the_bounds(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """4 items over an exact bound of 2 are refused; the 2 images of them are listed."""
+    with TestClient(create_app(make_settings(duplicates_exact_max=2))) as c:
+        name = fill(c, ["a dog", "a dog"])
+        picture = image_bytes("RGB", seed=3)
+        for item in ("p1", "p2"):
+            sent = c.post(
+                f"/v1/collections/{name}/items",
+                files={"file": ("p.png", picture)},
+                data={"id": item},
+            )
+            assert sent.status_code == 201, sent.text
+        refused = c.get(url(name))
+        assert refused.status_code == 422, refused.text
+        assert "modality=image" in refused.json()["error"]["message"]
+        images = listing(c, name, modality="image")
+        assert [(p["a"], p["b"]) for p in images] == [("p1", "p2")]
+
+
 @pytest.mark.parametrize("exact_max", [20_000, 0])
 def test_a_listing_past_its_deadline_stops_and_frees_the_server(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, exact_max: int
