@@ -22,6 +22,7 @@ from fastapi import Depends, Request
 
 from app.auth import principal_of
 from app.errors import NotReady
+from app.services.duplicates import DuplicateFinder
 from app.services.embedding import Embedder
 from app.services.pool import ModelPool
 from app.settings import Settings
@@ -106,6 +107,11 @@ async def get_blobs(request: Request) -> BlobStore:
     return running(request).blobs
 
 
+async def get_duplicate_finder(request: Request) -> DuplicateFinder:
+    """The duplicates listings this process computed lately, and its one-at-a-time gate."""
+    return running(request).duplicates
+
+
 async def get_worker_wakeup(request: Request) -> threading.Event:
     """Set to start an in-process worker on a new job without waiting for its poll."""
     return running(request).worker_wakeup
@@ -122,4 +128,5 @@ IndexesDep = Annotated[IndexManager[Aligner], Depends(get_indexes)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 ModelsDep = Annotated[ModelPool, Depends(get_models)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+DuplicateFinderDep = Annotated[DuplicateFinder, Depends(get_duplicate_finder)]
 WorkerWakeupDep = Annotated[threading.Event, Depends(get_worker_wakeup)]

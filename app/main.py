@@ -22,7 +22,17 @@ from app.lifespan import lifespan
 from app.limits import BODY_WAIT_S, BodySizeLimit
 from app.logs import configure_logging
 from app.metrics import Metrics, MetricsMiddleware
-from app.routers import collections, embed, health, items, jobs, keys, models, search
+from app.routers import (
+    collections,
+    duplicates,
+    embed,
+    health,
+    items,
+    jobs,
+    keys,
+    models,
+    search,
+)
 from app.settings import Settings, get_settings
 from models.media.budget import DecodeBudget
 from models.runtime.streams import in_flight
@@ -61,7 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     secured = [Depends(require_api_key)]
-    for module in (models, collections, items, search, embed, jobs, keys):
+    for module in (models, collections, items, search, duplicates, embed, jobs, keys):
         app.include_router(module.router, dependencies=secured)
     openapi.install(app)
     ui.install(app)

@@ -151,6 +151,21 @@ class Settings(BaseSettings):
         description="Decoded media the inputs of one request keep together, in MB; past it "
         "413 `media_too_large` (in a batch, for the entries past it).",
     )
+    duplicates_exact_max: int = Field(
+        default=12_000,
+        ge=0,
+        description="Collections of at most this many items have their duplicates listed "
+        "exactly (every pair compared, in blocks); larger ones through their index, refused "
+        "(422) where that would cost more than the largest exact listing "
+        "([duplicates](duplicates.md)).",
+    )
+    duplicates_deadline_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="Seconds one duplicates listing may compute; past them it stops between "
+        "blocks of work and answers 422 ([duplicates](duplicates.md)).",
+    )
     max_batch_items: int = Field(
         default=256,
         description="Most items in one batch call, or inputs in one `/v1/embed` call; more get "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from app.auth import Principal
+from app.services.duplicates import DuplicateFinder
 from app.services.embedding import Embedder
 from app.services.pool import ModelPool
 from app.settings import Settings
@@ -36,6 +37,8 @@ class Services:
     warnings: list[str] = field(default_factory=list)
     # Set when a job is queued: an in-process worker starts on it without waiting a poll.
     worker_wakeup: threading.Event = field(default_factory=threading.Event)
+    # Duplicates listings computed lately, per collection state (app.services.duplicates).
+    duplicates: DuplicateFinder = field(default_factory=DuplicateFinder)
 
     def seen_by(self, principal: Principal | None) -> Services:
         """These services as a key sees them (see ``stores_seen_by``)."""

@@ -115,6 +115,7 @@ def _run_phase(
     phase: str, cfg: BenchConfig, work: Path, log: Callable[[str], None], results: dict[str, Any]
 ) -> None:
     from bench.bulk import run_bulk
+    from bench.duplicates import run_duplicates
     from bench.embed import run_embed
     from bench.finetune import run_finetune
     from bench.hostile import run_hostile
@@ -130,6 +131,7 @@ def _run_phase(
         "replicas": run_replicas,
         "bulk": run_bulk,
         "finetune": run_finetune,
+        "duplicates": run_duplicates,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

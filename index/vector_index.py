@@ -327,6 +327,32 @@ class VectorIndex:
             )
             return self._search(q, k, want, total, bits, exhaustive=selective, wait=wait)
 
+    def search_many(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's top ``k`` vectors as item keys and scores, (m, k) arrays with -1 and
+        -inf where there are fewer: one pass of the index as it is (approximate for hnsw and
+        a trained ivf, never widened), on the build threads. What pairwise comparisons of a
+        whole collection (index.pairs) ask of it."""
+        q = as_matrix(queries, self.dim)
+        none = (np.full((len(q), 0), -1, dtype=np.int64), np.zeros((len(q), 0), np.float32))
+        with self._lock.read(), omp_threads(_threads["build"]):
+            mask = self._mask(allowed)
+            total, bits = (self._live, None) if mask is None else (mask[0], mask[2])
+            fetch = min(k, total)
+            if fetch <= 0:
+                return none
+            selector = (
+                None if bits is None else faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits))
+            )
+            selective = allowed is not None and total <= max(
+                SELECTIVE_MAX, SELECTIVE_SHARE * self._live
+            )
+            scores, labels = self._run(q, fetch, selector, exhaustive=selective)
+            vids = np.where(labels >= 0, self._labels[np.maximum(labels, 0)], DEAD)
+            live = vids >= 0
+            return np.where(live, item_of(vids), -1), np.where(live, scores, -np.inf)
+
     def _search(
         self,
         q: np.ndarray,

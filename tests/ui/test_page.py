@@ -430,3 +430,43 @@ def test_markup_in_an_items_text_is_shown_as_text(page: Any, site: Site) -> None
     assert snippet.text_content() == markup
     assert snippet.locator("img, b").count() == 0
     assert page.title() == "mmr: search"
+
+
+def test_finds_duplicates_page_by_page(page: Any, site: Site) -> None:
+    """A collection of its own (last in the picker): a picture stored three times and another
+    one. The page lists the API's pairs, best first, a page of 24 at a time."""
+    name = "zz-duplicates"
+    headers = {"Authorization": f"Bearer {site.key}"} if site.key else {}
+    httpx.post(
+        site.url + "/v1/collections", json={"name": name}, headers=headers
+    ).raise_for_status()
+    copy = picture_of(
+        ({"shape": "circle", "colour": "red", "size": "large", "position": "center"},), seed=5
+    )
+    other = picture_of(
+        ({"shape": "square", "colour": "blue", "size": "small", "position": "left"},), seed=6
+    )
+    for item, data in (("one", copy), ("two", copy), ("three", copy), ("other", other)):
+        stored = httpx.post(
+            f"{site.url}/v1/collections/{name}/items",
+            files={"file": (f"{item}.jpg", data, "image/jpeg")},
+            data={"id": item},
+            headers=headers,
+            timeout=30,
+        )
+        stored.raise_for_status()
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    page.select_option("#collection", name)
+    page.click('button.tab[aria-controls="duplicates-section"]')
+    page.fill("#threshold", "0.99")
+    page.click('#duplicates-form button[type="submit"]')
+    page.wait_for_selector('#pair-count:has-text("3 pairs")', timeout=20_000)
+    shown = page.eval_on_selector_all("#pairs > li", "l => l.map(i => [i.dataset.a, i.dataset.b])")
+    listed = httpx.get(
+        f"{site.url}/v1/collections/{name}/duplicates", params={"threshold": 0.99}, headers=headers
+    ).json()["pairs"]
+    assert shown == [[p["a"], p["b"]] for p in listed]
+    assert {tuple(pair) for pair in shown} == {("one", "two"), ("one", "three"), ("two", "three")}
+    page.wait_for_selector("#pairs img", timeout=20_000)  # each side's thumbnail
+    assert page.is_hidden("#more-pairs")

@@ -781,6 +781,85 @@ function setUpJobs() {
   });
 }
 
+// ---- duplicates ------------------------------------------------------------------------
+
+const dup = { cursor: null, run: 0, shown: 0 };
+
+// Each item of a pair is read once it comes near the screen, then shown as a search hit is
+// (an observer of its own: a new search forgets the results' one).
+const pairsNear = new IntersectionObserver((entries) => {
+  for (const entry of entries) {
+    if (!entry.isIntersecting) continue;
+    pairsNear.unobserve(entry.target);
+    const load = loaders.get(entry.target);
+    if (load) load();
+  }
+}, { rootMargin: "400px" });
+
+function pairSide(id) {
+  const side = document.createElement("div");
+  side.className = "side";
+  const name = document.createElement("span");
+  name.textContent = id;
+  const holder = document.createElement("div");
+  holder.className = "holder";
+  side.append(holder, name);
+  const path = `/v1/collections/${encodeURIComponent(state.collection)}/items/${encodeURIComponent(id)}`;
+  loaders.set(holder, () => call(path)
+    .then((item) => holder.append(mediaOf({ item })))
+    .catch(() => {}));
+  pairsNear.observe(holder);
+  return side;
+}
+
+function showPair(pair) {
+  const li = document.createElement("li");
+  li.className = "pair";
+  li.dataset.a = pair.a;
+  li.dataset.b = pair.b;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = pair.score.toFixed(3);
+  li.append(pairSide(pair.a), pairSide(pair.b), score);
+  return li;
+}
+
+async function findDuplicates(more = false) {
+  const run = more ? dup.run : ++dup.run;
+  if (!more) {
+    dup.cursor = null;
+    dup.shown = 0;
+    pairsNear.disconnect();
+    $("#pairs").replaceChildren();
+  }
+  $("#more-pairs").hidden = true;
+  if (!state.collection) return;
+  const params = new URLSearchParams({ threshold: $("#threshold").value, limit: String(PAGE) });
+  if (dup.cursor) params.set("cursor", dup.cursor);
+  $("#pair-count").textContent = "Looking for duplicates…";
+  try {
+    const page = await call(`/v1/collections/${encodeURIComponent(state.collection)}/duplicates?${params}`);
+    if (run !== dup.run) return;
+    $("#pairs").append(...page.pairs.map(showPair));
+    dup.shown += page.pairs.length;
+    dup.cursor = page.next_cursor;
+    $("#more-pairs").hidden = !dup.cursor;
+    const n = dup.shown;
+    $("#pair-count").textContent = n ? `${n} pair${n === 1 ? "" : "s"}${dup.cursor ? " so far" : ""}, most alike first` : "No duplicates at this threshold.";
+  } catch (error) {
+    if (run !== dup.run) return;
+    $("#pair-count").textContent = `Could not find duplicates: ${error.message}`;
+  }
+}
+
+function setUpDuplicates() {
+  $("#duplicates-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    findDuplicates();
+  });
+  $("#more-pairs").addEventListener("click", () => findDuplicates(true));
+}
+
 // ---- sections and start ------------------------------------------------------------------
 
 function setUpTabs() {
@@ -803,11 +882,13 @@ async function start() {
   setUpSearch();
   setUpAdding();
   setUpJobs();
+  setUpDuplicates();
   $("#collection").addEventListener("change", (event) => {
     state.collection = event.target.value;
     showCollection();
     search();
     if (!$("#jobs-section").hidden) Promise.all([loadVersions(), loadJobs()]).catch(() => {});
+    if (!$("#duplicates-section").hidden) findDuplicates();
   });
   try {
     await loadCollections();

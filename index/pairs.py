@@ -1,0 +1,155 @@
+"""Pairs of alike vectors in one set: exact all-pairs in blocks, or candidates a k-NN search
+proposed, both kept to the best ``cap`` pairs and ordered one way.
+
+Rows stand for items in ascending key order, so a pair ``(i, j)`` with ``i < j`` names the
+item stored first as ``i``. The order is score descending, then ``i``, then ``j``: a total
+order, so a page can start strictly after any pair (a keyset cursor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+BLOCK = 1024  # rows x columns of one block of scores: 4 MiB of float32, whatever n is
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Pairs of rows (``left < right``) with their scores, best first; ``truncated`` when
+    more pairs met the threshold than the cap kept."""
+
+    left: np.ndarray  # int64
+    right: np.ndarray  # int64
+    scores: np.ndarray  # float32
+    truncated: bool = False
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    @classmethod
+    def empty(cls) -> Pairs:
+        """No pairs."""
+        none = np.zeros(0, dtype=np.int64)
+        return cls(none, none.copy(), np.zeros(0, dtype=np.float32))
+
+    def keyed(self, keys: np.ndarray) -> Pairs:
+        """The same pairs with each row replaced by ``keys[row]`` (ascending keys keep the
+        order)."""
+        return Pairs(keys[self.left], keys[self.right], self.scores, self.truncated)
+
+    def where(self, keep: np.ndarray) -> Pairs:
+        """The pairs where ``keep`` is true (still truncated if these were)."""
+        return Pairs(self.left[keep], self.right[keep], self.scores[keep], self.truncated)
+
+    def after(self, score: float, left: int, right: int) -> int:
+        """Where the pairs strictly after ``(score, left, right)`` in the order begin."""
+        s = np.float32(score)
+        later = (self.scores < s) | (
+            (self.scores == s) & ((self.left > left) | ((self.left == left) & (self.right > right)))
+        )
+        found = np.flatnonzero(later)
+        return int(found[0]) if len(found) else len(self)
+
+
+def ordered(
+    left: np.ndarray, right: np.ndarray, scores: np.ndarray, cap: int, *, truncated: bool = False
+) -> Pairs:
+    """The best ``cap`` pairs, best first, ties by left then right row; scores at most 1
+    (float32 rounding puts a vector's product with itself a little above). Truncated if
+    more than ``cap`` were given, or ``truncated`` says some were dropped before."""
+    scores = np.minimum(scores, np.float32(1.0))
+    order = np.lexsort((right, left, -scores.astype(np.float64)))[:cap]
+    return Pairs(
+        left[order].astype(np.int64),
+        right[order].astype(np.int64),
+        scores[order].astype(np.float32),
+        truncated or len(scores) > cap,
+    )
+
+
+class _Keeper:
+    """Collects pairs at or above a floor; past twice ``cap`` it keeps the best ``cap`` and
+    raises the floor to the worst of them, so memory stays O(cap + one block)."""
+
+    def __init__(self, threshold: float, cap: int) -> None:
+        self.floor = np.float32(threshold)
+        self.cap = cap
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.held = 0
+        self.dropped = False
+
+    def add(self, left: np.ndarray, right: np.ndarray, scores: np.ndarray) -> None:
+        if not len(scores):
+            return
+        self.parts.append((left, right, scores))
+        self.held += len(scores)
+        if self.held > 2 * self.cap:
+            best = self.result()
+            self.dropped = self.dropped or best.truncated
+            self.parts = [(best.left, best.right, best.scores)]
+            self.held = len(best)
+            if len(best) >= self.cap:
+                self.floor = max(self.floor, best.scores[-1])
+
+    def result(self) -> Pairs:
+        if not self.parts:
+            return Pairs.empty()
+        left, right, scores = (np.concatenate(p) for p in zip(*self.parts, strict=True))
+        return ordered(left, right, scores, self.cap, truncated=self.dropped)
+
+
+def all_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    cap: int,
+    block: int = BLOCK,
+    between: Callable[[], None] | None = None,
+) -> Pairs:
+    """Every pair of rows whose inner product is at least ``threshold`` (the best ``cap``),
+    computed a block of rows against a block of columns at a time: never an n x n matrix.
+    ``between`` is called after each block (a deadline raises there to stop the work)."""
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(matrix)
+    keep = _Keeper(threshold, cap)
+    for top in range(0, n, block):
+        rows = matrix[top : top + block]
+        for first in range(top, n, block):
+            scores = rows @ matrix[first : first + block].T
+            if first == top:  # the diagonal block: each pair once, never an item with itself
+                scores[np.tril_indices(len(rows), m=scores.shape[1])] = -np.inf
+            i, j = np.nonzero(scores >= keep.floor)
+            keep.add(i + top, j + first, scores[i, j])
+            if between is not None:
+                between()
+    return keep.result()
+
+
+def candidate_pairs(
+    left: np.ndarray,
+    right: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    *,
+    cap: int,
+    truncated: bool = False,
+) -> Pairs:
+    """Pairs from k-NN hits (query row, hit row, score): self hits dropped, each pair once
+    (rows swapped so that left < right) with its best score, at least ``threshold``."""
+    a = np.asarray(left, dtype=np.int64)
+    b = np.asarray(right, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float32)
+    keep = (a != b) & (s >= np.float32(threshold))
+    a, b, s = a[keep], b[keep], s[keep]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    if not len(s):
+        return Pairs.empty() if not truncated else ordered(a, b, s, cap, truncated=True)
+    # Group equal pairs, best score first in each group, then take each group's first.
+    order = np.lexsort((-s.astype(np.float64), hi, lo))
+    lo, hi, s = lo[order], hi[order], s[order]
+    first = np.ones(len(s), dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return ordered(lo[first], hi[first], s[first], cap, truncated=truncated)
