@@ -1,7 +1,7 @@
 """Video decoding for uploads: MP4, WebM, Matroska and QuickTime through PyAV (FFmpeg).
 
 A video becomes a few frames and its audio track. Frames are sampled by scene change: every
-decoded frame is shrunk to a small grey thumbnail, and a frame is kept when it differs enough
+decoded frame is shrunk to a small thumbnail, and a frame is kept when it differs enough
 from the last kept one, or when ``max_interval_s`` has passed since it; past ``max_frames``
 kept frames, the one that changed least is merged into its predecessor. Each kept frame
 stands for the moment from its time to the next kept frame's (its span). The audio track is
@@ -43,10 +43,12 @@ _IMAGE_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1",
 # Top-level QuickTime atoms an old .mov without ``ftyp`` starts with.
 _QT_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 
-# The grey thumbnail every decoded frame is compared on.
+# The thumbnail every decoded frame is compared on (in colour: a red thing that turns blue
+# barely changes in grey).
 THUMB_SIDE = 16
-# Mean absolute difference (0..1) of two thumbnails that counts as a new scene.
-SCENE_CHANGE = 0.04
+# Mean absolute difference (0..1) of two thumbnails that counts as a new scene: a thing that
+# fills a sixth of the picture and changes colour is one; codec noise (under 0.01) is not.
+SCENE_CHANGE = 0.03
 # What PyAV raises on damaged input; anything else out of a decode is our bug.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, EOFError)
 # Bytes a decoder holds per pixel of the stream besides the frames we keep: reference and
@@ -131,6 +133,62 @@ def decode_video(
         raise _undecodable(exc) from exc
     with container:
         return _decode(container, mime, limits, frame_side, audio_rate, budget, deadline)
+
+
+def frame_at(data: bytes, t: float, *, limits: VideoLimits, side: int) -> Image.Image:
+    """The RGB frame shown at ``t`` seconds (the first at or after it, else the last one),
+    its longer side at most ``side``: a seek to the keyframe before ``t``, then a decode up to
+    it, under the decode time limit and the pixel limit."""
+    mime = sniff_video(data)
+    if mime is None:
+        raise UnsupportedMediaError(f"unsupported video type; {_ACCEPTED}")
+    deadline = _Deadline(limits.decode_seconds)
+    try:
+        with av.open(
+            _TimedReader(data, deadline), mode="r", format=_DEMUXERS[mime], metadata_errors="ignore"
+        ) as container:
+            if not container.streams.video:
+                raise UnsupportedMediaError("the file holds no video stream")
+            video = container.streams.video[0]
+            _check_video_header(video, limits)
+            return _frame_at(container, video, t, limits, side, deadline)
+    except _DECODE_ERRORS as exc:
+        deadline.check()
+        raise _undecodable(exc) from exc
+
+
+def _frame_at(
+    container: av.container.InputContainer,
+    video: av.video.stream.VideoStream,
+    t: float,
+    limits: VideoLimits,
+    side: int,
+    deadline: _Deadline,
+) -> Image.Image:
+    start = video.start_time or 0
+    if t > 0 and video.time_base:
+        container.seek(start + int(t / video.time_base), stream=video, backward=True)
+    chosen: av.VideoFrame | None = None
+    for decoded, frame in enumerate(container.decode(video), 1):
+        deadline.check()
+        if decoded > limits.max_frames:
+            break
+        if frame.width * frame.height > limits.max_pixels:
+            raise _too_many_pixels(frame.width, frame.height, limits)
+        chosen = frame
+        at = (
+            None
+            if frame.pts is None or not video.time_base
+            else (frame.pts - start) * video.time_base
+        )
+        if at is None or at + 1e-3 >= t:
+            break
+    if chosen is None:
+        raise UnsupportedMediaError(f"no frame of the video could be decoded; {_ACCEPTED}")
+    scale = min(1.0, side / max(chosen.width, chosen.height))
+    width, height = max(1, round(chosen.width * scale)), max(1, round(chosen.height * scale))
+    rgb = chosen.reformat(width=width, height=height, format="rgb24", interpolation="AREA")
+    return Image.fromarray(rgb.to_ndarray())
 
 
 def _decode(
@@ -281,7 +339,7 @@ class _Decoder:
         if frame.width * frame.height > self.limits.max_pixels:
             raise _too_many_pixels(frame.width, frame.height, self.limits)
         t = self._time(frame)
-        thumb = frame.reformat(width=THUMB_SIDE, height=THUMB_SIDE, format="gray").to_ndarray()
+        thumb = frame.reformat(width=THUMB_SIDE, height=THUMB_SIDE, format="rgb24").to_ndarray()
         if self.sampler.offer(t, thumb):
             w, h = self.kept_size
             rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
@@ -344,16 +402,16 @@ class FrameSampler:
         self._last_thumb: np.ndarray | None = None
 
     def offer(self, t: float, thumb: np.ndarray) -> bool:
-        """Whether the frame at ``t`` (its grey thumbnail) is kept: then ``attach`` its image."""
-        grey = thumb.astype(np.float32) / 255.0
+        """Whether the frame at ``t`` (its thumbnail) is kept: then ``attach`` its image."""
+        small = thumb.astype(np.float32) / 255.0
         if self._last_thumb is None:
             change = math.inf  # the first frame is always kept, never merged away
         else:
-            change = float(np.abs(grey - self._last_thumb).mean())
+            change = float(np.abs(small - self._last_thumb).mean())
             long_since = t - self._times[-1] >= self.max_interval_s
             if change < self.threshold and not long_since:
                 return False
-        self._last_thumb = grey
+        self._last_thumb = small
         self._times.append(t)
         self._changes.append(change)
         self._images.append(None)

@@ -1,0 +1,246 @@
+"""Video items through the API (mmr-mini: frames and sound): uploads in every container, the
+moment a hit carries, a video as the query, thumbnails at a moment, Range, and bad files."""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.main import create_app
+from app.settings import Settings
+from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, encode_video
+from tests.conftest import error_code
+from tests.factories import audio_bytes, image_bytes
+
+FPS = 10
+RATE = 16_000
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+SIZE = (96, 64)
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings]) -> Settings:
+    """mmr-mini (it has ears), with a short video limit."""
+    return make_settings(model="mmr-mini", max_video_seconds=8, video_frame_interval_s=10)
+
+
+def url(name: str, tail: str = "items") -> str:
+    return f"/v1/collections/{name}/{tail}"
+
+
+def picture(colour: tuple[int, int, int], shape: bool) -> np.ndarray:
+    frame = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
+    frame[:] = (235, 235, 235)
+    if shape:
+        frame[16:48, 32:64] = colour
+    return frame
+
+
+@functools.cache
+def red_then_blue(container: str = "mp4") -> bytes:
+    """A red square for 0-2 s, then a blue one for 2-4 s, a low hum throughout."""
+    frames = [picture(RED, True)] * (2 * FPS) + [picture(BLUE, True)] * (2 * FPS)
+    t = np.arange(4 * RATE) / RATE
+    wave = (0.4 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    return encode_video(frames, fps=FPS, wave=wave, container=container)
+
+
+def upload(client: TestClient, name: str, data: bytes, item_id: str) -> dict:
+    response = client.post(url(name), files={"file": ("v", data)}, data={"id": item_id})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def count(client: TestClient, name: str) -> int:
+    return len(client.get(url(name), params={"limit": 1000}).json()["items"])
+
+
+def png(colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(picture(colour, True)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+def test_a_video_in_every_container_is_an_item_with_duration_and_segments(
+    client: TestClient, collection: str, container: str
+) -> None:
+    data = red_then_blue(container)
+    item = upload(client, collection, data, "v")
+    assert item["modality"] == "video"
+    assert item["content_type"] == VIDEO_CONTENT_TYPES[container]
+    assert item["duration"] == pytest.approx(4.0, abs=0.1)
+    # Two scenes (two frames), and the audio path's segments of 4 s of sound.
+    assert item["segments"] >= 3
+    content = client.get(url(collection, "items/v/content"))
+    assert content.content == data
+    assert content.headers["content-type"] == VIDEO_CONTENT_TYPES[container]
+    part = client.get(url(collection, "items/v/content"), headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+
+
+def test_a_hit_carries_the_moment_that_matched(client: TestClient, collection: str) -> None:
+    upload(client, collection, red_then_blue(), "v")
+    upload(client, collection, image_bytes("RGB"), "other")
+    for colour, span in ((RED, (0.0, 2.0)), (BLUE, (2.0, 4.0))):
+        response = client.post(
+            url(collection, "search"), files={"file": ("q.png", png(colour))}, data={"k": "2"}
+        )
+        assert response.status_code == 200, response.text
+        best = response.json()["results"][0]
+        assert best["item"]["id"] == "v"
+        assert (best["start"], best["end"]) == pytest.approx(span, abs=0.11)
+
+
+def test_the_modality_filter_and_a_text_query(client: TestClient, collection: str) -> None:
+    upload(client, collection, red_then_blue(), "v")
+    upload(client, collection, image_bytes("RGB"), "i")
+    upload(client, collection, audio_bytes("WAV"), "a")
+    body = client.post(
+        url(collection, "search"), json={"text": "a red square", "k": 5, "modalities": ["video"]}
+    ).json()
+    assert [r["item"]["id"] for r in body["results"]] == ["v"]
+    assert body["results"][0]["start"] is not None
+    others = client.post(
+        url(collection, "search"),
+        json={"text": "a red square", "k": 5, "modalities": ["image", "audio"]},
+    ).json()
+    assert {r["item"]["id"] for r in others["results"]} == {"i", "a"}
+
+
+def test_a_video_is_a_query_more_like_this_clip(client: TestClient, collection: str) -> None:
+    upload(client, collection, red_then_blue(), "v")
+    still = encode_video([picture(RED, False)] * FPS, fps=FPS)
+    upload(client, collection, still, "plain")
+    upload(client, collection, image_bytes("RGB"), "i")
+    by_file = client.post(
+        url(collection, "search"), files={"file": ("q.webm", red_then_blue("webm"))}
+    ).json()
+    assert by_file["query_modality"] == "video"
+    assert by_file["results"][0]["item"]["id"] == "v"
+    by_item = client.post(url(collection, "search"), json={"item_id": "v", "k": 3}).json()
+    # The mean of its segments stands for the video; its best segment answers.
+    assert by_item["results"][0]["item"]["id"] == "v"
+    assert by_item["results"][0]["score"] > by_item["results"][1]["score"]
+
+
+def test_embed_takes_a_video(client: TestClient) -> None:
+    body = client.post("/v1/embed", files=[("file", ("v.mp4", red_then_blue()))]).json()
+    assert len(body["embeddings"]) == 1 and len(body["embeddings"][0]) == body["dim"]
+
+
+def thumb_colour(response: object) -> np.ndarray:
+    image = Image.open(io.BytesIO(response.content)).convert("RGB")  # type: ignore[attr-defined]
+    w, h = image.size
+    return np.asarray(image)[h // 2, w // 2].astype(int)
+
+
+def test_thumbnail_at_a_moment(client: TestClient, collection: str) -> None:
+    upload(client, collection, red_then_blue(), "v")
+    first = client.get(url(collection, "items/v/thumbnail"))
+    assert first.status_code == 200 and first.headers["content-type"] == "image/jpeg"
+    assert np.abs(thumb_colour(first) - RED).max() < 40
+    later = client.get(url(collection, "items/v/thumbnail"), params={"t": 3.0})
+    assert np.abs(thumb_colour(later) - BLUE).max() < 40
+    assert later.headers["etag"] != first.headers["etag"]
+    again = client.get(
+        url(collection, "items/v/thumbnail"),
+        params={"t": 3.0},
+        headers={"If-None-Match": later.headers["etag"]},
+    )
+    assert again.status_code == 304
+    past = client.get(url(collection, "items/v/thumbnail"), params={"t": 60})
+    assert past.status_code == 422 and error_code(past) == "validation_error"
+    negative = client.get(url(collection, "items/v/thumbnail"), params={"t": -1})
+    assert negative.status_code == 422
+    upload(client, collection, audio_bytes("WAV"), "a")
+    assert client.get(url(collection, "items/a/thumbnail")).status_code == 404
+    upload(client, collection, image_bytes("RGB"), "i")
+    assert client.get(url(collection, "items/i/thumbnail"), params={"t": 1}).status_code == 422
+
+
+def garbage_mp4() -> bytes:
+    return b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 8
+
+
+def audio_only_mkv() -> bytes:
+    import av
+
+    src, out = av.open(io.BytesIO(red_then_blue("mkv"))), io.BytesIO()
+    with src, av.open(out, "w", format="matroska") as dst:
+        stream = dst.add_stream_from_template(src.streams.audio[0])
+        for packet in src.demux(src.streams.audio[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    return out.getvalue()
+
+
+def long_video() -> bytes:
+    return encode_video([picture(RED, True)] * (9 * FPS), fps=FPS)
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (lambda: red_then_blue()[: len(red_then_blue()) // 2], 415, "unsupported_media"),
+        (lambda: red_then_blue("mkv")[: len(red_then_blue("mkv")) // 2], 415, "unsupported_media"),
+        (lambda: red_then_blue("webm")[:200], 415, "unsupported_media"),
+        (garbage_mp4, 415, "unsupported_media"),
+        (audio_only_mkv, 415, "unsupported_media"),
+        (long_video, 413, "media_too_large"),
+    ],
+    ids=["cut-mp4", "cut-mkv", "head-webm", "garbage", "audio-only", "too-long"],
+)
+def test_bad_videos_get_4xx_and_change_nothing(
+    client: TestClient, collection: str, make: Callable[[], bytes], status: int, code: str
+) -> None:
+    data = make()
+    response = client.post(url(collection), files={"file": ("v.mp4", data)})
+    assert response.status_code == status, response.text
+    assert error_code(response) == code
+    assert count(client, collection) == 0
+    search = client.post(url(collection, "search"), files={"file": ("q.mp4", data)})
+    assert search.status_code == status
+
+
+def test_the_decode_time_limit_answers_413(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(model="mmr-mini", video_decode_seconds=1e-6)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/collections", json={"name": "slow"})
+        response = client.post(url("slow"), files={"file": ("v.mp4", red_then_blue())})
+        assert response.status_code == 413
+        assert "MMR_VIDEO_DECODE_SECONDS" in response.json()["error"]["message"]
+
+
+def test_a_batch_with_videos_reports_each(client: TestClient, collection: str) -> None:
+    files = [
+        ("file", ("a.mp4", red_then_blue())),
+        ("file", ("b.mp4", garbage_mp4())),
+        ("file", ("c.png", image_bytes("RGB"))),
+        ("file", ("d.mov", red_then_blue("mov"))),
+    ]
+    batch = client.post(url(collection, "items/batch"), files=files)
+    assert batch.status_code == 200, batch.text
+    results = batch.json()["results"]
+    assert [r["status"] for r in results] == [201, 415, 201, 201]
+    assert [r["item"]["modality"] for r in results if r["status"] == 201] == [
+        "video",
+        "image",
+        "video",
+    ]
+
+
+def test_a_model_without_ears_keeps_the_frames(make_settings: Callable[..., Settings]) -> None:
+    with TestClient(create_app(make_settings(model="random:mmr-tiny"))) as client:
+        client.post("/v1/collections", json={"name": "deaf"})
+        item = upload(client, "deaf", red_then_blue(), "v")
+        assert item["modality"] == "video" and item["segments"] == 2
