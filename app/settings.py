@@ -170,7 +170,7 @@ class Settings(BaseSettings):
         "that changed least are merged into the one before.",
     )
     video_frame_interval_s: float = Field(
-        default=5.0,
+        default=2.0,
         gt=0,
         description="Longest time, in seconds, between two embedded frames of a video, "
         "whatever the scene changes.",

@@ -45,10 +45,13 @@ _QT_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 
 # The thumbnail every decoded frame is compared on (in colour: a red thing that turns blue
 # barely changes in grey).
-THUMB_SIDE = 16
-# Mean absolute difference (0..1) of two thumbnails that counts as a new scene: a thing that
-# fills a sixth of the picture and changes colour is one; codec noise (under 0.01) is not.
-SCENE_CHANGE = 0.03
+THUMB_SIDE = 32
+# A thumbnail pixel whose largest channel moved by more than this share of the range has
+# changed (codec noise, averaged over a thumbnail pixel's many source pixels, stays under).
+PIXEL_CHANGE = 0.1
+# The share of changed thumbnail pixels that counts as a new scene: a small thing that
+# appears, leaves or moves (a mean difference over the picture would miss it).
+SCENE_CHANGE = 0.01
 # What PyAV raises on damaged input; anything else out of a decode is our bug.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, EOFError)
 # Bytes a decoder holds per pixel of the stream besides the frames we keep: reference and
@@ -407,7 +410,9 @@ class FrameSampler:
         if self._last_thumb is None:
             change = math.inf  # the first frame is always kept, never merged away
         else:
-            change = float(np.abs(small - self._last_thumb).mean())
+            moved = np.abs(small - self._last_thumb)
+            per_pixel = moved.max(axis=-1) if moved.ndim == 3 else moved  # (h, w, rgb) or grey
+            change = float((per_pixel > PIXEL_CHANGE).mean())
             long_since = t - self._times[-1] >= self.max_interval_s
             if change < self.threshold and not long_since:
                 return False
