@@ -121,6 +121,7 @@ def _run_phase(
     from bench.ingest import run_ingest
     from bench.replicas import run_replicas
     from bench.search import run_search
+    from bench.video import run_video
 
     runners = {
         "embed": run_embed,
@@ -130,6 +131,7 @@ def _run_phase(
         "replicas": run_replicas,
         "bulk": run_bulk,
         "finetune": run_finetune,
+        "video": run_video,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

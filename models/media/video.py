@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import av
 import av.error
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from models.errors import MediaTooLargeError, UnsupportedMediaError
@@ -282,6 +283,10 @@ class _Decoder:
         self.audio = audio
         self.deadline = deadline
         self.sampler = FrameSampler(limits.sample_frames, limits.max_interval_s)
+        # One scaler each, reused: a new one per frame (what VideoFrame.reformat makes) costs
+        # more than decoding a small frame.
+        self.thumbs = VideoReformatter()
+        self.shrink = VideoReformatter()
         self.frames = 0
         self.t0: float | None = None
         self.last_t = 0.0
@@ -342,10 +347,12 @@ class _Decoder:
         if frame.width * frame.height > self.limits.max_pixels:
             raise _too_many_pixels(frame.width, frame.height, self.limits)
         t = self._time(frame)
-        thumb = frame.reformat(width=THUMB_SIDE, height=THUMB_SIDE, format="rgb24").to_ndarray()
-        if self.sampler.offer(t, thumb):
+        thumb = self.thumbs.reformat(frame, width=THUMB_SIDE, height=THUMB_SIDE, format="rgb24")
+        if self.sampler.offer(t, thumb.to_ndarray()):
             w, h = self.kept_size
-            rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+            rgb = self.shrink.reformat(
+                frame, width=w, height=h, format="rgb24", interpolation="AREA"
+            )
             self.sampler.attach(Image.fromarray(rgb.to_ndarray()))
 
     def _time(self, frame: av.VideoFrame) -> float:
