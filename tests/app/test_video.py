@@ -6,7 +6,10 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -15,6 +18,8 @@ from PIL import Image
 from app.main import create_app
 from app.settings import Settings
 from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, encode_video
+from tests.app.test_crash import Server, log_tail, serve, server_env
+from tests.app.test_replicas import waited_for
 from tests.conftest import error_code
 from tests.factories import audio_bytes, image_bytes
 
@@ -244,3 +249,35 @@ def test_a_model_without_ears_keeps_the_frames(make_settings: Callable[..., Sett
         client.post("/v1/collections", json={"name": "deaf"})
         item = upload(client, "deaf", red_then_blue(), "v")
         assert item["modality"] == "video" and item["segments"] == 2
+
+
+def test_replicas_find_a_video_the_other_wrote_at_its_moment(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Two ``mmr serve`` on one database: a video written through one is found, with its
+    moment, through the other within the follow bound; a delete through that one reaches
+    the first likewise."""
+    env = server_env(tmp_path, database_url)
+    with ExitStack() as stack:
+        a, b = (stack.enter_context(serve(env, tmp_path / f"server-{n}.log")) for n in range(2))
+        assert httpx.post(f"{a.url}/v1/collections", json={"name": "clips"}).status_code == 201
+
+        def moment(server: Server) -> tuple[float, float] | None:
+            reply = httpx.post(
+                f"{server.url}{url('clips', 'search')}",
+                files={"file": ("q.png", png(BLUE))},
+                data={"modalities": "video"},
+                timeout=30,
+            )
+            assert reply.status_code == 200, reply.text
+            hits = reply.json()["results"]
+            return (hits[0]["start"], hits[0]["end"]) if hits else None
+
+        assert moment(b) is None  # b has the collection loaded before a writes to it
+        files = {"file": ("v.mp4", red_then_blue())}
+        written = httpx.post(f"{a.url}{url('clips')}", files=files, data={"id": "v"}, timeout=60)
+        assert written.status_code == 201, f"{written.text}\n{log_tail(a.log)}"
+        waited_for(lambda: moment(b) is not None)
+        assert moment(b) == pytest.approx((2.0, 4.0), abs=0.11)
+        assert httpx.delete(f"{b.url}{url('clips', 'items/v')}", timeout=30).status_code == 204
+        waited_for(lambda: moment(a) is None)
