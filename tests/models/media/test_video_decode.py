@@ -13,13 +13,8 @@ from hypothesis import strategies as st
 
 from models.errors import MediaError, MediaTooLargeError, UnsupportedMediaError
 from models.media.budget import MB, DecodeBudget, RequestBudget
-from models.media.video import (
-    DecodedVideo,
-    FrameSampler,
-    VideoLimits,
-    decode_video,
-    sniff_video,
-)
+from models.media.scenes import FrameSampler
+from models.media.video import DecodedVideo, VideoLimits, decode_video, sniff_video
 from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, encode_video
 
 RATE = 16_000
