@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import io
+import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -281,3 +282,28 @@ def test_replicas_find_a_video_the_other_wrote_at_its_moment(
         assert moment(b) == pytest.approx((2.0, 4.0), abs=0.11)
         assert httpx.delete(f"{b.url}{url('clips', 'items/v')}", timeout=30).status_code == 204
         waited_for(lambda: moment(a) is None)
+
+
+def test_a_migration_encodes_a_video_again_and_gives_it_the_new_models_ears(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """From a model without ears (frames only) to mmr-mini: the video is decoded and encoded
+    again from its original, its sound now among its segments, its moments still found."""
+    with TestClient(create_app(make_settings(job_poll_s=0.05))) as client:
+        client.post("/v1/collections", json={"name": "clips"})
+        assert upload(client, "clips", red_then_blue(), "v")["segments"] == 2
+        body = {"type": "migrate", "collection": "clips", "model": "mmr-mini"}
+        job = client.post("/v1/jobs", json=body).json()
+        deadline = time.monotonic() + 180
+        while (done := client.get(f"/v1/jobs/{job['id']}").json())["status"] in (
+            "queued",
+            "running",
+        ):
+            assert time.monotonic() < deadline, done
+            time.sleep(0.05)
+        assert done["status"] == "succeeded", done
+        item = client.get(url("clips", "items/v")).json()
+        assert item["segments"] > 2 and item["duration"] == pytest.approx(4.0, abs=0.1)
+        query = client.post(url("clips", "search"), files={"file": ("q.png", png(BLUE))}).json()
+        hit = query["results"][0]
+        assert (hit["start"], hit["end"]) == pytest.approx((2.0, 4.0), abs=0.11)
