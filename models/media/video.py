@@ -51,6 +51,8 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, EOFErro
 # threaded frames in YUV 4:2:0 (1.5 bytes each, up to 16 of them) and one RGB conversion.
 _DECODER_BYTES_PER_PIXEL = 16 * 1.5 + 3
 _AUDIO_CHANNELS_MAX = 64
+# FFmpeg threads one video decode uses (frame and slice threads together).
+DECODE_THREADS = 2
 # A file must decode to at least this share of the duration its container announces (less a
 # little slack for the last frame's length), else it was cut off or its header lies.
 _MIN_PRESENT = 0.9
@@ -206,6 +208,8 @@ def _decode(
     audio = tracks[0] if audio_rate and tracks else None
     _check_video_header(video, limits)
     video.thread_type = "AUTO"
+    # Bounded, not one per core: several requests decode at once (invariant 5).
+    video.codec_context.thread_count = DECODE_THREADS
     width, height = video.codec_context.width, video.codec_context.height
     kept_side = _kept_size(width, height, frame_side)
     decoder = _Decoder(mime, limits, kept_side, audio, audio_rate, deadline)
