@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import av
 import av.error
@@ -80,7 +80,6 @@ class DecodedVideo:
     frame_spans: np.ndarray  # (n, 2) seconds
     duration: float
     audio: np.ndarray | None = None  # mono float32 at the requested rate, when there is one
-    frame_times: list[float] = field(default_factory=list)
 
     @property
     def nbytes(self) -> int:
@@ -381,7 +380,7 @@ class _Decoder:
         times, images = self.sampler.result()
         ends = [*times[1:], max(duration, times[-1])]
         spans = np.array([[a, b] for a, b in zip(times, ends, strict=True)], dtype=np.float64)
-        return DecodedVideo(self.mime, images, spans, duration, audio, times)
+        return DecodedVideo(self.mime, images, spans, duration, audio)
 
 
 def _claimed_seconds(container: av.container.InputContainer) -> float | None:
