@@ -291,6 +291,7 @@ class _Decoder:
         self.reservation: Reservation | None = None
         self.frame_bytes = 0  # the kept frames at most, and the decoder's own frames
         self.audio_reserved = 0
+        self.nominal_step = 0.0
 
     def peak(self, audio_bytes: int) -> int:
         """Bytes the decode holds at most with ``audio_bytes`` of wave: the frames, and the
@@ -301,6 +302,9 @@ class _Decoder:
         self, container: av.container.InputContainer, video: av.video.stream.VideoStream
     ) -> DecodedVideo:
         streams = [video] if self.audio is None else [video, self.audio]
+        rate = video.average_rate
+        if rate is not None and 0 < float(rate) <= 1000:
+            self.nominal_step = 1 / float(rate)  # a still's one frame lasts this long
         try:
             for packet in container.demux(streams):
                 self.deadline.check()
@@ -366,7 +370,7 @@ class _Decoder:
     def _result(self, claimed: float | None) -> DecodedVideo:
         audio = self.sound.finish() if self.sound is not None else None
         # The last frame lasts one frame interval (the mean one: timestamps may lie).
-        step = self.last_t / (self.frames - 1) if self.frames > 1 else 0.0
+        step = self.last_t / (self.frames - 1) if self.frames > 1 else self.nominal_step
         duration = self.last_t + step
         if audio is not None and self.sound is not None:
             duration = max(duration, len(audio) / self.sound.rate)

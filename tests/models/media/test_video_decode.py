@@ -88,6 +88,12 @@ def test_frames_are_shrunk_to_the_side_asked_keeping_their_aspect() -> None:
     assert video.frames[0].size == (80, 40)
 
 
+def test_a_one_frame_video_lasts_one_frame() -> None:
+    video = decode(encode_video([solid(RED)], fps=FPS))
+    assert video.duration == pytest.approx(1 / FPS)
+    assert video.frame_spans.tolist() == [[0.0, pytest.approx(1 / FPS)]]
+
+
 def test_no_audio_asked_or_present_gives_no_wave() -> None:
     assert decode(three_scenes(), audio_rate=None).audio is None
     assert decode(three_scenes(audio=False)).audio is None
