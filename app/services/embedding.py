@@ -25,6 +25,9 @@ from models.encoders.audio import AudioEncoder, pooled
 from models.encoders.registry import LoadedModel
 from models.media.video import DecodedVideo
 
+# Frames of a batch's videos prepared and encoded together (MMR_VIDEO_SAMPLE_FRAMES' default).
+VIDEO_FRAMES_PER_CALL = 64
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -173,7 +176,15 @@ class Embedder:
     def _videos(self, videos: Sequence[DecodedVideo]) -> list[Encoded]:
         """Each video's frames in one image forward, its audio tracks in one audio call:
         rows packed by ``pack_video``, spans the frames' then the audio segments'."""
-        frames = self.encoder.encode_images([f for v in videos for f in v.frames])
+        # A forward's worth of frames prepared at a time, however many videos a batch holds.
+        pictures = [f for v in videos for f in v.frames]
+        step = VIDEO_FRAMES_PER_CALL
+        frames = np.concatenate(
+            [
+                self.encoder.encode_images(pictures[i : i + step])
+                for i in range(0, len(pictures), step)
+            ]
+        )
         bounds = np.cumsum([len(v.frames) for v in videos])[:-1]
         waves = [(id(v), v.audio) for v in videos if v.audio is not None and len(v.audio)]
         tracks = self.audio.encode_audio([w for _, w in waves]) if self.audio and waves else []
