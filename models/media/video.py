@@ -53,8 +53,8 @@ _DECODER_BYTES_PER_PIXEL = 16 * 1.5 + 3
 _AUDIO_CHANNELS_MAX = 64
 # FFmpeg threads one video decode uses (frame and slice threads together).
 DECODE_THREADS = 2
-# A file must decode to at least this share of the duration its container announces (less a
-# little slack for the last frame's length), else it was cut off or its header lies.
+# A file's packets must reach at least this share of the duration its container announces
+# (less a little slack), else it was cut off or its header lies.
 _MIN_PRESENT = 0.9
 _CUT_SLACK_S = 0.5
 
@@ -292,6 +292,9 @@ class _Decoder:
         self.frame_bytes = 0  # the kept frames at most, and the decoder's own frames
         self.audio_reserved = 0
         self.nominal_step = 0.0
+        self.video_stream: av.video.stream.VideoStream | None = None
+        self.packets_end = -math.inf  # seconds on the container's clock
+        self.video_end = -math.inf
 
     def peak(self, audio_bytes: int) -> int:
         """Bytes the decode holds at most with ``audio_bytes`` of wave: the frames, and the
@@ -301,13 +304,19 @@ class _Decoder:
     def run(
         self, container: av.container.InputContainer, video: av.video.stream.VideoStream
     ) -> DecodedVideo:
-        streams = [video] if self.audio is None else [video, self.audio]
+        # Every audio track is demuxed, decoded or not: the container's duration counts the
+        # longest track, and a file is whole when its packets reach that far.
+        streams = [video, *container.streams.audio]
         rate = video.average_rate
         if rate is not None and 0 < float(rate) <= 1000:
             self.nominal_step = 1 / float(rate)  # a still's one frame lasts this long
+        self.video_stream = video
         try:
             for packet in container.demux(streams):
                 self.deadline.check()
+                self._reached(packet)
+                if packet.stream is not video and packet.stream is not self.audio:
+                    continue
                 for frame in packet.decode():
                     self.deadline.check()
                     if isinstance(frame, av.VideoFrame):
@@ -327,7 +336,19 @@ class _Decoder:
                 f"damaged); {_ACCEPTED}"
             )
         self.deadline.check()
-        return self._result(_claimed_seconds(container))
+        return self._result(_claimed_seconds(container), _start_seconds(container))
+
+    def _reached(self, packet: av.Packet) -> None:
+        """Note how far the packets reach: the end (time plus length) of the furthest, of all
+        and of the video's (a last frame held for seconds ends where its packet does)."""
+        at = packet.pts if packet.pts is not None else packet.dts
+        if at is None or not packet.time_base:
+            return
+        end = float((at + max(packet.duration or 0, 0)) * packet.time_base)
+        if math.isfinite(end):
+            self.packets_end = max(self.packets_end, end)
+            if packet.stream is self.video_stream:
+                self.video_end = max(self.video_end, end)
 
     def _grow(self, audio_bytes: int) -> None:
         """Reserve more when the wave outgrows what the container announced."""
@@ -367,19 +388,23 @@ class _Decoder:
         self.last_t = t
         return t
 
-    def _result(self, claimed: float | None) -> DecodedVideo:
+    def _result(self, claimed: float | None, start: float) -> DecodedVideo:
         audio = self.sound.finish() if self.sound is not None else None
-        # The last frame lasts one frame interval (the mean one: timestamps may lie).
+        # The last frame lasts one frame interval (the mean one: timestamps may lie), or as
+        # long as its packet says it is held.
         step = self.last_t / (self.frames - 1) if self.frames > 1 else self.nominal_step
-        duration = self.last_t + step
+        duration = max(self.last_t + step, self.video_end - (self.t0 or 0.0))
         if audio is not None and self.sound is not None:
             duration = max(duration, len(audio) / self.sound.rate)
         if duration > self.limits.max_seconds:
             raise _too_long(self.limits)
-        if claimed is not None and duration < _MIN_PRESENT * claimed - _CUT_SLACK_S:
+        # What the packets of every track reach, not what decodes: a track left undecoded
+        # (no ears) or a held last frame still counts, a cut-off file does not reach its end.
+        present = max(duration, self.packets_end - start)
+        if claimed is not None and present < _MIN_PRESENT * claimed - _CUT_SLACK_S:
             raise UnsupportedMediaError(
                 f"the video is cut off or its header is wrong: it announces {claimed:.2f} s but "
-                f"only {duration:.2f} s decode; upload the complete file"
+                f"only {present:.2f} s are in the file; upload the complete file"
             )
         times, images = self.sampler.result()
         ends = [*times[1:], max(duration, times[-1])]
@@ -393,6 +418,15 @@ def _claimed_seconds(container: av.container.InputContainer) -> float | None:
         return None
     seconds = container.duration / av.time_base
     return seconds if math.isfinite(seconds) else None
+
+
+def _start_seconds(container: av.container.InputContainer) -> float:
+    """When the container's clock starts (its first packet's time), 0 if it does not say."""
+    start = container.start_time
+    if start is None:
+        return 0.0
+    seconds = start / av.time_base
+    return seconds if math.isfinite(seconds) else 0.0
 
 
 class _AudioCollector:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -169,6 +170,47 @@ def test_a_cut_off_file_is_refused(container: str, keep: float) -> None:
     data = three_scenes(container)
     with pytest.raises(UnsupportedMediaError, match=r"cut off|damaged"):
         decode(data[: int(len(data) * keep)])
+
+
+def held_last_frame(container: str, hold_s: float = 6.0) -> bytes:
+    """A frame a second for 0-4 s, the last one held ``hold_s`` seconds (variable rate)."""
+    muxer, vcodec, _ = CONTAINERS[container]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=muxer) as out:
+        stream = out.add_stream(vcodec, rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        packets = []
+        for i, colour in enumerate((RED, GREEN, BLUE, RED, GREEN)):
+            frame = av.VideoFrame.from_ndarray(solid(colour), format="rgb24")
+            frame.pts, frame.time_base = i * FPS, Fraction(1, FPS)
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        packets[-1].duration = int(hold_s / packets[-1].time_base)
+        for packet in packets:
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+def test_a_still_frame_over_a_longer_sound_is_whole_without_ears(container: str) -> None:
+    data = encode_video([solid(RED)], fps=FPS, wave=tone(10.0), container=container)
+    video = decode(data, audio_rate=None)
+    assert video.audio is None and len(video.frames) == 1
+    assert decode(data).duration == pytest.approx(10.0, abs=0.1)  # with ears, the sound's
+
+
+@pytest.mark.parametrize("container", list(CONTAINERS))
+def test_a_last_frame_held_lasts_until_its_packet_ends(container: str) -> None:
+    video = decode(held_last_frame(container), audio_rate=None)
+    assert video.duration == pytest.approx(10.0, abs=0.15)
+    assert video.frame_spans[-1, 1] == pytest.approx(video.duration)
+
+
+@pytest.mark.parametrize("container", ["mkv", "webm"])
+def test_a_cut_off_file_is_refused_though_its_sound_is_not_decoded(container: str) -> None:
+    data = encode_video(scenes((RED, 5.0)), fps=FPS, wave=tone(5.0), container=container)
+    with pytest.raises(UnsupportedMediaError, match="cut off"):
+        decode(data[: int(len(data) * 0.6)], audio_rate=None)
 
 
 def test_an_audio_only_file_is_refused_with_a_reason() -> None:
