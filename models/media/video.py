@@ -47,12 +47,14 @@ _QT_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"})
 
 # What PyAV raises on damaged input; anything else out of a decode is our bug.
 _DECODE_ERRORS: tuple[type[BaseException], ...] = (av.error.FFmpegError, EOFError)
-# Bytes a decoder holds per pixel of the stream besides the frames we keep: reference and
-# threaded frames in YUV 4:2:0 (1.5 bytes each, up to 16 of them) and one RGB conversion.
-_DECODER_BYTES_PER_PIXEL = 16 * 1.5 + 3
 _AUDIO_CHANNELS_MAX = 64
-# FFmpeg threads one video decode uses (frame and slice threads together).
+# FFmpeg threads one video decode uses (frame and slice threads together): bounded, not one
+# per core, since several requests decode at once (invariant 5).
 DECODE_THREADS = 2
+# Bytes a decoder holds per pixel of the stream besides the frames we keep: reference frames
+# (up to 16) and one frame in flight per thread, in YUV 4:2:0 (1.5 bytes each), and one RGB
+# conversion.
+_DECODER_BYTES_PER_PIXEL = (16 + DECODE_THREADS) * 1.5 + 3
 # A file's packets must reach at least this share of the duration its container announces
 # (less a little slack), else it was cut off or its header lies.
 _MIN_PRESENT = 0.9
@@ -148,6 +150,7 @@ def frame_at(data: bytes, t: float, *, limits: VideoLimits, side: int) -> Image.
                 raise UnsupportedMediaError("the file holds no video stream")
             video = container.streams.video[0]
             _check_video_header(video, limits)
+            _bound_threads(video)
             return _frame_at(container, video, t, limits, side, deadline)
     except _DECODE_ERRORS as exc:
         deadline.check()
@@ -206,9 +209,7 @@ def _decode(
     tracks = [a for a in container.streams.audio if a.codec_context is not None]
     audio = tracks[0] if audio_rate and tracks else None
     _check_video_header(video, limits)
-    video.thread_type = "AUTO"
-    # Bounded, not one per core: several requests decode at once (invariant 5).
-    video.codec_context.thread_count = DECODE_THREADS
+    _bound_threads(video)
     width, height = video.codec_context.width, video.codec_context.height
     kept_side = _kept_size(width, height, frame_side)
     decoder = _Decoder(mime, limits, kept_side, audio, audio_rate, deadline)
@@ -244,6 +245,12 @@ def _check_video_header(video: av.video.stream.VideoStream, limits: VideoLimits)
         )
     if ctx.width * ctx.height > limits.max_pixels:
         raise _too_many_pixels(ctx.width, ctx.height, limits)
+
+
+def _bound_threads(video: av.video.stream.VideoStream) -> None:
+    """At most DECODE_THREADS FFmpeg threads for this stream (FFmpeg's default: one a core)."""
+    video.thread_type = "AUTO"
+    video.codec_context.thread_count = DECODE_THREADS
 
 
 def _too_many_pixels(width: int, height: int, limits: VideoLimits) -> MediaTooLargeError:

@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.errors import MediaError, MediaTooLargeError, UnsupportedMediaError
+from models.media import video as video_module
 from models.media.budget import MB, DecodeBudget, RequestBudget
 from models.media.scenes import FrameSampler
-from models.media.video import DecodedVideo, VideoLimits, decode_video, sniff_video
+from models.media.video import DecodedVideo, VideoLimits, decode_video, frame_at, sniff_video
 from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, encode_video
 
 RATE = 16_000
@@ -151,6 +152,29 @@ def test_a_long_audio_track_counts_against_the_seconds_limit() -> None:
     with pytest.raises(MediaTooLargeError, match="MMR_MAX_VIDEO_SECONDS"):
         decode(data, with_limits(max_seconds=5.0))
     assert decode(data).duration == pytest.approx(8.0, abs=0.1)
+
+
+def test_a_decode_and_a_frame_at_a_moment_use_a_bounded_number_of_ffmpeg_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counts: list[int] = []
+    run, frame = video_module._Decoder.run, video_module._frame_at
+
+    def spy_run(self: object, container: object, video: av.video.stream.VideoStream) -> object:
+        counts.append(video.codec_context.thread_count)
+        return run(self, container, video)  # type: ignore[arg-type]
+
+    def spy_frame(container: object, video: av.video.stream.VideoStream, *a: object) -> object:
+        counts.append(video.codec_context.thread_count)
+        return frame(container, video, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(video_module._Decoder, "run", spy_run)
+    monkeypatch.setattr(video_module, "_frame_at", spy_frame)
+    for container in CONTAINERS:
+        decode(three_scenes(container))
+        frame_at(three_scenes(container), 3.0, limits=LIMITS, side=32)
+    # FFmpeg's default (0) is a thread per core, per decode.
+    assert counts and all(1 <= n <= video_module.DECODE_THREADS <= 2 for n in counts), counts
 
 
 def test_the_request_budget_holds_the_decoded_frames_and_audio() -> None:
