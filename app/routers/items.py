@@ -428,6 +428,7 @@ def item_content(
         200: {"content": {"image/jpeg": {}}, "description": "a JPEG at most 256 pixels a side"},
         304: {"description": "unchanged since the `ETag` sent in `If-None-Match`"},
         404: {"description": "no such item, or an item that is neither an image nor a video"},
+        413: {"description": "the video's frame takes more than 5 s to decode"},
         422: {"description": "`t` past the video's end, or given for an image"},
     },
 )
@@ -449,9 +450,10 @@ def item_thumbnail(
         ),
     ] = None,
 ) -> Response:
-    """A small JPEG of an image item, or of a video item's frame at `t` seconds (at most
-    256 pixels a side), for result grids. Its `ETag` is the original's sha256 (and `t`): a
-    browser that sends it back in `If-None-Match` gets 304."""
+    """A small JPEG of an image item, or of a video item's frame at the start of the segment
+    `t` seconds fall in (at most 256 pixels a side), for result grids. Its `ETag` is the
+    original's sha256 (and that start): a browser that sends it back in `If-None-Match` gets
+    304."""
     jpeg, key = thumbnail(
         settings=settings,
         collections=collections,

@@ -1,6 +1,11 @@
 """Small JPEGs of image items, and of videos at a moment, for the web page's result grid
 (``GET .../thumbnail``).
 
+A video's moment is snapped to the start of the segment it falls in (the item's stored
+spans, which is where hits point), so a video has at most as many thumbnails as segments
+however many moments are asked for; each is decoded within THUMBNAIL_DECODE_S and the
+process's budget of decoded bytes.
+
 Made from the stored original on first request (a JPEG decoded at a reduced DCT scale, so a
 12-megapixel photo costs a fraction of a full decode) and kept in a small in-process cache
 by content (sha256): a grid of results asks for the same few dozen again and again. The
@@ -30,6 +35,9 @@ from models.media.video import frame_at
 SIDE = 256  # the longer side of a thumbnail, pixels
 QUALITY = 80
 CACHE_BYTES = 16 * 1024 * 1024  # about 1,000 thumbnails
+# Seconds a video's frame may take to decode (a seek lands on the keyframe before it): a
+# thumbnail is a GET that anyone with read access sends, not an upload's full decode.
+THUMBNAIL_DECODE_S = 5.0
 
 
 class ThumbnailCache:
@@ -72,10 +80,11 @@ def thumbnail(
     item_id: str,
     t: float | None = None,
 ) -> tuple[bytes, str]:
-    """A JPEG of the item at most ``SIDE`` pixels on its longer side (a video's frame at
-    ``t`` seconds, by default its first), and the key it is cached and tagged by (the
-    original's digest, and ``t`` for a video); NotFoundError for an item without pictures,
-    InvalidInput for a ``t`` past a video's end or given for an image."""
+    """A JPEG of the item at most ``SIDE`` pixels on its longer side (a video's frame at the
+    start of the segment ``t`` seconds fall in, by default its first), and the key it is
+    cached and tagged by (the original's digest, and that start for a video); NotFoundError
+    for an item without pictures, InvalidInput for a ``t`` past a video's end or given for an
+    image, MediaTooLargeError for a frame that takes over THUMBNAIL_DECODE_S to decode."""
     row = collections.get(name)
     item = items.get(collection_id=row.id, external_id=item_id)
     if item.modality not in ("image", "video"):
@@ -83,7 +92,8 @@ def thumbnail(
             f"item {item_id!r} is {item.modality}: only image and video items have a "
             "thumbnail (GET .../content gives the original)"
         )
-    key = item.sha256 if item.modality == "image" else _video_key(item.sha256, item.spans, t)
+    moment = 0.0 if item.modality == "image" else _snapped(item.spans, t)
+    key = item.sha256 if item.modality == "image" else f"{item.sha256}@{moment:.3f}"
     if item.modality == "image" and t is not None:
         raise InvalidInput(f"item {item_id!r} is an image: t (seconds) is for video items")
     cached = _cache.get(key)
@@ -93,7 +103,14 @@ def thumbnail(
         collections=collections, items=items, blobs=blobs, name=name, item_id=item_id
     )
     if item.modality == "video":
-        image = frame_at(data, t or 0.0, limits=video_limits(settings), side=SIDE)
+        image = frame_at(
+            data,
+            moment,
+            limits=video_limits(settings),
+            side=SIDE,
+            seconds=min(THUMBNAIL_DECODE_S, settings.video_decode_seconds),
+            budget=request_budget(settings),
+        )
     else:
         image = decode_image(
             data,
@@ -110,13 +127,14 @@ def thumbnail(
     return jpeg, key
 
 
-def _video_key(sha256: str, spans: list[list[float]] | None, t: float | None) -> str:
-    """A video thumbnail's cache key: its original and the moment, to the millisecond;
-    a ``t`` past the video's end is refused (422)."""
+def _snapped(spans: list[list[float]] | None, t: float | None) -> float:
+    """The start of the video's segment that ``t`` falls in (the last that starts at or
+    before it); a ``t`` past the video's end is refused (422)."""
     duration = max((end for _, end in spans), default=0.0) if spans else 0.0
     moment = 0.0 if t is None else t
     if not math.isfinite(moment) or moment < 0 or moment > duration:
         raise InvalidInput(
             f"t must be a time in the video, from 0 to its duration ({duration:.3f} s)"
         )
-    return f"{sha256}@{moment:.3f}"
+    starts = [start for start, _ in spans or ()]
+    return max((s for s in starts if s <= moment), default=0.0)

@@ -134,14 +134,27 @@ def decode_video(
         return _decode(container, mime, limits, frame_side, audio_rate, budget, deadline)
 
 
-def frame_at(data: bytes, t: float, *, limits: VideoLimits, side: int) -> Image.Image:
+def frame_at(
+    data: bytes,
+    t: float,
+    *,
+    limits: VideoLimits,
+    side: int,
+    seconds: float,
+    budget: RequestBudget | None = None,
+) -> Image.Image:
     """The RGB frame shown at ``t`` seconds (the first at or after it, else the last one),
     its longer side at most ``side``: a seek to the keyframe before ``t``, then a decode up to
-    it, under the decode time limit and the pixel limit."""
+    it, under the pixel limit, within ``seconds`` (MediaTooLargeError past them) and, with a
+    ``budget``, with the decoder's frames reserved in it."""
     mime = sniff_video(data)
     if mime is None:
         raise UnsupportedMediaError(f"unsupported video type; {_ACCEPTED}")
-    deadline = _Deadline(limits.decode_seconds)
+    deadline = _Deadline(
+        seconds,
+        f"the video's frame at {t:.3f} s takes more than {seconds:g} s to decode (the time a "
+        "frame of a video at a moment gets); play the video itself instead",
+    )
     try:
         with av.open(
             _TimedReader(data, deadline), mode="r", format=_DEMUXERS[mime], metadata_errors="ignore"
@@ -151,7 +164,12 @@ def frame_at(data: bytes, t: float, *, limits: VideoLimits, side: int) -> Image.
             video = container.streams.video[0]
             _check_video_header(video, limits)
             _bound_threads(video)
-            return _frame_at(container, video, t, limits, side, deadline)
+            if budget is None:
+                return _frame_at(container, video, t, limits, side, deadline)
+            ctx = video.codec_context
+            peak = int(_DECODER_BYTES_PER_PIXEL * ctx.width * ctx.height + 3 * side * side)
+            with budget.reserve(peak, 0, "the video's frame"):
+                return _frame_at(container, video, t, limits, side, deadline)
     except _DECODE_ERRORS as exc:
         deadline.check()
         raise _undecodable(exc) from exc
@@ -487,19 +505,20 @@ def _too_long(limits: VideoLimits) -> MediaTooLargeError:
 class _Deadline:
     """The wall-clock moment a decode must be done by."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, message: str | None = None) -> None:
         self.seconds = seconds
         self.at = time.monotonic() + seconds
+        self.message = message or (
+            f"the video takes more than {seconds:g} s to decode (MMR_VIDEO_DECODE_SECONDS); "
+            "send a shorter or smaller video"
+        )
 
     def passed(self) -> bool:
         return time.monotonic() > self.at
 
     def check(self) -> None:
         if self.passed():
-            raise MediaTooLargeError(
-                f"the video takes more than {self.seconds:g} s to decode "
-                "(MMR_VIDEO_DECODE_SECONDS); send a shorter or smaller video"
-            )
+            raise MediaTooLargeError(self.message)
 
 
 class _TimedReader(io.BytesIO):

@@ -17,7 +17,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.main import create_app
+from app.services import thumbnails
 from app.settings import Settings
+from models.media import video as video_module
+from models.media.video import frame_at
 from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, encode_video
 from tests.app.test_crash import Server, log_tail, serve, server_env
 from tests.app.test_replicas import waited_for
@@ -169,6 +172,47 @@ def test_thumbnail_at_a_moment(client: TestClient, collection: str) -> None:
     assert client.get(url(collection, "items/a/thumbnail")).status_code == 404
     upload(client, collection, image_bytes("RGB"), "i")
     assert client.get(url(collection, "items/i/thumbnail"), params={"t": 1}).status_code == 422
+
+
+def test_a_thousand_moments_of_a_video_decode_at_most_once_a_segment(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    item = upload(client, collection, red_then_blue("mkv"), "v")
+    monkeypatch.setattr(thumbnails, "_cache", thumbnails.ThumbnailCache())
+    decodes: list[float] = []
+
+    def counted(data: bytes, t: float, **kw: object) -> Image.Image:
+        decodes.append(t)
+        return frame_at(data, t, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(thumbnails, "frame_at", counted)
+    for t in np.linspace(0, 3.999, 1000):
+        response = client.get(url(collection, "items/v/thumbnail"), params={"t": float(t)})
+        assert response.status_code == 200
+    assert 1 <= len(decodes) <= item["segments"]
+    assert len(set(decodes)) == len(decodes)
+
+
+def test_a_thumbnail_that_decodes_past_its_time_answers_413(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The second segment starts at 3 s, a few frames past the keyframe a seek lands on.
+    frames = [picture(RED, True)] * (3 * FPS) + [picture(BLUE, True)] * (3 * FPS)
+    upload(client, collection, encode_video(frames, fps=FPS, container="mkv"), "slow")
+    monkeypatch.setattr(thumbnails, "_cache", thumbnails.ThumbnailCache())
+    check = video_module._Deadline.check
+
+    def slow_frames(self: object) -> None:  # every frame takes 0.1 s to decode
+        time.sleep(0.1)
+        check(self)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(video_module._Deadline, "check", slow_frames)
+    monkeypatch.setattr(thumbnails, "THUMBNAIL_DECODE_S", 0.25)
+    started = time.monotonic()
+    response = client.get(url(collection, "items/slow/thumbnail"), params={"t": 5.5})
+    assert time.monotonic() - started < 2
+    assert response.status_code == 413 and error_code(response) == "media_too_large"
+    assert "takes more than 0.25 s to decode" in response.json()["error"]["message"]
 
 
 def garbage_mp4() -> bytes:

@@ -172,7 +172,7 @@ def test_a_decode_and_a_frame_at_a_moment_use_a_bounded_number_of_ffmpeg_threads
     monkeypatch.setattr(video_module, "_frame_at", spy_frame)
     for container in CONTAINERS:
         decode(three_scenes(container))
-        frame_at(three_scenes(container), 3.0, limits=LIMITS, side=32)
+        frame_at(three_scenes(container), 3.0, limits=LIMITS, side=32, seconds=5)
     # FFmpeg's default (0) is a thread per core, per decode.
     assert counts and all(1 <= n <= video_module.DECODE_THREADS <= 2 for n in counts), counts
 
