@@ -158,8 +158,9 @@ class Settings(BaseSettings):
     video_decode_seconds: float = Field(
         default=120.0,
         gt=0,
-        description="Wall-clock seconds one video may take to decode; past it the upload gets "
-        "413 and the worker thread is free again ([video](video.md#limits)).",
+        description="Wall-clock seconds the videos of one request (a batch, an embed) may "
+        "take to decode, all together; past it the upload gets 413 and the worker thread is "
+        "free again ([video](video.md#limits)).",
     )
     video_sample_frames: int = Field(
         default=64,

@@ -122,7 +122,7 @@ def decode_video(
     mime = sniff_video(data)
     if mime is None:
         raise UnsupportedMediaError(f"unsupported video type; {_ACCEPTED}")
-    deadline = _Deadline(limits.decode_seconds)
+    deadline = _request_deadline(limits, budget)
     try:
         container = av.open(
             _TimedReader(data, deadline), mode="r", format=_DEMUXERS[mime], metadata_errors="ignore"
@@ -502,12 +502,27 @@ def _too_long(limits: VideoLimits) -> MediaTooLargeError:
     )
 
 
+def _request_deadline(limits: VideoLimits, budget: RequestBudget | None) -> _Deadline:
+    """The decode time limit of a video, shared by every video of the request ``budget``
+    belongs to: a batch of many gets the same seconds as one."""
+    if budget is None:
+        return _Deadline(limits.decode_seconds)
+    if budget.decode_until is None:
+        budget.decode_until = time.monotonic() + limits.decode_seconds
+    return _Deadline(
+        limits.decode_seconds,
+        f"the request's videos take more than {limits.decode_seconds:g} s to decode, all "
+        "together (MMR_VIDEO_DECODE_SECONDS); send fewer, shorter or smaller videos per request",
+        at=budget.decode_until,
+    )
+
+
 class _Deadline:
     """The wall-clock moment a decode must be done by."""
 
-    def __init__(self, seconds: float, message: str | None = None) -> None:
+    def __init__(self, seconds: float, message: str | None = None, *, at: float | None = None):
         self.seconds = seconds
-        self.at = time.monotonic() + seconds
+        self.at = time.monotonic() + seconds if at is None else at
         self.message = message or (
             f"the video takes more than {seconds:g} s to decode (MMR_VIDEO_DECODE_SECONDS); "
             "send a shorter or smaller video"

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -287,6 +288,39 @@ def test_a_batch_with_videos_reports_each(client: TestClient, collection: str) -
         "image",
         "video",
     ]
+
+
+def test_the_videos_of_one_request_share_one_decode_time_limit(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each video seems to take 10 s (a clock that jumps after each decode); 15 s in all.
+    jumped = [0.0]
+    clock = time.monotonic
+    monkeypatch.setattr(
+        video_module, "time", SimpleNamespace(monotonic=lambda: clock() + jumped[0])
+    )
+    run = video_module._Decoder.run
+
+    def ten_seconds(self: object, container: object, video: object) -> object:
+        out = run(self, container, video)  # type: ignore[arg-type]
+        jumped[0] += 10
+        return out
+
+    monkeypatch.setattr(video_module._Decoder, "run", ten_seconds)
+    settings = make_settings(model="mmr-mini", video_decode_seconds=15)
+    with TestClient(create_app(settings)) as client:
+        client.post("/v1/collections", json={"name": "many"})
+        files = [("file", (f"{i}.mp4", red_then_blue())) for i in range(4)]
+        files.insert(2, ("file", ("i.png", image_bytes("RGB"))))
+        batch = client.post(url("many", "items/batch"), files=files)
+        assert batch.status_code == 200, batch.text
+        results = batch.json()["results"]
+        assert [r["status"] for r in results] == [201, 201, 201, 413, 413]
+        assert "all together" in results[3]["error"]["message"]
+        embed = client.post("/v1/embed", files=files[:4])
+        assert embed.status_code == 413 and "MMR_VIDEO_DECODE_SECONDS" in embed.text
+        # Each request has its own: one video at a time still goes in.
+        assert client.post(url("many"), files=[files[0]]).status_code == 201
 
 
 def test_a_model_without_ears_keeps_the_frames(make_settings: Callable[..., Settings]) -> None:
