@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
+import time
 from fractions import Fraction
 
 import av
@@ -145,6 +146,26 @@ def test_limits_are_checked_on_what_decodes() -> None:
         decode(data, with_limits(max_pixels=64 * 47))
     with pytest.raises(MediaTooLargeError, match="MMR_VIDEO_DECODE_SECONDS"):
         decode(data, with_limits(decode_seconds=0.0))
+
+
+def test_the_decode_time_limit_stops_a_decode_in_the_middle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode_video(scenes((RED, 15.0), (BLUE, 15.0)), fps=FPS, wave=tone(30.0))
+    decoded: list[int] = []
+    real = video_module._Decoder._video_frame
+
+    def slow_frame(self: video_module._Decoder, frame: av.VideoFrame) -> None:
+        time.sleep(0.01)  # 300 frames: 3 s at least to decode them all
+        decoded.append(1)
+        real(self, frame)
+
+    monkeypatch.setattr(video_module._Decoder, "_video_frame", slow_frame)
+    started = time.monotonic()
+    with pytest.raises(MediaTooLargeError, match="MMR_VIDEO_DECODE_SECONDS"):
+        decode(data, with_limits(decode_seconds=0.5))
+    assert time.monotonic() - started < 1.5
+    assert 10 <= len(decoded) <= 150  # it started, and stopped well before the end
 
 
 def test_a_long_audio_track_counts_against_the_seconds_limit() -> None:
