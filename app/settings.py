@@ -137,6 +137,45 @@ class Settings(BaseSettings):
         description="Longest audio file, in seconds, read from the header and checked again "
         "while decoding; a longer one gets 413.",
     )
+    max_video_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Longest video, in seconds, checked on the timestamps of what decodes "
+        "(frames and sound), not on what the container claims; a longer one gets 413.",
+    )
+    max_video_frames: int = Field(
+        default=36_000,
+        gt=0,
+        description="Most frames decoded from one video (all of them, not only those kept); "
+        "more get 413.",
+    )
+    max_video_pixels: int = Field(
+        default=8_294_400,
+        gt=0,
+        description="Largest video frame, width times height (default: 3840x2160), checked on "
+        "the stream's header and on every decoded frame; larger gets 413.",
+    )
+    video_decode_seconds: float = Field(
+        default=120.0,
+        gt=0,
+        description="Wall-clock seconds the videos of one request (a batch, an embed) may "
+        "take to decode, all together; past it the upload gets 413 and the worker thread is "
+        "free again ([video](video.md#limits)).",
+    )
+    video_sample_frames: int = Field(
+        default=64,
+        gt=0,
+        le=1024,
+        description="Most frames of one video that are embedded: frames are kept at scene "
+        "changes and at least every `MMR_VIDEO_FRAME_INTERVAL_S`; past this many, the frames "
+        "that changed least are merged into the one before.",
+    )
+    video_frame_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Longest time, in seconds, between two embedded frames of a video, "
+        "whatever the scene changes.",
+    )
     max_decoded_mb: float = Field(
         default=256.0,
         gt=0,

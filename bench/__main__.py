@@ -122,6 +122,7 @@ def _run_phase(
     from bench.ingest import run_ingest
     from bench.replicas import run_replicas
     from bench.search import run_search
+    from bench.video import run_video
 
     runners = {
         "embed": run_embed,
@@ -132,6 +133,7 @@ def _run_phase(
         "bulk": run_bulk,
         "finetune": run_finetune,
         "duplicates": run_duplicates,
+        "video": run_video,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

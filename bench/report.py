@@ -190,6 +190,10 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         lines += bulk_md(results["bulk"], m)
     if "finetune" in results:
         lines += finetune_md(results["finetune"], m)
+    if "video" in results:
+        from bench.video import video_md
+
+        lines += video_md(results["video"])
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]

@@ -13,6 +13,7 @@ from typing import Any
 
 IMAGE = frozenset({".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"})
 AUDIO = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3"})
+VIDEO = frozenset({".mp4", ".m4v", ".mov", ".webm", ".mkv"})
 TEXT = frozenset({".txt"})
 SIDECAR = ".json"  # photo.jpg.json holds photo.jpg's metadata
 
@@ -52,7 +53,7 @@ def item_id(relative: Path) -> str:
 
 
 def walk(paths: list[Path]) -> Iterator[Found]:
-    """Every image, audio and ``.txt`` file under the paths (folders recursively, in name
+    """Every image, audio, video and ``.txt`` file under the paths (folders recursively, in name
     order; hidden files and folders, and sidecars, left out)."""
     for root in paths:
         if not root.exists():
@@ -73,7 +74,7 @@ def walk(paths: list[Path]) -> Iterator[Found]:
 
 def _found(path: Path, relative: Path) -> Found | None:
     suffix = path.suffix.lower()
-    if suffix in IMAGE or suffix in AUDIO:
+    if suffix in IMAGE or suffix in AUDIO or suffix in VIDEO:
         kind = "file"
     elif suffix in TEXT:
         kind = "text"
@@ -109,6 +110,8 @@ def own_metadata(path: Path, data: bytes) -> dict[str, Any]:
     ``taken_at`` (EXIF DateTimeOriginal, ISO 8601), ``taken_date``, ``taken_year``,
     ``camera``, ``gps_lat`` and ``gps_lon``; audio's ``duration_s``. Nothing when the file
     does not say (or cannot be read here: the server decides what it accepts)."""
+    if path.suffix.lower() in VIDEO:
+        return {}  # the server measures a video's duration on what decodes
     try:
         if path.suffix.lower() in AUDIO:
             return _audio_metadata(path)

@@ -48,7 +48,11 @@ FILE_FORM = {
     "type": "object",
     "required": ["file"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "an image file"},
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "an image, audio or video file",
+        },
         "id": {"type": "string", "description": "client id; posting it again replaces"},
         "metadata": {"type": "string", "description": "a JSON object as a string"},
     },
@@ -423,7 +427,9 @@ def item_content(
     responses={
         200: {"content": {"image/jpeg": {}}, "description": "a JPEG at most 256 pixels a side"},
         304: {"description": "unchanged since the `ETag` sent in `If-None-Match`"},
-        404: {"description": "no such item, or an item that is not an image"},
+        404: {"description": "no such item, or an item that is neither an image nor a video"},
+        413: {"description": "the video's frame takes more than 5 s to decode"},
+        422: {"description": "`t` past the video's end, or given for an image"},
     },
 )
 def item_thumbnail(
@@ -434,19 +440,30 @@ def item_thumbnail(
     collections: CollectionStoreDep,
     items: ItemStoreDep,
     blobs: BlobsDep,
+    t: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            description="video: the moment, in seconds (default: the first frame), e.g. a "
+            "search hit's `start`",
+            examples=[12.5],
+        ),
+    ] = None,
 ) -> Response:
-    """A small JPEG of an image item (at most 256 pixels a side), for result grids. Its
-    `ETag` is the original's sha256: a browser that sends it back in `If-None-Match` gets
+    """A small JPEG of an image item, or of a video item's frame at the start of the segment
+    `t` seconds fall in (at most 256 pixels a side), for result grids. Its `ETag` is the
+    original's sha256 (and that start): a browser that sends it back in `If-None-Match` gets
     304."""
-    jpeg, sha256 = thumbnail(
+    jpeg, key = thumbnail(
         settings=settings,
         collections=collections,
         items=items,
         blobs=blobs,
         name=name,
         item_id=item_id,
+        t=t,
     )
-    return ranged(request, jpeg, len(jpeg), "image/jpeg", etag=f'"{sha256}-{THUMB_SIDE}"')
+    return ranged(request, jpeg, len(jpeg), "image/jpeg", etag=f'"{key}-{THUMB_SIDE}"')
 
 
 def ranged(

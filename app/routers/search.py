@@ -29,7 +29,7 @@ SEARCH_FORM = {
         "file": {
             "type": "string",
             "format": "binary",
-            "description": "an image or sound query",
+            "description": "an image, sound or video query",
         },
         "text": {
             "type": "string",

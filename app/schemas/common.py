@@ -8,7 +8,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StringCo
 
 from app.ids import check_id
 
-Modality = Literal["image", "text", "audio"]
+Modality = Literal["image", "text", "audio", "video"]
 Scalar = str | int | float | bool | None
 CollectionName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 ItemId = Annotated[

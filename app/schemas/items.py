@@ -42,8 +42,10 @@ class ItemPublic(BaseModel):
     content_type: str
     size_bytes: int
     text: str | None = None
-    duration: float | None = Field(None, description="audio: seconds")
-    segments: int | None = Field(None, description="audio: how many indexed segments")
+    duration: float | None = Field(None, description="audio and video: seconds")
+    segments: int | None = Field(
+        None, description="audio and video: how many indexed segments (frames and sound)"
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -127,8 +127,12 @@ class SearchHit(BaseModel):
 
     item: ItemPublic
     score: float
-    start: float | None = Field(None, description="audio: start of the best segment, seconds")
-    end: float | None = Field(None, description="audio: end of the best segment, seconds")
+    start: float | None = Field(
+        None, description="audio and video: start of the best segment (the moment), seconds"
+    )
+    end: float | None = Field(
+        None, description="audio and video: end of the best segment (the moment), seconds"
+    )
 
 
 class SearchResponse(BaseModel):

@@ -15,14 +15,19 @@ from index.manager import IndexManager
 from index.spaces import SpaceStore
 from index.spec import IndexSpec
 from index.tables import CollectionRow
-from models.encoders.aligner import Aligner
+from models.encoders.aligner import VIDEO, Aligner
 
 
 def space_problem(
     row: CollectionRow, aligner: Aligner, embedder: Embedder, modality: str
 ) -> str | None:
     """Why ``embedder`` cannot put ``modality`` into the space of the collection's aligner
-    version ``aligner`` (the live index's), or None."""
+    version ``aligner`` (the live index's), or None. A video needs the image head and, when
+    this model hears its sound, the audio head."""
+    if modality == VIDEO:
+        parts = ("image", "audio") if embedder.audio is not None else ("image",)
+        problems = (space_problem(row, aligner, embedder, part) for part in parts)
+        return next((p for p in problems if p is not None), None)
     wanted = aligner.encoders.get(modality)
     running = embedder.encoder_ids.get(modality)
     if wanted is None:

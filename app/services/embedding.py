@@ -13,9 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from models.encoders.aligner import Aligner, encoder_ids, identity_aligner, l2_normalize
+from models.encoders.aligner import (
+    VIDEO,
+    Aligner,
+    encoder_ids,
+    identity_aligner,
+    l2_normalize,
+    pack_video,
+)
 from models.encoders.audio import AudioEncoder, pooled
 from models.encoders.registry import LoadedModel
+from models.media.video import DecodedVideo
+
+# Frames of a batch's videos prepared and encoded together (MMR_VIDEO_SAMPLE_FRAMES' default).
+VIDEO_FRAMES_PER_CALL = 64
 
 
 @dataclass(frozen=True)
@@ -139,8 +150,16 @@ class Embedder:
                 out[i] = done
         return [e for e in out if e is not None]
 
+    @property
+    def video_width(self) -> int:
+        """Columns of a video's raw rows (``pack_video``): a kind, then the wider feature."""
+        return 1 + max(self.encoder.dim, 0 if self.audio is None else self.audio.dim)
+
     def encode(self, modality: str, payloads: Sequence[Any]) -> list[Encoded]:
-        """Encode decoded inputs of one modality (texts, RGB images or mono waves) together."""
+        """Encode decoded inputs of one modality (texts, RGB images, mono waves or decoded
+        videos) together."""
+        if modality == VIDEO:
+            return self._videos(payloads)
         if modality == "audio":
             if self.audio is None:
                 raise ValueError("no audio tower: decode_upload refuses audio before this")
@@ -153,3 +172,29 @@ class Embedder:
         else:
             raw = self.encoder.encode_images(payloads)
         return [Encoded(modality, row.reshape(1, -1)) for row in raw]
+
+    def _videos(self, videos: Sequence[DecodedVideo]) -> list[Encoded]:
+        """Each video's frames in one image forward, its audio tracks in one audio call:
+        rows packed by ``pack_video``, spans the frames' then the audio segments'."""
+        # A forward's worth of frames prepared at a time, however many videos a batch holds.
+        pictures = [f for v in videos for f in v.frames]
+        step = VIDEO_FRAMES_PER_CALL
+        frames = np.concatenate(
+            [
+                self.encoder.encode_images(pictures[i : i + step])
+                for i in range(0, len(pictures), step)
+            ]
+        )
+        bounds = np.cumsum([len(v.frames) for v in videos])[:-1]
+        waves = [(id(v), v.audio) for v in videos if v.audio is not None and len(v.audio)]
+        tracks = self.audio.encode_audio([w for _, w in waves]) if self.audio and waves else []
+        sound = {key: seg for (key, _), seg in zip(waves, tracks, strict=True)}
+        out = []
+        for video, rows in zip(videos, np.split(frames, bounds), strict=True):
+            seg = sound.get(id(video))
+            raw = pack_video(rows, None if seg is None else seg.features, self.video_width)
+            spans = (
+                video.frame_spans if seg is None else np.concatenate([video.frame_spans, seg.spans])
+            )
+            out.append(Encoded(VIDEO, raw, spans))
+        return out

@@ -152,7 +152,11 @@ def collect_pairs(
         candidates = [(ids[a], ids[b]) for a, b in wanted if a in ids and b in ids and a != b]
         missing = len(wanted) - len(candidates)
     stored = _stored(items, row, {pk for pair in candidates for pk in pair})
-    kinds = Counter(tuple(sorted((stored[a].modality, stored[b].modality))) for a, b in candidates)
+    # A video's rows are of two kinds (frames, sound) with no head of their own: not trained on.
+    usable = [
+        (a, b) for a, b in candidates if "video" not in (stored[a].modality, stored[b].modality)
+    ]
+    kinds = Counter(tuple(sorted((stored[a].modality, stored[b].modality))) for a, b in usable)
     if not kinds:
         raise ValueError(
             "no pairs: give items that share a value under pair_key, or existing item ids"
@@ -160,7 +164,7 @@ def collect_pairs(
     (ma, mb), _ = kinds.most_common(1)[0]
     oriented = [
         (a, b) if stored[a].modality == ma else (b, a)
-        for a, b in candidates
+        for a, b in usable
         if {stored[a].modality, stored[b].modality} == {ma, mb}
     ]
     found: dict[str, Any] = {

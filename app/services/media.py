@@ -16,6 +16,7 @@ from models.errors import UnsupportedMediaError
 from models.media.audio import decode_audio, sniff_audio
 from models.media.budget import MB, DecodeBudget, RequestBudget
 from models.media.image import decode_image, sniff_image
+from models.media.video import DecodedVideo, VideoLimits, decode_video, sniff_video
 
 # How long a decode waits for room in a full process budget before its request gets 429.
 DECODE_WAIT_S = 2.0
@@ -23,11 +24,12 @@ DECODE_WAIT_S = 2.0
 
 @dataclass
 class DecodedMedia:
-    """A decoded upload and what it is: an RGB image or a mono wave at the model's rate."""
+    """A decoded upload and what it is: an RGB image, a mono wave at the model's rate, or a
+    video's sampled frames and sound."""
 
     modality: str
     content_type: str
-    payload: Image.Image | np.ndarray
+    payload: Image.Image | np.ndarray | DecodedVideo
 
 
 def request_budget(settings: Settings) -> RequestBudget:
@@ -76,9 +78,31 @@ def decode_upload(
     audio = sniff_audio(data)
     if audio is not None:
         return DecodedMedia("audio", audio, _decode_audio(data, audio, settings, embedder, budget))
+    if sniff_video(data) is not None:
+        video = decode_video(
+            data,
+            limits=video_limits(settings),
+            frame_side=2 * embedder.image_size,
+            audio_rate=embedder.audio_rate,  # None: the model has no ear, the sound is skipped
+            budget=budget,
+        )
+        return DecodedMedia("video", video.mime, video)
     raise UnsupportedMediaError(
-        "unsupported file type: send an image (JPEG, PNG, GIF, WebP, BMP, TIFF) or, with a "
-        "model that has an audio tower, audio (WAV, FLAC, Ogg Vorbis, MP3)"
+        "unsupported file type: send an image (JPEG, PNG, GIF, WebP, BMP, TIFF), a video "
+        "(MP4, WebM, Matroska, QuickTime) or, with a model that has an audio tower, audio "
+        "(WAV, FLAC, Ogg Vorbis, MP3)"
+    )
+
+
+def video_limits(settings: Settings) -> VideoLimits:
+    """What one video may take to decode (the MMR_MAX_VIDEO_* and MMR_VIDEO_* settings)."""
+    return VideoLimits(
+        max_seconds=settings.max_video_seconds,
+        max_frames=settings.max_video_frames,
+        max_pixels=settings.max_video_pixels,
+        decode_seconds=settings.video_decode_seconds,
+        sample_frames=settings.video_sample_frames,
+        max_interval_s=settings.video_frame_interval_s,
     )
 
 

@@ -133,7 +133,8 @@ def _spec(
 
 
 def _check_modalities(held: set[str], embedder: Embedder, row: CollectionRow) -> None:
-    lacking = sorted(held - set(embedder.modalities))
+    # A video needs only the image tower: without an audio tower its frames alone are kept.
+    lacking = sorted(held - set(embedder.modalities) - {"video"})
     if lacking:
         raise SpaceMismatch(
             f"collection {row.name!r} holds {', '.join(lacking)} items but {embedder.model_id} "

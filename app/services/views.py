@@ -28,7 +28,7 @@ def item_public(row: ItemRow | ItemSummary, collection: str) -> ItemPublic:
         content_type=row.content_type,
         size_bytes=row.size_bytes,
         text=row.text,
-        duration=row.spans[-1][1] if row.spans else None,
+        duration=max(end for _, end in row.spans) if row.spans else None,
         segments=len(row.spans) if row.spans else None,
         created_at=aware(row.created_at),
         updated_at=aware(row.updated_at),

@@ -37,6 +37,29 @@ if TYPE_CHECKING:
 FORMAT = "mmr-aligner/1"
 HEAD_KINDS = ("identity", "linear", "lowrank", "residual")
 MODALITIES = ("image", "text", "audio")
+# A video has no head of its own: its frames go through the image head, its audio track's
+# segments through the audio head. Its raw rows carry their kind in column 0 (see pack_video).
+VIDEO = "video"
+VIDEO_ROW_KINDS = {"image": 0.0, "audio": 1.0}
+
+
+def pack_video(frames: np.ndarray, audio: np.ndarray | None, width: int) -> np.ndarray:
+    """A video's raw rows: each frame's image feature, then each audio segment's feature,
+    behind a column that says which (0: image, 1: audio), zero-padded to ``width`` columns
+    (1 + the widest of the two encoders' features, so that every video of a model has the
+    same row width whatever its tracks)."""
+    parts = [(VIDEO_ROW_KINDS["image"], frames)]
+    if audio is not None and len(audio):
+        parts.append((VIDEO_ROW_KINDS["audio"], audio))
+    rows = np.zeros((sum(len(p) for _, p in parts), width), dtype=np.float32)
+    at = 0
+    for kind, part in parts:
+        if part.shape[1] + 1 > width:
+            raise ValueError(f"a {part.shape[1]}-wide feature does not fit {width} columns")
+        rows[at : at + len(part), 0] = kind
+        rows[at : at + len(part), 1 : 1 + part.shape[1]] = part
+        at += len(part)
+    return rows
 
 
 class AlignerFormatError(ValueError):
@@ -217,11 +240,30 @@ class Aligner:
         return tuple(m for m in MODALITIES if m in self.heads)
 
     def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
-        """Map raw features of a modality into the shared space."""
+        """Map raw features of a modality into the shared space (a video's rows each through
+        the head of their kind: see ``pack_video``)."""
+        if modality == VIDEO:
+            return self._project_video(raw)
         head = self.heads.get(modality)
         if head is None:
             raise UnsupportedMediaError(f"this collection's aligner has no {modality} head")
         return head.project(raw)
+
+    def _project_video(self, raw: np.ndarray) -> np.ndarray:
+        rows = np.asarray(raw, dtype=np.float32)
+        rows = rows.reshape(len(rows), -1) if rows.ndim != 2 else rows
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for modality, kind in VIDEO_ROW_KINDS.items():
+            where = rows[:, 0] == kind
+            if where.any():
+                head = self.heads.get(modality)
+                if head is None:
+                    raise UnsupportedMediaError(
+                        f"this collection's aligner has no {modality} head for a video's "
+                        f"{modality} segments"
+                    )
+                out[where] = head.project(rows[where, 1 : 1 + head.in_dim])
+        return out
 
     def describe(self) -> dict[str, dict[str, str | int]]:
         """Per modality: the head's kind and widths and the encoder it takes."""

@@ -80,7 +80,8 @@ class DecodeBudget:
 
 class RequestBudget:
     """Bytes the decoded inputs of one request keep, at most ``capacity`` together; each
-    decode also reserves its peak in the process's ``DecodeBudget``."""
+    decode also reserves its peak in the process's ``DecodeBudget``. It also carries the
+    moment the request's timed decodes (videos) must all end by, set by the first of them."""
 
     def __init__(self, process: DecodeBudget, capacity: int, *, setting: str = "") -> None:
         self.process = process
@@ -88,6 +89,7 @@ class RequestBudget:
         self.setting = setting
         self.used = 0
         self.inputs = 0
+        self.decode_until: float | None = None  # time.monotonic() seconds
 
     def reserve(self, peak: int, kept: int, what: str) -> Reservation:
         """Before decoding ``what``: count the ``kept`` bytes it will hold against this

@@ -47,11 +47,11 @@ def test_a_small_image_is_not_enlarged(client: TestClient, collection: str) -> N
     assert Image.open(io.BytesIO(response.content)).size == (120, 80)
 
 
-def test_only_images_have_thumbnails(client: TestClient, collection: str) -> None:
+def test_only_images_and_videos_have_thumbnails(client: TestClient, collection: str) -> None:
     client.post(f"/v1/collections/{collection}/items", json={"id": "t", "text": "words"})
     response = client.get(f"/v1/collections/{collection}/items/t/thumbnail")
     assert response.status_code == 404 and error_code(response) == "not_found"
-    assert "only image items" in response.json()["error"]["message"]
+    assert "only image and video items" in response.json()["error"]["message"]
     missing = client.get(f"/v1/collections/{collection}/items/nope/thumbnail")
     assert missing.status_code == 404 and error_code(missing) == "not_found"
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.ingest.files import Found, Loaded, item_id
+from app.ingest.files import Found, Loaded, item_id, load, walk
 from app.ingest.run import Options, Tally, _send
 from tests.app.test_crash import REPO, Server, serve, server_env
 
@@ -141,6 +141,16 @@ def test_ids_keep_the_relative_path_one_to_one() -> None:
     assert item_id(Path("2024/05/cat.jpg")) == "2024%2F05%2Fcat.jpg"
     assert item_id(Path("100%/a.jpg")) == "100%25%2Fa.jpg"  # not the same as "100/a.jpg"
     assert item_id(Path("100/a.jpg")) != item_id(Path("100%2Fa.jpg"))
+
+
+def test_video_files_are_found_and_sent_as_files(tmp_path: Path) -> None:
+    for name in ("a.mp4", "b.MOV", "c.mkv", "d.webm", "e.m4v", "f.avi", "g.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    found = {f.item_id: f.kind for f in walk([tmp_path])}
+    assert found == {n: "file" for n in ("a.mp4", "b.MOV", "c.mkv", "d.webm", "e.m4v")} | {
+        "g.txt": "text"
+    }
+    assert load(next(walk([tmp_path / "a.mp4"])), {}).metadata == {}
 
 
 def scripted(answers: list[object]) -> tuple[httpx.Client, list[httpx.Request]]:

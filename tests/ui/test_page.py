@@ -38,7 +38,7 @@ def shown_ids(page: Any) -> list[str]:
 
 def only(page: Any, modality: str) -> None:
     """Untick every kind of item but one."""
-    for box in ("image", "text", "audio"):
+    for box in ("image", "text", "audio", "video"):
         page.set_checked(f'input[name="modality"][value="{box}"]', box == modality)
 
 

@@ -111,7 +111,7 @@ function setUpKey() {
 // ---- collections -------------------------------------------------------------------------
 
 function modalitiesOf(collection) {
-  return collection.audio_model ? "images, texts, sounds" : "images, texts";
+  return collection.audio_model ? "images, texts, videos, sounds" : "images, texts, videos";
 }
 
 function describe(collection) {
@@ -279,13 +279,46 @@ function seconds(value) {
   return `${value.toFixed(1)} s`;
 }
 
+// A video hit: the frame at the matched moment, and a button that plays the video from
+// there (the original is fetched only then: it may be large).
+function videoOf(hit) {
+  const item = hit.item;
+  const start = hit.start || 0;
+  const box = document.createElement("div");
+  box.className = "video";
+  const img = mediaOf({ ...hit, item: { ...item, modality: "image-of-video" } });
+  const play = document.createElement("button");
+  play.type = "button";
+  play.textContent = `Play from ${seconds(start)}`;
+  play.setAttribute("aria-label", `Play video ${item.id} from ${seconds(start)}`);
+  play.addEventListener("click", () => {
+    play.disabled = true;
+    const video = document.createElement("video");
+    video.controls = true;
+    video.preload = "metadata";
+    video.dataset.start = String(start);
+    video.setAttribute("aria-label", `Video ${item.id}, from ${seconds(start)}`);
+    video.addEventListener("loadedmetadata", () => {
+      video.currentTime = start;
+      video.play().catch(() => {});
+    }, { once: true });
+    blobUrl(itemPath(item, "content"))
+      .then((url) => { video.src = url; box.replaceChildren(video); })
+      .catch(() => { play.disabled = false; });
+  });
+  box.append(img, play);
+  return box;
+}
+
 function mediaOf(hit) {
   const item = hit.item;
-  if (item.modality === "image" || item.modality === "video") {
+  if (item.modality === "video") return videoOf(hit);
+  if (item.modality === "image" || item.modality === "image-of-video") {
+    const video = item.modality === "image-of-video";
     const img = document.createElement("img");
-    img.alt = `${item.modality === "video" ? "Video" : "Picture"} ${item.id}`;
+    img.alt = `${video ? "Video" : "Picture"} ${item.id}`;
     img.decoding = "async";
-    const at = item.modality === "video" && hit.start != null ? `?t=${hit.start}` : "";
+    const at = video && hit.start != null ? `?t=${hit.start}` : "";
     whenNear(img, () => blobUrl(itemPath(item, "thumbnail") + at)
       .then((url) => { img.src = url; })
       .catch((error) => { if (error.name !== "AbortError") img.alt = `${img.alt} (no thumbnail)`; }));
@@ -316,7 +349,7 @@ function showResults(results, run) {
   nearScreen.disconnect();
   // The old players and pictures let go of their blob: URLs before these are revoked (a
   // player still reading one would log a failed load).
-  for (const media of $("#results").querySelectorAll("audio, img")) {
+  for (const media of $("#results").querySelectorAll("audio, video, img")) {
     media.removeAttribute("src");
     if (media.load) media.load();
   }
@@ -347,7 +380,7 @@ function showResults(results, run) {
       searchBy({ item_id: hit.item.id, label: hit.item.id });
     });
     li.append(meta, like);
-    if (hit.start != null && hit.item.modality === "audio") {
+    if (hit.start != null && (hit.item.modality === "audio" || hit.item.modality === "video")) {
       const when = document.createElement("span");
       when.className = "muted";
       when.textContent = `match at ${seconds(hit.start)}–${seconds(hit.end)}`;
