@@ -391,3 +391,23 @@ def test_a_migration_encodes_a_video_again_and_gives_it_the_new_models_ears(
         query = client.post(url("clips", "search"), files={"file": ("q.png", png(BLUE))}).json()
         hit = query["results"][0]
         assert (hit["start"], hit["end"]) == pytest.approx((2.0, 4.0), abs=0.11)
+
+
+def test_duplicates_of_a_video_are_whole_clips_of_the_same_length(
+    client: TestClient, collection: str
+) -> None:
+    """The same clip in another container pairs with it; a clip of one of its scenes only,
+    or of both scenes held twice as long, does not (a whole clip against a whole clip, its
+    duration included), and no picture of a scene pairs with a clip."""
+    upload(client, collection, red_then_blue("mp4"), "a")
+    upload(client, collection, red_then_blue("mkv"), "b")
+    red_only = [picture(RED, True)] * (4 * FPS)
+    upload(client, collection, encode_video(red_only, fps=FPS, container="mp4"), "red-only")
+    slow = [picture(RED, True)] * (4 * FPS) + [picture(BLUE, True)] * (4 * FPS)
+    upload(client, collection, encode_video(slow, fps=FPS, container="mp4"), "slow")
+    response = client.post(url(collection), files={"file": ("p.png", png(RED))}, data={"id": "p"})
+    assert response.status_code == 201, response.text
+    listed = client.get(url(collection, "duplicates"), params={"threshold": 0.9})
+    assert listed.status_code == 200, listed.text
+    pairs = {(p["a"], p["b"]) for p in listed.json()["pairs"]}
+    assert pairs == {("a", "b")}, listed.json()
