@@ -41,6 +41,12 @@ SEARCH_FORM = {
         "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
         "offset": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_K - 1},
         "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "mode": {
+            "type": "string",
+            "enum": ["vector", "lexical", "hybrid"],
+            "default": "vector",
+            "description": "lexical and hybrid search the text's words (they need `text`)",
+        },
         "modalities": {"type": "string", "description": "comma separated, e.g. image,text"},
         "filter": {"type": "string", "description": 'a JSON object, e.g. {"album": "2024"}'},
     },
@@ -90,7 +96,7 @@ async def _from_form(request: Request) -> tuple[Query, Constraints]:
     if len(form.files) > 1 or (not form.files and text is None):
         raise InvalidInput("send one 'file' part, a 'text' field, or both, as the query")
     fields: dict[str, object] = {}
-    for name in ("k", "offset", "min_score"):
+    for name in ("k", "offset", "min_score", "mode"):
         if (value := form.field(name)) is not None:
             fields[name] = value
     if modalities := form.field("modalities"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,6 +22,7 @@ MAX_FILTER_VALUE_CHARS = 1024
 
 
 MAX_QUERY_PARTS = 16
+SearchMode = Literal["vector", "lexical", "hybrid"]
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
@@ -38,7 +39,17 @@ class SearchOptions(BaseModel):
         "so a page reaching past that has fewer than k",
     )
     min_score: Annotated[float, Field(ge=-1.0, le=1.0), NoBool] | None = Field(
-        None, description="no result scored below this (cosine, -1 to 1)"
+        None,
+        description="no result scored below this, in the mode's score: cosine (-1 to 1) in "
+        "vector mode, r/(1+r) of the text relevance r (0 to 1) in lexical mode, the fused "
+        "reciprocal-rank score (0 to 2/61) in hybrid mode",
+    )
+    mode: SearchMode = Field(
+        "vector",
+        description="vector: nearest in the embedding space; lexical: full-text match of the "
+        "query's words in text items and metadata values; hybrid: both rankings fused by "
+        "reciprocal rank. lexical and hybrid need text: a `text` query, or text parts in "
+        "`query`",
     )
     modalities: list[Modality] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = Field(
@@ -92,6 +103,7 @@ class SearchRequest(SearchOptions):
                 {"text": "a dog in the rain", "k": 5, "modalities": ["image"]},
                 {"item_id": "photo-42", "k": 10, "filter": {"album": ["2024", "2025"]}},
                 {"text": "a dog in the rain", "k": 10, "offset": 10, "min_score": 0.2},
+                {"text": "XJ-9000 charger", "mode": "hybrid", "k": 5},
                 {
                     "query": [
                         {"text": "a beach", "weight": 1.0},

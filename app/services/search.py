@@ -55,6 +55,7 @@ class Constraints:
     filter: dict[str, Scalar | list[Scalar]] | None = None
     offset: int = 0
     min_score: float | None = None
+    mode: str = "vector"  # "vector" | "lexical" | "hybrid"
 
 
 def request_query(req: SearchRequest) -> Query:
@@ -85,6 +86,7 @@ def request_constraints(req: SearchOptions) -> Constraints:
         filter=dict(req.filter or {}),
         offset=req.offset,
         min_score=req.min_score,
+        mode=req.mode,
     )
 
 
@@ -100,9 +102,115 @@ def search(
     constraints: Constraints,
     wait: bool = True,
 ) -> SearchResponse:
-    """Top-k items of a collection for a query, best first. Without ``wait``, WouldBlock
-    instead of waiting for the index (a write to it, its loading or its swap)."""
+    """Top-k items of a collection for a query, best first, ranked as ``constraints.mode``
+    says. Without ``wait``, WouldBlock instead of waiting for the index (a write to it, its
+    loading or its swap)."""
     row = collections.get(name)
+    words = None if constraints.mode == "vector" else lexical_text(query, constraints.mode)
+    # A page: the best offset + k (MAX_K deep at most), less the first offset; none below
+    # min_score.
+    depth = min(constraints.offset + constraints.k, MAX_K)
+    if words is not None and constraints.mode == "lexical":
+        ranked = [
+            Ranked(pk, score) for pk, score in _lexical(items, row, words, constraints, depth)
+        ]
+        modality, version = "text", row.aligner_version
+    else:
+        # Hybrid fuses two lists at least HYBRID_DEPTH deep: an item ranked low in one and
+        # high in the other must be in both lists to get both shares.
+        deep = depth if words is None else min(max(depth, HYBRID_DEPTH), MAX_K)
+        ranked, modality, version = _vector_hits(
+            settings, items, indexes, models, row, query, constraints, deep, wait
+        )
+        if words is not None:
+            lexical = _lexical(items, row, words, constraints, deep)
+            ranked = fuse(ranked, [Ranked(pk, score) for pk, score in lexical])
+    hits = ranked[constraints.offset : depth]
+    if constraints.min_score is not None:
+        hits = [h for h in hits if h.score >= constraints.min_score]
+    found = items.summaries(collection_id=row.id, pks=[h.pk for h in hits])
+    results = [
+        _hit(found[h.pk], row.name, h.score, h.segment)
+        for h in hits
+        if h.pk in found  # deleted between search and hydration
+    ]
+    return SearchResponse(results=results, query_modality=modality, aligner_version=version)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """An item in a ranking: its key, its score, and the segment that matched best."""
+
+    pk: int
+    score: float
+    segment: int = 0
+
+
+# Reciprocal rank fusion: an item's fused score is the sum over the rankings that hold it of
+# 1 / (RRF_K + its rank), rank 1 the best. 60 is the constant of Cormack et al. (2009),
+# the one Elasticsearch, OpenSearch and Weaviate use; bench/hybrid.py measured it.
+RRF_K = 60
+# How deep each ranking is that hybrid fuses (deeper when the page asks for more).
+HYBRID_DEPTH = 100
+
+
+def fuse(*rankings: list[Ranked]) -> list[Ranked]:
+    """Rankings fused by reciprocal rank, best first: ties go to the item the best of its
+    rankings put higher, then to the older item. The segment is the first ranking's."""
+    score: dict[int, float] = {}
+    best: dict[int, int] = {}
+    segment: dict[int, int] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            score[hit.pk] = score.get(hit.pk, 0.0) + 1.0 / (RRF_K + rank)
+            best[hit.pk] = min(best.get(hit.pk, rank), rank)
+            segment.setdefault(hit.pk, hit.segment)
+    order = sorted(score, key=lambda pk: (-score[pk], best[pk], pk))
+    return [Ranked(pk, score[pk], segment[pk]) for pk in order]
+
+
+def lexical_text(query: Query, mode: str) -> str:
+    """The words a lexical or hybrid search looks for: a text query's, or those of a
+    composed query's text parts of positive weight (a negative part only steers the
+    vector). InvalidInput when there are none."""
+    if query.text is not None:
+        return query.text
+    if query.parts is not None:
+        words = [part.text for part, weight in query.parts if part.text is not None and weight > 0]
+        if words:
+            return " ".join(words)
+    raise InvalidInput(
+        f"mode {mode!r} searches words, and this query has none: give a 'text' query (or a "
+        "text part of positive weight in 'query'), or use mode 'vector' to search by "
+        "file, item or vector"
+    )
+
+
+def _lexical(
+    items: ItemStore, row: CollectionRow, words: str, constraints: Constraints, limit: int
+) -> list[tuple[int, float]]:
+    return items.lexical(
+        collection_id=row.id,
+        query=words,
+        modalities=constraints.modalities,
+        filters=constraints.filter,
+        limit=limit,
+    )
+
+
+def _vector_hits(
+    settings: Settings,
+    items: ItemStore,
+    indexes: IndexManager[Aligner],
+    models: ModelPool,
+    row: CollectionRow,
+    query: Query,
+    constraints: Constraints,
+    depth: int,
+    wait: bool,
+) -> tuple[list[Ranked], str, int]:
+    """The ``depth`` nearest items in the collection's index, the query's modality and the
+    aligner version that scored them."""
     live = indexes.get(row) if wait else indexes.ready(row)
     if live is None:  # to be loaded or brought to a new version first: no waiting here
         raise WouldBlock
@@ -126,20 +234,8 @@ def search(
             modalities=constraints.modalities,
             filters=constraints.filter,
         )
-    # A page: the best offset + k (MAX_K deep at most), less the first offset; none below
-    # min_score.
-    depth = min(constraints.offset + constraints.k, MAX_K)
     hits = index.search(vector, depth, allowed, wait=wait)
-    hits = hits[constraints.offset :]
-    if constraints.min_score is not None:
-        hits = [h for h in hits if h.score >= constraints.min_score]
-    found = items.summaries(collection_id=row.id, pks=[h.pk for h in hits])
-    results = [
-        _hit(found[h.pk], row.name, h.score, h.segment)
-        for h in hits
-        if h.pk in found  # deleted between search and hydration
-    ]
-    return SearchResponse(results=results, query_modality=modality, aligner_version=aligner.version)
+    return [Ranked(h.pk, h.score, h.segment) for h in hits], modality, aligner.version
 
 
 def _hit(item: ItemSummary, collection: str, score: float, segment: int) -> SearchHit:

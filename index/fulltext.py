@@ -1,0 +1,135 @@
+"""Lexical search: the full-text index of items' text and metadata values, in SQL.
+
+The index is derived state kept by the database itself (migration 0008): on SQLite an FTS5
+table filled by triggers on ``items``, on Postgres a GIN index on ``mmr_fulltext(text,
+metadata)``. Either way it changes in the transaction that writes the item, so every
+process over the database sees it at once and ``kill -9`` cannot part it from the items;
+``rebuild`` makes it again from the item rows.
+
+A query's words never reach the engine as syntax: the text is cut at white space into at
+most ``MAX_TERMS`` terms, each searched as a phrase of its own tokens (so "XJ-9000" is the
+phrase "xj 9000" on SQLite, "xj <-> -9000" on Postgres, as the index tokenised the
+item), and an item matches any term (OR), ranked by the engine's relevance: BM25 on
+SQLite, ``ts_rank`` with length normalisation on Postgres.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    String,
+    bindparam,
+    desc,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+)
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import Label
+
+from index.tables import ItemRow
+
+MAX_TERMS = 32  # terms a query searches (the first ones); more are left out
+MAX_TERM_CHARS = 64  # a longer "word" is cut: no phrase of hundreds of tokens
+
+_FTS = table("items_fts")
+
+
+def terms_of(query: str) -> list[str]:
+    """The terms a query searches: its white-space separated words that hold a letter or
+    a digit, each cut to MAX_TERM_CHARS, at most MAX_TERMS of them, without repeats."""
+    terms: dict[str, None] = {}
+    for word in query.split():
+        if len(terms) >= MAX_TERMS:
+            break
+        cut = word[:MAX_TERM_CHARS]
+        if any(ch.isalnum() for ch in cut):
+            terms.setdefault(cut, None)
+    return list(terms)
+
+
+def relevance_to_score(relevance: float) -> float:
+    """The engine's relevance (0 and up) as a score in [0, 1): r / (1 + r)."""
+    r = max(0.0, float(relevance))
+    return r / (1.0 + r)
+
+
+def search(
+    session: Session,
+    *,
+    query: str,
+    conditions: Sequence[ColumnElement[bool]],
+    limit: int,
+) -> list[tuple[int, float]]:
+    """The items that match the query's terms and ``conditions`` (on ``items``), best
+    first, at most ``limit``: (item key, score in [0, 1)). Nothing when no term is left."""
+    terms = terms_of(query)
+    if not terms or limit < 1:
+        return []
+    if session.get_bind().dialect.name == "postgresql":
+        stmt, params = _postgres(terms)
+    else:
+        stmt, params = _sqlite(terms)
+    stmt = stmt.where(*conditions).limit(limit)
+    rows = session.execute(stmt, params).all()
+    return [(int(pk), relevance_to_score(r)) for pk, r in rows]
+
+
+def _sqlite(terms: list[str]) -> tuple[Any, dict[str, Any]]:
+    # A phrase in double quotes is only ever tokens (a quote inside is doubled): no
+    # operator, column filter, prefix or NEAR the user typed reaches FTS5 as syntax.
+    match = " OR ".join('"' + term.replace('"', '""') + '"' for term in terms)
+    # bm25() is lower for better matches: its negation is the relevance.
+    relevance: Label[Any] = literal_column("-bm25(items_fts)").label("relevance")
+    stmt = (
+        select(ItemRow.pk, relevance)
+        .select_from(_FTS.join(ItemRow.__table__, text("items.pk = items_fts.rowid")))
+        .where(text("items_fts MATCH :match"))
+        .order_by(desc("relevance"), ItemRow.pk)
+    )
+    return stmt, {"match": match}
+
+
+def _postgres(terms: list[str]) -> tuple[Any, dict[str, Any]]:
+    # One phraseto_tsquery a term (the text is a bound value, parsed as words, never as
+    # tsquery syntax), joined by OR.
+    simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
+    phrases: list[ColumnElement[Any]] = [
+        func.phraseto_tsquery(simple, bindparam(f"t{n}", type_=String)) for n in range(len(terms))
+    ]
+    query = functools.reduce(lambda a, b: a.op("||")(b), phrases)
+    # The expression the GIN index is built on (migration 0008).
+    document = func.mmr_fulltext(ItemRow.text, ItemRow.meta)
+    # Normalisation 1: divided by 1 + log(the document's length), as BM25 favours short.
+    relevance = func.ts_rank(document, query, 1).label("relevance")
+    stmt = (
+        select(ItemRow.pk, relevance)
+        .where(document.op("@@")(query))
+        .order_by(desc("relevance"), ItemRow.pk)
+    )
+    return stmt, {f"t{n}": term for n, term in enumerate(terms)}
+
+
+def rebuild(engine: Engine) -> None:
+    """Make the full-text index again from the item rows (it can always be: the rows are
+    the truth). SQLite: FTS5's own ``rebuild`` is for tables that read their content from
+    another; this one keeps its own, so it is emptied and filled again. Postgres: REINDEX."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("REINDEX INDEX ix_items_fulltext")
+            return
+        meta = (
+            "(SELECT group_concat(value, ' ') FROM json_tree(items.metadata) "
+            "WHERE type IN ('text', 'integer', 'real'))"
+        )
+        conn.exec_driver_sql("DELETE FROM items_fts")
+        conn.exec_driver_sql(
+            f"INSERT INTO items_fts (rowid, text, meta) SELECT pk, text, {meta} FROM items"
+        )

@@ -1,0 +1,264 @@
+"""Lexical and hybrid search (``mode``): the full-text index in SQL finds exact tokens,
+follows every write, is shared by every process over the database and survives a restart;
+hybrid is the reciprocal-rank fusion of the vector and lexical rankings."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from app.main import create_app
+from app.schemas.common import MAX_TEXT_CHARS
+from app.services.search import RRF_K
+from app.settings import Settings
+from tests.app.test_search import add_texts, ids, search
+from tests.conftest import error_code
+
+CATALOGUE = {
+    "p1": ("XJ-9000 charger for the travel kit", {"sku": "QZ-118", "year": 1987}),
+    "p2": ("XJ-9001 charger for the travel kit", {"sku": "QZ-119", "year": 1990}),
+    "p3": ("a blue umbrella with a wooden handle", {"sku": "UM-1"}),
+    "p4": ("Café crème served in the morning", {"maker": "Zorblax Ltd"}),
+    "p5": ("travel kit with two chargers", {}),
+}
+
+
+@pytest.fixture
+def shop(client: TestClient, collection: str) -> str:
+    add_texts(client, collection, CATALOGUE)
+    return collection
+
+
+def lexical(client: TestClient, name: str, text: str, **body: object) -> list[str]:
+    return ids(search(client, name, text=text, mode="lexical", **body))
+
+
+def test_lexical_finds_the_exact_code(client: TestClient, shop: str) -> None:
+    assert lexical(client, shop, "XJ-9000") == ["p1"]
+    assert lexical(client, shop, "xj-9001") == ["p2"]
+    # metadata values: strings and numbers
+    assert lexical(client, shop, "QZ-119") == ["p2"]
+    assert lexical(client, shop, "1987") == ["p1"]
+    assert lexical(client, shop, "zorblax") == ["p4"]
+    assert lexical(client, shop, "no-such-code") == []
+
+
+def test_lexical_ranks_by_relevance_and_any_word_matches(client: TestClient, shop: str) -> None:
+    found = search(client, shop, text="travel charger XJ-9000", mode="lexical", k=10)
+    assert ids(found)[0] == "p1"  # every term
+    assert set(ids(found)) == {"p1", "p2", "p5"}  # any term
+    scores = [hit["score"] for hit in found["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(0 < s < 1 for s in scores)
+    assert found["query_modality"] == "text"
+
+
+def test_accents(client: TestClient, shop: str, database_url: str) -> None:
+    assert lexical(client, shop, "café") == ["p4"]
+    if database_url.startswith("sqlite"):  # unicode61 removes diacritics; Postgres' simple keeps
+        assert lexical(client, shop, "CAFE") == ["p4"]
+
+
+def test_filters_offset_and_min_score_apply(client: TestClient, shop: str) -> None:
+    assert lexical(client, shop, "charger travel", filter={"sku": "QZ-119"}) == ["p2"]
+    assert lexical(client, shop, "charger", modalities=["image"]) == []
+    every = lexical(client, shop, "travel kit charger", k=10)
+    assert lexical(client, shop, "travel kit charger", k=1, offset=1) == every[1:2]
+    found = search(client, shop, text="travel kit charger", mode="lexical", k=10)
+    floor = found["results"][1]["score"]
+    above = search(client, shop, text="travel kit charger", mode="lexical", min_score=floor)
+    assert ids(above) == [h["item"]["id"] for h in found["results"] if h["score"] >= floor]
+    assert len(ids(above)) < len(every)
+
+
+def test_updates_and_deletes_are_followed(client: TestClient, shop: str) -> None:
+    url = f"/v1/collections/{shop}/items"
+    batch = [{"id": "p3", "text": "a quimble, not an umbrella", "metadata": {"sku": "UM-1"}}]
+    replaced = client.post(f"{url}/batch", json=batch).json()["results"]
+    assert [r["status"] for r in replaced] == [200], replaced
+    assert lexical(client, shop, "quimble") == ["p3"]
+    assert lexical(client, shop, "wooden") == []
+    patched = client.patch(f"{url}/p3", json={"metadata": {"sku": "UM-2"}})
+    assert patched.status_code == 200, patched.text
+    assert lexical(client, shop, "UM-2") == ["p3"]
+    assert lexical(client, shop, "UM-1") == []
+    assert client.delete(f"{url}/p1").status_code == 204
+    assert lexical(client, shop, "XJ-9000") == []
+    assert lexical(client, shop, "QZ-118") == []
+
+
+def test_collections_are_apart(client: TestClient, shop: str) -> None:
+    assert client.post("/v1/collections", json={"name": "other"}).status_code == 201
+    add_texts(client, "other", {"o1": ("XJ-9000 in another collection", {})})
+    assert lexical(client, shop, "XJ-9000") == ["p1"]
+    assert lexical(client, "other", "XJ-9000") == ["o1"]
+    assert client.delete(f"/v1/collections/{shop}").status_code == 204
+    assert lexical(client, "other", "charger XJ-9000") == ["o1"]
+
+
+def test_metadata_postgres_cannot_read_as_text_leaves_the_text_searchable(
+    client: TestClient, collection: str
+) -> None:
+    # a NUL in a key is valid JSON, but not Postgres text
+    item = {"id": "odd", "text": "plain words here", "metadata": {"k\x00": "v"}}
+    response = client.post(
+        f"/v1/collections/{collection}/items/batch",
+        content=json.dumps([item]),
+        headers={"content-type": "application/json"},
+    )
+    assert [r["status"] for r in response.json()["results"]] == [201], response.text
+    assert lexical(client, collection, "plain") == ["odd"]
+
+
+def rrf(*rankings: list[str]) -> dict[str, float]:
+    fused: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, start=1):
+            fused[item] = fused.get(item, 0.0) + 1 / (RRF_K + rank)
+    return fused
+
+
+def test_hybrid_is_the_reciprocal_rank_fusion(client: TestClient, shop: str) -> None:
+    add_texts(client, shop, {f"n{i}": (f"filler sentence {i} travel", {}) for i in range(20)})
+    text = "XJ-9000 travel charger"
+    vector = ids(search(client, shop, text=text, k=100))
+    words = lexical(client, shop, text, k=100)
+    expected = rrf(vector, words)
+    hybrid = search(client, shop, text=text, mode="hybrid", k=8)
+    got = {hit["item"]["id"]: hit["score"] for hit in hybrid["results"]}
+    assert len(got) == 8
+    for item, score in got.items():
+        assert score == pytest.approx(expected[item])
+    best = sorted(expected.values(), reverse=True)[:8]
+    assert sorted(got.values(), reverse=True) == pytest.approx(best)
+    assert ids(hybrid)[0] == "p1"  # first in both
+    page = search(client, shop, text=text, mode="hybrid", k=3, offset=2)
+    assert ids(page) == ids(hybrid)[2:5]
+
+
+def test_hybrid_of_a_composed_query_searches_its_positive_text_parts(
+    client: TestClient, shop: str
+) -> None:
+    query = [{"text": "umbrella", "weight": 1.0}, {"text": "XJ-9000", "weight": -0.5}]
+    words = lexical(client, shop, "umbrella", k=100)
+    vector = ids(search(client, shop, query=query, k=100))
+    hybrid = search(client, shop, query=query, mode="hybrid", k=5)
+    assert hybrid["query_modality"] == "composed"
+    expected = rrf(vector, words)
+    for hit in hybrid["results"]:
+        assert hit["score"] == pytest.approx(expected[hit["item"]["id"]])
+    assert ids(search(client, shop, query=query, mode="lexical")) == ["p3"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"item_id": "p1", "mode": "lexical"},
+        {"vector": [1.0, 0.0], "mode": "hybrid"},
+        {"query": [{"text": "x", "weight": -1.0}, {"item_id": "p1"}], "mode": "lexical"},
+        {"query": [{"item_id": "p1"}], "mode": "hybrid"},
+    ],
+)
+def test_word_modes_need_words(client: TestClient, shop: str, body: dict) -> None:  # type: ignore[type-arg]
+    response = client.post(f"/v1/collections/{shop}/search", json=body)
+    assert response.status_code == 422, response.text
+    assert error_code(response) == "validation_error"
+    assert "mode 'vector'" in response.json()["error"]["message"]
+
+
+def test_unknown_mode_is_refused(client: TestClient, shop: str) -> None:
+    response = client.post(f"/v1/collections/{shop}/search", json={"text": "x", "mode": "bm25"})
+    assert response.status_code == 422, response.text
+
+
+def test_form_takes_the_mode(client: TestClient, shop: str) -> None:
+    url = f"/v1/collections/{shop}/search"
+    found = client.post(url, data={"text": "QZ-118", "mode": "lexical"}, files={"k": (None, "3")})
+    assert found.status_code == 200, found.text
+    assert ids(found.json()) == ["p1"]
+    refused = client.post(url, data={"mode": "lexical"}, files={"file": ("q.png", b"x")})
+    assert refused.status_code in (415, 422), refused.text
+
+
+HOSTILE = st.one_of(
+    st.text(min_size=1, max_size=200),
+    st.lists(
+        st.sampled_from(
+            [
+                '"',
+                "'",
+                "*",
+                "NEAR(",
+                ")",
+                "(",
+                "text:",
+                "meta:",
+                "^",
+                "-",
+                "AND",
+                "OR",
+                "NOT",
+                "<->",
+                "&",
+                "|",
+                "!",
+                ":*",
+                "\\",
+                "XJ-9000",
+                "{",
+                "}",
+                "+",
+                "\u00e9",
+            ]
+        ),
+        min_size=1,
+        max_size=40,
+    ).map(" ".join),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=HOSTILE, mode=st.sampled_from(["lexical", "hybrid"]))
+def test_hostile_query_text_is_only_words(
+    client: TestClient, shop: str, text: str, mode: str
+) -> None:
+    response = client.post(
+        f"/v1/collections/{shop}/search", json={"text": text, "mode": mode, "k": 5}
+    )
+    if not text.strip():
+        assert response.status_code in (200, 422), response.text
+        return
+    assert response.status_code == 200, response.text
+    assert set(ids(response.json())) <= set(CATALOGUE)
+
+
+def test_longest_query_is_answered(client: TestClient, shop: str) -> None:
+    text = ("XJ-9000 " + "NEAR(a* " * 4000)[:MAX_TEXT_CHARS]
+    assert lexical(client, shop, text)[0] == "p1"
+    assert "p1" in ids(search(client, shop, text="x" * MAX_TEXT_CHARS, mode="hybrid"))
+
+
+def test_restart_and_a_second_process_see_the_same_index(
+    make_settings: Callable[..., Settings], tmp_path: object
+) -> None:
+    first = make_settings()
+    with TestClient(create_app(first)) as one:
+        assert one.post("/v1/collections", json={"name": "c"}).status_code == 201
+        add_texts(one, "c", {"a": ("XJ-9000 here", {})})
+        # another process over the same database, with its own data directory
+        other = make_settings(data_dir=first.data_dir.parent / "other")
+        with TestClient(create_app(other)) as two:
+            assert lexical(two, "c", "XJ-9000") == ["a"]
+            add_texts(two, "c", {"b": ("QZ-7 there", {})})
+            assert lexical(one, "c", "QZ-7") == ["b"]
+            assert one.delete("/v1/collections/c/items/a").status_code == 204
+            assert lexical(two, "c", "XJ-9000") == []
+    with TestClient(create_app(first)) as again:
+        assert lexical(again, "c", "QZ-7 XJ-9000") == ["b"]
