@@ -118,6 +118,7 @@ def _run_phase(
     from bench.embed import run_embed
     from bench.finetune import run_finetune
     from bench.hostile import run_hostile
+    from bench.hybrid import run_hybrid
     from bench.ingest import run_ingest
     from bench.replicas import run_replicas
     from bench.search import run_search
@@ -130,6 +131,7 @@ def _run_phase(
         "replicas": run_replicas,
         "bulk": run_bulk,
         "finetune": run_finetune,
+        "hybrid": run_hybrid,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

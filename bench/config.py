@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-PHASES = ("embed", "search", "ingest", "hostile", "replicas", "bulk", "finetune")
+PHASES = ("embed", "search", "ingest", "hostile", "replicas", "bulk", "finetune", "hybrid")
 
 # Index settings per benchmark type name (the collection's ``index`` body).
 INDEX_TYPES: dict[str, dict[str, Any]] = {

@@ -16,14 +16,17 @@ SQLite, ``ts_rank`` with length normalisation on Postgres.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Engine,
+    Float,
     String,
     bindparam,
+    case,
     desc,
     func,
     literal_column,
@@ -65,16 +68,18 @@ def search(
     session: Session,
     *,
     query: str,
+    collection_id: int,
     conditions: Sequence[ColumnElement[bool]],
     limit: int,
 ) -> list[tuple[int, float]]:
-    """The items that match the query's terms and ``conditions`` (on ``items``), best
-    first, at most ``limit``: (item key, score in [0, 1)). Nothing when no term is left."""
+    """The collection's items that match the query's terms and ``conditions`` (on
+    ``items``), best first, at most ``limit``: (item key, score in [0, 1)). Nothing when no
+    term is left."""
     terms = terms_of(query)
     if not terms or limit < 1:
         return []
     if session.get_bind().dialect.name == "postgresql":
-        stmt, params = _postgres(terms)
+        stmt, params = _postgres(terms, _idf(session, collection_id, terms))
     else:
         stmt, params = _sqlite(terms)
     stmt = stmt.where(*conditions).limit(limit)
@@ -97,24 +102,53 @@ def _sqlite(terms: list[str]) -> tuple[Any, dict[str, Any]]:
     return stmt, {"match": match}
 
 
-def _postgres(terms: list[str]) -> tuple[Any, dict[str, Any]]:
-    # One phraseto_tsquery a term (the text is a bound value, parsed as words, never as
-    # tsquery syntax), joined by OR.
+def _phrase(n: int) -> ColumnElement[Any]:
+    # The text is a bound value, parsed as words, never as tsquery syntax.
     simple: ColumnElement[Any] = literal_column("'simple'::regconfig")
-    phrases: list[ColumnElement[Any]] = [
-        func.phraseto_tsquery(simple, bindparam(f"t{n}", type_=String)) for n in range(len(terms))
+    return func.phraseto_tsquery(simple, bindparam(f"t{n}", type_=String))
+
+
+def _document() -> ColumnElement[Any]:
+    """The expression the GIN index is built on (migration 0008)."""
+    return func.mmr_fulltext(ItemRow.text, ItemRow.meta)
+
+
+def _idf(session: Session, collection_id: int, terms: list[str]) -> list[float]:
+    """Postgres: each term's inverse document frequency in the collection, as BM25 weighs
+    it: ln(1 + (N - n + 0.5) / (n + 0.5)), n the items holding the term (ts_rank knows no
+    document frequency, so a rare product code would count no more than "the")."""
+    mine = ItemRow.collection_id == collection_id
+    counts = [
+        select(func.count()).where(mine, _document().op("@@")(_phrase(n))).scalar_subquery()
+        for n in range(len(terms))
     ]
+    total = select(func.count()).where(mine).scalar_subquery()
+    params = {f"t{n}": term for n, term in enumerate(terms)}
+    found = session.execute(select(total, *counts), params).one()
+    size = int(found[0])
+    return [math.log(1 + (size - int(n) + 0.5) / (int(n) + 0.5)) for n in found[1:]]
+
+
+def _postgres(terms: list[str], idf: list[float]) -> tuple[Any, dict[str, Any]]:
+    """The sum of the idf of the terms an item holds, plus ts_rank (under 1: term counts
+    and length, normalisation 1 dividing by 1 + log(length)) on a scale near SQLite's BM25."""
+    document = _document()
+    phrases = [_phrase(n) for n in range(len(terms))]
     query = functools.reduce(lambda a, b: a.op("||")(b), phrases)
-    # The expression the GIN index is built on (migration 0008).
-    document = func.mmr_fulltext(ItemRow.text, ItemRow.meta)
-    # Normalisation 1: divided by 1 + log(the document's length), as BM25 favours short.
-    relevance = func.ts_rank(document, query, 1).label("relevance")
+    rank: ColumnElement[Any] = func.ts_rank(document, query, 1)
+    weights: list[ColumnElement[Any]] = [
+        case((document.op("@@")(phrase), bindparam(f"w{n}", type_=Float)), else_=0.0)
+        for n, phrase in enumerate(phrases)
+    ]
+    relevance = functools.reduce(lambda a, b: a + b, weights, rank).label("relevance")
     stmt = (
         select(ItemRow.pk, relevance)
         .where(document.op("@@")(query))
         .order_by(desc("relevance"), ItemRow.pk)
     )
-    return stmt, {f"t{n}": term for n, term in enumerate(terms)}
+    params: dict[str, Any] = {f"t{n}": term for n, term in enumerate(terms)}
+    params |= {f"w{n}": weight for n, weight in enumerate(idf)}
+    return stmt, params
 
 
 def rebuild(engine: Engine) -> None:

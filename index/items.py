@@ -506,14 +506,24 @@ class ItemStore:
         modalities: Sequence[str] | None,
         filters: dict[str, Scalar | list[Scalar]] | None,
         limit: int,
+        among: Sequence[int] | None = None,
     ) -> list[tuple[int, float]]:
         """The items whose text or metadata values match the query's words and that pass
-        the filters, best first, at most ``limit``: (item key, score in [0, 1))."""
+        the filters (and are ``among`` these keys, when given: at most IN_CHUNK), best
+        first, at most ``limit``: (item key, score in [0, 1))."""
         conditions = _conditions(collection_id, modalities, filters)
         if conditions is None:
             return []
+        if among is not None:
+            conditions.append(ItemRow.pk.in_(list(among)[:IN_CHUNK]))
         with self.sessions() as session:
-            return fulltext.search(session, query=query, conditions=conditions, limit=limit)
+            return fulltext.search(
+                session,
+                query=query,
+                collection_id=collection_id,
+                conditions=conditions,
+                limit=limit,
+            )
 
     def tagged(self, *, collection_id: int, key: str) -> list[tuple[int, str]]:
         """(item key, canonical JSON value) of every item with a scalar under ``key``."""

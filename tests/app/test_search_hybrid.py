@@ -1,6 +1,6 @@
 """Lexical and hybrid search (``mode``): the full-text index in SQL finds exact tokens,
 follows every write, is shared by every process over the database and survives a restart;
-hybrid is the reciprocal-rank fusion of the vector and lexical rankings."""
+hybrid blends the cosine and the lexical score with a documented weight."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from app.schemas.common import MAX_TEXT_CHARS
-from app.services.search import RRF_K
+from app.services import search as search_service
+from app.services.search import VECTOR_WEIGHT
 from app.settings import Settings
 from tests.app.test_search import add_texts, ids, search
 from tests.conftest import error_code
@@ -115,43 +116,73 @@ def test_metadata_postgres_cannot_read_as_text_leaves_the_text_searchable(
     assert lexical(client, collection, "plain") == ["odd"]
 
 
-def rrf(*rankings: list[str]) -> dict[str, float]:
-    fused: dict[str, float] = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking, start=1):
-            fused[item] = fused.get(item, 0.0) + 1 / (RRF_K + rank)
-    return fused
+def blended(
+    client: TestClient, name: str, text: str | None = None, **body: object
+) -> dict[str, float]:
+    """Every item's hybrid score as documented, from the vector and lexical modes' own."""
+    query = {"text": text} if text is not None else {}
+    cosine = scores(search(client, name, **query, **body, k=1000))
+    lexical = scores(search(client, name, text=text or words_of(body), mode="lexical", k=1000))
+    return {
+        item: VECTOR_WEIGHT * cosine[item] + (1 - VECTOR_WEIGHT) * lexical.get(item, 0.0)
+        for item in cosine
+    }
 
 
-def test_hybrid_is_the_reciprocal_rank_fusion(client: TestClient, shop: str) -> None:
+def scores(result: dict) -> dict[str, float]:  # type: ignore[type-arg]
+    return {hit["item"]["id"]: hit["score"] for hit in result["results"]}
+
+
+def words_of(body: dict) -> str:  # type: ignore[type-arg]
+    return " ".join(p["text"] for p in body["query"] if "text" in p and p.get("weight", 1) > 0)
+
+
+def test_hybrid_blends_cosine_and_lexical_score(client: TestClient, shop: str) -> None:
     add_texts(client, shop, {f"n{i}": (f"filler sentence {i} travel", {}) for i in range(20)})
     text = "XJ-9000 travel charger"
-    vector = ids(search(client, shop, text=text, k=100))
-    words = lexical(client, shop, text, k=100)
-    expected = rrf(vector, words)
+    expected = blended(client, shop, text)
     hybrid = search(client, shop, text=text, mode="hybrid", k=8)
-    got = {hit["item"]["id"]: hit["score"] for hit in hybrid["results"]}
+    got = scores(hybrid)
     assert len(got) == 8
     for item, score in got.items():
-        assert score == pytest.approx(expected[item])
+        assert score == pytest.approx(expected[item], abs=1e-5)
     best = sorted(expected.values(), reverse=True)[:8]
-    assert sorted(got.values(), reverse=True) == pytest.approx(best)
-    assert ids(hybrid)[0] == "p1"  # first in both
+    assert sorted(got.values(), reverse=True) == pytest.approx(best, abs=1e-5)
+    assert ids(hybrid)[0] == "p1"  # the code and the words
     page = search(client, shop, text=text, mode="hybrid", k=3, offset=2)
     assert ids(page) == ids(hybrid)[2:5]
+    floor = hybrid["results"][3]["score"]
+    assert ids(search(client, shop, text=text, mode="hybrid", min_score=floor)) == ids(hybrid)[:4]
+
+
+def test_hybrid_scores_each_item_by_both_sides(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # lists two items deep: what the vector side found has a lexical score, what the
+    # lexical side found a cosine, both computed rather than taken as 0
+    monkeypatch.setattr(search_service, "HYBRID_DEPTH", 2)
+    texts = {f"f{i}": (f"plain filler {i}", {}) for i in range(30)}
+    texts["needle"] = ("plain qwertyuiop", {})
+    add_texts(client, collection, texts)
+    text = "plain filler qwertyuiop"
+    expected = blended(client, collection, text)
+    got = scores(search(client, collection, text=text, mode="hybrid", k=2))
+    vector = ids(search(client, collection, text=text, k=2))
+    lexical = ids(search(client, collection, text=text, mode="lexical", k=2))
+    assert set(got) - set(vector) and set(got) - set(lexical)  # each side is completed
+    for item, score in got.items():
+        assert score == pytest.approx(expected[item], abs=1e-5)
 
 
 def test_hybrid_of_a_composed_query_searches_its_positive_text_parts(
     client: TestClient, shop: str
 ) -> None:
     query = [{"text": "umbrella", "weight": 1.0}, {"text": "XJ-9000", "weight": -0.5}]
-    words = lexical(client, shop, "umbrella", k=100)
-    vector = ids(search(client, shop, query=query, k=100))
     hybrid = search(client, shop, query=query, mode="hybrid", k=5)
     assert hybrid["query_modality"] == "composed"
-    expected = rrf(vector, words)
+    expected = blended(client, shop, query=query)
     for hit in hybrid["results"]:
-        assert hit["score"] == pytest.approx(expected[hit["item"]["id"]])
+        assert hit["score"] == pytest.approx(expected[hit["item"]["id"]], abs=1e-5)
     assert ids(search(client, shop, query=query, mode="lexical")) == ["p3"]
 
 
