@@ -242,6 +242,73 @@ def _database(kind: str, cfg: HybridConfig, work: Path) -> Iterator[str | None]:
         admin.dispose()
 
 
+def write_cost(cfg: HybridConfig, work: Path, log: Log, rounds: int = 3) -> list[dict[str, Any]]:
+    """What the full-text index adds to batch writes: the same batches of text items (with
+    metadata) written through ItemStore.upsert_many into a database at migration 0008 and
+    into one at 0007 (no index), alternately, ``rounds`` times each; items/s per round."""
+    import dataclasses
+
+    from index.db import downgrade, make_engine, make_sessionmaker, migrate
+    from index.items import ItemDraft
+    from index.stores import Stores
+    from models.encoders.aligner import Aligner
+
+    rng = np.random.default_rng([cfg.seed, 3])
+    vector = np.ones(4, dtype=np.float32) / 2
+    template = ItemDraft("", "text", "0" * 64, "text/plain", 1, vector, vector, 0)
+    texts = list(exact_sets(cfg)[0].items.values())
+    rows = []
+    for kind in cfg.databases:
+        measured: dict[str, list[float]] = {"0008": [], "0007": []}
+        for n in range(rounds):
+            for revision in ("0008", "0007") if n % 2 == 0 else ("0007", "0008"):
+                with _database(kind, cfg, work / f"w{n}{revision}") as url:
+                    if url is None:
+                        continue
+                    (work / f"w{n}{revision}").mkdir(exist_ok=True)
+                    engine = make_engine(url)
+                    migrate(engine)
+                    if revision == "0007":
+                        downgrade(engine, "0007")
+                    stores = Stores.over(make_sessionmaker(engine))
+                    aligner = Aligner.identity(4, {"text": "m"})
+                    row = stores.collections.create(
+                        name="w", model="m", audio_model=None, dim=4, index_type="flat",
+                        index_params={}, aligner=aligner.to_bytes(), aligner_meta=aligner.meta,
+                    )  # fmt: skip
+                    drafts = [
+                        dataclasses.replace(
+                            template,
+                            external_id=f"w{i}",
+                            text=text,
+                            metadata={"sku": f"S-{i}", "n": int(rng.integers(1000))},
+                        )
+                        for i, text in enumerate(texts)
+                    ]
+                    t0 = time.perf_counter()
+                    for start in range(0, len(drafts), cfg.batch):
+                        batch = drafts[start : start + cfg.batch]
+                        stores.items.upsert_many(collection_id=row.id, drafts=batch)
+                    measured[revision].append(len(drafts) / (time.perf_counter() - t0))
+                    engine.dispose()
+        if measured["0008"]:
+            with_index, without = (
+                float(np.median(measured["0008"])),
+                float(np.median(measured["0007"])),
+            )
+            log(f"hybrid: {kind} writes {with_index:.0f} items/s indexed, {without:.0f} not")
+            rows.append(
+                {
+                    "database": kind,
+                    "items": len(texts),
+                    "with_index": measured["0008"],
+                    "without": measured["0007"],
+                    "ratio": with_index / without,
+                }
+            )
+    return rows
+
+
 def run_hybrid(bench: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     """Both sets (and the bare codes) in every mode, on each database."""
     from fastapi.testclient import TestClient
@@ -276,4 +343,5 @@ def run_hybrid(bench: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
                     if case is exact:
                         found += measure(client, name, alone, cfg, log)
                     rows += [{"database": kind, **row} for row in found]
-    return {"config": asdict(cfg), "rows": rows, "load_s": loads}
+    writes = write_cost(cfg, work, log)
+    return {"config": asdict(cfg), "rows": rows, "load_s": loads, "writes": writes}
