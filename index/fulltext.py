@@ -1,10 +1,10 @@
 """Lexical search: the full-text index of items' text and metadata values, in SQL.
 
 The index is derived state kept by the database itself (migration 0008): on SQLite an FTS5
-table filled by triggers on ``items``, on Postgres a GIN index on ``mmr_fulltext(text,
-metadata)``. Either way it changes in the transaction that writes the item, so every
-process over the database sees it at once and ``kill -9`` cannot part it from the items;
-``rebuild`` makes it again from the item rows.
+table filled by triggers on ``items``, on Postgres a GIN index on the generated column
+``items.fulltext`` (``mmr_fulltext(text, metadata)``). Either way it changes in the
+transaction that writes the item, so every process over the database sees it at once and
+``kill -9`` cannot part it from the items; ``rebuild`` makes it again from the item rows.
 
 A query's words never reach the engine as syntax: the text is cut at white space into at
 most ``MAX_TERMS`` terms, each searched as a phrase of its own tokens (so "XJ-9000" is the
@@ -109,8 +109,8 @@ def _phrase(n: int) -> ColumnElement[Any]:
 
 
 def _document() -> ColumnElement[Any]:
-    """The expression the GIN index is built on (migration 0008)."""
-    return func.mmr_fulltext(ItemRow.text, ItemRow.meta)
+    """The generated tsvector column the GIN index is built on (migration 0008)."""
+    return literal_column("items.fulltext")
 
 
 def _idf(session: Session, collection_id: int, terms: list[str]) -> list[float]:
@@ -154,9 +154,11 @@ def _postgres(terms: list[str], idf: list[float]) -> tuple[Any, dict[str, Any]]:
 def rebuild(engine: Engine) -> None:
     """Make the full-text index again from the item rows (it can always be: the rows are
     the truth). SQLite: FTS5's own ``rebuild`` is for tables that read their content from
-    another; this one keeps its own, so it is emptied and filled again. Postgres: REINDEX."""
+    another; this one keeps its own, so it is emptied and filled again. Postgres: every row's
+    generated column computed again (an UPDATE does), then the GIN index rebuilt."""
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql("UPDATE items SET text = text")
             conn.exec_driver_sql("REINDEX INDEX ix_items_fulltext")
             return
         meta = (

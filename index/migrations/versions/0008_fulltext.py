@@ -3,8 +3,10 @@ kept in step by the database itself in the transaction that writes an item.
 
 - SQLite: an FTS5 table ``items_fts`` (rowid = the item's key; columns ``text`` and ``meta``,
   the metadata's string and number values), filled by triggers on ``items``.
-- Postgres: a GIN index on ``mmr_fulltext(text, metadata)``, a tsvector the database
-  computes from the row: nothing to keep in step at all.
+- Postgres: a generated column ``items.fulltext`` (``mmr_fulltext(text, metadata)``, a
+  tsvector the database computes from the row) with a GIN index: nothing to keep in step
+  at all. Stored rather than an index on the expression: ranking reads it instead of
+  computing every matching item's tsvector again (275 ms against a few for 2,000 items).
 
 Both are rebuilt from the items here (and by ``index.fulltext.rebuild``).
 
@@ -48,8 +50,10 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(PG_FUNCTION)
         op.execute(
-            "CREATE INDEX ix_items_fulltext ON items USING gin (mmr_fulltext(text, metadata))"
+            "ALTER TABLE items ADD COLUMN fulltext tsvector "
+            "GENERATED ALWAYS AS (mmr_fulltext(text, metadata)) STORED"
         )
+        op.execute("CREATE INDEX ix_items_fulltext ON items USING gin (fulltext)")
         return
     # unicode61 without diacritics ("café" finds "cafe"); letters and digits make tokens,
     # everything else separates them, so "XJ-9000" is the phrase "xj 9000".
@@ -77,6 +81,7 @@ def downgrade() -> None:
     """Drop the index (lexical search then finds nothing to search)."""
     if op.get_bind().dialect.name == "postgresql":
         op.execute("DROP INDEX IF EXISTS ix_items_fulltext")
+        op.execute("ALTER TABLE items DROP COLUMN IF EXISTS fulltext")
         op.execute("DROP FUNCTION IF EXISTS mmr_fulltext(text, json)")
         return
     for trigger in ("items_fts_insert", "items_fts_delete", "items_fts_update"):
