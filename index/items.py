@@ -509,21 +509,25 @@ class ItemStore:
         among: Sequence[int] | None = None,
     ) -> list[tuple[int, float]]:
         """The items whose text or metadata values match the query's words and that pass
-        the filters (and are ``among`` these keys, when given: at most IN_CHUNK), best
+        the filters (and are ``among`` these keys, when given), best
         first, at most ``limit``: (item key, score in [0, 1))."""
         conditions = _conditions(collection_id, modalities, filters)
         if conditions is None:
             return []
-        if among is not None:
-            conditions.append(ItemRow.pk.in_(list(among)[:IN_CHUNK]))
+        keys = [None] if among is None else list(among)
+        found: list[tuple[int, float]] = []
         with self.sessions() as session:
-            return fulltext.search(
-                session,
-                query=query,
-                collection_id=collection_id,
-                conditions=conditions,
-                limit=limit,
-            )
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
+                within = [] if among is None else [ItemRow.pk.in_(chunk)]
+                found += fulltext.search(
+                    session,
+                    query=query,
+                    collection_id=collection_id,
+                    conditions=[*conditions, *within],
+                    limit=limit,
+                )
+        return sorted(found, key=lambda hit: (-hit[1], hit[0]))[:limit]
 
     def tagged(self, *, collection_id: int, key: str) -> list[tuple[int, str]]:
         """(item key, canonical JSON value) of every item with a scalar under ``key``."""

@@ -115,3 +115,20 @@ def test_postgres_uses_the_gin_index(engine: Engine, database_url: str) -> None:
             "@@ phraseto_tsquery('simple'::regconfig, 'x')"
         ).all()
     assert "ix_items_fulltext" in " ".join(str(r[0]) for r in plan)
+
+
+def test_among_takes_any_number_of_keys(engine: Engine) -> None:
+    stores = Stores.over(make_sessionmaker(engine))
+    row = new_collection(stores)
+    drafts = [dataclasses.replace(item_draft(f"k{n}"), text=f"common {n}") for n in range(700)]
+    stores.items.upsert_many(collection_id=row.id, drafts=drafts)
+    names = [d.external_id for d in drafts]
+    pks = sorted(stores.items.pks_of(collection_id=row.id, external_ids=names).values())
+    found = stores.items.lexical(
+        collection_id=row.id, query="common", modalities=None, filters=None, limit=1000, among=pks
+    )
+    assert sorted(pk for pk, _ in found) == pks
+    some = stores.items.lexical(
+        collection_id=row.id, query="common", modalities=None, filters=None, limit=5, among=pks
+    )
+    assert some == found[:5]
