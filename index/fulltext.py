@@ -49,7 +49,8 @@ def terms_of(query: str) -> list[str]:
     """The terms a query searches: its white-space separated words that hold a letter or
     a digit, each cut to MAX_TERM_CHARS, at most MAX_TERMS of them, without repeats."""
     terms: dict[str, None] = {}
-    for word in query.split():
+    # NUL ends a string for FTS5's query parser and is refused by Postgres: a separator here.
+    for word in query.replace("\x00", " ").split():
         if len(terms) >= MAX_TERMS:
             break
         cut = word[:MAX_TERM_CHARS]
