@@ -5,8 +5,12 @@ hybrid blends the cosine and the lexical score with a documented weight."""
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
@@ -17,6 +21,7 @@ from app.schemas.common import MAX_TEXT_CHARS
 from app.services import search as search_service
 from app.services.search import VECTOR_WEIGHT
 from app.settings import Settings
+from tests.app.test_crash import serve, server_env
 from tests.app.test_search import add_texts, ids, search
 from tests.conftest import error_code
 
@@ -299,3 +304,29 @@ def test_restart_and_a_second_process_see_the_same_index(
             assert lexical(two, "c", "XJ-9000") == []
     with TestClient(create_app(first)) as again:
         assert lexical(again, "c", "QZ-7 XJ-9000") == ["b"]
+
+
+def test_server_processes_share_the_index_and_kill_9_keeps_it(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Real processes over one database: a write through one is found by the other's first
+    lexical search (nothing to follow), and survives ``kill -9`` of the writer."""
+    env = server_env(tmp_path, database_url)
+    url = "/v1/collections/shared"
+    with ExitStack() as stack:
+        one, two = (stack.enter_context(serve(env, tmp_path / f"server-{n}.log")) for n in range(2))
+        assert httpx.post(f"{one.url}/v1/collections", json={"name": "shared"}).status_code == 201
+        batch = [{"id": "a", "text": "XJ-9000 here"}, {"id": "b", "text": "QZ-7 there"}]
+        written = httpx.post(f"{one.url}{url}/items/batch", json=batch, timeout=30)
+        assert written.status_code == 200, written.text
+        body = {"text": "XJ-9000", "mode": "lexical"}
+        found = httpx.post(f"{two.url}{url}/search", json=body, timeout=30).json()
+        assert ids(found) == ["a"]
+        assert httpx.delete(f"{two.url}{url}/items/a", timeout=30).status_code == 204
+        one.proc.send_signal(signal.SIGKILL)
+        one.proc.wait()
+        gone = httpx.post(f"{two.url}{url}/search", json=body, timeout=30).json()
+        assert ids(gone) == []
+    with serve(env, tmp_path / "server-again.log") as again:
+        body = {"text": "QZ-7 XJ-9000", "mode": "lexical"}
+        assert ids(httpx.post(f"{again.url}{url}/search", json=body, timeout=30).json()) == ["b"]
