@@ -82,6 +82,12 @@ def test_filters_offset_and_min_score_apply(client: TestClient, shop: str) -> No
     assert len(ids(above)) < len(every)
 
 
+def test_filters_apply_to_hybrid_too(client: TestClient, shop: str) -> None:
+    text = "charger travel"
+    assert ids(search(client, shop, text=text, mode="hybrid", filter={"sku": "QZ-119"})) == ["p2"]
+    assert ids(search(client, shop, text=text, mode="hybrid", modalities=["image"])) == []
+
+
 def test_updates_and_deletes_are_followed(client: TestClient, shop: str) -> None:
     url = f"/v1/collections/{shop}/items"
     batch = [{"id": "p3", "text": "a quimble, not an umbrella", "metadata": {"sku": "UM-1"}}]
