@@ -46,11 +46,16 @@ _FTS = table("items_fts")
 
 
 def terms_of(query: str) -> list[str]:
-    """The terms a query searches: its white-space separated words that hold a letter or
-    a digit, each cut to MAX_TERM_CHARS, at most MAX_TERMS of them, without repeats."""
+    """The terms a query searches: its words (separated by white space and by every
+    character of Unicode's categories C and Z) that hold a letter or a digit, each cut to
+    MAX_TERM_CHARS, at most MAX_TERMS of them, without repeats."""
     terms: dict[str, None] = {}
-    # NUL ends a string for FTS5's query parser and is refused by Postgres: a separator here.
-    for word in query.replace("\x00", " ").split():
+    # Not printable = categories C (control, format, private, unassigned, surrogate) and Z
+    # (separators): NUL ends a string for FTS5's query parser and Postgres refuses it, a
+    # lone surrogate cannot be encoded for either database, and the tokenisers split at
+    # the others anyway.
+    printable = "".join(ch if ch.isprintable() else " " for ch in query)
+    for word in printable.split():
         if len(terms) >= MAX_TERMS:
             break
         cut = word[:MAX_TERM_CHARS]
