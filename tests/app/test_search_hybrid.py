@@ -21,6 +21,7 @@ from app.schemas.common import MAX_TEXT_CHARS
 from app.services import search as search_service
 from app.services.search import VECTOR_WEIGHT
 from app.settings import Settings
+from index import items as items_module
 from tests.app.test_crash import serve, server_env
 from tests.app.test_search import add_texts, ids, search
 from tests.conftest import error_code
@@ -352,3 +353,24 @@ def test_server_processes_share_the_index_and_kill_9_keeps_it(
     with serve(env, tmp_path / "server-again.log") as again:
         body = {"text": "QZ-7 XJ-9000", "mode": "lexical"}
         assert ids(httpx.post(f"{again.url}{url}/search", json=body, timeout=30).json()) == ["b"]
+
+
+def test_a_deep_hybrid_page_scores_every_item_lexically(
+    client: TestClient, collection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the vector side's items the lexical top missed are scored in IN lists of IN_CHUNK
+    # keys (500; 4 here): a page past the first chunk once got lexical scores of 0
+    monkeypatch.setattr(items_module, "IN_CHUNK", 4)
+    monkeypatch.setattr(search_service, "HYBRID_DEPTH", 2)
+    add_texts(
+        client, collection, {f"f{i}": (f"plain filler {i} " * (i % 7 + 1), {}) for i in range(80)}
+    )
+    text = "plain filler 3"
+    expected = blended(client, collection, text)
+    lexical_top = set(ids(search(client, collection, text=text, mode="lexical", k=60)))
+    vector_top = set(ids(search(client, collection, text=text, k=60)))
+    assert len(vector_top - lexical_top) > 4  # more than one chunk to score
+    got = scores(search(client, collection, text=text, mode="hybrid", k=30, offset=30))
+    assert len(got) == 30
+    for item, score in got.items():
+        assert score == pytest.approx(expected[item], abs=1e-5)
