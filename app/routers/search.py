@@ -9,7 +9,14 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import CollectionStoreDep, IndexesDep, ItemStoreDep, ModelsDep, SettingsDep
 from app.routers import body
 from app.schemas.common import MAX_TEXT_CHARS, InputText
-from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import (
+    MAX_K,
+    MIN_SCORE_DESCRIPTION,
+    MODE_DESCRIPTION,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+)
 from app.services import items as item_svc
 from app.services.errors import InvalidInput
 from app.services.search import (
@@ -40,12 +47,17 @@ SEARCH_FORM = {
         },
         "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
         "offset": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_K - 1},
-        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "min_score": {
+            "type": "number",
+            "minimum": -1,
+            "maximum": 1,
+            "description": MIN_SCORE_DESCRIPTION,
+        },
         "mode": {
             "type": "string",
             "enum": ["vector", "lexical", "hybrid"],
             "default": "vector",
-            "description": "lexical and hybrid search the text's words (they need `text`)",
+            "description": MODE_DESCRIPTION,
         },
         "modalities": {"type": "string", "description": "comma separated, e.g. image,text"},
         "filter": {"type": "string", "description": 'a JSON object, e.g. {"album": "2024"}'},

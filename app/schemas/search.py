@@ -20,6 +20,21 @@ MAX_FILTER_VALUES = 1000
 MAX_FILTER_VALUES_TOTAL = 4000
 MAX_FILTER_VALUE_CHARS = 1024
 
+# Hybrid's score: VECTOR_WEIGHT x the cosine + (1 - VECTOR_WEIGHT) x the lexical score
+# (app/services/search.py blends; bench/hybrid.py chose the weight).
+VECTOR_WEIGHT = 0.3
+HYBRID_SCORE = f"{VECTOR_WEIGHT} x cosine + {1 - VECTOR_WEIGHT:.1f} x lexical score"
+MIN_SCORE_DESCRIPTION = (
+    "no result scored below this, in the mode's score: cosine (-1 to 1) in vector mode, "
+    "r/(1+r) of the text relevance r (0 to 1) in lexical mode, "
+    f"{HYBRID_SCORE} (-{VECTOR_WEIGHT} to 1) in hybrid mode"
+)
+MODE_DESCRIPTION = (
+    "vector: nearest in the embedding space; lexical: full-text match of the query's words "
+    "in text items and metadata values; hybrid: the union of both top lists, each item "
+    f"scored {HYBRID_SCORE}. lexical and hybrid need text: a `text` query, or text parts "
+    "in `query`"
+)
 
 MAX_QUERY_PARTS = 16
 SearchMode = Literal["vector", "lexical", "hybrid"]
@@ -40,17 +55,9 @@ class SearchOptions(BaseModel):
     )
     min_score: Annotated[float, Field(ge=-1.0, le=1.0), NoBool] | None = Field(
         None,
-        description="no result scored below this, in the mode's score: cosine (-1 to 1) in "
-        "vector mode, r/(1+r) of the text relevance r (0 to 1) in lexical mode, the fused "
-        "reciprocal-rank score (0 to 2/61) in hybrid mode",
+        description=MIN_SCORE_DESCRIPTION,
     )
-    mode: SearchMode = Field(
-        "vector",
-        description="vector: nearest in the embedding space; lexical: full-text match of the "
-        "query's words in text items and metadata values; hybrid: both rankings fused by "
-        "reciprocal rank. lexical and hybrid need text: a `text` query, or text parts in "
-        "`query`",
-    )
+    mode: SearchMode = Field("vector", description=MODE_DESCRIPTION)
     modalities: list[Modality] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = Field(
         None,

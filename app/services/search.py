@@ -10,7 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.schemas.search import MAX_K, SearchHit, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import (
+    MAX_K,
+    VECTOR_WEIGHT,
+    SearchHit,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+)
 from app.services.collections import require_space
 from app.services.embedding import Embedder, Encoded
 from app.services.errors import InvalidInput, SpaceMismatch
@@ -149,13 +156,12 @@ class Ranked:
     segment: int = 0
 
 
-# Hybrid's score: VECTOR_WEIGHT x the cosine + (1 - VECTOR_WEIGHT) x the lexical score, over
+# Hybrid's score (VECTOR_WEIGHT: app/schemas/search.py, where the API describes it), over
 # the union of the vector and the lexical top HYBRID_DEPTH (an item found by one side only
 # gets the other side's exact figure too: its cosine, its lexical score, 0 when no word of
 # the query is in it). bench/hybrid.py chose the weight and measured reciprocal rank fusion
 # (k=60) against it: on the exact-token set the fused rank put a near paraphrase of the
 # caption before the item whose code the query names in a third of the queries.
-VECTOR_WEIGHT = 0.3
 HYBRID_DEPTH = 100
 
 

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from app.schemas.common import MAX_TEXT_CHARS
+from app.schemas.search import VECTOR_WEIGHT
 from app.services import search as search_service
-from app.services.search import VECTOR_WEIGHT
 from app.settings import Settings
 from index import items as items_module
 from tests.app.test_crash import serve, server_env
@@ -374,3 +374,14 @@ def test_a_deep_hybrid_page_scores_every_item_lexically(
     assert len(got) == 30
     for item, score in got.items():
         assert score == pytest.approx(expected[item], abs=1e-5)
+
+
+def test_the_documented_scores_are_the_ones_computed(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    form = spec["paths"]["/v1/collections/{name}/search"]["post"]["requestBody"]["content"]
+    assert "2/61" not in json.dumps(form) and "reciprocal" not in json.dumps(form)
+    weights = f"{VECTOR_WEIGHT} x cosine + {1 - VECTOR_WEIGHT:.1f} x lexical score"
+    as_json = form["application/json"]["schema"]["properties"]
+    as_form = form["multipart/form-data"]["schema"]["properties"]
+    for field in (as_json["min_score"], as_json["mode"], as_form["min_score"], as_form["mode"]):
+        assert weights in field["description"]
