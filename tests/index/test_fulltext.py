@@ -155,3 +155,28 @@ def test_among_takes_any_number_of_keys(engine: Engine) -> None:
         collection_id=row.id, query="common", modalities=None, filters=None, limit=5, among=pks
     )
     assert some == found[:5]
+
+
+def test_another_collection_changes_neither_results_nor_scores(engine: Engine) -> None:
+    stores = Stores.over(make_sessionmaker(engine))
+    mine = new_collection(stores, "mine")
+    for n in range(6):
+        write(stores, mine.id, f"i{n}", f"travel kit {n} " + "charger " * (n % 3), code=f"K-{n}")
+
+    def found() -> list[list[tuple[int, float]]]:
+        return [
+            stores.items.lexical(
+                collection_id=mine.id, query=q, modalities=None, filters=None, limit=100
+            )
+            for q in ("charger", "travel K-3", "kit charger zzz", "k")
+        ]
+
+    before = found()
+    assert all(before[:3])
+    other = new_collection(stores, "other")
+    drafts = [
+        dataclasses.replace(item_draft(f"o{n}", {"code": "K-3"}), text=f"charger charger {n} k")
+        for n in range(50)
+    ]
+    stores.items.upsert_many(collection_id=other.id, drafts=drafts)
+    assert found() == before

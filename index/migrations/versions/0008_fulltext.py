@@ -2,7 +2,9 @@
 kept in step by the database itself in the transaction that writes an item.
 
 - SQLite: an FTS5 table ``items_fts`` (rowid = the item's key; columns ``text`` and ``meta``,
-  the metadata's string and number values), filled by triggers on ``items``.
+  the metadata's string and number values, and ``coll``, the token ``c<collection id>``
+  a search matches first, so it reads and counts one collection's items only), filled by
+  triggers on ``items``.
 - Postgres: a generated column ``items.fulltext`` (``mmr_fulltext(text, metadata)``, a
   tsvector the database computes from the row) with a GIN index: nothing to keep in step
   at all. Stored rather than an index on the expression: ranking reads it instead of
@@ -27,7 +29,10 @@ SQLITE_META = (
     "(SELECT group_concat(value, ' ') FROM json_tree({row}.metadata) "
     "WHERE type IN ('text', 'integer', 'real'))"
 )
-SQLITE_ADD = "INSERT INTO items_fts (rowid, text, meta) VALUES (new.pk, new.text, {meta});"
+SQLITE_ADD = (
+    "INSERT INTO items_fts (rowid, text, meta, coll) "
+    "VALUES (new.pk, new.text, {meta}, 'c' || new.collection_id);"
+)
 SQLITE_DROP = "DELETE FROM items_fts WHERE rowid = old.pk;"
 
 # 22P05: a \u0000 escape, 22P02: a lone surrogate (both valid JSON text, neither text in
@@ -59,7 +64,7 @@ def upgrade() -> None:
     # everything else separates them, so "XJ-9000" is the phrase "xj 9000".
     op.execute(
         "CREATE VIRTUAL TABLE items_fts USING fts5"
-        "(text, meta, tokenize = 'unicode61 remove_diacritics 2')"
+        "(text, meta, coll, tokenize = 'unicode61 remove_diacritics 2')"
     )
     new_meta = SQLITE_META.format(row="new")
     op.execute(
@@ -72,8 +77,8 @@ def upgrade() -> None:
         f"{SQLITE_DROP} {SQLITE_ADD.format(meta=new_meta)} END"
     )
     op.execute(
-        "INSERT INTO items_fts (rowid, text, meta) "
-        f"SELECT pk, text, {SQLITE_META.format(row='items')} FROM items"
+        "INSERT INTO items_fts (rowid, text, meta, coll) "
+        f"SELECT pk, text, {SQLITE_META.format(row='items')}, 'c' || collection_id FROM items"
     )
 
 
