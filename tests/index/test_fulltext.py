@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from index import fulltext
 from index.db import downgrade, make_engine, make_sessionmaker, migrate
@@ -131,13 +132,34 @@ def test_hostile_text_is_only_words_in_sql(note: tuple[Stores, int], query: str)
 def test_postgres_uses_the_gin_index(engine: Engine, database_url: str) -> None:
     if engine.dialect.name != "postgresql":
         pytest.skip("Postgres only")
+    stores = Stores.over(make_sessionmaker(engine))
+    row = new_collection(stores)
+    drafts = [
+        dataclasses.replace(item_draft(f"k{n}"), text=f"note {n} of kind{n % 500}")
+        for n in range(3000)
+    ]
+    stores.items.upsert_many(collection_id=row.id, drafts=drafts)
     with engine.begin() as conn:
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        plan = conn.exec_driver_sql(
-            "EXPLAIN SELECT pk FROM items WHERE items.fulltext "
-            "@@ phraseto_tsquery('simple'::regconfig, 'x')"
-        ).all()
-    assert "ix_items_fulltext" in " ".join(str(r[0]) for r in plan)
+        conn.exec_driver_sql("ANALYZE items")
+    executed: list[tuple[str, Any]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        executed.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        found = stores.items.lexical(
+            collection_id=row.id, query="kind7", modalities=None, filters=None, limit=10
+        )
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(found) == 6  # a selective term (6 of 3,000): the planner reads the GIN index
+    # the statement fulltext.search built and ran (the last: the idf counts come first)
+    statement, parameters = executed[-1]
+    assert "relevance" in statement
+    with engine.begin() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).all()
+    assert "ix_items_fulltext" in " ".join(str(r[0]) for r in plan), plan
 
 
 def test_among_takes_any_number_of_keys(engine: Engine) -> None:
