@@ -9,8 +9,8 @@ transaction that writes the item, so every process over the database sees it at 
 A query's words never reach the engine as syntax: the text is cut at white space into at
 most ``MAX_TERMS`` terms, each searched as a phrase of its own tokens (so "XJ-9000" is the
 phrase "xj 9000" on SQLite, "xj <-> -9000" on Postgres, as the index tokenised the
-item), and an item matches any term (OR), ranked by the engine's relevance: BM25 on
-SQLite, ``ts_rank`` with length normalisation on Postgres.
+item), and an item matches any term (OR), ranked by the sum of the matched terms' idf in
+the collection, plus a rank under 1 (``ts_rank`` on Postgres, the text's length on SQLite).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def _idf(session: Session, collection_id: int, terms: list[str]) -> list[float]:
 
 def _postgres(terms: list[str], idf: list[float]) -> tuple[Any, dict[str, Any]]:
     """The sum of the idf of the terms an item holds, plus ts_rank (under 1: term counts
-    and length, normalisation 1 dividing by 1 + log(length)) on a scale near SQLite's BM25."""
+    and length, normalisation 1 dividing by 1 + log(length)), on SQLite's scale."""
     document = _document()
     phrases = [_phrase(n) for n in range(len(terms))]
     query = functools.reduce(lambda a, b: a.op("||")(b), phrases)
