@@ -119,6 +119,7 @@ def _run_phase(
     from bench.embed import run_embed
     from bench.finetune import run_finetune
     from bench.hostile import run_hostile
+    from bench.hybrid import run_hybrid
     from bench.ingest import run_ingest
     from bench.replicas import run_replicas
     from bench.search import run_search
@@ -134,6 +135,7 @@ def _run_phase(
         "finetune": run_finetune,
         "duplicates": run_duplicates,
         "video": run_video,
+        "hybrid": run_hybrid,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

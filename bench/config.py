@@ -17,6 +17,7 @@ PHASES = (
     "finetune",
     "duplicates",
     "video",
+    "hybrid",
 )
 
 # Index settings per benchmark type name (the collection's ``index`` body).

@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.report_bulk import bulk_md, bulk_targets
 from bench.report_finetune import finetune_md, finetune_targets
+from bench.report_hybrid import hybrid_md, hybrid_targets
 from bench.report_replicas import replicas_md, replicas_targets
 
 NA = "-"  # a cell with no number
@@ -83,6 +84,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         out += bulk_targets(results["bulk"])
     if results.get("finetune"):
         out += finetune_targets(results["finetune"])
+    if results.get("hybrid"):
+        out += hybrid_targets(results["hybrid"])
     decode = results.get("ingest", {}).get("decode")
     if decode:
         out.append(_target("JPEG decode: service / plain Pillow", ">= 2x", decode["speedup"], 2.0))
@@ -194,6 +197,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         from bench.video import video_md
 
         lines += video_md(results["video"])
+    if "hybrid" in results:
+        lines += hybrid_md(results["hybrid"], m)
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]

@@ -133,10 +133,12 @@ def _tables(conn: Connection) -> list[tuple[str, list[list[str]], list[str]]]:
         if tbl.name not in present:
             continue
         kinds = {c.name: _kind(c.type) for c in tbl.columns}
-        # A column the schema has since dropped still has its database type.
+        # A column the schema has since dropped still has its database type; a generated
+        # one (Postgres' items.fulltext) is the database's to compute again, not data.
         columns = [
             [c["name"], kinds.get(c["name"]) or _kind(c["type"])]
             for c in inspector.get_columns(tbl.name)
+            if not c.get("computed")
         ]
         found.append((tbl.name, columns, [c.name for c in tbl.primary_key.columns]))
     return found

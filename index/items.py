@@ -10,10 +10,11 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, func, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from index import fulltext
 from index.bulk import insert_keyed, insert_rows, one_of
 from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
 from index.db import engine_of
@@ -280,6 +281,29 @@ def _fill(row: ItemRow, draft: ItemDraft, now: datetime) -> None:
     row.updated_at = now
 
 
+def _conditions(
+    collection_id: int,
+    modalities: Sequence[str] | None,
+    filters: dict[str, Scalar | list[Scalar]] | None,
+) -> list[ColumnElement[bool]] | None:
+    """What an item of the collection must satisfy to pass the modality and metadata
+    filters; None when nothing can (a key no column can hold)."""
+    conditions = [ItemRow.collection_id == collection_id]
+    if modalities:
+        conditions.append(ItemRow.modality.in_(list(modalities)))
+    for key, wanted in (filters or {}).items():
+        if not storable(key):
+            return None
+        values = wanted if isinstance(wanted, list) else [wanted]
+        tagged = select(ItemTagRow.item_pk).where(
+            ItemTagRow.collection_id == collection_id,
+            ItemTagRow.key == key,
+            ItemTagRow.value.in_([canonical(v) for v in values]),
+        )
+        conditions.append(ItemRow.pk.in_(tagged))
+    return conditions
+
+
 class ItemStore:
     """Items, their tags and their stored vectors, over any SQLAlchemy engine."""
 
@@ -467,21 +491,43 @@ class ItemStore:
         filters: dict[str, Scalar | list[Scalar]] | None,
     ) -> np.ndarray:
         """Primary keys of the items that pass the modality and metadata filters."""
-        stmt = select(ItemRow.pk).where(ItemRow.collection_id == collection_id)
-        if modalities:
-            stmt = stmt.where(ItemRow.modality.in_(list(modalities)))
-        for key, wanted in (filters or {}).items():
-            if not storable(key):
-                return np.zeros(0, dtype=np.int64)  # no stored key can hold it
-            values = wanted if isinstance(wanted, list) else [wanted]
-            tagged = select(ItemTagRow.item_pk).where(
-                ItemTagRow.collection_id == collection_id,
-                ItemTagRow.key == key,
-                ItemTagRow.value.in_([canonical(v) for v in values]),
-            )
-            stmt = stmt.where(ItemRow.pk.in_(tagged))
+        conditions = _conditions(collection_id, modalities, filters)
+        if conditions is None:
+            return np.zeros(0, dtype=np.int64)  # no stored key can hold a filter's key
         with self.sessions() as session:
+            stmt = select(ItemRow.pk).where(*conditions)
             return np.fromiter(session.scalars(stmt), dtype=np.int64)
+
+    def lexical(
+        self,
+        *,
+        collection_id: int,
+        query: str,
+        modalities: Sequence[str] | None,
+        filters: dict[str, Scalar | list[Scalar]] | None,
+        limit: int,
+        among: Sequence[int] | None = None,
+    ) -> list[tuple[int, float]]:
+        """The items whose text or metadata values match the query's words and that pass
+        the filters (and are ``among`` these keys, when given), best
+        first, at most ``limit``: (item key, score in [0, 1))."""
+        conditions = _conditions(collection_id, modalities, filters)
+        if conditions is None:
+            return []
+        keys = [None] if among is None else list(among)
+        found: list[tuple[int, float]] = []
+        with self.sessions() as session:
+            for start in range(0, len(keys), IN_CHUNK):
+                chunk = keys[start : start + IN_CHUNK]
+                within = [] if among is None else [ItemRow.pk.in_(chunk)]
+                found += fulltext.search(
+                    session,
+                    query=query,
+                    collection_id=collection_id,
+                    conditions=[*conditions, *within],
+                    limit=limit,
+                )
+        return sorted(found, key=lambda hit: (-hit[1], hit[0]))[:limit]
 
     def tagged(self, *, collection_id: int, key: str) -> list[tuple[int, str]]:
         """(item key, canonical JSON value) of every item with a scalar under ``key``."""

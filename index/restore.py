@@ -89,7 +89,9 @@ def _require_known(revision: str) -> None:
 def _require_empty(engine: Engine, data_dir: Path) -> None:
     with engine.connect() as conn:
         for name in inspect(conn).get_table_names():
-            if name == "alembic_version":
+            # SQLite's full-text index (items_fts and its shadow tables) is derived from
+            # the items, and holds its settings even when empty.
+            if name == "alembic_version" or name.startswith("items_fts"):
                 continue
             if conn.execute(text(f'SELECT 1 FROM "{name}" LIMIT 1')).first() is not None:
                 raise BackupError(

@@ -71,6 +71,8 @@ def _in_place(services: Services, name: str, req: SearchRequest) -> bool:
     a loaded index whose first pass scans little."""
     if req.vector is None or req.filter or req.modalities or req.k + req.offset > IN_PLACE_K:
         return False
+    if req.mode != "vector":  # words are searched in SQL
+        return False
     if not services.stores.reads_without_waiting():
         return False
     live = services.indexes.ready(services.stores.collections.get(name))

@@ -9,7 +9,14 @@ from starlette.concurrency import run_in_threadpool
 from app.deps import CollectionStoreDep, IndexesDep, ItemStoreDep, ModelsDep, SettingsDep
 from app.routers import body
 from app.schemas.common import MAX_TEXT_CHARS, InputText
-from app.schemas.search import MAX_K, SearchOptions, SearchRequest, SearchResponse
+from app.schemas.search import (
+    MAX_K,
+    MIN_SCORE_DESCRIPTION,
+    MODE_DESCRIPTION,
+    SearchOptions,
+    SearchRequest,
+    SearchResponse,
+)
 from app.services import items as item_svc
 from app.services.errors import InvalidInput
 from app.services.search import (
@@ -40,7 +47,18 @@ SEARCH_FORM = {
         },
         "k": {"type": "integer", "default": 10, "minimum": 1, "maximum": MAX_K},
         "offset": {"type": "integer", "default": 0, "minimum": 0, "maximum": MAX_K - 1},
-        "min_score": {"type": "number", "minimum": -1, "maximum": 1},
+        "min_score": {
+            "type": "number",
+            "minimum": -1,
+            "maximum": 1,
+            "description": MIN_SCORE_DESCRIPTION,
+        },
+        "mode": {
+            "type": "string",
+            "enum": ["vector", "lexical", "hybrid"],
+            "default": "vector",
+            "description": MODE_DESCRIPTION,
+        },
         "modalities": {"type": "string", "description": "comma separated, e.g. image,text"},
         "filter": {"type": "string", "description": 'a JSON object, e.g. {"album": "2024"}'},
     },
@@ -90,7 +108,7 @@ async def _from_form(request: Request) -> tuple[Query, Constraints]:
     if len(form.files) > 1 or (not form.files and text is None):
         raise InvalidInput("send one 'file' part, a 'text' field, or both, as the query")
     fields: dict[str, object] = {}
-    for name in ("k", "offset", "min_score"):
+    for name in ("k", "offset", "min_score", "mode"):
         if (value := form.field(name)) is not None:
             fields[name] = value
     if modalities := form.field("modalities"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -20,8 +20,24 @@ MAX_FILTER_VALUES = 1000
 MAX_FILTER_VALUES_TOTAL = 4000
 MAX_FILTER_VALUE_CHARS = 1024
 
+# Hybrid's score: VECTOR_WEIGHT x the cosine + (1 - VECTOR_WEIGHT) x the lexical score
+# (app/services/search.py blends; bench/hybrid.py chose the weight).
+VECTOR_WEIGHT = 0.3
+HYBRID_SCORE = f"{VECTOR_WEIGHT} x cosine + {1 - VECTOR_WEIGHT:.1f} x lexical score"
+MIN_SCORE_DESCRIPTION = (
+    "no result scored below this, in the mode's score: cosine (-1 to 1) in vector mode, "
+    "r/(1+r) of the text relevance r (0 to 1) in lexical mode, "
+    f"{HYBRID_SCORE} (-{VECTOR_WEIGHT} to 1) in hybrid mode"
+)
+MODE_DESCRIPTION = (
+    "vector: nearest in the embedding space; lexical: full-text match of the query's words "
+    "in text items and metadata values; hybrid: the union of both top lists, each item "
+    f"scored {HYBRID_SCORE}. lexical and hybrid need text: a `text` query, or text parts "
+    "in `query`"
+)
 
 MAX_QUERY_PARTS = 16
+SearchMode = Literal["vector", "lexical", "hybrid"]
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
@@ -38,8 +54,10 @@ class SearchOptions(BaseModel):
         "so a page reaching past that has fewer than k",
     )
     min_score: Annotated[float, Field(ge=-1.0, le=1.0), NoBool] | None = Field(
-        None, description="no result scored below this (cosine, -1 to 1)"
+        None,
+        description=MIN_SCORE_DESCRIPTION,
     )
+    mode: SearchMode = Field("vector", description=MODE_DESCRIPTION)
     modalities: list[Modality] | None = None
     filter: dict[str, Scalar | list[Scalar]] | None = Field(
         None,
@@ -92,6 +110,7 @@ class SearchRequest(SearchOptions):
                 {"text": "a dog in the rain", "k": 5, "modalities": ["image"]},
                 {"item_id": "photo-42", "k": 10, "filter": {"album": ["2024", "2025"]}},
                 {"text": "a dog in the rain", "k": 10, "offset": 10, "min_score": 0.2},
+                {"text": "XJ-9000 charger", "mode": "hybrid", "k": 5},
                 {
                     "query": [
                         {"text": "a beach", "weight": 1.0},

@@ -172,6 +172,23 @@ def test_filters_by_metadata(page: Any, site: Site) -> None:
     assert shown_ids(page) == ["picture-03.jpg"]
 
 
+def test_exact_words_find_a_metadata_value_and_both_ways_blend(page: Any, site: Site) -> None:
+    page.select_option("#mode", "lexical")
+    page.fill("#query", "g3")
+    expected = api_ids(site, {"text": "g3", "mode": "lexical", "k": 24})
+    assert expected
+    wait_for_count(page, f"{len(expected)} result{'' if len(expected) == 1 else 's'} for")
+    assert shown_ids(page) == expected
+    page.select_option("#mode", "hybrid")
+    blended = api_ids(site, {"text": "g3", "mode": "hybrid", "k": 24})
+    page.wait_for_function(
+        "ids => [...document.querySelectorAll('#results > li')].map(i => i.dataset.id)"
+        ".join() === ids.join()",
+        arg=blended,
+        timeout=20_000,
+    )
+
+
 def test_uploading_files_shows_progress_and_each_files_outcome(
     page: Any, site: Site, tmp_path: Path
 ) -> None:

@@ -212,6 +212,9 @@ async function search() {
     } else {
       const body = { k: state.k };
       if (query.text !== undefined) body.text = query.text;
+      // exact words (lexical) or both (hybrid) for typed words; files and items by meaning
+      const mode = $("#mode").value;
+      if (query.text !== undefined && mode !== "vector") body.mode = mode;
       if (query.item_id !== undefined) body.item_id = query.item_id;
       if (modalities) body.modalities = modalities;
       if (filter) body.filter = filter;
@@ -421,6 +424,7 @@ function setUpSearch() {
   const again = debounce(() => { state.k = PAGE; search(); }, 250);
   document.querySelectorAll('input[name="modality"]').forEach((box) => box.addEventListener("change", again));
   $("#filter").addEventListener("input", again);
+  $("#mode").addEventListener("change", again);
   $("#more").addEventListener("click", () => {
     state.k = Math.min(state.k * 2, MAX_K);
     search();
