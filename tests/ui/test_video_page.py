@@ -13,7 +13,7 @@ import pytest
 
 from models.synth.world.videos import encode_video
 from tests.app.test_crash import serve
-from tests.ui.conftest import Site, _env, open_page
+from tests.ui.conftest import Site, _env
 from tests.ui.demo import Demo
 
 pytestmark = pytest.mark.slow
@@ -41,18 +41,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
             files = {"file": ("clip.webm", video, "video/webm")}
             http.post(f"/v1/collections/{NAME}/items", files=files, data={"id": "clip"})
         yield Site(server, Demo())
-
-
-@pytest.fixture
-def page(chromium: Any, site: Site) -> Iterator[Any]:
-    page = open_page(chromium, site, viewport={"width": 1100, "height": 800})
-    page.goto(site.url + "/")
-    page.wait_for_selector("body[data-ready=true]")
-    yield page
-    try:
-        page.watch.check()
-    finally:
-        page.context.close()
 
 
 def test_a_video_hit_shows_its_moment_and_plays_from_it(page: Any, site: Site) -> None:
