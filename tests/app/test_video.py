@@ -22,7 +22,7 @@ from app.services import thumbnails
 from app.settings import Settings
 from models.media import video as video_module
 from models.media.video import frame_at
-from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, encode_video
+from models.synth.world.videos import CONTAINERS, VIDEO_CONTENT_TYPES, audio_only, encode_video
 from tests.app.test_crash import Server, log_tail, serve, server_env
 from tests.app.test_replicas import waited_for
 from tests.conftest import error_code
@@ -221,16 +221,7 @@ def garbage_mp4() -> bytes:
 
 
 def audio_only_mkv() -> bytes:
-    import av
-
-    src, out = av.open(io.BytesIO(red_then_blue("mkv"))), io.BytesIO()
-    with src, av.open(out, "w", format="matroska") as dst:
-        stream = dst.add_stream_from_template(src.streams.audio[0])
-        for packet in src.demux(src.streams.audio[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    return out.getvalue()
+    return audio_only(red_then_blue("mkv"), "matroska")
 
 
 def long_video() -> bytes:

@@ -64,6 +64,20 @@ def encode_video(
     return buffer.getvalue()
 
 
+def audio_only(data: bytes, container: str) -> bytes:
+    """The first audio track of a video file alone, remuxed into ``container`` (an FFmpeg
+    format name such as "mp4" or "matroska"): a file of a video container without video."""
+    src = cast(av.container.InputContainer, av.open(io.BytesIO(data)))
+    out = io.BytesIO()
+    with src, av.open(out, "w", format=container) as dst:
+        stream = dst.add_stream_from_template(src.streams.audio[0])
+        for packet in src.demux(src.streams.audio[0]):
+            if packet.dts is not None:  # the demuxer's last, empty packet
+                packet.stream = stream
+                dst.mux(packet)
+    return out.getvalue()
+
+
 def _add_audio(out: av.container.OutputContainer, wave: np.ndarray, rate: int, codec: str) -> None:
     """Encode the whole wave into a new audio stream of ``out`` (muxed by timestamp)."""
     if codec == "libopus" and rate != _OPUS_RATE:
