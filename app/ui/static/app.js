@@ -257,14 +257,19 @@ function itemPath(item, what) {
 // not download a thousand originals.
 let mediaLoads = new AbortController();
 const loaders = new WeakMap();
-const nearScreen = new IntersectionObserver((entries) => {
-  for (const entry of entries) {
-    if (!entry.isIntersecting) continue;
-    nearScreen.unobserve(entry.target);
-    const load = loaders.get(entry.target);
-    if (load) load();
-  }
-}, { rootMargin: "400px" });
+// An observer that runs each element's loader (whenNear) once it comes near the screen.
+function loadingObserver() {
+  const observer = new IntersectionObserver((entries) => {
+    for (const entry of entries) {
+      if (!entry.isIntersecting) continue;
+      observer.unobserve(entry.target);
+      const load = loaders.get(entry.target);
+      if (load) load();
+    }
+  }, { rootMargin: "400px" });
+  return observer;
+}
+const nearScreen = loadingObserver();
 
 function whenNear(element, load) {
   loaders.set(element, load);
@@ -824,14 +829,7 @@ const dup = { cursor: null, run: 0, shown: 0 };
 
 // Each item of a pair is read once it comes near the screen, then shown as a search hit is
 // (an observer of its own: a new search forgets the results' one).
-const pairsNear = new IntersectionObserver((entries) => {
-  for (const entry of entries) {
-    if (!entry.isIntersecting) continue;
-    pairsNear.unobserve(entry.target);
-    const load = loaders.get(entry.target);
-    if (load) load();
-  }
-}, { rootMargin: "400px" });
+const pairsNear = loadingObserver();
 
 function pairSide(id) {
   const side = document.createElement("div");
