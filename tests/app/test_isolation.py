@@ -61,6 +61,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/v1/collections/{name}/items/{item_id}/content"): Route("read"),
     ("GET", "/v1/collections/{name}/items/{item_id}/thumbnail"): Route("read"),
     ("POST", "/v1/collections/{name}/search"): Route("read", json=lambda c: {"text": "hi"}),
+    ("GET", "/v1/collections/{name}/duplicates"): Route("read"),
     ("POST", "/v1/embed"): Route("read", json=lambda c: {"texts": ["hi"], "collection": c}),
     ("POST", "/v1/jobs"): Route("write", json=lambda c: {"type": "reindex", "collection": c}),
     ("GET", "/v1/jobs"): Route("read", query=lambda c: {"collection": c}, theirs=200),
