@@ -333,9 +333,30 @@ def _exactly_one_query(search: dict[str, Any]) -> None:
     names = ("text", "item_id", "vector", "query")
     fields = [f for f in names if f in search.get("properties", {})]
     search["oneOf"] = [_only(f, [o for o in fields if o != f]) for f in fields]
+    worded_part = {
+        "required": ["text"],
+        "properties": {"text": {"type": "string"}, "weight": {"exclusiveMinimum": 0}},
+    }
+    search["allOf"] = [
+        words_for_word_modes(
+            _only("text", []),
+            {
+                "required": ["query"],
+                "properties": {"query": {"type": "array", "contains": worded_part}},
+            },
+        )
+    ]
     search["description"] = (
         search.get("description", "") + "\n\nGive exactly one of " + ", ".join(fields) + "."
     )
+
+
+# Lexical and hybrid modes search words: a text, or a text part of positive weight.
+def words_for_word_modes(*words: dict[str, Any]) -> dict[str, Any]:
+    """A schema: the mode is vector (or left out), or one of ``words`` holds (what gives a
+    lexical or hybrid search its words). Said without if/then, which fuzzers' generators
+    do not all follow."""
+    return {"anyOf": [{"properties": {"mode": {"enum": ["vector", None]}}}, *words]}
 
 
 def _one_part_source(part: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from app.deps import CollectionStoreDep, IndexesDep, ItemStoreDep, ModelsDep, SettingsDep
+from app.openapi import words_for_word_modes
 from app.routers import body
 from app.schemas.common import MAX_TEXT_CHARS, InputText
 from app.schemas.search import (
@@ -32,6 +33,7 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["search"])
 SEARCH_FORM = {
     "type": "object",
     "anyOf": [{"required": ["file"]}, {"required": ["text"]}],
+    "allOf": [words_for_word_modes({"required": ["text"]})],
     "properties": {
         "file": {
             "type": "string",
