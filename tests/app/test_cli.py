@@ -60,7 +60,15 @@ def test_ctrl_c_stops_serve_cleanly_without_a_traceback(tmp_path: Path) -> None:
         "PYTHONPATH": str(ROOT),
     }
     argv = [sys.executable, "-m", "app.cli", "serve", "--port", str(port)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # As on a terminal: a run started in the background (CI's) inherits SIGINT ignored,
+        # and uvicorn, which restores the handler it found, then ends with exit code 0.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
