@@ -236,15 +236,22 @@ def test_images_wait_for_their_forward_in_no_thread(
             return client.post("/v1/embed", content=body, headers={"content-type": MULTIPART})
 
         with ThreadPoolExecutor(6) as callers:
-            answers = callers.map(post, range(6))
+            # The first request alone, held in its forward; then the other five arrive and
+            # must be decoded and queued while it is held.
+            first = callers.submit(post, 0)
             deadline = time.monotonic() + 30
-            while not (sizes and batcher.waiting_rows == 6 - sizes[0]):
+            while not sizes:
+                assert time.monotonic() < deadline, "the first forward never began"
+                time.sleep(0.01)
+            rest = [callers.submit(post, i) for i in range(1, 6)]
+            while batcher.waiting_rows != 5:
                 assert time.monotonic() < deadline, (sizes, batcher.waiting_rows)
                 time.sleep(0.01)
             gate.set()
+            answers = [first.result(), *(r.result() for r in rest)]
             assert [a.status_code for a in answers] == [200] * 6
     decoder.shutdown()
-    assert sizes == [sizes[0], 6 - sizes[0]]
+    assert sizes == [1, 5]
 
 
 def test_a_failed_decode_withdraws_its_announcement(client: TestClient) -> None:
