@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine
 
 from index.db import make_engine, make_sessionmaker, migrate
 from index.stores import Stores
@@ -16,4 +17,13 @@ def stores(database_url: str) -> Iterator[Stores]:
     migrate(engine)
     migrate(engine)  # idempotent: a second start finds the schema current
     yield Stores.over(make_sessionmaker(engine))
+    engine.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated engine over the fresh database."""
+    engine = make_engine(database_url)
+    migrate(engine)
+    yield engine
     engine.dispose()

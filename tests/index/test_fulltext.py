@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,19 +13,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, event
 
 from index import fulltext
-from index.db import downgrade, make_engine, make_sessionmaker, migrate
+from index.db import downgrade, make_sessionmaker, migrate
 from index.stores import Stores
 from tests.factories import item_draft, new_collection
 
 PG_FUNCTION = importlib.import_module("index.migrations.versions.0008_fulltext").PG_FUNCTION
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def words(stores: Stores, collection_id: int, query: str) -> list[str]:

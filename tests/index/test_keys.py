@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from sqlalchemy import Engine, inspect
 
-from index.db import downgrade, make_engine, make_sessionmaker, migrate
+from index.db import downgrade, make_sessionmaker, migrate
 from index.errors import NotFoundError, OutOfScopeError
 from index.jobs import JobStore
 from index.keys import KeyStore, ScopedCollections, ScopedJobs, key_hash
 from index.stores import Stores
 from tests.factories import new_collection
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_keys_are_found_by_their_hash_until_deleted(engine: Engine) -> None:
