@@ -28,7 +28,7 @@ from sqlalchemy import JSON, Connection, DateTime, Engine, LargeBinary, inspect,
 from sqlalchemy.sql import column, select, table
 from sqlalchemy.sql.expression import TableClause
 
-from index.blobs import blob_path, find, holding_trash
+from index.blobs import blob_path, find, holding_trash, located
 from index.snapshots import SnapshotHeader, collection_of, fsync_dir, read_header, snapshot_file
 from index.tables import Base
 
@@ -340,7 +340,7 @@ def verify(source: Path, manifest: dict[str, Any]) -> None:
             )
         _check(source / rel, entry["size"], entry["sha256"], "the manifest's")
     for sha, size in blob_list(source):
-        _check(blob_path(source / "blobs", sha), size, sha, "its name")
+        _check(located(source / "blobs", sha), size, sha, "its name")
 
 
 def _check(path: Path, size: int, sha: str, whose: str) -> None:

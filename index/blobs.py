@@ -172,18 +172,15 @@ class BlobStore:
                     self.remove_unused(unused, in_use)
 
     def _has(self, digest: str) -> bool:
-        return self.path(digest).exists()
+        return any(place.exists() for place in places(self.root, digest))
 
     def _put_all(self, datas: Sequence[bytes], digests: Sequence[str]) -> None:
         """Store many originals durably. Where the kernel can flush one file system at once
         (Linux ``syncfs``), they are written, flushed together, renamed into place and
         flushed again: two flushes for the batch instead of two fsyncs a file (64 small
         files: 26 ms of fsyncs on 8 threads). Elsewhere each is ``put`` on a thread pool."""
-        missing = {
-            digest: data
-            for data, digest in zip(datas, digests, strict=True)
-            if not self.path(digest).exists()
-        }
+        pairs = zip(datas, digests, strict=True)
+        missing = {digest: data for data, digest in pairs if not self._has(digest)}
         if len(missing) > 1 and can_sync_filesystem():
             self._put_synced(missing)
         elif len(missing) > 1:
@@ -197,7 +194,7 @@ class BlobStore:
         written: list[tuple[Path, Path]] = []
         try:
             for digest, data in missing.items():
-                target = self.path(digest)
+                target = blob_path(self.root, digest)
                 self._make_folder(target.parent)
                 tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
                 written.append((tmp, target))
@@ -273,9 +270,9 @@ class BlobStore:
         for path, _ in trashed(self.root):
             by_digest.setdefault(path.name.partition(".")[0], []).append(path)
         for digest in in_use(set(by_digest)) if by_digest else ():
-            place = self.path(digest)
+            place = blob_path(self.root, digest)
             for path in by_digest[digest]:
-                if place.exists():
+                if self._has(digest):
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
                     continue
@@ -286,15 +283,15 @@ class BlobStore:
                     log.warning("original %s was trashed while a row named it: put back", digest)
 
     def path(self, sha256: str) -> Path:
-        """Where the bytes with this digest live."""
-        return blob_path(self.root, sha256)
+        """Where the bytes with this digest live (where they would be written when absent)."""
+        return located(self.root, sha256)
 
     def put(self, data: bytes) -> str:
         """Store bytes durably (before the SQL commit that refers to them); return the digest."""
         digest = hashlib.sha256(data).hexdigest()
-        target = self.path(digest)
-        if target.exists():
+        if self._has(digest):
             return digest
+        target = blob_path(self.root, digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         write_atomically(target, tmp, (data,))
@@ -306,8 +303,26 @@ class BlobStore:
 
 
 def blob_path(root: Path, sha256: str) -> Path:
-    """Where an original lives under a blob root (a backup's ``blobs/`` has the same layout)."""
-    return root / sha256[:2] / sha256[2:4] / sha256
+    """Where an original is written under a blob root (a backup's ``blobs/`` has the same
+    layout): one folder of 256 deep, ``ab/<sha256>``. Two levels (``ab/cd/<sha256>``, up to
+    v1.0) made a folder for nearly every one of the first 65,536 originals, which cost as
+    much CPU as writing the file (docs/performance.md, bulk writes); a folder of a few
+    thousand names (a million originals) or tens of thousands (ten million) is a hashed
+    directory's everyday size on ext4 and XFS."""
+    return root / sha256[:2] / sha256
+
+
+def places(root: Path, sha256: str) -> tuple[Path, Path]:
+    """Where an original may be under a blob root: its place, then where a release before
+    v1.1 put it (``ab/cd/<sha256>``; a data dir or a backup upgraded in place keeps those)."""
+    return blob_path(root, sha256), root / sha256[:2] / sha256[2:4] / sha256
+
+
+def located(root: Path, sha256: str) -> Path:
+    """Where an original is under a blob root: the first of its ``places`` that holds it,
+    else its place (where it would be written)."""
+    here, earlier = places(root, sha256)
+    return earlier if not here.exists() and earlier.exists() else here
 
 
 def trashed(root: Path) -> Iterator[tuple[Path, float]]:
@@ -322,11 +337,11 @@ def trashed(root: Path) -> Iterator[tuple[Path, float]]:
 
 
 def find(root: Path, sha256: str) -> list[Path]:
-    """Where an original may be: its place in the store, then its trashed copies (a delete
-    committed after a backup's snapshot moved it there)."""
-    live = blob_path(root, sha256)
+    """Where an original may be: its ``places`` in the store, then its trashed copies (a
+    delete committed after a backup's snapshot moved it there)."""
+    live = list(places(root, sha256))
     trash = root / TRASH
-    return [live, *sorted(trash.glob(f"{sha256}.*"))] if trash.is_dir() else [live]
+    return [*live, *sorted(trash.glob(f"{sha256}.*"))] if trash.is_dir() else live
 
 
 # -- holds: running backups ----------------------------------------------------------------

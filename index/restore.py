@@ -35,7 +35,7 @@ from index.backup import (
     sync_all,
     verify,
 )
-from index.blobs import blob_path
+from index.blobs import blob_path, located
 from index.db import MIGRATIONS_DIR, downgrade, migrate
 from index.snapshots import read_header, snapshot_file
 from index.tables import Base
@@ -125,8 +125,8 @@ def _restore_files(source: Path, data_dir: Path, manifest: dict[str, Any]) -> li
     written: list[Path] = []
     try:
         for sha, _ in blob_list(source):
-            rel = blob_path(Path("blobs"), sha)
-            _restore_file(source / rel, data_dir / rel, sha)
+            # A backup of an earlier release keeps its originals two folders deep.
+            _restore_file(located(source / "blobs", sha), blob_path(data_dir / "blobs", sha), sha)
         for rel, entry in manifest["files"].items():
             if _cached(rel) and not (data_dir / rel).exists():
                 _restore_file(source / rel, data_dir / rel, entry["sha256"])

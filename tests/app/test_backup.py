@@ -235,6 +235,26 @@ def made(settings: Settings, tmp_path: Path) -> Path:
     return tmp_path / "backup"
 
 
+def test_a_backup_an_earlier_release_made_restores(made: Path, target: Settings) -> None:
+    """Up to v1.0 originals lay two folders deep (``ab/cd/<sha256>``), in the data dir and
+    in its backups: such a backup is verified and restored, into today's layout."""
+    moved = []
+    for path in [p for p in (made / "blobs").rglob("*") if p.is_file()]:
+        earlier = path.parent / path.name[2:4] / path.name
+        earlier.parent.mkdir()
+        path.rename(earlier)
+        moved.append(path.name)
+    assert len(moved) == 3
+    restore_into(target, made)
+    root = target.data_dir / "blobs"
+    for sha in moved:
+        assert hashlib.sha256(blobs.blob_path(root, sha).read_bytes()).hexdigest() == sha
+    with TestClient(create_app(target)) as client:
+        for (external_id,) in sql(target, "SELECT external_id FROM items WHERE modality = 'image'"):
+            got = client.get(f"/v1/collections/{NAME}/items/{external_id}/content")
+            assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() in moved
+
+
 def refused(target: Settings, source: Path) -> str:
     with pytest.raises(BackupError) as caught:
         restore_into(target, source)
