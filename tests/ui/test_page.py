@@ -157,12 +157,17 @@ def test_more_like_this_and_more_results(page: Any, site: Site) -> None:
     page.click(f'button[aria-label="More like {first}"]')
     wait_for_count(page, f"items like {first}")
     assert shown_ids(page) == api_ids(site, {"item_id": first, "k": 24})
-    page.click("#more")  # k doubles: every stored item fits now
-    wait_for_count(page, "results for items like")
+    # The next page is asked for (offset), appended: the first page's results stay as they are.
+    page.eval_on_selector("#results > li", "li => { li.dataset.kept = 'yes'; }")
+    with page.expect_request(lambda r: r.url.endswith(SEARCH)) as asked:
+        page.click("#more")
+    assert asked.value.post_data_json == {"item_id": first, "k": 24, "offset": 24}
     deadline = time.monotonic() + 10
     while len(shown_ids(page)) <= 24 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert shown_ids(page) == api_ids(site, {"item_id": first, "k": 48})
+    assert page.eval_on_selector("#results > li", "li => li.dataset.kept") == "yes"
+    wait_for_count(page, f"{len(shown_ids(page))} results for items like")
 
 
 def test_filters_by_metadata(page: Any, site: Site) -> None:

@@ -4,7 +4,7 @@
 
 const $ = (selector) => document.querySelector(selector);
 const KEY_STORE = "mmr-api-key";
-const PAGE = 24; // results asked for first; "More results" doubles it
+const PAGE = 24; // results a page: the first, and each "More results" adds one (offset)
 const MAX_K = 1000;
 const UPLOADS_AT_ONCE = 3;
 const TEXT_FILE = /\.(txt|md)$/i;
@@ -14,7 +14,7 @@ const state = {
   collections: [],
   collection: null,
   query: null, // {text} | {file} | {item_id, label}
-  k: PAGE,
+  shown: 0, // results on the page: the next page's offset
   searchRun: 0, // the newest search; an older one's answer is dropped
   blobUrls: [],
 };
@@ -177,9 +177,12 @@ function say(text) {
   $("#result-count").textContent = text;
 }
 
-async function search() {
-  const run = ++state.searchRun;
+// A new search (its first page), or with ``more`` the next page of the one shown, appended.
+async function search(more = false) {
+  const run = more ? state.searchRun : ++state.searchRun;
   const query = state.query;
+  const offset = more ? state.shown : 0;
+  const k = Math.min(PAGE, MAX_K - offset);
   if (!state.collection || !query) {
     showResults([], run);
     say("");
@@ -199,18 +202,21 @@ async function search() {
     return;
   }
   const path = `/v1/collections/${encodeURIComponent(state.collection)}/search`;
-  say("Searching…");
+  say(more ? "Loading more…" : "Searching…");
+  $("#more").hidden = true; // one page at a time
   try {
     let answer;
     if (query.file) {
       const form = new FormData();
       form.append("file", query.file, query.file.name);
-      form.append("k", String(state.k));
+      form.append("k", String(k));
+      if (offset) form.append("offset", String(offset));
       if (modalities) form.append("modalities", modalities.join(","));
       if (filter) form.append("filter", JSON.stringify(filter));
       answer = await call(path, { method: "POST", form });
     } else {
-      const body = { k: state.k };
+      const body = { k };
+      if (offset) body.offset = offset;
       if (query.text !== undefined) body.text = query.text;
       // exact words (lexical) or both (hybrid) for typed words; files and items by meaning
       const mode = $("#mode").value;
@@ -221,13 +227,13 @@ async function search() {
       answer = await call(path, { method: "POST", json: body });
     }
     if (run !== state.searchRun) return;
-    showResults(answer.results, run);
-    const n = answer.results.length;
+    showResults(answer.results, run, offset);
+    const n = state.shown;
     say(`${n} result${n === 1 ? "" : "s"} for ${labelOf(query)}`);
-    $("#more").hidden = n < state.k || state.k >= MAX_K;
+    $("#more").hidden = answer.results.length < k || n >= MAX_K;
   } catch (error) {
     if (run !== state.searchRun) return;
-    showResults([], run);
+    if (!more) showResults([], run);
     $("#more").hidden = true;
     say(`Search failed: ${error.message}`);
   }
@@ -241,7 +247,6 @@ function labelOf(query) {
 
 function searchBy(query) {
   state.query = query;
-  state.k = PAGE;
   const shown = $("#query-shown");
   shown.hidden = !(query && (query.file || query.item_id !== undefined));
   if (!shown.hidden) shown.textContent = `Searching by ${labelOf(query)}. Type words to search by words again.`;
@@ -350,8 +355,15 @@ function mediaOf(hit) {
   return text;
 }
 
-function showResults(results, run) {
+// The results of a new search, or (``from`` > 0) the next page's, after those shown.
+function showResults(results, run, from = 0) {
   if (run !== state.searchRun) return;
+  const list = $("#results");
+  state.shown = from + results.length;
+  if (from > 0) {
+    list.append(...results.map((hit, n) => hitElement(hit, from + n)));
+    return;
+  }
   mediaLoads.abort();
   mediaLoads = new AbortController();
   nearScreen.disconnect();
@@ -363,39 +375,40 @@ function showResults(results, run) {
   }
   state.blobUrls.forEach((url) => URL.revokeObjectURL(url));
   state.blobUrls = [];
-  const list = $("#results");
-  list.replaceChildren(...results.map((hit, n) => {
-    const li = document.createElement("li");
-    li.className = "hit";
-    li.dataset.id = hit.item.id;
-    li.dataset.modality = hit.item.modality;
-    li.title = `score ${hit.score.toFixed(3)}`;
-    li.append(mediaOf(hit));
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    const name = document.createElement("span");
-    name.textContent = `${n + 1}. ${hit.item.id}`;
-    const score = document.createElement("span");
-    score.className = "score";
-    score.textContent = hit.score.toFixed(3);
-    meta.append(name, score);
-    const like = document.createElement("button");
-    like.type = "button";
-    like.textContent = "More like this";
-    like.setAttribute("aria-label", `More like ${hit.item.id}`);
-    like.addEventListener("click", () => {
-      $("#query").value = "";
-      searchBy({ item_id: hit.item.id, label: hit.item.id });
-    });
-    li.append(meta, like);
-    if (hit.start != null && (hit.item.modality === "audio" || hit.item.modality === "video")) {
-      const when = document.createElement("span");
-      when.className = "muted";
-      when.textContent = `match at ${seconds(hit.start)}–${seconds(hit.end)}`;
-      li.append(when);
-    }
-    return li;
-  }));
+  list.replaceChildren(...results.map((hit, n) => hitElement(hit, n)));
+}
+
+function hitElement(hit, n) {
+  const li = document.createElement("li");
+  li.className = "hit";
+  li.dataset.id = hit.item.id;
+  li.dataset.modality = hit.item.modality;
+  li.title = `score ${hit.score.toFixed(3)}`;
+  li.append(mediaOf(hit));
+  const meta = document.createElement("div");
+  meta.className = "meta";
+  const name = document.createElement("span");
+  name.textContent = `${n + 1}. ${hit.item.id}`;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = hit.score.toFixed(3);
+  meta.append(name, score);
+  const like = document.createElement("button");
+  like.type = "button";
+  like.textContent = "More like this";
+  like.setAttribute("aria-label", `More like ${hit.item.id}`);
+  like.addEventListener("click", () => {
+    $("#query").value = "";
+    searchBy({ item_id: hit.item.id, label: hit.item.id });
+  });
+  li.append(meta, like);
+  if (hit.start != null && (hit.item.modality === "audio" || hit.item.modality === "video")) {
+    const when = document.createElement("span");
+    when.className = "muted";
+    when.textContent = `match at ${seconds(hit.start)}–${seconds(hit.end)}`;
+    li.append(when);
+  }
+  return li;
 }
 
 function debounce(fn, ms) {
@@ -426,14 +439,11 @@ function setUpSearch() {
     if (file) searchBy({ file });
     event.target.value = "";
   });
-  const again = debounce(() => { state.k = PAGE; search(); }, 250);
+  const again = debounce(() => search(), 250);
   document.querySelectorAll('input[name="modality"]').forEach((box) => box.addEventListener("change", again));
   $("#filter").addEventListener("input", again);
   $("#mode").addEventListener("change", again);
-  $("#more").addEventListener("click", () => {
-    state.k = Math.min(state.k * 2, MAX_K);
-    search();
-  });
+  $("#more").addEventListener("click", () => search(true));
   const section = $("#search-section");
   const hint = $("#query-drop");
   section.addEventListener("dragover", (event) => {
