@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from index.vector_index import omp_threads
+
 BLOCK = 1024  # rows x columns of one block of scores: 4 MiB of float32, whatever n is
 # Rows one range search asks (FAISS tiles the products; results are the pairs found).
 RANGE_BLOCK = 4096
@@ -155,8 +157,20 @@ def range_pairs(
 ) -> Pairs:
     """The pairs ``all_pairs`` finds, through FAISS's range search over a flat index: each
     block of rows searched against the rows from its own on (never a pair twice, never an
-    n x n matrix; FAISS tiles its own products). ``between(done, total)`` is called after
-    each block with the comparisons made so far and in all."""
+    n x n matrix; FAISS tiles its own products), on one OpenMP thread per core, as an
+    index build. ``between(done, total)`` is called after each block with the comparisons
+    made so far and in all."""
+    with omp_threads(0):
+        return _range_pairs(vectors, threshold, cap, block, between)
+
+
+def _range_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    cap: int,
+    block: int,
+    between: Callable[[int, int], None] | None,
+) -> Pairs:
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(matrix)
     keep = _Keeper(threshold, cap)

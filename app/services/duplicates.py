@@ -15,6 +15,12 @@ bounded: the exact path by that size, the index path by the exact path's largest
 result is kept for the collection's state (its change-log head), so the pages of one
 listing cost one computation.
 
+Past those bounds a ``duplicates`` job (app.services.duplicates_job) computes the listing
+exactly in the background and stores it (index.listings); a request for a collection over
+the exact bound then pages the newest stored listing that covers its threshold and
+modality, saying which and whether the collection changed since. Refused without one, the
+422 names the job to post.
+
 Pages: a ``b`` is stored after its ``a``; pairs come by score, then ``a``, then ``b``, and
 a cursor is the last pair given (score and keys): the next page continues after it in the
 collection as it is then, so a pair is never given twice, and none is skipped but those
