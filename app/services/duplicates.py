@@ -246,7 +246,7 @@ class _Stored:
         page.stored = StoredListing(
             job_id=info.job_id,
             computed_at=info.computed_at,
-            threshold=info.threshold,
+            threshold=float(str(np.float32(info.threshold))),  # 0.98, not 0.98000001
             modality=info.modality,
             change_seq=info.change_seq,
             stale=_stale(info, self.row, self.head),

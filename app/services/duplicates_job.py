@@ -117,7 +117,7 @@ def run_duplicates(services: Services, ctx: JobContext) -> dict[str, Any]:
     return {
         "items": count,
         "pairs": len(pairs),
-        "threshold": threshold,
+        "threshold": ctx.job.params["threshold"],
         "modality": modality,
         "change_seq": head,
         "seconds": round(time.monotonic() - started, 3),
