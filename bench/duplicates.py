@@ -9,6 +9,8 @@
    the index path (hnsw), on random unit vectors of 512 dimensions with 2 % planted
    near-copies, beside two baselines in the same run: numpy's blocked all-pairs (rows
    against everything) and FAISS's range_search over a flat index.
+3. The duplicates job (POST to succeeded) on the same kind of vectors at 20,000 and 100,000
+   items, beside the exact route (bounds lifted) where it runs (``--job SIZES`` alone).
 
 ``python -m bench --only duplicates`` runs it within the suite; ``python -m bench.duplicates
 --out DIR`` alone writes DIR/results.json and DIR/results.md.
@@ -423,7 +425,12 @@ def job_markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 def run_duplicates(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     """Both parts (quick: the smallest size only)."""
     sizes = SIZES[:1] if cfg.quick else SIZES
-    return {"scores": measure_scores(work, log), "time": measure_time(work, log, sizes)}
+    jobs = (2000,) if cfg.quick else JOB_SIZES
+    return {
+        "scores": measure_scores(work, log),
+        "time": measure_time(work, log, sizes),
+        "job": measure_job(work, log, jobs),
+    }
 
 
 def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
@@ -476,7 +483,10 @@ def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
             f"{r['faiss_range_s']:.2f} s | {r['pairs_exact']} / {r['pairs_index']} / "
             f"{r['pairs_numpy']} / {r['pairs_faiss']} |"
         )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if results.get("job"):
+        text += "\n" + job_markdown(results["job"], machine).replace("# ", "## ", 1)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
