@@ -33,6 +33,7 @@ from index.collections import CollectionStore
 from index.items import ItemStore
 from index.jobs import JobStore
 from index.keys import KeyStore
+from index.listings import ListingStore
 from index.manager import IndexManager
 from index.spaces import SpaceStore
 from index.stores import Stores
@@ -82,6 +83,11 @@ async def get_space_store(request: Request) -> SpaceStore:
     return stores_of(request).spaces
 
 
+async def get_listing_store(request: Request) -> ListingStore:
+    """Duplicates listings jobs stored, reached through a collection row the key may see."""
+    return stores_of(request).listings
+
+
 async def get_key_store(request: Request) -> KeyStore:
     """API keys made through /v1/keys."""
     return stores_of(request).keys
@@ -124,6 +130,7 @@ AlignerStoreDep = Annotated[AlignerStore, Depends(get_aligner_store)]
 JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
 SpaceStoreDep = Annotated[SpaceStore, Depends(get_space_store)]
 KeyStoreDep = Annotated[KeyStore, Depends(get_key_store)]
+ListingStoreDep = Annotated[ListingStore, Depends(get_listing_store)]
 IndexesDep = Annotated[IndexManager[Aligner], Depends(get_indexes)]
 EmbedderDep = Annotated[Embedder, Depends(get_embedder)]
 ModelsDep = Annotated[ModelPool, Depends(get_models)]

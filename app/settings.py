@@ -195,8 +195,8 @@ class Settings(BaseSettings):
         ge=0,
         description="Collections of at most this many items have their duplicates listed "
         "exactly (every pair compared, in blocks); larger ones through their index, refused "
-        "(422) where that would cost more than the largest exact listing "
-        "([duplicates](duplicates.md)).",
+        "(422) where that would cost more than the largest exact listing, or from the "
+        "listing a `duplicates` job stored ([duplicates](duplicates.md)).",
     )
     duplicates_deadline_s: float = Field(
         default=5.0,

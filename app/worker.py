@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from app.services.duplicates_job import run_duplicates
 from app.services.errors import ServiceError
 from app.services.finetune import run_finetune, run_reindex
 from app.services.jobs import JobContext
@@ -48,6 +49,7 @@ HANDLERS: dict[str, Handler] = {
     "finetune": run_finetune,
     "reindex": run_reindex,
     "migrate": run_migrate,
+    "duplicates": run_duplicates,
 }
 
 

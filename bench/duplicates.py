@@ -9,6 +9,8 @@
    the index path (hnsw), on random unit vectors of 512 dimensions with 2 % planted
    near-copies, beside two baselines in the same run: numpy's blocked all-pairs (rows
    against everything) and FAISS's range_search over a flat index.
+3. The duplicates job (POST to succeeded) on the same kind of vectors at 20,000 and 100,000
+   items, beside the exact route (bounds lifted) where it runs (``--job SIZES`` alone).
 
 ``python -m bench --only duplicates`` runs it within the suite; ``python -m bench.duplicates
 --out DIR`` alone writes DIR/results.json and DIR/results.md.
@@ -61,6 +63,8 @@ SWEEP = tuple(round(0.9 + 0.005 * n, 3) for n in range(20))
 RUNS = 3  # timings are the fastest of this many
 THRESHOLD = 0.95  # of the timing runs (planted copies score about 0.99)
 UNBOUNDED = {"duplicates_deadline_s": 3600.0}  # timed at every size, past the route's deadline
+JOB_SIZES = (20000, 100000)
+ROUTE_MAX = 20000  # the exact route as the job's baseline up to this size (minutes past it)
 
 
 def _jpeg(image: Image.Image, quality: int) -> Image.Image:
@@ -233,12 +237,10 @@ def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-def _fill(client: TestClient, name: str, vectors: np.ndarray) -> None:
+def _fill(client: TestClient, name: str, vectors: np.ndarray, index: str = "hnsw") -> None:
     """A collection of ``vectors`` written straight to SQL (no encoding), then indexed by
     this process's follower."""
-    client.post(
-        "/v1/collections", json={"name": name, "index": {"type": "hnsw"}}
-    ).raise_for_status()
+    client.post("/v1/collections", json={"name": name, "index": {"type": index}}).raise_for_status()
     services = client.app.state.services  # type: ignore[attr-defined]
     row = services.stores.collections.get(name)
     for start in range(0, len(vectors), 2000):
@@ -331,11 +333,104 @@ def _time_size(root: Path, vectors: np.ndarray) -> dict[str, Any]:
     }
 
 
+# -- 3. the duplicates job ------------------------------------------------------------------
+def measure_job(work: Path, log: Log, sizes: tuple[int, ...] = JOB_SIZES) -> list[dict[str, Any]]:
+    """The duplicates job's time (POST to succeeded) beside the exact route's, where the
+    route can run (at most ROUTE_MAX items, its bounds lifted)."""
+    rows = []
+    for n in sizes:
+        row = _job_size(work / f"job-{n}", planted(n))
+        log(f"duplicates job: {row}")
+        rows.append(row)
+    return rows
+
+
+def _job_size(root: Path, vectors: np.ndarray) -> dict[str, Any]:
+    model = "random:ViT-B-32"  # 512 dimensions; nothing is encoded
+    url = "/v1/collections/t/duplicates"
+    params = {"threshold": THRESHOLD, "limit": 100}
+    with _server(root, model=model, job_poll_s=0.1) as client:
+        fill_s, _ = _timed(lambda: _fill(client, "t", vectors, index="flat"))
+        refused = client.get(url, params=params).status_code
+        body = {"type": "duplicates", "collection": "t", "threshold": THRESHOLD}
+        job_s, job = _timed(lambda: _job(client, body))
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"the job ended {job['status']}: {job['error']}")
+        page_s, _ = _timed(lambda: client.get(url, params=params).raise_for_status())
+        kept_s, _ = _best(lambda: client.get(url, params=params).raise_for_status())
+        stored = {(p["a"], p["b"]) for p in _all(client, "t", threshold=THRESHOLD)}
+    out: dict[str, Any] = {
+        "items": len(vectors),
+        "fill_s": fill_s,
+        "route_default_status": refused,
+        "job_s": job_s,
+        "job_compute_s": job["metrics"]["seconds"],
+        "first_page_s": page_s,
+        "kept_page_s": kept_s,
+        "pairs_job": len(stored),
+        "route_exact_s": None,
+        "pairs_route": None,
+    }
+    if len(vectors) <= ROUTE_MAX:  # the baseline: the exact route, bounds lifted
+        lifted = {"duplicates_exact_max": 10**9, **UNBOUNDED}
+        with _server(root, model=model, **lifted) as client:
+            route_s, _ = _timed(_cold(client, url, params))
+            route = {(p["a"], p["b"]) for p in _all(client, "t", threshold=THRESHOLD)}
+        out |= {"route_exact_s": route_s, "pairs_route": len(route), "same": route == stored}
+    return out
+
+
+def _job(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    """Post a job and wait for it to end."""
+    response = client.post("/v1/jobs", json=body)
+    response.raise_for_status()
+    job_id = response.json()["id"]
+    while True:
+        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.1)
+
+
+def job_markdown(rows: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+    """The job's table."""
+    lines = [
+        "# Duplicates: the background job",
+        "",
+        f"Machine: {machine.get('cpu', '?')}, {machine.get('cores', '?')} cores; "
+        f"{machine.get('date', '')}. Wall seconds on a VM whose 2 cores other work shared.",
+        "",
+        f"{DIM} dimensions, threshold {THRESHOLD}, 2 % planted copies, a flat index; the job "
+        "from POST to succeeded (its own computation in brackets), the exact route (bounds "
+        "lifted, one cold run) as the baseline where it runs.",
+        "",
+        "| items | route, default bounds | job | route exact (baseline) | first stored page | "
+        "a kept page | pairs job / route |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        route = "-" if r["route_exact_s"] is None else f"{r['route_exact_s']:.1f} s"
+        pairs = f"{r['pairs_job']} / {'-' if r['pairs_route'] is None else r['pairs_route']}"
+        if r.get("same") is not None:
+            pairs += " (same)" if r["same"] else " (differ)"
+        lines.append(
+            f"| {r['items']} | {r['route_default_status']} | {r['job_s']:.1f} s "
+            f"({r['job_compute_s']:.1f} s) | {route} | {r['first_page_s'] * 1000:.0f} ms | "
+            f"{r['kept_page_s'] * 1000:.1f} ms | {pairs} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 # -- the report -----------------------------------------------------------------------------
 def run_duplicates(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
     """Both parts (quick: the smallest size only)."""
     sizes = SIZES[:1] if cfg.quick else SIZES
-    return {"scores": measure_scores(work, log), "time": measure_time(work, log, sizes)}
+    jobs = (2000,) if cfg.quick else JOB_SIZES
+    return {
+        "scores": measure_scores(work, log),
+        "time": measure_time(work, log, sizes),
+        "job": measure_job(work, log, jobs),
+    }
 
 
 def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
@@ -388,19 +483,34 @@ def markdown(results: dict[str, Any], machine: dict[str, Any]) -> str:
             f"{r['faiss_range_s']:.2f} s | {r['pairs_exact']} / {r['pairs_index']} / "
             f"{r['pairs_numpy']} / {r['pairs_faiss']} |"
         )
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if results.get("job"):
+        text += "\n" + job_markdown(results["job"], machine).replace("# ", "## ", 1)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.duplicates", description=__doc__)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sizes", type=lambda t: tuple(int(x) for x in t.split(",")), default=SIZES)
+    sizes = lambda t: tuple(int(x) for x in t.split(","))  # noqa: E731
+    p.add_argument("--sizes", type=sizes, default=SIZES)
+    p.add_argument(
+        "--job", type=sizes, default=None, help="only the job's table, at these sizes (job.md)"
+    )
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
+    if args.job is not None:
+        with tempfile.TemporaryDirectory(prefix="mmr-dup-") as tmp:
+            rows = measure_job(Path(tmp), log, args.job)
+        machine = describe_machine()
+        (args.out / "job.json").write_text(json.dumps({"machine": machine, "job": rows}, indent=2))
+        (args.out / "job.md").write_text(job_markdown(rows, machine))
+        print(job_markdown(rows, machine))
+        return 0
     with tempfile.TemporaryDirectory(prefix="mmr-dup-") as tmp:
         work = Path(tmp)
         results = {

@@ -17,6 +17,7 @@ from index.tables import (
     AlignerRow,
     ChangeRow,
     CollectionRow,
+    DuplicateListingRow,
     ItemRow,
     ItemTagRow,
     JobRow,
@@ -174,6 +175,11 @@ class CollectionStore:
                 delete(ReplicaPositionRow).where(ReplicaPositionRow.collection_id == collection_id)
             )
             session.execute(delete(AlignerRow).where(AlignerRow.collection_id == collection_id))
+            session.execute(
+                delete(DuplicateListingRow).where(
+                    DuplicateListingRow.collection_id == collection_id
+                )
+            )
             session.execute(delete(CollectionRow).where(CollectionRow.id == collection_id))
             announce(session)
         self.cache.forget()

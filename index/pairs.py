@@ -11,9 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
+from index.vector_index import omp_threads
+
 BLOCK = 1024  # rows x columns of one block of scores: 4 MiB of float32, whatever n is
+# Rows one range search asks (FAISS tiles the products; results are the pairs found).
+RANGE_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,20 @@ class Pairs:
     def where(self, keep: np.ndarray) -> Pairs:
         """The pairs where ``keep`` is true (still truncated if these were)."""
         return Pairs(self.left[keep], self.right[keep], self.scores[keep], self.truncated)
+
+    def to_bytes(self) -> bytes:
+        """The pairs as little-endian arrays back to back (20 bytes a pair), for SQL."""
+        parts = (self.left.astype("<i8"), self.right.astype("<i8"), self.scores.astype("<f4"))
+        return b"".join(p.tobytes() for p in parts)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Pairs:
+        """The inverse of to_bytes (never truncated: a truncated listing is not stored)."""
+        n = len(raw) // 20
+        left = np.frombuffer(raw, dtype="<i8", count=n).astype(np.int64)
+        right = np.frombuffer(raw, dtype="<i8", count=n, offset=8 * n).astype(np.int64)
+        scores = np.frombuffer(raw, dtype="<f4", count=n, offset=16 * n).astype(np.float32)
+        return cls(left, right, scores)
 
     def after(self, score: float, left: int, right: int) -> int:
         """Where the pairs strictly after ``(score, left, right)`` in the order begin."""
@@ -125,6 +144,49 @@ def all_pairs(
             keep.add(i + top, j + first, scores[i, j])
             if between is not None:
                 between()
+    return keep.result()
+
+
+def range_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    *,
+    cap: int,
+    block: int = RANGE_BLOCK,
+    between: Callable[[int, int], None] | None = None,
+) -> Pairs:
+    """The pairs ``all_pairs`` finds, through FAISS's range search over a flat index: each
+    block of rows searched against the rows from its own on (never a pair twice, never an
+    n x n matrix; FAISS tiles its own products), on one OpenMP thread per core, as an
+    index build. ``between(done, total)`` is called after each block with the comparisons
+    made so far and in all."""
+    with omp_threads(0):
+        return _range_pairs(vectors, threshold, cap, block, between)
+
+
+def _range_pairs(
+    vectors: np.ndarray,
+    threshold: float,
+    cap: int,
+    block: int,
+    between: Callable[[int, int], None] | None,
+) -> Pairs:
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    n = len(matrix)
+    keep = _Keeper(threshold, cap)
+    total = n * (n - 1) // 2
+    done = 0
+    for top in range(0, n, block):
+        rest = faiss.IndexFlatIP(matrix.shape[1])
+        rest.add(matrix[top:])
+        rows = matrix[top : top + block]
+        lims, scores, labels = rest.range_search(rows, float(keep.floor))
+        own = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(lims).astype(np.int64))
+        later = labels > own  # labels count from ``top``: a row's own and earlier rows out
+        keep.add(own[later] + top, labels[later].astype(np.int64) + top, scores[later])
+        done += len(rows) * (n - top) - len(rows) * (len(rows) + 1) // 2
+        if between is not None:
+            between(done, total)
     return keep.result()
 
 

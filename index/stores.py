@@ -19,13 +19,15 @@ from index.db import engine_of
 from index.items import ItemStore
 from index.jobs import JobStore
 from index.keys import KeyStore, ScopedCollections, ScopedJobs
+from index.listings import ListingStore
 from index.spaces import SpaceStore
 
 
 @dataclass(frozen=True)
 class Stores:
     """One store per resource: ``collections``, ``items`` (with their tags), ``aligners``,
-    ``changes`` (the change log), ``jobs``, ``keys`` and ``spaces`` (migrations)."""
+    ``changes`` (the change log), ``jobs``, ``keys``, ``spaces`` (migrations) and
+    ``listings`` (duplicates listings jobs stored)."""
 
     sessions: sessionmaker[Session]
     engine: Engine
@@ -36,6 +38,7 @@ class Stores:
     jobs: JobStore
     keys: KeyStore
     spaces: SpaceStore
+    listings: ListingStore
 
     @classmethod
     def over(cls, sessions: sessionmaker[Session], *, collection_ttl_s: float = 0.5) -> Stores:
@@ -52,6 +55,7 @@ class Stores:
             jobs=JobStore(sessions),
             keys=KeyStore(sessions),
             spaces=SpaceStore(sessions, cache),
+            listings=ListingStore(sessions),
         )
 
     def reads_without_waiting(self) -> bool:

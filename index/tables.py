@@ -11,6 +11,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -196,6 +197,29 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DuplicateListingRow(Base):
+    """The pairs a duplicates job found in a collection at a threshold (of one modality, or
+    of all): ``pairs`` holds them as arrays (index.pairs.Pairs.to_bytes), best first, keyed
+    by item ``pk``; ``change_seq`` is the collection's change-log head it reflects."""
+
+    __tablename__ = "duplicate_listings"
+    __table_args__ = (Index("ix_duplicate_listings_collection", "collection_id", "modality"),)
+
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("collections.id", ondelete="CASCADE")
+    )
+    modality: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    threshold: Mapped[float] = mapped_column(Float)
+    change_seq: Mapped[int] = mapped_column(BigInteger)
+    aligner_version: Mapped[int] = mapped_column(Integer)
+    index_epoch: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(512))
+    count: Mapped[int] = mapped_column(Integer)
+    pairs: Mapped[bytes] = mapped_column(LargeBinary)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class SpaceRow(Base):

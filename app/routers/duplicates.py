@@ -11,6 +11,7 @@ from app.deps import (
     DuplicateFinderDep,
     IndexesDep,
     ItemStoreDep,
+    ListingStoreDep,
     SettingsDep,
 )
 from app.schemas.common import Modality
@@ -25,6 +26,10 @@ router = APIRouter(prefix="/v1/collections/{name}", tags=["duplicates"])
     response_model=DuplicatePage,
     responses={
         400: {"description": "the cursor is not a `next_cursor` this server gave"},
+        422: {
+            "description": "a collection too large to list within a request, and no stored "
+            "listing covers it: the message names the `duplicates` job to post"
+        },
         429: {"description": "another listing is being computed on this server; retry"},
     },
 )
@@ -35,6 +40,7 @@ def list_duplicates(
     items: ItemStoreDep,
     indexes: IndexesDep,
     finder: DuplicateFinderDep,
+    listings: ListingStoreDep,
     threshold: Annotated[
         float,
         Query(
@@ -60,12 +66,15 @@ def list_duplicates(
     ] = None,
 ) -> DuplicatePage:
     """Pairs of stored items at least `threshold` alike, best first; pass `next_cursor`
-    back as `cursor` for the next page."""
+    back as `cursor` for the next page. A collection too large to list within a request
+    answers from the newest listing a `duplicates` job stored (`POST /v1/jobs`) that covers
+    the threshold and modality; `stored` then says which, and whether it is stale."""
     return duplicates(
         finder=finder,
         collections=collections,
         items=items,
         indexes=indexes,
+        listings=listings,
         exact_max=settings.duplicates_exact_max,
         deadline_s=settings.duplicates_deadline_s,
         name=name,

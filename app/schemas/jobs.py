@@ -1,4 +1,4 @@
-"""Bodies of /v1/jobs: fine-tune, reindex and migrate jobs, and where they stand."""
+"""Bodies of /v1/jobs: fine-tune, reindex, migrate and duplicates jobs, and where they stand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.schemas.collections import IndexSettings
-from app.schemas.common import AUDIO_ID_PATTERN, MODEL_ID_PATTERN, CollectionName, ItemId, NoBool
+from app.schemas.common import (
+    AUDIO_ID_PATTERN,
+    MODEL_ID_PATTERN,
+    CollectionName,
+    ItemId,
+    Modality,
+    NoBool,
+)
+from app.schemas.duplicates import DEFAULT_THRESHOLD
 
 # Explicit fine-tune pairs: a job body is stored in SQL and read by every listing.
 MAX_JOB_PAIRS = 50_000
@@ -148,6 +156,39 @@ class MigrateJobCreate(BaseModel):
     )
 
 
+class DuplicatesJobCreate(BaseModel):
+    """A duplicates listing of a collection computed in the background, exactly (every pair
+    compared), and stored: `GET /v1/collections/{name}/duplicates` pages it."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"type": "duplicates", "collection": "photos"},
+                {
+                    "type": "duplicates",
+                    "collection": "photos",
+                    "threshold": 0.95,
+                    "modality": "image",
+                },
+            ]
+        },
+    )
+    type: Literal["duplicates"]
+    collection: CollectionName
+    threshold: Annotated[float, NoBool] = Field(
+        DEFAULT_THRESHOLD,
+        gt=0,
+        le=1,
+        allow_inf_nan=False,
+        description="the least cosine similarity of a pair; the listing answers requests "
+        "of this threshold or a higher one",
+    )
+    modality: Modality | None = Field(
+        None, description="only items of this modality; omitted: each modality's pairs"
+    )
+
+
 class MigrationConfirmed(BaseModel):
     """POST /v1/collections/{name}/migration/confirm."""
 
@@ -157,7 +198,8 @@ class MigrationConfirmed(BaseModel):
 
 
 JobCreate = Annotated[
-    FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate, Field(discriminator="type")
+    FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate | DuplicatesJobCreate,
+    Field(discriminator="type"),
 ]
 
 
@@ -169,13 +211,15 @@ class JobPublic(BaseModel):
     collection: str
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     progress: dict[str, Any] = Field(
-        description="fraction (0-1), epoch, max_epochs, loss and eta_s while it runs"
+        description="fraction (0-1) and eta_s while it runs; finetune: epoch, max_epochs, "
+        "loss; duplicates: phase (reading, comparing), items, comparisons"
     )
     params: dict[str, Any]
     metrics: dict[str, Any] = Field(
         description="finetune: recall@1/5/10 before and after on held-out pairs, the new "
         "aligner version and whether it was activated; migrate: the models and dimensions "
-        "before and after, items encoded and reused, passes, seconds, items_per_s"
+        "before and after, items encoded and reused, passes, seconds, items_per_s; "
+        "duplicates: items, pairs, threshold, modality, change_seq, seconds"
     )
     error: str | None
     attempts: int

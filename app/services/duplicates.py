@@ -15,6 +15,12 @@ bounded: the exact path by that size, the index path by the exact path's largest
 result is kept for the collection's state (its change-log head), so the pages of one
 listing cost one computation.
 
+Past those bounds a ``duplicates`` job (app.services.duplicates_job) computes the listing
+exactly in the background and stores it (index.listings); a request for a collection over
+the exact bound then pages the newest stored listing that covers its threshold and
+modality, saying which and whether the collection changed since. Refused without one, the
+422 names the job to post.
+
 Pages: a ``b`` is stored after its ``a``; pairs come by score, then ``a``, then ``b``, and
 a cursor is the last pair given (score and keys): the next page continues after it in the
 collection as it is then, so a pair is never given twice, and none is skipped but those
@@ -34,10 +40,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.schemas.duplicates import DuplicatePage, DuplicatePair
+from app.schemas.duplicates import DuplicatePage, DuplicatePair, StoredListing
 from app.services.errors import InvalidInput, Malformed, QueueFull
 from index.collections import CollectionStore
 from index.items import ItemStore, StoredVectors
+from index.listings import ListingInfo, ListingStore
 from index.manager import IndexManager, current_vectors
 from index.pairs import Pairs, all_pairs, candidate_pairs, ordered
 from index.tables import CollectionRow
@@ -90,6 +97,10 @@ class DuplicateFinder:
                 self.cache.popitem(last=False)
 
 
+class TooLarge(InvalidInput):
+    """A listing refused for its size or time (a job can compute it: see duplicates_job)."""
+
+
 @dataclass(frozen=True)
 class Listing:
     """What a duplicates request asks for."""
@@ -106,12 +117,14 @@ def duplicates(
     collections: CollectionStore,
     items: ItemStore,
     indexes: IndexManager[Aligner],
+    listings: ListingStore,
     exact_max: int,
     deadline_s: float,
     name: str,
     listing: Listing,
 ) -> DuplicatePage:
-    """A page of the collection's pairs at least ``threshold`` alike, best first."""
+    """A page of the collection's pairs at least ``threshold`` alike, best first: computed
+    now, or, for a collection too large for that, from the newest listing a job stored."""
     row = collections.get(name)
     after = decode_cursor(listing.cursor) if listing.cursor else None
     live = indexes.get(row)
@@ -120,29 +133,29 @@ def duplicates(
     # differ, so a listing is never kept for a state it does not reflect. Through the index,
     # the index's own position too: one computed while it lagged SQL is not kept past it.
     head = indexes.changes.last_seq(row.id)
-    followed = live.applied if space.index.size > exact_max else 0
+    count = _count(items, row, space.index, listing.modality)
+    stored = _Stored(finder, items, listings, row, head, listing)
+    if count > exact_max and (page := stored.page(after)) is not None:
+        return page
+    followed = live.applied if count > exact_max else 0
     threshold = float(np.float32(listing.threshold))
     key: tuple[object, ...] = (row.id, space.epoch, space.aligner.version, head, followed)
     key += (exact_max, threshold, listing.modality)
-    pairs = finder.cached(key)
-    if pairs is None:
-        # Never wait for the gate: a waiting request holds a thread of the server's pool
-        # (the route is sync), and enough of them would stall every other sync route.
-        if not finder.gate.acquire(blocking=False):
-            raise QueueFull(
-                "another duplicates listing is being computed on this server; retry shortly "
-                "(pages of a listing already computed are answered at once)"
-            )
-        try:
-            pairs = finder.cached(key)
-            if pairs is None:
-                clock = _Deadline(row.name, deadline_s, time.monotonic() + deadline_s)
-                pairs = _compute(
-                    items, row, space.aligner, space.index, exact_max, listing, clock.check
-                )
-                finder.keep(key, pairs)
-        finally:
-            finder.gate.release()
+    try:
+        pairs = _computed(
+            finder,
+            key,
+            row,
+            lambda check: _compute(
+                items, row, space.aligner, space.index, count, exact_max, listing, check
+            ),
+            deadline_s,
+        )
+    except TooLarge as exc:
+        # A deadline met by a small collection: a job's listing answers it too.
+        if (page := stored.page(after)) is not None:
+            return page
+        raise TooLarge(f"{exc}; or {job_to_post(row.name, listing)}") from exc
     if pairs.truncated:  # a last page of a cut listing would look complete
         raise InvalidInput(
             f"more than {MAX_PAIRS} pairs in collection {row.name!r} are at least "
@@ -150,6 +163,114 @@ def duplicates(
             "(duplicates score above the default, 0.98), or ask for one modality"
         )
     return _page(items, row, pairs, after, listing.limit)
+
+
+def job_to_post(name: str, listing: Listing) -> str:
+    """What a client posts to have a listing computed in the background."""
+    body: dict[str, object] = {"type": "duplicates", "collection": name}
+    body["threshold"] = listing.threshold
+    if listing.modality is not None:
+        body["modality"] = listing.modality
+    return (
+        f"list them in the background: POST /v1/jobs {json.dumps(body)}, then ask again "
+        "once GET /v1/jobs/{id} says succeeded (pages then come from its stored listing)"
+    )
+
+
+def _computed(
+    finder: DuplicateFinder,
+    key: tuple[object, ...],
+    row: CollectionRow,
+    compute: Callable[[Callable[[], None]], Pairs],
+    deadline_s: float,
+) -> Pairs:
+    """The listing kept for ``key``, or computed now within the deadline and kept."""
+    pairs = finder.cached(key)
+    if pairs is not None:
+        return pairs
+    # Never wait for the gate: a waiting request holds a thread of the server's pool
+    # (the route is sync), and enough of them would stall every other sync route.
+    if not finder.gate.acquire(blocking=False):
+        raise QueueFull(
+            "another duplicates listing is being computed on this server; retry shortly "
+            "(pages of a listing already computed are answered at once)"
+        )
+    try:
+        pairs = finder.cached(key)
+        if pairs is None:
+            clock = _Deadline(row.name, deadline_s, time.monotonic() + deadline_s)
+            pairs = compute(clock.check)
+            finder.keep(key, pairs)
+        return pairs
+    finally:
+        finder.gate.release()
+
+
+def _count(items: ItemStore, row: CollectionRow, index: VectorIndex, modality: str | None) -> int:
+    """Vectors a listing compares: the index's, or those of items of one modality."""
+    if modality is None:
+        return index.size
+    return len(items.matching_pks(collection_id=row.id, modalities=[modality], filters=None))
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """Pages from the newest listing a duplicates job stored that covers a request."""
+
+    finder: DuplicateFinder
+    items: ItemStore
+    listings: ListingStore
+    row: CollectionRow
+    head: int
+    listing: Listing
+
+    def page(self, after: tuple[float, int, int] | None) -> DuplicatePage | None:
+        threshold = float(np.float32(self.listing.threshold))
+        modality = self.listing.modality
+        info = self.listings.newest(
+            collection_id=self.row.id, modality=modality, threshold=threshold
+        )
+        if info is None:
+            return None
+        # Kept per collection state: items deleted since (or of another modality) are left
+        # out before paging, so pages stay full.
+        key: tuple[object, ...] = ("stored", info.job_id, self.head, threshold, modality)
+        pairs = self.finder.cached(key)
+        if pairs is None:
+            raw = self.listings.pairs(info.job_id)
+            if raw is None:  # replaced by a newer listing just now
+                return None
+            pairs = self._current(Pairs.from_bytes(raw), threshold, modality)
+            self.finder.keep(key, pairs)
+        page = _page(self.items, self.row, pairs, after, self.listing.limit)
+        page.stored = StoredListing(
+            job_id=info.job_id,
+            computed_at=info.computed_at,
+            threshold=float(str(np.float32(info.threshold))),  # 0.98, not 0.98000001
+            modality=info.modality,
+            change_seq=info.change_seq,
+            stale=_stale(info, self.row, self.head),
+        )
+        return page
+
+    def _current(self, pairs: Pairs, threshold: float, modality: str | None) -> Pairs:
+        live = self.items.matching_pks(
+            collection_id=self.row.id,
+            modalities=None if modality is None else [modality],
+            filters=None,
+        )
+        keep = (pairs.scores >= np.float32(threshold)) & np.isin(pairs.left, live)
+        return pairs.where(keep & np.isin(pairs.right, live))
+
+
+def _stale(info: ListingInfo, row: CollectionRow, head: int) -> bool:
+    """Whether the collection changed since the listing: items written or deleted, or its
+    vectors made by another model or aligner version."""
+    return (
+        info.change_seq != head
+        or info.model != row.model
+        or info.aligner_version != row.aligner_version
+    )
 
 
 @dataclass(frozen=True)
@@ -162,7 +283,7 @@ class _Deadline:
 
     def check(self) -> None:
         if time.monotonic() > self.ends:
-            raise InvalidInput(
+            raise TooLarge(
                 f"listing the duplicates of collection {self.name!r} took more than "
                 f"{self.seconds:g} s, the most this server gives one listing: ask for one "
                 "modality (modality=image) if it holds several, or ask the operator to raise "
@@ -175,23 +296,19 @@ def _compute(
     row: CollectionRow,
     aligner: Aligner,
     index: VectorIndex,
+    count: int,
     exact_max: int,
     listing: Listing,
     check: Callable[[], None],
 ) -> Pairs:
-    count = index.size
-    if listing.modality is not None:  # only its items are compared
-        count = len(
-            items.matching_pks(collection_id=row.id, modalities=[listing.modality], filters=None)
-        )
     exact_work = max(exact_max, 1) ** 2 / 2
     if count <= exact_max:
-        return _exact(items, row, aligner, listing, check)
+        return exact(items, row, aligner, listing.threshold, listing.modality, check)
     work = count * index.scan_size(NEIGHBOURS + 1)
     budget = MAX_WORK * exact_work
     if work > budget:
         flat = ", or reindex it as hnsw or ivf" if index.spec.type == "flat" else ""
-        raise InvalidInput(
+        raise TooLarge(
             f"collection {row.name!r} holds {count} vectors to compare in a "
             f"{index.spec.type} index: listing their duplicates would take about {work:.2g} "
             f"comparisons, more than this server gives one listing ({budget:.2g}): ask for "
@@ -219,27 +336,39 @@ def _whole(vectors: np.ndarray) -> np.ndarray:
     return l2_normalize(mean.astype(np.float32))[0]
 
 
-def _exact(
+PairsOf = Callable[[np.ndarray, float], Pairs]
+
+
+def exact(
     items: ItemStore,
     row: CollectionRow,
     aligner: Aligner,
-    listing: Listing,
+    threshold: float,
+    modality: str | None,
     check: Callable[[], None],
+    pairs_of: PairsOf | None = None,
 ) -> Pairs:
+    """Every pair of the collection's items (of ``modality``, or all) at least ``threshold``
+    alike, the best MAX_PAIRS: single vectors by ``pairs_of`` (all_pairs by default),
+    recordings as wholes of durations that agree. ``check`` is called between chunks of
+    items read and blocks of work."""
+    if pairs_of is None:
+
+        def pairs_of(matrix: np.ndarray, floor: float) -> Pairs:
+            return all_pairs(matrix, floor, cap=MAX_PAIRS, between=check)
+
     singles: dict[str, _Group] = defaultdict(_Group)
     clips: dict[str, _Group] = defaultdict(_Group)
-    for chunk, vectors in _stored(items, row, aligner, listing.modality, check):
+    for chunk, vectors in _stored(items, row, aligner, modality, check):
         for stored, matrix in zip(chunk, vectors, strict=True):
             group = singles if len(matrix) == 1 else clips
             group[stored.modality].pks.append(stored.pk)
             group[stored.modality].vectors.append(matrix[0] if len(matrix) == 1 else _whole(matrix))
     found = [
-        all_pairs(g.matrix(row.dim), listing.threshold, cap=MAX_PAIRS, between=check).keyed(
-            np.array(g.pks, dtype=np.int64)
-        )
+        pairs_of(g.matrix(row.dim), threshold).keyed(np.array(g.pks, dtype=np.int64))
         for g in singles.values()
     ]
-    found += [_clip_pairs(items, row, g, listing.threshold, check) for g in clips.values()]
+    found += [_clip_pairs(items, row, g, threshold, check) for g in clips.values()]
     return _merged(found)
 
 
@@ -317,7 +446,7 @@ def _through_index(
     found = _fold(found, hits, listing.threshold)
     recordings = {pk for g in clips.values() for pk in g.pks}
     if sum(len(g.pks) ** 2 // 2 for g in clips.values()) > budget:
-        raise InvalidInput(
+        raise TooLarge(
             f"collection {row.name!r} holds too many recordings of several segments to "
             "compare them all as whole clips on this server; ask for another modality "
             "(modality=image), or ask the operator to raise MMR_DUPLICATES_EXACT_MAX"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.schemas.jobs import (
+    DuplicatesJobCreate,
     FinetuneJobCreate,
     JobList,
     JobPublic,
@@ -47,7 +48,7 @@ def create_job(
     collections: CollectionStore,
     jobs: JobStore,
     wakeup: threading.Event,
-    body: FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate,
+    body: FinetuneJobCreate | ReindexJobCreate | MigrateJobCreate | DuplicatesJobCreate,
     rollback: bool = False,
 ) -> JobPublic:
     """Queue a job for an existing collection (404 when there is none, 429 when the queue is

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sqlalchemy import text
+from sqlalchemy import inspect, text
 
 from index.db import downgrade, make_engine, make_sessionmaker, migrate
 from index.stores import Stores
@@ -68,5 +68,24 @@ def test_the_positions_table_comes_and_goes_with_its_revision(database_url: str)
             assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0005"
         migrate(engine)
         assert Stores.over(make_sessionmaker(engine)).changes.slowest(1, excluding="q") is None
+    finally:
+        engine.dispose()
+
+
+def test_the_duplicate_listings_table_comes_and_goes_with_its_revision(database_url: str) -> None:
+    engine = make_engine(database_url)
+    try:
+        migrate(engine)
+        downgrade(engine, "0008")
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0008"
+            assert "duplicate_listings" not in inspect(conn).get_table_names()
+        migrate(engine)
+        with engine.connect() as conn:
+            assert "duplicate_listings" in inspect(conn).get_table_names()
+            keys = inspect(conn).get_foreign_keys("duplicate_listings")
+        assert [(k["referred_table"], k["options"].get("ondelete")) for k in keys] == [
+            ("collections", "CASCADE")
+        ]
     finally:
         engine.dispose()

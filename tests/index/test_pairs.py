@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from index.pairs import Pairs, all_pairs, candidate_pairs
+from index.pairs import Pairs, all_pairs, candidate_pairs, range_pairs
 from index.vector_index import VectorIndex
 
 
@@ -148,3 +148,51 @@ def test_search_many_gives_each_querys_nearest_items() -> None:
     index.remove(np.array([101]))
     keys, _ = index.search_many(rows[:2], 5, allowed=np.array([100, 101, 102]))
     assert [sorted(k[k >= 0].tolist()) for k in keys] == [[100, 102], [100, 102]]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(0, 70),
+    block=st.integers(1, 16),
+    threshold=st.floats(0.0, 0.99),
+)
+def test_range_pairs_are_all_pairs(seed: int, n: int, block: int, threshold: float) -> None:
+    """FAISS's range search, a block of rows against the rows from its own on: the pairs
+    (and their order) all_pairs finds, each once, never an item with itself."""
+    rows = unit_rows(seed, n, 8, copies=n // 4)
+    got = range_pairs(rows, threshold, cap=10_000, block=block)
+    want = all_pairs(rows, threshold, cap=10_000)
+    assert_ordered(got)
+    # FAISS and numpy may round a product differently: only pairs on the edge may differ.
+    edge = 1e-5
+    mine, theirs = as_dict(got), as_dict(want)
+    assert {p for p, s in theirs.items() if s >= threshold + edge} <= set(mine)
+    assert {p for p, s in mine.items() if s >= threshold + edge} <= set(theirs)
+    assert all(abs(s - theirs[p]) <= edge for p, s in mine.items() if p in theirs)
+    assert not got.truncated
+
+
+def test_range_pairs_keep_the_best_cap_and_count_the_work() -> None:
+    rows = unit_rows(3, 300, 16, copies=60)
+    calls: list[tuple[int, int]] = []
+    got = range_pairs(
+        rows, 0.0, cap=50, block=64, between=lambda done, total: calls.append((done, total))
+    )
+    want = all_pairs(rows, 0.0, cap=50)
+    assert got.truncated and len(got) == 50
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+    assert [t for _, t in calls] == [300 * 299 // 2] * 5
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    assert calls[-1][0] == 300 * 299 // 2
+
+
+def test_pairs_round_trip_through_bytes() -> None:
+    rows = unit_rows(5, 40, 8, copies=10)
+    pairs = all_pairs(rows, 0.3, cap=1000).keyed(np.arange(40, dtype=np.int64) * 2**40)
+    back = Pairs.from_bytes(pairs.to_bytes())
+    assert len(pairs.to_bytes()) == 20 * len(pairs)
+    assert back.left.tolist() == pairs.left.tolist()
+    assert back.right.tolist() == pairs.right.tolist()
+    assert back.scores.tolist() == pairs.scores.tolist()
+    assert len(Pairs.from_bytes(Pairs.empty().to_bytes())) == 0
