@@ -164,8 +164,9 @@ class Ranked:
 # cannot serve both kinds of query: the lexical score r/(1+r) saturates, so an item
 # holding three common words of the query scores nearly as high as the one holding its
 # rare product code, and a weight that lets the code win lets common words outvote the
-# cosine of a paraphrase. bench/hybrid.py measured fixed weights, reciprocal rank fusion
-# and min-max ("relative score") fusion against this on a dev seed (docs/search.md).
+# cosine of a paraphrase. Fixed weights, min-max ("relative score") fusion and others were
+# compared with it on dev seeds 7 and 5 (docs/search.md, "How it was chosen");
+# bench/hybrid.py measures it and reciprocal rank fusion on seed 11.
 HYBRID_DEPTH = 100
 
 
