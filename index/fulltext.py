@@ -92,6 +92,28 @@ def search(
     return [(int(pk), relevance_to_score(r)) for pk, r in rows]
 
 
+def specificity(session: Session, *, query: str, collection_id: int) -> float:
+    """How specific the query's rarest word is in the collection, in [0, 1]: the largest
+    idf of the query's terms that at least one of the collection's items holds, over the
+    idf of a term that exactly one item holds (the most an idf can be). 1 for a product
+    code only one item has, near 0 for words most items have; 0 when no term is held."""
+    terms = terms_of(query)
+    if not terms:
+        return 0.0
+    size, counts = _counts(session, collection_id, terms)
+    held = [_bm25_idf(size, n) for n in counts if n > 0]
+    if not held:
+        return 0.0
+    most = _bm25_idf(size, 1)
+    return min(1.0, max(held) / most) if most > 0 else 1.0
+
+
+def _bm25_idf(size: int, n: int) -> float:
+    """ln(1 + (N - n + 0.5) / (n + 0.5)): BM25's idf of a term n of N items hold (never
+    below 0)."""
+    return math.log(1 + max(0.0, size - n + 0.5) / (n + 0.5))
+
+
 def _sqlite_match(collection_id: int, terms: list[str]) -> str:
     """An FTS5 query: the collection's token, and any of the terms in text or metadata."""
     # A phrase in double quotes is only ever tokens (a quote inside is doubled): no
@@ -152,6 +174,12 @@ def _idf(session: Session, collection_id: int, terms: list[str]) -> list[float]:
     ln(1 + (N - n + 0.5) / (n + 0.5)), n the collection's items holding the term (Postgres'
     ts_rank knows no document frequency, so a rare product code would count no more than
     "the"; SQLite's bm25() counts every collection's items)."""
+    size, counts = _counts(session, collection_id, terms)
+    return [_bm25_idf(size, n) for n in counts]
+
+
+def _counts(session: Session, collection_id: int, terms: list[str]) -> tuple[int, list[int]]:
+    """The collection's item count, and how many of its items hold each term."""
     mine = ItemRow.collection_id == collection_id
     params: dict[str, Any]
     if session.get_bind().dialect.name == "postgresql":
@@ -168,8 +196,7 @@ def _idf(session: Session, collection_id: int, terms: list[str]) -> list[float]:
         params = {f"m{n}": _sqlite_match(collection_id, [t]) for n, t in enumerate(terms)}
     total = select(func.count()).where(mine).scalar_subquery()
     found = session.execute(select(total, *counts), params).one()
-    size = int(found[0])
-    return [math.log(1 + (size - int(n) + 0.5) / (int(n) + 0.5)) for n in found[1:]]
+    return int(found[0]), [int(n) for n in found[1:]]
 
 
 def _postgres(terms: list[str], idf: list[float]) -> tuple[Any, dict[str, Any]]:

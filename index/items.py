@@ -529,6 +529,12 @@ class ItemStore:
                 )
         return sorted(found, key=lambda hit: (-hit[1], hit[0]))[:limit]
 
+    def specificity(self, *, collection_id: int, query: str) -> float:
+        """How specific the query's rarest word is in the collection, in [0, 1]
+        (index.fulltext.specificity): hybrid search's lexical weight follows it."""
+        with self.sessions() as session:
+            return fulltext.specificity(session, query=query, collection_id=collection_id)
+
     def tagged(self, *, collection_id: int, key: str) -> list[tuple[int, str]]:
         """(item key, canonical JSON value) of every item with a scalar under ``key``."""
         if not storable(key):

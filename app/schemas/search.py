@@ -20,14 +20,20 @@ MAX_FILTER_VALUES = 1000
 MAX_FILTER_VALUES_TOTAL = 4000
 MAX_FILTER_VALUE_CHARS = 1024
 
-# Hybrid's score: VECTOR_WEIGHT x the cosine + (1 - VECTOR_WEIGHT) x the lexical score
-# (app/services/search.py blends; bench/hybrid.py chose the weight).
-VECTOR_WEIGHT = 0.3
-HYBRID_SCORE = f"{VECTOR_WEIGHT} x cosine + {1 - VECTOR_WEIGHT:.1f} x lexical score"
+# Hybrid's score: (1 - w) x the cosine + w x the lexical score, the lexical weight w =
+# MAX_LEXICAL_WEIGHT x s^2, s the specificity of the query's rarest word in the collection
+# (its idf over the idf of a word one item holds). app/services/search.py blends;
+# bench/hybrid.py measured the rule (docs/search.md).
+MAX_LEXICAL_WEIGHT = 0.9
+HYBRID_SCORE = (
+    "(1 - w) x cosine + w x lexical score, w = "
+    f"{MAX_LEXICAL_WEIGHT} x s^2, s in [0, 1] how rare the query's rarest matching word is "
+    "in the collection (1: one item holds it)"
+)
 MIN_SCORE_DESCRIPTION = (
     "no result scored below this, in the mode's score: cosine (-1 to 1) in vector mode, "
     "r/(1+r) of the text relevance r (0 to 1) in lexical mode, "
-    f"{HYBRID_SCORE} (-{VECTOR_WEIGHT} to 1) in hybrid mode"
+    f"{HYBRID_SCORE} (-1 to 1) in hybrid mode"
 )
 MODE_DESCRIPTION = (
     "vector: nearest in the embedding space; lexical: full-text match of the query's words "

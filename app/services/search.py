@@ -12,7 +12,7 @@ import numpy as np
 
 from app.schemas.search import (
     MAX_K,
-    VECTOR_WEIGHT,
+    MAX_LEXICAL_WEIGHT,
     SearchHit,
     SearchOptions,
     SearchRequest,
@@ -134,7 +134,8 @@ def search(
             lexical = dict(_lexical(items, row, words, constraints, deep))
             # Each side's figure for the items only the other side found: exact, not 0.
             lexical |= _lexical(items, row, words, constraints, deep, near.pks() - lexical.keys())
-            ranked = blend(near.hits + near.cosines(lexical.keys() - near.pks()), lexical)
+            weight = lexical_weight(items.specificity(collection_id=row.id, query=words))
+            ranked = blend(near.hits + near.cosines(lexical.keys() - near.pks()), lexical, weight)
     hits = ranked[constraints.offset : depth]
     if constraints.min_score is not None:
         hits = [h for h in hits if h.score >= constraints.min_score]
@@ -156,26 +157,39 @@ class Ranked:
     segment: int = 0
 
 
-# Hybrid's score (VECTOR_WEIGHT: app/schemas/search.py, where the API describes it), over
-# the union of the vector and the lexical top HYBRID_DEPTH (an item found by one side only
-# gets the other side's exact figure too: its cosine, its lexical score, 0 when no word of
-# the query is in it). bench/hybrid.py chose the weight and measured reciprocal rank fusion
-# (k=60) against it: on the exact-token set the fused rank put a near paraphrase of the
-# caption before the item whose code the query names in a third of the queries.
+# Hybrid's score, over the union of the vector and the lexical top HYBRID_DEPTH (an item
+# found by one side only gets the other side's exact figure too: its cosine, its lexical
+# score, 0 when no word of the query is in it): (1 - w) x cosine + w x lexical score, the
+# weight w per query from how specific its rarest word is (lexical_weight). A fixed weight
+# cannot serve both kinds of query: the lexical score r/(1+r) saturates, so an item
+# holding three common words of the query scores nearly as high as the one holding its
+# rare product code, and a weight that lets the code win lets common words outvote the
+# cosine of a paraphrase. Fixed weights, min-max ("relative score") fusion and others were
+# compared with it on dev seeds 7 and 5 (docs/search.md, "How it was chosen");
+# bench/hybrid.py measures it and reciprocal rank fusion on seed 11.
 HYBRID_DEPTH = 100
 
 
-def blend(vector: list[Ranked], lexical: dict[int, float]) -> list[Ranked]:
-    """Items scored VECTOR_WEIGHT x cosine + (1 - VECTOR_WEIGHT) x lexical score, best
-    first (ties: the older item first). ``vector`` holds the cosines; an item of
-    ``lexical`` without one (not in this process's index yet) counts a cosine of 0, an item
-    missing from ``lexical`` a lexical score of 0."""
+def lexical_weight(specificity: float) -> float:
+    """Hybrid's lexical weight for a query whose rarest matching word has this
+    specificity (index.fulltext.specificity, in [0, 1]): MAX_LEXICAL_WEIGHT x s^2. A word
+    only one item holds leans the blend on the words (0.9); words half the items hold
+    barely move the cosine's order. Anything outside [0, 1] is held to it, NaN to 0."""
+    s = 0.0 if math.isnan(specificity) else min(1.0, max(0.0, specificity))
+    return MAX_LEXICAL_WEIGHT * s * s
+
+
+def blend(vector: list[Ranked], lexical: dict[int, float], weight: float) -> list[Ranked]:
+    """Items scored (1 - weight) x cosine + weight x lexical score, best first (ties: the
+    older item first). ``vector`` holds the cosines; an item of ``lexical`` without one
+    (not in this process's index yet) counts a cosine of 0, an item missing from
+    ``lexical`` a lexical score of 0."""
     cosine = {h.pk: h for h in vector}
     scored = [
         Ranked(
             pk,
-            VECTOR_WEIGHT * (cosine[pk].score if pk in cosine else 0.0)
-            + (1 - VECTOR_WEIGHT) * lexical.get(pk, 0.0),
+            (1 - weight) * (cosine[pk].score if pk in cosine else 0.0)
+            + weight * lexical.get(pk, 0.0),
             cosine[pk].segment if pk in cosine else 0,
         )
         for pk in cosine.keys() | lexical.keys()

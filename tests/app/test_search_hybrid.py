@@ -5,6 +5,7 @@ hybrid blends the cosine and the lexical score with a documented weight."""
 from __future__ import annotations
 
 import json
+import math
 import signal
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from app.main import create_app
 from app.schemas.common import MAX_TEXT_CHARS
-from app.schemas.search import VECTOR_WEIGHT
+from app.schemas.search import MAX_LEXICAL_WEIGHT
 from app.services import search as search_service
 from app.settings import Settings
 from index import items as items_module
@@ -131,14 +132,26 @@ def test_metadata_postgres_cannot_read_as_text_leaves_the_text_searchable(
 def blended(
     client: TestClient, name: str, text: str | None = None, **body: object
 ) -> dict[str, float]:
-    """Every item's hybrid score as documented, from the vector and lexical modes' own."""
+    """Every item's hybrid score as documented, from the vector and lexical modes' own and
+    the weight the query's rarest word gives (docs/search.md)."""
     query = {"text": text} if text is not None else {}
+    words = text or words_of(body)
     cosine = scores(search(client, name, **query, **body, k=1000))
-    lexical = scores(search(client, name, text=text or words_of(body), mode="lexical", k=1000))
-    return {
-        item: VECTOR_WEIGHT * cosine[item] + (1 - VECTOR_WEIGHT) * lexical.get(item, 0.0)
-        for item in cosine
-    }
+    lexical = scores(search(client, name, text=words, mode="lexical", k=1000))
+    w = documented_weight(client, name, words)
+    return {item: (1 - w) * cosine[item] + w * lexical.get(item, 0.0) for item in cosine}
+
+
+def documented_weight(client: TestClient, name: str, words: str) -> float:
+    """0.9 x s^2, s the largest idf of the words some item holds over the idf of a word one
+    item holds; idf = ln(1 + (N - n + 0.5) / (n + 0.5)), counted with lexical searches."""
+    size = len(search(client, name, text=words, k=1000)["results"])
+    held = [len(lexical(client, name, word, k=1000)) for word in dict.fromkeys(words.split())]
+    idf = [math.log(1 + (size - n + 0.5) / (n + 0.5)) for n in held if n]
+    if not idf:
+        return 0.0
+    s = max(idf) / math.log(1 + (size - 1 + 0.5) / 1.5)
+    return MAX_LEXICAL_WEIGHT * s * s
 
 
 def scores(result: dict) -> dict[str, float]:  # type: ignore[type-arg]
@@ -380,7 +393,7 @@ def test_the_documented_scores_are_the_ones_computed(client: TestClient) -> None
     spec = client.get("/openapi.json").json()
     form = spec["paths"]["/v1/collections/{name}/search"]["post"]["requestBody"]["content"]
     assert "2/61" not in json.dumps(form) and "reciprocal" not in json.dumps(form)
-    weights = f"{VECTOR_WEIGHT} x cosine + {1 - VECTOR_WEIGHT:.1f} x lexical score"
+    weights = f"(1 - w) x cosine + w x lexical score, w = {MAX_LEXICAL_WEIGHT} x s^2"
     as_json = form["application/json"]["schema"]["properties"]
     as_form = form["multipart/form-data"]["schema"]["properties"]
     for field in (as_json["min_score"], as_json["mode"], as_form["min_score"], as_form["mode"]):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Any
 
 import pytest
@@ -193,3 +194,34 @@ def test_another_collection_changes_neither_results_nor_scores(engine: Engine) -
     ]
     stores.items.upsert_many(collection_id=other.id, drafts=drafts)
     assert found() == before
+
+
+def specificity(stores: Stores, collection_id: int, query: str) -> float:
+    return stores.items.specificity(collection_id=collection_id, query=query)
+
+
+def test_specificity_is_the_rarest_held_words_idf_over_the_most_an_idf_can_be(
+    engine: Engine,
+) -> None:
+    stores = Stores.over(make_sessionmaker(engine))
+    row = new_collection(stores)
+    assert specificity(stores, row.id, "anything") == 0.0  # an empty collection: no NaN
+    for n in range(8):
+        code = " XJ-4821" if n == 3 else ""
+        write(stores, row.id, f"i{n}", f"a red cup{code}" if n < 4 else f"a blue cup {n}")
+    other = new_collection(stores, name="other")
+    write(stores, other.id, "i0", "XJ-4821 here, and red there")
+
+    def idf(n: int) -> float:
+        return math.log(1 + (8 - n + 0.5) / (n + 0.5))
+
+    assert specificity(stores, row.id, "XJ-4821") == 1.0  # one item of eight holds it
+    assert specificity(stores, row.id, "red cup XJ-4821") == 1.0  # the rarest decides
+    assert specificity(stores, row.id, "red") == pytest.approx(idf(4) / idf(1))
+    assert specificity(stores, row.id, "red cup") == pytest.approx(idf(4) / idf(1))
+    assert specificity(stores, row.id, "cup") == pytest.approx(idf(8) / idf(1))
+    # words no item holds count for nothing: not the highest idf of all
+    assert specificity(stores, row.id, "cup zzyzx") == pytest.approx(idf(8) / idf(1))
+    assert specificity(stores, row.id, "zzyzx") == 0.0
+    assert specificity(stores, row.id, "  ?! ") == 0.0
+    assert specificity(stores, other.id, "red") == 1.0  # each collection its own counts
