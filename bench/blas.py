@@ -25,15 +25,22 @@ def _getter(setter: str) -> str:
 
 
 def _openblas() -> tuple[ctypes.CDLL, str] | None:
-    import numpy  # noqa: F401  (loads its OpenBLAS)
+    """numpy's own OpenBLAS: FAISS' wheel loads another one into the process, and setting
+    that one's threads leaves numpy's as they were."""
+    import numpy  # (loads its OpenBLAS)
 
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
         return None
-    paths = dict.fromkeys(
-        line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line
-    )
+    home = str(Path(numpy.__file__).resolve().parent)  # numpy/ and numpy.libs/ beside it
+    paths = [
+        path
+        for path in dict.fromkeys(
+            line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line
+        )
+        if path.startswith(home)
+    ]
     for path in paths:
         try:
             lib = ctypes.CDLL(path)

@@ -97,4 +97,4 @@ class IndexSpec:
         if self.type == "ivf":
             code = {"flat": 4 * dim, "sq8": dim, "pq": self.pq_m}[self.quantizer]
             return code + 8 + label  # + the id stored in the inverted list
-        return 4 * dim + label
+        return 4 * dim + 2 * dim + label  # float32 vectors + the float16 copy scanned

@@ -8,6 +8,11 @@ label to its vector id, or to ``DEAD`` once deleted. Deleting masks labels, whic
 every index type (HNSW graphs cannot remove nodes); flat and IVF indexes are compacted once
 a quarter of them is dead, HNSW by a reindex. An IVF index searches exactly until it holds
 enough vectors to train its lists on the collection's own data.
+
+A flat index answers one query by scanning a float16 copy of its vectors (half the bytes
+of memory to stream, which is what bounds an exhaustive scan), then rescoring the
+candidates from the float32 vectors: ids and scores are those of an exact float32 search
+(see :meth:`VectorIndex._scan_exact`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ SELECTIVE_SHARE = 0.02
 TRAIN_POINTS_PER_LIST = 64
 TRAIN_ITERATIONS = 10
 PARALLEL_ADD = 1024  # adds at least this large use the build threads
+# A float16 copy of x differs from x by at most 2**-11 of each component rounded to
+# nearest (2**-10 truncated: the bound used, whichever way FAISS rounds), so a float16
+# score is within 2**-10 * |x| * |q| of the float32 one, plus the float32 sums' own
+# rounding (at most dim * 2**-24 * |x| * |q| for each of the two).
+HALF_ROUNDING = 2.0**-10
+SUM_ROUNDING = 2.0**-24
+HALF_MAX_NORM = 1e4  # float16 overflows past 65504: such vectors are scanned in float32
+RESCORE_EXTRA = 32  # candidates rescored beyond k on the first try
 FORMAT = b"MMR-VECTOR-INDEX 1\n"
 
 _threads = {"search": 1, "build": 0}
@@ -118,6 +131,8 @@ class VectorIndex:
         self._writes = 0  # bumps invalidate the cached live bitmap
         self._live_bits: tuple[int, np.ndarray] | None = None
         self._index = self._empty()
+        self._half: Any = self._empty_half()  # flat only: the float16 copy scanned
+        self._max_norm = 0.0  # of every vector added (bounds the float16 error)
 
     def _reset(self) -> None:
         """Forget every label (the FAISS index is replaced alongside)."""
@@ -133,6 +148,13 @@ class VectorIndex:
             graph.hnsw.efConstruction = self.spec.ef_construction
             return graph
         return faiss.IndexFlatIP(self.dim)  # flat, and an IVF until it is trained
+
+    def _empty_half(self) -> Any:
+        if self.spec.type != "flat":
+            return None
+        return faiss.IndexScalarQuantizer(
+            self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+        )
 
     # -- counts ----------------------------------------------------------------------------
     @property
@@ -246,6 +268,11 @@ class VectorIndex:
                 self._index.add_with_ids(matrix, np.arange(start, start + count, dtype=np.int64))
             else:
                 self._index.add(matrix)  # flat and HNSW number vectors in insertion order
+            if self._half is not None:
+                self._half.add(matrix)
+        if count and self._half is not None:
+            norms = np.sqrt(np.einsum("ij,ij->i", matrix, matrix, dtype=np.float64))
+            self._max_norm = max(self._max_norm, float(norms.max()))
         self._labels[start : start + count] = ids
         self._n += count
         self._live += count
@@ -274,6 +301,7 @@ class VectorIndex:
         else:  # flat: rebuild from the live rows, labels renumbered
             ids, vectors = self._live_rows()
             self._index = self._empty()
+            self._half = self._empty_half()
             self._reset()
             self._append(ids, vectors)
         self._dead = 0
@@ -402,8 +430,42 @@ class VectorIndex:
             params = faiss.SearchParameters()
         if selector is not None:
             params.sel = selector
+        if self._half is not None and len(q) == 1 and self._max_norm < HALF_MAX_NORM:
+            return self._scan_exact(q, fetch, params)
         scores, labels = index.search(q, fetch, params=params)
         return scores, labels
+
+    def _scan_exact(self, q: np.ndarray, fetch: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
+        """One query's exact top ``fetch`` labels of a flat index, (1, fetch) like FAISS's:
+        the float16 copy proposes candidates, the float32 vectors score them.
+
+        Every vector left out scores at most the last candidate's float16 score plus the
+        float16 error bound; once the ``fetch``-th rescored candidate reaches that, nothing
+        left out can beat it. Otherwise more candidates are rescored."""
+        n = self._n
+        stored = _stored(self._index, n, self.dim)
+        query = q[0]
+        q_norm = float(np.linalg.norm(query.astype(np.float64)))
+        bound = (HALF_ROUNDING + 2 * self.dim * SUM_ROUNDING) * self._max_norm * q_norm
+        bound += 2 * self.dim * 2.0**-24 * float(np.abs(query).max())  # subnormal halves
+        want = fetch + RESCORE_EXTRA
+        while True:
+            take = min(want, n)
+            approx, found = self._half.search(q, take, params=params)
+            labels = found[0][found[0] >= 0]
+            exact = np.einsum("ij,j->i", stored[labels], query)  # a few rows: no BLAS threads
+            order = np.lexsort((labels, -exact))[:fetch]
+            complete = len(labels) < take or take >= n
+            if complete or (
+                len(order) == fetch and exact[order[-1]] >= approx[0][len(labels) - 1] + bound
+            ):
+                scores, top = exact[order], labels[order]
+                if len(top) < fetch:  # fewer than asked: padded as FAISS pads
+                    pad = fetch - len(top)
+                    scores = np.concatenate([scores, np.full(pad, -np.inf, np.float32)])
+                    top = np.concatenate([top, np.full(pad, -1, np.int64)])
+                return scores[None].astype(np.float32), top[None]
+            want *= 4
 
     def _hits(self, labels: np.ndarray, scores: np.ndarray) -> list[IndexHit]:
         vids = self._labels[labels]
@@ -473,9 +535,22 @@ class VectorIndex:
         out = cls(dim, saved)
         out._index = index
         out._labels, out._n = labels, len(labels)
+        if out._half is not None and out._n:  # derived: the float16 copy and the norm bound
+            stored = _stored(index, out._n, dim)
+            for start in range(0, out._n, 65536):
+                chunk = stored[start : start + 65536]
+                out._half.add(chunk)
+                norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64))
+                out._max_norm = max(out._max_norm, float(norms.max()))
         out._live, out._items = int(header["live"]), int(header["items"])
         out._dead, out._lists = int(header["dead"]), int(header["lists"])
         return out
+
+
+def _stored(index: Any, n: int, dim: int) -> np.ndarray:
+    """The float32 vectors of a flat FAISS index, (n, dim), viewed in place (no copy)."""
+    view: np.ndarray = faiss.rev_swig_ptr(index.get_xb(), n * dim)
+    return view.reshape(n, dim)
 
 
 def _best_per_item(ids: np.ndarray, scores: np.ndarray) -> list[IndexHit]:
