@@ -231,6 +231,9 @@ def _one_type(
     info = probe.client.get(f"/v1/collections/{NAME}").json()
     row["info"] = info
     served = str(info.get("index", {}).get("type", "?"))
+    if params["type"] == "auto":  # the server chose: what it serves is recorded, not checked
+        served = str(info.get("index_type", "?"))
+        row["served"] = {"type": info["index"]["type"], **info["index"].get("params", {})}
     if served != params["type"]:
         return _skip(row, f"server serves a {served!r} index, not {params['type']!r}", log, n)
     builds.setdefault(name, []).append((n, row["build_s"]))

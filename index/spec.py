@@ -32,11 +32,13 @@ POINTS_PER_LIST = 39
 PQ_TRAIN_MIN = 256 * POINTS_PER_LIST
 
 # ``auto``: exact search up to this many vectors, HNSW above. Chosen by measurement on the
-# 2-core AMD EPYC these figures come from (docs/index-types.md, "auto"): a flat search of
-# 10,000 512-d vectors took 0.56 ms in process (20,000: 2.1 ms; 50,000: 9.5 ms), under
-# 1.5 ms p50 over HTTP with its ~0.8 ms floor, leaving room for a busy machine. Raise it
-# when flat search gets faster; existing collections move at their next reindex.
-AUTO_EXACT_MAX = 10_000
+# 2-core AMD EPYC of docs/performance.md: flat p50 over HTTP was 1.25 ms at 10,000 512-d
+# vectors and 8.6 ms at 100,000 (linear: ~2.1 ms at 20,000); in process, on the machine
+# loaded by other work (load 10 on 2 cores), 0.56 ms at 10,000, 2.1 ms at 20,000 and
+# 9.5 ms at 50,000. 20,000 keeps exact search well under the 5 ms p50 target, with room
+# for a busy machine. Raise it when flat search gets faster; a collection moves at its
+# next reindex (auto chooses again then).
+AUTO_EXACT_MAX = 20_000
 # An HNSW collection that shrinks under this share of the threshold goes back to exact
 # (hysteresis: a collection near the threshold does not flip on every write).
 AUTO_SHRINK_SHARE = 0.5
