@@ -88,6 +88,7 @@ class CollectionCreate(BaseModel):
         json_schema_extra={
             "examples": [
                 {"name": "photos"},
+                {"name": "scratch", "index": {"type": "flat"}},
                 {"name": "archive", "index": {"type": "ivf", "quantizer": "sq8"}},
                 {"name": "sketches", "model": "mmr-mini"},
             ]

@@ -167,3 +167,18 @@ def test_reindex_to_auto_and_away(client: TestClient) -> None:
     assert got["index_type"] == "flat" and got["index"]["type"] == "flat"
     services: Services = client.app.state.services  # type: ignore[attr-defined]
     assert autoindex.Retuner(services).check() == []
+
+
+def test_the_chosen_index_survives_a_restart(make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(job_poll_s=0.05)
+    for client in client_of(settings):
+        assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+        add_notes(client, "c", range(THRESHOLD + 5))
+        settled(client, "hnsw", jobs=1)
+    for client in client_of(settings):  # loaded from its snapshot as the spec SQL records
+        got = client.get("/v1/collections/c").json()
+        assert got["index_type"] == "auto" and got["index"]["type"] == "hnsw"
+        assert got["index"]["size"] == THRESHOLD + 5
+        assert top(client, "c", "note number 22 about 1 things", k=1) == ["n22"]
+        time.sleep(0.3)  # several checks: the index fits, nothing more is queued
+        assert len(jobs_of(client)) == 1
