@@ -10,6 +10,8 @@ import logging
 import time
 
 from app.state import Services
+from index.errors import NotFoundError
+from index.jobs import FAILED
 from index.spec import AUTO, auto_retune
 from index.tables import JobRow
 
@@ -17,8 +19,10 @@ log = logging.getLogger(__name__)
 
 RETUNE_EVERY_S = 2.0  # how often the API process looks at its auto indexes' sizes
 # After queueing a collection's reindex, wait this long before queueing another for it
-# (a failing job is not queued again every few seconds).
+# (a failing job is not queued again every few seconds), and this long after one of them
+# failed (a build that runs out of memory is not retried every minute).
 RETUNE_BACKOFF_S = 60.0
+RETUNE_FAILED_BACKOFF_S = 600.0
 
 
 class Retuner:
@@ -26,7 +30,7 @@ class Retuner:
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self._queued_at: dict[int, float] = {}
+        self._queued: dict[int, tuple[str, float]] = {}  # collection -> (job id, when)
 
     def check(self) -> list[JobRow]:
         """Queue the reindex jobs due now; the jobs queued. Reads each live index's counts
@@ -46,21 +50,36 @@ class Retuner:
             reason = auto_retune(
                 index.spec, vectors=index.vectors, deleted=index.deleted, dim=row.dim
             )
-            if reason is None or now - self._queued_at.get(row.id, -RETUNE_BACKOFF_S) < (
-                RETUNE_BACKOFF_S
-            ):
+            if reason is None or self._waiting(row.id, now):
                 continue
             jobs = services.stores.jobs
             if jobs.unfinished(collection_id=row.id) is not None:
                 continue  # a reindex, fine-tune or migration builds a new index anyway
+            if self._failed(row.id, now):
+                continue
             job = jobs.create(
                 type="reindex",
                 collection_id=row.id,
                 collection=row.name,
                 params={"index": None, "reason": f"auto index: {reason}"},
             )
-            self._queued_at[row.id] = now
+            self._queued[row.id] = (job.id, now)
             services.worker_wakeup.set()
             log.info("collection %s: queued reindex job %s (%s)", row.name, job.id, reason)
             queued.append(job)
         return queued
+
+    def _waiting(self, collection_id: int, now: float) -> bool:
+        """Whether this process queued the collection's last reindex too recently."""
+        queued = self._queued.get(collection_id)
+        return queued is not None and now - queued[1] < RETUNE_BACKOFF_S
+
+    def _failed(self, collection_id: int, now: float) -> bool:
+        """Whether the last reindex queued here failed less than the longer backoff ago."""
+        queued = self._queued.get(collection_id)
+        if queued is None or now - queued[1] >= RETUNE_FAILED_BACKOFF_S:
+            return False
+        try:
+            return self.services.stores.jobs.get(queued[0]).status == FAILED
+        except NotFoundError:
+            return False

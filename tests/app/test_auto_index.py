@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app import worker
 from app.main import create_app
 from app.services import autoindex
 from app.settings import Settings
@@ -29,6 +30,7 @@ def tiny_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spec_module, "AUTO_EXACT_MAX", THRESHOLD)
     monkeypatch.setattr(autoindex, "RETUNE_EVERY_S", 0.05)
     monkeypatch.setattr(autoindex, "RETUNE_BACKOFF_S", 0.0)
+    monkeypatch.setattr(autoindex, "RETUNE_FAILED_BACKOFF_S", 0.0)
 
 
 def client_of(settings: Settings) -> Iterator[TestClient]:
@@ -182,3 +184,22 @@ def test_the_chosen_index_survives_a_restart(make_settings: Callable[..., Settin
         assert top(client, "c", "note number 22 about 1 things", k=1) == ["n22"]
         time.sleep(0.3)  # several checks: the index fits, nothing more is queued
         assert len(jobs_of(client)) == 1
+
+
+def test_a_failed_reindex_is_not_queued_again_at_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(services: Services, ctx: Any) -> dict[str, Any]:
+        raise MemoryError("the build ran out of memory")
+
+    monkeypatch.setattr(autoindex, "RETUNE_FAILED_BACKOFF_S", 600.0)
+    monkeypatch.setitem(worker.HANDLERS, "reindex", fail)
+    assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+    add_notes(client, "c", range(THRESHOLD + 5))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [j["status"] for j in jobs_of(client)] != ["failed"]:
+        time.sleep(0.05)
+    time.sleep(0.5)  # ten more checks of the loop, each finding the index still too small
+    (job,) = jobs_of(client)
+    assert job["status"] == "failed" and "out of memory" in job["error"]
+    assert info(client, "c")["type"] == "flat"  # still served, exactly
