@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.logs import mask_url
 from app.memory import Trimmer
+from app.services import autoindex
 from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
 from app.services.pool import ModelPool
@@ -229,6 +230,13 @@ def _follow_loop(services: Services, stop: threading.Event) -> None:
         wakeup.close()
 
 
+def _retune_loop(services: Services, stop: threading.Event) -> None:
+    # ``auto`` indexes that outgrew their type get a reindex job (app.services.autoindex);
+    # a request never waits for the check or the build.
+    retuner = autoindex.Retuner(services)
+    run_resilient("auto index", retuner.check, stop, every=lambda: autoindex.RETUNE_EVERY_S)
+
+
 def _trim_loop(trimmer: Trimmer, stop: threading.Event) -> None:
     # Freed memory the allocator keeps after a burst goes back off the request path
     # (app.memory); the first trim gives back what loading and the precision probe freed.
@@ -261,6 +269,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target=_follow_loop, args=(services, stop), name="mmr-follow", daemon=True
     )
     follower.start()
+    retuner = threading.Thread(
+        target=_retune_loop, args=(services, stop), name="mmr-retune", daemon=True
+    )
+    retuner.start()
     trimmer = threading.Thread(
         target=_trim_loop, args=(Trimmer(), stop), name="mmr-trim", daemon=True
     )
@@ -276,6 +288,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         sweeper.join()
         trimmer.join()
         follower.join()
+        retuner.join()
         if worker is not None:
             worker.stop()
             worker_thread.join()

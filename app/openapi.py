@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse
 from app.auth import document_security
 from app.ids import HIDDEN, KEY_HIDDEN, MAX_ID_CHARS, MAX_KEY_CHARS
 from app.schemas.common import ItemId
-from index.spec import TYPE_FIELDS
+from index.spec import AUTO, TYPE_FIELDS
 
 # Swagger UI and ReDoc come from an installed package (fastapi-offline ships both bundles):
 # an air-gapped host shows the same pages, and no page loads anything from another host.
@@ -373,12 +373,13 @@ def _one_pair_source(finetune: dict[str, Any]) -> None:
 def _index_settings_per_type(settings: dict[str, Any]) -> None:
     """Each index type takes its own fields; pq_m only with the pq quantizer."""
     branches = []
-    for index_type, fields in TYPE_FIELDS.items():
+    types: dict[str, tuple[str, ...]] = {AUTO: (), **TYPE_FIELDS}
+    for index_type, fields in types.items():
         others = [f for t, names in TYPE_FIELDS.items() if t != index_type for f in names]
         branch: dict[str, Any] = {
             "properties": {"type": {"const": index_type}} | {f: {"type": "null"} for f in others}
         }
-        if index_type != "flat":  # flat is the default: the type may be left out
+        if index_type != AUTO:  # auto is the default: the type may be left out
             branch["required"] = ["type"]
         if "pq_m" in fields:
             branch["anyOf"] = [

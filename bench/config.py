@@ -22,6 +22,8 @@ PHASES = (
 
 # Index settings per benchmark type name (the collection's ``index`` body).
 INDEX_TYPES: dict[str, dict[str, Any]] = {
+    # The default: the server chooses the type and its settings from the size.
+    "auto": {"type": "auto"},
     "flat": {"type": "flat"},
     "hnsw": {"type": "hnsw", "m": 32, "ef_construction": 80, "ef_search": 64},
     "ivf": {"type": "ivf", "nlist": None, "nprobe": 16, "quantizer": "flat"},

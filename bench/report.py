@@ -29,6 +29,7 @@ NOTES = (
     "Quick mode (`--quick`) checks the plumbing with a tiny model; its numbers mean nothing.",
 )
 ANN_TARGET = {"recall": 0.95, "p50_ms": 2.0, "x_numpy": 50.0}
+AUTO_TARGET = {"recall": 0.95, "p50_ms": 5.0}  # the default type, at every size
 
 
 def _f(value: Any, spec: str = ".1f") -> str:
@@ -72,10 +73,13 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         n = max(r["n"] for r in rows)
         at_n = [r for r in rows if r["n"] == n]
         label = "1M" if n == 1_000_000 else f"n={n}"
-        out.append(_ann_target(label, [r for r in at_n if r["params"]["type"] != "flat"]))
+        explicit = [r for r in at_n if r["params"]["type"] not in ("flat", "auto")]
+        out.append(_ann_target(label, explicit))
         flat = [r for r in at_n if r["params"]["type"] == "flat"]
         recall = flat[0]["recall_at_10"] if flat else None
         out.append(_target(f"{label}: flat recall@10", "1.0", recall, 0.9999))
+        for r in (r for r in rows if r["params"]["type"] == "auto"):
+            out.append(_auto_target(r))
     if results.get("hostile"):
         out += _hostile_targets(results["hostile"])
     if results.get("replicas"):
@@ -118,6 +122,20 @@ def _target(name: str, want: str, value: float | None, floor: float) -> dict[str
         "target": want,
         "value": value,
         "pass": None if value is None else value >= floor,
+    }
+
+
+def _auto_target(r: dict[str, Any]) -> dict[str, Any]:
+    """The default index type at one size: recall@10 >= 0.95 and p50 <= 5 ms over HTTP."""
+    recall, p50 = r.get("recall_at_10"), r.get("p50_ms")
+    served = (r.get("served") or {}).get("type", "?")
+    return {
+        "name": f"n={r['n']}: auto (serves {served}) recall@10 >= {AUTO_TARGET['recall']}, "
+        f"p50 <= {AUTO_TARGET['p50_ms']:g} ms (HTTP)",
+        "target": "both",
+        "value": f"recall {_f(recall, '.3f')}, p50 {_f(p50, '.2f')} ms",
+        "pass": (recall or 0) >= AUTO_TARGET["recall"]
+        and (p50 if p50 is not None else float("inf")) <= AUTO_TARGET["p50_ms"],
     }
 
 
@@ -333,6 +351,10 @@ def _search_md(results: dict[str, Any]) -> list[str]:
             status += " (an index snapshot was written meanwhile)"
         index = (r.get("info") or {}).get("index") or {}
         kind = r["type"] + (" (untrained: exact scan)" if index.get("trained") is False else "")
+        if r.get("served"):  # auto: the type and settings the server chose
+            kind += " -> " + " ".join(
+                f"{k}={v}" if k != "type" else v for k, v in r["served"].items()
+            )
         per_vector = index["bytes"] / r["n"] if index.get("bytes") and r["n"] else None
         rows.append(
             [

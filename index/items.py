@@ -460,6 +460,16 @@ class ItemStore:
             stmt = select(func.count()).where(ItemRow.collection_id == collection_id)
             return int(session.scalar(stmt) or 0)
 
+    def vector_count(self, collection_id: int, dim: int) -> int:
+        """How many vectors the collection's items hold (a recording has one a segment):
+        the size an ``auto`` index is chosen for (index.spec.auto_spec). Reads the blobs'
+        lengths, not the blobs."""
+        with self.sessions() as session:
+            stmt = select(func.sum(func.length(ItemRow.vector))).where(
+                ItemRow.collection_id == collection_id
+            )
+            return int(session.scalar(stmt) or 0) // (4 * dim)
+
     def summaries(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemSummary]:
         """Items by primary key (those still present), without their blobs: what search
         hydrates its hits with (index/summaries.py says why it skips the ORM)."""

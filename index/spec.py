@@ -1,7 +1,11 @@
-"""Index types a collection can choose: exact ``flat``, graph ``hnsw``, inverted-list ``ivf``.
+"""Index types a collection can choose: exact ``flat``, graph ``hnsw``, inverted-list ``ivf``,
+or ``auto`` (one of them, chosen from the collection's size: :func:`auto_spec`).
 
 A spec is chosen at creation and changed only by a reindex (a rebuild from SQL). It is
 stored as ``collections.index_type`` + ``collections.index_params`` (the fields of its type).
+An ``auto`` collection stores ``"auto"`` and, as its params, the spec in use with its type
+(``{"type": "hnsw", "m": 32, ...}``): every process builds and loads the same index, and a
+reindex chooses again from the size at that moment.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 IndexType = Literal["flat", "hnsw", "ivf"]
+AUTO = "auto"
 Quantizer = Literal["flat", "sq8", "pq"]
 
 # Fields each type takes; the others keep their defaults and are not stored.
@@ -25,6 +30,27 @@ AUTO_TRAIN_AT = 10_000
 # FAISS' k-means warns under 39 points per centroid; product quantisers have 256 each.
 POINTS_PER_LIST = 39
 PQ_TRAIN_MIN = 256 * POINTS_PER_LIST
+
+# ``auto``: exact search up to this many vectors, HNSW above. Chosen by measurement on the
+# 2-core AMD EPYC of docs/performance.md: flat p50 over HTTP was 1.25 ms at 10,000 512-d
+# vectors and 8.6 ms at 100,000 (linear: ~2.1 ms at 20,000); in process, on the machine
+# loaded by other work (load 10 on 2 cores), 0.56 ms at 10,000, 2.1 ms at 20,000 and
+# 9.5 ms at 50,000. 20,000 keeps exact search well under the 5 ms p50 target, with room
+# for a busy machine. Raise it when flat search gets faster; a collection moves at its
+# next reindex (auto chooses again then).
+AUTO_EXACT_MAX = 20_000
+# An HNSW collection that shrinks under this share of the threshold goes back to exact
+# (hysteresis: a collection near the threshold does not flip on every write).
+AUTO_SHRINK_SHARE = 0.5
+# A graph cannot drop nodes: deletions are masked. Past this share of masked vectors the
+# graph is rebuilt (search visits the masked nodes, and they take memory).
+AUTO_MAX_DELETED_SHARE = 0.2
+# HNSW settings of ``auto``: neighbours per node, and candidates while searching by size,
+# measured on the bench's clustered vectors (recall@10 >= 0.95: docs/index-types.md).
+AUTO_HNSW_M = 32
+AUTO_HNSW_EF_CONSTRUCTION = 80
+AUTO_HNSW_EF_SEARCH: tuple[tuple[int, int], ...] = ((250_000, 64), (2_000_000, 128))
+AUTO_HNSW_EF_SEARCH_MAX = 256  # beyond the last size above
 
 
 @dataclass(frozen=True)
@@ -47,7 +73,14 @@ class IndexSpec:
 
     @classmethod
     def of(cls, index_type: str, params: dict[str, Any] | None = None) -> IndexSpec:
-        """The spec stored as (type, params); ValueError for an unknown type or field."""
+        """The spec stored as (type, params); ValueError for an unknown type or field. An
+        ``auto`` collection's params are the spec in use, with its type (none: exact)."""
+        if index_type == AUTO:
+            chosen = dict(params or {"type": "flat"})
+            inner = chosen.pop("type", None)
+            if inner not in TYPE_FIELDS:
+                raise ValueError(f"auto index params name no index type: {params!r}")
+            return cls.of(str(inner), chosen)
         if index_type not in TYPE_FIELDS:
             raise ValueError(f"unknown index type {index_type!r}")
         given = dict(params or {})
@@ -98,3 +131,48 @@ class IndexSpec:
             code = {"flat": 4 * dim, "sq8": dim, "pq": self.pq_m}[self.quantizer]
             return code + 8 + label  # + the id stored in the inverted list
         return 4 * dim + 2 * dim + label  # float32 vectors + the float16 copy scanned
+
+
+def auto_spec(vectors: int, dim: int) -> IndexSpec:
+    """The index ``auto`` uses for a collection of ``vectors`` vectors of ``dim`` dimensions:
+    exact up to :data:`AUTO_EXACT_MAX`, else HNSW with a candidate list that grows with the
+    size. (``dim`` is part of the contract for later rules; none depends on it yet.)"""
+    del dim
+    if vectors <= AUTO_EXACT_MAX:
+        return IndexSpec(type="flat")
+    ef = next((ef for upto, ef in AUTO_HNSW_EF_SEARCH if vectors <= upto), None)
+    return IndexSpec(
+        type="hnsw",
+        m=AUTO_HNSW_M,
+        ef_construction=AUTO_HNSW_EF_CONSTRUCTION,
+        ef_search=ef or AUTO_HNSW_EF_SEARCH_MAX,
+    )
+
+
+def auto_params(vectors: int, dim: int) -> dict[str, Any]:
+    """What an ``auto`` collection stores as its params: :func:`auto_spec` with its type."""
+    spec = auto_spec(vectors, dim)
+    return {"type": spec.type, **spec.params()}
+
+
+def auto_retune(current: IndexSpec, *, vectors: int, deleted: int, dim: int) -> str | None:
+    """Why an ``auto`` collection's index (``current``, holding ``vectors`` live and
+    ``deleted`` masked vectors) should be rebuilt now, or None while it fits its size.
+
+    Exact grows into HNSW past :data:`AUTO_EXACT_MAX`; HNSW goes back to exact under
+    :data:`AUTO_SHRINK_SHARE` of it, is rebuilt once masked deletions pass
+    :data:`AUTO_MAX_DELETED_SHARE` of what it holds, and when the size needs a longer
+    candidate list. Between the two thresholds nothing moves (no flip on every write)."""
+    wanted = auto_spec(vectors, dim)
+    if current.type != "hnsw":
+        if wanted.type != current.type:
+            return f"{vectors} vectors: past {AUTO_EXACT_MAX}, exact search gets slow"
+        return None
+    if vectors < AUTO_SHRINK_SHARE * AUTO_EXACT_MAX:
+        return f"{vectors} vectors: under {AUTO_SHRINK_SHARE:g} x {AUTO_EXACT_MAX}, exact is fast"
+    held = vectors + deleted
+    if held and deleted > AUTO_MAX_DELETED_SHARE * held:
+        return f"{deleted} of {held} vectors in the graph are deleted"
+    if wanted.type == "hnsw" and wanted.ef_search > current.ef_search:
+        return f"{vectors} vectors: recall wants ef_search {wanted.ef_search}"
+    return None

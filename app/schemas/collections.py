@@ -12,9 +12,13 @@ from index.spec import TYPE_FIELDS
 
 
 class IndexSettings(BaseModel):
-    """How a collection's vectors are indexed: exactly (`flat`) or approximately.
+    """How a collection's vectors are indexed: chosen from its size (`auto`, the default),
+    exactly (`flat`) or approximately.
 
-    `hnsw` is a graph (fast at any size, more memory, deletions masked until a reindex);
+    `auto` searches exactly while the collection is small and moves to `hnsw` with settings
+    derived from its size as it grows (docs/api.md, Index types); the index in use is shown in
+    the collection's `index`. `hnsw` is a graph (fast at any size, more memory, deletions
+    masked until a reindex);
     `ivf` clusters vectors into lists trained on the collection's own vectors (searched
     exactly until it holds enough to train), optionally storing 8-bit (`sq8`) or product
     quantised (`pq`) codes. Omitted fields take the defaults shown.
@@ -24,13 +28,18 @@ class IndexSettings(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
+                {"type": "auto"},
                 {"type": "flat"},
                 {"type": "hnsw", "m": 32, "ef_construction": 80, "ef_search": 64},
                 {"type": "ivf", "nprobe": 16, "quantizer": "sq8"},
             ]
         },
     )
-    type: Literal["flat", "hnsw", "ivf"] = Field("flat", description="flat = exact search")
+    type: Literal["auto", "flat", "hnsw", "ivf"] = Field(
+        "auto",
+        description="auto = chosen from the collection's size (exact while small, hnsw "
+        "as it grows); flat = exact search",
+    )
     m: Annotated[int | None, NoBool] = Field(
         None, ge=4, le=128, description="hnsw: links per node (32)"
     )
@@ -58,7 +67,10 @@ class IndexSettings(BaseModel):
         for owner, names in TYPE_FIELDS.items():
             given = [n for n in names if getattr(self, n) is not None]
             if given and owner != self.type:
-                raise ValueError(f"{given[0]} applies to {owner} indexes, not {self.type}")
+                raise ValueError(
+                    f"{given[0]} applies to {owner} indexes, not {self.type}: give "
+                    f'"type": "{owner}" to set it'
+                )
         if self.pq_m is not None and self.quantizer != "pq":
             raise ValueError('pq_m applies with "quantizer": "pq"')
         return self
@@ -76,6 +88,7 @@ class CollectionCreate(BaseModel):
         json_schema_extra={
             "examples": [
                 {"name": "photos"},
+                {"name": "scratch", "index": {"type": "flat"}},
                 {"name": "archive", "index": {"type": "ivf", "quantizer": "sq8"}},
                 {"name": "sketches", "model": "mmr-mini"},
             ]
@@ -127,6 +140,10 @@ class CollectionPublic(BaseModel):
     name: str
     model: str
     dim: int
+    index_type: str = Field(
+        description="the index type the collection asked for: auto (chosen from its size; "
+        "the type in use is index.type), flat, hnsw or ivf"
+    )
     aligner_version: int = Field(description="the active aligner version (heads per modality)")
     audio_model: str | None = Field(None, description="the audio tower behind the audio head")
     count: int

@@ -107,13 +107,16 @@ class ReindexJobCreate(BaseModel):
             "examples": [
                 {"type": "reindex", "collection": "photos"},
                 {"type": "reindex", "collection": "photos", "index": {"type": "hnsw"}},
+                {"type": "reindex", "collection": "photos", "index": {"type": "auto"}},
             ]
         },
     )
     type: Literal["reindex"]
     collection: CollectionName
     index: IndexSettings | None = Field(
-        None, description="new index settings (type and parameters); omitted: keep them"
+        None,
+        description="new index settings (type and parameters); omitted: keep them (an "
+        "auto collection's type and settings are chosen again from its size)",
     )
 
 

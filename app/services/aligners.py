@@ -4,6 +4,8 @@ knows nothing of what they mean)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.schemas.aligners import AlignerList, AlignerPublic
 from app.services.errors import SpaceMismatch
 from app.services.views import aware
@@ -111,11 +113,13 @@ def rebuild(
     indexes: IndexManager[Aligner],
     name: str,
     spec: IndexSpec | None = None,
+    stored: tuple[str, dict[str, Any]] | None = None,
 ) -> CollectionRow:
-    """Rebuild the index from SQL (a new epoch, of another type when ``spec`` says so),
-    swapped in like an activation."""
+    """Rebuild the index from SQL (a new epoch, of another type when ``spec`` says so, or
+    recorded as ``stored``: an ``auto`` collection's choice), swapped in like an
+    activation."""
     row = collections.get(name)
-    index = None if spec is None else (spec.type, spec.params())
+    index = stored if stored is not None else None if spec is None else (spec.type, spec.params())
     fresh = collections.set_space(collection_id=row.id, bump_epoch=True, index=index)
     _swap_here(indexes, fresh)
     return fresh

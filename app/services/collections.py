@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.schemas.collections import CollectionCreate, CollectionPublic, IndexSettings, SpaceInfo
 from app.services.embedding import Embedder
 from app.services.errors import InvalidInput, NotAllowed, SpaceMismatch
@@ -13,7 +15,7 @@ from index.collections import CollectionStore
 from index.items import ItemStore
 from index.manager import IndexManager
 from index.spaces import SpaceStore
-from index.spec import IndexSpec
+from index.spec import AUTO, IndexSpec, auto_params, auto_spec
 from index.tables import CollectionRow
 from models.encoders.aligner import VIDEO, Aligner
 
@@ -86,14 +88,14 @@ def _create(
     body: CollectionCreate,
 ) -> CollectionPublic:
     aligner = embedder.default_aligner
-    spec = index_spec(body.index, dim=embedder.dim)
+    index_type, index_params = stored_index(body.index, dim=embedder.dim, vectors=0)
     row = collections.create(
         name=body.name,
         model=embedder.model_id,
         audio_model=embedder.audio_model_id,
         dim=embedder.dim,
-        index_type=spec.type,
-        index_params=spec.params(),
+        index_type=index_type,
+        index_params=index_params,
         aligner=aligner.to_bytes(),
         aligner_meta=aligner.meta,
     )
@@ -101,9 +103,22 @@ def _create(
     return collection_public(row, count=0, index=live.index.describe(), compatible=True)
 
 
+def stored_index(settings: IndexSettings, *, dim: int, vectors: int) -> tuple[str, dict[str, Any]]:
+    """What SQL records for the index a request asks for (422 when it cannot index ``dim``
+    dimensions): its type and every parameter, or ``auto`` and the spec it chooses for a
+    collection of ``vectors`` vectors (index.spec.auto_spec)."""
+    if settings.type == AUTO:
+        return AUTO, auto_params(vectors, dim)
+    spec = index_spec(settings, dim=dim)
+    return spec.type, spec.params()
+
+
 def index_spec(settings: IndexSettings, *, dim: int) -> IndexSpec:
     """The index a request asks for, with every parameter (422 when it cannot index ``dim``
-    dimensions); the defaults are stored so that later releases do not change it."""
+    dimensions); the defaults are stored so that later releases do not change it. For
+    ``auto``, the spec of an empty collection."""
+    if settings.type == AUTO:
+        return auto_spec(0, dim)
     spec = IndexSpec.of(settings.type, settings.params())
     try:
         spec.check(dim)

@@ -20,7 +20,7 @@ import numpy as np
 
 from app.schemas.collections import IndexSettings
 from app.services import aligners as aligner_svc
-from app.services.collections import index_spec
+from app.services.collections import index_spec, stored_index
 from app.services.embedding import Embedder
 from app.services.jobs import JobContext
 from app.state import Services
@@ -29,6 +29,8 @@ from index.columns import from_blob
 from index.errors import JobEndedError
 from index.items import ItemStore, StoredVectors
 from index.jobs import JobStore
+from index.manager import spec_of
+from index.spec import AUTO
 from index.tables import CollectionRow
 from models.training.anchors import Scenes, anchor_captions, is_mini, mini_scenes
 from models.training.finetune import (
@@ -126,15 +128,28 @@ def run_reindex(services: Services, ctx: JobContext) -> dict[str, Any]:
     stores = services.stores
     row = stores.collections.get_by_id(ctx.job.collection_id)
     wanted = ctx.job.params.get("index")
-    spec = None if wanted is None else index_spec(IndexSettings(**wanted), dim=row.dim)
+    settings = None if wanted is None else IndexSettings(**wanted)
+    spec = stored = None
+    if (settings is None and row.index_type == AUTO) or (settings and settings.type == AUTO):
+        # Chosen again from the size SQL holds now (writes during the build join it).
+        vectors = stores.items.vector_count(row.id, row.dim)
+        stored = stored_index(IndexSettings(type=AUTO), dim=row.dim, vectors=vectors)
+    elif settings is not None:
+        spec = index_spec(settings, dim=row.dim)
     started = time.monotonic()
     fresh = aligner_svc.rebuild(
-        collections=stores.collections, indexes=services.indexes, name=row.name, spec=spec
+        collections=stores.collections,
+        indexes=services.indexes,
+        name=row.name,
+        spec=spec,
+        stored=stored,
     )
+    effective = spec_of(fresh)
     return {
         "index_epoch": fresh.index_epoch,
         "items": stores.items.count(row.id),
-        "index": {"type": fresh.index_type, **fresh.index_params},
+        "index_type": fresh.index_type,
+        "index": {"type": effective.type, **effective.params()},
         "seconds": round(time.monotonic() - started, 3),
     }
 

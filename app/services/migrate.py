@@ -22,7 +22,7 @@ import numpy as np
 
 from app.schemas.collections import IndexSettings
 from app.schemas.jobs import MigrateJobCreate, MigrationConfirmed
-from app.services.collections import index_spec
+from app.services.collections import stored_index
 from app.services.embedding import Embedder, Encoded, all_vectors
 from app.services.errors import SpaceMismatch
 from app.services.items import feature_space
@@ -72,7 +72,8 @@ def run_migrate(services: Services, ctx: JobContext) -> dict[str, Any]:
         )
         heads = Aligner.from_bytes(active.artefact).numbered(active.version)
         try:
-            spec = _spec(row, space, params.get("index"), embedder.dim)
+            vectors = stores.items.vector_count(row.id, row.dim)
+            spec = _spec(row, space, params.get("index"), embedder.dim, vectors)
             return _build_and_switch(services, ctx, row, embedder, heads, spec)
         except TooBusy:
             raise  # what was built stays: the job run again goes on from there
@@ -111,13 +112,26 @@ def _target(services: Services, params: dict[str, Any]) -> Any:
 
 
 def _spec(
-    row: CollectionRow, space: SpaceRow, wanted: dict[str, Any] | None, dim: int
+    row: CollectionRow, space: SpaceRow, wanted: dict[str, Any] | None, dim: int, vectors: int
 ) -> tuple[str, dict[str, Any]]:
     """The index settings of the new space: the job's, else those a kept space had (a
-    rollback), else the collection's, checked against the new dimension."""
+    rollback), else the collection's, checked against the new dimension. ``auto`` stays
+    ``auto`` (chosen for ``vectors`` when the job asks for it)."""
     if wanted is not None:
-        spec = index_spec(IndexSettings(**wanted), dim=dim)
-        return spec.type, spec.params()
+        return stored_index(IndexSettings(**wanted), dim=dim, vectors=vectors)
+    if space.index_type is not None:
+        stored = (space.index_type, space.index_params or {})
+    else:
+        stored = (row.index_type, row.index_params)
+    spec = IndexSpec.of(*stored)
+    try:
+        spec.check(dim)
+    except ValueError as exc:
+        raise ValueError(
+            f"the collection's index settings do not fit the new model's {dim} dimensions "
+            f"({exc}): give the job index settings that do (its 'index' field)"
+        ) from exc
+    return stored
     if space.index_type is not None:
         spec = IndexSpec.of(space.index_type, space.index_params or {})
     else:
@@ -335,6 +349,7 @@ def _metrics(
     seconds: float,
 ) -> dict[str, Any]:
     row = switched.row
+    effective = IndexSpec.of(row.index_type, row.index_params)
     return {
         "model": row.model,
         "audio_model": row.audio_model,
@@ -350,7 +365,8 @@ def _metrics(
         "items_per_s": round(encoded / seconds, 1) if seconds > 0 else None,
         "aligner_version": row.aligner_version,
         "index_epoch": row.index_epoch,
-        "index": {"type": row.index_type, **row.index_params},
+        "index_type": row.index_type,
+        "index": {"type": effective.type, **effective.params()},
     }
 
 

@@ -43,6 +43,7 @@ def collection_public(
         name=row.name,
         model=row.model,
         dim=row.dim,
+        index_type=row.index_type,
         aligner_version=row.aligner_version,
         audio_model=row.audio_model,
         count=count,

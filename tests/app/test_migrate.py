@@ -153,6 +153,9 @@ def test_a_migration_moves_a_collection_to_another_model_and_dimension(
     assert (after["model"], after["dim"], after["count"]) == ("mmr-mini", 128, count)
     assert after["audio_model"] == "mmr-mini" and after["aligner_version"] == 1
     assert after["index"]["size"] == count
+    # The collection asked for auto (the default): the new space's index is auto too.
+    assert after["index_type"] == "auto" and after["index"]["type"] == "flat"
+    assert metrics["index_type"] == "auto" and metrics["index"] == {"type": "flat"}
     [kept] = after["other_spaces"]
     assert (kept["model"], kept["dim"], kept["state"], kept["items"]) == (
         TEST_MODEL,
@@ -208,6 +211,7 @@ def test_a_rollback_encodes_only_what_changed_since_the_switch(client: TestClien
     info = client.get(f"/v1/collections/{NAME}").json()
     assert (info["model"], info["dim"], info["count"]) == (TEST_MODEL, 64, count + 1)
     assert served_index(client, "flat") == "flat"  # the kept space's index comes back
+    assert info["index_type"] == "auto"  # as the kept space asked for it
     assert [s["model"] for s in info["other_spaces"]] == ["mmr-mini"]
     hits = client.post(f"/v1/collections/{NAME}/search", json={"item_id": "late", "k": 1})
     assert hits.json()["results"][0]["item"]["id"] == "late"

@@ -34,7 +34,7 @@ from tests.postgres_gate import PG_URL, POSTGRES
 
 NAME = "outage"
 ITEMS = f"/v1/collections/{NAME}/items"
-LOOPS = ("mmr-snapshots", "mmr-worker")
+LOOPS = ("mmr-snapshots", "mmr-worker", "mmr-retune")
 
 
 @pytest.fixture(params=["sqlite", POSTGRES])

@@ -103,6 +103,9 @@ def test_quick_search_exact_is_exact(quick_run: tuple[Path, dict[str, Any]]) -> 
     assert flat["status"] == "ok", flat["reason"]
     assert flat["recall_at_10"] == 1.0
     assert flat["queries"] > 0 and flat["errors"] == 0 and flat["info"]["count"] == 2000
+    auto = rows["auto"]  # the default type: exact at this size, chosen by the server
+    assert auto["status"] == "ok", auto["reason"]
+    assert auto["served"] == {"type": "flat"} and auto["recall_at_10"] == 1.0
     for row in rows.values():  # every type is measured or says why not
         assert row["status"] == "ok" or row["reason"]
         if row["status"] == "ok":

@@ -1,0 +1,85 @@
+"""``auto`` indexes follow their collection's size: a check off the request path queues a
+reindex job when a collection has grown into another regime, shrunk back, or (HNSW) holds
+too many masked deletions (index.spec.auto_retune). The job chooses the spec again from the
+size SQL holds and builds it beside the live index, which keeps answering until the swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from app.state import Services
+from index.errors import NotFoundError
+from index.jobs import FAILED
+from index.spec import AUTO, auto_retune
+from index.tables import JobRow
+
+log = logging.getLogger(__name__)
+
+RETUNE_EVERY_S = 2.0  # how often the API process looks at its auto indexes' sizes
+# After queueing a collection's reindex, wait this long before queueing another for it
+# (a failing job is not queued again every few seconds), and this long after one of them
+# failed (a build that runs out of memory is not retried every minute).
+RETUNE_BACKOFF_S = 60.0
+RETUNE_FAILED_BACKOFF_S = 600.0
+
+
+class Retuner:
+    """Queues at most one reindex job per ``auto`` collection that outgrew its index."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self._queued: dict[int, tuple[str, float]] = {}  # collection -> (job id, when)
+
+    def check(self) -> list[JobRow]:
+        """Queue the reindex jobs due now; the jobs queued. Reads each live index's counts
+        in memory; asks SQL for jobs only of a collection due for one."""
+        services = self.services
+        if not services.indexes.follow:
+            return []  # a process that holds no indexes (a worker) has nothing to look at
+        queued = []
+        now = time.monotonic()
+        for row in services.stores.collections.list():
+            if row.index_type != AUTO:
+                continue
+            live = services.indexes.ready(row)  # None while a swap is pending
+            if live is None:
+                continue
+            index = live.space.index
+            reason = auto_retune(
+                index.spec, vectors=index.vectors, deleted=index.deleted, dim=row.dim
+            )
+            if reason is None or self._waiting(row.id, now):
+                continue
+            jobs = services.stores.jobs
+            if jobs.unfinished(collection_id=row.id) is not None:
+                continue  # a reindex, fine-tune or migration builds a new index anyway
+            if self._failed(row.id, now):
+                continue
+            job = jobs.create(
+                type="reindex",
+                collection_id=row.id,
+                collection=row.name,
+                params={"index": None, "reason": f"auto index: {reason}"},
+            )
+            self._queued[row.id] = (job.id, now)
+            services.worker_wakeup.set()
+            log.info("collection %s: queued reindex job %s (%s)", row.name, job.id, reason)
+            queued.append(job)
+        return queued
+
+    def _waiting(self, collection_id: int, now: float) -> bool:
+        """Whether this process queued the collection's last reindex too recently."""
+        queued = self._queued.get(collection_id)
+        return queued is not None and now - queued[1] < RETUNE_BACKOFF_S
+
+    def _failed(self, collection_id: int, now: float) -> bool:
+        """Whether the last reindex queued here failed less than the longer backoff ago."""
+        queued = self._queued.get(collection_id)
+        if queued is None or now - queued[1] >= RETUNE_FAILED_BACKOFF_S:
+            return False
+        try:
+            return self.services.stores.jobs.get(queued[0]).status == FAILED
+        except NotFoundError:
+            return False
