@@ -598,6 +598,8 @@ class IndexManager(Generic[P]):
             slowest = self.changes.slowest(live.collection_id, excluding=self.replica)
             upto = seq if slowest is None else min(seq, slowest)
             self.changes.prune(collection_id=live.collection_id, upto_seq=upto)
+        del payload
+        self.released()  # the serialised copies of the index
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""
