@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from index import fulltext
 from index.bulk import insert_keyed, insert_rows, one_of
 from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
-from index.db import engine_of
+from index.db import engine_of, unmapped
 from index.errors import NotFoundError, SpaceChangedError
 from index.summaries import ItemSummary, read_summaries, summary_of
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
@@ -617,7 +617,7 @@ class ItemStore:
                 stmt = stmt.where(ItemRow.pk.in_(pks))
             if modality is not None:
                 stmt = stmt.where(ItemRow.modality == modality)
-            with self.sessions() as session:
+            with self.sessions() as session, unmapped(session.connection()):
                 rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()
             if not rows:
                 return
