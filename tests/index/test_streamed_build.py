@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tracemalloc
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ class Reads:
 
     rows: list[int]
     feature_bytes: int = 0
+    mapped: set[int] = field(default_factory=set)  # SQLite's mmap_size at each query
 
 
 @pytest.fixture
@@ -66,6 +67,9 @@ def reads() -> Iterator[Reads]:
         names = [getattr(c, "name", None) for c in columns]
         if "vector" not in names:
             return None
+        conn = state.session.connection()
+        if conn.dialect.name == "sqlite":
+            seen.mapped.add(int(conn.exec_driver_sql("PRAGMA mmap_size").scalar() or 0))
         frozen = state.invoke_statement().freeze()
         rows = frozen().all()
         seen.rows.append(len(rows))
@@ -184,12 +188,15 @@ def test_start_up_build_streams_and_matches_a_build_from_every_row(
     fill(stores, row, 0, N)
     fill(stores, row, N, 200, version=7)  # made by another aligner version: projected now
     reads.rows.clear()
+    reads.mapped.clear()
     live = manager(stores, tmp_path).load(stores.collections.get("c"))
     assert reads.rows and max(reads.rows) <= CHUNK
     passes = 2 if kind.startswith("ivf") else 1  # an IVF's sample, then its adds
     assert sum(reads.rows) == passes * (N + 200)
     # Only the projected items' raw features were read: the others' stored vectors serve.
     assert reads.feature_bytes == passes * 200 * DIM * 4
+    # Not through SQLite's memory map: the pages read would stay resident in the process.
+    assert reads.mapped <= {0}
     assert live.index.size == N + 200
     assert_same(live.index, built_at_once(stores, row), kind)
 
