@@ -106,7 +106,7 @@ def prepare(n: int, work: Path) -> Path:
     from models.encoders.aligner import Aligner
 
     data_dir = work / "data"
-    data_dir.mkdir(parents=True)
+    data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(sqlite_url(data_dir))
     migrate(engine)
     aligner = Aligner.identity(DIM, {"image": "m", "text": "m"})
@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--types", default="flat,hnsw,ivf-sq8")
     p.add_argument("--label", default="", help="what code ran (e.g. a commit)")
     p.add_argument("--out", type=Path, help="append the table here (markdown)")
+    p.add_argument(
+        "--data", type=Path, help="keep the loaded collection here (reused when it is there)"
+    )
     p.add_argument("--one", nargs=2, metavar=("DATA_DIR", "TYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -151,9 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n in [int(s) for s in args.sizes.split(",")]:
-        work = Path(tempfile.mkdtemp(prefix=f"build-memory-{n}-"))
+        keep = args.data is not None
+        work = (args.data / str(n)) if keep else Path(tempfile.mkdtemp(prefix=f"build-{n}-"))
         try:
-            data_dir = prepare(n, work)
+            data_dir = work / "data"
+            if not (data_dir / "mmr.sqlite3").exists():
+                prepare(n, work)
             for kind in args.types.split(","):
                 out = subprocess.run(
                     [sys.executable, "-m", "bench.build_memory", "--one", str(data_dir), kind],
@@ -173,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(lines[-1], flush=True)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -40,6 +40,7 @@ TRAIN_POINTS_PER_LIST = 64
 TRAIN_ITERATIONS = 10
 PARALLEL_ADD = 1024  # adds at least this large use the build threads
 FORMAT = b"MMR-VECTOR-INDEX 1\n"
+HEADER_SCAN = 1 << 16  # bytes after FORMAT in which a serialised index's header line ends
 
 _threads = {"search": 1, "build": 0}
 
@@ -472,13 +473,19 @@ class VectorIndex:
             )
 
     @classmethod
-    def from_bytes(cls, dim: int, data: bytes, spec: IndexSpec | None = None) -> VectorIndex:
+    def from_bytes(
+        cls, dim: int, data: bytes | memoryview, spec: IndexSpec | None = None
+    ) -> VectorIndex:
         """The inverse of to_bytes; ValueError when the bytes are not an index of this dim
-        (and of ``spec``, when given)."""
+        (and of ``spec``, when given). ``data`` may be a view (of a mapped file): it is read
+        in place, never copied whole."""
         view = memoryview(data)
-        if not data.startswith(FORMAT):
+        head = bytes(view[: len(FORMAT) + HEADER_SCAN])
+        if not head.startswith(FORMAT):
             raise ValueError("not a vector index snapshot")
-        end = data.find(b"\n", len(FORMAT))
+        end = head.find(b"\n", len(FORMAT))
+        if end < 0:
+            raise ValueError("unreadable vector index snapshot: no header line")
         try:
             header = json.loads(bytes(view[len(FORMAT) : end]))
             at = end + 1 + 8

@@ -19,6 +19,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 import index.items as items_module
 from index.items import ItemDraft
 from index.manager import IndexManager, current_vectors
+from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
 from index.spec import IndexSpec
 from index.stores import Stores
 from index.tables import CollectionRow, ItemRow
@@ -256,3 +257,36 @@ def test_an_ivf_build_never_holds_every_vector_in_python(
     # The sample (64 vectors a list) and a chunk of rows; a build from every row held
     # the vectors twice over (all of them read back, then the live ones copied).
     assert peak < every_vector / 2, f"peak {peak} bytes for {every_vector} bytes of vectors"
+
+
+def test_an_index_loads_from_its_snapshot_without_copies_of_the_file(tmp_path: Path) -> None:
+    """Start-up from a snapshot reads the file in place (mapped): Python holds neither the
+    file's bytes nor the payload cut from them, only the label map the index keeps."""
+    rng = np.random.default_rng(5)
+    vectors = rng.standard_normal((20_000, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    built = VectorIndex(DIM)
+    built.upsert(np.arange(1, 20_001), vectors)
+    path = tmp_path / "snap"
+    write_snapshot(path, IndexSnapshot(seq=3, dim=DIM, payload=built.to_bytes()))
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        snap = read_snapshot(path)
+        assert snap is not None
+        loaded = VectorIndex.from_bytes(DIM, snap.payload)
+        del snap
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < size / 4, f"peak {peak} bytes loading a {size}-byte snapshot"
+    assert np.array_equal(loaded.ids(), built.ids())
+    for q in queries():
+        assert loaded.search(q, 10) == built.search(q, 10)
+    # A damaged file is still refused whole.
+    damaged = bytearray(path.read_bytes())
+    damaged[size // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert read_snapshot(path) is None
+    path.write_bytes(b"")
+    assert read_snapshot(path) is None
