@@ -564,7 +564,7 @@ class ItemStore:
         stmt = select(func.coalesce(func.sum(func.length(ItemRow.vector)), 0)).where(
             ItemRow.collection_id == collection_id
         )
-        with self.sessions() as session:
+        with self.sessions() as session, unmapped(session.connection()):
             return int(session.scalar(stmt) or 0) // (4 * dim)
 
     def iter_stored(
