@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.logs import mask_url
-from app.memory import Trimmer
+from app.memory import Trimmer, trim
 from app.services import autoindex
 from app.services.aligners import active_aligner
 from app.services.embedding import Embedder
@@ -143,6 +143,7 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
         replica=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         if holds_indexes
         else "",
+        released=trim,
     )
     if holds_indexes:
         indexes.load_all()

@@ -10,14 +10,14 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, case, delete, func, null, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from index import fulltext
 from index.bulk import insert_keyed, insert_rows, one_of
 from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
-from index.db import engine_of
+from index.db import engine_of, unmapped
 from index.errors import NotFoundError, SpaceChangedError
 from index.summaries import ItemSummary, read_summaries, summary_of
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
@@ -26,6 +26,9 @@ from index.wakeup import CHANNEL, announce, sender
 # Keys per IN (...) list: under the bound on a statement's variables of SQLite before 3.32
 # (999).
 IN_CHUNK = 500
+# Rows an index build, replay or scan reads a query (``ItemStore.iter_stored``): a few MB of
+# vectors at a time, however large the collection (docs/performance.md, "Memory").
+LOAD_CHUNK = 4096
 
 
 @dataclass
@@ -460,16 +463,6 @@ class ItemStore:
             stmt = select(func.count()).where(ItemRow.collection_id == collection_id)
             return int(session.scalar(stmt) or 0)
 
-    def vector_count(self, collection_id: int, dim: int) -> int:
-        """How many vectors the collection's items hold (a recording has one a segment):
-        the size an ``auto`` index is chosen for (index.spec.auto_spec). Reads the blobs'
-        lengths, not the blobs."""
-        with self.sessions() as session:
-            stmt = select(func.sum(func.length(ItemRow.vector))).where(
-                ItemRow.collection_id == collection_id
-            )
-            return int(session.scalar(stmt) or 0) // (4 * dim)
-
     def summaries(self, *, collection_id: int, pks: Sequence[int]) -> dict[int, ItemSummary]:
         """Items by primary key (those still present), without their blobs: what search
         hydrates its hits with (index/summaries.py says why it skips the ORM)."""
@@ -571,44 +564,73 @@ class ItemStore:
         return found
 
     # -- index support ---------------------------------------------------------------------
+    def vector_count(self, collection_id: int, dim: int) -> int:
+        """How many vectors (a recording's segments each) the collection's items hold: what
+        an index build sizes its IVF lists by and an ``auto`` index is chosen for
+        (index.spec.auto_spec), read from the blobs' lengths, not the blobs."""
+        stmt = select(func.coalesce(func.sum(func.length(ItemRow.vector)), 0)).where(
+            ItemRow.collection_id == collection_id
+        )
+        with self.sessions() as session, unmapped(session.connection()):
+            return int(session.scalar(stmt) or 0) // (4 * dim)
+
     def iter_stored(
         self,
         *,
         collection_id: int,
         pks: Sequence[int] | None = None,
         modality: str | None = None,
-        chunk: int = 4096,
+        chunk: int | None = None,
+        features_unless: int | None = None,
     ) -> Iterator[list[StoredVectors]]:
-        """Items' stored features and vectors in chunks: the whole collection, or some keys
-        (sent ``chunk`` at a time: a statement binds at most 32,766 values on SQLite)."""
+        """Items' stored features and vectors in chunks of at most ``chunk`` rows (default
+        :data:`LOAD_CHUNK`), one query each: the whole collection, or some keys. What a
+        caller holds at once is one chunk, whatever the collection's size.
+
+        ``features_unless``: an aligner version whose rows' raw features are not read (their
+        ``feature`` comes back empty): an index build needs only the stored vectors of the
+        version it serves, and features are as large as vectors or larger."""
+        size = chunk or LOAD_CHUNK
         if pks is None:
-            yield from self._iter_stored(collection_id, None, modality, chunk)
+            yield from self._iter_stored(collection_id, None, modality, size, features_unless)
             return
         keys = sorted(set(pks))
-        for start in range(0, len(keys), chunk):
+        for start in range(0, len(keys), size):
             yield from self._iter_stored(
-                collection_id, keys[start : start + chunk], modality, chunk
+                collection_id, keys[start : start + size], modality, size, features_unless
             )
 
     def _iter_stored(
-        self, collection_id: int, pks: list[int] | None, modality: str | None, chunk: int
+        self,
+        collection_id: int,
+        pks: list[int] | None,
+        modality: str | None,
+        chunk: int,
+        features_unless: int | None,
     ) -> Iterator[list[StoredVectors]]:
+        feature: Any = ItemRow.feature
+        if features_unless is not None:
+            feature = case(
+                (ItemRow.aligner_version == features_unless, null()), else_=feature
+            ).label("feature")
         last = 0
-        with self.sessions() as session:
-            while True:
-                stmt = select(
-                    ItemRow.pk,
-                    ItemRow.modality,
-                    ItemRow.aligner_version,
-                    ItemRow.feature,
-                    ItemRow.vector,
-                ).where(ItemRow.collection_id == collection_id, ItemRow.pk > last)
-                if pks is not None:
-                    stmt = stmt.where(ItemRow.pk.in_(pks))
-                if modality is not None:
-                    stmt = stmt.where(ItemRow.modality == modality)
+        # Keyset pages, a session each: no transaction (nor Postgres snapshot) stays open
+        # across a long build, and nothing of a page outlives the next one.
+        while True:
+            stmt = select(
+                ItemRow.pk, ItemRow.modality, ItemRow.aligner_version, feature, ItemRow.vector
+            ).where(ItemRow.collection_id == collection_id, ItemRow.pk > last)
+            if pks is not None:
+                stmt = stmt.where(ItemRow.pk.in_(pks))
+            if modality is not None:
+                stmt = stmt.where(ItemRow.modality == modality)
+            with self.sessions() as session, unmapped(session.connection()):
                 rows = session.execute(stmt.order_by(ItemRow.pk).limit(chunk)).all()
-                if not rows:
-                    return
-                yield [StoredVectors(int(r[0]), r[1], int(r[2]), r[3], r[4]) for r in rows]
-                last = int(rows[-1][0])
+            if not rows:
+                return
+            last = int(rows[-1][0])
+            page = [StoredVectors(int(r[0]), r[1], int(r[2]), r[3] or b"", r[4]) for r in rows]
+            del rows
+            yield page
+            if len(page) < chunk:
+                return

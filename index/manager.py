@@ -187,6 +187,7 @@ class IndexManager(Generic[P]):
         root: Path,
         follow: bool = True,
         replica: str = "",
+        released: Callable[[], object] = lambda: None,
     ) -> None:
         self.collections = collections
         self.items = items
@@ -198,6 +199,9 @@ class IndexManager(Generic[P]):
         # This process's name in the log's positions (index.changes.ChangeLog.report); ""
         # reports none (a manager of one process's tests).
         self.replica = replica
+        # Called once a build's transient memory is freed (the app gives the C allocator's
+        # free pages back to the system: app.memory.trim).
+        self.released = released
         self._reported = 0.0
         self._live: dict[int, LiveIndex[P]] = {}
         # Reentrant: get() holds it across load() so that one collection is loaded once.
@@ -247,6 +251,7 @@ class IndexManager(Generic[P]):
         live.dirty = int(built)
         with self._guard:
             self._live[row.id] = live
+        self.released()
         return live
 
     def _replay(
@@ -271,10 +276,16 @@ class IndexManager(Generic[P]):
             self._add(row, index, aligner, sorted(touched))
 
     def _build(self, row: CollectionRow, aligner: P) -> VectorIndex:
+        """A new index of everything SQL holds, streamed a chunk of rows at a time: what the
+        build holds besides the index is one chunk (and an IVF's training sample), never
+        the collection's vectors at once."""
         started = time.monotonic()
-        index = VectorIndex(row.dim, spec_of(row), deferred=True)
+        spec = spec_of(row)
+        index = VectorIndex(row.dim, spec, deferred=True)
+        if spec.type == "ivf":
+            self._train(row, index, aligner)
         self._add(row, index, aligner, None)
-        index.finish()  # an IVF trains here, on everything the collection holds
+        index.finish()  # an IVF not trained above (too few vectors then) trains here
         log.info(
             "built %s index of %s from SQL: %d vectors in %.1f s",
             row.index_type,
@@ -284,14 +295,48 @@ class IndexManager(Generic[P]):
         )
         return index
 
+    def _train(self, row: CollectionRow, index: VectorIndex, aligner: P) -> None:
+        """Train an IVF's lists before the build adds anything, on the sample of the
+        collection's vectors (in build order) it would have drawn from all of them, gathered
+        by a first pass over the rows; the second pass adds each chunk to its lists. Left
+        untrained (an exact buffer that ``finish`` trains) when the collection is too small."""
+        total = self.items.vector_count(row.id, row.dim)
+        if total < index.spec.train_at():
+            return
+        positions = index.training_sample(total)
+        sample = np.empty((len(positions), row.dim), dtype=np.float32)
+        filled = seen = 0
+        for matrix, _, _ in self._chunks(row, aligner, None):
+            end = seen + len(matrix)
+            stop = int(np.searchsorted(positions, end))
+            taken = positions[filled:stop] - seen
+            sample[filled : filled + len(taken)] = matrix[taken]
+            filled, seen = filled + len(taken), end
+            if filled == len(positions):
+                break
+        # Rows deleted since the count leave the sample short: it trains on what it found.
+        index.train_lists(sample[:filled], total)
+
     def _add(
         self, row: CollectionRow, index: VectorIndex, aligner: P, pks: list[int] | None
     ) -> None:
-        for chunk in self.items.iter_stored(collection_id=row.id, pks=pks):
+        for matrix, ids, counts in self._chunks(row, aligner, pks):
+            index.upsert(ids, matrix, counts)
+
+    def _chunks(
+        self, row: CollectionRow, aligner: P, pks: list[int] | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The items' vectors in the aligner's space, a chunk of rows at a time: (vectors,
+        item keys, vectors per item). Raw features are read only of the items another
+        aligner version made (they are projected now)."""
+        for chunk in self.items.iter_stored(
+            collection_id=row.id, pks=pks, features_unless=aligner.version
+        ):
             matrices = [current_vectors(s, aligner, row.dim) for s in chunk]
             counts = np.array([len(m) for m in matrices], dtype=np.int64)
             ids = np.array([s.pk for s in chunk], dtype=np.int64)
-            index.upsert(ids, np.concatenate(matrices), counts)
+            del chunk
+            yield np.concatenate(matrices), ids, counts
 
     # -- runtime -------------------------------------------------------------------------
     def ready(self, row: CollectionRow) -> LiveIndex[P] | None:
@@ -366,6 +411,8 @@ class IndexManager(Generic[P]):
             live.applied = 0
             live.reached(max(seq, newest))
             live.dirty += 1
+        del index
+        self.released()  # the old index too, unless a search still holds it
         return True
 
     # -- following SQL (invariant 8) -----------------------------------------------------
@@ -551,6 +598,8 @@ class IndexManager(Generic[P]):
             slowest = self.changes.slowest(live.collection_id, excluding=self.replica)
             upto = seq if slowest is None else min(seq, slowest)
             self.changes.prune(collection_id=live.collection_id, upto_seq=upto)
+        del payload
+        self.released()  # the serialised copies of the index
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""

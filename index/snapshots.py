@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import hashlib
 import json
+import mmap
 import os
 import sys
 from collections.abc import Iterable
@@ -62,7 +63,7 @@ class IndexSnapshot:
 
     seq: int
     dim: int
-    payload: bytes
+    payload: bytes | memoryview  # read_snapshot's: a view of the mapped file
     aligner_version: int = 0  # the heads that made the vectors
     epoch: int = 0  # the collection's index epoch it was built for
 
@@ -87,7 +88,7 @@ def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
     write_atomically(path, tmp, (MAGIC, json.dumps(header).encode() + b"\n", snapshot.payload))
 
 
-def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes]) -> None:
+def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes | memoryview]) -> None:
     """Write chunks to ``tmp``, fsync, rename it over ``path``, fsync the directory.
 
     On any failure (a full disk, most often: ENOSPC may surface at the write or only at
@@ -109,18 +110,26 @@ def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes]) -> None:
 
 
 def read_snapshot(path: Path) -> IndexSnapshot | None:
-    """The snapshot at path, or None when it is missing, truncated or corrupt."""
+    """The snapshot at path, or None when it is missing, truncated or corrupt.
+
+    Its payload is a read-only view of the file mapped in memory, not a copy: an index
+    loaded from it is held once, not three times over (the file read, the payload cut from
+    it, the index), and the mapped pages go when the snapshot is dropped."""
     try:
-        data = path.read_bytes()
-    except OSError:
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # ValueError: an empty file cannot be mapped
         return None
-    end = data.find(b"\n", len(MAGIC))
-    header = _header(data[: end + 1]) if end >= 0 else None
+    end = mapped.find(b"\n", len(MAGIC), len(MAGIC) + HEADER_MAX)
+    header = _header(mapped[: end + 1]) if end >= 0 else None
     if header is None:
+        mapped.close()
         return None
     found, size, digest = header
-    payload = data[end + 1 :]
+    payload = memoryview(mapped)[end + 1 :]
     if len(payload) != size or hashlib.sha256(payload).hexdigest() != digest:
+        payload.release()
+        mapped.close()
         return None
     return IndexSnapshot(found.seq, found.dim, payload, found.aligner_version, found.epoch)
 

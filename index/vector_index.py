@@ -53,6 +53,7 @@ SUM_ROUNDING = 2.0**-24
 HALF_MAX_NORM = 1e4  # float16 overflows past 65504: such vectors are scanned in float32
 RESCORE_EXTRA = 32  # candidates rescored beyond k on the first try
 FORMAT = b"MMR-VECTOR-INDEX 1\n"
+HEADER_SCAN = 1 << 16  # bytes after FORMAT in which a serialised index's header line ends
 
 _threads = {"search": 1, "build": 0}
 
@@ -307,20 +308,45 @@ class VectorIndex:
         self._dead = 0
         self._writes += 1
 
-    def _train(self) -> None:
-        """Turn the exact buffer into an IVF trained on the collection's own vectors."""
-        ids, vectors = self._live_rows()
-        lists = self.spec.lists_for(len(vectors))
+    def training_sample(self, total: int) -> np.ndarray:
+        """Which of ``total`` vectors (positions in the order they are added, ascending) an
+        IVF trains on: the same ones whether it trains on all of them at once or on a
+        sample a streamed build gathers first (:meth:`train_lists`)."""
+        lists = self.spec.lists_for(total)
+        take = min(total, TRAIN_POINTS_PER_LIST * lists)
+        return np.sort(np.random.default_rng(0).choice(total, take, replace=False))
+
+    def train_lists(self, sample: np.ndarray, total: int) -> None:
+        """A streamed build's training, before its adds (an empty, untrained IVF): lists
+        sized for ``total`` vectors, trained on ``sample`` (the vectors at
+        :meth:`training_sample`'s positions); the adds then go to the lists a chunk at a
+        time. Nothing is done when the sample is too small to train those lists on."""
+        matrix = as_matrix(sample, self.dim)
+        lists = self.spec.lists_for(total)
+        with self._lock.write():
+            if self.spec.type != "ivf" or self._lists or self._n:
+                raise ValueError("only an empty, untrained IVF index trains before its adds")
+            if len(matrix) < max(lists, 1):
+                return
+            self._index, self._lists = self._trained(matrix, lists), lists
+
+    def _trained(self, sample: np.ndarray, lists: int) -> faiss.Index:
+        """An empty IVF of ``lists`` lists trained on ``sample``."""
         ivf = faiss.index_factory(self.dim, self.spec.factory(lists), faiss.METRIC_INNER_PRODUCT)
         faiss.extract_index_ivf(ivf).cp.niter = TRAIN_ITERATIONS
         if isinstance(ivf, faiss.IndexIVFPQ):
             # Polysemous codes (Hamming pre-filtering) are never used here, and their
             # training took 47 of the 48 seconds of a 20k-vector build.
             ivf.do_polysemous_training = False  # type: ignore[attr-defined]
-        take = min(len(vectors), TRAIN_POINTS_PER_LIST * lists)
-        sample = np.sort(np.random.default_rng(0).choice(len(vectors), take, replace=False))
         with omp_threads(_threads["build"]):
-            ivf.train(vectors[sample])
+            ivf.train(sample)
+        return ivf
+
+    def _train(self) -> None:
+        """Turn the exact buffer into an IVF trained on the collection's own vectors."""
+        ids, vectors = self._live_rows()
+        lists = self.spec.lists_for(len(vectors))
+        ivf = self._trained(vectors[self.training_sample(len(vectors))], lists)
         self._index, self._lists = ivf, lists
         self._reset()
         self._append(ids, vectors)
@@ -509,13 +535,19 @@ class VectorIndex:
             )
 
     @classmethod
-    def from_bytes(cls, dim: int, data: bytes, spec: IndexSpec | None = None) -> VectorIndex:
+    def from_bytes(
+        cls, dim: int, data: bytes | memoryview, spec: IndexSpec | None = None
+    ) -> VectorIndex:
         """The inverse of to_bytes; ValueError when the bytes are not an index of this dim
-        (and of ``spec``, when given)."""
+        (and of ``spec``, when given). ``data`` may be a view (of a mapped file): it is read
+        in place, never copied whole."""
         view = memoryview(data)
-        if not data.startswith(FORMAT):
+        head = bytes(view[: len(FORMAT) + HEADER_SCAN])
+        if not head.startswith(FORMAT):
             raise ValueError("not a vector index snapshot")
-        end = data.find(b"\n", len(FORMAT))
+        end = head.find(b"\n", len(FORMAT))
+        if end < 0:
+            raise ValueError("unreadable vector index snapshot: no header line")
         try:
             header = json.loads(bytes(view[len(FORMAT) : end]))
             at = end + 1 + 8

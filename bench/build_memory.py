@@ -1,0 +1,196 @@
+"""What an index build from SQL holds in memory (issue 26): each type built by the server's own
+path (``IndexManager.load`` of a collection with no snapshot) in a fresh process, its peak and
+after-build resident memory above the process's before the build, next to the index's own
+bytes and the collection's vectors as float32 (the baseline: what holding every vector once
+costs). Vectors are loaded below HTTP as the search benchmark loads them.
+
+    python -m bench.build_memory --sizes 100000 --types flat,hnsw,ivf-sq8 [--out DIR]
+
+Run it from another checkout (``PYTHONPATH=that/checkout``) to measure that code's builds on
+the same machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.config import INDEX_TYPES
+
+DIM = 512
+NAME = "bench"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The collection's first aligner version: stored vectors are served as they are."""
+
+    version: int
+
+    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
+        return raw / np.linalg.norm(raw, axis=1, keepdims=True)
+
+
+def _rss_kb(field: str = "VmRSS") -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def build_once(data_dir: Path, kind: str) -> dict[str, Any]:
+    """In this (fresh) process: switch the collection to ``kind``, build it from SQL as a
+    server's start-up does, and report memory."""
+    from app.memory import trim
+    from bench.loader import sqlite_url
+    from index.db import make_engine, make_sessionmaker
+    from index.manager import IndexManager
+    from index.stores import Stores
+
+    engine = make_engine(sqlite_url(data_dir))
+    stores = Stores.over(make_sessionmaker(engine))
+    row = stores.collections.get(NAME)
+    params = dict(INDEX_TYPES.get(kind) or {"type": kind})
+    index_type = params.pop("type")
+    row = stores.collections.set_space(
+        collection_id=row.id, bump_epoch=True, index=(index_type, params)
+    )
+    manager = IndexManager(
+        collections=stores.collections,
+        items=stores.items,
+        changes=stores.changes,
+        aligner_of=lambda r: Identity(r.aligner_version),
+        root=data_dir / "no-snapshots",
+    )
+    trim()
+    # The peak from here on: writing 5 to clear_refs resets VmHWM (Linux 4.0+), which
+    # ru_maxrss is not (imports before the build peak higher than a small build).
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _rss_kb()
+    file_before = _rss_kb("RssFile")
+    t0 = time.perf_counter()
+    live = manager.load(row)
+    seconds = time.perf_counter() - t0
+    after = _rss_kb()
+    file_backed = _rss_kb("RssFile") - file_before
+    trim()
+    trimmed = _rss_kb()
+    peak = _rss_kb("VmHWM")
+    described = live.index.describe()
+    engine.dispose()
+    return {
+        "type": kind,
+        "vectors": described["vectors"],
+        "build_s": seconds,
+        "index_bytes": described["bytes"],
+        "peak_kb_above": peak - before,
+        "after_kb_above": after - before,
+        "trimmed_kb_above": trimmed - before,
+        "file_kb_above": file_backed,
+    }
+
+
+def prepare(n: int, work: Path) -> Path:
+    """A data dir holding a collection of ``n`` random unit vectors (SQLite)."""
+    from bench.loader import load_vectors, sqlite_url
+    from index.db import make_engine, make_sessionmaker, migrate
+    from index.stores import Stores
+    from models.encoders.aligner import Aligner
+
+    data_dir = work / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(sqlite_url(data_dir))
+    migrate(engine)
+    aligner = Aligner.identity(DIM, {"image": "m", "text": "m"})
+    Stores.over(make_sessionmaker(engine)).collections.create(
+        name=NAME,
+        model="m",
+        audio_model=None,
+        dim=DIM,
+        index_type="flat",
+        index_params={},
+        aligner=aligner.to_bytes(),
+        aligner_meta=aligner.meta,
+    )
+    engine.dispose()
+    rng = np.random.default_rng(0)
+
+    def chunks() -> Any:
+        for start in range(0, n, 100_000):
+            v = rng.standard_normal((min(100_000, n - start), DIM)).astype(np.float32)
+            yield v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    load_vectors(data_dir, NAME, chunks())
+    return data_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="100000")
+    p.add_argument("--types", default="flat,hnsw,ivf-sq8")
+    p.add_argument("--label", default="", help="what code ran (e.g. a commit)")
+    p.add_argument("--out", type=Path, help="append the table here (markdown)")
+    p.add_argument(
+        "--data", type=Path, help="keep the loaded collection here (reused when it is there)"
+    )
+    p.add_argument("--one", nargs=2, metavar=("DATA_DIR", "TYPE"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(build_once(Path(args.one[0]), args.one[1])))
+        return 0
+    lines = [
+        f"### {args.label or 'build memory'}",
+        "",
+        "| n | type | build s | index MiB | vectors as float32 MiB | peak RSS above MiB "
+        "| after MiB | of it file-backed MiB | after a trim MiB | after / index |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in [int(s) for s in args.sizes.split(",")]:
+        keep = args.data is not None
+        work = (args.data / str(n)) if keep else Path(tempfile.mkdtemp(prefix=f"build-{n}-"))
+        try:
+            data_dir = work / "data"
+            if not (data_dir / "mmr.sqlite3").exists():
+                prepare(n, work)
+            for kind in args.types.split(","):
+                out = subprocess.run(
+                    [sys.executable, "-m", "bench.build_memory", "--one", str(data_dir), kind],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                mib = 1 / 1024
+                index_mib = r["index_bytes"] / 2**20
+                lines.append(
+                    f"| {n} | {kind} | {r['build_s']:.1f} | {index_mib:.0f} "
+                    f"| {n * DIM * 4 / 2**20:.0f} | {r['peak_kb_above'] * mib:.0f} "
+                    f"| {r['after_kb_above'] * mib:.0f} | {r['file_kb_above'] * mib:.0f} "
+                    f"| {r['trimmed_kb_above'] * mib:.0f} "
+                    f"| {r['after_kb_above'] * 1024 / max(r['index_bytes'], 1):.2f} |"
+                )
+                print(lines[-1], flush=True)
+        finally:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
