@@ -132,18 +132,6 @@ def _spec(
             f"({exc}): give the job index settings that do (its 'index' field)"
         ) from exc
     return stored
-    if space.index_type is not None:
-        spec = IndexSpec.of(space.index_type, space.index_params or {})
-    else:
-        spec = IndexSpec.of(row.index_type, row.index_params)
-    try:
-        spec.check(dim)
-    except ValueError as exc:
-        raise ValueError(
-            f"the collection's index settings do not fit the new model's {dim} dimensions "
-            f"({exc}): give the job index settings that do (its 'index' field)"
-        ) from exc
-    return spec.type, spec.params()
 
 
 def _check_modalities(held: set[str], embedder: Embedder, row: CollectionRow) -> None:
