@@ -17,8 +17,10 @@ import numpy as np
 from index.vector_index import omp_threads
 
 BLOCK = 1024  # rows x columns of one block of scores: 4 MiB of float32, whatever n is
-# Rows one range search asks (FAISS tiles the products; results are the pairs found).
+# Rows one range search asks, and the columns it searches (FAISS tiles the products): the
+# hits it returns at once are at most 4096 x 4096 (16M, 200 MB), whatever the threshold.
 RANGE_BLOCK = 4096
+RANGE_COLUMNS = 4096
 
 
 @dataclass(frozen=True)
@@ -153,15 +155,16 @@ def range_pairs(
     *,
     cap: int,
     block: int = RANGE_BLOCK,
+    columns: int = RANGE_COLUMNS,
     between: Callable[[int, int], None] | None = None,
 ) -> Pairs:
     """The pairs ``all_pairs`` finds, through FAISS's range search over a flat index: each
-    block of rows searched against the rows from its own on (never a pair twice, never an
-    n x n matrix; FAISS tiles its own products), on one OpenMP thread per core, as an
-    index build. ``between(done, total)`` is called after each block with the comparisons
-    made so far and in all."""
+    block of rows searched against the rows from its own on, a tile of columns at a time
+    (never a pair twice, never an n x n matrix, never more hits held than a tile holds), on
+    one OpenMP thread per core, as an index build. ``between(done, total)`` is called
+    after each tile with the comparisons made so far and in all."""
     with omp_threads(0):
-        return _range_pairs(vectors, threshold, cap, block, between)
+        return _range_pairs(vectors, threshold, cap, block, columns, between)
 
 
 def _range_pairs(
@@ -169,24 +172,36 @@ def _range_pairs(
     threshold: float,
     cap: int,
     block: int,
+    columns: int,
     between: Callable[[int, int], None] | None,
 ) -> Pairs:
     matrix = np.ascontiguousarray(vectors, dtype=np.float32)
-    n = len(matrix)
+    n, dim = matrix.shape
     keep = _Keeper(threshold, cap)
+    columns = max(block, columns)  # the diagonal tile holds the whole row block
     total = n * (n - 1) // 2
     done = 0
     for top in range(0, n, block):
-        rest = faiss.IndexFlatIP(matrix.shape[1])
-        rest.add(matrix[top:])
         rows = matrix[top : top + block]
-        lims, scores, labels = rest.range_search(rows, float(keep.floor))
-        own = np.repeat(np.arange(len(rows), dtype=np.int64), np.diff(lims).astype(np.int64))
-        later = labels > own  # labels count from ``top``: a row's own and earlier rows out
-        keep.add(own[later] + top, labels[later].astype(np.int64) + top, scores[later])
-        done += len(rows) * (n - top) - len(rows) * (len(rows) + 1) // 2
-        if between is not None:
-            between(done, total)
+        own = np.arange(len(rows), dtype=np.int64) + top
+        for first in range(top, n, columns):
+            # A tile of columns at a time: FAISS returns every hit of a search at once, so
+            # the hits held are at most rows x columns whatever the threshold (a low one
+            # on a large collection would otherwise hold billions).
+            tile = faiss.IndexFlatIP(dim)
+            tile.add(matrix[first : first + columns])
+            # FAISS keeps scores above the radius, the listing those at or above the floor.
+            radius = float(np.nextafter(np.float32(keep.floor), np.float32(-np.inf)))
+            lims, scores, labels = tile.range_search(rows, radius)
+            left = np.repeat(own, np.diff(lims).astype(np.int64))
+            right = labels.astype(np.int64) + first
+            taken = (right > left) & (scores >= keep.floor)  # each pair once, never itself
+            keep.add(left[taken], right[taken], scores[taken])
+            done += len(rows) * tile.ntotal
+            if first == top:  # the diagonal tile: a row's own and earlier columns
+                done -= len(rows) * (len(rows) + 1) // 2
+            if between is not None:
+                between(done, total)
     return keep.result()
 
 

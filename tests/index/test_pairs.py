@@ -155,13 +155,17 @@ def test_search_many_gives_each_querys_nearest_items() -> None:
     seed=st.integers(0, 10_000),
     n=st.integers(0, 70),
     block=st.integers(1, 16),
+    columns=st.integers(1, 40),
     threshold=st.floats(0.0, 0.99),
 )
-def test_range_pairs_are_all_pairs(seed: int, n: int, block: int, threshold: float) -> None:
-    """FAISS's range search, a block of rows against the rows from its own on: the pairs
-    (and their order) all_pairs finds, each once, never an item with itself."""
+def test_range_pairs_are_all_pairs(
+    seed: int, n: int, block: int, columns: int, threshold: float
+) -> None:
+    """FAISS's range search, a block of rows against the rows from its own on, a tile of
+    columns at a time: the pairs (and their order) all_pairs finds, each once, never an
+    item with itself."""
     rows = unit_rows(seed, n, 8, copies=n // 4)
-    got = range_pairs(rows, threshold, cap=10_000, block=block)
+    got = range_pairs(rows, threshold, cap=10_000, block=block, columns=columns)
     want = all_pairs(rows, threshold, cap=10_000)
     assert_ordered(got)
     # FAISS and numpy may round a product differently: only pairs on the edge may differ.
@@ -185,6 +189,27 @@ def test_range_pairs_keep_the_best_cap_and_count_the_work() -> None:
     assert [t for _, t in calls] == [300 * 299 // 2] * 5
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert calls[-1][0] == 300 * 299 // 2
+
+
+def test_range_pairs_hold_a_tile_of_hits_at_a_time() -> None:
+    """Every pair alike (threshold 0 on copies of one vector): each search returns at most
+    a block of rows x a tile of columns, however many pairs there are."""
+    rows = np.tile(np.eye(1, 8, dtype=np.float32), (100, 1))
+    calls: list[tuple[int, int]] = []
+    got = range_pairs(
+        rows, 0.0, cap=10_000, block=10, columns=25, between=lambda d, t: calls.append((d, t))
+    )
+    assert len(got) == 100 * 99 // 2
+    assert len(calls) == sum(len(range(top, 100, 25)) for top in range(0, 100, 10))
+    assert calls[-1] == (100 * 99 // 2, 100 * 99 // 2)
+
+
+def test_a_pair_exactly_at_the_threshold_is_listed_by_both_paths() -> None:
+    """FAISS's range search keeps scores above its radius; a listing keeps those at or above
+    its threshold: two copies of one vector (a product of exactly 1.0) at threshold 1."""
+    rows = np.vstack([np.eye(1, 8, dtype=np.float32)] * 2 + [np.eye(1, 8, 1, dtype=np.float32)])
+    assert as_dict(all_pairs(rows, 1.0, cap=10)) == {(0, 1): 1.0}
+    assert as_dict(range_pairs(rows, 1.0, cap=10)) == {(0, 1): 1.0}
 
 
 def test_pairs_round_trip_through_bytes() -> None:
