@@ -94,7 +94,8 @@ class Storing:
 
 
 class BlobStore:
-    """Write-once files named by their sha256: ``blobs/ab/cd/abcd...``.
+    """Write-once files named by their sha256: ``blobs/ab/abcd...`` (``blobs/ab/cd/abcd...``
+    for those an earlier release stored).
 
     Files no item refers to are trashed, then swept (see the module docstring). A file is
     *pinned* from the moment an ingest writes it until its SQL row is committed, so that

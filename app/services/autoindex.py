@@ -11,7 +11,7 @@ import time
 
 from app.state import Services
 from index.errors import NotFoundError
-from index.jobs import FAILED
+from index.jobs import CANCELLED, FAILED
 from index.spec import AUTO, auto_retune
 from index.tables import JobRow
 
@@ -75,11 +75,12 @@ class Retuner:
         return queued is not None and now - queued[1] < RETUNE_BACKOFF_S
 
     def _failed(self, collection_id: int, now: float) -> bool:
-        """Whether the last reindex queued here failed less than the longer backoff ago."""
+        """Whether the last reindex queued here failed, or was cancelled (an operator's say),
+        less than the longer backoff ago."""
         queued = self._queued.get(collection_id)
         if queued is None or now - queued[1] >= RETUNE_FAILED_BACKOFF_S:
             return False
         try:
-            return self.services.stores.jobs.get(queued[0]).status == FAILED
+            return self.services.stores.jobs.get(queued[0]).status in (FAILED, CANCELLED)
         except NotFoundError:
             return False

@@ -203,3 +203,23 @@ def test_a_failed_reindex_is_not_queued_again_at_once(
     (job,) = jobs_of(client)
     assert job["status"] == "failed" and "out of memory" in job["error"]
     assert info(client, "c")["type"] == "flat"  # still served, exactly
+
+
+def test_a_cancelled_reindex_is_not_queued_again_at_once(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelling the reindex the check queued is the operator's say: the next check does
+    not queue it again (for the longer backoff)."""
+    monkeypatch.setattr(autoindex, "RETUNE_FAILED_BACKOFF_S", 600.0)
+    for client in client_of(make_settings(worker="off")):
+        assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+        add_notes(client, "c", range(THRESHOLD + 5))
+        deadline = time.monotonic() + 30
+        while not jobs_of(client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (job,) = jobs_of(client)
+        cancelled = client.post(f"/v1/jobs/{job['id']}/cancel")
+        assert cancelled.status_code in (200, 202), cancelled.text
+        time.sleep(0.5)  # ten more checks of the loop, each finding the index too small
+        assert [j["status"] for j in jobs_of(client)] == ["cancelled"]
+        assert info(client, "c")["type"] == "flat"
