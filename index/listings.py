@@ -95,7 +95,7 @@ class ListingStore:
         self, *, collection_id: int, modality: str | None, threshold: float
     ) -> ListingInfo | None:
         """The newest listing of the collection that covers ``threshold`` and ``modality``
-        (a listing of all modalities covers each)."""
+        (a listing of all modalities covers each): of the latest change-log position."""
         kinds: ColumnElement[bool] = DuplicateListingRow.modality.is_(None)
         if modality is not None:
             kinds = or_(kinds, DuplicateListingRow.modality == modality)
@@ -106,7 +106,12 @@ class ListingStore:
                 kinds,
                 DuplicateListingRow.threshold <= threshold,
             )
-            .order_by(DuplicateListingRow.computed_at.desc(), DuplicateListingRow.job_id)
+            # The collection's later state first: hosts' clocks may disagree on computed_at.
+            .order_by(
+                DuplicateListingRow.change_seq.desc(),
+                DuplicateListingRow.computed_at.desc(),
+                DuplicateListingRow.job_id,
+            )
             .limit(1)
         )
         with self.sessions() as session:
