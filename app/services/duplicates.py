@@ -324,8 +324,12 @@ def _stored(
     modality: str | None,
     check: Callable[[], None],
 ) -> Iterator[tuple[list[StoredVectors], list[np.ndarray]]]:
-    """The collection's items in key order, a chunk at a time, with their current vectors."""
-    for chunk in items.iter_stored(collection_id=row.id, modality=modality, chunk=CHUNK):
+    """The collection's items in key order, a chunk at a time, with their current vectors
+    (raw features read only for rows another aligner version made)."""
+    stored = items.iter_stored(
+        collection_id=row.id, modality=modality, chunk=CHUNK, features_unless=aligner.version
+    )
+    for chunk in stored:
         check()
         yield chunk, [current_vectors(s, aligner, row.dim) for s in chunk]
 
