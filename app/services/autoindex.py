@@ -12,6 +12,7 @@ import time
 from app.state import Services
 from index.errors import NotFoundError
 from index.jobs import CANCELLED, FAILED
+from index.spaces import KEPT
 from index.spec import AUTO, auto_retune
 from index.tables import JobRow
 
@@ -52,6 +53,8 @@ class Retuner:
             )
             if reason is None or self._waiting(row.id, now):
                 continue
+            if any(space.state == KEPT for space in services.stores.spaces.of(row.id)):
+                continue  # a migration's rollback stays possible (another job would refuse it)
             jobs = services.stores.jobs
             if jobs.unfinished(collection_id=row.id) is not None:
                 continue  # a reindex, fine-tune or migration builds a new index anyway

@@ -19,6 +19,8 @@ from app.services import autoindex
 from app.settings import Settings
 from app.state import Services
 from index import spec as spec_module
+from index.spaces import KEPT
+from index.tables import SpaceRow
 from tests.app.test_index_types import add_notes, info, top
 from tests.app.test_jobs import wait
 
@@ -223,3 +225,27 @@ def test_a_cancelled_reindex_is_not_queued_again_at_once(
         time.sleep(0.5)  # ten more checks of the loop, each finding the index too small
         assert [j["status"] for j in jobs_of(client)] == ["cancelled"]
         assert info(client, "c")["type"] == "flat"
+
+
+def test_no_reindex_while_a_migration_can_be_rolled_back(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """While a migration keeps the space it left (until confirmed), another job of the
+    collection would make its rollback wait (409): the check queues none until then."""
+    for client in client_of(make_settings(worker="off")):
+        assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+        services: Services = client.app.state.services  # type: ignore[attr-defined]
+        row = services.stores.collections.get("c")
+        with services.stores.sessions.begin() as session:
+            session.add(
+                SpaceRow(collection_id=row.id, key="left", model="m", dim=row.dim, state=KEPT)
+            )
+        add_notes(client, "c", range(THRESHOLD + 5))
+        time.sleep(0.5)  # ten checks of the loop, each finding the index too small
+        assert jobs_of(client) == []
+        with services.stores.sessions.begin() as session:
+            session.query(SpaceRow).filter_by(collection_id=row.id).delete()  # confirmed
+        deadline = time.monotonic() + 30
+        while not jobs_of(client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [j["type"] for j in jobs_of(client)] == ["reindex"]
