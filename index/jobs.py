@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from index.columns import storable
 from index.errors import ConflictError, NotFoundError
+from index.items import lock_collection
 from index.tables import JobRow, utcnow
 
 QUEUED, RUNNING = "queued", "running"
@@ -72,19 +73,27 @@ class JobStore:
         self, *, type: str, collection_id: int, collection: str, params: dict[str, Any]
     ) -> JobRow:
         """Queue a job."""
-        row = JobRow(
-            id=uuid.uuid4().hex,
-            type=type,
-            collection_id=collection_id,
-            collection=collection,
-            status=QUEUED,
-            params=params,
-            progress={"fraction": 0.0},
-            metrics={},
-            attempts=0,
-            created_at=utcnow(),
+        row = _queued(type, collection_id, collection, params)
+        with self.sessions.begin() as session:
+            if self._db_clock:
+                row.created_at = session.execute(select(func.now())).scalar_one()
+            session.add(row)
+        return row
+
+    def create_unless_busy(
+        self, *, type: str, collection_id: int, collection: str, params: dict[str, Any]
+    ) -> JobRow | None:
+        """Queue a job unless one of the collection is queued or running (None then): the
+        look and the insert in one transaction under the collection's write lock, so that
+        processes asking at the same moment queue one job between them."""
+        row = _queued(type, collection_id, collection, params)
+        busy = select(JobRow.id).where(
+            JobRow.collection_id == collection_id, JobRow.status.in_([QUEUED, RUNNING])
         )
         with self.sessions.begin() as session:
+            lock_collection(session, collection_id)
+            if session.scalar(busy.limit(1)) is not None:
+                return None
             if self._db_clock:
                 row.created_at = session.execute(select(func.now())).scalar_one()
             session.add(row)
@@ -282,3 +291,19 @@ class JobStore:
                 .values(status=QUEUED, worker=None, lease_expires_at=None)
             )
         return int(failed.rowcount + requeued.rowcount)  # type: ignore[attr-defined]
+
+
+def _queued(type: str, collection_id: int, collection: str, params: dict[str, Any]) -> JobRow:
+    """A new job's row, queued."""
+    return JobRow(
+        id=uuid.uuid4().hex,
+        type=type,
+        collection_id=collection_id,
+        collection=collection,
+        status=QUEUED,
+        params=params,
+        progress={"fraction": 0.0},
+        metrics={},
+        attempts=0,
+        created_at=utcnow(),
+    )

@@ -55,17 +55,18 @@ class Retuner:
                 continue
             if any(space.state == KEPT for space in services.stores.spaces.of(row.id)):
                 continue  # a migration's rollback stays possible (another job would refuse it)
-            jobs = services.stores.jobs
-            if jobs.unfinished(collection_id=row.id) is not None:
-                continue  # a reindex, fine-tune or migration builds a new index anyway
             if self._failed(row.id, now):
                 continue
-            job = jobs.create(
+            # None while a reindex, fine-tune or migration (which builds a new index anyway)
+            # is queued or running, this process's or another's.
+            job = services.stores.jobs.create_unless_busy(
                 type="reindex",
                 collection_id=row.id,
                 collection=row.name,
                 params={"index": None, "reason": f"auto index: {reason}"},
             )
+            if job is None:
+                continue
             self._queued[row.id] = (job.id, now)
             services.worker_wakeup.set()
             log.info("collection %s: queued reindex job %s (%s)", row.name, job.id, reason)

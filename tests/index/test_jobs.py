@@ -12,6 +12,8 @@ import pytest
 from index.db import make_engine, make_sessionmaker, migrate
 from index.errors import ConflictError, NotFoundError
 from index.jobs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
+from index.stores import Stores
+from tests.factories import new_collection
 from tests.postgres_gate import POSTGRES
 
 
@@ -143,3 +145,26 @@ def test_leases_and_times_are_the_databases_not_a_workers_clock(
     assert jobs.finish(job_id, worker="slow", status=SUCCEEDED)
     finished = jobs.get(job_id).finished_at
     assert finished is not None and abs((finished - real()).total_seconds()) < 60
+
+
+def test_processes_asking_at_once_queue_one_job_unless_busy(stores: Stores) -> None:
+    """The auto index's check runs in every API process: those that find the same
+    collection due at the same moment queue one job between them."""
+    row = new_collection(stores)
+    others = [Stores.over(stores.sessions).jobs for _ in range(6)]  # as many processes
+    start = threading.Barrier(len(others))
+    made: list[object] = []
+
+    def ask(jobs: JobStore) -> None:
+        start.wait()
+        made.append(
+            jobs.create_unless_busy(type="reindex", collection_id=row.id, collection="c", params={})
+        )
+
+    threads = [threading.Thread(target=ask, args=(jobs,)) for jobs in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([m for m in made if m is not None]) == 1
+    assert len(stores.jobs.list(status=QUEUED)) == 1
