@@ -129,6 +129,20 @@ class JobStore:
         with self.sessions() as session:
             return int(session.scalar(stmt) or 0)
 
+    def ended_lately(
+        self, *, collection_id: int, type: str, statuses: Sequence[str], within_s: float
+    ) -> bool:
+        """Whether a job of the collection and type ended in one of ``statuses`` within the
+        last ``within_s`` seconds (by the jobs' clock: the database's on Postgres)."""
+        stmt = select(JobRow.id).where(
+            JobRow.collection_id == collection_id,
+            JobRow.type == type,
+            JobRow.status.in_(list(statuses)),
+            JobRow.finished_at >= self._in(-within_s),
+        )
+        with self.sessions() as session:
+            return session.scalar(stmt.limit(1)) is not None
+
     def unfinished(self, *, collection_id: int, type: str | None = None) -> JobRow | None:
         """The oldest queued or running job (of a type, or of any) of a collection, or None."""
         stmt = (

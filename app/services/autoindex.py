@@ -10,7 +10,6 @@ import logging
 import time
 
 from app.state import Services
-from index.errors import NotFoundError
 from index.jobs import CANCELLED, FAILED
 from index.spaces import KEPT
 from index.spec import AUTO, auto_retune
@@ -55,7 +54,7 @@ class Retuner:
                 continue
             if any(space.state == KEPT for space in services.stores.spaces.of(row.id)):
                 continue  # a migration's rollback stays possible (another job would refuse it)
-            if self._failed(row.id, now):
+            if self._failed(row.id):
                 continue
             # None while a reindex, fine-tune or migration (which builds a new index anyway)
             # is queued or running, this process's or another's.
@@ -78,13 +77,13 @@ class Retuner:
         queued = self._queued.get(collection_id)
         return queued is not None and now - queued[1] < RETUNE_BACKOFF_S
 
-    def _failed(self, collection_id: int, now: float) -> bool:
-        """Whether the last reindex queued here failed, or was cancelled (an operator's say),
-        less than the longer backoff ago."""
-        queued = self._queued.get(collection_id)
-        if queued is None or now - queued[1] >= RETUNE_FAILED_BACKOFF_S:
-            return False
-        try:
-            return self.services.stores.jobs.get(queued[0]).status in (FAILED, CANCELLED)
-        except NotFoundError:
-            return False
+    def _failed(self, collection_id: int) -> bool:
+        """Whether a reindex of the collection failed, or was cancelled (an operator's say),
+        less than the longer backoff ago: asked of SQL, so that no process (nor one started
+        since) queues it again meanwhile."""
+        return self.services.stores.jobs.ended_lately(
+            collection_id=collection_id,
+            type="reindex",
+            statuses=(FAILED, CANCELLED),
+            within_s=RETUNE_FAILED_BACKOFF_S,
+        )

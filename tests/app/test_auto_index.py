@@ -205,6 +205,10 @@ def test_a_failed_reindex_is_not_queued_again_at_once(
     (job,) = jobs_of(client)
     assert job["status"] == "failed" and "out of memory" in job["error"]
     assert info(client, "c")["type"] == "flat"  # still served, exactly
+    # Nor by another process (or this one restarted), which did not queue it.
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    assert autoindex.Retuner(services).check() == []
+    assert len(jobs_of(client)) == 1
 
 
 def test_a_cancelled_reindex_is_not_queued_again_at_once(
@@ -225,6 +229,8 @@ def test_a_cancelled_reindex_is_not_queued_again_at_once(
         time.sleep(0.5)  # ten more checks of the loop, each finding the index too small
         assert [j["status"] for j in jobs_of(client)] == ["cancelled"]
         assert info(client, "c")["type"] == "flat"
+        services: Services = client.app.state.services  # type: ignore[attr-defined]
+        assert autoindex.Retuner(services).check() == []  # another process: nor there
 
 
 def test_no_reindex_while_a_migration_can_be_rolled_back(
