@@ -156,7 +156,7 @@ def test_search_many_gives_each_querys_nearest_items() -> None:
     n=st.integers(0, 70),
     block=st.integers(1, 16),
     columns=st.integers(1, 40),
-    threshold=st.floats(0.0, 0.99),
+    threshold=st.floats(0.0, 0.99, allow_subnormal=False),
 )
 def test_range_pairs_are_all_pairs(
     seed: int, n: int, block: int, columns: int, threshold: float
