@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -81,11 +81,20 @@ class JobStore:
         return row
 
     def create_unless_busy(
-        self, *, type: str, collection_id: int, collection: str, params: dict[str, Any]
+        self,
+        *,
+        type: str,
+        collection_id: int,
+        collection: str,
+        params: dict[str, Any],
+        quiet_after: Sequence[str] = (),
+        quiet_s: float = 0.0,
     ) -> JobRow | None:
-        """Queue a job unless one of the collection is queued or running (None then): the
-        look and the insert in one transaction under the collection's write lock, so that
-        processes asking at the same moment queue one job between them."""
+        """Queue a job unless one of the collection is queued or running, or one of its
+        ``type`` ended in one of ``quiet_after`` within ``quiet_s`` seconds (None then): the
+        looks and the insert in one transaction under the collection's write lock, so that
+        processes asking at the same moment queue one job between them, and a cancel that
+        lands meanwhile is seen (the job busy, or ended: never neither)."""
         row = _queued(type, collection_id, collection, params)
         busy = select(JobRow.id).where(
             JobRow.collection_id == collection_id, JobRow.status.in_([QUEUED, RUNNING])
@@ -93,6 +102,10 @@ class JobStore:
         with self.sessions.begin() as session:
             lock_collection(session, collection_id)
             if session.scalar(busy.limit(1)) is not None:
+                return None
+            if quiet_after and session.scalar(
+                self._ended(collection_id, type, quiet_after, quiet_s).limit(1)
+            ):
                 return None
             if self._db_clock:
                 row.created_at = session.execute(select(func.now())).scalar_one()
@@ -134,14 +147,19 @@ class JobStore:
     ) -> bool:
         """Whether a job of the collection and type ended in one of ``statuses`` within the
         last ``within_s`` seconds (by the jobs' clock: the database's on Postgres)."""
-        stmt = select(JobRow.id).where(
+        with self.sessions() as session:
+            found = self._ended(collection_id, type, statuses, within_s).limit(1)
+            return session.scalar(found) is not None
+
+    def _ended(
+        self, collection_id: int, type: str, statuses: Sequence[str], within_s: float
+    ) -> Select[str]:
+        return select(JobRow.id).where(
             JobRow.collection_id == collection_id,
             JobRow.type == type,
             JobRow.status.in_(list(statuses)),
             JobRow.finished_at >= self._in(-within_s),
         )
-        with self.sessions() as session:
-            return session.scalar(stmt.limit(1)) is not None
 
     def unfinished(self, *, collection_id: int, type: str | None = None) -> JobRow | None:
         """The oldest queued or running job (of a type, or of any) of a collection, or None."""

@@ -57,12 +57,15 @@ class Retuner:
             if self._failed(row.id):
                 continue
             # None while a reindex, fine-tune or migration (which builds a new index anyway)
-            # is queued or running, this process's or another's.
+            # is queued or running, this process's or another's, or a reindex failed or was
+            # cancelled lately (asked again under the lock: a cancel may land meanwhile).
             job = services.stores.jobs.create_unless_busy(
                 type="reindex",
                 collection_id=row.id,
                 collection=row.name,
                 params={"index": None, "reason": f"auto index: {reason}"},
+                quiet_after=(FAILED, CANCELLED),
+                quiet_s=RETUNE_FAILED_BACKOFF_S,
             )
             if job is None:
                 continue
