@@ -22,6 +22,7 @@ from app.settings import Settings
 from index.pairs import Pairs
 from index.tables import DuplicateListingRow
 from tests.app.test_duplicates import assert_all_pairs, fill, listing, url
+from tests.app.test_jobs import wait
 from tests.conftest import error_code
 from tests.factories import image_bytes, services_of
 
@@ -40,16 +41,6 @@ def run(client: TestClient, name: str, **body: Any) -> dict[str, Any]:
     response = client.post("/v1/jobs", json={"type": "duplicates", "collection": name, **body})
     assert response.status_code == 202, response.text
     return wait(client, response.json()["id"])
-
-
-def wait(client: TestClient, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} still running after {timeout} s")
 
 
 def pages(client: TestClient, name: str, **params: Any) -> tuple[list[dict[str, Any]], Any]:
