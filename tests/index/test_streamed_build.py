@@ -25,6 +25,7 @@ from index.stores import Stores
 from index.tables import CollectionRow, ItemRow
 from index.vector_index import VectorIndex
 from models.encoders.aligner import Aligner
+from tests.index.test_follow import Identity
 
 DIM = 64
 N = 3000
@@ -34,16 +35,6 @@ TYPES = {
     "hnsw": ("hnsw", {}),
     "ivf-sq8": ("ivf", {"nlist": 16, "quantizer": "sq8"}),
 }
-
-
-@dataclass(frozen=True)
-class Normalise:
-    """The projector SQL names: features of another version are projected by normalising."""
-
-    version: int
-
-    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
-        return raw / np.linalg.norm(raw, axis=1, keepdims=True)
 
 
 @dataclass
@@ -137,12 +128,12 @@ def fill(stores: Stores, row: CollectionRow, start: int, count: int, **kw: Any) 
         stores.items.upsert_many(collection_id=row.id, drafts=batch)
 
 
-def manager(stores: Stores, root: Path) -> IndexManager[Normalise]:
+def manager(stores: Stores, root: Path) -> IndexManager[Identity]:
     return IndexManager(
         collections=stores.collections,
         items=stores.items,
         changes=stores.changes,
-        aligner_of=lambda row: Normalise(row.aligner_version),
+        aligner_of=lambda row: Identity(row.aligner_version),
         root=root,
     )
 
@@ -151,7 +142,7 @@ def built_at_once(stores: Stores, row: CollectionRow) -> VectorIndex:
     """The index as builds made it before: every row's vectors added at once, then an IVF
     trained on all of them."""
     stored = [s for c in stores.items.iter_stored(collection_id=row.id) for s in c]
-    aligner = Normalise(row.aligner_version)
+    aligner = Identity(row.aligner_version)
     matrices = [current_vectors(s, aligner, DIM) for s in stored]
     index = VectorIndex(DIM, IndexSpec.of(row.index_type, row.index_params), deferred=True)
     index.upsert(
