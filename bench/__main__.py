@@ -118,6 +118,7 @@ def _run_phase(
     from bench.duplicates import run_duplicates
     from bench.embed import run_embed
     from bench.finetune import run_finetune
+    from bench.footprint import run_footprint
     from bench.hostile import run_hostile
     from bench.hybrid import run_hybrid
     from bench.ingest import run_ingest
@@ -136,6 +137,7 @@ def _run_phase(
         "duplicates": run_duplicates,
         "video": run_video,
         "hybrid": run_hybrid,
+        "footprint": run_footprint,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

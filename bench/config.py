@@ -18,6 +18,7 @@ PHASES = (
     "duplicates",
     "video",
     "hybrid",
+    "footprint",
 )
 
 # Index settings per benchmark type name (the collection's ``index`` body).
@@ -141,6 +142,8 @@ class BenchConfig:
     replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
     # -- bulk writes against the encoder
     bulk: BulkConfig = field(default_factory=BulkConfig)
+    # -- what a stored item costs (bench/footprint.py): items of each kind, format, database
+    footprint_items: int = 20_000
     # -- teaching a vocabulary
     finetune: FinetuneBenchConfig = field(default_factory=FinetuneBenchConfig)
     # -- plumbing
@@ -179,6 +182,7 @@ def quick_config() -> BenchConfig:
         jpegs=4,
         jpeg_batch=2,
         decode_budget_s=1.0,
+        footprint_items=256,
         hostile=HostileConfig(
             model="random:mmr-tiny",
             clients=2,

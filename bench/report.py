@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.footprint import footprint_md
 from bench.report_bulk import bulk_md, bulk_targets
 from bench.report_finetune import finetune_md, finetune_targets
 from bench.report_hybrid import hybrid_md, hybrid_targets
@@ -209,6 +210,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         lines += replicas_md(results["replicas"], m)
     if "bulk" in results:
         lines += bulk_md(results["bulk"], m)
+    if "footprint" in results:
+        lines += footprint_md(results["footprint"], m)
     if "finetune" in results:
         lines += finetune_md(results["finetune"], m)
     if "video" in results:

@@ -1,9 +1,10 @@
-"""How values are kept in columns, for every store: vectors as float32 blobs, tag values as
-canonical JSON, and the text that every backend can hold."""
+"""How values are kept in columns, for every store: vectors as float32 blobs, raw features as
+float16 ones, tag values as canonical JSON, and the text that every backend can hold."""
 
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,67 @@ def from_blob(blob: bytes, width: int | None = None) -> np.ndarray:
     """The inverse of to_blob: flat, or rows of ``width`` when given."""
     flat = np.frombuffer(blob, dtype=np.float32)
     return flat if width is None else flat.reshape(-1, width)
+
+
+# Raw features are stored in half precision with a header: a float16 component is within
+# 2**-11 of the float32 one, relative, which moves a projected unit vector's cosine to the
+# float32 one by less than 1e-6 (docs/performance.md, "What a stored item costs"), for half
+# the bytes. The header's first four bytes are a float32 NaN, which no stored feature holds
+# (features are finite): a blob without it is a float32 one of an earlier release.
+HALF = struct.pack("<I", 0x7FC0_F16F)
+SINGLE = struct.pack("<I", 0x7FC0_F32F)  # features float16 would distort, kept whole
+# A row is kept in float16 when that moves it by at most this share of its length (values
+# past 65504 overflow, and ones under 6e-8 vanish: a feature of tiny values would).
+HALF_ERROR = 2.0**-10
+_WIDTH = struct.Struct("<I")
+
+
+def _as_rows(raw: np.ndarray) -> np.ndarray:
+    rows = np.ascontiguousarray(raw, dtype=np.float32)
+    return rows if rows.ndim == 2 else rows.reshape(1, -1)
+
+
+def _halved(rows: np.ndarray) -> np.ndarray | None:
+    """The rows in float16, or None when that would distort one of them."""
+    with np.errstate(over="ignore"):
+        half = rows.astype(np.float16)
+    wide = half.astype(np.float32)
+    if not np.all(np.isfinite(wide)):
+        return None
+    error = np.linalg.norm(wide - rows, axis=-1)
+    if np.any(error > HALF_ERROR * np.linalg.norm(rows, axis=-1)):
+        return None
+    return half
+
+
+def stored_features(raw: np.ndarray) -> np.ndarray:
+    """Raw features as storing them keeps them (float32 rows of float16 values, when float16
+    holds them well): what an index rebuilt from SQL projects, so a write projects them."""
+    rows = _as_rows(raw)
+    half = _halved(rows)
+    return rows if half is None else half.astype(np.float32)
+
+
+def to_features(raw: np.ndarray) -> bytes:
+    """Raw features, (rows, width), as a column's bytes: a header (format and width), then
+    float16 values (float32 where float16 would distort a row)."""
+    rows = _as_rows(raw)
+    width = _WIDTH.pack(rows.shape[1])
+    half = _halved(rows)
+    if half is None:
+        return SINGLE + width + rows.tobytes()
+    return HALF + width + half.tobytes()
+
+
+def from_features(blob: bytes, rows: int | None = None) -> np.ndarray:
+    """The inverse of to_features: float32 rows. A blob of an earlier release (plain float32,
+    no header) is cut into ``rows`` rows (one when not given)."""
+    head = blob[:4]
+    if head in (HALF, SINGLE):
+        (width,) = _WIDTH.unpack_from(blob, 4)
+        dtype = np.float16 if head == HALF else np.float32
+        return np.frombuffer(blob, dtype=dtype, offset=8).astype(np.float32).reshape(-1, width)
+    return np.frombuffer(blob, dtype=np.float32).reshape(rows or 1, -1)
 
 
 def canonical(value: Scalar) -> str:

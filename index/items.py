@@ -10,13 +10,13 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import ColumnElement, case, delete, func, null, select
+from sqlalchemy import ColumnElement, and_, case, delete, func, null, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from index import fulltext
 from index.bulk import insert_keyed, insert_rows, one_of
-from index.columns import Scalar, canonical, storable, tag_pairs, to_blob
+from index.columns import Scalar, canonical, storable, tag_pairs, to_blob, to_features
 from index.db import engine_of, unmapped
 from index.errors import NotFoundError, SpaceChangedError
 from index.summaries import ItemSummary, read_summaries, summary_of
@@ -41,7 +41,9 @@ class ItemDraft:
     content_type: str
     size_bytes: int
     feature: np.ndarray
-    vector: np.ndarray
+    # None: not stored, as the aligner version's projection of ``feature`` gives it again
+    # bit for bit (an identity head: see ``current_vectors``). Half an item's bytes.
+    vector: np.ndarray | None
     aligner_version: int
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -50,7 +52,8 @@ class ItemDraft:
 
 @dataclass(frozen=True)
 class StoredVectors:
-    """What rebuilding an index needs of an item: its raw features and stored vectors."""
+    """What rebuilding an index needs of an item: its raw features and stored vectors
+    (``vector`` empty: derived from the features, see ``index.manager.current_vectors``)."""
 
     pk: int
     modality: str
@@ -250,6 +253,11 @@ def _rows_by_id(session: Session, collection_id: int, ids: Sequence[str]) -> dic
     return rows
 
 
+def vector_blob(vectors: np.ndarray | None) -> bytes:
+    """A row's ``vector`` column: empty when the vectors are derived from the features."""
+    return b"" if vectors is None else to_blob(vectors)
+
+
 def _values(collection_id: int, draft: ItemDraft, now: datetime) -> dict[str, Any]:
     """A new row's columns (by attribute name) from a draft."""
     return {
@@ -261,8 +269,8 @@ def _values(collection_id: int, draft: ItemDraft, now: datetime) -> dict[str, An
         "size_bytes": draft.size_bytes,
         "text": draft.text,
         "meta": draft.metadata,
-        "feature": to_blob(draft.feature),
-        "vector": to_blob(draft.vector),
+        "feature": to_features(draft.feature),
+        "vector": vector_blob(draft.vector),
         "spans": draft.spans,
         "aligner_version": draft.aligner_version,
         "created_at": now,
@@ -277,8 +285,8 @@ def _fill(row: ItemRow, draft: ItemDraft, now: datetime) -> None:
     row.size_bytes = draft.size_bytes
     row.text = draft.text
     row.meta = draft.metadata
-    row.feature = to_blob(draft.feature)
-    row.vector = to_blob(draft.vector)
+    row.feature = to_features(draft.feature)
+    row.vector = vector_blob(draft.vector)
     row.spans = draft.spans
     row.aligner_version = draft.aligner_version
     row.updated_at = now
@@ -568,11 +576,14 @@ class ItemStore:
         """How many vectors (a recording's segments each) the collection's items hold: what
         an index build sizes its IVF lists by and an ``auto`` index is chosen for
         (index.spec.auto_spec), read from the blobs' lengths, not the blobs."""
-        stmt = select(func.coalesce(func.sum(func.length(ItemRow.vector)), 0)).where(
+        # A row without stored vectors is an image's or a text's: one vector.
+        width = 4 * dim
+        rows = case((func.length(ItemRow.vector) == 0, width), else_=func.length(ItemRow.vector))
+        stmt = select(func.coalesce(func.sum(rows), 0)).where(
             ItemRow.collection_id == collection_id
         )
         with self.sessions() as session, unmapped(session.connection()):
-            return int(session.scalar(stmt) or 0) // (4 * dim)
+            return int(session.scalar(stmt) or 0) // width
 
     def iter_stored(
         self,
@@ -587,9 +598,9 @@ class ItemStore:
         :data:`LOAD_CHUNK`), one query each: the whole collection, or some keys. What a
         caller holds at once is one chunk, whatever the collection's size.
 
-        ``features_unless``: an aligner version whose rows' raw features are not read (their
-        ``feature`` comes back empty): an index build needs only the stored vectors of the
-        version it serves, and features are as large as vectors or larger."""
+        ``features_unless``: an aligner version whose rows' raw features are not read where
+        their vectors are stored (``feature`` comes back empty): an index build needs only the
+        stored vectors of the version it serves."""
         size = chunk or LOAD_CHUNK
         if pks is None:
             yield from self._iter_stored(collection_id, None, modality, size, features_unless)
@@ -610,9 +621,8 @@ class ItemStore:
     ) -> Iterator[list[StoredVectors]]:
         feature: Any = ItemRow.feature
         if features_unless is not None:
-            feature = case(
-                (ItemRow.aligner_version == features_unless, null()), else_=feature
-            ).label("feature")
+            kept = and_(ItemRow.aligner_version == features_unless, func.length(ItemRow.vector) > 0)
+            feature = case((kept, null()), else_=feature).label("feature")
         last = 0
         # Keyset pages, a session each: no transaction (nor Postgres snapshot) stays open
         # across a long build, and nothing of a page outlives the next one.

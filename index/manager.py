@@ -33,7 +33,7 @@ import numpy as np
 
 from index.changes import ChangeLog
 from index.collections import CollectionStore
-from index.columns import from_blob
+from index.columns import from_blob, from_features
 from index.errors import ConflictError, NotFoundError
 from index.faults import database_busy
 from index.items import ItemStore, StoredVectors
@@ -162,12 +162,12 @@ def spec_of(row: CollectionRow) -> IndexSpec:
 
 def current_vectors(stored: StoredVectors, aligner: Projector, dim: int) -> np.ndarray:
     """An item's vectors in the aligner's space: stored ones when that version made them,
-    else its stored raw features projected now (a new version needs no re-encoding)."""
-    vectors = from_blob(stored.vector, dim)
-    if stored.aligner_version == aligner.version:
-        return vectors
-    raw = from_blob(stored.feature).reshape(len(vectors), -1)
-    return aligner.project(stored.modality, raw)
+    else its stored raw features projected now (a new version needs no re-encoding; rows
+    that store none are the projection of their features by their version)."""
+    if stored.vector and stored.aligner_version == aligner.version:
+        return from_blob(stored.vector, dim)
+    rows = len(stored.vector) // (4 * dim) or None
+    return aligner.project(stored.modality, from_features(stored.feature, rows))
 
 
 class IndexManager(Generic[P]):

@@ -8,11 +8,12 @@ active one, so that items and queries of a collection always meet the same head 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from index.columns import stored_features
 from models.encoders.aligner import (
     VIDEO,
     Aligner,
@@ -27,6 +28,8 @@ from models.media.video import DecodedVideo
 
 # Frames of a batch's videos prepared and encoded together (MMR_VIDEO_SAMPLE_FRAMES' default).
 VIDEO_FRAMES_PER_CALL = 64
+# Modalities of one row, whose vectors SQL need not store under an identity head.
+DERIVED = frozenset({"image", "text"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,22 @@ class Encoded:
         if self.spans is None:
             return None
         return [[round(float(a), 3), round(float(b), 3)] for a, b in self.spans]
+
+
+def as_stored(encoded: Sequence[Encoded]) -> list[Encoded]:
+    """Inputs with their raw features as SQL keeps them (``stored_features``): a write
+    projects these, so its vectors are the ones a rebuild of the index projects again."""
+    return [replace(e, raw=stored_features(e.raw)) for e in encoded]
+
+
+def kept_vectors(aligner: Aligner, encoded: Encoded, vectors: np.ndarray) -> np.ndarray | None:
+    """The vectors a row stores: none for an image or a text whose head is the identity
+    (their vectors are the stored features normalised, row by row, bit for bit whatever
+    the batch: ``index.manager.current_vectors`` makes them again), else ``vectors``."""
+    head = aligner.heads.get(encoded.modality)
+    if encoded.modality in DERIVED and head is not None and head.kind == "identity":
+        return None
+    return vectors
 
 
 def all_vectors(aligner: Aligner, encoded: Sequence[Encoded]) -> list[np.ndarray]:

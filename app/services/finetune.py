@@ -25,7 +25,7 @@ from app.services.embedding import Embedder
 from app.services.jobs import JobContext
 from app.state import Services
 from index.aligners import AlignerStore
-from index.columns import from_blob
+from index.columns import from_features
 from index.errors import JobEndedError
 from index.items import ItemStore, StoredVectors
 from index.jobs import JobStore
@@ -323,5 +323,5 @@ def _stored(items: ItemStore, row: CollectionRow, pks: set[int]) -> dict[int, St
 
 def _raw(stored: StoredVectors, dim: int) -> np.ndarray:
     """One raw feature per item: a recording's segments are averaged."""
-    rows = len(from_blob(stored.vector, dim))
-    return from_blob(stored.feature).reshape(rows, -1).mean(axis=0)
+    rows = len(stored.vector) // (4 * dim) or None
+    return from_features(stored.feature, rows).mean(axis=0)

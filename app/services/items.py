@@ -23,7 +23,7 @@ from app.ids import check_key
 from app.schemas.common import MAX_TEXT_CHARS
 from app.schemas.items import ItemPage, ItemPublic
 from app.services.collections import require_space
-from app.services.embedding import Embedder, Encoded, all_vectors
+from app.services.embedding import Embedder, Encoded, all_vectors, as_stored, kept_vectors
 from app.services.errors import InvalidInput, Malformed, MalformedJson, SpaceMismatch, TooLarge
 from app.services.media import decode_upload
 from app.services.pool import ModelPool, in_space
@@ -454,6 +454,7 @@ def _write(
                 f"collection {row.name!r} moved to another model while this write was "
                 "encoded: send it again"
             )
+        encoded = as_stored(encoded)
         vectors = all_vectors(aligner, encoded)
         drafts = [
             ItemDraft(
@@ -463,7 +464,7 @@ def _write(
                 content_type=item.content_type,
                 size_bytes=len(item.data),
                 feature=enc.raw,
-                vector=vecs,
+                vector=kept_vectors(aligner, enc, vecs),
                 aligner_version=aligner.version,
                 text=item.text,
                 metadata=item.metadata,

@@ -23,7 +23,7 @@ import numpy as np
 from app.schemas.collections import IndexSettings
 from app.schemas.jobs import MigrateJobCreate, MigrationConfirmed
 from app.services.collections import stored_index
-from app.services.embedding import Embedder, Encoded, all_vectors
+from app.services.embedding import Embedder, Encoded, all_vectors, as_stored, kept_vectors
 from app.services.errors import SpaceMismatch
 from app.services.items import feature_space
 from app.services.jobs import JobContext, require_no_migration
@@ -32,8 +32,9 @@ from app.settings import Settings
 from app.state import Services
 from index.blobs import BlobStore
 from index.collections import CollectionStore
-from index.columns import to_blob
+from index.columns import to_features
 from index.errors import ConflictError, JobEndedError
+from index.items import vector_blob
 from index.jobs import JobStore
 from index.spaces import KEPT, SpaceStore, SpaceVectors, Switched, ToEncode, space_key
 from index.spec import IndexSpec
@@ -298,15 +299,18 @@ def encode_items(
         payloads.append(payload)
     todo = [t for t in todo if t.pk not in gone]
     here = iter(embedder.encode_mixed([t.modality for t in local], payloads))
-    encoded: list[Encoded] = [
-        Encoded("image", given[t.pk].reshape(1, -1)) if t.pk in given else next(here) for t in todo
-    ]
+    encoded = as_stored(
+        [
+            Encoded("image", given[t.pk].reshape(1, -1)) if t.pk in given else next(here)
+            for t in todo
+        ]
+    )
     return [
         SpaceVectors(
             pk=item.pk,
             sha256=item.sha256,
-            feature=to_blob(enc.raw),
-            vector=to_blob(vectors),
+            feature=to_features(enc.raw),
+            vector=vector_blob(kept_vectors(heads, enc, vectors)),
             spans=enc.span_list(),
             aligner_version=heads.version,
         )

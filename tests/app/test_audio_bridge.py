@@ -20,7 +20,7 @@ from app.main import create_app
 from app.services.aligners import record
 from app.settings import Settings
 from app.state import Services
-from index.columns import from_blob
+from index.columns import from_blob, from_features
 from models.encoders.aligner import Aligner, AlignerHead
 from models.encoders.clap import build_tiny_clap
 from models.errors import ModelLoadError
@@ -205,7 +205,9 @@ def test_items_and_queries_meet_the_same_head_version(client: TestClient) -> Non
     assert stored.aligner_version == live.aligner.version == 1
     vectors = from_blob(stored.vector, row.dim)
     np.testing.assert_allclose(
-        vectors, live.aligner.project("audio", from_blob(stored.feature, 32)), atol=1e-6
+        vectors,
+        live.aligner.project("audio", from_features(stored.feature, len(vectors))),
+        atol=1e-6,
     )
     # Activating another version (a new audio head): stored items are re-projected from their
     # raw features, and items and queries from then on go through the new heads.

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from app.main import create_app
 from app.services import duplicates as service
 from app.settings import Settings
-from index.columns import from_blob
+from index.manager import current_vectors
 from tests.conftest import error_code
 from tests.factories import audio_bytes, image_bytes, services_of
 
@@ -65,12 +65,13 @@ def stored(client: TestClient, name: str) -> tuple[list[str], np.ndarray]:
     """Ids in the order they were stored, and their stored vectors."""
     services = services_of(client)
     row = services.stores.collections.get(name)
+    live = services.indexes.get(row)
     ids, vectors = [], []
     for chunk in services.stores.items.iter_stored(collection_id=row.id):
         found = services.stores.items.summaries(collection_id=row.id, pks=[s.pk for s in chunk])
         for s in chunk:
             ids.append(found[s.pk].external_id)
-            vectors.append(from_blob(s.vector, row.dim))
+            vectors.append(current_vectors(s, live.aligner, row.dim))
     return ids, np.concatenate(vectors)
 
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from index.columns import from_blob
+from index.columns import from_blob, from_features
+from models.encoders.aligner import l2_normalize
 from tests.app.test_crash import REPO, Server, log_tail, serve, server_env
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra mmr[ray] (make install has it)")
@@ -72,11 +73,15 @@ def ingest(server: Server, folder: Path, tmp: Path, *args: str) -> tuple[list[st
 def vectors(db: Path, collection: str) -> dict[str, np.ndarray]:
     with sqlite3.connect(db) as conn:
         rows = conn.execute(
-            "SELECT items.external_id, items.vector FROM items JOIN collections "
+            "SELECT items.external_id, items.feature, items.vector FROM items JOIN collections "
             "ON items.collection_id = collections.id WHERE collections.name = ?",
             (collection,),
         ).fetchall()
-    return {external_id: from_blob(blob) for external_id, blob in rows}
+    # Images' vectors are their features normalised, where SQL keeps no vector.
+    return {
+        external_id: from_blob(vector) if vector else l2_normalize(from_features(feature))[0]
+        for external_id, feature, vector in rows
+    }
 
 
 def test_a_folder_through_ray_is_the_folder_ingested_here(cluster: str, tmp_path: Path) -> None:
@@ -134,7 +139,6 @@ def test_a_migration_with_a_ray_address_encodes_its_images_on_the_cluster(
     from app.services.embedding import Embedder
     from app.services.media import decode_upload
     from app.settings import Settings
-    from models.encoders.aligner import l2_normalize
     from models.encoders.registry import load_model
 
     env = server_env(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}")

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.state import Services
-from index.columns import from_blob
+from index.columns import from_features
 from models.encoders.aligner import Aligner, l2_normalize
 from tests.conftest import error_code
 from tests.factories import image_bytes
@@ -185,7 +185,7 @@ def test_searches_during_activations_never_mix_versions(client: TestClient) -> N
     query = "caption of picture 7"
     raw_query = services.embedder.encoder.encode_texts([query])
     items = {
-        r.external_id: (r.modality, from_blob(r.feature).reshape(1, -1))
+        r.external_id: (r.modality, from_features(r.feature))
         for r in services.stores.items.page(collection_id=row.id, after_pk=0, limit=1000)
     }
     problems: list[str] = []

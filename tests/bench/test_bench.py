@@ -123,3 +123,16 @@ def test_quick_ingest_counts_and_decode_agreement(quick_run: tuple[Path, dict[st
     assert min(decode["service_decoded_size"]) < min(decode["full_size"])
     assert min(decode["service_decoded_size"]) >= 2 * decode["encoder_input"]
     assert decode["cosine_min"] > 0.9
+
+
+def test_quick_footprint_measures_both_formats(quick_run: tuple[Path, dict[str, Any]]) -> None:
+    out, results = quick_run
+    rows = results["footprint"]["rows"]
+    assert {r["database"] for r in rows} >= {"SQLite"}
+    sizes = {(r["database"], r["kind"], r["format"].split(":")[0]): r for r in rows}
+    for (database, kind, fmt), row in sizes.items():
+        assert row["items"] > 0 and row["items_per_s"] > 0 and row["tables"]["items"] > 0
+        if fmt == "this release":  # bytes, not time: a stored item is smaller than before
+            earlier = sizes[(database, kind, "earlier release")]
+            assert row["bytes_per_item"] < earlier["bytes_per_item"]
+    assert "## What a stored item costs" in (out / "results.md").read_text()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from index.columns import canonical, from_blob
+from index.columns import canonical, from_blob, from_features
 from index.errors import NotFoundError
 from index.items import ItemDraft
 from index.stores import Stores
@@ -46,7 +46,7 @@ def test_a_recording_keeps_one_vector_per_segment(stores: Stores) -> None:
     stores.items.upsert(collection_id=row.id, draft=item_draft("short"))
     assert done.row.spans == spans
     stored = stores.items.get(collection_id=row.id, external_id="long")
-    assert from_blob(stored.feature, 6).shape == (3, 6)
+    assert from_features(stored.feature).shape == (3, 6)
     (chunk,) = list(stores.items.iter_stored(collection_id=row.id))
     assert [s.pk for s in chunk] == [done.row.pk, done.row.pk + 1]
     assert [len(from_blob(s.vector, 4)) for s in chunk] == [3, 1]

@@ -186,7 +186,7 @@ def test_start_up_build_streams_and_matches_a_build_from_every_row(
     passes = 2 if kind.startswith("ivf") else 1  # an IVF's sample, then its adds
     assert sum(reads.rows) == passes * (N + 200)
     # Only the projected items' raw features were read: the others' stored vectors serve.
-    assert reads.feature_bytes == passes * 200 * DIM * 4
+    assert reads.feature_bytes == passes * 200 * (8 + DIM * 2)  # header, float16 values
     # Not through SQLite's memory map: the pages read would stay resident in the process.
     assert reads.mapped <= {0}
     assert live.index.size == N + 200
