@@ -117,6 +117,7 @@ def _run_phase(
     from bench.bulk import run_bulk
     from bench.duplicates import run_duplicates
     from bench.embed import run_embed
+    from bench.filtered import run_filtered
     from bench.finetune import run_finetune
     from bench.hostile import run_hostile
     from bench.hybrid import run_hybrid
@@ -136,6 +137,7 @@ def _run_phase(
         "duplicates": run_duplicates,
         "video": run_video,
         "hybrid": run_hybrid,
+        "filtered": run_filtered,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

@@ -18,6 +18,7 @@ PHASES = (
     "duplicates",
     "video",
     "hybrid",
+    "filtered",
 )
 
 # Index settings per benchmark type name (the collection's ``index`` body).
