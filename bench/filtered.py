@@ -61,7 +61,7 @@ class FilteredConfig:
         ("hnsw", 100_000),
         ("ivf-sq8", 100_000),
     )
-    shares: tuple[float, ...] = (0.001, 0.01, 0.1, 0.5)
+    shares: tuple[float, ...] = (0.001, 0.01, 0.1)
     queries: int = 50
     rounds: int = 3
     centres: int = 2000

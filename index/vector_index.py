@@ -547,6 +547,7 @@ class VectorIndex:
         labels = self._labels[: self._n]
         if len(keys) * LOOKUP_SHARE > self._n:
             return np.flatnonzero(np.isin(labels >> SEGMENT_BITS, keys) & (labels >= 0))
+        keys = np.sort(keys)  # ascending needles: each binary search starts where the last ended
         lookup = self._owner_lookup()
         found = [_ranges(owners, rows, keys) for owners, rows in lookup.runs if len(owners)]
         rows = np.unique(np.concatenate(found or [np.empty(0, dtype=np.int64)]))
@@ -681,6 +682,8 @@ def _ranges(owners: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np.ndar
     """The labels whose owner is one of ``keys``, from a run sorted by owner."""
     lo = np.searchsorted(owners, keys, side="left")
     counts = np.searchsorted(owners, keys, side="right") - lo
+    if counts.max(initial=0) <= 1:  # one vector an item: no ranges to expand
+        return labels[lo[counts == 1]]
     hit = counts > 0
     lo, counts = lo[hit], counts[hit]
     if not len(lo):
