@@ -12,8 +12,9 @@ enough vectors to train its lists on the collection's own data.
 A filter names the items a search may return. A selective one (few vectors) is answered
 by looking its keys up in the label map sorted by owner and scoring just those rows:
 flat and HNSW indexes keep the float32 vectors, a trained IVF decodes its codes through a
-direct map (so its scores are those an exhaustive IVF search gives). A looser filter
-becomes a bitmap over the labels for FAISS's own search.
+direct map (so its scores are those an exhaustive IVF search gives) unless they are too
+many to decode faster than its lists are scanned. A looser filter becomes a bitmap over the
+labels for FAISS's own search.
 
 A flat index answers one query by scanning a float16 copy of its vectors (half the bytes
 of memory to stream, which is what bounds an exhaustive scan), then rescoring the
@@ -53,6 +54,10 @@ OWNER_TAIL_MAX = 16384
 # Filters of more keys than a sixteenth of the labels are matched by one isin pass instead
 # (bench/filtered.py times both).
 LOOKUP_SHARE = 16
+# A trained IVF decodes a selective filter's rows one by one (about 5 us each here), while
+# its exhaustive scan with a bitmap skips an excluded code in about 20 ns: it decodes up to
+# one row in this many, and scans its lists with the bitmap past that (bench/filtered.py).
+IVF_DECODE_SHARE = 256
 # An IVF's direct map (label -> list and offset, a hash table) costs about this per vector.
 DIRECT_MAP_BYTES = 40
 TRAIN_POINTS_PER_LIST = 64
@@ -392,7 +397,8 @@ class VectorIndex:
         faiss.omp_set_num_threads(_threads["search"])
         with self._lock.read(wait=wait):
             rows = None if allowed is None else self._rows_of(allowed)
-            if rows is not None and self._selective(len(rows)):
+            exhaustive = rows is not None and self._selective(len(rows))
+            if exhaustive and (not self._lists or len(rows) * IVF_DECODE_SHARE <= self._n):
                 return self._score_rows(q[0], k, rows) if k > 0 else []
             mask = self._mask(rows)
             if mask is None:
@@ -402,7 +408,7 @@ class VectorIndex:
             want = min(k, items)
             if want <= 0:
                 return []
-            return self._search(q, k, want, total, bits, exhaustive=False, wait=wait)
+            return self._search(q, k, want, total, bits, exhaustive=exhaustive, wait=wait)
 
     def _selective(self, vectors: int) -> bool:
         return vectors <= max(SELECTIVE_MAX, SELECTIVE_SHARE * self._live)
@@ -548,9 +554,10 @@ class VectorIndex:
         if len(keys) * LOOKUP_SHARE > self._n:
             return np.flatnonzero(np.isin(labels >> SEGMENT_BITS, keys) & (labels >= 0))
         keys = np.sort(keys)  # ascending needles: each binary search starts where the last ended
+        keys = keys[np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1))]  # distinct
         lookup = self._owner_lookup()
         found = [_ranges(owners, rows, keys) for owners, rows in lookup.runs if len(owners)]
-        rows = np.unique(np.concatenate(found or [np.empty(0, dtype=np.int64)]))
+        rows = np.sort(np.concatenate(found or [np.empty(0, dtype=np.int64)]))
         return rows[labels[rows] >= 0]  # deleted since the lookup was built
 
     def _owner_lookup(self) -> _OwnerLookup:
@@ -679,15 +686,18 @@ def _sorted_by_owner(labels: np.ndarray, start: int, end: int) -> tuple[np.ndarr
 
 
 def _ranges(owners: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """The labels whose owner is one of ``keys``, from a run sorted by owner."""
+    """The labels whose owner is one of ``keys`` (ascending, distinct), from a run sorted by
+    owner: one binary search a key, a second only for items of several vectors."""
     lo = np.searchsorted(owners, keys, side="left")
-    counts = np.searchsorted(owners, keys, side="right") - lo
-    if counts.max(initial=0) <= 1:  # one vector an item: no ranges to expand
-        return labels[lo[counts == 1]]
-    hit = counts > 0
-    lo, counts = lo[hit], counts[hit]
-    if not len(lo):
-        return np.empty(0, dtype=np.int64)
+    at = np.minimum(lo, len(owners) - 1)
+    hit = owners[at] == keys
+    lo, keys = lo[hit], keys[hit]
+    nxt = np.minimum(lo + 1, len(owners) - 1)
+    more = (lo + 1 < len(owners)) & (owners[nxt] == keys)
+    if not more.any():  # one vector an item: nothing to expand
+        return labels[lo]
+    counts = np.ones(len(lo), dtype=np.int64)
+    counts[more] = np.searchsorted(owners, keys[more], side="right") - lo[more]
     starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
     return labels[starts + np.arange(int(counts.sum()))]
 

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from index import vector_index
 from index.spec import IndexSpec
 from index.vector_index import VectorIndex
 from models.encoders.aligner import l2_normalize
@@ -140,10 +141,13 @@ def assert_exact(
     np.testing.assert_allclose([h.score for h in hits], exact, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("decode_share", [1, vector_index.IVF_DECODE_SHARE])
 @pytest.mark.parametrize("name", SPECS)
 def test_selective_filters_match_numpy_with_segments_deletions_and_k_past_matches(
-    name: str,
+    name: str, decode_share: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A trained IVF decodes the rows of the smallest filters, scans its lists past that.
+    monkeypatch.setattr(vector_index, "IVF_DECODE_SHARE", decode_share)
     model = Model()
     index = trained(name, model)
     model.upsert(index, [5000, 5001, 17], [7, 3, 4], seed=1)  # segments; 17 replaced
