@@ -398,7 +398,7 @@ class VectorIndex:
         with self._lock.read(wait=wait):
             rows = None if allowed is None else self._rows_of(allowed)
             exhaustive = rows is not None and self._selective(len(rows))
-            if exhaustive and (not self._lists or len(rows) * IVF_DECODE_SHARE <= self._n):
+            if rows is not None and exhaustive and self._decodes(len(rows)):
                 return self._score_rows(q[0], k, rows) if k > 0 else []
             mask = self._mask(rows)
             if mask is None:
@@ -412,6 +412,10 @@ class VectorIndex:
 
     def _selective(self, vectors: int) -> bool:
         return vectors <= max(SELECTIVE_MAX, SELECTIVE_SHARE * self._live)
+
+    def _decodes(self, vectors: int) -> bool:
+        """Whether scoring these rows one by one beats scanning (only a trained IVF may not)."""
+        return not self._lists or vectors * IVF_DECODE_SHARE <= self._n
 
     def search_many(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
