@@ -586,12 +586,20 @@ class VectorIndex:
         """The top-k items among the vectors at ``rows``, each scored exactly (against the
         vectors the index stores): every allowed item is a candidate, so min(k, items)
         come back without widening. Ties go to the lower label, as in a flat scan."""
-        if not len(rows):
-            return []
         scores = np.einsum("ij,j->i", self._vectors_of(rows), query)  # as _scan_exact sums
-        order = np.lexsort((rows, -scores))
-        vids = self._labels[rows[order]]
-        _, first = np.unique(vids >> SEGMENT_BITS, return_index=True)  # best per item
+        take = RESCORE_EXTRA + 4 * k  # ranked first; more when segments crowd them out
+        while True:
+            if take < len(rows):  # every vector scoring at least the take-th best, ties too
+                cut = np.partition(scores, len(rows) - take)[len(rows) - take]
+                near = np.flatnonzero(scores >= cut)
+            else:
+                near = np.arange(len(rows))
+            order = near[np.lexsort((rows[near], -scores[near]))]
+            vids = self._labels[rows[order]]
+            _, first = np.unique(vids >> SEGMENT_BITS, return_index=True)  # best per item
+            if len(first) >= k or take >= len(rows):
+                break
+            take *= 4
         best = np.sort(first)[:k]
         return [
             IndexHit(int(vid >> SEGMENT_BITS), float(score), int(vid & SEGMENT_MASK))

@@ -261,3 +261,15 @@ def test_property_selective_search_is_numpy_over_the_allowed(
     # Scores equal to float32 rounding may swap places; the scores themselves may not.
     best = [float(model.items[pk][segment].astype(np.float64) @ q) for pk, segment in want]
     np.testing.assert_allclose([h.score for h in hits], best, rtol=0, atol=1e-5)
+
+
+def test_an_item_whose_segments_crowd_the_top_leaves_room_for_k_others() -> None:
+    model = Model()
+    index = trained("flat", model, items=500)
+    q = unit(1, 12)[0]
+    near = l2_normalize(q + 0.01 * unit(200, 13)).astype(np.float32)  # 200 segments at q
+    index.upsert(np.array([900]), near, np.array([200]))
+    model.items[900] = near
+    allowed = [900, *range(1, 400)]
+    assert_exact(index, model, q, 5, allowed)
+    assert index.search(q, 5, np.array(allowed))[0].pk == 900
