@@ -178,8 +178,13 @@ def test_a_selective_filter_scores_only_the_allowed_vectors(
     assert {h.pk for h in hits} == {1, 2, 9000, 2999}
 
 
+@pytest.mark.parametrize("tail_max", [8, vector_index.OWNER_TAIL_MAX])
 @pytest.mark.parametrize("name", ["flat", "hnsw", "ivf-sq8"])
-def test_the_key_lookup_follows_appends_removals_compactions_and_training(name: str) -> None:
+def test_the_key_lookup_follows_appends_removals_compactions_and_training(
+    name: str, tail_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Labels added since the sorted map was built: a tail of their own, merged when long.
+    monkeypatch.setattr(vector_index, "OWNER_TAIL_MAX", tail_max)
     model = Model()
     index = VectorIndex(DIM, SPECS[name])  # an IVF trains on its own, mid-way
     rng = np.random.default_rng(7)
