@@ -117,6 +117,7 @@ def _run_phase(
     from bench.bulk import run_bulk
     from bench.duplicates import run_duplicates
     from bench.embed import run_embed
+    from bench.filtered import run_filtered
     from bench.finetune import run_finetune
     from bench.footprint import run_footprint
     from bench.hostile import run_hostile
@@ -138,6 +139,7 @@ def _run_phase(
         "video": run_video,
         "hybrid": run_hybrid,
         "footprint": run_footprint,
+        "filtered": run_filtered,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

@@ -19,6 +19,7 @@ PHASES = (
     "video",
     "hybrid",
     "footprint",
+    "filtered",
 )
 
 # Index settings per benchmark type name (the collection's ``index`` body).

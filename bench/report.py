@@ -220,6 +220,10 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         lines += video_md(results["video"])
     if "hybrid" in results:
         lines += hybrid_md(results["hybrid"], m)
+    if "filtered" in results:
+        from bench.filtered import filtered_md
+
+        lines += filtered_md(results["filtered"])
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]

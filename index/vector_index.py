@@ -9,6 +9,13 @@ every index type (HNSW graphs cannot remove nodes); flat and IVF indexes are com
 a quarter of them is dead, HNSW by a reindex. An IVF index searches exactly until it holds
 enough vectors to train its lists on the collection's own data.
 
+A filter names the items a search may return. A selective one (few vectors) is answered
+by looking its keys up in the label map sorted by owner and scoring just those rows:
+flat and HNSW indexes keep the float32 vectors, a trained IVF decodes its codes through a
+direct map (so its scores are those an exhaustive IVF search gives) unless they are too
+many to decode faster than its lists are scanned. A looser filter becomes a bitmap over the
+labels for FAISS's own search.
+
 A flat index answers one query by scanning a float16 copy of its vectors (half the bytes
 of memory to stream, which is what bounds an exhaustive scan), then rescoring the
 candidates from the float32 vectors: ids and scores are those of an exact float32 search
@@ -41,6 +48,18 @@ COMPACT_MIN = 1024
 # graph walks and probed lists miss too much when most of the collection is excluded.
 SELECTIVE_MAX = 4096
 SELECTIVE_SHARE = 0.02
+# Labels added since the owner-sorted label map was built are looked up in a sorted tail of
+# their own; past this many (or an eighth of the map) the two are merged.
+OWNER_TAIL_MAX = 16384
+# Filters of more keys than a sixteenth of the labels are matched by one isin pass instead
+# (bench/filtered.py times both).
+LOOKUP_SHARE = 16
+# A trained IVF decodes a selective filter's rows one by one (about 5 us each here), while
+# its exhaustive scan with a bitmap skips an excluded code in about 20 ns: it decodes up to
+# one row in this many, and scans its lists with the bitmap past that (bench/filtered.py).
+IVF_DECODE_SHARE = 256
+# An IVF's direct map (label -> list and offset, a hash table) costs about this per vector.
+DIRECT_MAP_BYTES = 40
 TRAIN_POINTS_PER_LIST = 64
 TRAIN_ITERATIONS = 10
 PARALLEL_ADD = 1024  # adds at least this large use the build threads
@@ -54,6 +73,8 @@ HALF_MAX_NORM = 1e4  # float16 overflows past 65504: such vectors are scanned in
 RESCORE_EXTRA = 32  # candidates rescored beyond k on the first try
 FORMAT = b"MMR-VECTOR-INDEX 1\n"
 HEADER_SCAN = 1 << 16  # bytes after FORMAT in which a serialised index's header line ends
+
+_HASHTABLE = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]
 
 _threads = {"search": 1, "build": 0}
 
@@ -131,6 +152,7 @@ class VectorIndex:
         self._lists = 0  # inverted lists of a trained IVF
         self._writes = 0  # bumps invalidate the cached live bitmap
         self._live_bits: tuple[int, np.ndarray] | None = None
+        self._owners: _OwnerLookup | None = None
         self._index = self._empty()
         self._half: Any = self._empty_half()  # flat only: the float16 copy scanned
         self._max_norm = 0.0  # of every vector added (bounds the float16 error)
@@ -142,6 +164,7 @@ class VectorIndex:
         self._live = 0  # live vectors
         self._items = 0  # live items (live segment-0 vectors)
         self._dead = 0  # DEAD labels still inside the FAISS index
+        self._owners = None  # labels are renumbered: the sorted map is rebuilt
 
     def _empty(self) -> faiss.Index:
         if self.spec.type == "hnsw":
@@ -213,7 +236,8 @@ class VectorIndex:
         if self.spec.type == "ivf" and not self._lists:
             return stored * (4 * self.dim + 8)
         centroids = self._lists * self.dim * 4
-        return stored * self.spec.bytes_per_vector(self.dim) + centroids
+        per_vector = self.spec.bytes_per_vector(self.dim) + (DIRECT_MAP_BYTES if self._lists else 0)
+        return stored * per_vector + centroids
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(
@@ -297,7 +321,8 @@ class VectorIndex:
     def _compact(self) -> None:
         if self._lists:  # IVF: drop dead codes from their lists; labels stay put
             dead = np.flatnonzero(self._labels[: self._n] == DEAD).astype(np.int64)
-            self._index.remove_ids(faiss.IDSelectorBatch(dead))
+            # An IDSelectorArray: the only selector an IVF's direct map removes by.
+            self._index.remove_ids(faiss.IDSelectorArray(len(dead), faiss.swig_ptr(dead)))
             self._labels[dead] = GONE
         else:  # flat: rebuild from the live rows, labels renumbered
             ids, vectors = self._live_rows()
@@ -334,6 +359,9 @@ class VectorIndex:
         """An empty IVF of ``lists`` lists trained on ``sample``."""
         ivf = faiss.index_factory(self.dim, self.spec.factory(lists), faiss.METRIC_INNER_PRODUCT)
         faiss.extract_index_ivf(ivf).cp.niter = TRAIN_ITERATIONS
+        # Selective filters decode their rows by label (reconstruct_batch); a hash table,
+        # as labels stay put while compaction removes codes.
+        faiss.extract_index_ivf(ivf).set_direct_map_type(_HASHTABLE)
         if isinstance(ivf, faiss.IndexIVFPQ):
             # Polysemous codes (Hamming pre-filtering) are never used here, and their
             # training took 47 of the 48 seconds of a 20k-vector build.
@@ -368,7 +396,11 @@ class VectorIndex:
         q = as_matrix(query, self.dim)
         faiss.omp_set_num_threads(_threads["search"])
         with self._lock.read(wait=wait):
-            mask = self._mask(allowed)
+            rows = None if allowed is None else self._rows_of(allowed)
+            exhaustive = rows is not None and self._selective(len(rows))
+            if rows is not None and exhaustive and self._decodes(len(rows)):
+                return self._score_rows(q[0], k, rows) if k > 0 else []
+            mask = self._mask(rows)
             if mask is None:
                 total, items, bits = self._live, self._items, None
             else:
@@ -376,10 +408,14 @@ class VectorIndex:
             want = min(k, items)
             if want <= 0:
                 return []
-            selective = allowed is not None and total <= max(
-                SELECTIVE_MAX, SELECTIVE_SHARE * self._live
-            )
-            return self._search(q, k, want, total, bits, exhaustive=selective, wait=wait)
+            return self._search(q, k, want, total, bits, exhaustive=exhaustive, wait=wait)
+
+    def _selective(self, vectors: int) -> bool:
+        return vectors <= max(SELECTIVE_MAX, SELECTIVE_SHARE * self._live)
+
+    def _decodes(self, vectors: int) -> bool:
+        """Whether scoring these rows one by one beats scanning (only a trained IVF may not)."""
+        return not self._lists or vectors * IVF_DECODE_SHARE <= self._n
 
     def search_many(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -391,7 +427,7 @@ class VectorIndex:
         q = as_matrix(queries, self.dim)
         none = (np.full((len(q), 0), -1, dtype=np.int64), np.zeros((len(q), 0), np.float32))
         with self._lock.read(), omp_threads(_threads["build"]):
-            mask = self._mask(allowed)
+            mask = self._mask(None if allowed is None else self._rows_of(allowed))
             total, bits = (self._live, None) if mask is None else (mask[0], mask[2])
             fetch = min(k, total)
             if fetch <= 0:
@@ -399,9 +435,7 @@ class VectorIndex:
             selector = (
                 None if bits is None else faiss.IDSelectorBitmap(self._n, faiss.swig_ptr(bits))
             )
-            selective = allowed is not None and total <= max(
-                SELECTIVE_MAX, SELECTIVE_SHARE * self._live
-            )
+            selective = allowed is not None and self._selective(total)
             scores, labels = self._run(q, fetch, selector, exhaustive=selective)
             vids = np.where(labels >= 0, self._labels[np.maximum(labels, 0)], DEAD)
             live = vids >= 0
@@ -498,10 +532,11 @@ class VectorIndex:
         live = vids >= 0
         return _best_per_item(vids[live], scores[live])
 
-    def _mask(self, allowed: np.ndarray | None) -> tuple[int, int, np.ndarray] | None:
-        """(vectors, items, bitmap over labels) a search may return; None: every label."""
+    def _mask(self, rows: np.ndarray | None) -> tuple[int, int, np.ndarray] | None:
+        """(vectors, items, bitmap over labels) a search may return, of the live ``rows``
+        (labels) a filter allows; None: every label."""
         labels = self._labels[: self._n]
-        if allowed is None:
+        if rows is None:
             if not self._dead:
                 return None
             cached = self._live_bits
@@ -509,10 +544,77 @@ class VectorIndex:
                 cached = (self._writes, np.packbits(labels >= 0, bitorder="little"))
                 self._live_bits = cached  # readers may race to fill it: same value
             return self._live, self._items, cached[1]
-        keys = np.asarray(allowed, dtype=np.int64)
-        mask = np.isin(labels >> SEGMENT_BITS, keys)  # dead labels' owners are negative
-        items = int(np.count_nonzero(mask & ((labels & SEGMENT_MASK) == 0)))
-        return int(mask.sum()), items, np.packbits(mask, bitorder="little")
+        mask = np.zeros(self._n, dtype=bool)
+        mask[rows] = True
+        items = int(np.count_nonzero((labels[rows] & SEGMENT_MASK) == 0))
+        return len(rows), items, np.packbits(mask, bitorder="little")
+
+    def _rows_of(self, allowed: np.ndarray) -> np.ndarray:
+        """The labels of the live vectors of items ``allowed``, ascending: two binary
+        searches a key in the owner-sorted map, or one pass of numpy's ``isin`` over the
+        labels when the keys are many (it is the cheaper of the two then)."""
+        keys = np.asarray(allowed, dtype=np.int64).ravel()
+        labels = self._labels[: self._n]
+        if len(keys) * LOOKUP_SHARE > self._n:
+            return np.flatnonzero(np.isin(labels >> SEGMENT_BITS, keys) & (labels >= 0))
+        keys = np.sort(keys)  # ascending needles: each binary search starts where the last ended
+        keys = keys[np.flatnonzero(np.diff(keys, prepend=keys[:1] - 1))]  # distinct
+        lookup = self._owner_lookup()
+        found = [_ranges(owners, rows, keys) for owners, rows in lookup.runs if len(owners)]
+        rows = np.sort(np.concatenate(found or [np.empty(0, dtype=np.int64)]))
+        return rows[labels[rows] >= 0]  # deleted since the lookup was built
+
+    def _owner_lookup(self) -> _OwnerLookup:
+        """The label map sorted by owner, for every label so far: built once per
+        renumbering, then extended by a sorted tail of the labels added since."""
+        cached = self._owners
+        if cached is not None and cached.end == self._n:
+            return cached
+        labels = self._labels[: self._n]
+        if cached is not None and self._n - cached.main_end <= max(
+            OWNER_TAIL_MAX, cached.main_end // 8
+        ):
+            tail = _sorted_by_owner(labels, cached.main_end, self._n)
+            fresh = _OwnerLookup(cached.main_end, self._n, (cached.runs[0], tail))
+        else:
+            whole = _sorted_by_owner(labels, 0, self._n)
+            fresh = _OwnerLookup(self._n, self._n, (whole,))
+        self._owners = fresh  # readers may race to fill it: same value
+        return fresh
+
+    def _score_rows(self, query: np.ndarray, k: int, rows: np.ndarray) -> list[IndexHit]:
+        """The top-k items among the vectors at ``rows``, each scored exactly (against the
+        vectors the index stores): every allowed item is a candidate, so min(k, items)
+        come back without widening. Ties go to the lower label, as in a flat scan."""
+        scores = np.einsum("ij,j->i", self._vectors_of(rows), query)  # as _scan_exact sums
+        take = RESCORE_EXTRA + 4 * k  # ranked first; more when segments crowd them out
+        while True:
+            if take < len(rows):  # every vector scoring at least the take-th best, ties too
+                cut = np.partition(scores, len(rows) - take)[len(rows) - take]
+                near = np.flatnonzero(scores >= cut)
+            else:
+                near = np.arange(len(rows))
+            order = near[np.lexsort((rows[near], -scores[near]))]
+            vids = self._labels[rows[order]]
+            _, first = np.unique(vids >> SEGMENT_BITS, return_index=True)  # best per item
+            if len(first) >= k or take >= len(rows):
+                break
+            take *= 4
+        best = np.sort(first)[:k]
+        return [
+            IndexHit(int(vid >> SEGMENT_BITS), float(score), int(vid & SEGMENT_MASK))
+            for vid, score in zip(vids[best].tolist(), scores[order][best].tolist(), strict=True)
+        ]
+
+    def _vectors_of(self, rows: np.ndarray) -> np.ndarray:
+        """The stored vectors at labels ``rows``: float32 rows of a flat index or an HNSW
+        graph's storage, a trained IVF's codes decoded through its direct map."""
+        if self._lists:
+            return np.asarray(self._index.reconstruct_batch(rows), dtype=np.float32)
+        index: Any = self._index
+        if self.spec.type == "hnsw":
+            index = faiss.downcast_index(index.storage)
+        return _stored(index, self._n, self.dim)[rows]
 
     # -- snapshots -------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
@@ -576,7 +678,40 @@ class VectorIndex:
                 out._max_norm = max(out._max_norm, float(norms.max()))
         out._live, out._items = int(header["live"]), int(header["items"])
         out._dead, out._lists = int(header["dead"]), int(header["lists"])
+        if out._lists:  # snapshots written before selective filters decoded rows by label
+            faiss.extract_index_ivf(index).set_direct_map_type(_HASHTABLE)
         return out
+
+
+class _OwnerLookup(NamedTuple):
+    """Labels sorted by owner: a main run over labels [0, main_end), a tail run after it."""
+
+    main_end: int
+    end: int
+    runs: tuple[tuple[np.ndarray, np.ndarray], ...]  # (owners ascending, their labels)
+
+
+def _sorted_by_owner(labels: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    owners = labels[start:end] >> SEGMENT_BITS  # dead labels' owners are negative
+    order = np.argsort(owners, kind="stable")
+    return owners[order], order.astype(np.int64) + start
+
+
+def _ranges(owners: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The labels whose owner is one of ``keys`` (ascending, distinct), from a run sorted by
+    owner: one binary search a key, a second only for items of several vectors."""
+    lo = np.searchsorted(owners, keys, side="left")
+    at = np.minimum(lo, len(owners) - 1)
+    hit = owners[at] == keys
+    lo, keys = lo[hit], keys[hit]
+    nxt = np.minimum(lo + 1, len(owners) - 1)
+    more = (lo + 1 < len(owners)) & (owners[nxt] == keys)
+    if not more.any():  # one vector an item: nothing to expand
+        return labels[lo]
+    counts = np.ones(len(lo), dtype=np.int64)
+    counts[more] = np.searchsorted(owners, keys[more], side="right") - lo[more]
+    starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
+    return labels[starts + np.arange(int(counts.sum()))]
 
 
 def _stored(index: Any, n: int, dim: int) -> np.ndarray:
