@@ -121,6 +121,7 @@ def _run_phase(
     from bench.hostile import run_hostile
     from bench.hybrid import run_hybrid
     from bench.ingest import run_ingest
+    from bench.ondisk import run_ondisk
     from bench.replicas import run_replicas
     from bench.search import run_search
     from bench.video import run_video
@@ -136,6 +137,7 @@ def _run_phase(
         "duplicates": run_duplicates,
         "video": run_video,
         "hybrid": run_hybrid,
+        "ondisk": run_ondisk,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)
