@@ -123,6 +123,7 @@ def _run_phase(
     from bench.hostile import run_hostile
     from bench.hybrid import run_hybrid
     from bench.ingest import run_ingest
+    from bench.ondisk import run_ondisk
     from bench.replicas import run_replicas
     from bench.search import run_search
     from bench.video import run_video
@@ -140,6 +141,7 @@ def _run_phase(
         "hybrid": run_hybrid,
         "footprint": run_footprint,
         "filtered": run_filtered,
+        "ondisk": run_ondisk,
     }
     try:
         results[phase] = runners[phase](cfg, work, log)

@@ -10,6 +10,7 @@ from bench.footprint import footprint_md
 from bench.report_bulk import bulk_md, bulk_targets
 from bench.report_finetune import finetune_md, finetune_targets
 from bench.report_hybrid import hybrid_md, hybrid_targets
+from bench.report_ondisk import ondisk_md
 from bench.report_replicas import replicas_md, replicas_targets
 
 NA = "-"  # a cell with no number
@@ -224,6 +225,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         from bench.filtered import filtered_md
 
         lines += filtered_md(results["filtered"])
+    if "ondisk" in results:
+        lines += ondisk_md(results["ondisk"], m)
     if results.get("errors"):
         lines += ["## Errors", ""] + [f"- {e}" for e in results["errors"]] + [""]
     lines += ["## How", "", *(f"- {note}" for note in NOTES), ""]

@@ -39,12 +39,14 @@ from index.faults import database_busy
 from index.items import ItemStore, StoredVectors
 from index.snapshots import (
     IndexSnapshot,
+    SnapshotHeader,
     peek_header,
     read_snapshot,
     remove_snapshot,
     remove_stale_temp,
     snapshot_file,
     write_snapshot,
+    write_snapshot_chunks,
 )
 from index.spec import IndexSpec
 from index.tables import CollectionRow
@@ -566,6 +568,9 @@ class IndexManager(Generic[P]):
                     return  # the follower rebuilds it first
                 seq = live.applied
                 space = live.space
+                if space.index.streams:  # an on-disk index: written and mapped, writes held
+                    self._snapshot_streamed(live, seq)
+                    return
                 payload = space.index.to_bytes()
                 lists = bool(space.index.lists)
                 live.dirty = 0
@@ -600,6 +605,38 @@ class IndexManager(Generic[P]):
             self.changes.prune(collection_id=live.collection_id, upto_seq=upto)
         del payload
         self.released()  # the serialised copies of the index
+
+    def _snapshot_streamed(self, live: LiveIndex[P], seq: int) -> None:
+        """:meth:`snapshot` of an index whose snapshot is its storage (an on_disk IVF): the
+        lists are written merged with the writes since, a list at a time, under the writer
+        lock (the pieces must be of one state), and the index then maps the new file (the
+        in-memory writes and the dead go). The caller holds both locks."""
+        space = live.space
+        path = self.snapshot_path(live.collection_id)
+        kept = peek_header(path)
+        if (
+            kept
+            and kept.seq > seq
+            and (kept.aligner_version, kept.epoch)
+            == (
+                space.aligner.version,
+                space.epoch,
+            )
+        ):
+            return  # another process sharing the folder wrote a newer one: keep it
+        header = SnapshotHeader(seq, space.index.dim, space.aligner.version, space.epoch)
+        write_snapshot_chunks(path, header, space.index.write_chunks())
+        written = read_snapshot(path)
+        if written is None:
+            raise OSError(f"snapshot {path} unreadable just after writing it: check the disk")
+        space.index.adopt(written.payload)
+        live.dirty = 0
+        live.last_snapshot = time.monotonic()
+        live.lists_on_disk = True
+        slowest = self.changes.slowest(live.collection_id, excluding=self.replica)
+        upto = seq if slowest is None else min(seq, slowest)
+        self.changes.prune(collection_id=live.collection_id, upto_seq=upto)
+        self.released()
 
     def snapshot_due(self, *, every: int, max_age_s: float) -> None:
         """Snapshot the collections with many changes, or old unsnapshotted ones."""

@@ -88,6 +88,43 @@ def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
     write_atomically(path, tmp, (MAGIC, json.dumps(header).encode() + b"\n", snapshot.payload))
 
 
+def write_snapshot_chunks(
+    path: Path, header: SnapshotHeader, chunks: Iterable[bytes | memoryview]
+) -> None:
+    """:func:`write_snapshot` of a payload given in pieces, never held whole (an on-disk
+    index's lists): the header line is written padded, then over again once the payload's
+    size and sha256 are known (JSON ignores the trailing spaces). Atomic and durable alike."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    width = HEADER_MAX - 1
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + b" " * width + b"\n")
+            sha, size = hashlib.sha256(), 0
+            for chunk in chunks:
+                f.write(chunk)
+                sha.update(chunk)
+                size += len(chunk)
+            fields = {
+                "seq": header.seq,
+                "dim": header.dim,
+                "aligner_version": header.aligner_version,
+                "epoch": header.epoch,
+                "size": size,
+                "sha256": sha.hexdigest(),
+            }
+            f.seek(len(MAGIC))
+            f.write(json.dumps(fields).encode().ljust(width))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
 def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes | memoryview]) -> None:
     """Write chunks to ``tmp``, fsync, rename it over ``path``, fsync the directory.
 
@@ -131,6 +168,8 @@ def read_snapshot(path: Path) -> IndexSnapshot | None:
         payload.release()
         mapped.close()
         return None
+    if hasattr(mmap, "MADV_DONTNEED"):  # the check read every page: unmap them from us
+        mapped.madvise(mmap.MADV_DONTNEED)  # (the page cache keeps them; reads map again)
     return IndexSnapshot(found.seq, found.dim, payload, found.aligner_version, found.epoch)
 
 

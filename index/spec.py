@@ -22,8 +22,11 @@ Quantizer = Literal["flat", "sq8", "pq"]
 TYPE_FIELDS: dict[str, tuple[str, ...]] = {
     "flat": (),
     "hnsw": ("m", "ef_construction", "ef_search"),
-    "ivf": ("nlist", "nprobe", "quantizer", "pq_m"),
+    "ivf": ("nlist", "nprobe", "quantizer", "pq_m", "on_disk"),
 }
+# Fields stored only when they differ from their default: a collection created before the
+# field existed stores the same params as one that leaves it out.
+STORED_WHEN_SET = ("on_disk",)
 # An IVF index with an automatic list count is trained once it holds this many vectors;
 # below it, search is exact (a few milliseconds at most at that size).
 AUTO_TRAIN_AT = 10_000
@@ -65,11 +68,17 @@ class IndexSpec:
     nprobe: int = 16  # ivf: lists scanned per query
     quantizer: Quantizer = "flat"  # ivf: how vectors are stored in the lists
     pq_m: int = 64  # ivf + pq: sub-quantisers (bytes per vector); must divide the dimension
+    on_disk: bool = False  # ivf: lists searched in place in the mapped snapshot file
 
     def params(self) -> dict[str, Any]:
         """The fields of this type, as stored in SQL and shown by the API."""
         values = asdict(self)
-        return {name: values[name] for name in TYPE_FIELDS[self.type]}
+        defaults = IndexSpec()
+        return {
+            name: values[name]
+            for name in TYPE_FIELDS[self.type]
+            if name not in STORED_WHEN_SET or values[name] != getattr(defaults, name)
+        }
 
     @classmethod
     def of(cls, index_type: str, params: dict[str, Any] | None = None) -> IndexSpec:
@@ -93,6 +102,8 @@ class IndexSpec:
         """ValueError when the spec cannot index vectors of this dimension."""
         if self.type == "ivf" and self.quantizer == "pq" and dim % self.pq_m:
             raise ValueError(f"pq_m ({self.pq_m}) must divide the dimension ({dim})")
+        if not isinstance(self.on_disk, bool):
+            raise ValueError(f"on_disk is true or false, not {self.on_disk!r}")
 
     def lists_for(self, vectors: int) -> int:
         """Inverted lists for an IVF trained on this many vectors: the set ``nlist``, else a

@@ -20,6 +20,13 @@ A flat index answers one query by scanning a float16 copy of its vectors (half t
 of memory to stream, which is what bounds an exhaustive scan), then rescoring the
 candidates from the float32 vectors: ids and scores are those of an exact float32 search
 (see :meth:`VectorIndex._scan_exact`).
+
+An IVF ``on_disk`` keeps its lists in the snapshot file: loaded, they are searched in place
+in the mapped file (page cache the kernel can reclaim, not the process's own memory), and
+the writes since go to an in-memory IVF of the same centroids (the *delta*), searched
+beside them. Deletions are masked; the next snapshot writes lists and delta merged, the
+dead left out, one list at a time (never the index whole in memory), and the index then
+maps the new file (:meth:`VectorIndex.write_chunks`, :meth:`VectorIndex.adopt`).
 """
 
 from __future__ import annotations
@@ -73,6 +80,7 @@ HALF_MAX_NORM = 1e4  # float16 overflows past 65504: such vectors are scanned in
 RESCORE_EXTRA = 32  # candidates rescored beyond k on the first try
 FORMAT = b"MMR-VECTOR-INDEX 1\n"
 HEADER_SCAN = 1 << 16  # bytes after FORMAT in which a serialised index's header line ends
+LISTS_TAG = b"ilar"  # FAISS' ArrayInvertedLists: the last part of a serialised IVF
 
 _HASHTABLE = faiss.DirectMap.Hashtable  # type: ignore[attr-defined]
 
@@ -156,6 +164,9 @@ class VectorIndex:
         self._index = self._empty()
         self._half: Any = self._empty_half()  # flat only: the float16 copy scanned
         self._max_norm = 0.0  # of every vector added (bounds the float16 error)
+        self._base: Any = None  # on_disk: the IVF whose lists are views of a mapped snapshot
+        self._mapped: Any = None  # the buffer those views point into, kept alive with them
+        self._shell: bytes | None = None  # on_disk: the mapped IVF serialised without lists
 
     def _reset(self) -> None:
         """Forget every label (the FAISS index is replaced alongside)."""
@@ -236,8 +247,23 @@ class VectorIndex:
         if self.spec.type == "ivf" and not self._lists:
             return stored * (4 * self.dim + 8)
         centroids = self._lists * self.dim * 4
-        per_vector = self.spec.bytes_per_vector(self.dim) + (DIRECT_MAP_BYTES if self._lists else 0)
+        mapped = self._lists and not self.spec.on_disk  # a direct map: see _trained
+        per_vector = self.spec.bytes_per_vector(self.dim) + (DIRECT_MAP_BYTES if mapped else 0)
+        if self._base is not None:  # the mapped lists are the page cache's, not ours
+            delta = int(self._index.ntotal) * self.spec.bytes_per_vector(self.dim)
+            return 2 * centroids + delta + 8 * self._n  # the delta's own centroids, labels
         return stored * per_vector + centroids
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the lists are searched in a mapped snapshot file (an on_disk IVF)."""
+        return self._base is not None
+
+    @property
+    def streams(self) -> bool:
+        """Whether snapshots of this index are written a list at a time and then mapped
+        (:meth:`write_chunks`, :meth:`adopt`): a trained on_disk IVF."""
+        return self.spec.on_disk and self._lists > 0
 
     # -- writes ----------------------------------------------------------------------------
     def upsert(
@@ -309,6 +335,8 @@ class VectorIndex:
             return
         if self.spec.type == "ivf" and not self._lists and self._live >= self.spec.train_at():
             self._train()
+        elif self._base is not None:
+            return  # mapped lists are read-only: the next snapshot leaves the dead out
         elif self.spec.type != "hnsw" and self._dead >= max(COMPACT_MIN, COMPACT_SHARE * self._n):
             self._compact()
 
@@ -360,8 +388,11 @@ class VectorIndex:
         ivf = faiss.index_factory(self.dim, self.spec.factory(lists), faiss.METRIC_INNER_PRODUCT)
         faiss.extract_index_ivf(ivf).cp.niter = TRAIN_ITERATIONS
         # Selective filters decode their rows by label (reconstruct_batch); a hash table,
-        # as labels stay put while compaction removes codes.
-        faiss.extract_index_ivf(ivf).set_direct_map_type(_HASHTABLE)
+        # as labels stay put while compaction removes codes. Not an on_disk IVF's: the map
+        # would be read into memory whole, and its mapped lists split from the delta's
+        # (selective filters scan its lists with a bitmap instead).
+        if not self.spec.on_disk:
+            faiss.extract_index_ivf(ivf).set_direct_map_type(_HASHTABLE)
         if isinstance(ivf, faiss.IndexIVFPQ):
             # Polysemous codes (Hamming pre-filtering) are never used here, and their
             # training took 47 of the 48 seconds of a 20k-vector build.
@@ -415,7 +446,9 @@ class VectorIndex:
 
     def _decodes(self, vectors: int) -> bool:
         """Whether scoring these rows one by one beats scanning (only a trained IVF may not)."""
-        return not self._lists or vectors * IVF_DECODE_SHARE <= self._n
+        if not self._lists:
+            return True
+        return not self.spec.on_disk and vectors * IVF_DECODE_SHARE <= self._n
 
     def search_many(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -492,8 +525,23 @@ class VectorIndex:
             params.sel = selector
         if self._half is not None and len(q) == 1 and self._max_norm < HALF_MAX_NORM:
             return self._scan_exact(q, fetch, params)
+        if self._base is not None:
+            return self._search_mapped(q, fetch, params)
         scores, labels = index.search(q, fetch, params=params)
         return scores, labels
+
+    def _search_mapped(
+        self, q: np.ndarray, fetch: int, params: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The mapped lists' top ``fetch`` and the delta's, merged (same centroids, same
+        probes: the lists of one IVF split in two)."""
+        scores, labels = self._base.search(q, fetch, params=params)
+        if not self._index.ntotal:
+            return scores, labels
+        more, extra = self._index.search(q, fetch, params=params)
+        scores, labels = np.hstack([scores, more]), np.hstack([labels, extra])
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(labels, order, 1)
 
     def _scan_exact(self, q: np.ndarray, fetch: int, params: Any) -> tuple[np.ndarray, np.ndarray]:
         """One query's exact top ``fetch`` labels of a flat index, (1, fetch) like FAISS's:
@@ -636,6 +684,80 @@ class VectorIndex:
                 [FORMAT, head, struct.pack("<Q", len(index)), index.data, labels.tobytes()]
             )
 
+    def write_chunks(self) -> Iterator[bytes | memoryview]:
+        """What :meth:`to_bytes` returns, in pieces of at most one list each; for a trained
+        on_disk IVF its lists and delta merged, the dead left out: the next load maps it.
+
+        The index must not change while the pieces are taken (the caller holds its writes
+        back: a snapshot runs under the collection's writer lock)."""
+        if not self.streams:
+            yield self.to_bytes()
+            return
+        with self._lock.write():  # the lists are swapped out for a moment: no search then
+            shell = self._shell if self._shell is not None else _shell_of(self._index)
+        with self._lock.read():
+            yield from self._merged_chunks(shell)
+
+    def _merged_chunks(self, shell: bytes) -> Iterator[bytes | memoryview]:
+        parts = [p for p in (self._base, self._index) if p is not None]
+        lists: list[Any] = [faiss.extract_index_ivf(p).invlists for p in parts]
+        code_size = int(lists[0].code_size)
+        labels = self._labels[: self._n]
+
+        def rows(i: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for inv in lists:
+                size = int(inv.list_size(i))
+                if size:
+                    ids = faiss.rev_swig_ptr(inv.get_ids(i), size)
+                    codes = faiss.rev_swig_ptr(inv.get_codes(i), size * code_size)
+                    keep = labels[ids] >= 0
+                    yield codes.reshape(size, code_size)[keep], ids[keep]
+
+        def kept_in(i: int) -> int:  # the ids alone: the codes are read once, when written
+            return sum(
+                int(np.count_nonzero(labels[faiss.rev_swig_ptr(inv.get_ids(i), size)] >= 0))
+                for inv in lists
+                if (size := int(inv.list_size(i)))
+            )
+
+        sizes = np.array([kept_in(i) for i in range(self._lists)], dtype=np.uint64)
+        total = int(sizes.sum())
+        prefix = _prefix(shell, total)
+        lists_part = _lists_header(self._lists, code_size, sizes)
+        length = len(prefix) + len(lists_part) + total * (code_size + 8)
+        kept = np.where(labels >= 0, labels, GONE)
+        header = {
+            "dim": self.dim,
+            "spec": {"type": self.spec.type, **self.spec.params()},
+            "n": self._n,
+            "live": self._live,
+            "items": self._items,
+            "dead": 0,
+            "lists": self._lists,
+            "lists_at": len(prefix),
+        }
+        yield FORMAT + json.dumps(header).encode() + b"\n" + struct.pack("<Q", length)
+        yield prefix
+        yield lists_part
+        for i in np.flatnonzero(sizes).tolist():
+            pieces = list(rows(i))
+            yield b"".join(codes.tobytes() for codes, _ in pieces)
+            yield b"".join(ids.tobytes() for _, ids in pieces)
+        yield kept.tobytes()
+
+    def adopt(self, payload: bytes | memoryview) -> None:
+        """Take the state of the snapshot just written from this index (:meth:`write_chunks`)
+        and map its lists: the delta and the dead labels go. ValueError when the payload is
+        not this index's."""
+        fresh = VectorIndex.from_bytes(self.dim, payload, self.spec)
+        with self._lock.write():
+            if (fresh._n, fresh._live, fresh._items) != (self._n, self._live, self._items):
+                raise ValueError("the snapshot does not hold this index's vectors: not adopted")
+            self._index, self._base, self._mapped = fresh._index, fresh._base, fresh._mapped
+            self._shell = fresh._shell
+            self._labels, self._dead, self._lists = fresh._labels, fresh._dead, fresh._lists
+            self._writes += 1
+
     @classmethod
     def from_bytes(
         cls, dim: int, data: bytes | memoryview, spec: IndexSpec | None = None
@@ -654,7 +776,16 @@ class VectorIndex:
             header = json.loads(bytes(view[len(FORMAT) : end]))
             at = end + 1 + 8
             (length,) = struct.unpack("<Q", view[at - 8 : at])
-            index = faiss.deserialize_index(np.frombuffer(view[at : at + length], np.uint8))
+            raw = np.frombuffer(view[at : at + length], np.uint8)
+            base: Any = None
+            if "lists_at" in header:  # an on_disk IVF: its lists are read in place
+                reader = faiss.ZeroCopyIOReader(faiss.swig_ptr(raw), len(raw))  # type: ignore[attr-defined]
+                base = faiss.read_index(reader)
+                shell = _shell_at(raw, int(header["lists_at"]), base)
+                index = faiss.deserialize_index(np.frombuffer(shell, np.uint8))
+                index.ntotal = 0  # the delta: empty lists of the same centroids
+            else:
+                index = faiss.deserialize_index(raw)
             labels = np.frombuffer(view[at + length :], dtype=np.int64).copy()
             params = dict(header["spec"])
             saved = IndexSpec.of(params.pop("type"), params)
@@ -668,6 +799,10 @@ class VectorIndex:
             raise ValueError("snapshot's label map is truncated")
         out = cls(dim, saved)
         out._index = index
+        if base is not None and saved.on_disk:
+            out._base, out._mapped, out._shell = base, raw, shell
+        elif base is not None:  # written on disk, read by a spec that is not: lists copied
+            out._index = faiss.deserialize_index(raw)
         out._labels, out._n = labels, len(labels)
         if out._half is not None and out._n:  # derived: the float16 copy and the norm bound
             stored = _stored(index, out._n, dim)
@@ -678,7 +813,7 @@ class VectorIndex:
                 out._max_norm = max(out._max_norm, float(norms.max()))
         out._live, out._items = int(header["live"]), int(header["items"])
         out._dead, out._lists = int(header["dead"]), int(header["lists"])
-        if out._lists:  # snapshots written before selective filters decoded rows by label
+        if out._lists and not saved.on_disk:  # snapshots from before selective filters
             faiss.extract_index_ivf(index).set_direct_map_type(_HASHTABLE)
         return out
 
@@ -712,6 +847,60 @@ def _ranges(owners: np.ndarray, labels: np.ndarray, keys: np.ndarray) -> np.ndar
     counts[more] = np.searchsorted(owners, keys[more], side="right") - lo[more]
     starts = np.repeat(lo - (np.cumsum(counts) - counts), counts)
     return labels[starts + np.arange(int(counts.sum()))]
+
+
+_EMPTY_LISTS = 32  # "ilar", nlist, code_size, "sprs", an empty vector: FAISS' empty lists
+
+
+def _lists_header(nlist: int, code_size: int, sizes: np.ndarray) -> bytes:
+    """The head of FAISS' ArrayInvertedLists serialisation (index_write.cpp): sizes of every
+    list ("full") when most are used, else (list, size) pairs of the used ones ("sprs");
+    the codes then ids of each used list follow it."""
+    head = LISTS_TAG + struct.pack("<QQ", nlist, code_size)
+    used = np.flatnonzero(sizes)
+    if len(used) > nlist // 2:
+        table = sizes.astype("<u8")
+        tag = b"full"
+    else:
+        table = np.column_stack([used, sizes[used]]).astype("<u8").ravel()
+        tag = b"sprs"
+    return head + tag + struct.pack("<Q", len(table)) + table.tobytes()
+
+
+def _shell_of(index: Any) -> bytes:
+    """An IVF serialised without its lists (centroids and quantiser): its lists are swapped
+    for empty ones while FAISS writes it (a copy would double it in memory)."""
+    inner = faiss.extract_index_ivf(index)
+    lists: Any = inner.invlists
+    owned, total = inner.own_invlists, inner.ntotal
+    empty = faiss.ArrayInvertedLists(inner.nlist, inner.code_size)
+    inner.own_invlists = False  # replace_invlists would free the real ones otherwise
+    inner.replace_invlists(empty, False)
+    try:
+        inner.ntotal = 0
+        raw: bytes = faiss.serialize_index(index).tobytes()
+    finally:
+        inner.replace_invlists(lists, False)
+        inner.own_invlists, inner.ntotal = owned, total
+    if raw[len(raw) - _EMPTY_LISTS :][:4] != LISTS_TAG:
+        raise RuntimeError("FAISS wrote an IVF in a layout this version cannot stream")
+    return raw
+
+
+def _prefix(shell: bytes, total: int) -> bytes:
+    """The serialised IVF ``shell`` up to its lists, as it reads holding ``total`` vectors."""
+    index = faiss.deserialize_index(np.frombuffer(shell, np.uint8))
+    index.ntotal = total
+    raw: bytes = faiss.serialize_index(index).tobytes()
+    return raw[: len(raw) - _EMPTY_LISTS]
+
+
+def _shell_at(raw: np.ndarray, lists_at: int, base: Any) -> bytes:
+    """The shell (:func:`_shell_of`) of an IVF serialised in ``raw`` with its lists at
+    ``lists_at``."""
+    inner = faiss.extract_index_ivf(base)
+    empty = _lists_header(inner.nlist, inner.code_size, np.zeros(inner.nlist, np.uint64))
+    return bytes(raw[:lists_at]) + empty
 
 
 def _stored(index: Any, n: int, dim: int) -> np.ndarray:

@@ -61,6 +61,12 @@ class IndexSettings(BaseModel):
     pq_m: Annotated[int | None, NoBool] = Field(
         None, ge=1, le=1024, description="ivf + pq: bytes per vector, divides the dim (64)"
     )
+    on_disk: bool | None = Field(
+        None,
+        description="ivf: search the lists in place in the snapshot file, mapped from disk "
+        "(memory holds the centroids, the id map and the writes since the last snapshot; "
+        "false)",
+    )
 
     @model_validator(mode="after")
     def _fields_of_the_type(self) -> IndexSettings:
