@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -154,14 +154,8 @@ def _sqlite(work: Path) -> Iterator[tuple[Engine, Callable[[], dict[str, int]]]]
                 "SELECT tbl_name, name FROM sqlite_master WHERE type IN ('table', 'index')"
             ).all()
             owner = {name: table for table, name in found}
-            sizes: dict[str, int] = {}
-            for name, size in conn.exec_driver_sql(
-                "SELECT name, SUM(pgsize) FROM dbstat GROUP BY name"
-            ):
-                table = _family(owner.get(name, name))
-                if table is not None:
-                    sizes[table] = sizes.get(table, 0) + int(size)
-            return sizes
+            pages = conn.exec_driver_sql("SELECT name, SUM(pgsize) FROM dbstat GROUP BY name")
+            return _by_family((owner.get(name, name), size) for name, size in pages)
 
     try:
         yield engine, size_of
@@ -191,12 +185,7 @@ def _postgres(url: str) -> Iterator[tuple[Engine, Callable[[], dict[str, int]]]]
                 ),
                 {"schema": schema},
             ).all()
-        sizes: dict[str, int] = {}
-        for name, size in found:
-            table = _family(name)
-            if table is not None:
-                sizes[table] = sizes.get(table, 0) + int(size)
-        return sizes
+        return _by_family((name, size) for name, size in found)
 
     try:
         yield engine, size_of
@@ -205,6 +194,16 @@ def _postgres(url: str) -> Iterator[tuple[Engine, Callable[[], dict[str, int]]]]
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def _by_family(sizes: Iterable[tuple[str, int]]) -> dict[str, int]:
+    """Bytes of each measured table, its indexes and shadow tables included."""
+    out: dict[str, int] = {}
+    for name, size in sizes:
+        table = _family(name)
+        if table is not None:
+            out[table] = out.get(table, 0) + int(size)
+    return out
 
 
 def _family(table: str) -> str | None:

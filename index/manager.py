@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -170,6 +170,17 @@ def current_vectors(stored: StoredVectors, aligner: Projector, dim: int) -> np.n
         return from_blob(stored.vector, dim)
     rows = len(stored.vector) // (4 * dim) or None
     return aligner.project(stored.modality, from_features(stored.feature, rows))
+
+
+def _newer_kept(path: Path, seq: int, space: Space[Any]) -> bool:
+    """Whether the snapshot at ``path`` is of this space and newer than ``seq``: another
+    process sharing the folder wrote it, and it is kept."""
+    kept = peek_header(path)
+    return bool(
+        kept
+        and kept.seq > seq
+        and (kept.aligner_version, kept.epoch) == (space.aligner.version, space.epoch)
+    )
 
 
 class IndexManager(Generic[P]):
@@ -576,17 +587,8 @@ class IndexManager(Generic[P]):
                 live.dirty = 0
                 live.last_snapshot = time.monotonic()
             path = self.snapshot_path(live.collection_id)
-            kept = peek_header(path)
-            if (
-                kept
-                and kept.seq > seq
-                and (kept.aligner_version, kept.epoch)
-                == (
-                    space.aligner.version,
-                    space.epoch,
-                )
-            ):
-                return  # another process sharing the folder wrote a newer one: keep it
+            if _newer_kept(path, seq, space):
+                return
             write_snapshot(
                 path,
                 IndexSnapshot(
@@ -613,17 +615,8 @@ class IndexManager(Generic[P]):
         in-memory writes and the dead go). The caller holds both locks."""
         space = live.space
         path = self.snapshot_path(live.collection_id)
-        kept = peek_header(path)
-        if (
-            kept
-            and kept.seq > seq
-            and (kept.aligner_version, kept.epoch)
-            == (
-                space.aligner.version,
-                space.epoch,
-            )
-        ):
-            return  # another process sharing the folder wrote a newer one: keep it
+        if _newer_kept(path, seq, space):
+            return
         header = SnapshotHeader(seq, space.index.dim, space.aligner.version, space.epoch)
         write_snapshot_chunks(path, header, space.index.write_chunks())
         written = read_snapshot(path)

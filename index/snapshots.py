@@ -15,9 +15,10 @@ import json
 import mmap
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 # Version 2: ids pack (item, segment); a version-1 file is ignored and the index rebuilt.
 MAGIC = b"MMR-INDEX-SNAPSHOT 2\n"
@@ -73,19 +74,26 @@ class IndexSnapshot:
         return SnapshotHeader(self.seq, self.dim, self.aligner_version, self.epoch)
 
 
+def _fields(header: SnapshotHeader, size: int, sha256: str) -> bytes:
+    """A snapshot's header line, less its newline: what it is of, and its payload's check."""
+    fields = {
+        "seq": header.seq,
+        "dim": header.dim,
+        "aligner_version": header.aligner_version,
+        "epoch": header.epoch,
+        "size": size,
+        "sha256": sha256,
+    }
+    return json.dumps(fields).encode()
+
+
 def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
     """Write atomically and durably: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {
-        "seq": snapshot.seq,
-        "dim": snapshot.dim,
-        "aligner_version": snapshot.aligner_version,
-        "epoch": snapshot.epoch,
-        "size": len(snapshot.payload),
-        "sha256": hashlib.sha256(snapshot.payload).hexdigest(),
-    }
+    digest = hashlib.sha256(snapshot.payload).hexdigest()
+    line = _fields(snapshot.header, len(snapshot.payload), digest) + b"\n"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_atomically(path, tmp, (MAGIC, json.dumps(header).encode() + b"\n", snapshot.payload))
+    write_atomically(path, tmp, (MAGIC, line, snapshot.payload))
 
 
 def write_snapshot_chunks(
@@ -97,36 +105,31 @@ def write_snapshot_chunks(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     width = HEADER_MAX - 1
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + b" " * width + b"\n")
-            sha, size = hashlib.sha256(), 0
-            for chunk in chunks:
-                f.write(chunk)
-                sha.update(chunk)
-                size += len(chunk)
-            fields = {
-                "seq": header.seq,
-                "dim": header.dim,
-                "aligner_version": header.aligner_version,
-                "epoch": header.epoch,
-                "size": size,
-                "sha256": sha.hexdigest(),
-            }
-            f.seek(len(MAGIC))
-            f.write(json.dumps(fields).encode().ljust(width))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    sha, size = hashlib.sha256(), [0]
+
+    def counted() -> Iterator[bytes | memoryview]:
+        yield MAGIC + b" " * width + b"\n"
+        for chunk in chunks:
+            sha.update(chunk)
+            size[0] += len(chunk)
+            yield chunk
+
+    def header_line(f: BinaryIO) -> None:
+        f.seek(len(MAGIC))
+        f.write(_fields(header, size[0], sha.hexdigest()).ljust(width))
+
+    write_atomically(path, tmp, counted(), finish=header_line)
 
 
-def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes | memoryview]) -> None:
-    """Write chunks to ``tmp``, fsync, rename it over ``path``, fsync the directory.
+def write_atomically(
+    path: Path,
+    tmp: Path,
+    chunks: Iterable[bytes | memoryview],
+    *,
+    finish: Callable[[BinaryIO], None] | None = None,
+) -> None:
+    """Write chunks to ``tmp`` (then ``finish`` it), fsync, rename it over ``path``, fsync
+    the directory.
 
     On any failure (a full disk, most often: ENOSPC may surface at the write or only at
     the fsync) the temp file is removed before the error goes on, so that a disk that
@@ -136,6 +139,8 @@ def write_atomically(path: Path, tmp: Path, chunks: Iterable[bytes | memoryview]
         with open(tmp, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)
+            if finish is not None:
+                finish(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
