@@ -24,8 +24,15 @@ from index.spec import IndexSpec
 from index.stores import Stores
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
-from models.encoders.aligner import Aligner
-from tests.index.test_streamed_build import DIM, built_at_once, drafts, fill, manager, queries
+from tests.index.test_streamed_build import (
+    DIM,
+    built_at_once,
+    collection_of,
+    drafts,
+    fill,
+    manager,
+    queries,
+)
 
 N = 3000
 QUANTIZERS = ["flat", "sq8", "pq"]
@@ -142,17 +149,8 @@ def test_a_streamed_snapshot_reads_as_any_snapshot(tmp_path: Path) -> None:
 
 
 def collection(stores: Stores) -> CollectionRow:
-    aligner = Aligner.identity(DIM, {"image": "m", "text": "m"})
-    return stores.collections.create(
-        name="c",
-        model="m",
-        audio_model=None,
-        dim=DIM,
-        index_type="ivf",
-        index_params={"nlist": 16, "nprobe": 4, "quantizer": "sq8", "on_disk": True},
-        aligner=aligner.to_bytes(),
-        aligner_meta=aligner.meta,
-    )
+    on_disk = {"nlist": 16, "nprobe": 4, "quantizer": "sq8", "on_disk": True}
+    return collection_of(stores, "ivf", on_disk)
 
 
 def test_the_service_writes_snapshots_and_restarts_an_on_disk_collection(

@@ -82,7 +82,11 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def collection(stores: Stores, kind: str) -> CollectionRow:
-    index_type, params = TYPES[kind]
+    return collection_of(stores, *TYPES[kind])
+
+
+def collection_of(stores: Stores, index_type: str, params: dict[str, Any]) -> CollectionRow:
+    """Collection "c" of DIM-d identity heads, indexed as given."""
     aligner = Aligner.identity(DIM, {"image": "m", "text": "m"})
     return stores.collections.create(
         name="c",
