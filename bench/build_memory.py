@@ -8,6 +8,12 @@ costs). Vectors are loaded below HTTP as the search benchmark loads them.
 
 Run it from another checkout (``PYTHONPATH=that/checkout``) to measure that code's builds on
 the same machine.
+
+``--reindexes N`` measures what a server keeps across builds instead: one ``mmr serve``
+process reindexes the collection to each type in turn, N rounds, and after each reindex
+reports its RSS above an empty server's (the fixed overhead: the model, the libraries,
+measured first in the same run) per vector, beside the index's own bytes per vector.
+``--server-code DIR`` runs that server from another checkout (the code before a change).
 """
 
 from __future__ import annotations
@@ -134,6 +140,80 @@ def prepare(n: int, work: Path) -> Path:
     return data_dir
 
 
+def _status_kb(pid: int) -> dict[str, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "RssAnon"):
+            fields[name] = int(value.split()[0])
+    return fields
+
+
+def reindexes(
+    n: int, types: list[str], rounds: int, work: Path, code: Path | None
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """An empty server's memory, then the same server's after each of ``rounds`` x ``types``
+    reindexes of ``n`` vectors (through reindex jobs, as an operator runs them)."""
+    from bench.config import BenchConfig
+    from bench.loader import load_vectors
+    from bench.search import _reindex, _search_server
+    from bench.server import Server
+
+    cfg = BenchConfig()
+    data_dir = work / "data"
+    env = {"PYTHONPATH": str(code)} if code else None
+    with Server(data_dir, env=env, **_search_server(cfg)) as srv:
+        empty = _status_kb(srv.pid)
+        with srv.client() as c:
+            body = {"name": NAME, "index": {"type": "flat"}}
+            c.post("/v1/collections", json=body).raise_for_status()
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((n, DIM)).astype(np.float32)
+    load_vectors(data_dir, NAME, [v / np.linalg.norm(v, axis=1, keepdims=True)])
+    del v
+    rows = []
+    with Server(data_dir, env=env, **_search_server(cfg)) as srv, srv.client() as c:
+        rows.append({"round": 0, "type": "flat (start-up)", "build_s": srv.startup_s})
+        rows[-1].update(_status_kb(srv.pid), index_bytes=_index_bytes(c, NAME))
+        for round_ in range(1, rounds + 1):
+            for kind in types:
+                done = _reindex(c, dict(INDEX_TYPES[kind]), cfg)
+                if "build_s" not in done:
+                    raise RuntimeError(f"reindex to {kind} failed: {done.get('reason')}")
+                rows.append({"round": round_, "type": kind, "build_s": done["build_s"]})
+                rows[-1].update(_status_kb(srv.pid), index_bytes=_index_bytes(c, NAME))
+                print(rows[-1], flush=True)
+    return empty, rows
+
+
+def _index_bytes(client: Any, name: str) -> int:
+    r = client.get(f"/v1/collections/{name}")
+    r.raise_for_status()
+    return int(r.json()["index"]["bytes"])
+
+
+def reindex_table(n: int, empty: dict[str, int], rows: list[dict[str, Any]], label: str) -> str:
+    lines = [
+        f"### {label or 'reindexes in one server'}",
+        "",
+        f"n = {n}; empty server: RSS {empty['VmRSS'] / 1024:.0f} MiB, anonymous "
+        f"{empty['RssAnon'] / 1024:.0f} MiB (the fixed overhead, subtracted below).",
+        "",
+        "| round | type | build s | index bytes/vector | RSS bytes/vector "
+        "| anonymous bytes/vector | RSS / index |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        rss = (r["VmRSS"] - empty["VmRSS"]) * 1024 / n
+        anon = (r["RssAnon"] - empty["RssAnon"]) * 1024 / n
+        index = r["index_bytes"] / n
+        lines.append(
+            f"| {r['round']} | {r['type']} | {r['build_s']:.1f} | {index:,.0f} | {rss:,.0f} "
+            f"| {anon:,.0f} | {rss / index:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="100000")
@@ -143,10 +223,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--data", type=Path, help="keep the loaded collection here (reused when it is there)"
     )
+    p.add_argument("--reindexes", type=int, default=0, help="rounds of reindexes in a server")
+    p.add_argument("--server-code", type=Path, help="with --reindexes: that checkout's server")
     p.add_argument("--one", nargs=2, metavar=("DATA_DIR", "TYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
         print(json.dumps(build_once(Path(args.one[0]), args.one[1])))
+        return 0
+    if args.reindexes:
+        text = ""
+        for n in [int(s) for s in args.sizes.split(",")]:
+            work = Path(tempfile.mkdtemp(prefix=f"reindex-{n}-"))
+            try:
+                empty, rows = reindexes(
+                    n, args.types.split(","), args.reindexes, work, args.server_code
+                )
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            text += reindex_table(n, empty, rows, args.label) + "\n"
+        print(text)
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with args.out.open("a") as f:
+                f.write(text)
         return 0
     lines = [
         f"### {args.label or 'build memory'}",

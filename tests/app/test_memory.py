@@ -61,3 +61,49 @@ def test_the_trimmer_gives_back_what_a_burst_freed() -> None:
     finally:
         for p in kept:
             libc.free(p)
+
+
+# In a fresh process: free a 16 MiB block (glibc's default raises its mmap threshold to
+# that), then allocate 8 MiB (a build's page of rows). glibc marks a mapped block by bit 2
+# of the size word before it; a block from an arena lies among the index's long-lived ones.
+MAPPED_AFTER_A_BIG_FREE = """
+import ctypes, sys
+{setup}
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+big = libc.malloc(16 << 20)
+ctypes.memset(big, 1, 16 << 20)
+libc.free(big)
+block = libc.malloc(8 << 20)
+print(bool(ctypes.c_size_t.from_address(block - 8).value & 2))
+"""
+
+
+def _mapped_after_a_big_free(setup: str, env: dict[str, str] | None = None) -> bool:
+    code = MAPPED_AFTER_A_BIG_FREE.format(setup=setup)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip() == "True"
+
+
+@glibc
+def test_large_blocks_stay_mapped_in_the_server_process_whatever_was_freed() -> None:
+    """Reindexes in one server grew its memory by 40-170 MB each while glibc's threshold
+    moved up (bench.build_memory --reindexes): ``import app`` pins it, so a block above
+    MMAP_THRESHOLD is mapped (and given back whole when freed) even after a larger one
+    was freed. Without the pin, the same block comes from an arena."""
+    assert memory.MMAP_THRESHOLD < 8 << 20
+    assert _mapped_after_a_big_free("import app") is True
+    assert _mapped_after_a_big_free("") is False  # glibc's default, which the pin undoes
+
+
+@glibc
+def test_an_operators_mmap_threshold_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(32 << 20))
+    assert memory.fix_mmap_threshold() is False
+    env = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "PATH": "/usr/bin:/bin"}
+    assert _mapped_after_a_big_free("import app", env=env) is False

@@ -6,6 +6,7 @@ build is what a build from every row at once builds. SQLite, then Postgres."""
 from __future__ import annotations
 
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,6 +230,26 @@ def test_reindex_and_replay_stream_and_match_a_build_from_every_row(
     for q in queries():  # a replayed IVF keeps the lists it trained on other vectors
         got, want = replayed.index.search(q, 10), reference.search(q, 10)
         assert len({h.pk for h in got} & {h.pk for h in want}) >= (10 if kind == "flat" else 9)
+
+
+def test_reindexes_free_each_replaced_index_at_the_swap(stores: Stores, tmp_path: Path) -> None:
+    """What a server keeps across reindexes is its live index: each replaced one is freed
+    when it is swapped out (by its reference count, no garbage collection needed), not held
+    by the manager, the snapshot written after the swap, or a cycle."""
+    row = collection(stores, "flat")
+    fill(stores, row, 0, 600)
+    indexes = manager(stores, tmp_path)
+    live = indexes.load(stores.collections.get("c"))
+    replaced = []
+    for kind in ["hnsw", "ivf-sq8", "flat", "hnsw"]:
+        replaced.append(weakref.ref(live.index))
+        index_type, params = TYPES[kind]
+        fresh = stores.collections.set_space(
+            collection_id=row.id, bump_epoch=True, index=(index_type, params)
+        )
+        assert indexes.get(fresh, wait=True) is live
+        assert live.index.spec.type == index_type
+        assert [r() for r in replaced] == [None] * len(replaced)
 
 
 def test_an_ivf_build_never_holds_every_vector_in_python(
