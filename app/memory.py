@@ -16,9 +16,12 @@ What no budget covers is memory freed but kept:
   growing vectors did so, after which they came from the arenas, interleaved with the
   index's long-lived blocks: a server's anonymous memory grew by 40-170 MB with each
   reindex of a 100k collection, and no trim gave it back (``python -m bench.build_memory
-  --reindexes``). :func:`fix_mmap_threshold` pins the threshold at :data:`MMAP_THRESHOLD`
-  before anything large is allocated: larger blocks are mapped and unmapped whole. It
-  leaves ``MALLOC_MMAP_THRESHOLD_`` set in the environment to the operator.
+  --reindexes``). Pinned (``MALLOC_MMAP_THRESHOLD_=4194304`` in the environment: 4 MiB,
+  above an HNSW search's visited table up to 4M vectors, below a build's 8 MiB pages),
+  larger blocks are mapped and unmapped whole and reindexes keep no more than the first,
+  but the encoders' activations are then mapped and zeroed anew each batch: mmr-mini
+  encoded 0.75-0.85x the images a second (docs/performance.md, "Memory"). The server does
+  not pin it; an operator who reindexes often and encodes little may.
 - **Triton.** torch's CUDA wheel brings Triton, and ``torch._dynamo`` (which torchvision
   imports) loads it: 100 MB resident of a GPU kernel compiler. The service never calls
   ``torch.compile`` (``tests/app/test_memory.py`` holds it to that), so
@@ -32,7 +35,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
 from functools import cache
 from pathlib import Path
@@ -41,10 +43,6 @@ log = logging.getLogger(__name__)
 
 TRIM_GROWTH_MB = 64.0
 UNUSED_PACKAGES = ("triton",)
-# Above an HNSW search's visited table at 4M vectors (one byte each, allocated per search:
-# mapping it each time would add page faults to every search), below a build's 8 MiB pages.
-MMAP_THRESHOLD = 4 << 20
-M_MMAP_THRESHOLD = -3  # mallopt's parameter (malloc.h)
 
 
 @cache
@@ -65,15 +63,6 @@ def keep_out_unused_packages() -> None:
     already imported."""
     for name in UNUSED_PACKAGES:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
-
-
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Pin glibc's mmap threshold (no longer raised by what is freed); False off glibc, or
-    when ``MALLOC_MMAP_THRESHOLD_`` in the environment already set it."""
-    libc = _libc()
-    if libc is None or "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold))
 
 
 def trim() -> bool:
