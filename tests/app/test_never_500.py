@@ -17,7 +17,9 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(),  # NaN and the infinities too: json.dumps writes them, Python's parser reads them
+    # NaN and the infinities too: json.dumps writes them, Python's parser reads them.
+    # Subnormals left out: once a library turns on flush-to-zero, hypothesis refuses them.
+    st.floats(allow_subnormal=False),
     st.text(max_size=30),
 )
 json_values = st.recursive(
