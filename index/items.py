@@ -578,7 +578,8 @@ class ItemStore:
         (index.spec.auto_spec), read from the blobs' lengths, not the blobs."""
         # A row without stored vectors is an image's or a text's: one vector.
         width = 4 * dim
-        rows = case((func.length(ItemRow.vector) == 0, width), else_=func.length(ItemRow.vector))
+        derived = and_(func.length(ItemRow.vector) == 0, ItemRow.modality.in_(("image", "text")))
+        rows = case((derived, width), else_=func.length(ItemRow.vector))
         stmt = select(func.coalesce(func.sum(rows), 0)).where(
             ItemRow.collection_id == collection_id
         )

@@ -622,6 +622,8 @@ class IndexManager(Generic[P]):
         written = read_snapshot(path)
         if written is None:
             raise OSError(f"snapshot {path} unreadable just after writing it: check the disk")
+        if written.header != header:  # another process's, renamed over it meanwhile
+            raise OSError(f"snapshot {path} was replaced just after it was written: not adopted")
         space.index.adopt(written.payload)
         live.dirty = 0
         live.last_snapshot = time.monotonic()

@@ -249,10 +249,11 @@ class VectorIndex:
         centroids = self._lists * self.dim * 4
         mapped = self._lists and not self.spec.on_disk  # a direct map: see _trained
         per_vector = self.spec.bytes_per_vector(self.dim) + (DIRECT_MAP_BYTES if mapped else 0)
+        owners = 0 if self._owners is None else 16 * self._owners.end  # selective filters'
         if self._base is not None:  # the mapped lists are the page cache's, not ours
             delta = int(self._index.ntotal) * self.spec.bytes_per_vector(self.dim)
-            return 2 * centroids + delta + 8 * self._n  # the delta's own centroids, labels
-        return stored * per_vector + centroids
+            return 2 * centroids + delta + 8 * self._n + owners  # the delta's centroids
+        return stored * per_vector + centroids + owners
 
     @property
     def mapped(self) -> bool:
@@ -349,8 +350,7 @@ class VectorIndex:
     def _compact(self) -> None:
         if self._lists:  # IVF: drop dead codes from their lists; labels stay put
             dead = np.flatnonzero(self._labels[: self._n] == DEAD).astype(np.int64)
-            # An IDSelectorArray: the only selector an IVF's direct map removes by.
-            self._index.remove_ids(faiss.IDSelectorArray(len(dead), faiss.swig_ptr(dead)))
+            self._index.remove_ids(_dead_selector(self._index, dead))
             self._labels[dead] = GONE
         else:  # flat: rebuild from the live rows, labels renumbered
             ids, vectors = self._live_rows()
@@ -802,7 +802,7 @@ class VectorIndex:
         if base is not None and saved.on_disk:
             out._base, out._mapped, out._shell = base, raw, shell
         elif base is not None:  # written on disk, read by a spec that is not: lists copied
-            out._index = faiss.deserialize_index(raw)
+            index = out._index = faiss.deserialize_index(raw)
         out._labels, out._n = labels, len(labels)
         if out._half is not None and out._n:  # derived: the float16 copy and the norm bound
             stored = _stored(index, out._n, dim)
@@ -816,6 +816,17 @@ class VectorIndex:
         if out._lists and not saved.on_disk:  # snapshots from before selective filters
             faiss.extract_index_ivf(index).set_direct_map_type(_HASHTABLE)
         return out
+
+
+def _dead_selector(index: Any, dead: np.ndarray) -> Any:
+    """What an IVF removes its dead labels by: an IDSelectorArray where it keeps a direct
+    map (the only selector the map removes by: one lookup a label), else an IDSelectorBatch
+    (a hash set: one probe a stored code; an array would be scanned for each of them, the
+    stored codes times the dead ones: an on_disk IVF keeps no map)."""
+    ivf = faiss.extract_index_ivf(index)
+    if ivf.direct_map.type == _HASHTABLE:
+        return faiss.IDSelectorArray(len(dead), faiss.swig_ptr(dead))
+    return faiss.IDSelectorBatch(len(dead), faiss.swig_ptr(dead))
 
 
 class _OwnerLookup(NamedTuple):
