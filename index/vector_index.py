@@ -668,21 +668,25 @@ class VectorIndex:
     def to_bytes(self) -> bytes:
         """The index serialised: a header, FAISS' own format, the label map."""
         with self._lock.read():
-            header = {
-                "dim": self.dim,
-                "spec": {"type": self.spec.type, **self.spec.params()},
-                "n": self._n,
-                "live": self._live,
-                "items": self._items,
-                "dead": self._dead,
-                "lists": self._lists,
-            }
+            header = self._header(self._dead)
             index = faiss.serialize_index(self._index)
             labels = self._labels[: self._n]
             head = json.dumps(header).encode() + b"\n"
             return b"".join(
                 [FORMAT, head, struct.pack("<Q", len(index)), index.data, labels.tobytes()]
             )
+
+    def _header(self, dead: int) -> dict[str, Any]:
+        """A snapshot's header line: what :meth:`from_bytes` checks and restores."""
+        return {
+            "dim": self.dim,
+            "spec": {"type": self.spec.type, **self.spec.params()},
+            "n": self._n,
+            "live": self._live,
+            "items": self._items,
+            "dead": dead,
+            "lists": self._lists,
+        }
 
     def write_chunks(self) -> Iterator[bytes | memoryview]:
         """What :meth:`to_bytes` returns, in pieces of at most one list each; for a trained
@@ -726,16 +730,7 @@ class VectorIndex:
         lists_part = _lists_header(self._lists, code_size, sizes)
         length = len(prefix) + len(lists_part) + total * (code_size + 8)
         kept = np.where(labels >= 0, labels, GONE)
-        header = {
-            "dim": self.dim,
-            "spec": {"type": self.spec.type, **self.spec.params()},
-            "n": self._n,
-            "live": self._live,
-            "items": self._items,
-            "dead": 0,
-            "lists": self._lists,
-            "lists_at": len(prefix),
-        }
+        header = {**self._header(0), "lists_at": len(prefix)}
         yield FORMAT + json.dumps(header).encode() + b"\n" + struct.pack("<Q", length)
         yield prefix
         yield lists_part
