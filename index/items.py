@@ -16,7 +16,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from index import fulltext
 from index.bulk import insert_keyed, insert_rows, one_of
-from index.columns import Scalar, canonical, storable, tag_pairs, to_blob, to_features
+from index.columns import (
+    Scalar,
+    StoredFeatures,
+    canonical,
+    storable,
+    tag_pairs,
+    to_blob,
+    to_features,
+)
 from index.db import engine_of, unmapped
 from index.errors import NotFoundError, SpaceChangedError
 from index.summaries import ItemSummary, read_summaries, summary_of
@@ -40,7 +48,8 @@ class ItemDraft:
     sha256: str
     content_type: str
     size_bytes: int
-    feature: np.ndarray
+    # Raw features, or already in their column's form (``index.columns.store_features``).
+    feature: np.ndarray | StoredFeatures
     # None: not stored, as the aligner version's projection of ``feature`` gives it again
     # bit for bit (an identity head: see ``current_vectors``). Half an item's bytes.
     vector: np.ndarray | None
@@ -258,6 +267,11 @@ def vector_blob(vectors: np.ndarray | None) -> bytes:
     return b"" if vectors is None else to_blob(vectors)
 
 
+def feature_blob(feature: np.ndarray | StoredFeatures) -> bytes:
+    """A row's ``feature`` column."""
+    return feature.blob if isinstance(feature, StoredFeatures) else to_features(feature)
+
+
 def _values(collection_id: int, draft: ItemDraft, now: datetime) -> dict[str, Any]:
     """A new row's columns (by attribute name) from a draft."""
     return {
@@ -269,7 +283,7 @@ def _values(collection_id: int, draft: ItemDraft, now: datetime) -> dict[str, An
         "size_bytes": draft.size_bytes,
         "text": draft.text,
         "meta": draft.metadata,
-        "feature": to_features(draft.feature),
+        "feature": feature_blob(draft.feature),
         "vector": vector_blob(draft.vector),
         "spans": draft.spans,
         "aligner_version": draft.aligner_version,
@@ -285,7 +299,7 @@ def _fill(row: ItemRow, draft: ItemDraft, now: datetime) -> None:
     row.size_bytes = draft.size_bytes
     row.text = draft.text
     row.meta = draft.metadata
-    row.feature = to_features(draft.feature)
+    row.feature = feature_blob(draft.feature)
     row.vector = vector_blob(draft.vector)
     row.spans = draft.spans
     row.aligner_version = draft.aligner_version

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from index.columns import stored_features
+from index.columns import StoredFeatures, store_features
 from models.encoders.aligner import (
     VIDEO,
     Aligner,
@@ -55,10 +55,12 @@ class Encoded:
         return [[round(float(a), 3), round(float(b), 3)] for a, b in self.spans]
 
 
-def as_stored(encoded: Sequence[Encoded]) -> list[Encoded]:
-    """Inputs with their raw features as SQL keeps them (``stored_features``): a write
-    projects these, so its vectors are the ones a rebuild of the index projects again."""
-    return [replace(e, raw=stored_features(e.raw)) for e in encoded]
+def as_stored(encoded: Sequence[Encoded]) -> tuple[list[Encoded], list[StoredFeatures]]:
+    """Inputs with their raw features as SQL keeps them, and those features in their
+    column's form (``store_features``, the whole batch at once): a write projects the
+    former, so its vectors are the ones a rebuild of the index projects again."""
+    stored = store_features([e.raw for e in encoded])
+    return [replace(e, raw=s.rows) for e, s in zip(encoded, stored, strict=True)], stored
 
 
 def kept_vectors(aligner: Aligner, encoded: Encoded, vectors: np.ndarray) -> np.ndarray | None:

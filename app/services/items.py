@@ -454,7 +454,7 @@ def _write(
                 f"collection {row.name!r} moved to another model while this write was "
                 "encoded: send it again"
             )
-        encoded = as_stored(encoded)
+        encoded, features = as_stored(encoded)
         vectors = all_vectors(aligner, encoded)
         drafts = [
             ItemDraft(
@@ -463,14 +463,14 @@ def _write(
                 sha256=item.sha256,
                 content_type=item.content_type,
                 size_bytes=len(item.data),
-                feature=enc.raw,
+                feature=feature,
                 vector=kept_vectors(aligner, enc, vecs),
                 aligner_version=aligner.version,
                 text=item.text,
                 metadata=item.metadata,
                 spans=enc.span_list(),
             )
-            for item, enc, vecs in zip(pending, encoded, vectors, strict=True)
+            for item, enc, feature, vecs in zip(pending, encoded, features, vectors, strict=True)
         ]
         # Refused (409) if a migration switched the collection to another model since
         # ``row`` was read: these features are of the old one.

@@ -32,7 +32,6 @@ from app.settings import Settings
 from app.state import Services
 from index.blobs import BlobStore
 from index.collections import CollectionStore
-from index.columns import to_features
 from index.errors import ConflictError, JobEndedError
 from index.items import vector_blob
 from index.jobs import JobStore
@@ -299,7 +298,7 @@ def encode_items(
         payloads.append(payload)
     todo = [t for t in todo if t.pk not in gone]
     here = iter(embedder.encode_mixed([t.modality for t in local], payloads))
-    encoded = as_stored(
+    encoded, features = as_stored(
         [
             Encoded("image", given[t.pk].reshape(1, -1)) if t.pk in given else next(here)
             for t in todo
@@ -309,12 +308,14 @@ def encode_items(
         SpaceVectors(
             pk=item.pk,
             sha256=item.sha256,
-            feature=to_features(enc.raw),
+            feature=feature.blob,
             vector=vector_blob(kept_vectors(heads, enc, vectors)),
             spans=enc.span_list(),
             aligner_version=heads.version,
         )
-        for item, enc, vectors in zip(todo, encoded, all_vectors(heads, encoded), strict=True)
+        for item, enc, feature, vectors in zip(
+            todo, encoded, features, all_vectors(heads, encoded), strict=True
+        )
     ]
 
 

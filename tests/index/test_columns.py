@@ -8,7 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from index.columns import HALF, SINGLE, from_features, stored_features, to_blob, to_features
+from index.columns import (
+    HALF,
+    SINGLE,
+    from_features,
+    store_features,
+    stored_features,
+    to_blob,
+    to_features,
+)
 from models.encoders.aligner import l2_normalize
 
 finite = st.floats(-1e6, 1e6, width=32, allow_nan=False, allow_subnormal=False)
@@ -56,3 +64,27 @@ def test_a_video_row_keeps_its_kind_column_exact() -> None:
     rows = np.random.default_rng(1).standard_normal((3, 9)).astype(np.float32)
     rows[:, 0] = [1, 2, 1]  # pack_video's kinds
     assert np.array_equal(from_features(to_features(rows))[:, 0], [1, 2, 1])
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 3), st.sampled_from([4, 9]), st.sampled_from([1.0, 1e5, 1e-9])),
+        min_size=1,
+        max_size=6,
+    ),
+    st.integers(0, 2**32 - 1),
+)
+def test_a_batch_is_stored_as_each_of_its_inputs_alone(
+    shapes: list[tuple[int, int, float]], seed: int
+) -> None:
+    # A write checks and casts a whole batch at once (two widths: an image's and an audio
+    # clip's features), some inputs float16 cannot hold: each comes out as it would alone.
+    rng = np.random.default_rng(seed)
+    raws = [(rng.standard_normal((n, w)) * scale).astype(np.float32) for n, w, scale in shapes]
+    stored = store_features(raws)
+    assert len(stored) == len(raws)
+    for raw, one in zip(raws, stored, strict=True):
+        assert one.blob == to_features(raw)
+        assert np.array_equal(one.rows, stored_features(raw))
+        assert np.array_equal(one.rows, from_features(one.blob))
