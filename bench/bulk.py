@@ -91,6 +91,7 @@ def run_bulk(cfg: BenchConfig, work: Path, log: Log) -> dict[str, Any]:
         "batch": b.batch,
         "clients": b.clients,
         "rounds": b.rounds,
+        "turn": b.turn,
         "rows": rows,
         "skipped": skipped,
         "ingest": ingest,
@@ -260,8 +261,11 @@ def _postgres_schema(url: str, log: Log) -> Any:
 def _measure(
     srv: Server, b: BulkConfig, kind: str, rounds: list[list[Any]], warm: list[Any]
 ) -> dict[str, Any]:
-    """Per round (its own items): embed every batch, then write every batch into a fresh
-    collection (same clients). Seconds are a round's mean; the ratio is of the totals."""
+    """Per round (its own items, a fresh collection), in turns of ``b.turn`` batches: embed
+    the turn's batches, then write them (same clients). A shared VM's speed drifts by 10-20%
+    within a minute: turns of a second or so give both routes the same machine, where a
+    whole round of one then of the other did not (single rounds read 0.56-0.91). Seconds are
+    a round's mean; the ratio is of the totals, and each turn's is kept."""
     # Warm-up, untimed: the first forward of each shape, and the write path's first batch
     # (its statements compiled and prepared, its threads and connections started).
     _send(srv.url, "/v1/embed", [_embed_body(kind, warm)], 1)
@@ -269,27 +273,33 @@ def _measure(
     _send(srv.url, warmed, [_write_body(kind, warm, 0)], 1)
     embed_s = write_s = 0.0
     failed = 0
-    ratios = []
+    ratios, turns = [], []
     for n, items in enumerate(rounds):
+        path = _batch_path(_create(srv, f"bulk_{kind}_{n}"))
         batches = [items[i : i + b.batch] for i in range(0, len(items), b.batch)]
-        embed = [_embed_body(kind, batch) for batch in batches]
-        write = [_write_body(kind, batch, i * b.batch) for i, batch in enumerate(batches)]
-        e_s, e_failed = _send(srv.url, "/v1/embed", embed, b.clients)
-        w_s, w_failed = _send(
-            srv.url, _batch_path(_create(srv, f"bulk_{kind}_{n}")), write, b.clients
-        )
-        embed_s, write_s, failed = embed_s + e_s, write_s + w_s, failed + e_failed + w_failed
-        ratios.append(e_s / w_s)
+        round_e = round_w = 0.0
+        for t in range(0, len(batches), b.turn):
+            turn = range(t, min(t + b.turn, len(batches)))
+            embed = [_embed_body(kind, batches[i]) for i in turn]
+            write = [_write_body(kind, batches[i], i * b.batch) for i in turn]
+            e_s, e_failed = _send(srv.url, "/v1/embed", embed, b.clients)
+            w_s, w_failed = _send(srv.url, path, write, b.clients)
+            round_e, round_w, failed = round_e + e_s, round_w + w_s, failed + e_failed + w_failed
+            turns.append(e_s / w_s)
+        embed_s, write_s = embed_s + round_e, write_s + round_w
+        ratios.append(round_e / round_w)
     return {
         "kind": kind,
         "items": len(rounds[0]),
         "rounds": len(rounds),
+        "turns": len(turns),
         "embed_s": embed_s / len(rounds),
         "write_s": write_s / len(rounds),
         "embed_per_s": sum(map(len, rounds)) / embed_s,
         "write_per_s": sum(map(len, rounds)) / write_s,
         "ratio": embed_s / write_s,
         "round_ratios": ratios,
+        "turn_ratios": turns,
         "failed": failed,
     }
 

@@ -85,12 +85,13 @@ class BulkConfig:
 
     model: str = "mmr-mini"
     texts: int = 4096
-    images: int = 1024  # distinct small JPEGs (256x224): a round of a second or more
+    images: int = 2048  # distinct small JPEGs (256x224) a round: four turns
     batch: int = 64  # items per request, both routes
     clients: int = 2  # concurrent clients: one request encodes while another is stored
-    # Embed then write, this many times (a fresh collection each): a shared VM's speed
-    # drifts by more than 10% from one minute to the next.
+    # This many rounds (a fresh collection each), each in turns of ``turn`` batches: embed
+    # the turn, then write it (bench/bulk.py, _measure).
     rounds: int = 3
+    turn: int = 8
     postgres_url: str = field(default_factory=_postgres_url)
 
 

@@ -31,8 +31,11 @@ def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
         "HTTP, the baseline), then to the batch route (the same, then the originals stored, "
         "the batch committed in one transaction and added to the index), in "
         f"{bulk.get('rounds', 1)} rounds (a fresh collection each; one batch of each route "
-        "sent first, untimed). Items/s over all rounds; the ratio is of the totals, each "
-        f"round's in brackets. On {machine['cpu']} ({machine['usable_cores']} usable cores, "
+        "sent first, untimed), each in turns of "
+        f"{bulk.get('turn', 'all')} batches: the turn's batches embedded, then written. "
+        "Items/s over all rounds; the ratio is of the totals, each round's in brackets, and "
+        "the turns' median and range after them. "
+        f"On {machine['cpu']} ({machine['usable_cores']} usable cores, "
         "shared with the clients).",
         "",
         "| database | items | embed items/s | batch write items/s | write / embed | failed |",
@@ -40,10 +43,14 @@ def bulk_md(bulk: dict[str, Any], machine: dict[str, Any]) -> list[str]:
     ]
     for row in bulk["rows"]:
         each = ", ".join(f"{r:.2f}" for r in row.get("round_ratios", []))
+        turns = sorted(row.get("turn_ratios", []))
+        spread = (
+            f"; turns {turns[len(turns) // 2]:.2f}, {turns[0]:.2f}-{turns[-1]:.2f}" if turns else ""
+        )
         lines.append(
             f"| {row['database']} | {row['items']} {row['kind']} | {row['embed_per_s']:.0f} | "
-            f"{row['write_per_s']:.0f} | {row['ratio']:.2f}{f' ({each})' if each else ''} | "
-            f"{row['failed']} |"
+            f"{row['write_per_s']:.0f} | {row['ratio']:.2f}{f' ({each}{spread})' if each else ''} "
+            f"| {row['failed']} |"
         )
     ingest = bulk.get("ingest")
     if ingest:
