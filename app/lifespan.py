@@ -24,6 +24,7 @@ from app.settings import Settings
 from app.state import Services
 from app.worker import start_in_process
 from index.blobs import BlobStore
+from index.builds import BuildProcess
 from index.db import make_engine, make_sessionmaker, migrate
 from index.faults import run_resilient
 from index.manager import IndexManager
@@ -144,6 +145,9 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
         if holds_indexes
         else "",
         released=trim,
+        # Large collections' indexes built in a child process: what a build leaves in the
+        # allocator's arenas stays out of the server (index.builds).
+        builds=BuildProcess.over(engine, settings.data_dir / "indexes"),
     )
     if holds_indexes:
         indexes.load_all()

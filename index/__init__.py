@@ -2,5 +2,5 @@
 bytes, FAISS indexes and their snapshots.
 
 Imports nothing from app/ or models/: what projects raw features into a collection's space
-is passed in (index/manager.py, Projector).
+is passed in (index/builds.py, Projector).
 """

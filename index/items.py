@@ -62,7 +62,7 @@ class ItemDraft:
 @dataclass(frozen=True)
 class StoredVectors:
     """What rebuilding an index needs of an item: its raw features and stored vectors
-    (``vector`` empty: derived from the features, see ``index.manager.current_vectors``)."""
+    (``vector`` empty: derived from the features, see ``index.builds.current_vectors``)."""
 
     pk: int
     modality: str

@@ -27,16 +27,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from index.builds import (
+    BuildFailed,
+    BuildProcess,
+    Projector,
+    Target,
+    add,
+    build,
+    spec_of,
+)
 from index.changes import ChangeLog
 from index.collections import CollectionStore
-from index.columns import from_blob, from_features
 from index.errors import ConflictError, NotFoundError
 from index.faults import database_busy
-from index.items import ItemStore, StoredVectors
+from index.items import ItemStore
 from index.snapshots import (
     IndexSnapshot,
     SnapshotHeader,
@@ -48,26 +56,12 @@ from index.snapshots import (
     write_snapshot,
     write_snapshot_chunks,
 )
-from index.spec import IndexSpec
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 2.0  # how often a process records its positions in SQL (follow_all)
-
-
-class Projector(Protocol):
-    """What places a collection's stored raw features in its space: an aligner version."""
-
-    @property
-    def version(self) -> int:
-        """The aligner version SQL records for the vectors it makes (0: the implicit one)."""
-        ...
-
-    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
-        """One modality's raw features (n, width) -> L2-normalised vectors (n, dim)."""
-        ...
 
 
 P = TypeVar("P", bound=Projector)
@@ -157,21 +151,6 @@ class LiveIndex(Generic[P]):
         return self.space.index
 
 
-def spec_of(row: CollectionRow) -> IndexSpec:
-    """The index type and settings SQL records for a collection."""
-    return IndexSpec.of(row.index_type, row.index_params)
-
-
-def current_vectors(stored: StoredVectors, aligner: Projector, dim: int) -> np.ndarray:
-    """An item's vectors in the aligner's space: stored ones when that version made them,
-    else its stored raw features projected now (a new version needs no re-encoding; rows
-    that store none are the projection of their features by their version)."""
-    if stored.vector and stored.aligner_version == aligner.version:
-        return from_blob(stored.vector, dim)
-    rows = len(stored.vector) // (4 * dim) or None
-    return aligner.project(stored.modality, from_features(stored.feature, rows))
-
-
 def _newer_kept(path: Path, seq: int, space: Space[Any]) -> bool:
     """Whether the snapshot at ``path`` is of this space and newer than ``seq``: another
     process sharing the folder wrote it, and it is kept."""
@@ -201,6 +180,7 @@ class IndexManager(Generic[P]):
         follow: bool = True,
         replica: str = "",
         released: Callable[[], object] = lambda: None,
+        builds: BuildProcess | None = None,
     ) -> None:
         self.collections = collections
         self.items = items
@@ -215,6 +195,8 @@ class IndexManager(Generic[P]):
         # Called once a build's transient memory is freed (the app gives the C allocator's
         # free pages back to the system: app.memory.trim).
         self.released = released
+        # Where large collections' indexes are built (None: always in this process).
+        self.builds = builds
         self._reported = 0.0
         self._live: dict[int, LiveIndex[P]] = {}
         # Reentrant: get() holds it across load() so that one collection is loaded once.
@@ -289,67 +271,25 @@ class IndexManager(Generic[P]):
             self._add(row, index, aligner, sorted(touched))
 
     def _build(self, row: CollectionRow, aligner: P) -> VectorIndex:
-        """A new index of everything SQL holds, streamed a chunk of rows at a time: what the
-        build holds besides the index is one chunk (and an IVF's training sample), never
-        the collection's vectors at once."""
-        started = time.monotonic()
-        spec = spec_of(row)
-        index = VectorIndex(row.dim, spec, deferred=True)
-        if spec.type == "ivf":
-            self._train(row, index, aligner)
-        self._add(row, index, aligner, None)
-        index.finish()  # an IVF not trained above (too few vectors then) trains here
-        log.info(
-            "built %s index of %s from SQL: %d vectors in %.1f s",
-            row.index_type,
-            row.name,
-            index.vectors,
-            time.monotonic() - started,
-        )
-        return index
-
-    def _train(self, row: CollectionRow, index: VectorIndex, aligner: P) -> None:
-        """Train an IVF's lists before the build adds anything, on the sample of the
-        collection's vectors (in build order) it would have drawn from all of them, gathered
-        by a first pass over the rows; the second pass adds each chunk to its lists. Left
-        untrained (an exact buffer that ``finish`` trains) when the collection is too small."""
-        total = self.items.vector_count(row.id, row.dim)
-        if total < index.spec.train_at():
-            return
-        positions = index.training_sample(total)
-        sample = np.empty((len(positions), row.dim), dtype=np.float32)
-        filled = seen = 0
-        for matrix, _, _ in self._chunks(row, aligner, None):
-            end = seen + len(matrix)
-            stop = int(np.searchsorted(positions, end))
-            taken = positions[filled:stop] - seen
-            sample[filled : filled + len(taken)] = matrix[taken]
-            filled, seen = filled + len(taken), end
-            if filled == len(positions):
-                break
-        # Rows deleted since the count leave the sample short: it trains on what it found.
-        index.train_lists(sample[:filled], total)
+        """A new index of everything SQL holds (``index.builds``): in a child process when
+        the collection is large enough (``builds``), else, or when the child fails, here."""
+        target = Target.of(row)
+        if self.builds is not None and self.builds.wanted(self.items.vector_count(row.id, row.dim)):
+            try:
+                return self.builds.build(target, aligner)
+            except BuildFailed as exc:
+                log.warning(
+                    "building the index of %s in a child process failed: building it in "
+                    "this one (%s)",
+                    row.name,
+                    exc,
+                )
+        return build(self.items, target, aligner)
 
     def _add(
         self, row: CollectionRow, index: VectorIndex, aligner: P, pks: list[int] | None
     ) -> None:
-        for matrix, ids, counts in self._chunks(row, aligner, pks):
-            index.upsert(ids, matrix, counts)
-
-    def _chunks(
-        self, row: CollectionRow, aligner: P, pks: list[int] | None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """The items' vectors in the aligner's space, a chunk of rows at a time: (vectors,
-        item keys, vectors per item). Raw features are read only of the items another
-        aligner version made (they are projected now)."""
-        for chunk in self.items.iter_stored(
-            collection_id=row.id, pks=pks, features_unless=aligner.version
-        ):
-            matrices = [current_vectors(s, aligner, row.dim) for s in chunk]
-            counts = np.array([len(m) for m in matrices], dtype=np.int64)
-            ids = np.array([s.pk for s in chunk], dtype=np.int64)
-            del chunk
-            yield np.concatenate(matrices), ids, counts
+        add(self.items, Target.of(row), index, aligner, pks)
 
     # -- runtime -------------------------------------------------------------------------
     def ready(self, row: CollectionRow) -> LiveIndex[P] | None:

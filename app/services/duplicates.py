@@ -42,10 +42,11 @@ import numpy as np
 
 from app.schemas.duplicates import DuplicatePage, DuplicatePair, StoredListing
 from app.services.errors import InvalidInput, Malformed, QueueFull
+from index.builds import current_vectors
 from index.collections import CollectionStore
 from index.items import ItemStore, StoredVectors
 from index.listings import ListingInfo, ListingStore
-from index.manager import IndexManager, current_vectors
+from index.manager import IndexManager
 from index.pairs import Pairs, all_pairs, candidate_pairs, ordered
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex

@@ -66,7 +66,7 @@ def as_stored(encoded: Sequence[Encoded]) -> tuple[list[Encoded], list[StoredFea
 def kept_vectors(aligner: Aligner, encoded: Encoded, vectors: np.ndarray) -> np.ndarray | None:
     """The vectors a row stores: none for an image or a text whose head is the identity
     (their vectors are the stored features normalised, row by row, bit for bit whatever
-    the batch: ``index.manager.current_vectors`` makes them again), else ``vectors``."""
+    the batch: ``index.builds.current_vectors`` makes them again), else ``vectors``."""
     head = aligner.heads.get(encoded.modality)
     if encoded.modality in DERIVED and head is not None and head.kind == "identity":
         return None

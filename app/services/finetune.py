@@ -25,11 +25,11 @@ from app.services.embedding import Embedder
 from app.services.jobs import JobContext
 from app.state import Services
 from index.aligners import AlignerStore
+from index.builds import spec_of
 from index.columns import from_features
 from index.errors import JobEndedError
 from index.items import ItemStore, StoredVectors
 from index.jobs import JobStore
-from index.manager import spec_of
 from index.spec import AUTO
 from index.tables import CollectionRow
 from models.training.anchors import Scenes, anchor_captions, is_mini, mini_scenes

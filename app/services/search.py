@@ -25,11 +25,12 @@ from app.services.media import decode_upload
 from app.services.pool import ModelPool, in_space, key_of_aligner
 from app.services.views import item_public
 from app.settings import Settings
+from index.builds import current_vectors
 from index.collections import CollectionStore
 from index.columns import Scalar
 from index.items import ItemStore, stored_of
 from index.locks import WouldBlock
-from index.manager import IndexManager, current_vectors
+from index.manager import IndexManager
 from index.summaries import ItemSummary
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex

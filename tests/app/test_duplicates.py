@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from app.main import create_app
 from app.services import duplicates as service
 from app.settings import Settings
-from index.manager import current_vectors
+from index.builds import current_vectors
 from tests.conftest import error_code
 from tests.factories import audio_bytes, image_bytes, services_of
 

@@ -6,12 +6,14 @@ exhaustive behaviour on selective filters is covered in tests/index/test_index_t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+import index.builds as builds_module
 from app.main import create_app
 from app.settings import Settings
 from index.snapshots import read_snapshot
@@ -126,6 +128,28 @@ def test_reindex_changes_the_type_and_compacts(client: TestClient) -> None:
     assert top(client, "c", "note number 150 about 3 things", k=1) == ["n150"]
     assert top(client, "c", "note number 250 about 5 things", k=3) == before[250]
     assert "n1" not in top(client, "c", "note number 1 about 1 things", k=3)
+
+
+def test_a_large_collection_is_reindexed_in_a_child_process(
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Every collection is large here: the collection's own aligner crosses to the child,
+    # which reads SQL (SQLite's file, or the Postgres schema) and writes the index to read in.
+    monkeypatch.setattr(builds_module, "BUILD_APART_AT", 1)
+    caplog.set_level(logging.INFO, logger="index.builds")
+    with TestClient(create_app(make_settings(job_poll_s=0.1))) as client:
+        fill(client, "c", {"type": "flat"})
+        queries = [f"note number {i} about {i % 7} things" for i in (3, 150, 299)]
+        before = [top(client, "c", q, k=3) for q in queries]
+        spec = {"type": "ivf", "nlist": 4, "nprobe": 4, "quantizer": "sq8"}
+        job = client.post("/v1/jobs", json={"type": "reindex", "collection": "c", "index": spec})
+        assert wait(client, job.json()["id"])["status"] == "succeeded"
+        assert info(client, "c")["type"] == "ivf" and info(client, "c")["size"] == ITEMS
+        assert [top(client, "c", q, k=1)[0] for q in queries] == [b[0] for b in before]
+    built = [r.getMessage() for r in caplog.records if "in a child process" in r.getMessage()]
+    assert built and all("ivf index of c" in m for m in built), built
 
 
 def test_reindex_with_bad_settings_is_422_and_queues_nothing(client: TestClient) -> None:

@@ -21,17 +21,8 @@ from index.manager import IndexManager, LiveIndex
 from index.snapshots import peek_header
 from index.stores import Stores
 from tests.factories import item_draft, new_collection
+from tests.index.projectors import Identity
 from tests.postgres_gate import POSTGRES
-
-
-@dataclass(frozen=True)
-class Identity:
-    """The projector SQL names for a collection: stored vectors as they are."""
-
-    version: int
-
-    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
-        return raw / np.linalg.norm(raw, axis=1, keepdims=True)
 
 
 @dataclass

@@ -18,15 +18,16 @@ from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
 import index.items as items_module
+from index.builds import current_vectors
 from index.items import ItemDraft
-from index.manager import IndexManager, current_vectors
+from index.manager import IndexManager
 from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
 from index.spec import IndexSpec
 from index.stores import Stores
 from index.tables import CollectionRow, ItemRow
 from index.vector_index import VectorIndex
 from models.encoders.aligner import Aligner
-from tests.index.test_follow import Identity
+from tests.index.projectors import Identity
 
 DIM = 64
 N = 3000

@@ -1,0 +1,132 @@
+"""Large collections' indexes are built in a child process (index.builds.BuildProcess): the
+server reads in the index the child wrote, the same one a build in the server makes; a
+child that fails leaves the build to the server. SQLite, then Postgres."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.builds import BuildProcess, Target, build
+from index.manager import IndexManager
+from index.stores import Stores
+from tests.index.projectors import FailsInAChild, Identity
+from tests.index.test_streamed_build import TYPES, assert_same, collection_of, fill
+
+N = 1200
+ON_DISK = ("ivf", {"nlist": 16, "quantizer": "sq8", "on_disk": True})
+
+
+def url_of(stores: Stores) -> str:
+    return stores.engine.url.render_as_string(hide_password=False)
+
+
+def manager(stores: Stores, root: Path, builds: BuildProcess | None) -> IndexManager[Identity]:
+    return IndexManager(
+        collections=stores.collections,
+        items=stores.items,
+        changes=stores.changes,
+        aligner_of=lambda row: Identity(row.aligner_version),
+        root=root,
+        builds=builds,
+    )
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf-on-disk"])  # ivf-sq8: tests/app
+def test_a_large_collection_is_built_in_a_child_as_it_would_be_here(
+    stores: Stores, tmp_path: Path, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    index_type, params = ON_DISK if kind == "ivf-on-disk" else TYPES[kind]
+    row = collection_of(stores, index_type, params)
+    fill(stores, row, 0, N)
+    fill(stores, row, N, 100, version=7)  # another aligner version's: projected by the child
+    root = tmp_path / "indexes"
+    caplog.set_level(logging.INFO, logger="index.builds")
+    live = manager(stores, root, BuildProcess(url_of(stores), root, at=N)).load(row)
+    assert any("in a child process" in r.getMessage() for r in caplog.records)
+    here = build(stores.items, Target.of(row), Identity(row.aligner_version))
+    assert_same(live.index, here, "hnsw" if kind == "hnsw" else "exact")
+    assert live.index.mapped == (kind == "ivf-on-disk")
+    # Nothing of the child's is left in the folder (the mapped file is unlinked).
+    assert [p.name for p in root.iterdir()] == []
+
+
+def test_a_small_collection_is_built_here(
+    stores: Stores, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    row = collection_of(stores, *TYPES["flat"])
+    fill(stores, row, 0, 50)
+    caplog.set_level(logging.INFO, logger="index.builds")
+    root = tmp_path / "indexes"
+    live = manager(stores, root, BuildProcess(url_of(stores), root, at=51)).load(row)
+    assert live.index.size == 50
+    assert not any("in a child process" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("broken", ["database", "folder", "child"])
+def test_a_child_that_fails_leaves_the_build_to_this_process(
+    stores: Stores, tmp_path: Path, caplog: pytest.LogCaptureFixture, broken: str
+) -> None:
+    row = collection_of(stores, *TYPES["flat"])
+    fill(stores, row, 0, 300)
+    fill(stores, row, 300, 20, version=7)  # projected by the aligner: the child's fails
+    root = tmp_path / "indexes"
+    url, folder = url_of(stores), root
+    if broken == "database":
+        url = "postgresql+psycopg://nobody@127.0.0.1:1/none"  # the child cannot connect
+    if broken == "folder":
+        (tmp_path / "file").write_text("a file where a folder should be")
+        folder = tmp_path / "file" / "indexes"  # no folder to write in
+    indexes = manager(stores, root, BuildProcess(url, folder, at=1))
+    indexes.aligner_of = lambda row: FailsInAChild(row.aligner_version, os.getpid())
+    caplog.set_level(logging.WARNING, logger="index.manager")
+    live = indexes.load(row)
+    assert live.index.size == 320
+    here = build(stores.items, Target.of(row), Identity(row.aligner_version))
+    assert_same(live.index, here, "exact")
+    assert any("failed: building it in this one" in r.getMessage() for r in caplog.records)
+
+
+def test_a_reindex_swaps_in_the_childs_index_and_replays_what_came_during_it(
+    stores: Stores, tmp_path: Path
+) -> None:
+    row = collection_of(stores, *TYPES["flat"])
+    fill(stores, row, 0, N)
+    root = tmp_path / "indexes"
+    indexes = manager(stores, root, BuildProcess(url_of(stores), root, at=N))
+    live = indexes.load(row)
+    before = live.index
+    stores.collections.set_space(collection_id=row.id, index=("hnsw", {}))
+    # Written after the epoch moved, before the swap: in SQL and in the log, not in the
+    # index the child reads (it reads what SQL holds when it runs, this included), and
+    # replayed after it either way (idempotent).
+    fill(stores, row, N, 50)
+    assert indexes.get(stores.collections.get("c"), wait=True) is live
+    assert live.index is not before
+    assert live.index.spec.type == "hnsw"
+    assert live.index.size == N + 50
+    hit = live.index.search(np.eye(64, dtype=np.float32)[0], 1)
+    assert len(hit) == 1
+    # The swap wrote the new index's snapshot at once; the child's file is gone.
+    assert sorted(p.name for p in root.iterdir()) == [f"collection-{row.id}.faiss"]
+
+
+def test_a_file_a_killed_server_left_mid_build_is_removed_at_start_up(
+    stores: Stores, tmp_path: Path
+) -> None:
+    root = tmp_path / "indexes"
+    root.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process has now
+    left = root / f".collection-1.faiss.build.{gone.pid}.tmp"
+    left.write_bytes(b"half an index")
+    ours = root / f".collection-2.faiss.build.{os.getpid()}.tmp"  # a build in progress
+    ours.write_bytes(b"being written")
+    manager(stores, root, None).load_all()
+    assert not left.exists() and ours.exists()
