@@ -147,7 +147,9 @@ def build_services(settings: Settings, *, holds_indexes: bool = True) -> Service
         released=trim,
         # Large collections' indexes built in a child process: what a build leaves in the
         # allocator's arenas stays out of the server (index.builds).
-        builds=BuildProcess.over(engine, settings.data_dir / "indexes"),
+        builds=BuildProcess.over(engine, settings.data_dir / "indexes", at=settings.build_apart_at)
+        if settings.build_apart_at
+        else None,
     )
     if holds_indexes:
         indexes.load_all()

@@ -221,6 +221,15 @@ class Settings(BaseSettings):
         "query is memory-bound and more threads only contend. Index training and bulk adds "
         "use every core.",
     )
+    build_apart_at: int = Field(
+        default=50_000,
+        ge=0,
+        description="Collections of at least this many vectors have their indexes built (at "
+        "start-up without a snapshot, by a reindex or an aligner's activation) in a child "
+        "process that reads SQL and writes the index for the server to read in: what a build "
+        "leaves in the allocator stays out of the server ([memory](performance.md#memory)). "
+        "`0`: every build in the server's process.",
+    )
     snapshot_every: int = Field(
         default=1000,
         description="Changes to a collection between index snapshots; a collection with older "

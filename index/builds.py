@@ -37,9 +37,10 @@ from index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-# Collections of at least this many vectors are built in a child process (the app's
-# default): below it, a child's start (~1 s of imports) costs more than the build, and what
-# the build leaves in the server's arenas is a few MB.
+# Collections of at least this many vectors are built in a child process, unless the caller
+# names another size (the app: MMR_BUILD_APART_AT, the same by default): below it, a child's
+# start (~1 s of imports) costs more than the build, and what the build leaves in the
+# server's arenas is a few MB.
 BUILD_APART_AT = 50_000
 CHILD_TIMEOUT_S = 6 * 3600.0  # a 10M build on two cores takes an hour or more
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import index.builds as builds_module
 from app.main import create_app
 from app.settings import Settings
 from index.snapshots import read_snapshot
@@ -132,14 +131,12 @@ def test_reindex_changes_the_type_and_compacts(client: TestClient) -> None:
 
 def test_a_large_collection_is_reindexed_in_a_child_process(
     make_settings: Callable[..., Settings],
-    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Every collection is large here: the collection's own aligner crosses to the child,
     # which reads SQL (SQLite's file, or the Postgres schema) and writes the index to read in.
-    monkeypatch.setattr(builds_module, "BUILD_APART_AT", 1)
     caplog.set_level(logging.INFO, logger="index.builds")
-    with TestClient(create_app(make_settings(job_poll_s=0.1))) as client:
+    with TestClient(create_app(make_settings(job_poll_s=0.1, build_apart_at=1))) as client:
         fill(client, "c", {"type": "flat"})
         queries = [f"note number {i} about {i % 7} things" for i in (3, 150, 299)]
         before = [top(client, "c", q, k=3) for q in queries]
