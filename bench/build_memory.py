@@ -150,10 +150,16 @@ def _status_kb(pid: int) -> dict[str, int]:
 
 
 def reindexes(
-    n: int, types: list[str], rounds: int, work: Path, code: Path | None
+    n: int,
+    types: list[str],
+    rounds: int,
+    work: Path,
+    code: Path | None,
+    apart_at: int | None = None,
 ) -> tuple[dict[str, int], list[dict[str, Any]]]:
     """An empty server's memory, then the same server's after each of ``rounds`` x ``types``
-    reindexes of ``n`` vectors (through reindex jobs, as an operator runs them)."""
+    reindexes of ``n`` vectors (through reindex jobs, as an operator runs them);
+    ``apart_at``: its MMR_BUILD_APART_AT (None: the default)."""
     from bench.config import BenchConfig
     from bench.loader import load_vectors
     from bench.search import _reindex, _search_server
@@ -161,7 +167,9 @@ def reindexes(
 
     cfg = BenchConfig()
     data_dir = work / "data"
-    env = {"PYTHONPATH": str(code)} if code else None
+    env = {"PYTHONPATH": str(code)} if code else {}
+    if apart_at is not None:
+        env["MMR_BUILD_APART_AT"] = str(apart_at)
     with Server(data_dir, env=env, **_search_server(cfg)) as srv:
         empty = _status_kb(srv.pid)
         with srv.client() as c:
@@ -225,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--reindexes", type=int, default=0, help="rounds of reindexes in a server")
     p.add_argument("--server-code", type=Path, help="with --reindexes: that checkout's server")
+    p.add_argument(
+        "--apart",
+        default="",
+        help="with --reindexes: MMR_BUILD_APART_AT values, a server each (e.g. 0,50000: "
+        "builds in the server, then in a child)",
+    )
     p.add_argument("--one", nargs=2, metavar=("DATA_DIR", "TYPE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -232,15 +246,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.reindexes:
         text = ""
+        aparts = [int(a) for a in args.apart.split(",")] if args.apart else [None]
         for n in [int(s) for s in args.sizes.split(",")]:
-            work = Path(tempfile.mkdtemp(prefix=f"reindex-{n}-"))
-            try:
-                empty, rows = reindexes(
-                    n, args.types.split(","), args.reindexes, work, args.server_code
-                )
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            text += reindex_table(n, empty, rows, args.label) + "\n"
+            for apart in aparts:
+                work = Path(tempfile.mkdtemp(prefix=f"reindex-{n}-"))
+                try:
+                    empty, rows = reindexes(
+                        n, args.types.split(","), args.reindexes, work, args.server_code, apart
+                    )
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                label = args.label if apart is None else f"{args.label} MMR_BUILD_APART_AT={apart}"
+                text += reindex_table(n, empty, rows, label.strip()) + "\n"
         print(text)
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
