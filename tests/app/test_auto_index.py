@@ -126,6 +126,33 @@ def test_growing_past_the_threshold_moves_to_hnsw_and_back(client: TestClient) -
     assert top(client, "c", "note number 25 about 4 things", k=1) == ["n25"]
 
 
+def test_past_the_memory_budget_the_lists_go_on_disk(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A budget no graph fits in, and lists of 50: 100 vectors make an IVF of 2 lists,
+    # trained (78 vectors train 2), kept in the mapped snapshot.
+    monkeypatch.setattr(spec_module, "AUTO_MEMORY_MAX", 1)
+    monkeypatch.setattr(spec_module, "AUTO_DISK_LIST_SIZE", 50)
+    monkeypatch.setattr(spec_module, "AUTO_DISK_NLIST_MIN", 2)
+    assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+    add_notes(client, "c", range(100))
+    index = settled(client, "ivf", jobs=1)
+    assert index["params"] == {
+        "nlist": 2,
+        "nprobe": 16,
+        "quantizer": "sq8",
+        "pq_m": 64,
+        "on_disk": True,
+    }
+    assert index["trained"] and index["size"] == 100
+    (job,) = jobs_of(client)
+    assert "past 20" in job["params"]["reason"]  # from exact straight to the lists on disk
+    assert top(client, "c", "note number 42 about 0 things", k=1) == ["n42"]
+    services: Services = client.app.state.services  # type: ignore[attr-defined]
+    live = services.indexes.get(services.stores.collections.get("c"))
+    assert live.index.mapped  # the swap's snapshot mapped the lists
+
+
 def test_one_job_while_one_is_pending(make_settings: Callable[..., Settings]) -> None:
     # No worker here: the queued job stays queued, and the check finds it every time.
     for client in client_of(make_settings(worker="off")):

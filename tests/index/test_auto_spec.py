@@ -8,6 +8,7 @@ import pytest
 from index import spec as spec_module
 from index.spec import (
     AUTO_EXACT_MAX,
+    AUTO_MEMORY_MAX,
     IndexSpec,
     auto_params,
     auto_retune,
@@ -28,10 +29,37 @@ def test_larger_collections_get_a_graph_whose_search_list_grows_with_the_size() 
     assert above == IndexSpec(type="hnsw", m=32, ef_construction=80, ef_search=64)
     assert auto_spec(100_000, DIM).ef_search == 64
     assert auto_spec(1_000_000, DIM).ef_search == 128
-    assert auto_spec(10_000_000, DIM).ef_search == 256
-    sizes = [AUTO_EXACT_MAX + 1, 10**5, 10**6, 10**7, 10**8]
+    assert auto_spec(3_000_000, DIM).ef_search == 256
+    sizes = [AUTO_EXACT_MAX + 1, 10**5, 10**6, 2 * 10**6, 3 * 10**6]
     efs = [auto_spec(n, DIM).ef_search for n in sizes]
     assert efs == sorted(efs)  # never fewer candidates for more vectors
+
+
+def test_past_a_graph_of_8_gib_the_lists_go_on_disk() -> None:
+    # At 512 dimensions a graph takes 2,316 bytes a vector: 8 GiB at ~3.7M vectors.
+    last = AUTO_MEMORY_MAX // IndexSpec(type="hnsw").bytes_per_vector(DIM)
+    assert auto_spec(last, DIM).type == "hnsw"
+    disk = auto_spec(last + 1, DIM)
+    assert disk == IndexSpec(type="ivf", nlist=1024, nprobe=16, quantizer="sq8", on_disk=True)
+    # What was measured at 10M (docs/index-types.md): 1,024 lists, 16 probed.
+    assert auto_spec(10_000_000, DIM) == disk
+    assert auto_spec(40_000_000, DIM).nlist == 4096  # lists of ~10,000 vectors
+    # Wider vectors get there sooner; the stored params give the spec back.
+    assert auto_spec(2_000_000, 1024).type == "ivf"
+    assert IndexSpec.of("auto", auto_params(10_000_000, DIM)) == disk
+
+
+def test_when_lists_on_disk_no_longer_fit_the_size() -> None:
+    last = AUTO_MEMORY_MAX // IndexSpec(type="hnsw").bytes_per_vector(DIM)
+    graph, disk = auto_spec(last, DIM), auto_spec(last + 1, DIM)
+    assert "on disk" in (auto_retune(graph, vectors=last + 1, deleted=0, dim=DIM) or "")
+    assert auto_retune(disk, vectors=last + 1, deleted=0, dim=DIM) is None
+    # Back to a graph only under half the budget (no flip on every write).
+    assert auto_retune(disk, vectors=last // 2 + 1, deleted=0, dim=DIM) is None
+    assert "fits in memory" in (auto_retune(disk, vectors=last // 2 - 1, deleted=0, dim=DIM) or "")
+    # Grown fourfold: more lists.
+    assert auto_retune(disk, vectors=20_000_000, deleted=0, dim=DIM) is None  # 2,048 wanted
+    assert "get slow" in (auto_retune(disk, vectors=40_000_000, deleted=0, dim=DIM) or "")
 
 
 def test_the_stored_params_give_back_the_spec_in_use() -> None:
