@@ -21,7 +21,7 @@ from bench.blas import blas_threads
 from bench.clients import RawHttp, closed_loop, latency_summary, sequential
 from bench.config import INDEX_TYPES, BenchConfig
 from bench.data import TOP_K, Mixture, exact_top_k, recall_at_k
-from bench.loader import load_vectors
+from bench.loader import load_vectors, served
 from bench.server import Server
 
 Log = Callable[[str], None]
@@ -73,7 +73,8 @@ def _one_size(
     builds: dict[str, list[tuple[int, float]]],
     log: Log,
 ) -> dict[str, Any]:
-    vectors = mixture.sample(n, seed=cfg.seed + 1)
+    # As the collection serves them (float16 features, normalised): the exact answers too.
+    vectors = served(mixture.sample(n, seed=cfg.seed + 1))
     queries = mixture.sample(cfg.queries, seed=cfg.seed + 2)
     warmups = mixture.sample(cfg.search_warmup, seed=cfg.seed + 3)
     truth = exact_top_k(vectors, queries)
