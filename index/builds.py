@@ -121,14 +121,19 @@ def build(items: ItemStore, target: Target, aligner: Projector) -> VectorIndex:
         _train(items, target, index, aligner)
     add(items, target, index, aligner, None)
     index.finish()  # an IVF not trained above (too few vectors then) trains here
+    _built(index, target, "from SQL", started)
+    return index
+
+
+def _built(index: VectorIndex, target: Target, where: str, started: float) -> None:
     log.info(
-        "built %s index of %s from SQL: %d vectors in %.1f s",
+        "built %s index of %s %s: %d vectors in %.1f s",
         target.spec.type,
         target.name,
+        where,
         index.vectors,
         time.monotonic() - started,
     )
-    return index
 
 
 def _train(items: ItemStore, target: Target, index: VectorIndex, aligner: Projector) -> None:
@@ -234,13 +239,7 @@ class BuildProcess:
             # until the index's first snapshot maps its own file.
             with contextlib.suppress(OSError):
                 out.unlink()
-        log.info(
-            "built %s index of %s in a child process: %d vectors in %.1f s",
-            target.spec.type,
-            target.name,
-            index.vectors,
-            time.monotonic() - started,
-        )
+        _built(index, target, "in a child process", started)
         return index
 
 

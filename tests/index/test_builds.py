@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 
 from index.builds import BuildProcess, Target, build
-from index.manager import IndexManager
 from index.stores import Stores
 from tests.index.projectors import FailsInAChild, Identity
-from tests.index.test_streamed_build import TYPES, assert_same, collection_of, fill
+from tests.index.test_streamed_build import TYPES, assert_same, collection_of, fill, manager
 
 N = 1200
 ON_DISK = ("ivf", {"nlist": 16, "quantizer": "sq8", "on_disk": True})
@@ -25,17 +24,6 @@ ON_DISK = ("ivf", {"nlist": 16, "quantizer": "sq8", "on_disk": True})
 
 def url_of(stores: Stores) -> str:
     return stores.engine.url.render_as_string(hide_password=False)
-
-
-def manager(stores: Stores, root: Path, builds: BuildProcess | None) -> IndexManager[Identity]:
-    return IndexManager(
-        collections=stores.collections,
-        items=stores.items,
-        changes=stores.changes,
-        aligner_of=lambda row: Identity(row.aligner_version),
-        root=root,
-        builds=builds,
-    )
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf-on-disk"])  # ivf-sq8: tests/app

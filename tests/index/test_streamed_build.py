@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import ORMExecuteState, Session
 
 import index.items as items_module
-from index.builds import current_vectors
+from index.builds import BuildProcess, current_vectors
 from index.items import ItemDraft
 from index.manager import IndexManager
 from index.snapshots import IndexSnapshot, read_snapshot, write_snapshot
@@ -134,13 +134,16 @@ def fill(stores: Stores, row: CollectionRow, start: int, count: int, **kw: Any) 
         stores.items.upsert_many(collection_id=row.id, drafts=batch)
 
 
-def manager(stores: Stores, root: Path) -> IndexManager[Identity]:
+def manager(
+    stores: Stores, root: Path, builds: BuildProcess | None = None
+) -> IndexManager[Identity]:
     return IndexManager(
         collections=stores.collections,
         items=stores.items,
         changes=stores.changes,
         aligner_of=lambda row: Identity(row.aligner_version),
         root=root,
+        builds=builds,
     )
 
 
