@@ -85,7 +85,9 @@ def _peak(into: dict[str, int], now: dict[str, int]) -> None:
         into[k] = max(into.get(k, 0), v)
 
 
-def run(n: int, work: Path, queries: int, log: Any = print) -> dict[str, Any]:
+def run(n: int, work: Path, queries: int, log: Any = print, reuse: bool = False) -> dict[str, Any]:
+    """``reuse``: ``work`` holds the loaded rows of an earlier run of the same ``n``
+    (the vectors are generated again for the exact answers, not loaded)."""
     data_dir = work / "data"
     mixture = Mixture(DIM, 2000, seed=0)
     q = mixture.sample(queries, seed=2)
@@ -94,14 +96,17 @@ def run(n: int, work: Path, queries: int, log: Any = print) -> dict[str, Any]:
     spec = {"type": "ivf", "quantizer": "sq8", "nlist": 1024, "nprobe": 16, "on_disk": True}
     out["index"] = spec
     server = _search_server(BenchConfig())  # random:ViT-B-32: 512-d, fp32
-    with Server(data_dir, **server) as srv, srv.client() as c:
-        out["empty"] = status_mib(srv.pid)
-        # The collection's dimension must be the vectors': a model of 512 dims.
-        made = c.post("/v1/collections", json={"name": NAME, "index": spec})
-        made.raise_for_status()
-        dim = made.json()["dim"]
-    if dim != DIM:
-        raise RuntimeError(f"the bench model makes {dim}-d vectors, not {DIM}")
+    if reuse:  # an empty server's memory: a data dir of its own
+        with Server(work / "empty", **server) as srv:
+            out["empty"] = status_mib(srv.pid)
+    else:
+        with Server(data_dir, **server) as srv, srv.client() as c:
+            out["empty"] = status_mib(srv.pid)
+            # The collection's dimension must be the vectors': a model of 512 dims.
+            made = c.post("/v1/collections", json={"name": NAME, "index": spec})
+            made.raise_for_status()
+            if made.json()["dim"] != DIM:
+                raise RuntimeError(f"the bench model makes {made.json()['dim']}-d vectors")
 
     def chunks() -> Any:
         start = 0
@@ -112,10 +117,15 @@ def run(n: int, work: Path, queries: int, log: Any = print) -> dict[str, Any]:
                 log(f"loaded {start}")
             yield chunk
 
-    loaded = load_vectors(data_dir, NAME, chunks())
+    if reuse:
+        for _ in chunks():
+            pass
+        loaded = {"seconds": None}
+    else:
+        loaded = load_vectors(data_dir, NAME, chunks())
     out["load_s"] = loaded["seconds"]
     out["sqlite_bytes"] = sum(p.stat().st_size for p in data_dir.glob("mmr.sqlite3*"))
-    log(f"loaded {n} rows in {loaded['seconds']:.0f} s, {out['sqlite_bytes'] / 2**30:.2f} GiB")
+    log(f"loaded {n} rows ({loaded['seconds']} s), {out['sqlite_bytes'] / 2**30:.2f} GiB")
     best = truth.ids()
     srv = Server(data_dir, **{**server, "ready_timeout_s": 4 * 3600})
     t0 = time.perf_counter()
@@ -190,10 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")))
     p.add_argument("--out", type=Path)
+    p.add_argument("--reuse", type=Path, help="the folder of an earlier run: its rows")
     args = p.parse_args(argv)
-    work = args.work / f"served-ondisk-{args.n}-{os.getpid()}"
-    work.mkdir(parents=True)
-    result = run(args.n, work, args.queries)
+    work = args.reuse or args.work / f"served-ondisk-{args.n}-{os.getpid()}"
+    work.mkdir(parents=True, exist_ok=args.reuse is not None)
+    result = run(args.n, work, args.queries, reuse=args.reuse is not None)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

@@ -25,7 +25,7 @@ from index.columns import (
     to_blob,
     to_features,
 )
-from index.db import engine_of, unmapped
+from index.db import engine_of, no_time_limit, unmapped
 from index.errors import NotFoundError, SpaceChangedError
 from index.summaries import ItemSummary, read_summaries, summary_of
 from index.tables import ChangeRow, CollectionRow, ItemRow, ItemTagRow, utcnow
@@ -597,7 +597,13 @@ class ItemStore:
         stmt = select(func.coalesce(func.sum(rows), 0)).where(
             ItemRow.collection_id == collection_id
         )
-        with self.sessions() as session, unmapped(session.connection()):
+        # A read of every row (10M: a minute on SQLite): work that grows with the data, not
+        # with a request, so past the statement time limit (at start-up it stopped the server).
+        with (
+            self.sessions() as session,
+            no_time_limit(session.connection()),
+            unmapped(session.connection()),
+        ):
             return int(session.scalar(stmt) or 0) // width
 
     def iter_stored(

@@ -274,7 +274,7 @@ class IndexManager(Generic[P]):
         """A new index of everything SQL holds (``index.builds``): in a child process when
         the collection is large enough (``builds``), else, or when the child fails, here."""
         target = Target.of(row)
-        if self.builds is not None and self.builds.wanted(self.items.vector_count(row.id, row.dim)):
+        if self.builds is not None and self._apart(row):
             try:
                 return self.builds.build(target, aligner)
             except BuildFailed as exc:
@@ -285,6 +285,15 @@ class IndexManager(Generic[P]):
                     exc,
                 )
         return build(self.items, target, aligner)
+
+    def _apart(self, row: CollectionRow) -> bool:
+        """Whether the collection's index is built in a child: its items counted first (an
+        index's count, quick at any size), its vectors (a recording's segments each: a read
+        of every row) only when the items alone are too few."""
+        assert self.builds is not None
+        return self.builds.wanted(self.items.count(row.id)) or self.builds.wanted(
+            self.items.vector_count(row.id, row.dim)
+        )
 
     def _add(
         self, row: CollectionRow, index: VectorIndex, aligner: P, pks: list[int] | None

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from index.builds import BuildProcess, Target, build
+from index.db import make_engine, make_sessionmaker
 from index.stores import Stores
 from tests.index.projectors import FailsInAChild, Identity
 from tests.index.test_streamed_build import TYPES, assert_same, collection_of, fill, manager
@@ -118,3 +119,18 @@ def test_a_file_a_killed_server_left_mid_build_is_removed_at_start_up(
     ours.write_bytes(b"being written")
     manager(stores, root, None).load_all()
     assert not left.exists() and ours.exists()
+
+
+def test_counting_a_large_collection_is_not_cut_by_the_statement_time_limit(
+    stores: Stores, database_url: str
+) -> None:
+    # A count of every row's vectors grows with the data, not with a request: at 10M rows
+    # it ran past the server's limit at start-up, which stopped the server.
+    row = collection_of(stores, *TYPES["flat"])
+    fill(stores, row, 0, 20_000)
+    hurried = make_engine(database_url, statement_timeout_s=0.001)
+    try:
+        items = Stores.over(make_sessionmaker(hurried)).items
+        assert items.vector_count(row.id, row.dim) == 20_000
+    finally:
+        hurried.dispose()
