@@ -38,7 +38,7 @@ from index.vector_index import VectorIndex
 log = logging.getLogger(__name__)
 
 # Collections of at least this many vectors are built in a child process, unless the caller
-# names another size (the app: MMR_BUILD_APART_AT, the same by default): below it, a child's
+# names another size (the app's default for MMR_BUILD_APART_AT): below it, a child's
 # start (~1 s of imports) costs more than the build, and what the build leaves in the
 # server's arenas is a few MB.
 BUILD_APART_AT = 50_000
@@ -184,7 +184,7 @@ class BuildProcess:
         self.at = at
 
     @classmethod
-    def over(cls, engine: Engine, folder: Path, *, at: int | None = None) -> BuildProcess | None:
+    def over(cls, engine: Engine, folder: Path, *, at: int = BUILD_APART_AT) -> BuildProcess | None:
         """Builds apart for the database of ``engine``; None when another process cannot
         open it (an in-memory SQLite database)."""
         url = engine.url
@@ -193,7 +193,7 @@ class BuildProcess:
         return cls(
             url.render_as_string(hide_password=False),
             folder,
-            at=BUILD_APART_AT if at is None else at,
+            at=at,
         )
 
     def wanted(self, vectors: int) -> bool:

@@ -83,12 +83,6 @@ def store_features(raws: Sequence[np.ndarray]) -> list[StoredFeatures]:
     return [s for s in out if s is not None]
 
 
-def stored_features(raw: np.ndarray) -> np.ndarray:
-    """Raw features as storing them keeps them (float32 rows of float16 values, when float16
-    holds them well): what an index rebuilt from SQL projects, so a write projects them."""
-    return store_features([raw])[0].rows
-
-
 def to_features(raw: np.ndarray) -> bytes:
     """Raw features, (rows, width), as a column's bytes (``store_features``)."""
     return store_features([raw])[0].blob

@@ -13,7 +13,6 @@ from index.columns import (
     SINGLE,
     from_features,
     store_features,
-    stored_features,
     to_blob,
     to_features,
 )
@@ -29,7 +28,7 @@ def test_features_read_back_as_storing_keeps_them(raw: np.ndarray) -> None:
     back = from_features(blob)
     assert back.dtype == np.float32 and back.shape == raw.shape
     # What a write projects is what a rebuild reads: bit for bit.
-    assert np.array_equal(back, stored_features(raw))
+    assert np.array_equal(back, store_features([raw])[0].rows)
     # Every row within 2**-10 of its length: its direction is kept.
     error = np.linalg.norm(back - raw, axis=1)
     assert np.all(error <= 2.0**-10 * np.linalg.norm(raw, axis=1))
@@ -51,7 +50,7 @@ def test_values_float16_cannot_hold_are_kept_in_float32() -> None:
         blob = to_features(raw)
         assert blob[:4] == SINGLE
         assert np.array_equal(from_features(blob), raw)
-        assert np.array_equal(stored_features(raw), raw)
+        assert np.array_equal(store_features([raw])[0].rows, raw)
 
 
 def test_an_earlier_release_float32_feature_is_read_with_its_row_count() -> None:
@@ -86,5 +85,5 @@ def test_a_batch_is_stored_as_each_of_its_inputs_alone(
     assert len(stored) == len(raws)
     for raw, one in zip(raws, stored, strict=True):
         assert one.blob == to_features(raw)
-        assert np.array_equal(one.rows, stored_features(raw))
+        assert np.array_equal(one.rows, store_features([raw])[0].rows)
         assert np.array_equal(one.rows, from_features(one.blob))
