@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -112,7 +113,10 @@ class BlobStore:
         self._writer: ThreadPoolExecutor | None = None  # storing()'s background writes
         # Fan-out folders known to exist (nothing removes one): a mkdir of one that exists
         # cost a fifth of a batch's writes. At most 65,536.
-        self._folders: set[Path] = set()
+        self._folders: set[str] = set()
+        self._root = os.fspath(root)
+        # Temp files' names: the process and a count (unique among its threads).
+        self._tmp_names = itertools.count()
 
     @contextlib.contextmanager
     def pinned(self, data: bytes) -> Iterator[str]:
@@ -173,7 +177,13 @@ class BlobStore:
                     self.remove_unused(unused, in_use)
 
     def _has(self, digest: str) -> bool:
-        return any(place.exists() for place in places(self.root, digest))
+        """Whether the original is stored, in its place or an earlier release's: a stat of
+        each on a plain string (``Path`` objects cost as much CPU as the stat, for every
+        original of a batch, twice)."""
+        here = f"{self._root}/{digest[:2]}/{digest}"
+        return os.path.exists(here) or os.path.exists(
+            f"{self._root}/{digest[:2]}/{digest[2:4]}/{digest}"
+        )
 
     def _put_all(self, datas: Sequence[bytes], digests: Sequence[str]) -> None:
         """Store many originals durably. Where the kernel can flush one file system at once
@@ -192,19 +202,22 @@ class BlobStore:
                 self.put(data)
 
     def _put_synced(self, missing: dict[str, bytes]) -> None:
-        written: list[tuple[Path, Path]] = []
+        """Plain ``os`` calls on string paths: ``pathlib`` and a buffered file object cost
+        more CPU than the kernel's own work for a small original (docs/performance.md)."""
+        written: list[tuple[str, str]] = []
+        pid = os.getpid()
         try:
             for digest, data in missing.items():
-                target = blob_path(self.root, digest)
-                self._make_folder(target.parent)
-                tmp = target.with_name(f".{digest}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-                written.append((tmp, target))
+                folder = f"{self._root}/{digest[:2]}"
+                self._make_folder(folder)
+                tmp = f"{folder}/.{digest}.{pid}.{next(self._tmp_names):08x}.tmp"
+                written.append((tmp, f"{folder}/{digest}"))
                 try:
-                    tmp.write_bytes(data)
+                    _write_new(tmp, data)
                 except FileNotFoundError:  # its folder was removed from outside: make it again
-                    self._folders.discard(target.parent)
-                    self._make_folder(target.parent)
-                    tmp.write_bytes(data)
+                    self._folders.discard(folder)
+                    self._make_folder(folder)
+                    _write_new(tmp, data)
             sync_filesystem(self.root)  # the bytes are on disk before any name points at them
             for tmp, target in written:
                 os.replace(tmp, target)
@@ -213,11 +226,11 @@ class BlobStore:
         finally:
             for tmp, _ in written:
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    os.unlink(tmp)
 
-    def _make_folder(self, folder: Path) -> None:
+    def _make_folder(self, folder: str) -> None:
         if folder not in self._folders:
-            folder.mkdir(parents=True, exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             self._folders.add(folder)
 
     def remove_unused(self, digests: Iterable[str], in_use: Callable[[set[str]], set[str]]) -> int:
@@ -301,6 +314,22 @@ class BlobStore:
     def get(self, sha256: str) -> bytes:
         """The stored bytes; FileNotFoundError when absent."""
         return self.path(sha256).read_bytes()
+
+
+def _write_new(path: str, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``; removed again if the write
+    fails (a full disk)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def blob_path(root: Path, sha256: str) -> Path:
