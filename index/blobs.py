@@ -317,9 +317,9 @@ class BlobStore:
 
 
 def _write_new(path: str, data: bytes) -> None:
-    """Create ``path`` (it must not exist) holding ``data``; removed again if the write
-    fails (a full disk)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    """Write ``path`` holding ``data`` (a temp file: one a killed process of the same pid
+    left under this name is overwritten); removed again if the write fails (a full disk)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         view = memoryview(data)
         while view:

@@ -262,3 +262,19 @@ def test_a_batch_is_written_again_into_a_folder_removed_from_outside(tmp_path: P
         store.path(digest).parent.rmdir()
     with store.pinned_many([b"first", b"other"]) as again:
         assert [store.get(d) for d in again] == [b"first", b"other"]
+
+
+def test_a_temp_file_a_killed_process_of_the_same_pid_left_is_written_over(tmp_path: Path) -> None:
+    """Temp names are the process's pid and a count from 0: a server restarted under the pid
+    of one killed mid-batch (a container's) meets its leftover names, and must not fail."""
+    blobs = BlobStore(tmp_path)
+    datas = [b"first", b"second"]
+    digests = [hashlib.sha256(d).hexdigest() for d in datas]
+    for n, digest in enumerate(digests):  # what the killed process left, half written
+        folder = tmp_path / digest[:2]
+        folder.mkdir(exist_ok=True)
+        (folder / f".{digest}.{os.getpid()}.{n:08x}.tmp").write_bytes(b"half")
+    with blobs.pinned_many(datas) as stored:
+        assert stored == digests
+    assert [blobs.get(d) for d in digests] == datas
+    assert not list(tmp_path.rglob("*.tmp"))
