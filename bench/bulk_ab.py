@@ -9,14 +9,17 @@ of one tree moves by as much from run to run: a change to the write path is told
 when both trees write in the same minutes. Two ``mmr serve`` processes run side by side (the
 "before" one from ``--server-code``, the "after" one from this checkout), each on a data dir
 and (Postgres) a schema of its own; each turn sends 8 batches of 64 to ``/v1/embed`` of the
-"after" server, then 8 batches of other items to each server's batch route, the two writes
-in alternating order from turn to turn. Items are distinct everywhere: an original already
-stored is not written again. Nothing timed is asserted.
+"after" server (the items that server then writes: ``/v1/embed`` stores nothing), then 8
+batches to each server's batch route, each side its own items, the two writes in
+alternating order from turn to turn. Both sides' ratios divide by that one baseline. Items
+are distinct between the sides and the rounds: an original already stored is not written
+again. A database that does not answer (Postgres) is skipped. Nothing timed is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -53,9 +56,9 @@ def compare(
     work: Path,
     b: BulkConfig,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """One database: items/s of ``/v1/embed`` and of each side's batch route, over the same
-    turns."""
+    turns; None when the database does not answer."""
     per_round = 4 * b.turn * b.batch  # four turns a round
     made = items_for(kind, per_round * rounds * 2 + b.batch, seed)
     warm, made = made[-b.batch :], made[: -b.batch]
@@ -66,7 +69,7 @@ def compare(
         for side in SIDES:
             env = _nothing() if database == "sqlite" else _postgres_schema(b.postgres_url, print)
             if env is None:
-                raise SystemExit(f"Postgres at {b.postgres_url} does not answer")
+                return None
             extra = dict(stack.enter_context(env))
             if side == "before":
                 extra["PYTHONPATH"] = str(before.resolve())
@@ -124,14 +127,26 @@ def compare(
     }
 
 
-def table(rows: list[dict[str, Any]], label: str, before: Path) -> str:
+def _commit(checkout: Path) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "?"
+
+
+def table(rows: list[dict[str, Any]], label: str, before: Path, b: BulkConfig) -> str:
     """The rows as markdown, with the machine and what ran."""
     m = describe_machine()
+    dirty = " (with changes)" if m["dirty"] else ""
     lines = [
         f"### {label or 'bulk A/B'}",
         "",
-        f"{m['date']} · {m['cpu']}, {m['cores']} cores · after: commit {m['commit']}, "
-        f"before: `{before}` · batches of 64 from 2 clients, turns of 8 batches",
+        f"{m['date']} · {m['cpu']}, {m['cores']} cores · after: commit {m['commit']}{dirty}, "
+        f"before: commit {_commit(before)} (`{before}`) · {b.model} fp32, batches of "
+        f"{b.batch} from {b.clients} clients, turns of {b.turn} batches",
         "",
         "| database | items | embed items/s | before: write items/s | write / embed "
         "| after: write items/s | write / embed | failed |",
@@ -160,8 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for database in args.databases.split(","):
         with tempfile.TemporaryDirectory(prefix="bulk-ab-") as work:
-            rows.append(compare(args.server_code, database, args.kind, args.rounds, Path(work), b))
-    text = table(rows, args.label, args.server_code)
+            row = compare(args.server_code, database, args.kind, args.rounds, Path(work), b)
+        if row is None:
+            print(f"{database} does not answer at {b.postgres_url}: skipped")
+        else:
+            rows.append(row)
+    text = table(rows, args.label, args.server_code, b)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,10 @@ class BlobStore:
         # cost a fifth of a batch's writes. At most 65,536.
         self._folders: set[str] = set()
         self._root = os.fspath(root)
-        # Temp files' names: the process and a count (unique among its threads).
+        # Temp files' names: this process's own random token and a count (unique among
+        # its threads). A pid alone is not unique: containers sharing a data dir all run as
+        # pid 1, and two writers of one temp name would write into each other's file.
+        self._tmp_owner = (-1, "")
         self._tmp_names = itertools.count()
 
     @contextlib.contextmanager
@@ -179,7 +182,8 @@ class BlobStore:
     def _has(self, digest: str) -> bool:
         """Whether the original is stored, in its place or an earlier release's: a stat of
         each on a plain string (``Path`` objects cost as much CPU as the stat, for every
-        original of a batch, twice)."""
+        original of a batch, twice). A stat that fails (permissions, a stale network
+        handle) reads as absent: the original is written again, and that write reports it."""
         here = f"{self._root}/{digest[:2]}/{digest}"
         return os.path.exists(here) or os.path.exists(
             f"{self._root}/{digest[:2]}/{digest[2:4]}/{digest}"
@@ -205,19 +209,14 @@ class BlobStore:
         """Plain ``os`` calls on string paths: ``pathlib`` and a buffered file object cost
         more CPU than the kernel's own work for a small original (docs/performance.md)."""
         written: list[tuple[str, str]] = []
-        pid = os.getpid()
+        owner = self._tmp_token()
         try:
             for digest, data in missing.items():
                 folder = f"{self._root}/{digest[:2]}"
                 self._make_folder(folder)
-                tmp = f"{folder}/.{digest}.{pid}.{next(self._tmp_names):08x}.tmp"
-                written.append((tmp, f"{folder}/{digest}"))
-                try:
-                    _write_new(tmp, data)
-                except FileNotFoundError:  # its folder was removed from outside: make it again
-                    self._folders.discard(folder)
-                    self._make_folder(folder)
-                    _write_new(tmp, data)
+                written.append(
+                    (self._write_temp(folder, digest, owner, data), f"{folder}/{digest}")
+                )
             sync_filesystem(self.root)  # the bytes are on disk before any name points at them
             for tmp, target in written:
                 os.replace(tmp, target)
@@ -227,6 +226,32 @@ class BlobStore:
             for tmp, _ in written:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    def _write_temp(self, folder: str, digest: str, owner: str, data: bytes) -> str:
+        """A new temp file in ``folder`` holding ``data``: its path. Never another's file
+        (a name taken: the next one), and a folder removed from outside is made again."""
+        for attempt in range(3):
+            tmp = f"{folder}/.{digest}.{owner}.{next(self._tmp_names):x}.tmp"
+            try:
+                _write_new(tmp, data)
+                return tmp
+            except FileExistsError:
+                if attempt == 2:
+                    raise
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                self._folders.discard(folder)
+                self._make_folder(folder)
+        raise AssertionError("unreachable")
+
+    def _tmp_token(self) -> str:
+        """``<pid>.<random>``, made again in a forked child (which must not share it)."""
+        pid, token = self._tmp_owner
+        if pid != os.getpid():
+            pid, token = os.getpid(), f"{os.getpid()}.{os.urandom(4).hex()}"
+            self._tmp_owner = (pid, token)
+        return token
 
     def _make_folder(self, folder: str) -> None:
         if folder not in self._folders:
@@ -317,9 +342,10 @@ class BlobStore:
 
 
 def _write_new(path: str, data: bytes) -> None:
-    """Write ``path`` holding ``data`` (a temp file: one a killed process of the same pid
-    left under this name is overwritten); removed again if the write fails (a full disk)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    """Create ``path`` (FileExistsError if it is there) holding ``data``, its mode as
+    ``open`` gives a new file (0o666 less the umask); removed again if the write fails (a
+    full disk)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         view = memoryview(data)
         while view:

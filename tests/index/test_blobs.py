@@ -264,17 +264,31 @@ def test_a_batch_is_written_again_into_a_folder_removed_from_outside(tmp_path: P
         assert [store.get(d) for d in again] == [b"first", b"other"]
 
 
-def test_a_temp_file_a_killed_process_of_the_same_pid_left_is_written_over(tmp_path: Path) -> None:
-    """Temp names are the process's pid and a count from 0: a server restarted under the pid
-    of one killed mid-batch (a container's) meets its leftover names, and must not fail."""
-    blobs = BlobStore(tmp_path)
+def test_a_batch_never_writes_into_another_writers_temp_file(tmp_path: Path) -> None:
+    """Temp names carry a token of the writer's own, not just its pid (containers sharing a
+    data dir all run as pid 1): two stores of one pid differ, and a name that is taken, by
+    whoever, is left alone (not truncated into a file a rename might be about to publish)."""
+    blobs, other = BlobStore(tmp_path), BlobStore(tmp_path)
+    assert blobs._tmp_token() != other._tmp_token()
+    assert blobs._tmp_token().startswith(f"{os.getpid()}.")
     datas = [b"first", b"second"]
     digests = [hashlib.sha256(d).hexdigest() for d in datas]
-    for n, digest in enumerate(digests):  # what the killed process left, half written
-        folder = tmp_path / digest[:2]
-        folder.mkdir(exist_ok=True)
-        (folder / f".{digest}.{os.getpid()}.{n:08x}.tmp").write_bytes(b"half")
+    folder = tmp_path / digests[0][:2]
+    folder.mkdir()
+    theirs = folder / f".{digests[0]}.{blobs._tmp_token()}.0.tmp"  # the next name it takes
+    theirs.write_bytes(b"another writer's")
     with blobs.pinned_many(datas) as stored:
         assert stored == digests
     assert [blobs.get(d) for d in digests] == datas
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert theirs.read_bytes() == b"another writer's"
+    assert list(tmp_path.rglob("*.tmp")) == [theirs]
+
+
+def test_a_forked_child_takes_a_temp_token_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blobs = BlobStore(tmp_path)
+    parents = blobs._tmp_token()
+    assert blobs._tmp_token() == parents  # kept while the process is the same
+    monkeypatch.setattr(os, "getpid", lambda: 424242)  # as in a child after fork
+    assert blobs._tmp_token().startswith("424242.") and blobs._tmp_token() != parents
