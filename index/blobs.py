@@ -184,10 +184,8 @@ class BlobStore:
         each on a plain string (``Path`` objects cost as much CPU as the stat, for every
         original of a batch, twice). A stat that fails (permissions, a stale network
         handle) reads as absent: the original is written again, and that write reports it."""
-        here = f"{self._root}/{digest[:2]}/{digest}"
-        return os.path.exists(here) or os.path.exists(
-            f"{self._root}/{digest[:2]}/{digest[2:4]}/{digest}"
-        )
+        here, earlier = _spots(self._root, digest)
+        return os.path.exists(here) or os.path.exists(earlier)
 
     def _put_all(self, datas: Sequence[bytes], digests: Sequence[str]) -> None:
         """Store many originals durably. Where the kernel can flush one file system at once
@@ -212,11 +210,10 @@ class BlobStore:
         owner = self._tmp_token()
         try:
             for digest, data in missing.items():
-                folder = f"{self._root}/{digest[:2]}"
+                target = _spots(self._root, digest)[0]
+                folder = os.path.dirname(target)
                 self._make_folder(folder)
-                written.append(
-                    (self._write_temp(folder, digest, owner, data), f"{folder}/{digest}")
-                )
+                written.append((self._write_temp(folder, digest, owner, data), target))
             sync_filesystem(self.root)  # the bytes are on disk before any name points at them
             for tmp, target in written:
                 os.replace(tmp, target)
@@ -365,13 +362,20 @@ def blob_path(root: Path, sha256: str) -> Path:
     much CPU as writing the file (docs/performance.md, bulk writes); a folder of a few
     thousand names (a million originals) or tens of thousands (ten million) is a hashed
     directory's everyday size on ext4 and XFS."""
-    return root / sha256[:2] / sha256
+    return Path(_spots(os.fspath(root), sha256)[0])
 
 
 def places(root: Path, sha256: str) -> tuple[Path, Path]:
     """Where an original may be under a blob root: its place, then where a release before
     v1.1 put it (``ab/cd/<sha256>``; a data dir or a backup upgraded in place keeps those)."""
-    return blob_path(root, sha256), root / sha256[:2] / sha256[2:4] / sha256
+    here, earlier = _spots(os.fspath(root), sha256)
+    return Path(here), Path(earlier)
+
+
+def _spots(root: str, sha256: str) -> tuple[str, str]:
+    """``places`` as strings: the layout's one spelling, which the batch writes use as it
+    is (a ``Path`` a lookup cost as much CPU as the stat it was for)."""
+    return f"{root}/{sha256[:2]}/{sha256}", f"{root}/{sha256[:2]}/{sha256[2:4]}/{sha256}"
 
 
 def located(root: Path, sha256: str) -> Path:
