@@ -69,6 +69,21 @@ def wait_for(
     raise AssertionError(f"job stuck at {job}; worker log:\n{log.read_text()[-3000:]}")
 
 
+def versions_served_until(client: TestClient, version: int) -> list[int]:
+    """The aligner versions searches answered with, one after another, until ``version``
+    (a swap builds the new index first: a rebuild of this size takes well under the
+    deadline)."""
+    seen: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = client.post(f"/v1/collections/{NAME}/search", json={"text": "caption 9"})
+        seen.append(found.json()["aligner_version"])
+        if seen[-1] == version:
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"aligner v{version} not served after 60 s: {seen[-20:]}")
+
+
 def test_a_killed_worker_leaves_nothing_half_done(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
@@ -111,6 +126,12 @@ def test_a_killed_worker_leaves_nothing_half_done(
             done = wait_for(client, job_id, lambda j: j["status"] in ("succeeded", "failed"), log)
         assert done["status"] == "succeeded", done
         assert done["attempts"] == 2 and done["metrics"]["aligner_version"] == 2
-        # The API process swaps to the version the worker activated on its next request.
-        swapped = client.post(f"/v1/collections/{NAME}/search", json={"text": "caption 9"})
-        assert swapped.json()["aligner_version"] == 2
+        # The API process swaps to the version the worker activated: a search that finds
+        # the index being rebuilt (its follower noticed first) answers from the old pair
+        # (docs/architecture.md, "Activation without downtime"), so the swap is awaited,
+        # and no answer after it goes back to the old version.
+        seen = versions_served_until(client, 2)
+        assert seen[-1] == 2 and set(seen[:-1]) <= {1}, seen
+        for _ in range(5):
+            again = client.post(f"/v1/collections/{NAME}/search", json={"text": "caption 9"})
+            assert again.json()["aligner_version"] == 2
