@@ -291,13 +291,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         stop.set()
+        if worker is not None:
+            worker.stop()  # first: a job whose build is stopped goes back to the queue
+        # A follower in the middle of a large collection's build would hold the shutdown
+        # until the build ends (an hour at 10M vectors): the child is stopped instead.
+        services.indexes.stop_builds()
         snapshotter.join()
         sweeper.join()
         trimmer.join()
         follower.join()
         retuner.join()
         if worker is not None:
-            worker.stop()
             worker_thread.join()
         app.state.services = None
         await run_in_threadpool(services.models.close)

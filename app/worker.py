@@ -21,6 +21,7 @@ from app.services.finetune import run_finetune, run_reindex
 from app.services.jobs import JobContext
 from app.services.migrate import run_migrate
 from app.state import Services
+from index.builds import BuildStopped
 from index.errors import ConflictError, NotFoundError
 from index.faults import Retrier
 from index.jobs import CANCELLED, FAILED, SUCCEEDED
@@ -137,7 +138,10 @@ class Worker:
             # version it cannot record), the cause is the delete: nothing is left to do.
             if self._collection_gone(ctx):
                 return CANCELLED, {}, COLLECTION_DELETED
-            if isinstance(exc, Cancelled):
+            if isinstance(exc, Cancelled) or (
+                isinstance(exc, BuildStopped) and self.stopping.is_set()
+            ):
+                # A stopping worker's job goes back to the queue (run_once).
                 return CANCELLED, {}, "cancelled"
             if isinstance(exc, JOB_ERRORS):
                 return FAILED, {}, str(exc)

@@ -9,6 +9,12 @@ after each reindex of a 100k collection, one after the other (docs/performance.m
 index.builds``) that writes it as a snapshot file: the server reads the file in, each of the
 index's arrays allocated once at its final size (as at start-up, within 1.1x of the index),
 and everything else the build touched goes with the child.
+
+A child never outlives the build it is for. The server's shutdown stops it (``stop``: a
+follower thread in the middle of an hour-long build would otherwise hold the shutdown for
+that hour, and its caller does not fall back to building in the server), and a child whose
+server died (``kill -9``) notices within ``PARENT_CHECK_S`` and exits, instead of building on
+for nobody and leaving its file in the snapshots' folder after the next start's cleanup.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ log = logging.getLogger(__name__)
 # server's arenas is a few MB.
 BUILD_APART_AT = 50_000
 CHILD_TIMEOUT_S = 6 * 3600.0  # a 10M build on two cores takes an hour or more
+PARENT_CHECK_S = 0.5  # how often a child looks whether its server is still there
 
 
 class Projector(Protocol):
@@ -163,6 +171,11 @@ class BuildFailed(RuntimeError):
     """The child did not build the index (its error is in the message)."""
 
 
+class BuildStopped(RuntimeError):
+    """The build was stopped (``BuildProcess.stop``: the server is shutting down); nothing
+    is to be built in its place."""
+
+
 @dataclass(frozen=True)
 class _Job:
     """What the parent sends the child on its standard input (pickled)."""
@@ -182,6 +195,19 @@ class BuildProcess:
         self.url = url
         self.folder = folder
         self.at = at
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """End the builds running in children and start no more (the server is shutting
+        down): their callers get :class:`BuildStopped` at once."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running)
+        for child in running:
+            with contextlib.suppress(OSError):
+                child.kill()
 
     @classmethod
     def over(cls, engine: Engine, folder: Path, *, at: int = BUILD_APART_AT) -> BuildProcess | None:
@@ -214,17 +240,10 @@ class BuildProcess:
         }
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run(
-                [sys.executable, "-m", "index.builds"],
-                input=pickle.dumps(job),
-                capture_output=True,
-                env=env,
-                timeout=CHILD_TIMEOUT_S,
-                check=False,
-            )
-            if done.returncode != 0:
-                tail = done.stderr.decode(errors="replace")[-2000:]
-                raise BuildFailed(f"exit status {done.returncode}: {tail}")
+            code, stderr = self._run_child(pickle.dumps(job), env)
+            if code != 0:
+                tail = stderr.decode(errors="replace")[-2000:]
+                raise BuildFailed(f"exit status {code}: {tail}")
             snap = read_snapshot(out)
             if snap is None:
                 raise BuildFailed(f"{out} is missing or unreadable")
@@ -242,13 +261,43 @@ class BuildProcess:
         _built(index, target, "in a child process", started)
         return index
 
+    def _run_child(self, job: bytes, env: dict[str, str]) -> tuple[int, bytes]:
+        """``python -m index.builds`` given ``job``: its exit status and standard error;
+        BuildStopped when ``stop`` came first or ended it."""
+        with self._lock:
+            if self._stopping:
+                raise BuildStopped("the server is shutting down")
+            child = subprocess.Popen(
+                # This process's pid: the child exits once it is gone.
+                [sys.executable, "-m", "index.builds", str(os.getpid())],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+            )
+            self._running.add(child)
+        try:
+            _, stderr = child.communicate(job, timeout=CHILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise
+        finally:
+            with self._lock:
+                self._running.discard(child)
+        if self._stopping:
+            raise BuildStopped("the server is shutting down")
+        return child.returncode, stderr
+
 
 def _child() -> None:
-    """``python -m index.builds``: build the index a pickled :class:`_Job` on the standard
-    input names, and write it to its ``out`` as a snapshot file."""
+    """``python -m index.builds PARENT``: build the index a pickled :class:`_Job` on the
+    standard input names, and write it to its ``out`` as a snapshot file; exit once the
+    process ``PARENT`` (the server) is gone."""
     from index.db import make_engine, make_sessionmaker
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    threading.Thread(target=_exit_without, args=(int(sys.argv[1]),), daemon=True).start()
     job: _Job = pickle.load(sys.stdin.buffer)
     engine = make_engine(job.url)
     try:
@@ -258,6 +307,14 @@ def _child() -> None:
     header = SnapshotHeader(0, job.target.dim, job.aligner.version, job.target.epoch)
     pieces = index.write_chunks() if index.streams else iter([index.to_bytes()])
     write_snapshot_chunks(Path(job.out), header, pieces)
+
+
+def _exit_without(parent: int) -> None:
+    """End this process once ``parent`` is not its parent any more (it died: the child was
+    handed to init or a subreaper). Its file, half written, is removed by the next start."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(3)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import numpy as np
 from index.builds import (
     BuildFailed,
     BuildProcess,
+    BuildStopped,
     Projector,
     Target,
     add,
@@ -330,6 +331,9 @@ class IndexManager(Generic[P]):
         try:
             if not live.space.matches(row):
                 self._swap(live, row)
+        except BuildStopped:
+            # Shutting down: the old pair serves to the end; the next start builds the new.
+            log.info("collection %s: rebuild stopped, the server is shutting down", row.name)
         finally:
             live.rebuilding.release()
         return live
@@ -407,6 +411,12 @@ class IndexManager(Generic[P]):
                 self.replica, {live.collection_id: live.applied for live in followed}
             )
             self._reported = now
+
+    def stop_builds(self) -> None:
+        """Stop the builds running in child processes, and start none (a shutdown): a swap
+        they were for is left to the next start, which builds what SQL names."""
+        if self.builds is not None:
+            self.builds.stop()
 
     def leave(self) -> None:
         """This process stops following (a clean shutdown): pruning stops waiting for it."""

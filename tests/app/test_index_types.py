@@ -7,6 +7,8 @@ exhaustive behaviour on selective filters is covered in tests/index/test_index_t
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +21,8 @@ from index.snapshots import read_snapshot
 from index.vector_index import VectorIndex
 from tests.app.test_jobs import wait
 from tests.conftest import error_code
+from tests.index.projectors import SlowToArrive
+from tests.index.test_builds import gone_within
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "flat": {"type": "flat"},
@@ -147,6 +151,35 @@ def test_a_large_collection_is_reindexed_in_a_child_process(
         assert [top(client, "c", q, k=1)[0] for q in queries] == [b[0] for b in before]
     built = [r.getMessage() for r in caplog.records if "in a child process" in r.getMessage()]
     assert built and all("ivf index of c" in m for m in built), built
+
+
+def test_a_shutdown_stops_a_build_in_a_child_and_the_next_start_builds_it(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A reindex another process committed: this server's follower builds the new index in
+    # a child (every collection is large here), and the server is shut down meanwhile. The
+    # shutdown must not wait for the build (an hour at 10M vectors) nor build it itself.
+    settings = make_settings(build_apart_at=1)
+    caplog.set_level(logging.INFO, logger="index.manager")
+    with TestClient(create_app(settings)) as client:
+        fill(client, "c", {"type": "flat"})
+        services = client.app.state.services  # type: ignore[attr-defined]
+        indexes, builds = services.indexes, services.indexes.builds
+        aligner_of = indexes.aligner_of
+        indexes.aligner_of = lambda row: SlowToArrive(aligner_of(row), os.getpid())
+        row = services.stores.collections.get("c")
+        services.stores.collections.set_space(collection_id=row.id, index=("hnsw", {}))
+        deadline = time.monotonic() + 30
+        while not builds._running and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (child,) = builds._running
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 15
+    assert gone_within(child.pid, 5)
+    assert any("rebuild stopped" in r.getMessage() for r in caplog.records)
+    with TestClient(create_app(settings)) as client:
+        assert info(client, "c")["type"] == "hnsw" and info(client, "c")["size"] == ITEMS
+        assert top(client, "c", "note number 150 about 3 things", k=1) == ["n150"]
 
 
 def test_reindex_with_bad_settings_is_422_and_queues_nothing(client: TestClient) -> None:

@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from app import worker as worker_module
 from app.main import create_app
 from app.settings import Settings
 from app.state import Services
+from app.worker import Worker
+from index.builds import BuildStopped
 from index.columns import from_features
 from models.encoders.aligner import Aligner, l2_normalize
 from tests.conftest import error_code
@@ -321,3 +324,28 @@ def test_a_cancel_that_lands_as_the_activation_begins_is_honoured(
     assert done["status"] == "cancelled", done
     aligners = client.get(f"/v1/collections/{NAME}/aligners").json()
     assert aligners["active"] == 1  # the version trained is recorded, never activated
+
+
+@pytest.mark.parametrize("stopping", [True, False])
+def test_a_job_whose_build_a_shutdown_stopped_goes_back_to_the_queue(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, stopping: bool
+) -> None:
+    # The server's shutdown stops the index builds in children (index.builds); a job of
+    # its in-process worker that was waiting on one is put back, not failed. The same
+    # error while the worker runs on is a failure like any other.
+    def stopped(services: Services, ctx: Any) -> dict[str, Any]:
+        if stopping:
+            runner.stop()
+        raise BuildStopped("the server is shutting down")
+
+    monkeypatch.setitem(worker_module.HANDLERS, "reindex", stopped)
+    with TestClient(create_app(make_settings(worker="off"))) as client:
+        assert client.post("/v1/collections", json={"name": NAME}).status_code == 201
+        job = start(client, type="reindex")
+        runner = Worker(client.app.state.services, name="w")  # type: ignore[attr-defined]
+        assert runner.run_once() is True
+        after = client.get(f"/v1/jobs/{job['id']}").json()
+    if stopping:
+        assert after["status"] == "queued" and after["error"] is None, after
+    else:
+        assert after["status"] == "failed" and "BuildStopped" in after["error"], after

@@ -4,7 +4,9 @@ imports next to nothing: a build in a child process (index.builds) unpickles the
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,3 +31,41 @@ class FailsInAChild(Identity):
         if os.getpid() != self.parent:
             raise MemoryError("killed mid-build")
         return super().project(modality, raw)
+
+
+@dataclass(frozen=True)
+class SlowInAChild(Identity):
+    """Projects in the process ``parent``; in any other, takes a minute first (a build in a
+    child that is still running when the test stops it or kills its server)."""
+
+    parent: int = 0
+
+    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
+        if os.getpid() != self.parent:
+            time.sleep(60)
+        return super().project(modality, raw)
+
+
+def _after_a_minute_in_a_child(projector: object, parent: int) -> object:
+    if os.getpid() != parent:
+        time.sleep(60)
+    return projector
+
+
+@dataclass(frozen=True)
+class SlowToArrive:
+    """Wraps a projector (the app's aligner) that a child process takes a minute to
+    unpickle: a build in a child that is still running when the test shuts its server."""
+
+    projector: Any
+    parent: int
+
+    @property
+    def version(self) -> int:
+        return int(self.projector.version)
+
+    def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(self.projector.project(modality, raw))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_after_a_minute_in_a_child, (self.projector, self.parent))

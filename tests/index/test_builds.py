@@ -1,25 +1,33 @@
 """Large collections' indexes are built in a child process (index.builds.BuildProcess): the
 server reads in the index the child wrote, the same one a build in the server makes; a
-child that fails leaves the build to the server. SQLite, then Postgres."""
+child that fails leaves the build to the server, and a child never outlives the build it is
+for: the server's shutdown stops it, and it exits once its server dies. SQLite, then
+Postgres."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from index.builds import BuildProcess, Target, build
+from index.builds import BuildProcess, BuildStopped, Target, build
 from index.db import make_engine, make_sessionmaker
 from index.stores import Stores
-from tests.index.projectors import FailsInAChild, Identity
+from tests.index.projectors import FailsInAChild, Identity, SlowInAChild
 from tests.index.test_streamed_build import TYPES, assert_same, collection_of, fill, manager
 
 N = 1200
+REPO = Path(__file__).resolve().parents[2]
 ON_DISK = ("ivf", {"nlist": 16, "quantizer": "sq8", "on_disk": True})
 
 
@@ -134,3 +142,111 @@ def test_counting_a_large_collection_is_not_cut_by_the_statement_time_limit(
         assert items.vector_count(row.id, row.dim) == 20_000
     finally:
         hurried.dispose()
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_stopping_the_builds_ends_a_childs_build_and_nothing_is_built_here(
+    stores: Stores, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A shutdown while the follower waits on a child's hour-long build: the server's
+    # shutdown must not wait for it, nor build the index itself instead.
+    row = collection_of(stores, *TYPES["flat"])
+    fill(stores, row, 0, 300)
+    fill(stores, row, 300, 20, version=7)  # projected by the aligner: the child's is slow
+    root = tmp_path / "indexes"
+    builds = BuildProcess(url_of(stores), root, at=1)
+    indexes = manager(stores, root, builds)
+    live = indexes.load(row)
+    before = live.index
+    stores.collections.set_space(collection_id=row.id, index=("hnsw", {}))
+    indexes.aligner_of = lambda row: SlowInAChild(row.aligner_version, os.getpid())
+    caplog.set_level(logging.INFO, logger="index.manager")
+    got: list[object] = []
+    rebuild = threading.Thread(
+        target=lambda: got.append(indexes.get(stores.collections.get("c"), wait=True))
+    )
+    rebuild.start()
+    deadline = time.monotonic() + 30
+    while not builds._running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (child,) = builds._running
+    started = time.monotonic()
+    indexes.stop_builds()
+    rebuild.join(timeout=30)
+    assert not rebuild.is_alive() and time.monotonic() - started < 10
+    assert got == [live] and live.index is before and live.index.spec.type == "flat"
+    assert gone_within(child.pid, 5)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("rebuild stopped, the server is shutting down" in m for m in messages)
+    assert not any("building it in this one" in m for m in messages)
+    # Nothing starts after the stop; nothing of the child's is left in the folder.
+    with pytest.raises(BuildStopped):
+        builds.build(Target.of(row), Identity(row.aligner_version))
+    assert [p.name for p in root.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def build_child_of(pid: int) -> int:
+    """The pid of the build's child of process ``pid`` (other children come and go: a
+    library's import may run ``ldconfig``)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for child in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError):
+                if b"index.builds" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    return int(child)
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} started no build in 30 s")
+
+
+SERVER = """
+import pickle, sys
+from index.builds import BuildProcess
+url, folder, target, aligner = pickle.load(sys.stdin.buffer)
+BuildProcess(url, folder, at=1).build(target, aligner)
+"""
+
+
+def test_a_child_whose_server_was_killed_exits(stores: Stores, tmp_path: Path) -> None:
+    row = collection_of(stores, *TYPES["flat"])
+    fill(stores, row, 0, 300)
+    fill(stores, row, 300, 20, version=7)  # projected by the aligner: the child's is slow
+    root = tmp_path / "indexes"
+    job = (url_of(stores), root, Target.of(row), SlowInAChild(row.aligner_version, os.getpid()))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        assert server.stdin is not None
+        server.stdin.write(pickle.dumps(job))
+        server.stdin.close()
+        child = build_child_of(server.pid)
+        time.sleep(1.0)  # the child is past its start-up, in the build
+        if not alive(child):
+            server.kill()
+            assert server.stderr is not None
+            raise AssertionError(server.stderr.read().decode()[-3000:])
+    finally:
+        server.send_signal(signal.SIGKILL)
+        server.wait()
+        assert server.stderr is not None
+        server.stderr.close()
+    assert gone_within(child, 5), "the build's child outlived its server"
