@@ -216,6 +216,8 @@ def _sweep_loop(services: Services, stop: threading.Event) -> None:
     def sweep() -> None:
         if removed := services.blobs.sweep(in_use=services.stores.items.shas_in_use):
             log.info("removed %d deleted originals past their grace period", removed)
+        if removed := services.blobs.sweep_temps():
+            log.info("removed %d temp files that writers killed mid-write left", removed)
 
     run_resilient("trash sweep", sweep, stop, every=lambda: TRASH_SWEEP_S)
 

@@ -39,7 +39,10 @@ original a row names (an ingest killed between its commit and that look).
 Crash safety: a delete commits in SQL first and trashes after, so a ``kill -9`` in between
 leaves an unreferenced original in place (as a crash between a blob write and its commit
 does), never a referenced one in the trash. The rename is atomic; whatever reached the
-trash is swept by the next sweep of any process after the grace period.
+trash is swept by the next sweep of any process after the grace period. A writer killed
+between writing an original's temp file and renaming it into place leaves the temp file:
+``sweep_temps`` removes those older than ``TEMP_GRACE_S``, one fan-out folder a call (a
+listing of a few thousand names at a million originals), every folder once in 256 calls.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ TRASH = ".trash"  # trashed originals: <sha256>.<time trashed, ns since the epoc
 HOLDS = ".holds"  # one file per running backup: no trash is swept while one is live
 TRASH_GRACE_S = 600.0  # trash younger than this is kept even when no backup runs
 LEASE_S = 120.0  # a hold whose heartbeat is older than this is stale (its backup died)
+# A temp file this old was left by a writer that died: a live one renames its temp files
+# into place seconds after writing them (a big video's, within minutes).
+TEMP_GRACE_S = 3600.0
 # Originals of one batch written at once: their fsyncs overlap (the disk queues them).
 PUT_THREADS = 8
 
@@ -120,6 +126,7 @@ class BlobStore:
         # pid 1, and two writers of one temp name would write into each other's file.
         self._tmp_owner = (-1, "")
         self._tmp_names = itertools.count()
+        self._temps_turn = 0  # the fan-out folder sweep_temps lists next
 
     @contextlib.contextmanager
     def pinned(self, data: bytes) -> Iterator[str]:
@@ -297,6 +304,29 @@ class BlobStore:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed += 1
+        return removed
+
+    def sweep_temps(self, *, now: float | None = None, folders: int = 1) -> int:
+        """Remove the temp files that writers killed mid-write left (older than
+        ``TEMP_GRACE_S``) from the next ``folders`` fan-out folders, round robin; how many
+        were removed."""
+        now = time.time() if now is None else now
+        removed = 0
+        for _ in range(folders):
+            folder = f"{self._root}/{self._temps_turn:02x}"
+            self._temps_turn = (self._temps_turn + 1) % 256
+            try:
+                entries = os.scandir(folder)
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        if now - entry.stat(follow_symlinks=False).st_mtime >= TEMP_GRACE_S:
+                            os.unlink(entry.path)
+                            removed += 1
         return removed
 
     def _restore_named(self, in_use: Callable[[set[str]], set[str]]) -> None:

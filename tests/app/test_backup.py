@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -596,6 +597,27 @@ def reseal(backup: Path, body: dict[str, Any]) -> None:
     """Write a backup's manifest with this body, sealed as mmr seals one."""
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     (backup / "manifest.json").write_text(json.dumps({"manifest": body, "sha256": digest}))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_the_server_sweeps_temp_files_a_killed_writer_left(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same sweeper removes old temp files from the fan-out folders, one folder a turn
+    (the first turn lists folder 00); young ones may be a live writer's and stay."""
+    monkeypatch.setattr(lifespan, "TRASH_SWEEP_S", 0.05)
+    folder = settings.data_dir / "blobs" / "00"
+    folder.mkdir(parents=True)
+    old, young = folder / f".{'0' * 64}.1.ab.0.tmp", folder / f".{'0' * 64}.1.ab.1.tmp"
+    old.write_bytes(b"left by a writer killed mid-write")
+    young.write_bytes(b"being written")
+    aged = time.time() - blobs.TEMP_GRACE_S - 60
+    os.utime(old, (aged, aged))
+    with TestClient(create_app(settings)):
+        deadline = time.monotonic() + 10
+        while old.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not old.exists() and young.exists()
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -292,3 +292,41 @@ def test_a_forked_child_takes_a_temp_token_of_its_own(
     assert blobs._tmp_token() == parents  # kept while the process is the same
     monkeypatch.setattr(os, "getpid", lambda: 424242)  # as in a child after fork
     assert blobs._tmp_token().startswith("424242.") and blobs._tmp_token() != parents
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+import index.blobs as blobs
+def killed(root):  # the temp files are written; the process dies before any rename
+    os.kill(os.getpid(), signal.SIGKILL)
+blobs.sync_filesystem = killed
+with blobs.BlobStore(Path(sys.argv[1])).pinned_many([b"a" * 100, b"b" * 100, b"c" * 100]):
+    pass
+"""
+
+
+def test_temp_files_a_killed_writer_left_are_swept_once_old(tmp_path: Path) -> None:
+    """A writer killed between its temp files and their renames leaves them in the fan-out
+    folders: gone once older than the grace period, one folder a sweep; a live writer's
+    temp file and the originals stay."""
+    root = tmp_path / "blobs"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(root)], env=env)
+    assert done.returncode == -9
+    left = sorted(root.rglob("*.tmp"))
+    assert len(left) == 3
+    store = BlobStore(root)
+    kept = store.put(b"an original")
+    live = root / kept[:2] / f".{kept}.{store._tmp_token()}.0.tmp"  # being written
+    live.write_bytes(b"half")
+    now = time.time()
+    assert store.sweep_temps(now=now, folders=256) == 0  # young: maybe a live writer's
+    for path in [*left, live, store.path(kept)]:
+        os.utime(path, (now - blobs_module.TEMP_GRACE_S - 1,) * 2)
+    live.touch()  # its writer is still at it
+    swept = [store.sweep_temps(now=now) for _ in range(256)]  # one folder each
+    assert sum(swept) == 3
+    assert len([n for n in swept if n]) == len({path.parent for path in left})
+    assert sorted(root.rglob("*.tmp")) == [live]
+    assert store.get(kept) == b"an original"
