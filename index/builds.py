@@ -44,11 +44,6 @@ from index.vector_index import VectorIndex
 
 log = logging.getLogger(__name__)
 
-# Collections of at least this many vectors are built in a child process, unless the caller
-# names another size (the app's default for MMR_BUILD_APART_AT): below it, a child's
-# start (~1 s of imports) costs more than the build, and what the build leaves in the
-# server's arenas is a few MB.
-BUILD_APART_AT = 50_000
 CHILD_TIMEOUT_S = 6 * 3600.0  # a 10M build on two cores takes an hour or more
 PARENT_CHECK_S = 0.5  # how often a child looks whether its server is still there
 
@@ -191,7 +186,7 @@ class BuildProcess:
     database at ``url`` (rendered with its password: it goes to the child's standard input,
     not its command line) and writing into ``folder`` (the snapshots' folder)."""
 
-    def __init__(self, url: str, folder: Path, *, at: int = BUILD_APART_AT) -> None:
+    def __init__(self, url: str, folder: Path, *, at: int) -> None:
         self.url = url
         self.folder = folder
         self.at = at
@@ -210,7 +205,7 @@ class BuildProcess:
                 child.kill()
 
     @classmethod
-    def over(cls, engine: Engine, folder: Path, *, at: int = BUILD_APART_AT) -> BuildProcess | None:
+    def over(cls, engine: Engine, folder: Path, *, at: int) -> BuildProcess | None:
         """Builds apart for the database of ``engine``; None when another process cannot
         open it (an in-memory SQLite database)."""
         url = engine.url
