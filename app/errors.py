@@ -24,6 +24,7 @@ from app.services.errors import (
     SpaceMismatch,
     TooLarge,
 )
+from index.builds import BuildStopped
 from index.db import statement_timed_out
 from index.errors import ConflictError, NotFoundError, OutOfScopeError
 from index.faults import DRIVER_ERRORS, database_busy, database_unavailable, storage_full
@@ -68,6 +69,7 @@ DOMAIN_ERRORS: dict[type[Exception], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),
     OutOfScopeError: (403, "forbidden"),
     ConflictError: (409, "conflict"),
+    BuildStopped: (503, "not_ready"),  # a request that needed an index at shutdown
     # models/
     UnsupportedMediaError: (415, "unsupported_media"),
     MediaTooLargeError: (413, "media_too_large"),

@@ -295,9 +295,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop.set()
         if worker is not None:
             worker.stop()  # first: a job whose build is stopped goes back to the queue
-        # A follower in the middle of a large collection's build would hold the shutdown
-        # until the build ends (an hour at 10M vectors): the child is stopped instead.
-        services.indexes.stop_builds()
+        services.indexes.stop_builds()  # a follower's hour-long build must not hold this
         snapshotter.join()
         sweeper.join()
         trimmer.join()

@@ -12,9 +12,10 @@ and everything else the build touched goes with the child.
 
 A child never outlives the build it is for. The server's shutdown stops it (``stop``: a
 follower thread in the middle of an hour-long build would otherwise hold the shutdown for
-that hour, and its caller does not fall back to building in the server), and a child whose
-server died (``kill -9``) notices within ``PARENT_CHECK_S`` and exits, instead of building on
-for nobody and leaving its file in the snapshots' folder after the next start's cleanup.
+that hour; nothing is built in the server instead, the old index serves to the end and the
+next start builds what SQL names), and a child whose server died (``kill -9``) exits once its
+imports are done (a second or two) and it sees so (``PARENT_CHECK_S``), instead of building
+on for nobody.
 """
 
 from __future__ import annotations
@@ -37,7 +38,13 @@ from sqlalchemy import Engine
 
 from index.columns import from_blob, from_features
 from index.items import ItemStore, StoredVectors
-from index.snapshots import SnapshotHeader, read_snapshot, snapshot_file, write_snapshot_chunks
+from index.snapshots import (
+    SnapshotHeader,
+    read_snapshot,
+    snapshot_file,
+    temp_file,
+    write_snapshot_chunks,
+)
 from index.spec import IndexSpec
 from index.tables import CollectionRow
 from index.vector_index import VectorIndex
@@ -170,6 +177,12 @@ class BuildStopped(RuntimeError):
     """The build was stopped (``BuildProcess.stop``: the server is shutting down); nothing
     is to be built in its place."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "this server is shutting down and builds no index now: retry in a moment (on "
+            "another replica, or on this one once it has started again)"
+        )
+
 
 @dataclass(frozen=True)
 class _Job:
@@ -195,8 +208,8 @@ class BuildProcess:
         self._stopping = False
 
     def stop(self) -> None:
-        """End the builds running in children and start no more (the server is shutting
-        down): their callers get :class:`BuildStopped` at once."""
+        """End the builds running in children and start no more: their callers get
+        :class:`BuildStopped` at once."""
         with self._lock:
             self._stopping = True
             running = list(self._running)
@@ -235,7 +248,7 @@ class BuildProcess:
         }
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            code, stderr = self._run_child(pickle.dumps(job), env)
+            code, stderr = self._run_child(pickle.dumps(job), env, out)
             if code != 0:
                 tail = stderr.decode(errors="replace")[-2000:]
                 raise BuildFailed(f"exit status {code}: {tail}")
@@ -256,12 +269,12 @@ class BuildProcess:
         _built(index, target, "in a child process", started)
         return index
 
-    def _run_child(self, job: bytes, env: dict[str, str]) -> tuple[int, bytes]:
-        """``python -m index.builds`` given ``job``: its exit status and standard error;
-        BuildStopped when ``stop`` came first or ended it."""
+    def _run_child(self, job: bytes, env: dict[str, str], out: Path) -> tuple[int, bytes]:
+        """``python -m index.builds`` given ``job``, writing ``out``: its exit status and
+        standard error; BuildStopped when ``stop`` came first or ended it."""
         with self._lock:
             if self._stopping:
-                raise BuildStopped("the server is shutting down")
+                raise BuildStopped()
             child = subprocess.Popen(
                 # This process's pid: the child exits once it is gone.
                 [sys.executable, "-m", "index.builds", str(os.getpid())],
@@ -272,16 +285,19 @@ class BuildProcess:
             )
             self._running.add(child)
         try:
-            _, stderr = child.communicate(job, timeout=CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-            raise
+            with child:  # its pipes closed and the child reaped on the way out
+                try:
+                    _, stderr = child.communicate(job, timeout=CHILD_TIMEOUT_S)
+                except BaseException:  # the time limit, or this process interrupted
+                    child.kill()
+                    raise
         finally:
             with self._lock:
                 self._running.discard(child)
+            with contextlib.suppress(OSError):
+                temp_file(out, child.pid).unlink()  # what a child killed mid-write left
         if self._stopping:
-            raise BuildStopped("the server is shutting down")
+            raise BuildStopped()
         return child.returncode, stderr
 
 

@@ -331,9 +331,6 @@ class IndexManager(Generic[P]):
         try:
             if not live.space.matches(row):
                 self._swap(live, row)
-        except BuildStopped:
-            # Shutting down: the old pair serves to the end; the next start builds the new.
-            log.info("collection %s: rebuild stopped, the server is shutting down", row.name)
         finally:
             live.rebuilding.release()
         return live
@@ -359,10 +356,15 @@ class IndexManager(Generic[P]):
     def _rebuild(self, live: LiveIndex[P], row: CollectionRow) -> bool:
         """A new index from SQL beside the live one (searches go on meanwhile), then the
         changes committed during the build, and the swap; False when SQL moved to another
-        epoch during the build (nothing swapped)."""
+        epoch during the build, or the build was stopped (nothing swapped)."""
         aligner = self.aligner_of(row)
         seq = self.changes.last_seq(row.id)
-        index = self._build(row, aligner)
+        try:
+            index = self._build(row, aligner)
+        except BuildStopped:
+            # Shutting down (index.builds): the old pair serves to the end.
+            log.info("collection %s: rebuild stopped, the server is shutting down", row.name)
+            return False
         if self.changes.epoch(row.id) != row.index_epoch:
             # A new epoch (a migration's switch) landed during the build: what it read may
             # be partly of the next space. Not swapped in; the next pass builds that epoch.
@@ -413,8 +415,7 @@ class IndexManager(Generic[P]):
             self._reported = now
 
     def stop_builds(self) -> None:
-        """Stop the builds running in child processes, and start none (a shutdown): a swap
-        they were for is left to the next start, which builds what SQL names."""
+        """Stop the builds running in child processes, and start none (a shutdown)."""
         if self.builds is not None:
             self.builds.stop()
 

@@ -92,8 +92,7 @@ def write_snapshot(path: Path, snapshot: IndexSnapshot) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(snapshot.payload).hexdigest()
     line = _fields(snapshot.header, len(snapshot.payload), digest) + b"\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    write_atomically(path, tmp, (MAGIC, line, snapshot.payload))
+    write_atomically(path, temp_file(path, os.getpid()), (MAGIC, line, snapshot.payload))
 
 
 def write_snapshot_chunks(
@@ -103,7 +102,7 @@ def write_snapshot_chunks(
     index's lists): the header line is written padded, then over again once the payload's
     size and sha256 are known (JSON ignores the trailing spaces). Atomic and durable alike."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_file(path, os.getpid())
     width = HEADER_MAX - 1
     sha, size = hashlib.sha256(), [0]
 
@@ -119,6 +118,12 @@ def write_snapshot_chunks(
         f.write(_fields(header, size[0], sha.hexdigest()).ljust(width))
 
     write_atomically(path, tmp, counted(), finish=header_line)
+
+
+def temp_file(path: Path, pid: int) -> Path:
+    """Where process ``pid`` writes the snapshot ``path`` before renaming it into place
+    (``remove_stale_temp`` reads the pid back)."""
+    return path.with_name(f".{path.name}.{pid}.tmp")
 
 
 def write_atomically(

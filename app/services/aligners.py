@@ -4,12 +4,14 @@ knows nothing of what they mean)."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from app.schemas.aligners import AlignerList, AlignerPublic
 from app.services.errors import SpaceMismatch
 from app.services.views import aware
 from index.aligners import AlignerStore
+from index.builds import BuildStopped
 from index.collections import CollectionStore
 from index.errors import NotFoundError
 from index.manager import IndexManager
@@ -130,4 +132,7 @@ def _swap_here(indexes: IndexManager[Aligner], row: CollectionRow) -> None:
     serves the next search. A worker process holds none; the API process swaps when it
     next touches the collection."""
     if indexes.follow:
-        indexes.get(row, wait=True)
+        # SQL names the new version or epoch already: a shutdown that stops the build
+        # leaves it to the next start (the job is done, not to be run again).
+        with contextlib.suppress(BuildStopped):
+            indexes.get(row, wait=True)

@@ -182,6 +182,23 @@ def test_a_shutdown_stops_a_build_in_a_child_and_the_next_start_builds_it(
         assert top(client, "c", "note number 150 about 3 things", k=1) == ["n150"]
 
 
+def test_a_request_that_needs_a_build_once_they_are_stopped_is_503(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Another process's collection, not yet loaded here and without a snapshot, searched
+    # as this server shuts down: a clear 503 to retry elsewhere, not a 500.
+    with TestClient(create_app(make_settings(build_apart_at=1))) as client:
+        fill(client, "c", {"type": "flat"}, count=3)
+        services = client.app.state.services  # type: ignore[attr-defined]
+        row = services.stores.collections.get("c")
+        services.indexes.drop(row.id)  # forgotten, its snapshot deleted
+        services.indexes.stop_builds()
+        reply = client.post("/v1/collections/c/search", json={"text": "note number 1"})
+        assert reply.status_code == 503 and error_code(reply) == "not_ready", reply.text
+        assert "shutting down" in reply.json()["error"]["message"]
+        assert reply.headers["Retry-After"]
+
+
 def test_reindex_with_bad_settings_is_422_and_queues_nothing(client: TestClient) -> None:
     fill(client, "c", {"type": "flat"}, count=1)
     index = {"type": "ivf", "quantizer": "pq", "pq_m": 7}

@@ -331,12 +331,13 @@ def test_a_job_whose_build_a_shutdown_stopped_goes_back_to_the_queue(
     make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch, stopping: bool
 ) -> None:
     # The server's shutdown stops the index builds in children (index.builds); a job of
-    # its in-process worker that was waiting on one is put back, not failed. The same
-    # error while the worker runs on is a failure like any other.
+    # its in-process worker that needed one before it changed anything (an index not yet
+    # loaded here) is put back, not failed. The same error while the worker runs on is a
+    # failure like any other.
     def stopped(services: Services, ctx: Any) -> dict[str, Any]:
         if stopping:
             runner.stop()
-        raise BuildStopped("the server is shutting down")
+        raise BuildStopped()
 
     monkeypatch.setitem(worker_module.HANDLERS, "reindex", stopped)
     with TestClient(create_app(make_settings(worker="off"))) as client:
@@ -349,3 +350,23 @@ def test_a_job_whose_build_a_shutdown_stopped_goes_back_to_the_queue(
         assert after["status"] == "queued" and after["error"] is None, after
     else:
         assert after["status"] == "failed" and "BuildStopped" in after["error"], after
+
+
+def test_a_reindex_whose_swap_a_shutdown_stopped_is_done(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # The reindex committed its new epoch; the swap here needed a build that the shutdown
+    # stopped. SQL says what to serve and the next start builds it: the job succeeded and
+    # is not run again (a finetune's activation likewise).
+    with TestClient(create_app(make_settings(worker="off", build_apart_at=1))) as client:
+        fill(client, groups=3)
+        services = client.app.state.services  # type: ignore[attr-defined]
+        before = services.stores.collections.get(NAME)
+        services.indexes.drop(before.id)  # not loaded here: the swap needs a build
+        services.indexes.stop_builds()
+        job = start(client, type="reindex")
+        assert Worker(services, name="w").run_once() is True
+        done = client.get(f"/v1/jobs/{job['id']}").json()
+        assert done["status"] == "succeeded", done
+        assert done["metrics"]["index_epoch"] == before.index_epoch + 1
+        assert services.stores.collections.get(NAME).index_epoch == before.index_epoch + 1

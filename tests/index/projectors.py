@@ -41,14 +41,17 @@ class SlowInAChild(Identity):
     parent: int = 0
 
     def project(self, modality: str, raw: np.ndarray) -> np.ndarray:
-        if os.getpid() != self.parent:
-            time.sleep(60)
+        _a_minute_unless_in(self.parent)
         return super().project(modality, raw)
 
 
-def _after_a_minute_in_a_child(projector: object, parent: int) -> object:
+def _a_minute_unless_in(parent: int) -> None:
     if os.getpid() != parent:
         time.sleep(60)
+
+
+def _after_a_minute_in_a_child(projector: object, parent: int) -> object:
+    _a_minute_unless_in(parent)
     return projector
 
 
