@@ -214,10 +214,11 @@ def _sweep_loop(services: Services, stop: threading.Event) -> None:
     # Deleted originals wait in the blob store's trash for running backups (index.blobs);
     # swept here, off the request path, so a delete costs one rename.
     def sweep() -> None:
-        if removed := services.blobs.sweep(in_use=services.stores.items.shas_in_use):
-            log.info("removed %d deleted originals past their grace period", removed)
+        # Temp files first: they need no database (the trash's sweep reads it).
         if removed := services.blobs.sweep_temps():
             log.info("removed %d temp files that writers killed mid-write left", removed)
+        if removed := services.blobs.sweep(in_use=services.stores.items.shas_in_use):
+            log.info("removed %d deleted originals past their grace period", removed)
 
     run_resilient("trash sweep", sweep, stop, every=lambda: TRASH_SWEEP_S)
 

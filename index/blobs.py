@@ -43,6 +43,8 @@ trash is swept by the next sweep of any process after the grace period. A writer
 between writing an original's temp file and renaming it into place leaves the temp file:
 ``sweep_temps`` removes those older than ``TEMP_GRACE_S``, one fan-out folder a call (a
 listing of a few thousand names at a million originals), every folder once in 256 calls.
+Should it take a live writer's (one stalled for longer than the grace period), that
+writer's rename fails and so does its request: no row names an original that is not there.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -126,7 +129,9 @@ class BlobStore:
         # pid 1, and two writers of one temp name would write into each other's file.
         self._tmp_owner = (-1, "")
         self._tmp_names = itertools.count()
-        self._temps_turn = 0  # the fan-out folder sweep_temps lists next
+        # The fan-out folder sweep_temps lists next: from a random one, so that a process
+        # restarted more often than a round takes reaches every folder in time.
+        self._temps_turn = random.randrange(256)
 
     @contextlib.contextmanager
     def pinned(self, data: bytes) -> Iterator[str]:
@@ -309,24 +314,19 @@ class BlobStore:
     def sweep_temps(self, *, now: float | None = None, folders: int = 1) -> int:
         """Remove the temp files that writers killed mid-write left (older than
         ``TEMP_GRACE_S``) from the next ``folders`` fan-out folders, round robin; how many
-        were removed."""
+        were removed. A folder or a file it cannot read or remove is passed over (the next
+        round tries again). The age is the file's mtime against this host's clock: hosts
+        sharing a data dir must agree on the time (module docstring), here within the
+        grace period."""
         now = time.time() if now is None else now
         removed = 0
         for _ in range(folders):
             folder = f"{self._root}/{self._temps_turn:02x}"
             self._temps_turn = (self._temps_turn + 1) % 256
-            try:
-                entries = os.scandir(folder)
-            except FileNotFoundError:
-                continue
-            with entries:
+            with contextlib.suppress(OSError), os.scandir(folder) as entries:
                 for entry in entries:
-                    if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
-                        continue
-                    with contextlib.suppress(FileNotFoundError):
-                        if now - entry.stat(follow_symlinks=False).st_mtime >= TEMP_GRACE_S:
-                            os.unlink(entry.path)
-                            removed += 1
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                        removed += _remove_if_older(entry, now - TEMP_GRACE_S)
         return removed
 
     def _restore_named(self, in_use: Callable[[set[str]], set[str]]) -> None:
@@ -366,6 +366,17 @@ class BlobStore:
     def get(self, sha256: str) -> bytes:
         """The stored bytes; FileNotFoundError when absent."""
         return self.path(sha256).read_bytes()
+
+
+def _remove_if_older(entry: os.DirEntry[str], than: float) -> int:
+    """1 when the file was last written before ``than`` (epoch s) and is removed now."""
+    try:
+        if entry.stat(follow_symlinks=False).st_mtime < than:
+            os.unlink(entry.path)
+            return 1
+    except OSError:  # gone meanwhile (renamed by its writer), or not ours to remove
+        pass
+    return 0
 
 
 def _write_new(path: str, data: bytes) -> None:
