@@ -22,7 +22,7 @@ from index.vector_index import VectorIndex
 from tests.app.test_jobs import wait
 from tests.conftest import error_code
 from tests.index.projectors import SlowToArrive
-from tests.index.test_builds import gone_within
+from tests.index.test_builds import building, gone_within
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "flat": {"type": "flat"},
@@ -169,10 +169,7 @@ def test_a_shutdown_stops_a_build_in_a_child_and_the_next_start_builds_it(
         indexes.aligner_of = lambda row: SlowToArrive(aligner_of(row), os.getpid())
         row = services.stores.collections.get("c")
         services.stores.collections.set_space(collection_id=row.id, index=("hnsw", {}))
-        deadline = time.monotonic() + 30
-        while not builds._running and time.monotonic() < deadline:
-            time.sleep(0.01)
-        (child,) = builds._running
+        child = building(builds)
         stopping = time.monotonic()
     assert time.monotonic() - stopping < 15
     assert gone_within(child.pid, 5)

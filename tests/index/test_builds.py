@@ -162,6 +162,15 @@ def gone_within(pid: int, seconds: float) -> bool:
     return True
 
 
+def building(builds: BuildProcess) -> subprocess.Popen[bytes]:
+    """The child of the one build ``builds`` runs, once it has started one (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not builds._running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (child,) = builds._running
+    return child
+
+
 def test_stopping_the_builds_ends_a_childs_build_and_nothing_is_built_here(
     stores: Stores, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -183,10 +192,7 @@ def test_stopping_the_builds_ends_a_childs_build_and_nothing_is_built_here(
         target=lambda: got.append(indexes.get(stores.collections.get("c"), wait=True))
     )
     rebuild.start()
-    deadline = time.monotonic() + 30
-    while not builds._running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    (child,) = builds._running
+    child = building(builds)
     started = time.monotonic()
     indexes.stop_builds()
     rebuild.join(timeout=30)
